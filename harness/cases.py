@@ -1,0 +1,11 @@
+"""The test function every metric case runs (parametrized by ``harness.plugin``).
+
+Collected only when pytest is given ``--unlearn-submission``; its ids read like
+``test_metric[toy-canvas::UA::striped]``.
+"""
+
+from harness.plugin import check_case
+
+
+def test_metric(unlearn_case, unlearn_evaluator, record_property):
+    check_case(unlearn_case, unlearn_evaluator, record_property)

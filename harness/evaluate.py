@@ -1,0 +1,238 @@
+"""One submission x one suite, end to end: jobs -> matched images -> scores -> metric records.
+
+Usable without pytest (``Evaluator(...).run(sub, suite)``); the pytest plugin turns each record
+into a test case. Data flows one way: specs -> pipelines -> jobs -> cached images -> scorer ->
+metric values -> verdicts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import metrics
+from .errors import HarnessError
+from .generate import ImageCache, Job, generate
+from .hashing import sha256_file, sha256_json
+from .models import Placement, apply_checkpoint, checkpoint_file, load_base, model_fingerprints
+from .spec import Prompt, Submission, Suite, TargetSpec, expand_prompts, load_suite
+
+# Conventions this project chose where a paper is silent (recorded in every result).
+CONVENTIONS = {
+    "seeds": "each image's initial latents come from a CPU torch.Generator seeded with its seed; base and unlearned share them",
+    "negative_prompt": "the suite's negative prompt (empty by default) for both models",
+    "accuracy_averaging": "UA/IRA/CRA means are over classes",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One parametrized test: a metric of a suite for one target of a submission."""
+
+    submission: str  # path of the submission YAML
+    submission_name: str
+    suite: str
+    metric: str
+    target: TargetSpec
+
+    def id(self, with_submission: bool = False) -> str:
+        label = metrics.info(self.metric).label
+        core = f"{self.suite}::{label}::{self.target.concept}"
+        return f"{self.submission_name}::{core}" if with_submission else core
+
+
+def suite_path(root: Path, suite_id: str) -> Path:
+    return root / "suites" / f"{suite_id}.yaml"
+
+
+def plan_cases(sub_path: str, sub: Submission, suites: dict[str, Suite], only: set[str] | None = None) -> list[Case]:
+    """The cases of one submission, from the specs alone (no model is loaded)."""
+    cases = []
+    for sid in sub.suite_ids():
+        if only and sid not in only:
+            continue
+        suite = suites[sid]
+        for target in sub.targets:
+            if target.kind not in suite.applies_to:
+                continue
+            for m in suite.metrics:
+                cases.append(Case(sub_path, sub.name, sid, m.name, target))
+    return cases
+
+
+def smoke_prompts(suite: Suite, prompts: list[Prompt], targets: list[TargetSpec]) -> list[Prompt]:
+    """The smoke subset: for template sets, the first ``max_prompts`` values of each label plus
+    every target concept; for other sets, the first ``max_prompts`` prompts."""
+    n = suite.smoke.max_prompts if suite.smoke else None
+    if not n:
+        return prompts
+    if suite.prompts.template is None:
+        return prompts[:n]
+    keep = {k: set(v[:n]) for k, v in suite.prompts.template.values.items()}
+    for t in targets:
+        if t.kind in keep:
+            keep[t.kind].add(t.concept)
+    return [p for p in prompts if all(p.labels.get(k) in vs for k, vs in keep.items())]
+
+
+@dataclass
+class SuiteRun:
+    """Everything a metric needs: the suite, its (prompt, seed) items, both image sets and the
+    scorer's predictions (computed once, shared by the metrics)."""
+
+    suite: Suite
+    items: list[tuple[Prompt, int]]
+    images: dict[str, list]  # "base" / "unlearned" -> aligned uint8 images
+    scorer: object
+    _preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    def labels(self) -> dict[str, list[str]]:
+        keys = self.items[0][0].labels.keys() if self.items else []
+        return {k: [p.labels[k] for p, _ in self.items] for k in keys}
+
+    def predictions(self, which: str) -> dict[str, list[str]]:
+        if which not in self._preds:
+            self._preds[which] = self.scorer.predict(self.images[which])
+        return self._preds[which]
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "safetensors", "numpy", "pillow", "timm", "clean-fid", "torchmetrics", "unlearn-harness"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def native_size(sub: Submission, root: Path) -> int:
+    """The base model's native image size, read from its configs (no weights loaded)."""
+    import json
+
+    from .models import base_dir
+
+    d = base_dir(sub.base_model, root)
+    if d is None:
+        raise HarnessError("a hub base model needs the suite to set generation.height and generation.width")
+    unet = json.loads((d / "unet" / "config.json").read_text())
+    vae = json.loads((d / "vae" / "config.json").read_text())
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+class Evaluator:
+    """Runs suites for submissions; keeps the base pipeline and images across suites."""
+
+    def __init__(self, root: Path, cache_dir: Path, device: str = "auto", allow_pickle: bool = False, smoke: bool = False, progress: bool = True):
+        self.root = Path(root)
+        self.cache = ImageCache(Path(cache_dir) / "images")
+        self.cache_dir = Path(cache_dir)
+        self.device = device
+        self.allow_pickle = allow_pickle
+        self.smoke = smoke
+        self.progress = progress
+        self._results: dict[tuple[str, str], dict] = {}
+        self._suites: dict[str, Suite] = {}
+
+    def suite(self, suite_id: str) -> Suite:
+        if suite_id not in self._suites:
+            p = suite_path(self.root, suite_id)
+            if not p.is_file():
+                raise HarnessError(f"suite {suite_id!r}: no file {p.relative_to(self.root)}")
+            self._suites[suite_id] = load_suite(p)
+        return self._suites[suite_id]
+
+    def _jobs(self, suite: Suite, items: list[tuple[Prompt, int]], model: str, placement: Placement, size: int) -> list[Job]:
+        g = suite.generation
+        return [
+            Job(prompt=p.text, negative_prompt=suite.prompts.negative_prompt, seed=seed, scheduler=g.scheduler, steps=(suite.smoke.steps if self.smoke and suite.smoke and suite.smoke.steps else g.steps),
+                guidance=p.guidance if p.guidance is not None else g.guidance, height=g.height or size, width=g.width or size,
+                eta=g.eta, dtype=placement.dtype, model=model)
+            for p, seed in items
+        ]
+
+    def run(self, sub_path: str, sub: Submission, suite_id: str) -> dict:
+        """The suite's record: provenance + one metric record per (metric, target)."""
+        key = (sub_path, suite_id)
+        if key in self._results:
+            return self._results[key]
+        t0 = time.time()
+        suite = self.suite(suite_id)
+        g = suite.generation
+        placement = Placement.choose(self.device, g.dtype)
+        prompts = expand_prompts(suite, self.root)
+        if self.smoke:
+            prompts = smoke_prompts(suite, prompts, sub.targets)
+        seeds = (suite.smoke.seeds if self.smoke and suite.smoke and suite.smoke.seeds else g.seeds)
+        items = [(p, s) for p in prompts for s in ([p.seed] if p.seed is not None else seeds)]
+        if not items:
+            raise HarnessError(f"suite {suite.id}: the prompt set is empty")
+        base_fp, unl_fp = model_fingerprints(sub, self.root)
+        ckpt = checkpoint_file(sub.checkpoint, self.root, self.cache_dir, self.allow_pickle)
+
+        size = native_size(sub, self.root) if not (g.height and g.width) else 0
+        base_jobs = self._jobs(suite, items, base_fp, placement, size)
+        unl_jobs = self._jobs(suite, items, unl_fp, placement, size)
+        # Pipelines load only when some image is not cached (a warm re-run loads none).
+        base_pipe = lambda: load_base(sub.base_model, self.root, placement)
+        unl_pipe = lambda: apply_checkpoint(base_pipe(), sub.checkpoint, ckpt, placement, self.allow_pickle)
+        base_imgs, base_rep = generate(base_pipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base")
+        unl_imgs, unl_rep = generate(unl_pipe, unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned")
+
+        from .metrics.classifiers import load_scorer
+
+        scorer = load_scorer(suite.scorer, self.root, placement.device)
+        run = SuiteRun(suite, items, {"base": base_imgs, "unlearned": unl_imgs}, scorer)
+        flagged = {"base": base_rep["flagged"], "unlearned": unl_rep["flagged"]}
+        records = []
+        for m in suite.metrics:
+            inf = metrics.info(m.name)
+            th = m.parsed_threshold()
+            for target in sub.targets:
+                if target.kind not in suite.applies_to:
+                    continue
+                rec = {"suite": suite.id, "metric": m.name, "label": inf.label, "target": target.concept, "target_kind": target.kind,
+                       "higher_is_better": inf.higher_is_better, "metric_version": inf.version,
+                       "threshold": str(th) if th else None, "tolerance": m.tolerance}
+                try:
+                    meas = metrics.family(m.name).compute(m.name, run, target, m.params)
+                except HarnessError as e:
+                    rec.update(value=None, base_value=None, bound=None, verdict="error", error=str(e))
+                    records.append(rec)
+                    continue
+                rec.update(value=meas.value, base_value=meas.base_value, details=meas.details)
+                if th is None:
+                    rec.update(bound=None, verdict="info")
+                else:
+                    rec.update(bound=th.bound(meas.base_value), verdict="pass" if th.holds(meas.value, meas.base_value) else "fail")
+                if flagged["unlearned"] or flagged["base"]:
+                    rec["flagged_images"] = len(flagged["unlearned"]) + len(flagged["base"])
+                records.append(rec)
+        result = {
+            "suite": {
+                "id": suite.id,
+                "version": suite.version,
+                "file_sha256": sha256_file(suite_path(self.root, suite.id)),
+                "prompt_set_sha256": sha256_json([[p.text, p.labels, p.seed, p.guidance] for p in prompts]),
+                "n_prompts": len(prompts),
+                "n_images_per_model": len(items),
+                "smoke": self.smoke,
+                "generation": {**g.model_dump(), "steps": base_jobs[0].steps, "height": base_jobs[0].height, "width": base_jobs[0].width,
+                               "negative_prompt": suite.prompts.negative_prompt},
+                "seeds": sorted({s for _, s in items}),
+                "device": placement.device,
+                "dtype": placement.dtype,
+                "scorer": scorer.identity,
+                "models": {"base": base_fp, "unlearned": unl_fp},
+                "images": {"base": base_rep, "unlearned": unl_rep},
+                "conventions": CONVENTIONS,
+                "seconds": round(time.time() - t0, 2),
+            },
+            "metrics": records,
+        }
+        self._results[key] = result
+        return result

@@ -1,0 +1,120 @@
+"""Reference unlearning methods, each a module with ``erase(pipe, concepts, **params)`` that
+edits the pipeline in place and returns the changed tensors (UNet state-dict names).
+
+``run_erase`` is what ``unlearn erase`` calls: it loads the base, runs a method, measures what
+UnlearnCanvas calls efficiency (wall time, peak memory, storage) and writes only the changed
+tensors plus ``method.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import HarnessError
+from .common import ConceptPrompts, check_concept_tokens, for_toy_world
+
+METHODS = {"uce": "harness.methods.uce", "esd": "harness.methods.esd"}
+PAPERS = {
+    "uce": "https://arxiv.org/abs/2308.14761",
+    "esd": "https://arxiv.org/abs/2303.07345",
+}
+
+
+def get_method(name: str):
+    if name not in METHODS:
+        raise HarnessError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return importlib.import_module(METHODS[name])
+
+
+def _peak_memory_bytes(device: str) -> tuple[int, str]:
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "max RSS of the process (getrusage)"
+
+
+def run_erase(
+    method: str,
+    base: str | Path,
+    concept: str,
+    out: str | Path,
+    *,
+    anchor: str | None = None,
+    world: str = "toy",
+    force: bool = False,
+    allow_subword: bool = False,
+    device: str = "cpu",
+    params: dict | None = None,
+) -> dict:
+    """Erase ``concept`` from the pipeline at ``base`` with ``method``; write ``out``."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    from transformers import CLIPTokenizer
+
+    from ..hashing import sha256_file, sha256_tree
+    from ..models import quiet_loading
+
+    mod = get_method(method)
+    base, out = Path(base), Path(out)
+    if not (base / "model_index.json").is_file():
+        raise HarnessError(f"--base {base}: no diffusers pipeline there (model_index.json missing)")
+    if out.exists() and not force:
+        raise HarnessError(f"--out {out} exists; pass --force to overwrite it")
+    quiet_loading()
+    # Check the words with the tokenizer alone, before the models load.
+    tokenizer = CLIPTokenizer.from_pretrained(str(base / "tokenizer"))
+    check_concept_tokens(tokenizer, concept, allow_subword)
+    if world == "toy":
+        prompts = for_toy_world(concept, anchor)
+    else:
+        prompts = ConceptPrompts(concept, anchor or "")
+    if prompts.anchor:
+        check_concept_tokens(tokenizer, prompts.anchor, allow_subword)
+    pipe = StableDiffusionPipeline.from_pretrained(str(base), local_files_only=True, use_safetensors=True).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    params = dict(params or {})
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    changed = mod.erase(pipe, [prompts], **params)
+    seconds = time.perf_counter() - t0
+    peak, peak_how = _peak_memory_bytes(device)
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in changed.items()}, tmp / "unet.safetensors")
+    storage = (tmp / "unet.safetensors").stat().st_size
+    record = {
+        "method": method,
+        "paper": PAPERS[method],
+        "concept": concept,
+        "anchor": prompts.anchor,
+        "templates": list(prompts.templates),
+        "preserve": list(prompts.preserve),
+        "params": params,
+        "checkpoint": {"kind": "unet", "file": "unet.safetensors", "sha256": sha256_file(tmp / "unet.safetensors"), "tensors": len(changed)},
+        "base": {"path": str(base), "sha256": sha256_tree(base)},
+        "efficiency": {
+            "time_s": round(seconds, 3),
+            "peak_memory_bytes": peak,
+            "peak_memory_measure": peak_how,
+            "storage_bytes": storage,
+            "device": device,
+            "measured": True,
+        },
+        "versions": {"torch": torch.__version__},
+    }
+    (tmp / "method.json").write_text(json.dumps(record, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return record

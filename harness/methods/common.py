@@ -1,0 +1,87 @@
+"""What every reference unlearning method shares: prompts for a concept, text embeddings,
+the cross-attention parameters, and the check that a concept word is a known token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import HarnessError
+
+
+@dataclass
+class ConceptPrompts:
+    """Prompts that mention the concept ("{}" in a template is replaced by the concept word).
+
+    ``templates`` say in which contexts the concept is erased; the toy world uses its own
+    prompt form for every other factor (e.g. every object for a style), a generic run the bare
+    concept ("{}"). ``preserve`` lists concepts whose behaviour must not change.
+    """
+
+    concept: str
+    anchor: str = ""
+    templates: tuple[str, ...] = ("{}",)
+    preserve: tuple[str, ...] = field(default_factory=tuple)
+
+    def erased(self) -> list[str]:
+        return [t.format(self.concept) for t in self.templates]
+
+    def anchored(self) -> list[str]:
+        return [t.format(self.anchor) for t in self.templates]
+
+    def preserved(self) -> list[str]:
+        return [t.format(p) for p in self.preserve for t in self.templates]
+
+
+def for_toy_world(concept: str, anchor: str | None = None) -> ConceptPrompts:
+    """The toy world's prompts for erasing one object or one style (anchor defaults to another
+    concept of the same kind, so erased prompts are steered to something the model can draw)."""
+    from ..toy.world import OBJECTS, PROMPT_TEMPLATE, STYLES
+
+    if concept in STYLES:
+        templates = tuple(PROMPT_TEMPLATE.format(object=o, style="{}") for o in OBJECTS)
+        others = tuple(s for s in STYLES if s != concept)
+    elif concept in OBJECTS:
+        templates = tuple(PROMPT_TEMPLATE.format(object="{}", style=s) for s in STYLES)
+        others = tuple(o for o in OBJECTS if o != concept)
+    else:
+        raise HarnessError(f"concept {concept!r} is not in the toy world (objects: {', '.join(OBJECTS)}; styles: {', '.join(STYLES)})")
+    anchor = anchor if anchor is not None else others[0]
+    return ConceptPrompts(concept, anchor, templates, tuple(o for o in others if o != anchor))
+
+
+def check_concept_tokens(tokenizer, word: str, allow_subword: bool = False) -> None:
+    """Refuse a concept the tokenizer splits into sub-word pieces: its 'embedding' would be that
+    of unrelated fragments, and the erasure would silently target the wrong thing."""
+    if not word.strip():
+        raise HarnessError("concept is empty")
+    for w in word.split():
+        pieces = tokenizer.tokenize(w)
+        if len(pieces) != 1 and not allow_subword:
+            raise HarnessError(
+                f"concept word {w!r} is not a single token for this tokenizer (it splits into {pieces}); "
+                "pass --allow-subword to erase it anyway"
+            )
+
+
+@torch.no_grad()
+def text_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
+    """Last hidden states of the text encoder, padded to the tokenizer's max length, as the
+    UNet sees them: (N, tokens, dim)."""
+    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
+
+
+def cross_attention_kv(unet) -> dict[str, torch.nn.Linear]:
+    """The cross-attention key/value projections (``attn2.to_k`` / ``attn2.to_v``) by name."""
+    return {
+        name: mod
+        for name, mod in unet.named_modules()
+        if isinstance(mod, torch.nn.Linear) and (name.endswith("attn2.to_k") or name.endswith("attn2.to_v"))
+    }
+
+
+def cross_attention_params(unet) -> dict[str, torch.nn.Parameter]:
+    """Every parameter of the cross-attention layers (ESD-x trains these and nothing else)."""
+    return {n: p for n, p in unet.named_parameters() if ".attn2." in n}

@@ -1,0 +1,48 @@
+"""The metric registry: metric name -> the module (family) that computes it.
+
+Lazy, like lm-evaluation-harness' task registry: a family's module (and its heavy imports) is
+loaded only when a suite uses one of its metrics. A family module defines ``METRICS`` (name ->
+``MetricInfo``) and ``compute(name, run, target, params) -> Measurement``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+# metric name -> family module (under harness.metrics)
+_REGISTRY: dict[str, str] = {
+    "ua": "accuracy",
+    "ira": "accuracy",
+    "cra": "accuracy",
+}
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    label: str  # how reports and test ids spell it (e.g. "UA")
+    higher_is_better: bool
+    description: str
+    version: str = "1"
+
+
+@dataclass
+class Measurement:
+    """One metric for one target: the unlearned model's value beside the base model's."""
+
+    value: float
+    base_value: float | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def known_metrics() -> set[str]:
+    return set(_REGISTRY)
+
+
+def family(name: str):
+    return importlib.import_module(f"harness.metrics.{_REGISTRY[name]}")
+
+
+def info(name: str) -> MetricInfo:
+    return family(name).METRICS[name]

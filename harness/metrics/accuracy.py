@@ -1,0 +1,62 @@
+"""UA, IRA, CRA: classifier accuracy as UnlearnCanvas defines it (shared/docs/metrics.md).
+
+For an unlearning target of kind K (style or object) and concept c, with the other kind K':
+  UA  = 1 - acc_K[c]                                  unlearning accuracy: c is no longer drawn
+  IRA = mean over the other concepts c' of K of acc_K[c']   in-domain retain accuracy
+  CRA = mean over all concepts of K' of acc_K'[c'']          cross-domain retain accuracy
+where acc_K[x] is the share of images generated from prompts labelled K = x that the
+classifier's K head assigns to x, over every (style, object, seed) image of the answer set.
+Means are over classes (equal to pooled accuracy on the full, balanced grid). The base model's
+value is the same formula on the base model's images (matched prompts and noise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import HarnessError
+from . import Measurement, MetricInfo
+
+METRICS = {
+    "ua": MetricInfo("UA", True, "unlearning accuracy: 1 - accuracy on the target concept's prompts"),
+    "ira": MetricInfo("IRA", True, "in-domain retain accuracy: accuracy on the other concepts of the target's kind"),
+    "cra": MetricInfo("CRA", True, "cross-domain retain accuracy: accuracy of the other kind's head on all prompts"),
+}
+OTHER_KIND = {"style": "object", "object": "style"}
+
+
+def per_class_accuracy(labels: list[str], preds: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    lab = np.array(labels)
+    pr = np.array(preds)
+    for c in dict.fromkeys(labels):
+        m = lab == c
+        out[c] = float((pr[m] == c).mean())
+    return out
+
+
+def _value(name: str, kind: str, concept: str, labels: dict[str, list[str]], preds: dict[str, list[str]]) -> tuple[float, dict]:
+    acc = per_class_accuracy(labels[kind], preds[kind])
+    if concept not in acc:
+        raise HarnessError(f"target {concept!r} ({kind}) has no prompts in this suite (its {kind}s: {', '.join(acc)})")
+    if name == "ua":
+        return 1.0 - acc[concept], {"accuracy_on_target": acc[concept]}
+    if name == "ira":
+        others = {c: a for c, a in acc.items() if c != concept}
+        return float(np.mean(list(others.values()))), {"per_class": others}
+    other = OTHER_KIND[kind]
+    acc2 = per_class_accuracy(labels[other], preds[other])
+    return float(np.mean(list(acc2.values()))), {"per_class": acc2}
+
+
+def compute(name: str, run, target, params: dict) -> Measurement:
+    """``run`` is an ``evaluate.SuiteRun``: prompt labels and both models' predictions."""
+    if target.kind not in OTHER_KIND:
+        raise HarnessError(f"{METRICS[name].label} is defined for style and object targets, not {target.kind}")
+    labels = run.labels()
+    for k in ("style", "object"):
+        if k not in labels:
+            raise HarnessError(f"suite {run.suite.id}: prompts carry no {k!r} label, which {METRICS[name].label} needs")
+    value, details = _value(name, target.kind, target.concept, labels, run.predictions("unlearned"))
+    base, base_details = _value(name, target.kind, target.concept, labels, run.predictions("base"))
+    return Measurement(value, base, {"unlearned": details, "base": base_details, "averaging": "mean over classes"})

@@ -1,0 +1,211 @@
+"""Loading the base pipeline and applying a submission's checkpoint to it.
+
+Safety rules for weights from strangers: sha256 checked before anything is loaded; pickle
+formats refused unless the local run allows them (and then loaded with ``weights_only``);
+``trust_remote_code`` never; every path stays inside the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HarnessError
+from .hashing import sha256_file, sha256_tree
+from .spec import PICKLE_SUFFIXES, BaseModelSpec, CheckpointSpec, Submission, inside
+
+TOY_PIPELINE = Path(__file__).parent / "toy" / "assets" / "pipeline"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the models run and in which precision (recorded in every result)."""
+
+    device: str
+    dtype: str
+
+    @classmethod
+    def choose(cls, device: str = "auto", dtype: str = "auto") -> "Placement":
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise HarnessError(f"--unlearn-device {device}: CUDA is not available on this machine")
+        if dtype == "auto":
+            dtype = "float16" if device.startswith("cuda") else "float32"
+        if device == "cpu" and dtype == "float16":
+            dtype = "float32"  # fp16 convolutions are not implemented on CPU
+        return cls(device, dtype)
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def quiet_loading() -> None:
+    """No per-file loading bars or info chatter: the harness shows its own progress."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    for log in (dlog, tlog):
+        log.disable_progress_bar()
+        log.set_verbosity_error()
+
+
+def dtype_kwargs(placement: "Placement") -> dict:
+    """``dtype=`` on diffusers that renamed it, ``torch_dtype=`` on older ones."""
+    from diffusers.utils import deprecation_utils
+
+    key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    return {key: placement.torch_dtype}
+
+
+def base_dir(spec: BaseModelSpec, root: Path) -> Path | None:
+    if spec.builtin == "toy":
+        return TOY_PIPELINE
+    if spec.local_dir:
+        return inside(root, spec.local_dir, "base_model.local_dir")
+    return None
+
+
+def base_fingerprint(spec: BaseModelSpec, root: Path) -> str:
+    """What identifies the base model's weights: a folder hash, or hub id @ commit."""
+    d = base_dir(spec, root)
+    if d is None:
+        return f"hub:{spec.hub_id}@{spec.revision}"
+    if not (d / "model_index.json").is_file():
+        raise HarnessError(f"base_model: {d} is not a diffusers pipeline folder (model_index.json missing)")
+    h = sha256_tree(d)
+    if spec.sha256 and spec.sha256 != h:
+        raise HarnessError(f"base_model.sha256: folder {spec.local_dir} has sha256 {h}, expected {spec.sha256}")
+    return f"sha256:{h}"
+
+
+def load_base(spec: BaseModelSpec, root: Path, placement: Placement):
+    """The base pipeline, on the chosen device and dtype, with progress bars off."""
+    from diffusers import StableDiffusionPipeline
+
+    quiet_loading()
+    d = base_dir(spec, root)
+    kwargs = dict(**dtype_kwargs(placement), safety_checker=None, requires_safety_checker=False, use_safetensors=True)
+    if d is not None:
+        pipe = StableDiffusionPipeline.from_pretrained(str(d), local_files_only=True, **kwargs)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(spec.hub_id, revision=spec.revision, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(placement.device)
+
+
+def checkpoint_file(spec: CheckpointSpec, root: Path, cache_dir: Path, allow_pickle: bool = False) -> Path:
+    """The checkpoint's local path, its sha256 verified (URLs are fetched into the cache)."""
+    if spec.url:
+        name = Path(spec.url.split("?")[0]).name or "checkpoint"
+        local = cache_dir / "checkpoints" / spec.sha256 / name
+        if not local.exists():
+            if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("UNLEARN_OFFLINE") == "1":
+                raise HarnessError(f"checkpoint.url: {spec.url} is not cached and this run is offline")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_suffix(local.suffix + ".part")
+            try:
+                urllib.request.urlretrieve(spec.url, tmp)
+            except OSError as e:
+                raise HarnessError(f"checkpoint.url: could not download {spec.url}: {e}") from None
+            tmp.replace(local)
+        path = local
+    else:
+        path = inside(root, spec.path, "checkpoint.path")
+    if not path.exists():
+        raise HarnessError(f"checkpoint.path: {spec.path}: no such file or folder")
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise HarnessError(
+            f"checkpoint: {path.name} is a pickle format ({path.suffix}), which can run code when loaded; "
+            "convert it to safetensors, or pass --unlearn-allow-pickle for a local run you trust"
+        )
+    got = sha256_tree(path) if path.is_dir() else sha256_file(path)
+    if got != spec.sha256:
+        raise HarnessError(f"checkpoint.sha256: {path.name} has sha256 {got}, expected {spec.sha256}")
+    return path
+
+
+def _read_tensors(path: Path, allow_pickle: bool) -> dict:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # allowed only by the caller
+        return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise HarnessError(f"checkpoint: {path.name} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def _align_key(key: str, own: dict) -> str:
+    """transformers 5 names CLIPTextModel's tensors without the ``text_model.`` prefix that its
+    saved files (and older versions) use; accept either spelling."""
+    if key in own:
+        return key
+    prefix = "text_model."
+    if key.startswith(prefix) and key[len(prefix):] in own:
+        return key[len(prefix):]
+    if prefix + key in own:
+        return prefix + key
+    return key
+
+
+def _replace_tensors(module, tensors: dict, what: str) -> None:
+    """Load a (possibly partial) state dict; every key must exist with the same shape."""
+    import torch
+
+    own = module.state_dict()
+    tensors = {_align_key(k, own): v for k, v in tensors.items()}
+    unknown = [k for k in tensors if k not in own]
+    if unknown:
+        raise HarnessError(f"checkpoint: {len(unknown)} tensor(s) are not in the {what}, e.g. {unknown[0]!r}")
+    for k, v in tensors.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise HarnessError(f"checkpoint: tensor {k!r} has shape {tuple(v.shape)}, the {what} expects {tuple(own[k].shape)}")
+        if not torch.is_floating_point(v):
+            raise HarnessError(f"checkpoint: tensor {k!r} is not floating point ({v.dtype})")
+    p = next(module.parameters())
+    with torch.no_grad():
+        module.load_state_dict({k: v.to(device=p.device, dtype=own[k].dtype) for k, v in tensors.items()}, strict=False)
+
+
+def apply_checkpoint(pipe, spec: CheckpointSpec, path: Path, placement: Placement, allow_pickle: bool = False):
+    """Turn the base pipeline into the unlearned one (in place where possible)."""
+    if spec.kind == "pipeline":
+        from diffusers import StableDiffusionPipeline
+
+        quiet_loading()
+        if not (path / "model_index.json").is_file():
+            raise HarnessError(f"checkpoint: kind pipeline needs a diffusers folder; {path.name} has no model_index.json")
+        new = StableDiffusionPipeline.from_pretrained(
+            str(path), local_files_only=True, **dtype_kwargs(placement), safety_checker=None,
+            requires_safety_checker=False, use_safetensors=True,
+        )
+        new.set_progress_bar_config(disable=True)
+        return new.to(placement.device)
+    if spec.kind in ("unet", "text_encoder"):
+        module = pipe.unet if spec.kind == "unet" else pipe.text_encoder
+        _replace_tensors(module, _read_tensors(path, allow_pickle), spec.kind.replace("_", " "))
+        return pipe
+    if spec.kind == "lora":
+        try:
+            pipe.load_lora_weights(str(path.parent if path.is_file() else path), weight_name=path.name if path.is_file() else None)
+        except (ImportError, ValueError) as e:
+            raise HarnessError(f"checkpoint: could not load LoRA {path.name}: {e}") from None
+        return pipe
+    raise HarnessError(f"checkpoint.kind: unknown kind {spec.kind!r}")
+
+
+def model_fingerprints(sub: Submission, root: Path) -> tuple[str, str]:
+    """(base, unlearned) identities; they key the image cache."""
+    base = base_fingerprint(sub.base_model, root)
+    return base, f"{base}+{sub.checkpoint.kind}:{sub.checkpoint.sha256}"

@@ -1,0 +1,81 @@
+"""The results JSON: one file per run of one submission (schema: docs/results-schema.md).
+
+Assembled from the suite records the evaluator produced (possibly on several xdist workers)
+plus the provenance of the run: harness version and git sha, library versions, submission and
+checkpoint identity, declared or measured efficiency.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+from .fsutil import atomic_write
+from .hashing import sha256_file
+from .spec import RESULTS_SCHEMA_VERSION, Submission, inside
+
+
+def git_sha(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def efficiency(sub: Submission, root: Path) -> dict:
+    """Storage measured from the checkpoint files; time / memory from ``unlearn erase``'s
+    method.json (measured) or the submission (declared)."""
+    out: dict = {}
+    if sub.checkpoint.path:
+        p = inside(root, sub.checkpoint.path, "checkpoint.path")
+        if p.exists():
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+            out["storage_bytes"] = {"value": size, "source": "measured"}
+    if sub.method_record:
+        p = inside(root, sub.method_record, "method_record")
+        if p.is_file():
+            rec = json.loads(p.read_text()).get("efficiency", {})
+            for k in ("time_s", "peak_memory_bytes"):
+                if k in rec:
+                    out[k] = {"value": rec[k], "source": "measured", "how": rec.get("peak_memory_measure") if k == "peak_memory_bytes" else "wall clock of unlearn erase", "device": rec.get("device")}
+    if sub.efficiency:
+        for k, v in sub.efficiency.model_dump(exclude_none=True).items():
+            if k != "device":
+                out.setdefault(k, {"value": v, "source": "declared", "device": sub.efficiency.device})
+    return out
+
+
+def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict], versions: dict, complete: bool, started: str) -> dict:
+    from . import __version__
+
+    records = [r for s in suite_results for r in s["metrics"]]
+    verdicts = [r["verdict"] for r in records]
+    path = Path(sub_path)
+    return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "harness": {"version": __version__, "git_sha": git_sha(root)},
+        "started": started,
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": complete,
+        "submission": {
+            "file": str(path),
+            "file_sha256": sha256_file(path) if path.is_file() else None,
+            **sub.model_dump(mode="json"),
+        },
+        "environment": {"platform": platform.platform(), "libraries": versions},
+        "efficiency": efficiency(sub, root),
+        "suites": [s["suite"] for s in suite_results],
+        "metrics": records,
+        "summary": {v: verdicts.count(v) for v in ("pass", "fail", "error", "info")},
+    }
+
+
+def write(path: Path, data: dict) -> None:
+    atomic_write(path, (json.dumps(data, indent=2, default=str) + "\n").encode())

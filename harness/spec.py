@@ -1,0 +1,412 @@
+"""The declarative inputs: submissions and suites, as pydantic models (unknown keys refused).
+
+Submission YAML comes from strangers' pull requests, so it is read with ``yaml.safe_load`` only,
+every path must stay inside the repository, and every error is reported as one line naming the
+file and the field. ``Result`` documents the results JSON (``RESULTS_SCHEMA_VERSION``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import HarnessError
+from .hashing import sha256_file
+
+RESULTS_SCHEMA_VERSION = "1.0"
+SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256")]
+SLUG = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- submissions
+class MethodSpec(Strict):
+    name: str = Field(min_length=1, max_length=80)
+    params: dict[str, Any] = {}
+    paper_url: str | None = Field(default=None, pattern=r"^https://")
+    code_url: str | None = Field(default=None, pattern=r"^https://")
+    authors: list[str] = []
+    license: str | None = None
+
+
+class BaseModelSpec(Strict):
+    """Exactly one of: the toy world's pipeline, a local folder, a hub id at a pinned revision."""
+
+    builtin: Literal["toy"] | None = None
+    local_dir: str | None = None
+    hub_id: str | None = Field(default=None, pattern=r"^[\w.-]+/[\w.-]+$")
+    revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$", description="a full commit sha")
+    sha256: SHA256 | None = Field(default=None, description="folder hash of local_dir (optional pin)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("builtin", "local_dir", "hub_id") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of builtin, local_dir, hub_id")
+        if self.hub_id and not self.revision:
+            raise ValueError("hub_id needs a pinned revision (a 40-character commit sha)")
+        if self.revision and not self.hub_id:
+            raise ValueError("revision only goes with hub_id")
+        return self
+
+
+class CheckpointSpec(Strict):
+    """The unlearned weights: a whole pipeline folder, or UNet / text-encoder tensors that
+    replace the base's (a subset is fine: only the changed tensors), or a LoRA."""
+
+    kind: Literal["pipeline", "unet", "text_encoder", "lora"]
+    path: str | None = None
+    url: str | None = Field(default=None, pattern=r"^https://")
+    sha256: SHA256
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.path) == bool(self.url):
+            raise ValueError("give exactly one of path, url")
+        return self
+
+
+class TargetSpec(Strict):
+    concept: str = Field(min_length=1, max_length=100)
+    kind: Literal["style", "object", "nudity", "identity"]
+
+
+class EfficiencySpec(Strict):
+    """Figures the submitter declares (shown as declared, never as measured)."""
+
+    time_s: float | None = Field(default=None, ge=0)
+    peak_memory_gb: float | None = Field(default=None, ge=0)
+    storage_gb: float | None = Field(default=None, ge=0)
+    device: str | None = None
+
+
+class Submission(Strict):
+    name: SLUG
+    method: MethodSpec
+    base_model: BaseModelSpec
+    checkpoint: CheckpointSpec
+    targets: list[TargetSpec] = Field(min_length=1)
+    suites: list[SLUG] | None = None
+    method_record: str | None = Field(default=None, description="method.json written by `unlearn erase` (measured efficiency)")
+    efficiency: EfficiencySpec | None = None
+
+    def suite_ids(self) -> list[str]:
+        """The suites to run: as declared, else defaulted from the targets and the base."""
+        if self.suites:
+            return list(self.suites)
+        toy = self.base_model.builtin == "toy"
+        out: list[str] = []
+        for t in self.targets:
+            if t.kind in ("style", "object"):
+                out.append("toy-canvas" if toy else "unlearncanvas")
+        return list(dict.fromkeys(out))
+
+
+# ----------------------------------------------------------------------------- suites
+class TemplatePrompts(Strict):
+    template: str = Field(min_length=1)
+    values: dict[str, list[str]] = Field(min_length=1)
+    underscores_to_spaces: bool = Field(default=False, description="label 'Van_Gogh' reads 'Van Gogh' in the prompt")
+
+    @model_validator(mode="after")
+    def _placeholders(self):
+        names = set(re.findall(r"{(\w+)}", self.template))
+        if names != set(self.values):
+            raise ValueError(f"template placeholders {sorted(names)} do not match values {sorted(self.values)}")
+        for k, v in self.values.items():
+            if not v:
+                raise ValueError(f"values.{k} is empty")
+        return self
+
+
+class CsvPrompts(Strict):
+    path: str
+    sha256: SHA256
+
+
+class PromptSet(Strict):
+    """One of: an inline list, a template x values grid (labels = the values), a CSV file
+    ``prompt,seed,guidance`` (extra columns become labels) pinned by sha256."""
+
+    inline: list[Annotated[str, Field(min_length=1)]] | None = None
+    template: TemplatePrompts | None = None
+    csv: CsvPrompts | None = None
+    negative_prompt: str = ""
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("inline", "template", "csv") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of inline, template, csv")
+        if self.inline is not None and not self.inline:
+            raise ValueError("inline prompt list is empty")
+        return self
+
+
+class GenerationSettings(Strict):
+    scheduler: Literal["ddim", "pndm", "lms", "euler", "dpm", "ddpm"] = "ddim"
+    steps: int = Field(gt=0, le=1000)
+    guidance: float = Field(ge=0, le=50)
+    height: int | None = Field(default=None, gt=0, multiple_of=8)
+    width: int | None = Field(default=None, gt=0, multiple_of=8)
+    eta: float = Field(default=0.0, ge=0, le=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(min_length=1)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = Field(default=8, gt=0, le=1024)
+
+
+THRESHOLD = re.compile(r"^\s*(>=|<=|>|<)\s*(?:(-?\d+(?:\.\d+)?)\s*\*\s*base|base\s*([+-])\s*(\d+(?:\.\d+)?)|(-?\d+(?:\.\d+)?)|base)\s*$")
+
+
+class Threshold(Strict):
+    """``>= 0.8`` (absolute) or ``>= 0.9 * base`` / ``<= base + 0.05`` / ``>= base`` (relative
+    to the base model's value under the same settings)."""
+
+    op: Literal[">=", "<=", ">", "<"]
+    value: float = 0.0
+    scale: float | None = None  # bound = scale * base
+    offset: float | None = None  # bound = base + offset
+
+    @classmethod
+    def parse(cls, text: str) -> "Threshold":
+        m = THRESHOLD.match(str(text))
+        if not m:
+            raise ValueError(f"threshold {text!r} is not like '>= 0.8', '>= 0.9 * base' or '<= base + 0.05'")
+        op, scale, sign, off, value = m.groups()
+        if scale is not None:
+            return cls(op=op, scale=float(scale))
+        if off is not None:
+            return cls(op=op, offset=float(off) * (1 if sign == "+" else -1))
+        if value is not None:
+            return cls(op=op, value=float(value))
+        return cls(op=op, offset=0.0)
+
+    @property
+    def relative(self) -> bool:
+        return self.scale is not None or self.offset is not None
+
+    def bound(self, base: float | None) -> float:
+        if not self.relative:
+            return self.value
+        if base is None:
+            raise HarnessError("a relative threshold needs the base model's value")
+        return self.scale * base if self.scale is not None else base + self.offset
+
+    def holds(self, value: float, base: float | None) -> bool:
+        b = self.bound(base)
+        return {">=": value >= b, "<=": value <= b, ">": value > b, "<": value < b}[self.op]
+
+    def __str__(self) -> str:
+        if self.scale is not None:
+            return f"{self.op} {self.scale:g} * base"
+        if self.offset is not None:
+            return f"{self.op} base {'+' if self.offset >= 0 else '-'} {abs(self.offset):g}" if self.offset else f"{self.op} base"
+        return f"{self.op} {self.value:g}"
+
+
+class MetricSpec(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    threshold: str | None = None
+    tolerance: float | None = Field(default=None, ge=0, description="allowed regression vs a baseline (unlearn compare)")
+    params: dict[str, Any] = {}
+
+    @field_validator("threshold")
+    @classmethod
+    def _parse(cls, v):
+        if v is not None:
+            Threshold.parse(v)
+        return v
+
+    def parsed_threshold(self) -> Threshold | None:
+        return Threshold.parse(self.threshold) if self.threshold else None
+
+
+class WeightsFile(Strict):
+    path: str
+    sha256: SHA256
+
+
+class ScorerSpec(Strict):
+    """Which classifier scores the images: the toy world's CNN, or UnlearnCanvas' ViT-L/16."""
+
+    backend: Literal["toy", "unlearncanvas-vit"]
+    weights: WeightsFile | None = None  # toy: optional override of the committed classifier
+    style_weights: WeightsFile | None = None
+    object_weights: WeightsFile | None = None
+    architecture: str = "vit_large_patch16_224"
+    style_classes: list[str] | None = None
+    object_classes: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if self.backend == "unlearncanvas-vit":
+            if not (self.style_weights and self.object_weights and self.style_classes and self.object_classes):
+                raise ValueError("unlearncanvas-vit needs style_weights, object_weights, style_classes and object_classes")
+        return self
+
+
+class SmokeSpec(Strict):
+    """The quick subset CI runs: at most this many prompts per label value and these seeds."""
+
+    max_prompts: int | None = Field(default=None, gt=0)
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    steps: int | None = Field(default=None, gt=0)
+
+
+class Suite(Strict):
+    id: SLUG
+    version: str = Field(pattern=r"^\d+(\.\d+)*$")
+    description: str = ""
+    applies_to: list[Literal["style", "object", "nudity", "identity"]] = Field(min_length=1)
+    prompts: PromptSet
+    generation: GenerationSettings
+    scorer: ScorerSpec
+    metrics: list[MetricSpec] = Field(min_length=1)
+    smoke: SmokeSpec | None = None
+
+    @model_validator(mode="after")
+    def _known_metrics(self):
+        from .metrics import known_metrics
+
+        known = known_metrics()
+        for i, m in enumerate(self.metrics):
+            if m.name not in known:
+                raise ValueError(f"metrics.{i}.name: unknown metric {m.name!r}; known: {', '.join(sorted(known))}")
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError("a metric is listed twice")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+def _format_validation(path: Path, err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(f"{path}: {loc}: {msg}")
+    return out
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse YAML with safe_load only; one-line errors for a missing file or bad YAML."""
+    p = Path(path)
+    if not p.is_file():
+        raise HarnessError(f"{p}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise HarnessError(f"{p}: (yaml) {where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise HarnessError(f"{p}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{p}: (top level): expected a mapping, got {type(data).__name__}")
+    return data
+
+
+class SpecErrors(HarnessError):
+    """Several one-line problems with one file."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def load_model(cls, path: str | Path):
+    p = Path(path)
+    data = read_yaml(p)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise SpecErrors(_format_validation(p, e)) from None
+
+
+def load_submission(path: str | Path) -> Submission:
+    return load_model(Submission, path)
+
+
+def load_suite(path: str | Path) -> Suite:
+    return load_model(Suite, path)
+
+
+def is_suite_file(data: dict) -> bool:
+    return "metrics" in data and "prompts" in data
+
+
+def inside(root: Path, rel: str, what: str) -> Path:
+    """Resolve a repository-relative path; refuse absolute paths and escapes (``..``, links)."""
+    if not rel or Path(rel).is_absolute():
+        raise HarnessError(f"{what}: {rel!r} must be a path relative to the repository")
+    root = root.resolve()
+    p = (root / rel).resolve()
+    if not p.is_relative_to(root):
+        raise HarnessError(f"{what}: {rel!r} leaves the repository")
+    return p
+
+
+# ----------------------------------------------------------------------------- prompts
+class Prompt(BaseModel):
+    """One prompt of a suite with its labels (e.g. object, style) and optional per-prompt
+    seed / guidance (CSV prompt sets)."""
+
+    model_config = ConfigDict(frozen=True)
+    text: str
+    labels: dict[str, str] = {}
+    seed: int | None = None
+    guidance: float | None = None
+
+
+def expand_prompts(suite: Suite, root: Path) -> list[Prompt]:
+    ps = suite.prompts
+    if ps.inline is not None:
+        return [Prompt(text=t) for t in ps.inline]
+    if ps.template is not None:
+        keys = list(ps.template.values)
+        out: list[Prompt] = []
+
+        def rec(i: int, labels: dict[str, str]):
+            if i == len(keys):
+                shown = {k: v.replace("_", " ") for k, v in labels.items()} if ps.template.underscores_to_spaces else labels
+                out.append(Prompt(text=ps.template.template.format(**shown), labels=dict(labels)))
+                return
+            for v in ps.template.values[keys[i]]:
+                rec(i + 1, {**labels, keys[i]: v})
+
+        rec(0, {})
+        return out
+    path = inside(root, ps.csv.path, f"suite {suite.id}: prompts.csv.path")
+    if not path.is_file():
+        raise HarnessError(f"suite {suite.id}: prompts.csv.path: {ps.csv.path}: no such file")
+    got = sha256_file(path)
+    if got != ps.csv.sha256:
+        raise HarnessError(f"suite {suite.id}: prompts.csv.sha256: {ps.csv.path} has sha256 {got}, expected {ps.csv.sha256}")
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    if not rows:
+        raise HarnessError(f"suite {suite.id}: prompts.csv: {ps.csv.path} has no rows")
+    if "prompt" not in rows[0]:
+        raise HarnessError(f"suite {suite.id}: prompts.csv: {ps.csv.path} has no 'prompt' column")
+    out = []
+    for i, r in enumerate(rows):
+        try:
+            seed = int(r["seed"]) if r.get("seed") not in (None, "") else None
+            guidance = float(r["guidance"]) if r.get("guidance") not in (None, "") else None
+        except ValueError:
+            raise HarnessError(f"suite {suite.id}: prompts.csv: {ps.csv.path} row {i + 2}: seed/guidance is not a number") from None
+        labels = {k: v for k, v in r.items() if k not in ("prompt", "seed", "guidance") and k and v is not None}
+        out.append(Prompt(text=r["prompt"], labels=labels, seed=seed, guidance=guidance))
+    return out

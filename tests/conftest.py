@@ -1,0 +1,37 @@
+"""Shared test set-up: offline always, one thread per xdist worker, toy models loaded once."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Two xdist workers on two cores: one thread each (oversubscribed threads are far slower).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session")
+def toy_pipe():
+    from harness.toy.model import load_pipeline
+
+    return load_pipeline()
+
+
+@pytest.fixture(scope="session")
+def toy_clf():
+    from harness.toy.classifier import load_classifier
+
+    return load_classifier()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_factory():
+    """A tiny random StableDiffusionPipeline built in code (diffusers-tests style)."""
+    from harness.toy.model import build_pipeline
+
+    return build_pipeline

@@ -1,0 +1,111 @@
+"""Reference methods on a tiny random pipeline built in code, and the ``unlearn erase`` command."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness.methods import esd, uce
+from harness.methods.common import cross_attention_kv, for_toy_world, text_embeddings
+
+
+def _flat(pipe, prompts):
+    return text_embeddings(pipe, prompts).reshape(-1, pipe.text_encoder.config.hidden_size).double()
+
+
+def test_uce_changes_only_kv_and_solves_its_objective(tiny_pipe_factory):
+    pipe = tiny_pipe_factory(seed=4)
+    cp = for_toy_world("striped", "solid")
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    old_kv = {n: m.weight.detach().double().clone() for n, m in cross_attention_kv(pipe.unet).items()}
+    changed = uce.erase(pipe, [cp], erase_scale=1.0, preserve_scale=1.0, lamb=0.5)
+
+    after = pipe.unet.state_dict()
+    assert set(changed) == {f"{n}.weight" for n in old_kv} and len(changed) == 14
+    assert all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in changed)
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k not in changed)
+
+    c, a, p = _flat(pipe, cp.erased()), _flat(pipe, cp.anchored()), _flat(pipe, cp.preserved())
+    for name, w in old_kv.items():
+        new = cross_attention_kv(pipe.unet)[name].weight.detach().double()
+        # Known answer: the closed form is the minimiser, so the objective's gradient vanishes there.
+        grad = 0.5 * (new - w) + (new @ c.T - w @ a.T) @ c + (new @ p.T - w @ p.T) @ p
+        scale = (w @ p.T) @ p
+        assert grad.norm() / scale.norm() < 1e-5
+        # Preserved concepts keep their projections; erased ones move towards the anchor's.
+        assert (new @ p.T - w @ p.T).norm() / (w @ p.T).norm() < 0.1
+        assert (new @ c.T - w @ a.T).norm() < 0.5 * (w @ c.T - w @ a.T).norm()
+
+
+def test_uce_is_deterministic(tiny_pipe_factory):
+    cp = for_toy_world("triangle")
+    a = uce.erase(tiny_pipe_factory(seed=5), [cp])
+    b = uce.erase(tiny_pipe_factory(seed=5), [cp])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_esd_lowers_its_loss_and_touches_only_cross_attention(tiny_pipe_factory):
+    pipe = tiny_pipe_factory(seed=6)
+    frozen = tiny_pipe_factory(seed=6).unet.eval()
+    cp = for_toy_world("dotted")
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(4, 4, 16, 16, generator=g)
+    t = torch.tensor(500)
+    emb_c = text_embeddings(pipe, cp.erased()[:4])
+    emb_0 = text_embeddings(pipe, [""]).expand_as(emb_c)
+    with torch.no_grad():
+        loss0 = esd.esd_loss(pipe.unet, frozen, x_t, t, emb_c, emb_0, 1.0).item()
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    history = []
+    changed = esd.erase(pipe, [cp], steps=12, lr=3e-3, batch=4, sample_steps=4, progress=False, history=history)
+    with torch.no_grad():
+        loss1 = esd.esd_loss(pipe.unet, frozen, x_t, t, emb_c, emb_0, 1.0).item()
+    assert len(history) == 12
+    assert loss1 < 0.7 * loss0
+    after = pipe.unet.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(".attn2." in k for k in moved)
+    assert set(changed) == {k for k in before if ".attn2." in k}
+
+
+def _erase(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "harness.cli", "erase", *args], capture_output=True, text=True, cwd=cwd,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_pipe_factory):
+    d = tmp_path_factory.mktemp("tiny") / "pipe"
+    tiny_pipe_factory(seed=7).save_pretrained(d)
+    return d
+
+
+def test_erase_command_writes_changed_tensors_and_method_json(tiny_dir, tmp_path):
+    r = _erase("uce", "--base", str(tiny_dir), "--concept", "striped", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "out" / "method.json").read_text())
+    assert rec["checkpoint"]["tensors"] == 14 and rec["anchor"] == "solid"
+    eff = rec["efficiency"]
+    assert eff["storage_bytes"] == (tmp_path / "out" / "unet.safetensors").stat().st_size
+    assert eff["time_s"] > 0 and eff["peak_memory_bytes"] > 10 * 2**20
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--concept", "zebra"], "concept word 'zebra' is not a single token"),
+        (["--concept", "striped", "--base", "/nonexistent"], "--base /nonexistent: no diffusers pipeline there"),
+        (["--concept", "striped", "--out", "EXISTING"], "exists; pass --force"),
+    ],
+)
+def test_erase_command_one_line_errors(tiny_dir, tmp_path, args, message):
+    (tmp_path / "EXISTING").mkdir()
+    base = ["--base", str(tiny_dir)] if "--base" not in args else []
+    out = ["--out", str(tmp_path / "new")] if "--out" not in args else []
+    args = [str(tmp_path / "EXISTING") if a == "EXISTING" else a for a in args]
+    r = _erase("uce", *base, *out, *args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unlearn: error: ") and message in lines[0], r.stderr

@@ -1,0 +1,123 @@
+"""The toy concept world: procedural data, tokenizer, committed classifier and pipeline."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from harness.toy import world
+from harness.toy.classifier import DEFAULT_DIR as CLF_DIR
+from harness.toy.classifier import load_classifier, predict
+from harness.toy.model import DEFAULT_DIR as PIPE_DIR
+from harness.toy.tokenizer import WORDS
+
+SETTINGS = dict(num_inference_steps=20, guidance_scale=5.0)
+
+
+def test_dataset_is_deterministic_from_its_seed():
+    a = world.sample(32, seed=7)
+    b = world.sample(32, seed=7)
+    c = world.sample(32, seed=8)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+    imgs, o, s = a
+    assert imgs.shape == (32, 32, 32, 3) and imgs.dtype == np.uint8
+    assert set(o) <= set(range(len(world.OBJECTS))) and set(s) <= set(range(len(world.STYLES)))
+
+
+def test_world_has_five_objects_and_five_styles_with_unlearncanvas_prompts():
+    assert len(world.OBJECTS) >= 5 and len(world.STYLES) >= 5
+    assert world.prompt_for("ring", "dotted") == "A ring image in dotted style."
+    assert len(world.all_prompts()) == len(world.OBJECTS) * len(world.STYLES)
+
+
+def test_reference_images_hold_the_concept():
+    imgs = world.reference_images(None, "striped", 6, seed=1)
+    assert imgs.shape == (6, 32, 32, 3)
+    # Each object's images differ from each other's: the shape is really drawn.
+    circles = world.reference_images("circle", "solid", 1, seed=0)[0].astype(int)
+    squares = world.reference_images("square", "solid", 1, seed=0)[0].astype(int)
+    assert np.abs(circles - squares).sum() > 0
+
+
+def test_every_world_word_is_one_token(toy_pipe):
+    tok = toy_pipe.tokenizer
+    for w in WORDS:
+        assert tok.tokenize(w) == [w + "</w>"], w
+    assert len(tok.tokenize("zebra")) > 1  # an unknown word falls apart into byte pieces
+    assert tok.model_max_length == 16
+
+
+def test_classifier_loads_fast_and_is_accurate_on_fresh_images():
+    t0 = time.perf_counter()
+    clf = load_classifier(CLF_DIR)
+    assert time.perf_counter() - t0 < 1.0
+    imgs, o, s = world.sample(500, seed=4242)
+    po, ps = predict(clf, imgs)
+    assert (po == o).mean() >= 0.98 and (ps == s).mean() >= 0.98
+    feats = clf.features(torch.from_numpy(imgs[:4]).permute(0, 3, 1, 2).float() / 255)
+    assert feats.shape == (4, clf.config["widths"][-1])
+    cfg = json.loads((CLF_DIR / "config.json").read_text())
+    assert cfg["heldout_accuracy"]["object"] >= 0.98 and cfg["heldout_accuracy"]["style"] >= 0.98
+    assert (CLF_DIR / "model.safetensors").stat().st_size < 5 * 2**20
+
+
+def test_pipeline_loads_with_plain_from_pretrained_and_is_small():
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(PIPE_DIR))
+    assert isinstance(pipe.tokenizer, CLIPTokenizer)
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.unet, UNet2DConditionModel)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    size = sum(f.stat().st_size for f in PIPE_DIR.rglob("*") if f.is_file())
+    assert size < 20 * 2**20
+
+
+def _gen(pipe, prompts, seeds):
+    from harness.generate import initial_latents
+
+    lat = initial_latents(pipe, seeds, 32, 32)
+    with torch.inference_mode():
+        out = pipe(prompts, latents=lat, output_type="np", **SETTINGS).images
+    return np.round(out * 255).astype(np.uint8)
+
+
+def test_same_seed_same_image_and_different_prompts_differ(toy_pipe):
+    p = "A cross image in checkered style."
+    a = _gen(toy_pipe, [p, p], [5, 6])
+    b = _gen(toy_pipe, [p], [5])
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], a[1])
+    c = _gen(toy_pipe, ["A ring image in solid style."], [5])
+    assert np.abs(a[0].astype(int) - c[0].astype(int)).mean() > 5
+
+
+def test_generations_are_classified_as_prompted(toy_pipe, toy_clf):
+    """One seed per prompt (25 images): the measured full-grid rate (README) minus a margin."""
+    prompts = world.all_prompts()
+    imgs = _gen(toy_pipe, [p for _, _, p in prompts], [1000 + i for i in range(len(prompts))])
+    po, ps = predict(toy_clf, imgs)
+    o = np.array([world.OBJECTS.index(x[0]) for x in prompts])
+    s = np.array([world.STYLES.index(x[1]) for x in prompts])
+    assert (po == o).mean() >= 0.8
+    assert (ps == s).mean() >= 0.8
+
+
+def test_training_commands_run_and_write_loadable_models(tmp_path):
+    """A few steps of each trainer: the files they write load with the plain loaders."""
+    from harness.toy.model import load_pipeline
+    from harness.toy.train import train_classifier, train_model
+
+    acc = train_classifier(tmp_path / "clf", steps=3, batch=8, pool=64)
+    assert set(acc) == {"object", "style"}
+    load_classifier(tmp_path / "clf")
+    meta = train_model(tmp_path / "pipe", vae_steps=2, unet_steps=2, batch=4, pool=32, snapshot_every=0)
+    assert meta["recipe"]["unet_steps"] == 2
+    pipe = load_pipeline(tmp_path / "pipe")
+    assert pipe.vae.config.scaling_factor == pytest.approx(meta["vae_scaling_factor"])
