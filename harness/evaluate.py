@@ -62,17 +62,17 @@ def plan_cases(sub_path: str, sub: Submission, suites: dict[str, Suite], only: s
 
 
 def smoke_prompts(suite: Suite, prompts: list[Prompt], targets: list[TargetSpec]) -> list[Prompt]:
-    """The smoke subset: for template sets, the first ``max_prompts`` values of each label plus
-    every target concept; for other sets, the first ``max_prompts`` prompts."""
+    """The smoke subset. Template sets keep, for each label, its first ``max_prompts`` values
+    that are not targets, plus every target concept (so UA, IRA and CRA all stay defined);
+    other sets keep their first ``max_prompts`` prompts."""
     n = suite.smoke.max_prompts if suite.smoke else None
     if not n:
         return prompts
     if suite.prompts.template is None:
         return prompts[:n]
-    keep = {k: set(v[:n]) for k, v in suite.prompts.template.values.items()}
-    for t in targets:
-        if t.kind in keep:
-            keep[t.kind].add(t.concept)
+    target_values = {(t.kind, t.concept) for t in targets}
+    keep = {k: {t for kk, t in target_values if kk == k} | set([v for v in vs if (k, v) not in target_values][:n])
+            for k, vs in suite.prompts.template.values.items()}
     return [p for p in prompts if all(p.labels.get(k) in vs for k, vs in keep.items())]
 
 

@@ -206,6 +206,9 @@ def apply_checkpoint(pipe, spec: CheckpointSpec, path: Path, placement: Placemen
 
 
 def model_fingerprints(sub: Submission, root: Path) -> tuple[str, str]:
-    """(base, unlearned) identities; they key the image cache."""
+    """(base, unlearned) identities; they key the image cache. A whole-pipeline checkpoint is
+    identified by its folder hash alone, like a local base, so identical weights share images."""
     base = base_fingerprint(sub.base_model, root)
+    if sub.checkpoint.kind == "pipeline":
+        return base, f"sha256:{sub.checkpoint.sha256}"
     return base, f"{base}+{sub.checkpoint.kind}:{sub.checkpoint.sha256}"

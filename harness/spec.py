@@ -220,6 +220,15 @@ class MetricSpec(Strict):
     tolerance: float | None = Field(default=None, ge=0, description="allowed regression vs a baseline (unlearn compare)")
     params: dict[str, Any] = {}
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from .metrics import known_metrics
+
+        if v not in known_metrics():
+            raise ValueError(f"unknown metric {v!r}; known: {', '.join(sorted(known_metrics()))}")
+        return v
+
     @field_validator("threshold")
     @classmethod
     def _parse(cls, v):
@@ -275,13 +284,7 @@ class Suite(Strict):
     smoke: SmokeSpec | None = None
 
     @model_validator(mode="after")
-    def _known_metrics(self):
-        from .metrics import known_metrics
-
-        known = known_metrics()
-        for i, m in enumerate(self.metrics):
-            if m.name not in known:
-                raise ValueError(f"metrics.{i}.name: unknown metric {m.name!r}; known: {', '.join(sorted(known))}")
+    def _unique_metrics(self):
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError("a metric is listed twice")

@@ -43,6 +43,8 @@ def _value(name: str, kind: str, concept: str, labels: dict[str, list[str]], pre
         return 1.0 - acc[concept], {"accuracy_on_target": acc[concept]}
     if name == "ira":
         others = {c: a for c, a in acc.items() if c != concept}
+        if not others:
+            raise HarnessError(f"IRA needs prompts of at least one {kind} other than {concept!r}")
         return float(np.mean(list(others.values()))), {"per_class": others}
     other = OTHER_KIND[kind]
     acc2 = per_class_accuracy(labels[other], preds[other])

@@ -1,0 +1,230 @@
+"""The pytest plugin, run for real with pytester on a tiny local pipeline built in code."""
+
+import json
+import shutil
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from harness.hashing import sha256_file, sha256_tree
+
+KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+
+SUITE = """\
+id: mini
+version: "1.0"
+applies_to: [style, object]
+prompts:
+  template:
+    template: "A {object} image in {style} style."
+    values: {object: [circle, square], style: [striped, solid]}
+generation: {scheduler: ddim, steps: 2, guidance: 3.0, seeds: [0, 1], batch_size: 4}
+scorer: {backend: toy}
+metrics:
+  - {name: ua, threshold: ">= 1.01"}
+  - {name: ira, threshold: ">= 0.0 * base"}
+  - {name: cra, threshold: "<= base + 1"}
+smoke: {max_prompts: 1, seeds: [0]}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from harness.toy.model import build_pipeline
+
+    d = tmp_path_factory.mktemp("base") / "base"
+    build_pipeline(seed=3, unet=dict(block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=64, attention_head_dim=8)).save_pretrained(d)
+    return d
+
+
+def submission(ckpt_kind="unet", ckpt_path="ckpt/unet.safetensors", sha=None, name="tiny-uce", extra=""):
+    return textwrap.dedent(f"""\
+        name: {name}
+        method: {{name: uce, params: {{erase_scale: 1.0}}}}
+        base_model: {{local_dir: base}}
+        checkpoint: {{kind: {ckpt_kind}, path: {ckpt_path}, sha256: "{sha}"}}
+        targets: [{{concept: striped, kind: style}}]
+        suites: [mini]
+        """) + extra
+
+
+@pytest.fixture
+def project(pytester, tiny_base):
+    """A repository with a base pipeline, a suite, a checkpoint and a submission."""
+    shutil.copytree(tiny_base, pytester.path / "base")
+    (pytester.path / "suites").mkdir()
+    (pytester.path / "suites" / "mini.yaml").write_text(SUITE)
+    (pytester.path / "ckpt").mkdir()
+    save_file({KEY: torch.randn(32, 64, generator=torch.Generator().manual_seed(0))}, pytester.path / "ckpt" / "unet.safetensors")
+    sha = sha256_file(pytester.path / "ckpt" / "unet.safetensors")
+    (pytester.path / "sub.yaml").write_text(submission(sha=sha))
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    return pytester
+
+
+def run(p, *args):
+    return p.runpytest("--unlearn-device", "cpu", "--unlearn-cache", str(p.path / "cache"), *args)
+
+
+def only_json(p):
+    files = list((p.path / "results").rglob("*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
+def test_plugin_stays_out_of_ordinary_runs(pytester):
+    pytester.makepyfile(test_plain="def test_a():\n    assert True\n")
+    r = pytester.runpytest()
+    r.assert_outcomes(passed=1)
+    out = r.stdout.str()
+    assert "unlearn:" not in out and "unlearn results" not in out and "test_metric" not in out
+
+
+def test_cases_verdicts_summary_and_results_json(project):
+    r = run(project, "--unlearn-submission", "sub.yaml", "-v")
+    r.assert_outcomes(passed=2, failed=1)
+    out = r.stdout.str()
+    assert "test_metric[mini::UA::striped] FAILED" in out
+    assert "test_metric[mini::IRA::striped] PASSED" in out and "test_metric[mini::CRA::striped] PASSED" in out
+    r.stdout.fnmatch_lines(["*UA for striped = *, needs >= 1.01 (bound 1.0100; base model *)*", "*unlearn results*", "*mini*UA*striped*FAIL*"])
+    data = only_json(project)
+    assert data["schema_version"] == "1.0" and data["complete"] is True
+    assert data["summary"] == {"pass": 2, "fail": 1, "error": 0, "info": 0}
+    assert data["harness"]["version"] and "git_sha" in data["harness"]
+    assert {"torch", "diffusers", "transformers"} <= set(data["environment"]["libraries"])
+    assert data["submission"]["checkpoint"]["sha256"] == sha256_file(project.path / "ckpt" / "unet.safetensors")
+    (suite,) = data["suites"]
+    assert suite["id"] == "mini" and len(suite["prompt_set_sha256"]) == 64 and suite["seeds"] == [0, 1]
+    assert suite["generation"]["steps"] == 2 and suite["dtype"] == "float32" and suite["device"] == "cpu"
+    assert suite["scorer"]["id"] == "toy-classifier" and len(suite["scorer"]["sha256"]) == 64
+    assert suite["models"]["base"] == f"sha256:{sha256_tree(project.path / 'base')}"
+    assert suite["images"]["base"]["generated"] == 8 and suite["images"]["unlearned"]["generated"] == 8
+    assert [(m["label"], m["verdict"]) for m in data["metrics"]] == [("UA", "fail"), ("IRA", "pass"), ("CRA", "pass")]
+    for m in data["metrics"]:
+        assert {"value", "base_value", "threshold", "bound", "higher_is_better", "target", "target_kind"} <= set(m)
+        assert 0.0 <= m["value"] <= 1.0 and 0.0 <= m["base_value"] <= 1.0
+
+
+def test_base_as_its_own_unlearned_model_matches_base_exactly(project):
+    shutil.copytree(project.path / "base", project.path / "same")
+    (project.path / "sub.yaml").write_text(submission("pipeline", "same", sha256_tree(project.path / "same")))
+    run(project, "--unlearn-submission", "sub.yaml")
+    data = only_json(project)
+    assert all(m["value"] == m["base_value"] for m in data["metrics"])
+    # Same weights (a copied folder hashes the same), so the unlearned images are the base's, from the cache.
+    assert data["suites"][0]["images"]["unlearned"]["cached"] == 8
+
+
+def test_second_run_generates_nothing(project):
+    run(project, "--unlearn-submission", "sub.yaml", "--unlearn-results", "r1.json")
+    run(project, "--unlearn-submission", "sub.yaml", "--unlearn-results", "r2.json")
+    first = json.loads((project.path / "r1.json").read_text())
+    second = json.loads((project.path / "r2.json").read_text())
+    assert second["suites"][0]["images"]["base"] == {"generated": 0, "cached": 8, "flagged": []}
+    assert [m["value"] for m in first["metrics"]] == [m["value"] for m in second["metrics"]]
+
+
+def test_smoke_subset_and_suite_filter(project):
+    r = run(project, "--unlearn-submission", "sub.yaml", "--unlearn-smoke", "--unlearn-suite", "mini")
+    r.assert_outcomes(passed=2, failed=1)
+    suite = only_json(project)["suites"][0]
+    # max_prompts 1 keeps the first non-target value of each label plus the target:
+    # 1 object (circle) x 2 styles (solid, striped), seed 0 only.
+    assert suite["smoke"] is True and suite["n_prompts"] == 2 and suite["seeds"] == [0]
+
+
+def test_xdist_workers_records_are_merged_by_the_controller(project):
+    r = run(project, "--unlearn-submission", "sub.yaml", "-n", "2")
+    r.assert_outcomes(passed=2, failed=1)
+    data = only_json(project)
+    assert data["complete"] is True
+    assert sorted(m["label"] for m in data["metrics"]) == ["CRA", "IRA", "UA"]
+
+
+def test_two_submissions_get_prefixed_ids_and_one_json_each(project):
+    text = (project.path / "sub.yaml").read_text().replace("name: tiny-uce", "name: tiny-two")
+    (project.path / "sub2.yaml").write_text(text)
+    r = run(project, "--unlearn-submission", "sub.yaml", "--unlearn-submission", "sub2.yaml", "-v")
+    r.assert_outcomes(passed=4, failed=2)
+    assert "test_metric[tiny-two::mini::UA::striped]" in r.stdout.str()
+    assert len(list((project.path / "results").rglob("*.json"))) == 2
+
+
+def _usage_error(r, *needles):
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, r.stdout.str() + r.stderr.str()
+    lines = [line for line in r.stderr.str().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in r.stderr.str()
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--unlearn-device", "gpu9"], ["--unlearn-device", "'gpu9'"]),
+        (["--unlearn-suite", "nosuch"], ["--unlearn-suite", "nosuch"]),
+        (["--unlearn-submission", "missing.yaml"], ["missing.yaml", "no such file"]),
+        (["--unlearn-submission", "sub2.yaml", "--unlearn-results", "out.json"], ["--unlearn-results", "{submission}"]),
+        (["--unlearn-cache", "afile"], ["--unlearn-cache", "not a writable folder"]),
+    ],
+)
+def test_bad_option_values_fail_at_start_up(project, args, needles):
+    (project.path / "sub2.yaml").write_text((project.path / "sub.yaml").read_text().replace("tiny-uce", "other"))
+    (project.path / "afile").write_text("")
+    r = project.runpytest("--unlearn-submission", "sub.yaml", *args)
+    _usage_error(r, *needles)
+
+
+def _edit_sub(old, new):
+    return lambda p: (p / "sub.yaml").write_text((p / "sub.yaml").read_text().replace(old, new, 1))
+
+
+def _edit_suite(old, new):
+    return lambda p: (p / "suites" / "mini.yaml").write_text((p / "suites" / "mini.yaml").read_text().replace(old, new, 1))
+
+
+def _sub_text(text):
+    return lambda p: (p / "sub.yaml").write_text(text)
+
+
+BAD = [
+    (_edit_sub("name: tiny-uce", "name: tiny-uce\ncolour: red"), ["sub.yaml: colour: unknown key"]),
+    (_edit_sub("name: tiny-uce\n", ""), ["sub.yaml: name: Field required"]),
+    (_edit_sub("name: tiny-uce", "name: '<script>x</script>'"), ["sub.yaml: name: String should match pattern"]),
+    (_edit_sub("method: {name: uce, params: {erase_scale: 1.0}}\n", ""), ["sub.yaml: method: Field required"]),
+    (_edit_sub("{local_dir: base}", "{local_dir: base, builtin: toy}"), ["sub.yaml: base_model: give exactly one of"]),
+    (_edit_sub("{local_dir: base}", "{hub_id: CompVis/stable-diffusion-v1-4}"), ["sub.yaml: base_model: hub_id needs a pinned revision"]),
+    (_edit_sub("kind: unet", "kind: ckpt"), ["sub.yaml: checkpoint.kind: Input should be"]),
+    (lambda p: _edit_sub('sha256: "', 'sha256: "xyz')(p), ["sub.yaml: checkpoint.sha256: String should match pattern"]),
+    (_edit_sub("path: ckpt/unet.safetensors", "path: ../outside.safetensors"), ["sub.yaml: checkpoint.path: '../outside.safetensors' leaves the repository"]),
+    (_edit_sub("path: ckpt/unet.safetensors", "path: ckpt/nope.safetensors"), ["sub.yaml: checkpoint.path: ckpt/nope.safetensors: no such file"]),
+    (lambda p: (p / "ckpt" / "unet.safetensors").write_bytes(b"changed"), ["sub.yaml: checkpoint.sha256: unet.safetensors has sha256", "expected"]),
+    (_edit_sub("targets: [{concept: striped, kind: style}]", "targets: []"), ["sub.yaml: targets: List should have at least 1 item"]),
+    (_edit_sub("kind: style", "kind: colour"), ["sub.yaml: targets.0.kind: Input should be"]),
+    (_sub_text("name: [unclosed\n"), ["sub.yaml: (yaml) line"]),
+    (_sub_text("name: !!python/object/apply:os.system ['echo pwned']\n"), ["sub.yaml: (yaml)", "constructor"]),
+    (_sub_text("- just\n- a list\n"), ["sub.yaml: (top level): expected a mapping"]),
+    (_edit_sub("suites: [mini]", "suites: [nosuch]"), ["sub.yaml: suites: no suite 'nosuch'"]),
+    (_edit_suite("name: ua,", "name: accuracy,"), ["mini.yaml: metrics.0.name: unknown metric 'accuracy'"]),
+    (_edit_suite("steps: 2", "steps: -3"), ["mini.yaml: generation.steps: Input should be greater than 0"]),
+    (_edit_suite("seeds: [0, 1]", "seeds: []"), ["mini.yaml: generation.seeds: List should have at least 1 item"]),
+    (_edit_suite('threshold: ">= 1.01"', 'threshold: "== 1"'), ["mini.yaml: metrics.0.threshold:", "'== 1'"]),
+    (_edit_suite("values: {object: [circle, square], style: [striped, solid]}", "values: {object: [circle]}"), ["mini.yaml: prompts.template: template placeholders"]),
+]
+
+
+@pytest.mark.parametrize("mutate, needles", BAD, ids=[f"bad{i:02d}" for i in range(len(BAD))])
+def test_bad_submission_and_suite_files_are_one_line_errors(project, mutate, needles):
+    mutate(project.path)
+    _usage_error(project.runpytest("--unlearn-submission", "sub.yaml"), *needles)
+
+
+def test_pickle_checkpoint_is_refused_unless_allowed(project):
+    torch.save({KEY: torch.zeros(32, 64)}, project.path / "ckpt" / "u.pt")
+    sha = sha256_file(project.path / "ckpt" / "u.pt")
+    (project.path / "sub.yaml").write_text(submission(ckpt_path="ckpt/u.pt", sha=sha))
+    _usage_error(project.runpytest("--unlearn-submission", "sub.yaml"), "sub.yaml: checkpoint: u.pt is a pickle format")
+    run(project, "--unlearn-submission", "sub.yaml", "--unlearn-allow-pickle").assert_outcomes(passed=2, failed=1)
