@@ -86,6 +86,7 @@ class SuiteRun:
     images: dict[str, list]  # "base" / "unlearned" -> aligned uint8 images
     scorer: object
     _preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)  # work metrics share (e.g. features for FID and KID)
 
     def labels(self) -> dict[str, list[str]]:
         keys = self.items[0][0].labels.keys() if self.items else []

@@ -16,6 +16,11 @@ _REGISTRY: dict[str, str] = {
     "ua": "accuracy",
     "ira": "accuracy",
     "cra": "accuracy",
+    "integrity": "integrity",
+    "integrity_forget": "integrity",
+    "mscore": "mscore",
+    "fid": "fid",
+    "kid": "fid",
 }
 
 

@@ -1,0 +1,97 @@
+"""FID and KID with clean-fid ("clean" mode: its PIL bicubic resize to 299 before features).
+
+Computed on the retain prompts' images (those not labelled with the target concept) against a
+reference set, for the unlearned and the base model under the same settings; lower is better.
+Toy world: the references are procedural images of every concept but the target, and the
+features come from the toy classifier, handed to clean-fid through its custom feature extractor
+hook (``features.ToyCleanFidExtractor``). Real suites name a reference image folder by path +
+sha256 (``params.reference_dir``, ``params.reference_sha256``) and use clean-fid's Inception.
+KID's random subsets are seeded (``params.kid_seed``, default 0), so KID is reproducible.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HarnessError
+from ..hashing import sha256_bytes
+from . import Measurement, MetricInfo
+from .integrity import forget_mask
+
+METRICS = {
+    "fid": MetricInfo("FID", False, "clean-fid Frechet distance of retain-prompt images to the reference set"),
+    "kid": MetricInfo("KID", False, "clean-fid kernel inception distance of retain-prompt images to the reference set"),
+}
+
+
+def _write(images, folder: Path) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(np.asarray(im)).save(folder / f"{i:06d}.png")
+    return folder
+
+
+def clean_features(images, extractor, device: str = "cpu") -> np.ndarray:
+    """clean-fid features of in-memory images (written to a temporary folder, as it reads files)."""
+    import torch
+    from cleanfid import fid
+
+    with tempfile.TemporaryDirectory(prefix="unlearn-fid-") as tmp:
+        _write(images, Path(tmp) / "imgs")
+        return fid.get_folder_features(str(Path(tmp) / "imgs"), model=extractor, num_workers=0, batch_size=64,
+                                       device=torch.device(device), mode="clean", verbose=False)
+
+
+def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
+    from cleanfid import fid
+
+    return float(fid.frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
+
+
+def kid_from_features(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
+    from cleanfid import fid
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return float(fid.kernel_distance(a, b))
+    finally:
+        np.random.set_state(state)
+
+
+def _toy_reference(target, n: int, seed: int) -> np.ndarray:
+    from ..toy import world
+
+    objects = tuple(o for o in world.OBJECTS if not (target.kind == "object" and o == target.concept))
+    styles = tuple(s for s in world.STYLES if not (target.kind == "style" and s == target.concept))
+    return world.sample(n, seed, objects, styles)[0]
+
+
+def compute(name: str, run, target, params: dict) -> Measurement:
+    if run.suite.scorer.backend != "toy":
+        raise HarnessError(f"{METRICS[name].label}: real suites need params.reference_dir with Inception weights cached; only the toy backend is wired here")
+    n, seed = int(params.get("references", 500)), int(params.get("reference_seed", 4096))
+    idx = np.flatnonzero(~forget_mask(run, target))
+    if len(idx) < 2:
+        raise HarnessError(f"{METRICS[name].label}: needs at least 2 retain images")
+    key = ("clean-fid-features", target.kind, target.concept, n, seed)
+    if key not in run.memo:  # FID and KID share one feature pass
+        from .features import ToyCleanFidExtractor
+
+        ref = _toy_reference(target, n, seed)
+        ex = ToyCleanFidExtractor()
+        run.memo[key] = (clean_features(list(ref), ex), clean_features([run.images["unlearned"][i] for i in idx], ex),
+                         clean_features([run.images["base"][i] for i in idx], ex), sha256_bytes(ref.tobytes()))
+    f_ref, f_unl, f_base, ref_sha = run.memo[key]
+    if name == "fid":
+        value, base = fid_from_features(f_unl, f_ref), fid_from_features(f_base, f_ref)
+    else:
+        s = int(params.get("kid_seed", 0))
+        value, base = kid_from_features(f_unl, f_ref, s), kid_from_features(f_base, f_ref, s)
+    return Measurement(value, base, {"mode": "clean", "features": "toy classifier penultimate via clean-fid custom extractor",
+                                     "references": n, "reference_seed": seed, "reference_sha256": ref_sha, "images": int(len(idx))})

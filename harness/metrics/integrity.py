@@ -1,0 +1,53 @@
+"""Integrity (Model Integrity when Unlearning with T2I Diffusion Models, arXiv 2411.02068).
+
+    I = 1 - mean over matched (prompt, seed) pairs of d(x_base, x_unlearned)
+
+with d a perceptual distance: LPIPS (AlexNet) for real models, the toy classifier's LPIPS-style
+distance on the toy world (``features.toy_perceptual_distance``). ``integrity`` is over the
+retain prompts (those not labelled with the target concept): higher is better and an unchanged
+model scores exactly 1.0. ``integrity_forget`` is the same over the forget prompts, where a low
+value shows that the output really changed. The base model's value is 1.0 by definition (the
+base compared with itself), reported for the table's symmetry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import HarnessError
+from . import Measurement, MetricInfo
+
+METRICS = {
+    "integrity": MetricInfo("Integrity", True, "1 - mean perceptual distance to the base model's image, retain prompts"),
+    "integrity_forget": MetricInfo("Integrity-forget", False, "1 - mean perceptual distance to the base model's image, forget prompts"),
+}
+
+
+def distances(backend: str, a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    if backend == "toy":
+        from .features import toy_perceptual_distance
+
+        return toy_perceptual_distance(a, b)
+    if backend == "lpips-alex":
+        from .lpips import lpips_alex
+
+        return lpips_alex(a, b)
+    raise HarnessError(f"integrity: unknown backend {backend!r} (toy, lpips-alex)")
+
+
+def forget_mask(run, target) -> np.ndarray:
+    labels = run.labels()
+    if target.kind not in labels:
+        raise HarnessError(f"suite {run.suite.id}: prompts carry no {target.kind!r} label, so forget and retain prompts cannot be told apart")
+    return np.array([v == target.concept for v in labels[target.kind]])
+
+
+def compute(name: str, run, target, params: dict) -> Measurement:
+    backend = params.get("backend", "toy" if run.suite.scorer.backend == "toy" else "lpips-alex")
+    forget = forget_mask(run, target)
+    mask = forget if name == "integrity_forget" else ~forget
+    if not mask.any():
+        raise HarnessError(f"{METRICS[name].label}: no {'forget' if name == 'integrity_forget' else 'retain'} prompts for {target.concept!r}")
+    idx = np.flatnonzero(mask)
+    d = distances(backend, [run.images["base"][i] for i in idx], [run.images["unlearned"][i] for i in idx])
+    return Measurement(1.0 - float(d.mean()), 1.0, {"backend": backend, "pairs": int(len(idx)), "max_distance": float(d.max())})

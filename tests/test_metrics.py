@@ -1,0 +1,88 @@
+"""Metric families on synthetic inputs with known answers."""
+
+import numpy as np
+import pytest
+
+from harness.metrics import accuracy, fid, integrity, known_metrics, mscore
+from harness.metrics.features import toy_embeddings, toy_perceptual_distance
+from harness.spec import TargetSpec
+from harness.toy import world
+
+
+def test_registry_is_lazy_and_complete():
+    assert {"ua", "ira", "cra", "integrity", "integrity_forget", "mscore", "fid", "kid"} <= known_metrics()
+
+
+def test_per_class_accuracy_and_unlearncanvas_definitions():
+    labels = {"style": ["a", "a", "b", "b"], "object": ["x", "y", "x", "y"]}
+    preds = {"style": ["a", "b", "b", "b"], "object": ["x", "x", "x", "y"]}
+    assert accuracy.per_class_accuracy(labels["style"], preds["style"]) == {"a": 0.5, "b": 1.0}
+    assert accuracy._value("ua", "style", "a", labels, preds)[0] == 0.5
+    assert accuracy._value("ira", "style", "a", labels, preds)[0] == 1.0
+    assert accuracy._value("cra", "style", "a", labels, preds)[0] == 0.75  # x: 2/2, y: 1/2
+
+
+def test_toy_perceptual_distance_identical_is_exactly_zero_and_grows_with_change():
+    imgs = list(world.sample(6, seed=1)[0])
+    assert np.all(toy_perceptual_distance(imgs, imgs) == 0.0)
+    noisy = [np.clip(im.astype(int) + np.random.default_rng(0).integers(-40, 40, im.shape), 0, 255).astype(np.uint8) for im in imgs]
+    other = list(world.sample(6, seed=2)[0])
+    d_noise, d_other = toy_perceptual_distance(imgs, noisy), toy_perceptual_distance(imgs, other)
+    assert np.all(d_noise > 0) and np.all(d_noise <= 1) and np.all(d_other <= 1)
+    assert d_other.mean() > d_noise.mean()
+
+
+def test_lpips_alexnet_stand_in_identical_is_zero():
+    from harness.metrics.lpips import lpips_alex
+
+    imgs = list(world.sample(3, seed=1)[0])
+    other = list(world.sample(3, seed=2)[0])
+    assert np.all(lpips_alex(imgs, imgs, size=64, stand_in=True) == 0.0)
+    assert np.all(lpips_alex(imgs, other, size=64, stand_in=True) > 0.0)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_kid_is_reproducible():
+    from harness.metrics.features import ToyCleanFidExtractor
+
+    a = list(world.sample(120, seed=3)[0])
+    fa = fid.clean_features(a, ToyCleanFidExtractor())
+    assert fa.shape[0] == 120
+    assert abs(fid.fid_from_features(fa, fa)) < 1e-3
+    same_dist = fid.clean_features(list(world.sample(120, seed=4)[0]), ToyCleanFidExtractor())
+    striped = fid.clean_features(list(world.reference_images(None, "striped", 120, seed=5)), ToyCleanFidExtractor())
+    assert fid.fid_from_features(fa, striped) > 5 * fid.fid_from_features(fa, same_dist)
+    assert fid.kid_from_features(fa, striped, seed=0) == fid.kid_from_features(fa, striped, seed=0)
+
+
+def test_mscore_known_answers():
+    refs = toy_embeddings(list(world.reference_images(None, "dotted", 40, seed=1)))
+    assert mscore.m_score(refs[:10], refs) == pytest.approx(1.0)
+    others = toy_embeddings(list(world.reference_images(None, "solid", 40, seed=2)))
+    same = toy_embeddings(list(world.reference_images(None, "dotted", 40, seed=3)))
+    assert mscore.m_score(same, refs) > mscore.m_score(others, refs)
+
+
+class _Run:
+    """A SuiteRun stand-in: labels and both image sets."""
+
+    def __init__(self, base, unl, styles):
+        from harness.spec import ScorerSpec
+
+        self.images = {"base": base, "unlearned": unl}
+        self._labels = {"style": styles, "object": ["circle"] * len(styles)}
+        self.suite = type("S", (), {"id": "synthetic", "scorer": ScorerSpec(backend="toy")})()
+        self.memo = {}
+
+    def labels(self):
+        return self._labels
+
+
+def test_integrity_known_answers_on_retain_and_forget_prompts():
+    imgs = list(world.sample(8, seed=9)[0])
+    styles = ["striped"] * 4 + ["solid"] * 4
+    t = TargetSpec(concept="striped", kind="style")
+    same = integrity.compute("integrity", _Run(imgs, imgs, styles), t, {})
+    assert same.value == 1.0 and same.base_value == 1.0
+    changed = imgs[:4] + list(world.sample(4, seed=10)[0])  # only retain images changed
+    assert integrity.compute("integrity", _Run(imgs, changed, styles), t, {}).value < 1.0
+    assert integrity.compute("integrity_forget", _Run(imgs, changed, styles), t, {}).value == 1.0
