@@ -78,6 +78,18 @@ def cmd_toy_quality(a) -> int:
     return 0
 
 
+def cmd_toy_checkpoints(a) -> int:
+    from .toy.submissions import make_checkpoints, write_submissions
+
+    _threads()
+    root = Path(a.root).resolve()
+    for d in make_checkpoints(root, tuple(a.method or ("uce", "esd")), force=a.force):
+        print(f"checkpoint {d.relative_to(root)}")
+    for p in write_submissions(root):
+        print(f"wrote {p.relative_to(root)}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- methods
 def cmd_erase(a) -> int:
     from .methods import run_erase
@@ -92,13 +104,12 @@ def cmd_erase(a) -> int:
 
 # ----------------------------------------------------------------------------- specs
 def cmd_validate(a) -> int:
-    from .spec import SpecErrors, Submission, Suite, is_suite_file, load_model, read_yaml
+    from .spec import SpecErrors, is_suite_file, load_submission, load_suite, read_yaml
 
     bad = 0
     for f in a.files:
         try:
-            data = read_yaml(f)
-            load_model(Suite if is_suite_file(data) else Submission, f)
+            (load_suite if is_suite_file(read_yaml(f)) else load_submission)(f)
             print(f"{f}: ok")
         except SpecErrors as e:
             bad += 1
@@ -155,6 +166,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--guidance", type=float, default=5.0)
     t.add_argument("--scheduler", default="ddim")
     t.set_defaults(func=cmd_toy_quality)
+
+    t = toy.add_parser("checkpoints", help="(re)make the reference methods' toy checkpoints and submission YAMLs")
+    t.add_argument("--root", default=".", help="repository root")
+    t.add_argument("--method", action="append", choices=sorted(METHODS), help="only these methods (repeatable)")
+    t.add_argument("--force", action="store_true", help="re-run methods whose checkpoint exists")
+    t.set_defaults(func=cmd_toy_checkpoints)
 
     e = sub.add_parser("erase", help="run a reference unlearning method; writes the changed tensors + method.json")
     e.add_argument("method", choices=sorted(METHODS))

@@ -46,10 +46,34 @@ def suite_path(root: Path, suite_id: str) -> Path:
     return root / "suites" / f"{suite_id}.yaml"
 
 
+def resolve_suites(sub: Submission, root: Path) -> dict[str, Suite]:
+    """The submission's suites, loaded: as declared, else every suite in ``suites/`` of the base
+    model's world (toy or real) that applies to one of its target kinds."""
+    if sub.suites:
+        out = {}
+        for sid in sub.suites:
+            p = suite_path(root, sid)
+            if not p.is_file():
+                raise HarnessError(f"suites: no suite {sid!r} (expected {p.relative_to(root)})")
+            out[sid] = load_suite(p)
+        return out
+    world = "toy" if sub.base_model.builtin == "toy" else "real"
+    kinds = {t.kind for t in sub.targets}
+    out = {}
+    for p in sorted((root / "suites").glob("*.yaml")):
+        suite = load_suite(p)
+        if suite.world == world and kinds & set(suite.applies_to):
+            out[suite.id] = suite
+    if not out:
+        raise HarnessError(f"suites: no {world} suite in suites/ applies to the targets ({', '.join(sorted(kinds))})")
+    return out
+
+
 def plan_cases(sub_path: str, sub: Submission, suites: dict[str, Suite], only: set[str] | None = None) -> list[Case]:
-    """The cases of one submission, from the specs alone (no model is loaded)."""
+    """The cases of one submission over its resolved suites, from the specs alone (no model is
+    loaded)."""
     cases = []
-    for sid in sub.suite_ids():
+    for sid in suites:
         if only and sid not in only:
             continue
         suite = suites[sid]

@@ -60,9 +60,9 @@ def _usage(msg: str):
 def _build_state(config) -> State:
     import os
 
-    from .evaluate import plan_cases, suite_path
+    from .evaluate import plan_cases, resolve_suites
     from .models import checkpoint_file
-    from .spec import SpecErrors, load_submission, load_suite
+    from .spec import SpecErrors, load_submission
 
     root = Path(config.rootpath)
     device = config.getoption("unlearn_device")
@@ -88,24 +88,22 @@ def _build_state(config) -> State:
     for p in dict.fromkeys(paths):
         try:
             sub = load_submission(p)
-            for sid in sub.suite_ids():
-                if sid not in suites:
-                    sp = suite_path(root, sid)
-                    if not sp.is_file():
-                        raise HarnessError(f"{p}: suites: no suite {sid!r} (expected {sp.relative_to(root)})")
-                    suites[sid] = load_suite(sp)
-            checkpoint_file(sub.checkpoint, root, cache, allow_pickle) if sub.checkpoint.path else None
+            mine = resolve_suites(sub, root)
+            if sub.checkpoint.path:
+                checkpoint_file(sub.checkpoint, root, cache, allow_pickle)
         except SpecErrors as e:
             raise _usage("\n".join(e.lines)) from None
         except HarnessError as e:
             msg = str(e)
             raise _usage(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
-        subs[p] = sub
+        subs[p] = (sub, mine)
+        suites.update(mine)
     unknown = only - set(suites)
     if unknown:
         raise _usage(f"--unlearn-suite: {', '.join(sorted(unknown))} is not a suite of the given submissions (they have: {', '.join(sorted(suites))})")
-    for p, sub in subs.items():
-        cases += plan_cases(p, sub, suites, only or None)
+    for p, (sub, mine) in subs.items():
+        cases += plan_cases(p, sub, mine, only or None)
+    subs = {p: sub for p, (sub, _) in subs.items()}
     started = dt.datetime.now(dt.timezone.utc)
     return State(root, subs, suites, cases, cache, results, device, config.getoption("unlearn_smoke"), allow_pickle,
                  started.isoformat(timespec="seconds"))

@@ -96,20 +96,9 @@ class Submission(Strict):
     base_model: BaseModelSpec
     checkpoint: CheckpointSpec
     targets: list[TargetSpec] = Field(min_length=1)
-    suites: list[SLUG] | None = None
+    suites: list[SLUG] | None = Field(default=None, description="suite ids; default: every suite of the base's world that applies to a target kind")
     method_record: str | None = Field(default=None, description="method.json written by `unlearn erase` (measured efficiency)")
     efficiency: EfficiencySpec | None = None
-
-    def suite_ids(self) -> list[str]:
-        """The suites to run: as declared, else defaulted from the targets and the base."""
-        if self.suites:
-            return list(self.suites)
-        toy = self.base_model.builtin == "toy"
-        out: list[str] = []
-        for t in self.targets:
-            if t.kind in ("style", "object"):
-                out.append("toy-canvas" if toy else "unlearncanvas")
-        return list(dict.fromkeys(out))
 
 
 # ----------------------------------------------------------------------------- suites
@@ -277,6 +266,7 @@ class Suite(Strict):
     version: str = Field(pattern=r"^\d+(\.\d+)*$")
     description: str = ""
     applies_to: list[Literal["style", "object", "nudity", "identity"]] = Field(min_length=1)
+    world: Literal["toy", "real"] = Field(default="real", description="toy: runs on the toy world's builtin base")
     prompts: PromptSet
     generation: GenerationSettings
     scorer: ScorerSpec
@@ -343,12 +333,37 @@ def load_submission(path: str | Path) -> Submission:
     return load_model(Submission, path)
 
 
+def _with_includes(path: Path, data: dict, depth: int = 0) -> dict:
+    """``include: <suite id>`` takes every key of that suite (same folder) that this file does
+    not set: suites that share prompts and generation settings (hence cached images) say so
+    once."""
+    inc = data.get("include")
+    if inc is None:
+        return data
+    if not isinstance(inc, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", inc):
+        raise SpecErrors([f"{path}: include: must be a suite id"])
+    if depth >= 3:
+        raise SpecErrors([f"{path}: include: nested more than 3 deep"])
+    parent_path = path.parent / f"{inc}.yaml"
+    if not parent_path.is_file():
+        raise SpecErrors([f"{path}: include: no suite {inc!r} beside this file"])
+    parent = _with_includes(parent_path, read_yaml(parent_path), depth + 1)
+    merged = {k: v for k, v in parent.items() if k not in ("id", "version", "description", "metrics")}
+    merged.update({k: v for k, v in data.items() if k != "include"})
+    return merged
+
+
 def load_suite(path: str | Path) -> Suite:
-    return load_model(Suite, path)
+    p = Path(path)
+    data = _with_includes(p, read_yaml(p))
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as e:
+        raise SpecErrors(_format_validation(p, e)) from None
 
 
 def is_suite_file(data: dict) -> bool:
-    return "metrics" in data and "prompts" in data
+    return "metrics" in data and ("prompts" in data or "include" in data)
 
 
 def inside(root: Path, rel: str, what: str) -> Path:

@@ -228,3 +228,13 @@ def test_pickle_checkpoint_is_refused_unless_allowed(project):
     (project.path / "sub.yaml").write_text(submission(ckpt_path="ckpt/u.pt", sha=sha))
     _usage_error(project.runpytest("--unlearn-submission", "sub.yaml"), "sub.yaml: checkpoint: u.pt is a pickle format")
     run(project, "--unlearn-submission", "sub.yaml", "--unlearn-allow-pickle").assert_outcomes(passed=2, failed=1)
+
+
+def test_suites_default_to_those_of_the_base_world_that_apply(project):
+    text = (project.path / "sub.yaml").read_text().replace("suites: [mini]\n", "")
+    (project.path / "sub.yaml").write_text(text)
+    (project.path / "suites" / "toyonly.yaml").write_text(SUITE.replace("id: mini", "id: toyonly").replace("applies_to: [style, object]", "applies_to: [style]\nworld: toy"))
+    (project.path / "suites" / "nudity.yaml").write_text(SUITE.replace("id: mini", "id: nudity").replace("applies_to: [style, object]", "applies_to: [nudity]"))
+    r = run(project, "--unlearn-submission", "sub.yaml", "--collect-only", "-q")
+    out = r.stdout.str()
+    assert "mini::UA::striped" in out and "toyonly" not in out and "nudity::" not in out

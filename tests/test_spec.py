@@ -100,3 +100,20 @@ def test_validation_errors_name_file_and_field(tmp_path):
     assert f"{f}: method.colour: unknown key" in lines
     assert any(line.startswith(f"{f}: checkpoint.sha256:") for line in lines)
     assert any(line.startswith(f"{f}: targets:") for line in lines)
+
+
+def test_suite_include_inherits_prompts_and_generation():
+    canvas = load_suite(REPO / "suites" / "toy-canvas.yaml")
+    for sid in ("toy-integrity", "toy-mscore", "toy-fid"):
+        s = load_suite(REPO / "suites" / f"{sid}.yaml")
+        assert s.id == sid and s.prompts == canvas.prompts and s.generation == canvas.generation and s.world == "toy"
+        assert [m.name for m in s.metrics] != [m.name for m in canvas.metrics]
+
+
+def test_suite_include_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("id: a\nversion: '1'\ninclude: nosuch\nmetrics: [{name: ua}]\n")
+    with pytest.raises(SpecErrors, match="include: no suite 'nosuch'"):
+        load_suite(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("id: b\nversion: '1'\ninclude: b\nmetrics: [{name: ua}]\n")
+    with pytest.raises(SpecErrors, match="nested more than 3 deep"):
+        load_suite(tmp_path / "b.yaml")
