@@ -227,13 +227,13 @@ class Reporter:
             return
         tr = terminalreporter
         tr.section("unlearn results")
-        head = f"{'suite':<16} {'metric':<8} {'target':<14} {'value':>8} {'base':>8} {'threshold':<16} verdict"
+        head = f"{'suite':<16} {'metric':<17} {'target':<14} {'value':>8} {'base':>8} {'threshold':<16} verdict"
         for name, out, data in self.state.written:
             tr.write_line(f"{name}" + ("" if data["complete"] else "  (incomplete)"))
             tr.write_line("  " + head)
             for r in data["metrics"]:
                 tr.write_line(
-                    f"  {r['suite']:<16} {r.get('label', r['metric']):<8} {r['target']:<14} {_fmt(r.get('value')):>8} "
+                    f"  {r['suite']:<16} {r.get('label', r['metric']):<17} {r['target']:<14} {_fmt(r.get('value')):>8} "
                     f"{_fmt(r.get('base_value')):>8} {str(r.get('threshold') or '-'):<16} {r['verdict'].upper()}"
                 )
             tr.write_line(f"  results: {out}")

@@ -17,7 +17,7 @@ from .model import DEFAULT_DIR as PIPE_DIR
 # method -> (parameters used for the committed checkpoints); chosen by the sweep in README.
 PARAMS = {
     "uce": {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5},
-    "esd": {"steps": 300, "lr": 5e-4, "eta": 1.0, "batch": 4, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
+    "esd": {"steps": 300, "lr": 1e-4, "eta": 1.0, "batch": 4, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
 }
 TARGETS = {"style": "striped", "object": "triangle"}
 CODE = {"uce": "https://github.com/rohitgandikota/unified-concept-editing", "esd": "https://github.com/rohitgandikota/erasing"}
