@@ -109,6 +109,7 @@ class SuiteRun:
     items: list[tuple[Prompt, int]]
     images: dict[str, list]  # "base" / "unlearned" -> aligned uint8 images
     scorer: object
+    efficiency: dict = field(default_factory=dict)  # measured / declared cost of the erasure
     _preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # work metrics share (e.g. features for FID and KID)
 
@@ -199,19 +200,23 @@ class Evaluator:
         base_fp, unl_fp = model_fingerprints(sub, self.root)
         ckpt = checkpoint_file(sub.checkpoint, self.root, self.cache_dir, self.allow_pickle)
 
-        size = native_size(sub, self.root) if not (g.height and g.width) else 0
-        base_jobs = self._jobs(suite, items, base_fp, placement, size)
-        unl_jobs = self._jobs(suite, items, unl_fp, placement, size)
-        # Pipelines load only when some image is not cached (a warm re-run loads none).
-        base_pipe = lambda: load_base(sub.base_model, self.root, placement)
-        unl_pipe = lambda: apply_checkpoint(base_pipe(), sub.checkpoint, ckpt, placement, self.allow_pickle)
-        base_imgs, base_rep = generate(base_pipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base")
-        unl_imgs, unl_rep = generate(unl_pipe, unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned")
-
         from .metrics.classifiers import load_scorer
+        from .results import efficiency
 
-        scorer = load_scorer(suite.scorer, self.root, placement.device)
-        run = SuiteRun(suite, items, {"base": base_imgs, "unlearned": unl_imgs}, scorer)
+        if any(metrics.info(m.name).needs_images for m in suite.metrics):
+            size = native_size(sub, self.root) if not (g.height and g.width) else 0
+            base_jobs = self._jobs(suite, items, base_fp, placement, size)
+            unl_jobs = self._jobs(suite, items, unl_fp, placement, size)
+            # Pipelines load only when some image is not cached (a warm re-run loads none).
+            base_pipe = lambda: load_base(sub.base_model, self.root, placement)
+            unl_pipe = lambda: apply_checkpoint(base_pipe(), sub.checkpoint, ckpt, placement, self.allow_pickle)
+            base_imgs, base_rep = generate(base_pipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base")
+            unl_imgs, unl_rep = generate(unl_pipe, unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned")
+            scorer = load_scorer(suite.scorer, self.root, placement.device)
+        else:  # metrics of the submission alone (efficiency): nothing to generate
+            base_jobs, base_imgs, unl_imgs, scorer = [], [], [], None
+            base_rep = unl_rep = {"generated": 0, "cached": 0, "flagged": []}
+        run = SuiteRun(suite, items, {"base": base_imgs, "unlearned": unl_imgs}, scorer, efficiency(sub, self.root))
         flagged = {"base": base_rep["flagged"], "unlearned": unl_rep["flagged"]}
         records = []
         for m in suite.metrics:
@@ -246,12 +251,12 @@ class Evaluator:
                 "n_prompts": len(prompts),
                 "n_images_per_model": len(items),
                 "smoke": self.smoke,
-                "generation": {**g.model_dump(), "steps": base_jobs[0].steps, "height": base_jobs[0].height, "width": base_jobs[0].width,
+                "generation": {**g.model_dump(), **({"steps": base_jobs[0].steps, "height": base_jobs[0].height, "width": base_jobs[0].width} if base_jobs else {}),
                                "negative_prompt": suite.prompts.negative_prompt},
                 "seeds": sorted({s for _, s in items}),
                 "device": placement.device,
                 "dtype": placement.dtype,
-                "scorer": scorer.identity,
+                "scorer": scorer.identity if scorer else None,
                 "models": {"base": base_fp, "unlearned": unl_fp},
                 "images": {"base": base_rep, "unlearned": unl_rep},
                 "conventions": CONVENTIONS,

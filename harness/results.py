@@ -46,9 +46,10 @@ def efficiency(sub: Submission, root: Path) -> dict:
                 if k in rec:
                     out[k] = {"value": rec[k], "source": "measured", "how": rec.get("peak_memory_measure") if k == "peak_memory_bytes" else "wall clock of unlearn erase", "device": rec.get("device")}
     if sub.efficiency:
+        declared = {"time_s": "time_s", "peak_memory_gb": "peak_memory_gb", "storage_gb": "storage_gb"}
         for k, v in sub.efficiency.model_dump(exclude_none=True).items():
-            if k != "device":
-                out.setdefault(k, {"value": v, "source": "declared", "device": sub.efficiency.device})
+            if k in declared:
+                out.setdefault(declared[k], {"value": v, "source": "declared", "device": sub.efficiency.device})
     return out
 
 

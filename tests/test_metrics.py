@@ -86,3 +86,20 @@ def test_integrity_known_answers_on_retain_and_forget_prompts():
     changed = imgs[:4] + list(world.sample(4, seed=10)[0])  # only retain images changed
     assert integrity.compute("integrity", _Run(imgs, changed, styles), t, {}).value < 1.0
     assert integrity.compute("integrity_forget", _Run(imgs, changed, styles), t, {}).value == 1.0
+
+
+def test_efficiency_measured_declared_and_missing():
+    from harness.errors import HarnessError
+    from harness.metrics import efficiency
+
+    t = TargetSpec(concept="striped", kind="style")
+    run = type("R", (), {"efficiency": {"storage_bytes": {"value": 2_000_000, "source": "measured"},
+                                        "time_s": {"value": 3.5, "source": "declared", "device": "a100"}}})()
+    m = efficiency.compute("storage_mb", run, t, {})
+    assert (m.value, m.base_value, m.details["source"]) == (2.0, None, "measured")
+    assert efficiency.compute("erase_time_s", run, t, {}).details["source"] == "declared"
+    run.efficiency["peak_memory_gb"] = {"value": 7.0, "source": "declared"}
+    assert efficiency.compute("peak_memory_gb", run, t, {}).value == 7.0
+    run.efficiency = {}
+    with pytest.raises(HarnessError, match="neither measured"):
+        efficiency.compute("peak_memory_gb", run, t, {})

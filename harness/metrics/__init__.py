@@ -21,6 +21,9 @@ _REGISTRY: dict[str, str] = {
     "mscore": "mscore",
     "fid": "fid",
     "kid": "fid",
+    "storage_mb": "efficiency",
+    "erase_time_s": "efficiency",
+    "peak_memory_gb": "efficiency",
 }
 
 
@@ -30,6 +33,7 @@ class MetricInfo:
     higher_is_better: bool
     description: str
     version: str = "1"
+    needs_images: bool = True  # False: computed from the submission alone (no generation)
 
 
 @dataclass

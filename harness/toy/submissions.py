@@ -65,6 +65,7 @@ def write_submissions(root: Path) -> list[Path]:
         "base_model": {"builtin": "toy"},
         "checkpoint": {"kind": "pipeline", "path": PIPE_DIR.relative_to(root).as_posix(), "sha256": sha256_tree(PIPE_DIR)},
         "targets": [{"concept": c, "kind": k} for k, c in TARGETS.items()],
+        "efficiency": {"time_s": 0.0, "peak_memory_gb": 0.0, "device": "none: no erasure was run"},
     }
     path = root / "submissions" / "toy-base.yaml"
     path.write_text("# Negative control: the unchanged base as its own 'unlearned' model. The harness must fail\n"

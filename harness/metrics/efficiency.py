@@ -1,0 +1,34 @@
+"""Efficiency, the three remaining UnlearnCanvas metrics: what the erasure cost.
+
+``storage_mb``: size of the checkpoint files (always measured, from the files). ``erase_time_s``
+and ``peak_memory_gb``: from the ``method.json`` that ``unlearn erase`` wrote (measured) or from
+the submission (declared); the record says which, and where neither exists the metric is an
+error, never a guess. They need no images. There is no base-model value (the base was not
+erased); ``base_value`` is null.
+"""
+
+from __future__ import annotations
+
+from ..errors import HarnessError
+from . import Measurement, MetricInfo
+
+METRICS = {
+    "storage_mb": MetricInfo("Storage-MB", False, "size of the unlearned checkpoint files, MB (measured)", needs_images=False),
+    "erase_time_s": MetricInfo("Erase-time-s", False, "wall time of the unlearning run, s (measured or declared)", needs_images=False),
+    "peak_memory_gb": MetricInfo("Peak-memory-GB", False, "peak memory of the unlearning run, GB (measured or declared)", needs_images=False),
+}
+_SOURCE = {"storage_mb": ("storage_bytes", 1e-6), "erase_time_s": ("time_s", 1.0), "peak_memory_gb": ("peak_memory_bytes", 1e-9)}
+_DECLARED = {"storage_mb": ("storage_gb", 1e3), "erase_time_s": ("time_s", 1.0), "peak_memory_gb": ("peak_memory_gb", 1.0)}
+
+
+def compute(name: str, run, target, params: dict) -> Measurement:
+    eff = run.efficiency
+    key, scale = _SOURCE[name]
+    if key in eff:
+        rec = eff[key]
+        return Measurement(rec["value"] * scale, None, {"source": rec["source"], **{k: v for k, v in rec.items() if k not in ("value", "source")}})
+    dkey, dscale = _DECLARED[name]
+    if dkey in eff:  # declared figures keep the submission's units
+        rec = eff[dkey]
+        return Measurement(rec["value"] * dscale, None, {"source": "declared", "device": rec.get("device")})
+    raise HarnessError(f"{METRICS[name].label}: neither measured (method_record) nor declared (efficiency) by the submission")
