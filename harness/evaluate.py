@@ -110,6 +110,7 @@ class SuiteRun:
     images: dict[str, list]  # "base" / "unlearned" -> aligned uint8 images
     scorer: object
     efficiency: dict = field(default_factory=dict)  # measured / declared cost of the erasure
+    attacked: dict = field(default_factory=dict)  # psi -> images aligned with items (None: not attacked)
     _preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # work metrics share (e.g. features for FID and KID)
 
@@ -181,6 +182,40 @@ class Evaluator:
             for p, seed in items
         ]
 
+    def _attack(self, suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe):
+        """Partial-diffusion attacked images for the suite's attack metrics (psi grid and seeds
+        from the first such metric's params), as cached generation jobs."""
+        from dataclasses import replace
+
+        from .attacks import attack_model_id, run_partial_batch
+
+        specs = [m for m in suite.metrics if metrics.info(m.name).attack]
+        if not specs:
+            return {}, None
+        params = specs[0].params
+        psis = [float(p) for p in params.get("psi", (0.05, 0.15, 0.35, 0.55))]
+        seeds = set(params.get("attack_seeds", sorted({s for _, s in items})[:2]))
+        chosen = [i for i, (_, s) in enumerate(items) if s in seeds]
+        loaded: list = []
+
+        def pipes():  # both models, loaded once for the whole psi grid, only if something is missing
+            if not loaded:
+                loaded.append((base_pipe(), unl_pipe()))
+            return loaded[0]
+        out, rep = {}, {"psi": psis, "seeds": sorted(seeds), "generated": 0, "cached": 0, "flagged": []}
+        for psi in psis:
+            jobs = [replace(base_jobs[i], model=attack_model_id(base_fp, unl_fp, psi)) for i in chosen]
+            imgs, r = generate(pipes, jobs, self.cache, suite.generation.batch_size, self.progress, f"{suite.id} attack psi={psi:g}",
+                               runner=lambda p, js, psi=psi: run_partial_batch(p, js, psi))
+            aligned = [None] * len(items)
+            for i, im in zip(chosen, imgs):
+                aligned[i] = im
+            out[psi] = aligned
+            for k in ("generated", "cached"):
+                rep[k] += r[k]
+            rep["flagged"] += r["flagged"]
+        return out, rep
+
     def run(self, sub_path: str, sub: Submission, suite_id: str) -> dict:
         """The suite's record: provenance + one metric record per (metric, target)."""
         key = (sub_path, suite_id)
@@ -213,10 +248,12 @@ class Evaluator:
             base_imgs, base_rep = generate(base_pipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base")
             unl_imgs, unl_rep = generate(unl_pipe, unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned")
             scorer = load_scorer(suite.scorer, self.root, placement.device)
+            attacked, attack_rep = self._attack(suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe)
         else:  # metrics of the submission alone (efficiency): nothing to generate
             base_jobs, base_imgs, unl_imgs, scorer = [], [], [], None
             base_rep = unl_rep = {"generated": 0, "cached": 0, "flagged": []}
-        run = SuiteRun(suite, items, {"base": base_imgs, "unlearned": unl_imgs}, scorer, efficiency(sub, self.root))
+            attacked, attack_rep = {}, None
+        run = SuiteRun(suite, items, {"base": base_imgs, "unlearned": unl_imgs}, scorer, efficiency(sub, self.root), attacked)
         flagged = {"base": base_rep["flagged"], "unlearned": unl_rep["flagged"]}
         records = []
         for m in suite.metrics:
@@ -258,7 +295,7 @@ class Evaluator:
                 "dtype": placement.dtype,
                 "scorer": scorer.identity if scorer else None,
                 "models": {"base": base_fp, "unlearned": unl_fp},
-                "images": {"base": base_rep, "unlearned": unl_rep},
+                "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
                 "conventions": CONVENTIONS,
                 "seconds": round(time.time() - t0, 2),
             },

@@ -152,11 +152,12 @@ def _step_params(scheduler) -> set[str]:
     return set(inspect.signature(scheduler.step).parameters)
 
 
-def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, progress: bool = True, desc: str = "generate") -> tuple[list[np.ndarray], dict]:
+def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, progress: bool = True, desc: str = "generate", runner=None) -> tuple[list[np.ndarray], dict]:
     """Images for all jobs, in order; only the jobs not in the cache are run.
 
     ``pipe`` is a pipeline or a function that loads one: it is called only if some job is not
-    cached, so a warm re-run loads no model.
+    cached, so a warm re-run loads no model. ``runner(pipe, jobs)`` makes one batch (default
+    ``run_batch``; attacks pass their own).
 
     Returns the images and a report: how many were generated / cached and which were flagged
     (non-finite output, or an all-black / constant image)."""
@@ -172,13 +173,14 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
     groups: dict[tuple, list[int]] = {}
     for i in todo:
         groups.setdefault(settings_key(jobs[i]), []).append(i)
+    runner = runner or run_batch
     if todo and callable(pipe) and not hasattr(pipe, "unet"):
         pipe = pipe()
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False)
     for idxs in groups.values():
         for s in range(0, len(idxs), batch_size):
             chunk = idxs[s : s + batch_size]
-            raw, imgs = run_batch(pipe, [jobs[i] for i in chunk])
+            raw, imgs = runner(pipe, [jobs[i] for i in chunk])
             for i, r, im in zip(chunk, raw, imgs):
                 flags = []
                 if not np.isfinite(r).all():

@@ -103,3 +103,43 @@ def test_efficiency_measured_declared_and_missing():
     run.efficiency = {}
     with pytest.raises(HarnessError, match="neither measured"):
         efficiency.compute("peak_memory_gb", run, t, {})
+
+
+def test_concealment_similarity_and_separator_known_answers():
+    import math
+
+    import torch
+
+    from harness.metrics.concealment import similarity, train_separator
+    from harness.metrics.features import to_float
+
+    f = torch.randn(3, 8)
+    assert torch.allclose(similarity(f, f).diagonal(), torch.full((3,), (1 - math.atan(1.0)) / (math.pi / 2)))
+    same = list(world.sample(40, seed=11)[0])
+    model, _ = train_separator(same, same, steps=60)
+    with torch.no_grad():
+        p = torch.softmax(model(to_float(same)), 1)[:, 1]
+    assert abs(float(p.mean()) - 0.5) < 0.1  # unseparable: CCS stays near 0.5
+    striped = list(world.reference_images(None, "striped", 40, seed=12))
+    solid = list(world.reference_images(None, "solid", 40, seed=13))
+    model, acc = train_separator(striped, solid, steps=150)
+    with torch.no_grad():
+        p_orig = torch.softmax(model(to_float(striped)), 1)[:, 1].mean()
+    assert acc >= 0.9 and float(p_orig) > 0.8
+
+
+def test_partial_diffusion_endpoints_are_the_two_models(tiny_pipe_factory):
+    from harness.attacks import run_partial_batch
+    from harness.generate import Job, run_batch
+
+    base, unl = tiny_pipe_factory(seed=1), tiny_pipe_factory(seed=2)
+    unl.vae.load_state_dict(base.vae.state_dict())  # an unlearned UNet, same VAE
+    unl.text_encoder.load_state_dict(base.text_encoder.state_dict())
+    jobs = [Job("A ring image in solid style.", "", s, "ddim", 4, 3.0, 32, 32, 0.0, "float32", "m") for s in (0, 1)]
+    _, b = run_batch(base, jobs)
+    _, u = run_batch(unl, jobs)
+    _, a0 = run_partial_batch((base, unl), jobs, 0.0)
+    _, a1 = run_partial_batch((base, unl), jobs, 1.0)
+    _, half = run_partial_batch((base, unl), jobs, 0.5)
+    assert np.array_equal(a0, u) and np.array_equal(a1, b)
+    assert not np.array_equal(half, u) and not np.array_equal(half, b)

@@ -24,6 +24,10 @@ _REGISTRY: dict[str, str] = {
     "storage_mb": "efficiency",
     "erase_time_s": "efficiency",
     "peak_memory_gb": "efficiency",
+    "ccs_forget": "concealment",
+    "ccs_retain": "concealment",
+    "crs_forget": "concealment",
+    "crs_retain": "concealment",
 }
 
 
@@ -34,6 +38,7 @@ class MetricInfo:
     description: str
     version: str = "1"
     needs_images: bool = True  # False: computed from the submission alone (no generation)
+    attack: bool = False  # True: needs the partial-diffusion attacked images too
 
 
 @dataclass
