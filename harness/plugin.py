@@ -116,9 +116,7 @@ def pytest_configure(config):
     state = _build_state(config)
     config.stash[STATE] = state
     config.pluginmanager.register(Reporter(state, config), "unlearn-reporter")
-    from _pytest.config import Config
-
-    if config.args_source != Config.ArgsSource.ARGS:
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args = [CASES_FILE]
     elif CASES_FILE not in config.args:
         config.args = [*config.args, CASES_FILE]
