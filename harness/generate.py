@@ -120,7 +120,8 @@ def initial_latents(pipe, seeds: list[int], height: int, width: int):
 
 
 def run_batch(pipe, jobs: list[Job]):
-    """Generate one batch of jobs sharing settings; returns uint8 (N, H, W, 3)."""
+    """Generate one batch of jobs sharing settings; returns the float images in [0, 1] (checked
+    for non-finite values) and their uint8 (N, H, W, 3) form."""
     import torch
 
     j0 = jobs[0]

@@ -99,14 +99,15 @@ def test_same_seed_same_image_and_different_prompts_differ(toy_pipe):
 
 
 def test_generations_are_classified_as_prompted(toy_pipe, toy_clf):
-    """One seed per prompt (25 images): the measured full-grid rate (README) minus a margin."""
+    """One seed per prompt (25 images): the measured full-grid rate (README: 1.00 / 1.00) minus a
+    margin of two images."""
     prompts = world.all_prompts()
     imgs = _gen(toy_pipe, [p for _, _, p in prompts], [1000 + i for i in range(len(prompts))])
     po, ps = predict(toy_clf, imgs)
     o = np.array([world.OBJECTS.index(x[0]) for x in prompts])
     s = np.array([world.STYLES.index(x[1]) for x in prompts])
-    assert (po == o).mean() >= 0.8
-    assert (ps == s).mean() >= 0.8
+    assert (po == o).mean() >= 0.92
+    assert (ps == s).mean() >= 0.92
 
 
 def test_training_commands_run_and_write_loadable_models(tmp_path):
