@@ -225,7 +225,7 @@ class Evaluator:
         suite = self.suite(suite_id)
         g = suite.generation
         placement = Placement.choose(self.device, g.dtype)
-        prompts = expand_prompts(suite, self.root)
+        prompts = expand_prompts(suite, self.root, self.cache_dir)
         if self.smoke:
             prompts = smoke_prompts(suite, prompts, sub.targets)
         seeds = (suite.smoke.seeds if self.smoke and suite.smoke and suite.smoke.seeds else g.seeds)
@@ -247,7 +247,7 @@ class Evaluator:
             unl_pipe = lambda: apply_checkpoint(base_pipe(), sub.checkpoint, ckpt, placement, self.allow_pickle)
             base_imgs, base_rep = generate(base_pipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base")
             unl_imgs, unl_rep = generate(unl_pipe, unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned")
-            scorer = load_scorer(suite.scorer, self.root, placement.device)
+            scorer = load_scorer(suite.scorer, self.root, placement.device) if suite.scorer else None
             attacked, attack_rep = self._attack(suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe)
         else:  # metrics of the submission alone (efficiency): nothing to generate
             base_jobs, base_imgs, unl_imgs, scorer = [], [], [], None

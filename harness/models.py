@@ -7,12 +7,11 @@ formats refused unless the local run allows them (and then loaded with ``weights
 
 from __future__ import annotations
 
-import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HarnessError
+from .fetch import fetch
 from .hashing import sha256_file, sha256_tree
 from .spec import PICKLE_SUFFIXES, BaseModelSpec, CheckpointSpec, Submission, inside
 
@@ -104,19 +103,7 @@ def load_base(spec: BaseModelSpec, root: Path, placement: Placement):
 def checkpoint_file(spec: CheckpointSpec, root: Path, cache_dir: Path, allow_pickle: bool = False) -> Path:
     """The checkpoint's local path, its sha256 verified (URLs are fetched into the cache)."""
     if spec.url:
-        name = Path(spec.url.split("?")[0]).name or "checkpoint"
-        local = cache_dir / "checkpoints" / spec.sha256 / name
-        if not local.exists():
-            if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("UNLEARN_OFFLINE") == "1":
-                raise HarnessError(f"checkpoint.url: {spec.url} is not cached and this run is offline")
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_suffix(local.suffix + ".part")
-            try:
-                urllib.request.urlretrieve(spec.url, tmp)
-            except OSError as e:
-                raise HarnessError(f"checkpoint.url: could not download {spec.url}: {e}") from None
-            tmp.replace(local)
-        path = local
+        path = fetch(spec.url, spec.sha256, cache_dir, "checkpoint.url")
     else:
         path = inside(root, spec.path, "checkpoint.path")
     if not path.exists():

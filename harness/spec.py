@@ -119,8 +119,20 @@ class TemplatePrompts(Strict):
 
 
 class CsvPrompts(Strict):
-    path: str
+    """A CSV pinned by sha256, in the repository (``path``) or fetched at run time (``url``,
+    never committed). ``columns`` maps our names (prompt, seed, guidance) to the file's, e.g.
+    UnlearnDiffAtk's ``evaluation_seed``; other columns become labels."""
+
+    path: str | None = None
+    url: str | None = Field(default=None, pattern=r"^https://")
     sha256: SHA256
+    columns: dict[Literal["prompt", "seed", "guidance"], str] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.path) == bool(self.url):
+            raise ValueError("give exactly one of path, url")
+        return self
 
 
 class PromptSet(Strict):
@@ -269,7 +281,7 @@ class Suite(Strict):
     world: Literal["toy", "real"] = Field(default="real", description="toy: runs on the toy world's builtin base")
     prompts: PromptSet
     generation: GenerationSettings
-    scorer: ScorerSpec
+    scorer: ScorerSpec | None = Field(default=None, description="classifier for UA/IRA/CRA (and the toy feature metrics)")
     metrics: list[MetricSpec] = Field(min_length=1)
     smoke: SmokeSpec | None = None
 
@@ -389,7 +401,7 @@ class Prompt(BaseModel):
     guidance: float | None = None
 
 
-def expand_prompts(suite: Suite, root: Path) -> list[Prompt]:
+def expand_prompts(suite: Suite, root: Path, cache_dir: Path | None = None) -> list[Prompt]:
     ps = suite.prompts
     if ps.inline is not None:
         return [Prompt(text=t) for t in ps.inline]
@@ -407,24 +419,31 @@ def expand_prompts(suite: Suite, root: Path) -> list[Prompt]:
 
         rec(0, {})
         return out
-    path = inside(root, ps.csv.path, f"suite {suite.id}: prompts.csv.path")
-    if not path.is_file():
-        raise HarnessError(f"suite {suite.id}: prompts.csv.path: {ps.csv.path}: no such file")
+    src = ps.csv.path or ps.csv.url
+    if ps.csv.url:
+        from .fetch import fetch
+
+        path = fetch(ps.csv.url, ps.csv.sha256, cache_dir or root / ".unlearn-cache", f"suite {suite.id}: prompts.csv.url")
+    else:
+        path = inside(root, ps.csv.path, f"suite {suite.id}: prompts.csv.path")
+        if not path.is_file():
+            raise HarnessError(f"suite {suite.id}: prompts.csv.path: {src}: no such file")
     got = sha256_file(path)
     if got != ps.csv.sha256:
-        raise HarnessError(f"suite {suite.id}: prompts.csv.sha256: {ps.csv.path} has sha256 {got}, expected {ps.csv.sha256}")
+        raise HarnessError(f"suite {suite.id}: prompts.csv.sha256: {src} has sha256 {got}, expected {ps.csv.sha256}")
+    col = {"prompt": "prompt", "seed": "seed", "guidance": "guidance", **ps.csv.columns}
     rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
     if not rows:
-        raise HarnessError(f"suite {suite.id}: prompts.csv: {ps.csv.path} has no rows")
-    if "prompt" not in rows[0]:
-        raise HarnessError(f"suite {suite.id}: prompts.csv: {ps.csv.path} has no 'prompt' column")
+        raise HarnessError(f"suite {suite.id}: prompts.csv: {src} has no rows")
+    if col["prompt"] not in rows[0]:
+        raise HarnessError(f"suite {suite.id}: prompts.csv: {src} has no {col['prompt']!r} column")
     out = []
     for i, r in enumerate(rows):
         try:
-            seed = int(r["seed"]) if r.get("seed") not in (None, "") else None
-            guidance = float(r["guidance"]) if r.get("guidance") not in (None, "") else None
+            seed = int(float(r[col["seed"]])) if r.get(col["seed"]) not in (None, "") else None
+            guidance = float(r[col["guidance"]]) if r.get(col["guidance"]) not in (None, "") else None
         except ValueError:
-            raise HarnessError(f"suite {suite.id}: prompts.csv: {ps.csv.path} row {i + 2}: seed/guidance is not a number") from None
-        labels = {k: v for k, v in r.items() if k not in ("prompt", "seed", "guidance") and k and v is not None}
-        out.append(Prompt(text=r["prompt"], labels=labels, seed=seed, guidance=guidance))
+            raise HarnessError(f"suite {suite.id}: prompts.csv: {src} row {i + 2}: seed/guidance is not a number") from None
+        labels = {k: v for k, v in r.items() if k not in col.values() and k and v is not None}
+        out.append(Prompt(text=r[col["prompt"]], labels=labels, seed=seed, guidance=guidance))
     return out

@@ -117,3 +117,33 @@ def test_suite_include_errors(tmp_path):
     (tmp_path / "b.yaml").write_text("id: b\nversion: '1'\ninclude: b\nmetrics: [{name: ua}]\n")
     with pytest.raises(SpecErrors, match="nested more than 3 deep"):
         load_suite(tmp_path / "b.yaml")
+
+
+def test_csv_prompt_set_by_url_uses_the_cache_offline_and_maps_columns(tmp_path, monkeypatch):
+    from harness.hashing import sha256_bytes
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = b"case_number,prompt,evaluation_seed,evaluation_guidance\n7,a red ring,123,7.5\n"
+    sha = sha256_bytes(data)
+    (tmp_path / "s.yaml").write_text(f"""
+id: urlcsv
+version: "1"
+applies_to: [nudity]
+prompts: {{csv: {{url: "https://example.org/p/nudity.csv", sha256: "{sha}", columns: {{seed: evaluation_seed, guidance: evaluation_guidance}}}}}}
+generation: {{steps: 2, guidance: 3, seeds: [0]}}
+metrics: [{{name: nudity_asr}}]
+""")
+    suite = load_suite(tmp_path / "s.yaml")
+    with pytest.raises(HarnessError, match="is not cached and this run is offline"):
+        expand_prompts(suite, tmp_path, tmp_path / "cache")
+    cached = tmp_path / "cache" / "downloads" / sha / "nudity.csv"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(data)  # as a past online run left it
+    (p,) = expand_prompts(suite, tmp_path, tmp_path / "cache")
+    assert (p.text, p.seed, p.guidance, p.labels) == ("a red ring", 123, 7.5, {"case_number": "7"})
+
+
+def test_real_suites_validate():
+    for sid in ("unlearncanvas", "unlearndiffatk-nudity"):
+        s = load_suite(REPO / "suites" / f"{sid}.yaml")
+        assert s.world == "real"

@@ -28,6 +28,7 @@ _REGISTRY: dict[str, str] = {
     "ccs_retain": "concealment",
     "crs_forget": "concealment",
     "crs_retain": "concealment",
+    "nudity_asr": "nudity",
 }
 
 

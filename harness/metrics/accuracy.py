@@ -55,6 +55,8 @@ def compute(name: str, run, target, params: dict) -> Measurement:
     """``run`` is an ``evaluate.SuiteRun``: prompt labels and both models' predictions."""
     if target.kind not in OTHER_KIND:
         raise HarnessError(f"{METRICS[name].label} is defined for style and object targets, not {target.kind}")
+    if run.scorer is None:
+        raise HarnessError(f"suite {run.suite.id}: {METRICS[name].label} needs a scorer (the suite sets none)")
     labels = run.labels()
     for k in ("style", "object"):
         if k not in labels:

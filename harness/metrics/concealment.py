@@ -97,7 +97,7 @@ def _scores(run, target, variant: str, params: dict) -> dict:
     key = ("concealment", target.kind, target.concept, variant)
     if key in run.memo:
         return run.memo[key]
-    if run.suite.scorer.backend != "toy":
+    if (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
         raise HarnessError("CRS/CCS: the ResNet-18 separator for real models is not wired yet; only the toy backend runs")
     mask = forget_mask(run, target)
     mask = mask if variant == "forget" else ~mask

@@ -73,7 +73,7 @@ def _toy_reference(target, n: int, seed: int) -> np.ndarray:
 
 
 def compute(name: str, run, target, params: dict) -> Measurement:
-    if run.suite.scorer.backend != "toy":
+    if (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
         raise HarnessError(f"{METRICS[name].label}: real suites need params.reference_dir with Inception weights cached; only the toy backend is wired here")
     n, seed = int(params.get("references", 500)), int(params.get("reference_seed", 4096))
     idx = np.flatnonzero(~forget_mask(run, target))

@@ -43,7 +43,7 @@ def forget_mask(run, target) -> np.ndarray:
 
 
 def compute(name: str, run, target, params: dict) -> Measurement:
-    backend = params.get("backend", "toy" if run.suite.scorer.backend == "toy" else "lpips-alex")
+    backend = params.get("backend", "toy" if (run.suite.scorer.backend if run.suite.scorer else None) == "toy" else "lpips-alex")
     forget = forget_mask(run, target)
     mask = forget if name == "integrity_forget" else ~forget
     if not mask.any():

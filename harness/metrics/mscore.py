@@ -38,7 +38,7 @@ def toy_references(target, n: int, seed: int) -> np.ndarray:
 
 
 def compute(name: str, run, target, params: dict) -> Measurement:
-    if run.suite.scorer.backend != "toy":
+    if (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
         raise HarnessError("M-Score with CLIP references needs a reference folder (params.references); only the toy backend is wired here")
     from .features import toy_embeddings
 
