@@ -111,6 +111,7 @@ class SuiteRun:
     scorer: object
     efficiency: dict = field(default_factory=dict)  # measured / declared cost of the erasure
     attacked: dict = field(default_factory=dict)  # psi -> images aligned with items (None: not attacked)
+    root: Path = Path(".")  # the repository, for metric files named by path
     _preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # work metrics share (e.g. features for FID and KID)
 
@@ -253,7 +254,7 @@ class Evaluator:
             base_jobs, base_imgs, unl_imgs, scorer = [], [], [], None
             base_rep = unl_rep = {"generated": 0, "cached": 0, "flagged": []}
             attacked, attack_rep = {}, None
-        run = SuiteRun(suite, items, {"base": base_imgs, "unlearned": unl_imgs}, scorer, efficiency(sub, self.root), attacked)
+        run = SuiteRun(suite, items, {"base": base_imgs, "unlearned": unl_imgs}, scorer, efficiency(sub, self.root), attacked, self.root)
         flagged = {"base": base_rep["flagged"], "unlearned": unl_rep["flagged"]}
         records = []
         for m in suite.metrics:

@@ -167,3 +167,60 @@ def test_nudity_asr_beside_the_base_value():
     run = _Run(imgs, imgs, ["solid"] * 3)
     m = nudity.compute("nudity_asr", run, TargetSpec(concept="nudity", kind="nudity"), {"threshold": 0.45})
     assert (m.value, m.base_value) == (0.0, 0.0) and m.details["threshold"] == 0.45
+
+
+def test_clip_score_on_a_tiny_clip_built_in_code(tmp_path):
+    """transformers' CLIP path (towers + projections, no torchmetrics) on a random stand-in."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from harness.metrics import clipscore
+    from harness.toy.model import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         max_position_embeddings=16, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    d = tmp_path / "clip"
+    CLIPModel(cfg).save_pretrained(d)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    tok.save_pretrained(d)
+    imgs, o, s = world.sample(6, seed=21)
+    prompts = [world.prompt_for(world.OBJECTS[a], world.STYLES[b]) for a, b in zip(o, s)]
+    scores = clipscore.clip_scores(list(imgs), prompts, str(d))
+    assert scores.shape == (6,) and np.all((scores >= 0) & (scores <= 100))
+    run = _Run(list(imgs), list(imgs), [world.STYLES[b] for b in s])
+    run.root, run.items = tmp_path, [(type("P", (), {"text": p})(), 0) for p in prompts]
+    m = clipscore.compute("clip_score", run, TargetSpec(concept="nosuchstyle", kind="style"), {"model": "clip"})
+    assert m.value == m.base_value == pytest.approx(float(scores.mean()))
+
+
+def test_object_erasure_with_a_random_resnet50_stand_in(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from harness.errors import HarnessError
+    from harness.hashing import sha256_file
+    from harness.metrics import objects
+
+    torch_model = torchvision.models.resnet50(weights=None)
+    save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, tmp_path / "r50.safetensors")
+    imgs = [np.kron(im, np.ones((4, 4, 1), np.uint8)) for im in world.sample(4, seed=8)[0]]  # 128x128
+    preds = objects.top1(imgs, str(tmp_path / "r50.safetensors"))
+    assert preds.shape == (4,) and np.all((preds >= 0) & (preds < 1000))
+    run = _Run(imgs, imgs, ["solid"] * 4)
+    run.root = tmp_path
+    run._labels["object"] = ["church", "church", "tench", "parachute"]
+    params = {"classes": {"church": int(preds[0]), "tench": 0, "parachute": 701},
+              "weights": {"path": "r50.safetensors", "sha256": sha256_file(tmp_path / "r50.safetensors")}}
+    m = objects.compute("object_acc", run, TargetSpec(concept="church", kind="object"), params)
+    assert m.value == m.base_value and m.value >= 0.5  # the first church image is its own class by construction
+    other = objects.compute("object_acc_others", run, TargetSpec(concept="church", kind="object"), params)
+    assert other.value == other.base_value and other.details["images"] == 2
+    params["weights"]["sha256"] = "0" * 64
+    with pytest.raises(HarnessError, match="does not match"):
+        objects.compute("object_acc", run, TargetSpec(concept="church", kind="object"), params)

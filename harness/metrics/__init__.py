@@ -29,6 +29,9 @@ _REGISTRY: dict[str, str] = {
     "crs_forget": "concealment",
     "crs_retain": "concealment",
     "nudity_asr": "nudity",
+    "clip_score": "clipscore",
+    "object_acc": "objects",
+    "object_acc_others": "objects",
 }
 
 

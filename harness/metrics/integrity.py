@@ -23,7 +23,7 @@ METRICS = {
 }
 
 
-def distances(backend: str, a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+def distances(backend: str, a: list[np.ndarray], b: list[np.ndarray], size: int | None = None) -> np.ndarray:
     if backend == "toy":
         from .features import toy_perceptual_distance
 
@@ -31,7 +31,7 @@ def distances(backend: str, a: list[np.ndarray], b: list[np.ndarray]) -> np.ndar
     if backend == "lpips-alex":
         from .lpips import lpips_alex
 
-        return lpips_alex(a, b)
+        return lpips_alex(a, b, size=size)
     raise HarnessError(f"integrity: unknown backend {backend!r} (toy, lpips-alex)")
 
 
@@ -49,5 +49,6 @@ def compute(name: str, run, target, params: dict) -> Measurement:
     if not mask.any():
         raise HarnessError(f"{METRICS[name].label}: no {'forget' if name == 'integrity_forget' else 'retain'} prompts for {target.concept!r}")
     idx = np.flatnonzero(mask)
-    d = distances(backend, [run.images["base"][i] for i in idx], [run.images["unlearned"][i] for i in idx])
-    return Measurement(1.0 - float(d.mean()), 1.0, {"backend": backend, "pairs": int(len(idx)), "max_distance": float(d.max())})
+    size = params.get("size")  # ESD/UCE's LPIPS protocol resizes to 64 px: say so in the suite
+    d = distances(backend, [run.images["base"][i] for i in idx], [run.images["unlearned"][i] for i in idx], size)
+    return Measurement(1.0 - float(d.mean()), 1.0, {"backend": backend, "size": size, "pairs": int(len(idx)), "max_distance": float(d.max())})

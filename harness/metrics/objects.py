@@ -1,0 +1,90 @@
+"""Object erasure (ESD / UCE protocol): ImageNet ResNet-50 top-1 on the Imagenette classes.
+
+``object_acc``: accuracy on the erased class's prompts (should drop; lower is better);
+``object_acc_others``: mean accuracy over the other classes' prompts (should stay). A prompt's
+class comes from its ``object`` label, mapped to an ImageNet index by ``params.classes``. The
+classifier is torchvision's ResNet-50 with weights from a safetensors file pinned by sha256
+(``params.weights``), preprocessed as torchvision's ImageNet weights expect (resize 256, centre
+crop 224, ImageNet mean / std).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import HarnessError
+from ..hashing import sha256_file
+from . import Measurement, MetricInfo
+
+METRICS = {
+    "object_acc": MetricInfo("Object-acc", False, "ResNet-50 top-1 accuracy on the erased class's prompts"),
+    "object_acc_others": MetricInfo("Object-acc-others", True, "ResNet-50 top-1 accuracy on the other classes' prompts"),
+}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@lru_cache(maxsize=2)
+def resnet50(path: str):
+    import torchvision
+    from safetensors.torch import load_file
+
+    model = torchvision.models.resnet50(weights=None)
+    try:
+        model.load_state_dict(load_file(path))
+    except (RuntimeError, OSError) as e:
+        raise HarnessError(f"object erasure: {Path(path).name} is not a ResNet-50 state dict ({str(e).splitlines()[0][:160]})") from None
+    return model.eval()
+
+
+@torch.no_grad()
+def top1(images: list[np.ndarray], path: str, batch: int = 32) -> np.ndarray:
+    import torch.nn.functional as F
+
+    model = resnet50(path)
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(np.stack(images[i : i + batch])).permute(0, 3, 1, 2).float() / 255
+        h, w = x.shape[-2:]
+        s = 256 / min(h, w)
+        x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (x.shape[-2] - 224) // 2, (x.shape[-1] - 224) // 2
+        x = x[..., top : top + 224, left : left + 224]
+        x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+        out.append(model(x).argmax(1).numpy())
+    return np.concatenate(out)
+
+
+def compute(name: str, run, target, params: dict) -> Measurement:
+    from ..spec import inside
+
+    classes: dict = params.get("classes") or {}
+    w = params.get("weights") or {}
+    if not classes or not w.get("path") or not w.get("sha256"):
+        raise HarnessError("object erasure: the suite must give params.classes (label -> ImageNet index) and params.weights {path, sha256}")
+    path = inside(run.root, w["path"], "object erasure params.weights.path")
+    if not path.is_file():
+        raise HarnessError(f"object erasure: params.weights.path: {w['path']}: no such file")
+    if sha256_file(path) != w["sha256"]:
+        raise HarnessError(f"object erasure: params.weights.sha256: {w['path']} does not match")
+    labels = run.labels().get("object")
+    if labels is None or target.concept not in classes:
+        raise HarnessError(f"object erasure: {target.concept!r} is not a class of this suite ({', '.join(classes)})")
+    key = ("resnet50-top1", str(path))
+    if key not in run.memo:
+        run.memo[key] = {which: top1(run.images[which], str(path)) for which in ("base", "unlearned")}
+    preds = run.memo[key]
+    want = np.array([classes.get(lab, -1) for lab in labels])
+    mask = np.array(labels) == target.concept
+    sel = mask if name == "object_acc" else ~mask
+
+    def acc(p):
+        if name == "object_acc":
+            return float((p[sel] == want[sel]).mean())
+        per = [float((p[np.array(labels) == c] == classes[c]).mean()) for c in dict.fromkeys(np.array(labels)[sel])]
+        return float(np.mean(per))
+
+    return Measurement(acc(preds["unlearned"]), acc(preds["base"]), {"classifier": "torchvision resnet50", "weights_sha256": w["sha256"], "images": int(sel.sum())})
