@@ -224,3 +224,46 @@ def test_object_erasure_with_a_random_resnet50_stand_in(tmp_path):
     params["weights"]["sha256"] = "0" * 64
     with pytest.raises(HarnessError, match="does not match"):
         objects.compute("object_acc", run, TargetSpec(concept="church", kind="object"), params)
+
+
+def test_fid_and_mscore_with_a_pinned_reference_folder(tmp_path):
+    """The real suites' path: a reference folder inside the repository, pinned by its hash."""
+    from PIL import Image
+
+    from harness.errors import HarnessError
+    from harness.hashing import sha256_tree
+
+    ref = tmp_path / "refs"
+    ref.mkdir()
+    for i, im in enumerate(world.reference_images(None, "striped", 30, seed=31)):
+        Image.fromarray(im).save(ref / f"{i:03d}.png")
+    imgs = list(world.sample(12, seed=32)[0])
+    run = _Run(imgs, imgs, ["solid"] * 6 + ["dotted"] * 6)
+    run.root = tmp_path
+    spec = {"path": "refs", "sha256": sha256_tree(ref)}
+    t = TargetSpec(concept="dotted", kind="style")
+    m = fid.compute("fid", run, t, {"reference_dir": spec, "extractor": "toy"})
+    assert m.value == m.base_value > 0 and m.details["references"] == 30
+    (ref / "extra.png").write_bytes((ref / "000.png").read_bytes())
+    run.memo.clear()
+    with pytest.raises(HarnessError, match="sha256"):
+        fid.compute("fid", run, t, {"reference_dir": spec, "extractor": "toy"})
+
+
+def test_resnet18_separator_stand_in_trains_and_scores(tmp_path):
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from harness.metrics.concealment import _ResNetSeparator, train_separator
+
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in torchvision.models.resnet18(weights=None).state_dict().items()}, tmp_path / "r18.safetensors")
+    a = list(world.reference_images(None, "striped", 6, seed=41))
+    b = list(world.reference_images(None, "solid", 6, seed=42))
+    model, acc = train_separator(a, b, steps=3, make_model=lambda: _ResNetSeparator(str(tmp_path / "r18.safetensors")))
+    assert isinstance(model, _ResNetSeparator) and 0.0 <= acc <= 1.0
+    from harness.metrics.features import to_float
+
+    with torch.no_grad():
+        assert model.features(to_float(a[:2])).shape == (2, 512)

@@ -5,7 +5,8 @@ attacked images, this module only scores them. A binary classifier is trained on
 reference sets, the original (base) model's images (label 1) against the unlearned model's
 (label 0), for the variant's prompts (forget: prompts of the target concept; retain: the others).
 Toy world: a small CNN trained here (80/20 split, cross-entropy + triplet loss, margin 1.0,
-seeded); real models: ImageNet ResNet-18 (not wired yet). Its pooled features f give
+seeded); real models: ImageNet ResNet-18 fine-tuned the same way with SGD (``params.separator:
+resnet18`` and ``params.separator_weights`` {path, sha256}). Its pooled features f give
 
     s(a, b) = (1 - arctan(cos(f(a), f(b)))) / (pi / 2)
     S_O(psi) = mean s(attacked, original set),  S_U(psi) = mean s(attacked, unlearned set)
@@ -56,8 +57,35 @@ class _Separator(nn.Module):
         return self.head(self.features(x))
 
 
-def train_separator(original: list[np.ndarray], unlearned: list[np.ndarray], steps: int = 200, seed: int = 0):
-    """Fit the binary original-vs-unlearned classifier; returns (model, held-out accuracy)."""
+class _ResNetSeparator(nn.Module):
+    """The paper's separator: ImageNet ResNet-18 (weights from a pinned safetensors file), its
+    classifier replaced by a 2-way head; inputs resized to 224 with ImageNet statistics."""
+
+    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, weights_path: str):
+        import torchvision
+        from safetensors.torch import load_file
+
+        super().__init__()
+        body = torchvision.models.resnet18(weights=None)
+        body.load_state_dict(load_file(weights_path))
+        body.fc = nn.Identity()
+        self.body, self.head = body, nn.Linear(512, 2)
+
+    def features(self, x):
+        x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - torch.tensor(self.MEAN)[:, None, None]) / torch.tensor(self.STD)[:, None, None]
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def train_separator(original: list[np.ndarray], unlearned: list[np.ndarray], steps: int = 200, seed: int = 0, make_model=None):
+    """Fit the binary original-vs-unlearned classifier; returns (model, held-out accuracy).
+    Toy: Adam on the small CNN; with ``make_model`` (ResNet-18): SGD lr 1e-3, momentum 0.9 as
+    in the paper."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x = torch.cat([to_float(original), to_float(unlearned)])
@@ -65,8 +93,9 @@ def train_separator(original: list[np.ndarray], unlearned: list[np.ndarray], ste
     perm = torch.randperm(len(x), generator=g)
     n_train = max(2, int(0.8 * len(x)))
     tr, te = perm[:n_train], perm[n_train:]
-    model = _Separator()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = make_model() if make_model else _Separator()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if make_model else torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
     triplet = nn.TripletMarginLoss(margin=1.0)
     for _ in range(steps):
         idx = tr[torch.randint(0, len(tr), (min(32, len(tr)),), generator=g)]
@@ -97,8 +126,20 @@ def _scores(run, target, variant: str, params: dict) -> dict:
     key = ("concealment", target.kind, target.concept, variant)
     if key in run.memo:
         return run.memo[key]
-    if (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
-        raise HarnessError("CRS/CCS: the ResNet-18 separator for real models is not wired yet; only the toy backend runs")
+    make_model = None
+    if params.get("separator") == "resnet18":
+        from ..hashing import sha256_file
+        from ..spec import inside
+
+        w = params.get("separator_weights") or {}
+        if not w.get("path") or not w.get("sha256"):
+            raise HarnessError("CRS/CCS: separator resnet18 needs params.separator_weights {path, sha256}")
+        path = inside(run.root, w["path"], "CRS/CCS params.separator_weights.path")
+        if not path.is_file() or sha256_file(path) != w["sha256"]:
+            raise HarnessError(f"CRS/CCS: params.separator_weights: {w['path']} is missing or its sha256 does not match")
+        make_model = lambda: _ResNetSeparator(str(path))
+    elif (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
+        raise HarnessError("CRS/CCS: a real suite must set params.separator: resnet18 with separator_weights")
     mask = forget_mask(run, target)
     mask = mask if variant == "forget" else ~mask
     idx = np.flatnonzero(mask)
@@ -106,7 +147,7 @@ def _scores(run, target, variant: str, params: dict) -> dict:
         raise HarnessError(f"CRS/CCS: needs at least 4 {variant} images, has {len(idx)}")
     orig = [run.images["base"][i] for i in idx]
     unl = [run.images["unlearned"][i] for i in idx]
-    model, acc = train_separator(orig, unl, int(params.get("separator_steps", 200)), int(params.get("separator_seed", 0)))
+    model, acc = train_separator(orig, unl, int(params.get("separator_steps", 200)), int(params.get("separator_seed", 0)), make_model)
     with torch.no_grad():
         f_o, f_u = model.features(to_float(orig)), model.features(to_float(unl))
 
@@ -127,6 +168,9 @@ def _scores(run, target, variant: str, params: dict) -> dict:
 
 
 def compute(name: str, run, target, params: dict) -> Measurement:
+    # The attack and separator settings live on the suite's first CCS/CRS metric; the others share them.
+    first = next(m.params for m in run.suite.metrics if m.name in METRICS)
+    params = {**first, **params}
     variant = name.split("_")[1]
     sc = _scores(run, target, variant, params)
 

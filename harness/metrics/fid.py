@@ -72,26 +72,46 @@ def _toy_reference(target, n: int, seed: int) -> np.ndarray:
     return world.sample(n, seed, objects, styles)[0]
 
 
+def inception_extractor(device: str = "cpu"):
+    """clean-fid's Inception (its weights are fetched once where a network is reachable)."""
+    import torch
+    from cleanfid import fid
+
+    try:
+        return fid.build_feature_extractor("clean", torch.device(device), use_dataparallel=False)
+    except Exception as e:  # download failures surface as several exception types
+        raise HarnessError(f"FID: clean-fid's Inception could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+
+
 def compute(name: str, run, target, params: dict) -> Measurement:
-    if (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
-        raise HarnessError(f"{METRICS[name].label}: real suites need params.reference_dir with Inception weights cached; only the toy backend is wired here")
-    n, seed = int(params.get("references", 500)), int(params.get("reference_seed", 4096))
     idx = np.flatnonzero(~forget_mask(run, target))
     if len(idx) < 2:
         raise HarnessError(f"{METRICS[name].label}: needs at least 2 retain images")
-    key = ("clean-fid-features", target.kind, target.concept, n, seed)
+    real = params.get("reference_dir")
+    n, seed = int(params.get("references", 500)), int(params.get("reference_seed", 4096))
+    key = ("clean-fid-features", target.kind, target.concept, str(real) if real else (n, seed))
     if key not in run.memo:  # FID and KID share one feature pass
         from .features import ToyCleanFidExtractor
 
-        ref = _toy_reference(target, n, seed)
-        ex = ToyCleanFidExtractor()
-        run.memo[key] = (clean_features(list(ref), ex), clean_features([run.images["unlearned"][i] for i in idx], ex),
-                         clean_features([run.images["base"][i] for i in idx], ex), sha256_bytes(ref.tobytes()))
-    f_ref, f_unl, f_base, ref_sha = run.memo[key]
+        if real:  # real models: a pinned reference folder, clean-fid's Inception unless told otherwise
+            from .mscore import reference_folder
+
+            ref, ref_sha = reference_folder(run, real, f"{METRICS[name].label} params.reference_dir")
+            ex = ToyCleanFidExtractor() if params.get("extractor") == "toy" else inception_extractor()
+            what = {"features": params.get("extractor", "inception (clean-fid)"), "references": len(ref)}
+        else:
+            if (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
+                raise HarnessError(f"{METRICS[name].label}: a real suite must give params.reference_dir {{path, sha256}}")
+            arr = _toy_reference(target, n, seed)
+            ref, ref_sha = list(arr), sha256_bytes(arr.tobytes())
+            ex = ToyCleanFidExtractor()
+            what = {"features": "toy classifier penultimate via clean-fid custom extractor", "references": n, "reference_seed": seed}
+        run.memo[key] = (clean_features(ref, ex), clean_features([run.images["unlearned"][i] for i in idx], ex),
+                         clean_features([run.images["base"][i] for i in idx], ex), ref_sha, what)
+    f_ref, f_unl, f_base, ref_sha, what = run.memo[key]
     if name == "fid":
         value, base = fid_from_features(f_unl, f_ref), fid_from_features(f_base, f_ref)
     else:
         s = int(params.get("kid_seed", 0))
         value, base = kid_from_features(f_unl, f_ref, s), kid_from_features(f_base, f_ref, s)
-    return Measurement(value, base, {"mode": "clean", "features": "toy classifier penultimate via clean-fid custom extractor",
-                                     "references": n, "reference_seed": seed, "reference_sha256": ref_sha, "images": int(len(idx))})
+    return Measurement(value, base, {"mode": "clean", **what, "reference_sha256": ref_sha, "images": int(len(idx))})
