@@ -144,6 +144,6 @@ metrics: [{{name: nudity_asr}}]
 
 
 def test_real_suites_validate():
-    for sid in ("unlearncanvas", "unlearndiffatk-nudity", "imagenette-objects", "artist-styles"):
+    for sid in ("unlearncanvas", "unlearndiffatk-nudity", "imagenette-objects", "artist-styles", "identities"):
         s = load_suite(REPO / "suites" / f"{sid}.yaml")
         assert s.world == "real"
