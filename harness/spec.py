@@ -389,6 +389,17 @@ def inside(root: Path, rel: str, what: str) -> Path:
     return p
 
 
+def pinned_file(root: Path, path: str, sha256: str, what: str) -> Path:
+    """A file inside the repository whose sha256 must match before anything reads it."""
+    p = inside(root, path, f"{what}.path")
+    if not p.is_file():
+        raise HarnessError(f"{what}.path: {path}: no such file")
+    got = sha256_file(p)
+    if got != sha256:
+        raise HarnessError(f"{what}.sha256: {path} has sha256 {got}, expected {sha256}")
+    return p
+
+
 # ----------------------------------------------------------------------------- prompts
 class Prompt(BaseModel):
     """One prompt of a suite with its labels (e.g. object, style) and optional per-prompt

@@ -12,17 +12,11 @@ import numpy as np
 
 from ..errors import HarnessError
 from ..hashing import sha256_file
-from ..spec import ScorerSpec, WeightsFile, inside
+from ..spec import ScorerSpec, WeightsFile, pinned_file
 
 
 def _verified(w: WeightsFile, root: Path, what: str) -> Path:
-    p = inside(root, w.path, f"scorer.{what}.path")
-    if not p.is_file():
-        raise HarnessError(f"scorer.{what}.path: {w.path}: no such file")
-    got = sha256_file(p)
-    if got != w.sha256:
-        raise HarnessError(f"scorer.{what}.sha256: {w.path} has sha256 {got}, expected {w.sha256}")
-    return p
+    return pinned_file(root, w.path, w.sha256, f"scorer.{what}")
 
 
 class ToyScorer:

@@ -128,15 +128,12 @@ def _scores(run, target, variant: str, params: dict) -> dict:
         return run.memo[key]
     make_model = None
     if params.get("separator") == "resnet18":
-        from ..hashing import sha256_file
-        from ..spec import inside
+        from ..spec import pinned_file
 
         w = params.get("separator_weights") or {}
         if not w.get("path") or not w.get("sha256"):
             raise HarnessError("CRS/CCS: separator resnet18 needs params.separator_weights {path, sha256}")
-        path = inside(run.root, w["path"], "CRS/CCS params.separator_weights.path")
-        if not path.is_file() or sha256_file(path) != w["sha256"]:
-            raise HarnessError(f"CRS/CCS: params.separator_weights: {w['path']} is missing or its sha256 does not match")
+        path = pinned_file(run.root, w["path"], w["sha256"], "CRS/CCS params.separator_weights")
         make_model = lambda: _ResNetSeparator(str(path))
     elif (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
         raise HarnessError("CRS/CCS: a real suite must set params.separator: resnet18 with separator_weights")

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from ..errors import HarnessError
-from ..hashing import sha256_file
 from . import Measurement, MetricInfo
 
 METRICS = {
@@ -59,17 +58,13 @@ def top1(images: list[np.ndarray], path: str, batch: int = 32) -> np.ndarray:
 
 
 def compute(name: str, run, target, params: dict) -> Measurement:
-    from ..spec import inside
+    from ..spec import pinned_file
 
     classes: dict = params.get("classes") or {}
     w = params.get("weights") or {}
     if not classes or not w.get("path") or not w.get("sha256"):
         raise HarnessError("object erasure: the suite must give params.classes (label -> ImageNet index) and params.weights {path, sha256}")
-    path = inside(run.root, w["path"], "object erasure params.weights.path")
-    if not path.is_file():
-        raise HarnessError(f"object erasure: params.weights.path: {w['path']}: no such file")
-    if sha256_file(path) != w["sha256"]:
-        raise HarnessError(f"object erasure: params.weights.sha256: {w['path']} does not match")
+    path = pinned_file(run.root, w["path"], w["sha256"], "object erasure params.weights")
     labels = run.labels().get("object")
     if labels is None or target.concept not in classes:
         raise HarnessError(f"object erasure: {target.concept!r} is not a class of this suite ({', '.join(classes)})")
