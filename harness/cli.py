@@ -132,6 +132,16 @@ def cmd_schema(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from .compare import compare, format_rows, load_result
+
+    rows = compare(load_result(a.new), load_result(a.baseline))
+    print(format_rows(rows))
+    bad = [r for r in rows if r["status"] != "ok"]
+    print(f"{len(bad)} of {len(rows)} metrics regressed or missing" if bad else f"no regression in {len(rows)} metrics")
+    return 1 if bad else 0
+
+
 def parser() -> argparse.ArgumentParser:
     from .methods import METHODS
     from .toy.classifier import DEFAULT_DIR as CLF
@@ -185,6 +195,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="overwrite --out")
     e.add_argument("--allow-subword", action="store_true", help="allow a concept word that is not a single token")
     e.set_defaults(func=cmd_erase)
+
+    c = sub.add_parser("compare", help="regression gate: exit 1 when a metric of NEW is worse than BASELINE beyond its tolerance")
+    c.add_argument("new")
+    c.add_argument("baseline")
+    c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("validate", help="check submission / suite YAML files")
     v.add_argument("files", nargs="+")

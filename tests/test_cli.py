@@ -37,3 +37,35 @@ def test_schema_writes_json_schema_for_editors(tmp_path):
     suite = json.loads((tmp_path / "suite.schema.json").read_text())
     assert sub["additionalProperties"] is False and "checkpoint" in sub["required"]
     assert "metrics" in suite["properties"]
+
+
+def _result(values):
+    return {"schema_version": "1.0", "metrics": [
+        {"suite": "toy-canvas", "metric": "ua", "label": "UA", "target": "striped", "value": values[0], "higher_is_better": True, "tolerance": 0.05},
+        {"suite": "toy-fid", "metric": "fid", "label": "FID", "target": "striped", "value": values[1], "higher_is_better": False, "tolerance": 0.5},
+    ]}
+
+
+def test_compare_passes_identical_and_within_tolerance_and_fails_a_degraded_copy(tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_result([0.9, 1.0])))
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(_result([0.9, 1.0])))
+    near = tmp_path / "near.json"
+    near.write_text(json.dumps(_result([0.86, 1.4])))  # both worse, within tolerance
+    worse = tmp_path / "worse.json"
+    worse.write_text(json.dumps(_result([0.9, 1.6])))  # FID up by 0.6 > 0.5
+    assert unlearn("compare", str(same), str(base)).returncode == 0
+    assert unlearn("compare", str(near), str(base)).returncode == 0
+    r = unlearn("compare", str(worse), str(base))
+    assert r.returncode == 1 and "REGRESSED" in r.stdout and "1 of 2 metrics regressed" in r.stdout
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({"schema_version": "1.0", "metrics": _result([0.9, 1.0])["metrics"][:1]}))
+    assert "MISSING" in unlearn("compare", str(missing), str(base)).stdout
+
+
+def test_compare_bad_input_is_a_one_line_usage_error(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    r = unlearn("compare", str(tmp_path / "x.json"), str(tmp_path / "nope.json"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not a results JSON" in r.stderr
+

@@ -1,0 +1,57 @@
+"""The regression gate: ``unlearn compare NEW.json BASELINE.json``.
+
+A metric regresses when it moves the wrong way (by ``higher_is_better``) by more than its
+tolerance (declared per metric in the suite and copied into every record; 0 when absent).
+Metrics present in the baseline but missing from the new result, or turned into errors, count
+as regressions too: a gate that a crash passes is no gate.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import HarnessError
+from .spec import RESULTS_SCHEMA_VERSION
+
+
+def load_result(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"{p}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HarnessError(f"{p}: not a results JSON ({e})") from None
+    if not isinstance(data, dict) or str(data.get("schema_version", "")).split(".")[0] != RESULTS_SCHEMA_VERSION.split(".")[0]:
+        raise HarnessError(f"{p}: schema_version {data.get('schema_version') if isinstance(data, dict) else None!r} is not {RESULTS_SCHEMA_VERSION}")
+    return data
+
+
+def compare(new: dict, baseline: dict) -> list[dict]:
+    """One row per baseline metric: old, new, change, tolerance, status (ok / regressed / missing)."""
+    current = {(m["suite"], m["metric"], m["target"]): m for m in new.get("metrics", [])}
+    rows = []
+    for m in baseline.get("metrics", []):
+        key = (m["suite"], m["metric"], m["target"])
+        tol = float(m.get("tolerance") or 0.0)
+        row = {"suite": key[0], "metric": m.get("label", key[1]), "target": key[2], "baseline": m.get("value"), "tolerance": tol}
+        n = current.get(key)
+        if n is None or n.get("value") is None:
+            rows.append({**row, "new": None, "change": None, "status": "missing" if n is None else "error"})
+            continue
+        if m.get("value") is None:
+            rows.append({**row, "new": n["value"], "change": None, "status": "ok"})
+            continue
+        change = n["value"] - m["value"]
+        worse = -change if m.get("higher_is_better", True) else change
+        rows.append({**row, "new": n["value"], "change": change, "status": "regressed" if worse > tol + 1e-12 else "ok"})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    f = lambda x: "-" if x is None else f"{x:.4f}"
+    lines = [f"{'suite':<18} {'metric':<17} {'target':<14} {'baseline':>9} {'new':>9} {'change':>9} {'tol':>7}  status"]
+    for r in rows:
+        lines.append(f"{r['suite']:<18} {r['metric']:<17} {r['target']:<14} {f(r['baseline']):>9} {f(r['new']):>9} {f(r['change']):>9} {r['tolerance']:>7.3f}  {r['status'].upper()}")
+    return "\n".join(lines)
