@@ -45,4 +45,4 @@ def run_partial_batch(pipes, jobs: list[Job], psi: float):
             lat = sched.step(eu + j0.guidance * (ec - eu), t, lat, **extra).prev_sample
         img = unl.vae.decode(lat / unl.vae.config.scaling_factor).sample
     raw = (img / 2 + 0.5).permute(0, 2, 3, 1).float().cpu().numpy()
-    return raw, np.round(np.clip(raw, 0, 1) * 255).astype(np.uint8)
+    return raw, np.round(np.clip(np.nan_to_num(raw, nan=0.0), 0, 1) * 255).astype(np.uint8)

@@ -144,7 +144,7 @@ def run_batch(pipe, jobs: list[Job]):
             **kwargs,
         )
     imgs = np.asarray(out.images, dtype=np.float32)
-    return imgs, np.round(np.clip(imgs, 0, 1) * 255).astype(np.uint8)
+    return imgs, np.round(np.clip(np.nan_to_num(imgs, nan=0.0), 0, 1) * 255).astype(np.uint8)  # NaN is flagged by the caller
 
 
 def _step_params(scheduler) -> set[str]:
