@@ -7,6 +7,7 @@ metric values -> verdicts.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +294,7 @@ class Evaluator:
                                "negative_prompt": suite.prompts.negative_prompt},
                 "seeds": sorted({s for _, s in items}),
                 "device": placement.device,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "dtype": placement.dtype,
                 "scorer": scorer.identity if scorer else None,
                 "models": {"base": base_fp, "unlearned": unl_fp},

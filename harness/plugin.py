@@ -113,6 +113,7 @@ def _build_state(config) -> State:
 def pytest_configure(config):
     if not config.getoption("unlearn_submission", default=None):
         return
+    _pin_worker_gpu(config)
     state = _build_state(config)
     config.stash[STATE] = state
     config.pluginmanager.register(Reporter(state, config), "unlearn-reporter")
@@ -123,6 +124,47 @@ def pytest_configure(config):
     # pytest-xdist: keep each suite's cases on one worker, so its pipelines load once there.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else every CUDA device."""
+    import os
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # no usable CUDA build
+        return []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` with --unlearn-submission: one worker per GPU (None: xdist's own default)."""
+    if config.getoption("unlearn_submission", default=None):
+        return len(visible_gpus()) or None
+    return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """Controller side: give each xdist worker one GPU, round robin over the visible ones."""
+    gpus = visible_gpus()
+    if gpus and node.config.getoption("unlearn_submission", default=None):
+        index = int(node.workerinput["workerid"].removeprefix("gw"))
+        node.workerinput["unlearn_gpu"] = gpus[index % len(gpus)]
+
+
+def _pin_worker_gpu(config) -> None:
+    """Worker side, before any model (or CUDA) is touched: see only the GPU given to us."""
+    import os
+
+    gpu = getattr(config, "workerinput", {}).get("unlearn_gpu")
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def pytest_report_header(config):
@@ -190,8 +232,8 @@ class Reporter:
                 self.state.records.append(json.loads(value))
 
     def pytest_sessionfinish(self, session, exitstatus):
-        if hasattr(self.config, "workerinput"):
-            return  # an xdist worker: its records travel to the controller with the reports
+        if hasattr(self.config, "workerinput") or self.config.option.collectonly:
+            return  # an xdist worker (its records travel with the reports), or nothing ran
         from .evaluate import library_versions
         from .results import build, write
 

@@ -238,3 +238,21 @@ def test_suites_default_to_those_of_the_base_world_that_apply(project):
     r = run(project, "--unlearn-submission", "sub.yaml", "--collect-only", "-q")
     out = r.stdout.str()
     assert "mini::UA::striped" in out and "toyonly" not in out and "nudity::" not in out
+
+
+def test_each_xdist_worker_is_pinned_to_one_gpu(project, monkeypatch):
+    """With CUDA_VISIBLE_DEVICES=3,5 two workers get one GPU each (recorded in the results);
+    -n auto asks for one worker per GPU. On this CPU machine the models still run on the CPU."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    (project.path / "suites" / "mini2.yaml").write_text(SUITE.replace("id: mini", "id: mini2"))
+    text = (project.path / "sub.yaml").read_text().replace("suites: [mini]", "suites: [mini, mini2]")
+    (project.path / "sub.yaml").write_text(text)
+    r = run(project, "--unlearn-submission", "sub.yaml", "-n", "2")
+    r.assert_outcomes(passed=4, failed=2)
+    suites = only_json(project)["suites"]
+    # Each worker sees exactly one of the two GPUs (which worker gets which suite is xdist's choice).
+    assert {s["cuda_visible_devices"] for s in suites} <= {"3", "5"} and len(suites) == 2
+    from harness.plugin import pytest_xdist_auto_num_workers
+
+    config = type("C", (), {"getoption": lambda self, name, default=None: ["sub.yaml"]})()
+    assert pytest_xdist_auto_num_workers(config) == 2  # -n auto: one worker per GPU
