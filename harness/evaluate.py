@@ -202,7 +202,8 @@ class Evaluator:
 
         def pipes():  # both models, loaded once for the whole psi grid, only if something is missing
             if not loaded:
-                loaded.append((base_pipe(), unl_pipe()))
+                unl = unl_pipe()  # may take over the base in memory: load the base after it
+                loaded.append((base_pipe(), unl))
             return loaded[0]
         out, rep = {}, {"psi": psis, "seeds": sorted(seeds), "generated": 0, "cached": 0, "flagged": []}
         for psi in psis:
@@ -244,9 +245,21 @@ class Evaluator:
             size = native_size(sub, self.root) if not (g.height and g.width) else 0
             base_jobs = self._jobs(suite, items, base_fp, placement, size)
             unl_jobs = self._jobs(suite, items, unl_fp, placement, size)
-            # Pipelines load only when some image is not cached (a warm re-run loads none).
-            base_pipe = lambda: load_base(sub.base_model, self.root, placement)
-            unl_pipe = lambda: apply_checkpoint(base_pipe(), sub.checkpoint, ckpt, placement, self.allow_pickle)
+            # Pipelines load only when some image is not cached (a warm re-run loads none), and the
+            # unlearned one is made from the base already in memory when there is one.
+            loaded: dict = {}
+
+            def base_pipe():
+                if "base" not in loaded:
+                    loaded["base"] = load_base(sub.base_model, self.root, placement)
+                return loaded["base"]
+
+            def unl_pipe():
+                if "unlearned" not in loaded:
+                    base = loaded.pop("base", None) or load_base(sub.base_model, self.root, placement)
+                    loaded["unlearned"] = apply_checkpoint(base, sub.checkpoint, ckpt, placement, self.allow_pickle)
+                return loaded["unlearned"]
+
             base_imgs, base_rep = generate(base_pipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base")
             unl_imgs, unl_rep = generate(unl_pipe, unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned")
             scorer = load_scorer(suite.scorer, self.root, placement.device) if suite.scorer else None

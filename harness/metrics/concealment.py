@@ -144,7 +144,12 @@ def _scores(run, target, variant: str, params: dict) -> dict:
         raise HarnessError(f"CRS/CCS: needs at least 4 {variant} images, has {len(idx)}")
     orig = [run.images["base"][i] for i in idx]
     unl = [run.images["unlearned"][i] for i in idx]
-    model, acc = train_separator(orig, unl, int(params.get("separator_steps", 200)), int(params.get("separator_seed", 0)), make_model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same figures whatever the machine or xdist layout
+    try:
+        model, acc = train_separator(orig, unl, int(params.get("separator_steps", 200)), int(params.get("separator_seed", 0)), make_model)
+    finally:
+        torch.set_num_threads(threads)
     with torch.no_grad():
         f_o, f_u = model.features(to_float(orig)), model.features(to_float(unl))
 
