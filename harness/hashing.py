@@ -13,12 +13,23 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# In-process memo: a checkpoint is verified when pytest starts and again when its suite runs,
+# and a base folder is fingerprinted once per suite; multi-GB files should be read once. Keyed
+# by the file's identity and stat signature, so a rewritten file is hashed again.
+_MEMO: dict[tuple, str] = {}
+
+
 def sha256_file(path: str | Path) -> str:
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _MEMO:
+        return _MEMO[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    _MEMO[key] = h.hexdigest()
+    return _MEMO[key]
 
 
 def sha256_tree(path: str | Path) -> str:
