@@ -1,7 +1,8 @@
 """The ``unlearn`` command: toy world, erasure methods, validation, schema.
 
-Every bad input ends in one line on stderr (``unlearn: error: ...``) and exit code 2; ``validate``
-prints one line per problem and exits 1 when a file is invalid.
+Exit codes: 0 fine; 2 bad input or usage, reported on stderr as one line per problem, never a
+traceback (``unlearn: error: ...``; ``validate`` prints ``file: field: what`` for each problem
+of each file, ``check`` the first problem of each submission); 1 a regression (``compare``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +21,13 @@ def _threads() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("UNLEARN_THREADS", os.cpu_count() or 1)))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``unlearn validate: error: ...``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -114,11 +123,46 @@ def cmd_validate(a) -> int:
         except SpecErrors as e:
             bad += 1
             for line in e.lines:
-                print(line)
+                print(line, file=sys.stderr)
         except HarnessError as e:
             bad += 1
-            print(str(e))
-    return 1 if bad else 0
+            print(str(e), file=sys.stderr)
+        except OSError as e:
+            bad += 1
+            print(f"{f}: {e.strerror or e}", file=sys.stderr)
+    return 2 if bad else 0
+
+
+def cmd_check(a) -> int:
+    """Everything the harness checks before generating, for each submission (no model loads)."""
+    from .check import check_submission
+    from .spec import SpecErrors
+
+    root = Path(a.root)
+    cache = Path(a.cache or os.environ.get("UNLEARN_CACHE") or root / ".unlearn-cache")
+    bad = 0
+    for f in a.files:
+        try:
+            lines = check_submission(f, root, cache, a.allow_pickle, set(a.suite or ()) or None)
+        except SpecErrors as e:  # each line starts with its file: the submission or a suite
+            where = e.lines[0].split(": ", 1)[0]
+            more = f" (and {len(e.lines) - 1} more: `unlearn validate {where}` lists them)" if len(e.lines) > 1 else ""
+            print(f"unlearn: error: {e.lines[0]}{more}", file=sys.stderr)
+            bad += 1
+            continue
+        except HarnessError as e:
+            msg = str(e).replace("\n", " ")
+        except OSError as e:
+            msg = f"{e.strerror or e}"
+        else:
+            print(f"{f}: ok")
+            for line in lines:
+                print(f"  {line}")
+            continue
+        bad += 1
+        named = msg.startswith(str(f)) or re.match(r"^\S+\.ya?ml: ", msg)  # names its file already
+        print(f"unlearn: error: {msg if named else f'{f}: {msg}'}", file=sys.stderr)
+    return 2 if bad else 0
 
 
 def cmd_schema(a) -> int:
@@ -133,13 +177,58 @@ def cmd_schema(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from .compare import compare, format_rows, load_result
+    from .compare import compare, format_rows, gate_failures, load_result
 
     rows = compare(load_result(a.new), load_result(a.baseline))
     print(format_rows(rows))
-    bad = [r for r in rows if r["status"] != "ok"]
+    bad = gate_failures(rows)
     print(f"{len(bad)} of {len(rows)} metrics regressed or missing" if bad else f"no regression in {len(rows)} metrics")
     return 1 if bad else 0
+
+
+def cmd_summary(a) -> int:
+    from .compare import load_result
+    from .summary import markdown
+
+    bad = 0
+    for f in a.files:
+        try:
+            print(markdown(load_result(f), f))
+        except HarnessError as e:
+            bad += 1
+            print(f"unlearn: error: {e}", file=sys.stderr)
+    return 2 if bad else 0
+
+
+def cmd_regress(a) -> int:
+    from .regression import regress
+
+    _threads()
+    methods = set(a.method) if a.method else None
+    return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None)
+
+
+# ----------------------------------------------------------------------------- leaderboard
+def cmd_leaderboard_build(a) -> int:
+    from .leaderboard import build
+
+    n = build(a.results, a.out)
+    bad = f", {n['images_unavailable']} image(s) unavailable" if n["images_unavailable"] else ""
+    print(f"wrote {a.out}: {n['submissions']} submission(s) from {n['files']} results file(s), {n['records']} records, "
+          f"{n['suites']} suite table(s), {n['images']} image(s){bad}; open {Path(a.out) / 'index.html'}")
+    return 0
+
+
+def cmd_leaderboard_refresh(a) -> int:
+    from .leaderboard import default_submissions, refresh
+
+    if a.workers is not None and a.workers < 1:
+        raise HarnessError(f"--workers: {a.workers} is not a positive number")
+    r = refresh(a.submissions or default_submissions(), a.out, a.cache, a.workers)
+    i = r["images"]
+    print(f"wrote {', '.join(r['written'])}; images: {i['copied']} copied, {i['kept']} already there, {i['missing']} missing, "
+          f"{i['pruned']} no longer referenced removed ({r['seconds']} s)")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -147,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     from .toy.classifier import DEFAULT_DIR as CLF
     from .toy.model import DEFAULT_DIR as PIPE
 
-    p = argparse.ArgumentParser(prog="unlearn", description="Evaluate concept erasure in text-to-image diffusion models.")
+    p = _Parser(prog="unlearn", description="Evaluate concept erasure in text-to-image diffusion models.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     toy = sub.add_parser("toy", help="the toy concept world").add_subparsers(dest="toy_cmd", required=True)
@@ -201,9 +290,39 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("baseline")
     c.set_defaults(func=cmd_compare)
 
+    r = sub.add_parser("regress", help="regression gate: re-run the reference methods on the toy world, evaluate, compare with the baselines")
+    r.add_argument("--baselines", default="leaderboard/results", help="committed results JSON (default leaderboard/results)")
+    r.add_argument("--out", default=".regression", help="checkpoints, submissions, results and image cache of the re-run (inside the repo)")
+    r.add_argument("--root", default=".", help="repository root")
+    r.add_argument("--method", action="append", help="only submissions of these methods (repeatable; 'control' = no method record)")
+    r.add_argument("--submission", action="append", help="only these submission names (repeatable)")
+    r.set_defaults(func=cmd_regress)
+    m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary)")
+    m.add_argument("files", nargs="+")
+    m.set_defaults(func=cmd_summary)
+
+    lb = sub.add_parser("leaderboard", help="the leaderboard site").add_subparsers(dest="leaderboard_cmd", required=True)
+    t = lb.add_parser("build", help="build the static site from results JSON files")
+    t.add_argument("--results", default="leaderboard/results", help="folder of results JSON files (default leaderboard/results)")
+    t.add_argument("--out", default="site", help="site folder, replaced when it holds an earlier build (default site)")
+    t.set_defaults(func=cmd_leaderboard_build)
+    t = lb.add_parser("refresh", help="run the harness on the toy submissions; copy their results and sample images")
+    t.add_argument("--submissions", nargs="+", metavar="YAML", help="submission files (default submissions/toy-*.yaml)")
+    t.add_argument("--out", default="leaderboard/results", help="where results JSON + images/ go (default leaderboard/results)")
+    t.add_argument("--cache", default=None, help="image cache (default .unlearn-cache in the repository, or $UNLEARN_CACHE)")
+    t.add_argument("--workers", type=int, default=None, help="pytest-xdist workers (default: one process)")
+    t.set_defaults(func=cmd_leaderboard_refresh)
+
     v = sub.add_parser("validate", help="check submission / suite YAML files")
     v.add_argument("files", nargs="+")
     v.set_defaults(func=cmd_validate)
+    k = sub.add_parser("check", help="everything the harness checks before generating (files, sha256, tensor shapes vs the base, concepts, suites); no model loads")
+    k.add_argument("files", nargs="+", metavar="SUBMISSION")
+    k.add_argument("--suite", action="append", metavar="ID", help="only these suites of the submission (repeatable)")
+    k.add_argument("--root", default=".", help="repository root (default .)")
+    k.add_argument("--cache", default=None, help="download cache for checkpoints / prompt sets by URL (default .unlearn-cache in the root, or $UNLEARN_CACHE)")
+    k.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin/.pt): only for files you trust")
+    k.set_defaults(func=cmd_check)
     s = sub.add_parser("schema", help="write JSON Schema files for editors")
     s.add_argument("--out", default="schemas")
     s.set_defaults(func=cmd_schema)

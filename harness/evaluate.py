@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import metrics
 from .errors import HarnessError
-from .generate import ImageCache, Job, generate
+from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from .hashing import sha256_file, sha256_json
-from .models import Placement, apply_checkpoint, checkpoint_file, load_base, model_fingerprints
+from .models import PipelineRecipe, Placement, apply_checkpoint, checkpoint_file, load_base, model_fingerprints
 from .spec import Prompt, Submission, Suite, TargetSpec, expand_prompts, load_suite
 
 # Conventions this project chose where a paper is silent (recorded in every result).
@@ -126,6 +126,42 @@ class SuiteRun:
         return self._preds[which]
 
 
+SAMPLES = 8  # matched image pairs per suite recorded for the leaderboard
+
+
+def sample_pairs(items: list[tuple[Prompt, int]], base_jobs: list[Job], unl_jobs: list[Job], targets: list[TargetSpec], cache: ImageCache, n: int = SAMPLES) -> list[dict]:
+    """Up to ``n`` matched (base, unlearned) image pairs, each named by its PNG's sha256: one per
+    prompt (its first seed), prompts of the targets first (up to half), then other prompts. The
+    choice depends on the prompt texts alone (sha256 order), so it is the same on every run and
+    for every submission with the same targets."""
+    import re
+
+    from .hashing import sha256_bytes
+
+    concepts = {t.concept for t in targets}
+
+    def names_target(p: Prompt) -> bool:
+        if p.labels:
+            return bool(concepts & set(p.labels.values()))
+        return any(re.search(rf"\b{re.escape(c)}\b", p.text, re.IGNORECASE) for c in concepts)
+
+    first: dict[str, int] = {}
+    for i, (p, _) in enumerate(items):
+        first.setdefault(p.text, i)
+    order = sorted(first.values(), key=lambda i: sha256_bytes(items[i][0].text.encode()))
+    tgt = [i for i in order if names_target(items[i][0])]
+    other = [i for i in order if not names_target(items[i][0])]
+    chosen = tgt[: n // 2]
+    chosen += other[: n - len(chosen)]
+    chosen += tgt[n // 2 :][: n - len(chosen)]
+    out = []
+    for i in sorted(chosen):
+        b, u = cache.png_sha256(base_jobs[i]), cache.png_sha256(unl_jobs[i])
+        if b and u:
+            out.append({"prompt": items[i][0].text, "seed": items[i][1], "base": b, "unlearned": u})
+    return out
+
+
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
     import platform
@@ -156,7 +192,8 @@ def native_size(sub: Submission, root: Path) -> int:
 class Evaluator:
     """Runs suites for submissions; keeps the base pipeline and images across suites."""
 
-    def __init__(self, root: Path, cache_dir: Path, device: str = "auto", allow_pickle: bool = False, smoke: bool = False, progress: bool = True):
+    def __init__(self, root: Path, cache_dir: Path, device: str = "auto", allow_pickle: bool = False, smoke: bool = False, progress: bool = True,
+                 executor=None, compile: bool = False):
         self.root = Path(root)
         self.cache = ImageCache(Path(cache_dir) / "images")
         self.cache_dir = Path(cache_dir)
@@ -164,14 +201,20 @@ class Evaluator:
         self.allow_pickle = allow_pickle
         self.smoke = smoke
         self.progress = progress
+        self.executor = executor or LocalExecutor()  # LocalExecutor, or ray_executor.RayExecutor
+        self.compile = compile
         self._results: dict[tuple[str, str], dict] = {}
         self._suites: dict[str, Suite] = {}
+        self._suite_sha: dict[str, str] = {}
 
     def suite(self, suite_id: str) -> Suite:
         if suite_id not in self._suites:
             p = suite_path(self.root, suite_id)
             if not p.is_file():
                 raise HarnessError(f"suite {suite_id!r}: no file {p.relative_to(self.root)}")
+            # hashed when loaded, not when recorded: an edit during a long run must not be
+            # recorded as the version that ran
+            self._suite_sha[suite_id] = sha256_file(p)
             self._suites[suite_id] = load_suite(p)
         return self._suites[suite_id]
 
@@ -184,10 +227,11 @@ class Evaluator:
             for p, seed in items
         ]
 
-    def _attack(self, suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe):
+    def _attack(self, suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe, stats=None):
         """Partial-diffusion attacked images for the suite's attack metrics (psi grid and seeds
         from the first such metric's params), as cached generation jobs."""
         from dataclasses import replace
+        from functools import partial
 
         from .attacks import attack_model_id, run_partial_batch
 
@@ -205,11 +249,12 @@ class Evaluator:
                 unl = unl_pipe()  # may take over the base in memory: load the base after it
                 loaded.append((base_pipe(), unl))
             return loaded[0]
+        pipes.recipe = replace(unl_pipe.recipe, which="pair")  # what a Ray worker loads instead
         out, rep = {}, {"psi": psis, "seeds": sorted(seeds), "generated": 0, "cached": 0, "flagged": []}
         for psi in psis:
             jobs = [replace(base_jobs[i], model=attack_model_id(base_fp, unl_fp, psi)) for i in chosen]
             imgs, r = generate(pipes, jobs, self.cache, suite.generation.batch_size, self.progress, f"{suite.id} attack psi={psi:g}",
-                               runner=lambda p, js, psi=psi: run_partial_batch(p, js, psi))
+                               runner=partial(run_partial_batch, psi=psi), executor=self.executor, stats=stats)
             aligned = [None] * len(items)
             for i, im in zip(chosen, imgs):
                 aligned[i] = im
@@ -227,7 +272,8 @@ class Evaluator:
         t0 = time.time()
         suite = self.suite(suite_id)
         g = suite.generation
-        placement = Placement.choose(self.device, g.dtype)
+        placement = self.executor.placement(self.device, g.dtype, self.compile)  # where the pipelines run
+        stats = RunStats()
         prompts = expand_prompts(suite, self.root, self.cache_dir)
         if self.smoke:
             prompts = smoke_prompts(suite, prompts, sub.targets)
@@ -260,10 +306,15 @@ class Evaluator:
                     loaded["unlearned"] = apply_checkpoint(base, sub.checkpoint, ckpt, placement, self.allow_pickle)
                 return loaded["unlearned"]
 
-            base_imgs, base_rep = generate(base_pipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base")
-            unl_imgs, unl_rep = generate(unl_pipe, unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned")
-            scorer = load_scorer(suite.scorer, self.root, placement.device) if suite.scorer else None
-            attacked, attack_rep = self._attack(suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe)
+            recipe = PipelineRecipe(str(self.root.resolve()), sub.base_model, placement, "base", sub.checkpoint, str(self.cache_dir.resolve()), self.allow_pickle)
+            base_pipe.recipe, unl_pipe.recipe = recipe, replace(recipe, which="unlearned")  # for Ray workers
+            how = dict(executor=self.executor, stats=stats)
+            base_imgs, base_rep = generate(base_pipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base", **how)
+            unl_imgs, unl_rep = generate(unl_pipe, unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned", **how)
+            # The scorer runs here; with Ray the generation device may be one this machine lacks.
+            score_device = placement.device if isinstance(self.executor, LocalExecutor) else Placement.choose("cpu" if placement.device == "cpu" else "auto").device
+            scorer = load_scorer(suite.scorer, self.root, score_device) if suite.scorer else None
+            attacked, attack_rep = self._attack(suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe, stats)
         else:  # metrics of the submission alone (efficiency): nothing to generate
             base_jobs, base_imgs, unl_imgs, scorer = [], [], [], None
             base_rep = unl_rep = {"generated": 0, "cached": 0, "flagged": []}
@@ -298,7 +349,7 @@ class Evaluator:
             "suite": {
                 "id": suite.id,
                 "version": suite.version,
-                "file_sha256": sha256_file(suite_path(self.root, suite.id)),
+                "file_sha256": self._suite_sha[suite.id],
                 "prompt_set_sha256": sha256_json([[p.text, p.labels, p.seed, p.guidance] for p in prompts]),
                 "n_prompts": len(prompts),
                 "n_images_per_model": len(items),
@@ -309,9 +360,14 @@ class Evaluator:
                 "device": placement.device,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "dtype": placement.dtype,
+                "executor": self.executor.record(stats),
+                "pipeline": {"compile": self.compile, **({"attention": sorted(stats.attention), "channels_last": stats.channels_last, "compiled": stats.compiled}
+                             if stats.attention else {"attention": None, "channels_last": None, "compiled": None})},  # None: no model loaded
+                "batching": {"batch_size": min(g.batch_size, stats.batch_cap or g.batch_size), "oom_backoffs": stats.oom_backoffs},
                 "scorer": scorer.identity if scorer else None,
                 "models": {"base": base_fp, "unlearned": unl_fp},
                 "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
+                "samples": sample_pairs(items, base_jobs, unl_jobs, sub.targets, self.cache) if base_jobs else [],
                 "conventions": CONVENTIONS,
                 "seconds": round(time.time() - t0, 2),
             },

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,13 @@ class ImageCache:
     def path(self, job: Job) -> Path:
         return self._paths(job.key())[0]
 
+    def png_sha256(self, job: Job) -> str | None:
+        """The sha256 of the job's cached PNG, from its sidecar (None when it is not cached)."""
+        try:
+            return json.loads(self._paths(job.key())[1].read_text()).get("png_sha256")
+        except (OSError, ValueError):
+            return None
+
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -153,12 +160,125 @@ def _step_params(scheduler) -> set[str]:
     return set(inspect.signature(scheduler.step).parameters)
 
 
-def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, progress: bool = True, desc: str = "generate", runner=None) -> tuple[list[np.ndarray], dict]:
+@dataclass
+class RunStats:
+    """How one suite's images were made, filled in by the executors and recorded in the suite:
+    batches (local) or Ray tasks run, task retries, CUDA out-of-memory back-offs and the batch
+    size they left, and what the pipelines that ran looked like."""
+
+    tasks: int = 0
+    retries: int = 0
+    oom_backoffs: int = 0
+    batch_cap: int | None = None  # batch size after back-off (None: no back-off happened)
+    attention: set = field(default_factory=set)  # attention processor class names of the UNets
+    channels_last: bool = False
+    compiled: bool = False
+    nodes: set = field(default_factory=set)  # Ray node ids that ran tasks
+
+    def note_pipeline(self, info: dict) -> None:
+        self.attention |= set(info.get("attention", ()))
+        self.channels_last |= bool(info.get("channels_last"))
+        self.compiled |= bool(info.get("compiled"))
+
+
+def group_indices(jobs: list[Job]) -> list[list[int]]:
+    """Indices of the jobs that can share one batched pipeline call, in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, j in enumerate(jobs):
+        groups.setdefault(settings_key(j), []).append(i)
+    return list(groups.values())
+
+
+def run_chunks(pipe, jobs: list[Job], batch_size: int, runner, stats: RunStats):
+    """Run jobs that share settings in batches; yields ``(start, raw, images)`` per batch.
+
+    On CUDA out-of-memory the batch is halved and the same jobs retried (down to 1, then the
+    error stands); the smaller size stays for the rest of the suite (``stats.batch_cap``). Each
+    image's noise comes from its own seed, so a back-off never changes an image's noise."""
+    import torch
+
+    size = max(1, min(batch_size, stats.batch_cap or batch_size))
+    s = 0
+    while s < len(jobs):
+        chunk = jobs[s : s + size]
+        oom = False
+        try:
+            raw, imgs = runner(pipe, chunk)
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            oom = True  # retried outside the handler, so the failed batch's tensors are freed first
+        if oom:
+            size = max(1, size // 2)
+            stats.oom_backoffs += 1
+            stats.batch_cap = size
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        yield s, raw, imgs
+        s += len(chunk)
+
+
+def store(cache: ImageCache, job: Job, raw, image: np.ndarray) -> list[str]:
+    """Write one generated image to the cache with its flags (non-finite output, constant image)."""
+    flags = []
+    if not np.isfinite(raw).all():
+        flags.append("non-finite")
+    if image.max() == image.min():
+        flags.append("constant image")
+    cache.put(job, image, {"flags": flags})
+    return flags
+
+
+class LocalExecutor:
+    """Generation in this process (the default): the pipeline loads here, once, and only when
+    some job is not cached."""
+
+    name = "local"
+
+    def placement(self, device: str, dtype: str, compile: bool = False):
+        from .models import Placement
+
+        return Placement.choose(device, dtype, compile)
+
+    def record(self, stats: RunStats) -> dict:
+        return {"name": self.name, "tasks": stats.tasks, "retries": stats.retries}
+
+    def close(self) -> None:
+        pass
+
+    def run(self, jobs: list[Job], pipe, cache: ImageCache, batch_size: int, runner, stats: RunStats, advance=lambda n: None) -> dict:
+        """Make the (uncached) jobs; returns ``{index: (image, flags)}`` in the order they ran."""
+        out: dict[int, tuple[np.ndarray, list[str]]] = {}
+        if not jobs:
+            return out
+        if callable(pipe) and not hasattr(pipe, "unet"):
+            pipe = pipe()
+        from .models import describe_pipeline
+
+        stats.note_pipeline(describe_pipeline(pipe))
+        for idxs in group_indices(jobs):
+            for start, raw, imgs in run_chunks(pipe, [jobs[i] for i in idxs], batch_size, runner, stats):
+                stats.tasks += 1
+                for i, r, im in zip(idxs[start : start + len(imgs)], raw, imgs):
+                    # C-contiguous like an image read back from the cache: the same bytes in the same
+                    # layout, so scores (convolutions pick kernels by memory layout) do not depend on
+                    # whether an image was just made or came from the cache.
+                    im = np.ascontiguousarray(im)
+                    out[i] = (im, store(cache, jobs[i], r, im))
+                advance(len(imgs))
+        return out
+
+
+def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, progress: bool = True, desc: str = "generate", runner=None,
+             executor=None, stats: RunStats | None = None) -> tuple[list[np.ndarray], dict]:
     """Images for all jobs, in order; only the jobs not in the cache are run.
 
     ``pipe`` is a pipeline or a function that loads one: it is called only if some job is not
     cached, so a warm re-run loads no model. ``runner(pipe, jobs)`` makes one batch (default
-    ``run_batch``; attacks pass their own).
+    ``run_batch``; attacks pass their own). ``executor`` runs the missing jobs (default
+    ``LocalExecutor``; ``harness.ray_executor.RayExecutor`` needs ``pipe`` to be a
+    ``PipelineRecipe`` or to carry one as ``pipe.recipe``); ``stats`` collects how they ran.
 
     Returns the images and a report: how many were generated / cached and which were flagged
     (non-finite output, or an all-black / constant image)."""
@@ -171,27 +291,14 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
     for j, h in zip(jobs, hits):
         if h and h[1]:
             report["flagged"].append({"prompt": j.prompt, "seed": j.seed, "flags": h[1]})
-    groups: dict[tuple, list[int]] = {}
-    for i in todo:
-        groups.setdefault(settings_key(jobs[i]), []).append(i)
-    runner = runner or run_batch
-    if todo and callable(pipe) and not hasattr(pipe, "unet"):
-        pipe = pipe()
+    executor = executor or LocalExecutor()
+    stats = stats if stats is not None else RunStats()
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False)
-    for idxs in groups.values():
-        for s in range(0, len(idxs), batch_size):
-            chunk = idxs[s : s + batch_size]
-            raw, imgs = runner(pipe, [jobs[i] for i in chunk])
-            for i, r, im in zip(chunk, raw, imgs):
-                flags = []
-                if not np.isfinite(r).all():
-                    flags.append("non-finite")
-                if im.max() == im.min():
-                    flags.append("constant image")
-                if flags:
-                    report["flagged"].append({"prompt": jobs[i].prompt, "seed": jobs[i].seed, "flags": flags})
-                cache.put(jobs[i], im, {"flags": flags})
-                images[i] = im
-            bar.update(len(chunk))
+    made = executor.run([jobs[i] for i in todo], pipe, cache, batch_size, runner or run_batch, stats, bar.update)
     bar.close()
+    for k, (im, flags) in made.items():
+        i = todo[k]
+        if flags:
+            report["flagged"].append({"prompt": jobs[i].prompt, "seed": jobs[i].seed, "flags": flags})
+        images[i] = im
     return images, report

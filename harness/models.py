@@ -24,20 +24,22 @@ class Placement:
 
     device: str
     dtype: str
+    compile: bool = False  # torch.compile the UNet (--unlearn-compile)
 
     @classmethod
-    def choose(cls, device: str = "auto", dtype: str = "auto") -> "Placement":
+    def choose(cls, device: str = "auto", dtype: str = "auto", compile: bool = False, local: bool = True) -> "Placement":
+        """``local=False`` resolves for other machines (Ray workers): CUDA is not checked here."""
         import torch
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
+        if local and device.startswith("cuda") and not torch.cuda.is_available():
             raise HarnessError(f"--unlearn-device {device}: CUDA is not available on this machine")
         if dtype == "auto":
             dtype = "float16" if device.startswith("cuda") else "float32"
         if device == "cpu" and dtype == "float16":
             dtype = "float32"  # fp16 convolutions are not implemented on CPU
-        return cls(device, dtype)
+        return cls(device, dtype, compile)
 
     @property
     def torch_dtype(self):
@@ -97,7 +99,48 @@ def load_base(spec: BaseModelSpec, root: Path, placement: Placement):
     else:
         pipe = StableDiffusionPipeline.from_pretrained(spec.hub_id, revision=spec.revision, **kwargs)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(placement.device)
+    return accelerate(pipe.to(placement.device), placement)
+
+
+def accelerate(pipe, placement: Placement):
+    """The fast path, in place: SDPA attention (``AttnProcessor2_0``) wherever the plain
+    processor is set, channels_last UNet and VAE on CUDA, and ``torch.compile`` of the UNet
+    when asked (``Module.compile``: in place, so the state dict keeps its keys and a checkpoint
+    can still be applied). On CPU without compile this changes nothing, so images stay
+    bitwise identical."""
+    import torch
+
+    try:
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    except ImportError:  # pragma: no cover - very old or very new diffusers
+        AttnProcessor = AttnProcessor2_0 = None
+    if AttnProcessor is not None and hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        for module in (pipe.unet, pipe.vae):
+            procs = getattr(module, "attn_processors", {})
+            if any(type(p) is AttnProcessor for p in procs.values()):
+                module.set_attn_processor({k: AttnProcessor2_0() if type(p) is AttnProcessor else p for k, p in procs.items()})
+    if placement.device.startswith("cuda"):
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if placement.compile and getattr(pipe.unet, "_compiled_call_impl", None) is None:
+        if not hasattr(pipe.unet, "compile"):
+            raise HarnessError("--unlearn-compile needs torch >= 2.2 (nn.Module.compile)")
+        pipe.unet.compile()
+    return pipe
+
+
+def describe_pipeline(pipe) -> dict:
+    """What the fast path left on a pipeline (or an (original, unlearned) pair): the UNet's
+    attention processor classes, channels_last, compiled."""
+    import torch
+
+    attn, channels_last, compiled = set(), False, False
+    for p in pipe if isinstance(pipe, tuple) else (pipe,):
+        attn |= {type(a).__name__ for a in getattr(p.unet, "attn_processors", {}).values()}
+        w = p.unet.conv_in.weight
+        channels_last |= w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        compiled |= getattr(p.unet, "_compiled_call_impl", None) is not None
+    return {"attention": sorted(attn), "channels_last": bool(channels_last), "compiled": bool(compiled)}
 
 
 def checkpoint_file(spec: CheckpointSpec, root: Path, cache_dir: Path, allow_pickle: bool = False) -> Path:
@@ -111,7 +154,7 @@ def checkpoint_file(spec: CheckpointSpec, root: Path, cache_dir: Path, allow_pic
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise HarnessError(
             f"checkpoint: {path.name} is a pickle format ({path.suffix}), which can run code when loaded; "
-            "convert it to safetensors, or pass --unlearn-allow-pickle for a local run you trust"
+            "convert it to safetensors, or allow it for a local run you trust (pytest --unlearn-allow-pickle, unlearn check --allow-pickle)"
         )
     got = sha256_tree(path) if path.is_dir() else sha256_file(path)
     if got != spec.sha256:
@@ -130,7 +173,27 @@ def _read_tensors(path: Path, allow_pickle: bool) -> dict:
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several types for a damaged file
-        raise HarnessError(f"checkpoint: {path.name} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> HarnessError:
+    return HarnessError(f"checkpoint: {path.name} is not a readable safetensors file ({type(e).__name__}: {e})")
+
+
+def tensor_shapes(path: Path, allow_pickle: bool = False) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """name -> (shape, is floating point) of a checkpoint file, from the safetensors header
+    alone (no tensor data is read); pickle files only where the caller allows them."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        import torch
+
+        return {k: (tuple(v.shape), torch.is_floating_point(v)) for k, v in _read_tensors(path, allow_pickle).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype().startswith(("F", "BF"))) for k in f.keys()}
+    except Exception as e:  # as above
+        raise _unreadable(path, e) from None
 
 
 def _align_key(key: str, own: dict) -> str:
@@ -146,20 +209,28 @@ def _align_key(key: str, own: dict) -> str:
     return key
 
 
+def check_tensors(found: dict[str, tuple[tuple[int, ...], bool]], own: dict[str, tuple[int, ...]], what: str) -> None:
+    """A (possibly partial) checkpoint fits a module: every tensor name exists there (either
+    ``text_model.`` spelling), with the same shape, floating point. ``found``: name -> (shape,
+    is float); ``own``: the module's name -> shape."""
+    found = {_align_key(k, own): v for k, v in found.items()}
+    unknown = [k for k in found if k not in own]
+    if unknown:
+        raise HarnessError(f"checkpoint: {len(unknown)} tensor(s) are not in the {what}, e.g. {unknown[0]!r}")
+    for k, (shape, is_float) in found.items():
+        if tuple(shape) != tuple(own[k]):
+            raise HarnessError(f"checkpoint: tensor {k!r} has shape {tuple(shape)}, the {what} expects {tuple(own[k])}")
+        if not is_float:
+            raise HarnessError(f"checkpoint: tensor {k!r} is not floating point")
+
+
 def _replace_tensors(module, tensors: dict, what: str) -> None:
     """Load a (possibly partial) state dict; every key must exist with the same shape."""
     import torch
 
     own = module.state_dict()
     tensors = {_align_key(k, own): v for k, v in tensors.items()}
-    unknown = [k for k in tensors if k not in own]
-    if unknown:
-        raise HarnessError(f"checkpoint: {len(unknown)} tensor(s) are not in the {what}, e.g. {unknown[0]!r}")
-    for k, v in tensors.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise HarnessError(f"checkpoint: tensor {k!r} has shape {tuple(v.shape)}, the {what} expects {tuple(own[k].shape)}")
-        if not torch.is_floating_point(v):
-            raise HarnessError(f"checkpoint: tensor {k!r} is not floating point ({v.dtype})")
+    check_tensors({k: (tuple(v.shape), torch.is_floating_point(v)) for k, v in tensors.items()}, {k: tuple(v.shape) for k, v in own.items()}, what)
     p = next(module.parameters())
     with torch.no_grad():
         module.load_state_dict({k: v.to(device=p.device, dtype=own[k].dtype) for k, v in tensors.items()}, strict=False)
@@ -178,7 +249,7 @@ def apply_checkpoint(pipe, spec: CheckpointSpec, path: Path, placement: Placemen
             requires_safety_checker=False, use_safetensors=True,
         )
         new.set_progress_bar_config(disable=True)
-        return new.to(placement.device)
+        return accelerate(new.to(placement.device), placement)
     if spec.kind in ("unet", "text_encoder"):
         module = pipe.unet if spec.kind == "unet" else pipe.text_encoder
         _replace_tensors(module, _read_tensors(path, allow_pickle), spec.kind.replace("_", " "))
@@ -199,3 +270,34 @@ def model_fingerprints(sub: Submission, root: Path) -> tuple[str, str]:
     if sub.checkpoint.kind == "pipeline":
         return base, f"sha256:{sub.checkpoint.sha256}"
     return base, f"{base}+{sub.checkpoint.kind}:{sub.checkpoint.sha256}"
+
+
+@dataclass(frozen=True)
+class PipelineRecipe:
+    """What another process (a Ray worker) needs to load a pipeline itself: small, picklable,
+    hashable. ``which``: ``base``, ``unlearned``, or ``pair`` (base, unlearned) for the
+    partial-diffusion attack. The checkpoint's sha256 is checked again where it loads."""
+
+    root: str
+    base: BaseModelSpec
+    placement: Placement
+    which: str = "base"
+    checkpoint: CheckpointSpec | None = None
+    cache_dir: str | None = None
+    allow_pickle: bool = False
+
+    def load(self):
+        root = Path(self.root)
+        if self.which == "base":
+            return load_base(self.base, root, self.placement)
+        if self.checkpoint is None:
+            raise HarnessError(f"pipeline recipe {self.which!r} needs a checkpoint")
+        path = checkpoint_file(self.checkpoint, root, Path(self.cache_dir or root / ".unlearn-cache"), self.allow_pickle)
+        unl = apply_checkpoint(load_base(self.base, root, self.placement), self.checkpoint, path, self.placement, self.allow_pickle)
+        if self.which == "unlearned":
+            return unl
+        if self.which == "pair":
+            return load_base(self.base, root, self.placement), unl
+        raise HarnessError(f"pipeline recipe: unknown model {self.which!r}")
+
+    __call__ = load

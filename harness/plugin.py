@@ -21,6 +21,7 @@ from .errors import HarnessError
 
 CASES_FILE = str(Path(__file__).with_name("cases.py"))
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.-]+:\d+)$")
 
 
 @dataclass
@@ -35,6 +36,9 @@ class State:
     smoke: bool
     allow_pickle: bool
     started: str
+    executor: str = "local"
+    ray_address: str | None = None
+    compile: bool = False
     records: list = field(default_factory=list)
     written: list = field(default_factory=list)
 
@@ -51,6 +55,9 @@ def pytest_addoption(parser):
     g.addoption("--unlearn-cache", metavar="DIR", help="image cache (default .unlearn-cache in the rootdir, or $UNLEARN_CACHE)")
     g.addoption("--unlearn-device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default auto)")
     g.addoption("--unlearn-allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin/.pt): only for files you trust")
+    g.addoption("--unlearn-executor", default="local", metavar="NAME", help="where images are generated: local (this process, default) or ray (Ray tasks)")
+    g.addoption("--unlearn-ray-address", metavar="ADDR", help="Ray cluster for --unlearn-executor ray (default $RAY_ADDRESS, else a new local instance)")
+    g.addoption("--unlearn-compile", action="store_true", help="torch.compile the UNet (worth it on a GPU for large suites)")
 
 
 def _usage(msg: str):
@@ -60,14 +67,30 @@ def _usage(msg: str):
 def _build_state(config) -> State:
     import os
 
-    from .evaluate import plan_cases, resolve_suites
-    from .models import checkpoint_file
-    from .spec import SpecErrors, load_submission
+    from .check import startup
+    from .evaluate import plan_cases
+    from .spec import SpecErrors
 
     root = Path(config.rootpath)
     device = config.getoption("unlearn_device")
     if not DEVICE.match(device):
         raise _usage(f"--unlearn-device: {device!r} is not one of auto, cpu, mps, cuda, cuda:N")
+    executor = config.getoption("unlearn_executor")
+    if executor not in ("local", "ray"):
+        raise _usage(f"--unlearn-executor: {executor!r} is not one of local, ray")
+    address = config.getoption("unlearn_ray_address")
+    if address is not None and executor != "ray":
+        raise _usage("--unlearn-ray-address: only with --unlearn-executor ray")
+    if executor == "ray":
+        from . import ray_executor
+
+        if not ray_executor.available():
+            raise _usage("--unlearn-executor ray: ray is not installed (pip install 'unlearn-harness[ray]')")
+        address = address if address is not None else os.environ.get("RAY_ADDRESS") or None
+        if address is not None and not RAY_ADDRESS.match(address):
+            raise _usage(f"--unlearn-ray-address: {address!r} is not auto, local, HOST:PORT or ray://HOST:PORT")
+        if re.match(r"^cuda:\d+$", device):
+            raise _usage(f"--unlearn-device {device}: with --unlearn-executor ray, Ray gives each task its GPU; use cuda or auto")
     cache = Path(config.getoption("unlearn_cache") or os.environ.get("UNLEARN_CACHE") or root / ".unlearn-cache")
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -87,10 +110,7 @@ def _build_state(config) -> State:
     allow_pickle = config.getoption("unlearn_allow_pickle")
     for p in dict.fromkeys(paths):
         try:
-            sub = load_submission(p)
-            mine = resolve_suites(sub, root)
-            if sub.checkpoint.path:
-                checkpoint_file(sub.checkpoint, root, cache, allow_pickle)
+            sub, mine, _ = startup(p, root, cache, allow_pickle)  # shared with `unlearn check`
         except SpecErrors as e:
             raise _usage("\n".join(e.lines)) from None
         except HarnessError as e:
@@ -106,7 +126,7 @@ def _build_state(config) -> State:
     subs = {p: sub for p, (sub, _) in subs.items()}
     started = dt.datetime.now(dt.timezone.utc)
     return State(root, subs, suites, cases, cache, results, device, config.getoption("unlearn_smoke"), allow_pickle,
-                 started.isoformat(timespec="seconds"))
+                 started.isoformat(timespec="seconds"), executor, address, config.getoption("unlearn_compile"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -189,10 +209,13 @@ def pytest_generate_tests(metafunc):
 def unlearn_evaluator(request):
     """The session's evaluator (one per xdist worker), with the parsed options beside it."""
     from .evaluate import Evaluator
+    from .ray_executor import make_executor
 
     state = request.config.stash[STATE]
-    ev = Evaluator(state.root, state.cache, state.device, state.allow_pickle, state.smoke, progress=True)
-    return state, ev
+    executor = make_executor(state.executor, state.ray_address)
+    ev = Evaluator(state.root, state.cache, state.device, state.allow_pickle, state.smoke, progress=True, executor=executor, compile=state.compile)
+    yield state, ev
+    executor.close()  # shuts down a Ray instance only if this session started it
 
 
 def _fmt(x) -> str:

@@ -157,13 +157,21 @@ class PromptSet(Strict):
 class GenerationSettings(Strict):
     scheduler: Literal["ddim", "pndm", "lms", "euler", "dpm", "ddpm"] = "ddim"
     steps: int = Field(gt=0, le=1000)
-    guidance: float = Field(ge=0, le=50)
-    height: int | None = Field(default=None, gt=0, multiple_of=8)
-    width: int | None = Field(default=None, gt=0, multiple_of=8)
-    eta: float = Field(default=0.0, ge=0, le=1)
+    guidance: float = Field(ge=0, le=50, allow_inf_nan=False)
+    height: int | None = Field(default=None, gt=0, le=4096, multiple_of=8)
+    width: int | None = Field(default=None, gt=0, le=4096, multiple_of=8)
+    eta: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
     seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(min_length=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(default=8, gt=0, le=1024)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v):
+        twice = sorted({s for s in v if v.count(s) > 1})
+        if twice:
+            raise ValueError(f"seed {twice[0]} is listed twice (each seed gives one image per prompt)")
+        return v
 
 
 THRESHOLD = re.compile(r"^\s*(>=|<=|>|<)\s*(?:(-?\d+(?:\.\d+)?)\s*\*\s*base|base\s*([+-])\s*(\d+(?:\.\d+)?)|(-?\d+(?:\.\d+)?)|base)\s*$")
@@ -285,12 +293,14 @@ class Suite(Strict):
     metrics: list[MetricSpec] = Field(min_length=1)
     smoke: SmokeSpec | None = None
 
-    @model_validator(mode="after")
-    def _unique_metrics(self):
-        names = [m.name for m in self.metrics]
-        if len(set(names)) != len(names):
-            raise ValueError("a metric is listed twice")
-        return self
+    @field_validator("metrics")
+    @classmethod
+    def _unique_metrics(cls, v):
+        names = [m.name for m in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"metric {twice[0]!r} is listed twice")
+        return v
 
 
 # ----------------------------------------------------------------------------- loading
@@ -305,13 +315,34 @@ def _format_validation(path: Path, err: ValidationError) -> list[str]:
     return out
 
 
+class _SafeUniqueLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader that also refuses a key given twice in one mapping (YAML
+    would silently keep the last one, e.g. a second ``sha256``)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    dup = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: SafeLoader's own check reports it
+                    continue
+                if dup:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse YAML with safe_load only; one-line errors for a missing file or bad YAML."""
+    """Parse YAML with the safe loader only; one-line errors for a missing file or bad YAML."""
     p = Path(path)
     if not p.is_file():
         raise HarnessError(f"{p}: no such file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_SafeUniqueLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
@@ -319,6 +350,8 @@ def read_yaml(path: str | Path) -> Any:
         raise HarnessError(f"{p}: (yaml) {where}: {problem}") from None
     except UnicodeDecodeError:
         raise HarnessError(f"{p}: not UTF-8 text") from None
+    except RecursionError:
+        raise HarnessError(f"{p}: (yaml): nested too deeply") from None
     if not isinstance(data, dict):
         raise HarnessError(f"{p}: (top level): expected a mapping, got {type(data).__name__}")
     return data

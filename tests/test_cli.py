@@ -19,12 +19,12 @@ def test_validate_accepts_every_committed_spec():
     assert r.stdout.count(": ok") == len(files)
 
 
-def test_validate_prints_one_line_per_problem_and_exits_non_zero(tmp_path):
+def test_validate_prints_one_line_per_problem_on_stderr_and_exits_2(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: x\nmethod: {name: m}\nbase_model: {builtin: toy}\nextra: 1\n")
     (tmp_path / "broken.yaml").write_text("a: [\n")
     r = unlearn("validate", str(tmp_path / "bad.yaml"), str(tmp_path / "broken.yaml"))
-    assert r.returncode == 1
-    lines = r.stdout.strip().splitlines()
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
     assert f"{tmp_path / 'bad.yaml'}: extra: unknown key" in lines
     assert f"{tmp_path / 'bad.yaml'}: checkpoint: Field required" in lines
     assert any(line.startswith(f"{tmp_path / 'broken.yaml'}: (yaml) line") for line in lines)
@@ -69,3 +69,32 @@ def test_compare_bad_input_is_a_one_line_usage_error(tmp_path):
     r = unlearn("compare", str(tmp_path / "x.json"), str(tmp_path / "nope.json"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not a results JSON" in r.stderr
 
+
+
+def test_compare_shows_but_does_not_gate_metrics_without_a_tolerance(tmp_path):
+    rec = {"suite": "toy-efficiency", "metric": "erase_time_s", "label": "time", "target": "striped", "higher_is_better": False, "tolerance": None}
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"schema_version": "1.0", "metrics": [{**rec, "value": 1.0}]}))
+    slower = tmp_path / "slower.json"
+    slower.write_text(json.dumps({"schema_version": "1.0", "metrics": [{**rec, "value": 50.0}]}))
+    r = unlearn("compare", str(slower), str(base))
+    assert r.returncode == 0 and "INFO" in r.stdout
+    gone = tmp_path / "gone.json"
+    gone.write_text(json.dumps({"schema_version": "1.0", "metrics": []}))
+    assert unlearn("compare", str(gone), str(base)).returncode == 1  # missing is a regression, tolerance or not
+
+
+def test_summary_is_markdown_with_stranger_text_escaped(tmp_path):
+    res = {**_result([0.9, 1.0]), "submission": {"name": "<script>alert(1)</script>|x", "method": {"name": "[a](javascript:x)"}},
+           "summary": {"pass": 1, "fail": 1}}
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(res))
+    r = unlearn("summary", str(f))
+    assert r.returncode == 0
+    assert "<script>" not in r.stdout and "&lt;script&gt;" in r.stdout
+    assert "\\[a\\](javascript:x)" in r.stdout and "\\|x" in r.stdout
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| toy")]
+    assert len(rows) == 2 and all(line.count(" | ") == 6 for line in rows)
+    (tmp_path / "bad.json").write_text("[")
+    bad = unlearn("summary", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

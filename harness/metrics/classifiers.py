@@ -31,7 +31,7 @@ class ToyScorer:
         self.heads = {"object": self.model.config["objects"], "style": self.model.config["styles"]}
         self.identity = {"id": "toy-classifier", "sha256": sha256_file(folder / "model.safetensors")}
 
-    def predict(self, images: list[np.ndarray], batch_size: int = 256) -> dict[str, list[str]]:
+    def predict(self, images: list[np.ndarray], batch_size: int = 64) -> dict[str, list[str]]:
         from ..toy.classifier import predict
 
         o, s = predict(self.model, images, batch_size) if images else (np.array([], int), np.array([], int))

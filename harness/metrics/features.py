@@ -29,7 +29,7 @@ def to_float(images: list[np.ndarray]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def toy_perceptual_distance(a: list[np.ndarray], b: list[np.ndarray], batch: int = 256) -> np.ndarray:
+def toy_perceptual_distance(a: list[np.ndarray], b: list[np.ndarray], batch: int = 64) -> np.ndarray:
     """LPIPS-style distance with the toy classifier as the network and no learned weights:
     per layer, unit-normalise each pixel's channel vector, take the squared difference summed
     over channels, halve it (so it lies in [0, 1] for the non-negative ReLU features), average
@@ -51,7 +51,7 @@ def toy_perceptual_distance(a: list[np.ndarray], b: list[np.ndarray], batch: int
 
 
 @torch.no_grad()
-def toy_embeddings(images: list[np.ndarray], batch: int = 256) -> np.ndarray:
+def toy_embeddings(images: list[np.ndarray], batch: int = 64) -> np.ndarray:
     """Pooled penultimate features of the toy classifier, (N, D)."""
     clf = toy_classifier()
     return np.concatenate([clf.features(to_float(images[i : i + batch])).numpy() for i in range(0, len(images), batch)]).astype(np.float64)

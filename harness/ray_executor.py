@@ -1,0 +1,194 @@
+"""Generation as Ray tasks, on one machine or a cluster of GPU machines (``--unlearn-executor ray``).
+
+The driver (the pytest process) splits the missing jobs into chunks of the suite's batch size
+and submits one Ray task per chunk (``num_gpus=1`` on CUDA, else ``num_cpus=1``). A task loads
+the pipeline itself from a small picklable ``PipelineRecipe`` (kept in the worker process for
+its next task), makes the images with the same ``run_chunks`` as the local path (CUDA
+out-of-memory back-off included), and writes them into the content-addressed image cache; the
+driver then reads every image back from the cache, its PNG checked against the sidecar's
+sha256. So the cache must be a folder every Ray node sees (a shared filesystem), and every node
+needs the harness installed in the same environment.
+
+A task that fails is retried: Ray's ``max_retries`` covers a dead worker or node, and
+``retry_exceptions=True`` with the same bound covers an exception in the task. The attempts
+that were retried are counted (from each successful task's attempt number) and recorded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from .errors import HarnessError
+
+MAX_RETRIES = 2
+
+_REMOTE = None  # the Ray remote function, made once per process
+_LOADED: tuple | None = None  # worker side: (recipe, pipeline) of the last task
+
+
+def available() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+def _pipeline(recipe):
+    """Worker side: the recipe's pipeline, loaded once per worker process and recipe."""
+    global _LOADED
+    if _LOADED is not None and _LOADED[0] == recipe:
+        return _LOADED[1]
+    if _LOADED is not None:  # one model (or pair) in memory per worker
+        import gc
+
+        import torch
+
+        _LOADED = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    pipe = recipe.load()
+    _LOADED = (recipe, pipe)
+    return pipe
+
+
+def _attempt() -> int:
+    """The current task's attempt number (0 on the first try). Ray has no public API for it."""
+    try:
+        from ray._private import worker
+
+        return int(worker.global_worker.core_worker.get_current_task_attempt_number())
+    except Exception:  # an older or newer Ray without it: retries go uncounted
+        return 0
+
+
+def _task(recipe, jobs, cache_root: str, batch_size: int, runner) -> dict:
+    """One chunk of jobs, run on a Ray worker; the images go into the shared cache."""
+    import ray
+    import torch
+
+    from .generate import ImageCache, RunStats, run_chunks, store
+    from .models import describe_pipeline
+
+    attempt = _attempt()
+    ctx = ray.get_runtime_context()
+    if recipe.placement.device == "cpu":  # as many threads as CPUs Ray gave the task
+        cpus = ctx.get_assigned_resources().get("CPU")
+        if cpus:
+            torch.set_num_threads(max(1, int(cpus)))
+    pipe = _pipeline(recipe)
+    cache = ImageCache(cache_root)
+    stats = RunStats()
+    flags: list[list[str]] = []
+    for start, raw, imgs in run_chunks(pipe, jobs, batch_size, runner, stats):
+        for job, r, im in zip(jobs[start : start + len(imgs)], raw, imgs):
+            flags.append(store(cache, job, r, im))
+    return {"flags": flags, "attempt": attempt, "oom_backoffs": stats.oom_backoffs, "batch_cap": stats.batch_cap,
+            "pipeline": describe_pipeline(pipe), "node": ctx.get_node_id()}
+
+
+class RayExecutor:
+    """Runs generation chunks as Ray tasks. ``address``: a Ray cluster (``auto``,
+    ``HOST:PORT``, ``ray://HOST:PORT``); None uses ``RAY_ADDRESS`` if set, else starts a local
+    instance. A Ray already initialised in this process is used as it is."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, max_retries: int = MAX_RETRIES):
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.max_retries = max_retries
+        self._started = False
+
+    def _connect(self):
+        import ray
+
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            except Exception as e:  # Ray raises several types for a bad or unreachable address
+                raise HarnessError(f"--unlearn-executor ray: could not connect to Ray at {self.address or 'a new local instance'}: {e}") from None
+            self._started = True
+        return ray
+
+    def close(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+    def placement(self, device: str, dtype: str, compile: bool = False):
+        """Where the tasks run: ``auto`` is CUDA when the cluster has GPUs (asks Ray)."""
+        from .models import Placement
+
+        if device == "auto" or device.startswith("cuda"):
+            gpus = self._connect().cluster_resources().get("GPU", 0)
+            if device == "auto":
+                device = "cuda" if gpus >= 1 else "cpu"
+            elif gpus < 1:
+                raise HarnessError(f"--unlearn-device {device}: the Ray cluster has no GPU")
+            else:
+                device = "cuda"  # Ray gives each task its GPU (CUDA_VISIBLE_DEVICES)
+        return Placement.choose(device, dtype, compile, local=False)
+
+    def record(self, stats) -> dict:
+        return {"name": self.name, "address": self.address, "tasks": stats.tasks, "retries": stats.retries,
+                "nodes": len(stats.nodes), "max_retries": self.max_retries}
+
+    def run(self, jobs, pipe, cache, batch_size: int, runner, stats, advance=lambda n: None) -> dict:
+        """Make the (uncached) jobs as Ray tasks; returns ``{index: (image, flags)}``, each
+        image read back from the cache."""
+        from .generate import group_indices
+        from .models import PipelineRecipe
+
+        out: dict = {}
+        if not jobs:
+            return out
+        recipe = pipe if isinstance(pipe, PipelineRecipe) else getattr(pipe, "recipe", None)
+        if recipe is None:
+            raise HarnessError("the ray executor needs a PipelineRecipe (or a pipeline factory with a .recipe) to load the model on its workers")
+        ray = self._connect()
+        global _REMOTE
+        if _REMOTE is None:
+            _REMOTE = ray.remote(_task)
+        resources = {"num_gpus": 1} if recipe.placement.device.startswith("cuda") else {"num_cpus": 1}
+        task = _REMOTE.options(max_retries=self.max_retries, retry_exceptions=True, **resources)
+        size = max(1, min(batch_size, stats.batch_cap or batch_size))
+        chunks = [idxs[s : s + size] for idxs in group_indices(jobs) for s in range(0, len(idxs), size)]
+        root = str(cache.root.resolve())
+        pending = {task.remote(recipe, [jobs[i] for i in c], root, size, runner): c for c in chunks}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    chunk = pending.pop(ref)
+                    res = ray.get(ref)
+                    stats.tasks += 1
+                    stats.retries += res["attempt"]
+                    stats.oom_backoffs += res["oom_backoffs"]
+                    if res["batch_cap"]:
+                        stats.batch_cap = min(stats.batch_cap or res["batch_cap"], res["batch_cap"])
+                    stats.note_pipeline(res["pipeline"])
+                    stats.nodes.add(res["node"])
+                    for i, flags in zip(chunk, res["flags"]):
+                        got = cache.get(jobs[i])
+                        if got is None:
+                            raise HarnessError(f"a Ray task wrote an image the driver cannot read back from the cache {cache.root} "
+                                               "(the cache must be on a filesystem every Ray node shares)")
+                        out[i] = (got[0], flags)
+                    advance(len(chunk))
+        except ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None) or e
+            raise HarnessError(f"a Ray generation task failed after {self.max_retries} retries: {type(cause).__name__}: {cause}") from None
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+        return out
+
+
+def make_executor(name: str, address: str | None = None):
+    from .generate import LocalExecutor
+
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address)
+    raise HarnessError(f"--unlearn-executor: {name!r} is not one of local, ray")

@@ -1,0 +1,112 @@
+"""The regression gate for the reference methods: ``unlearn regress``.
+
+For every committed baseline (``leaderboard/results/<submission>.json``, written by the harness
+through ``unlearn leaderboard refresh``) whose submission is a reference method's toy checkpoint:
+
+1. re-run the method (``run_erase`` with the method, concept, anchor and parameters its
+   ``method.json`` recorded) into ``<out>/checkpoints/<name>/``;
+2. write a copy of the submission YAML pointing at the new checkpoint (path and sha256) into
+   ``<out>/submissions/`` (inside the repository, as the harness requires);
+3. evaluate it with the harness itself (pytest + the plugin, in a subprocess, with its own image
+   cache so nothing is reused from earlier runs) into ``<out>/results/<name>.json``;
+4. compare it with the baseline (``harness.compare``: a metric that moved the wrong way by more
+   than its suite's tolerance, or that went missing, fails the gate).
+
+Submissions without a method record (the ``toy-base`` control) are re-evaluated as they are.
+The exit status is 1 when anything regressed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .compare import compare, format_rows, gate_failures, load_result
+from .errors import HarnessError
+
+
+def evaluate(root: Path, submission: Path, results: Path, cache: Path | None = None, extra: list[str] | None = None) -> int:
+    """Run the harness on one submission in a subprocess (the same command a user types);
+    returns pytest's exit status (1 = some metric failed its threshold, still a complete run)."""
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(root),
+           "--unlearn-submission", str(submission.relative_to(root)), "--unlearn-results", str(results)]
+    if cache is not None:
+        cmd += ["--unlearn-cache", str(cache)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd + list(extra or []), cwd=root, env=env).returncode
+
+
+def remake_checkpoint(root: Path, sub: dict, out: Path) -> dict:
+    """Re-run the reference method recorded in ``sub['method_record']``; returns the submission
+    dict pointing at the new checkpoint."""
+    from .hashing import sha256_file
+    from .methods import run_erase
+    from .toy.model import DEFAULT_DIR
+
+    record = json.loads((root / sub["method_record"]).read_text())
+    if record["base"]["path"] not in ("builtin:toy", str(DEFAULT_DIR)):
+        raise HarnessError(f"{sub['method_record']}: base {record['base']['path']!r} is not the toy world's")
+    ck_dir = out / "checkpoints" / sub["name"]
+    new = run_erase(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record["anchor"],
+                    world="toy", force=True, params=record["params"])
+    ck = ck_dir / new["checkpoint"]["file"]
+    new_sub = dict(sub)
+    new_sub["checkpoint"] = {**sub["checkpoint"], "path": str(ck.relative_to(root)), "sha256": sha256_file(ck)}
+    new_sub["method_record"] = str((ck_dir / "method.json").relative_to(root))
+    same = new_sub["checkpoint"]["sha256"] == sub["checkpoint"]["sha256"]
+    print(f"{sub['name']}: re-ran {record['method']} on {record['concept']!r} in {new['efficiency']['time_s']:.1f} s; "
+          f"checkpoint {'identical to' if same else 'differs from'} the committed one", flush=True)
+    return new_sub
+
+
+def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = None, only: set[str] | None = None) -> int:
+    """Re-run and compare every baseline; print one table per submission and a last line."""
+    root, out = root.resolve(), (root / out).resolve()
+    files = sorted(baselines.glob("*.json"))
+    if not files:
+        raise HarnessError(f"{baselines}: no baseline results (*.json)")
+    if not out.is_relative_to(root):
+        raise HarnessError(f"--out {out}: must be inside the repository {root}")
+    (out / "submissions").mkdir(parents=True, exist_ok=True)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    total = 0
+    for f in files:
+        base = load_result(f)
+        sub_file = root / base["submission"]["file"]
+        sub = yaml.safe_load(sub_file.read_text())
+        name = sub["name"]
+        if only and name not in only:
+            continue
+        if sub.get("method_record"):
+            method = json.loads((root / sub["method_record"]).read_text())["method"]
+            if methods is not None and method not in methods:
+                continue
+            sub = remake_checkpoint(root, sub, out)
+        elif methods is not None and "control" not in methods:
+            continue
+        new_sub_file = out / "submissions" / f"{name}.yaml"
+        new_sub_file.write_text(f"# re-made by `unlearn regress` from {base['submission']['file']}\n" + yaml.safe_dump(sub, sort_keys=False))
+        result = out / "results" / f"{name}.json"
+        result.unlink(missing_ok=True)
+        total += 1
+        evaluate(root, new_sub_file, result, cache=out / "cache")
+        if not result.is_file():
+            print(f"{name}: the harness wrote no results", flush=True)
+            failed.append(name)
+            continue
+        rows = compare(load_result(result), base)
+        print(f"\n== {name} vs {f.relative_to(root) if f.resolve().is_relative_to(root) else f}")
+        print(format_rows(rows), flush=True)
+        if gate_failures(rows):
+            failed.append(name)
+    if total == 0:
+        raise HarnessError("no baseline matched the selection")
+    print(f"\nregression gate: {len(failed)} of {total} submissions regressed: {', '.join(failed)}"
+          if failed else f"\nregression gate: no regression in {total} submissions")
+    return 1 if failed else 0

@@ -1,0 +1,386 @@
+"""The leaderboard site: built from fixture results (made here) and from the committed
+leaderboard/results; bad files, hostile names and URLs, damaged images; the downloads."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness import leaderboard as lb
+from harness.errors import HarnessError
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "leaderboard" / "results"
+XSS = "<script>alert(1)</script>"
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def metric(suite, name, label, target, kind, value, base, threshold=None, verdict=None, higher=True):
+    if verdict is None:
+        verdict = "info" if threshold is None else "pass"
+    return {"suite": suite, "metric": name, "label": label, "target": target, "target_kind": kind, "value": value,
+            "base_value": base, "threshold": threshold, "bound": 0.8 if threshold else None, "verdict": verdict,
+            "higher_is_better": higher, "metric_version": "1", "tolerance": 0.05, "details": {"n": 1}}
+
+
+def result(name, *, target=("striped", "style"), ua=1.0, ira=1.0, cra=0.9, fid=1.0, finished="2026-01-01T00:00:00+00:00",
+           samples=(), paper_url="https://arxiv.org/abs/2303.07345", checkpoint_url=None):
+    concept, kind = target
+    suites = [
+        {"id": "toy-canvas", "version": "1.0", "n_prompts": 25, "n_images_per_model": 200, "seeds": [0, 1],
+         "generation": {"scheduler": "ddim", "steps": 20, "guidance": 5.0, "height": 32, "width": 32, "eta": 0.0, "batch_size": 50, "negative_prompt": ""},
+         "device": "cpu", "dtype": "float32", "scorer": {"id": "toy-classifier", "sha256": "f" * 64},
+         "prompt_set_sha256": "a" * 64, "file_sha256": "b" * 64, "models": {"base": "sha256:" + "c" * 64, "unlearned": "sha256:" + "d" * 64},
+         "images": {"base": {"generated": 0, "cached": 200, "flagged": []}, "unlearned": {"generated": 200, "cached": 0, "flagged": []}},
+         "samples": list(samples)},
+        {"id": "toy-fid", "version": "1.0", "n_prompts": 25, "n_images_per_model": 200, "seeds": [0, 1], "generation": {}, "samples": []},
+    ]
+    metrics = [
+        metric("toy-canvas", "ua", "UA", concept, kind, ua, 0.0, ">= 0.8", "pass" if ua >= 0.8 else "fail"),
+        metric("toy-canvas", "ira", "IRA", concept, kind, ira, 1.0, ">= 0.8 * base"),
+        metric("toy-canvas", "cra", "CRA", concept, kind, cra, 1.0, ">= 0.8 * base"),
+        metric("toy-fid", "fid", "FID", concept, kind, fid, 0.98, "<= 2 * base", higher=False),
+        metric("toy-fid", "kid", "KID", concept, kind, -0.03, -0.03, higher=False),
+    ]
+    verdicts = [m["verdict"] for m in metrics]
+    return {
+        "schema_version": "1.0", "harness": {"version": "0.1.0", "git_sha": "e" * 40}, "started": finished, "finished": finished,
+        "complete": True,
+        "submission": {"file": f"submissions/{name}.yaml", "file_sha256": "1" * 64, "name": name,
+                       "method": {"name": "uce", "params": {"lr": 0.1}, "paper_url": paper_url, "code_url": "https://github.com/x/y", "authors": [], "license": None},
+                       "base_model": {"builtin": "toy"},
+                       "checkpoint": {"kind": "unet", "path": None if checkpoint_url else "ck/unet.safetensors", "url": checkpoint_url, "sha256": "2" * 64},
+                       "targets": [{"concept": concept, "kind": kind}], "suites": None},
+        "environment": {"platform": "Linux", "libraries": {"python": "3.11.7", "torch": "2.1"}, "device": ["cpu"]},
+        "efficiency": {"storage_bytes": {"value": 1234, "source": "measured"}},
+        "suites": suites, "metrics": metrics, "summary": {v: verdicts.count(v) for v in ("pass", "fail", "error", "info")},
+    }
+
+
+def write(folder: Path, name: str, data) -> Path:
+    p = folder / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(data if isinstance(data, str) else json.dumps(data))
+    return p
+
+
+@pytest.fixture()
+def fixture_results(tmp_path):
+    """Three submissions (one with two runs), two good images, one image whose bytes do not
+    match its name, and two bad files."""
+    res = tmp_path / "results"
+    imgs = res / "images"
+    imgs.mkdir(parents=True)
+    good_b, good_u = png((200, 30, 30)), png((30, 30, 200))
+    for data in (good_b, good_u):
+        (imgs / f"{sha(data)}.png").write_bytes(data)
+    wrong = sha(b"what the name promises")
+    (imgs / f"{wrong}.png").write_bytes(png((0, 255, 0)))
+    samples = [{"prompt": "A circle image in striped style.", "seed": 0, "base": sha(good_b), "unlearned": sha(good_u)},
+               {"prompt": "A square image in solid style.", "seed": 0, "base": sha(good_b), "unlearned": wrong}]
+    write(res, "uce.json", result("toy-uce", samples=samples))
+    write(res, "uce-old.json", result("toy-uce", ua=0.5, finished="2025-01-01T00:00:00+00:00"))
+    write(res, "esd.json", result("toy-esd", target=("triangle", "object"), ua=0.5, cra=0.7, fid=9.4))
+    write(res, "xss.json", result(XSS, paper_url="javascript:alert(2)", checkpoint_url="javascript:alert(3)"))
+    write(res, "broken.json", '{"schema_version": "1.0", ')
+    bad = result("bad-shape")
+    del bad["metrics"][0]["verdict"]
+    write(res, "sub/shape.json", bad)
+    return res, {"good": (sha(good_b), sha(good_u)), "wrong": wrong}
+
+
+def build(res: Path, out: Path):
+    lines: list[str] = []
+    counts = lb.build(res, out, report=lines.append)
+    return counts, lines
+
+
+def pages(out: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in (out / "submissions").glob("*.html")}
+
+
+def page_of(out: Path, name: str) -> str:
+    return (out / "submissions" / f"{lb.slug(name)}.html").read_text()
+
+
+def test_index_has_one_table_per_suite_every_metric_base_rows_and_badges(fixture_results, tmp_path):
+    res, _ = fixture_results
+    out = tmp_path / "site"
+    counts, _ = build(res, out)
+    index = (out / "index.html").read_text()
+    assert counts["suites"] == 2 and counts["submissions"] == 3
+    tables = re.findall(r'<table class="board sortable" id="table-([^"]+)" data-suite="([^"]+)"', index)
+    assert sorted(t for t, _ in tables) == ["toy-canvas", "toy-fid"]
+    for f in res.glob("*.json"):
+        if f.name in ("broken.json",):
+            continue
+        for m in json.loads(f.read_text())["metrics"]:
+            assert f'data-metric="{m["suite"]}/{m["metric"]}"' in index
+    # base model rows, one per target, in a tbody of their own (not sorted with the rows)
+    assert index.count('class="base-row"') == 2 * 2  # 2 suites x 2 targets (striped, triangle)
+    for v in ("pass", "fail", "info"):
+        assert f'<span class="badge {v}">{v}</span>' in index
+    # value / base column groups and sortable headers
+    assert index.count('<colgroup class="metric-group" span="2">') == 5
+    assert 'aria-sort="none"' in index
+    # the target-kind filter offers the kinds present
+    assert 'data-kind="style" aria-pressed="false"' in index and 'data-kind="object" aria-pressed="false"' in index
+    # relative links only: nothing starts with / or a scheme except the submissions' own http(s) links
+    for ref in re.findall(r'(?:href|src)="([^"]+)"', index):
+        assert not ref.startswith(("/", "file:", "javascript:")), ref
+
+
+def test_submission_pages_show_every_metric_with_threshold_base_and_provenance(fixture_results, tmp_path):
+    res, _ = fixture_results
+    out = tmp_path / "site"
+    build(res, out)
+    page = page_of(out, "toy-uce")
+    data = json.loads((res / "uce.json").read_text())
+    for m in data["metrics"]:
+        row = re.search(rf'<tr data-kind="style" data-metric="{m["suite"]}/{m["metric"]}">(.*?)</tr>', page, re.S)
+        assert row, m["metric"]
+        assert lb.fmt(m["value"]) in row.group(1) and lb.fmt(m["base_value"]) in row.group(1)
+        assert f'<span class="badge {m["verdict"]}">' in row.group(1)
+        if m["threshold"]:
+            assert lb.pretty_threshold(m["threshold"]) in row.group(1)
+    for needle in ("e" * 40, "a" * 64, "toy-classifier", "f" * 64, "2" * 64, "3.11.7", "ddim", "float32", "0, 1"):
+        assert needle in page, needle
+    assert '<a href="https://arxiv.org/abs/2303.07345"' in page and '<a href="https://github.com/x/y"' in page
+    # the latest run is shown (UA 1.000 pass), the older one is listed
+    assert "uce-old.json" in page and "uce.json" in page
+
+
+def test_bad_files_are_reported_by_name_and_skipped(fixture_results, tmp_path):
+    res, _ = fixture_results
+    counts, lines = build(res, tmp_path / "site")
+    assert counts["files"] == 4
+    broken = [x for x in lines if "broken.json" in x]
+    shape = [x for x in lines if "shape.json" in x]
+    assert len(broken) == 1 and "not valid JSON" in broken[0]
+    assert len(shape) == 1 and "metrics.0.verdict" in shape[0]
+    assert all("\n" not in x for x in lines)
+
+
+def test_cli_build_reports_one_line_per_bad_file_and_exits_0(fixture_results, tmp_path):
+    res, _ = fixture_results
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "leaderboard", "build", "--results", str(res), "--out", str(tmp_path / "site")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert any(line.startswith(f"unlearn: skipped {res / 'broken.json'}: not valid JSON") for line in err)
+    assert any(line.startswith(f"unlearn: skipped {res / 'sub' / 'shape.json'}: ") for line in err)
+    assert "wrote" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--results", "no/such/folder"], "--results no/such/folder: no such folder"),
+    (["--results", "{empty}"], "no valid results file"),
+    (["--results", "{res}", "--out", "{notsite}"], "not a site built by `unlearn leaderboard build`"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(fixture_results, tmp_path, args, message):
+    res, _ = fixture_results
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notsite").mkdir()
+    (tmp_path / "notsite" / "precious.txt").write_text("keep me")
+    args = [a.format(res=res, empty=tmp_path / "empty", notsite=tmp_path / "notsite") for a in args]
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "leaderboard", "build", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unlearn: error: ") and message in lines[0], r.stderr
+    assert (tmp_path / "notsite" / "precious.txt").read_text() == "keep me"
+
+
+def test_rebuild_replaces_an_earlier_build(fixture_results, tmp_path):
+    res, _ = fixture_results
+    out = tmp_path / "site"
+    build(res, out)
+    (out / "submissions" / "stale.html").write_text("old")
+    build(res, out)
+    assert not (out / "submissions" / "stale.html").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_script_name_and_javascript_urls_are_shown_as_text(fixture_results, tmp_path):
+    res, _ = fixture_results
+    out = tmp_path / "site"
+    build(res, out)
+    everything = [(out / "index.html").read_text(), *pages(out).values(), (out / "tradeoff.svg").read_text()]
+    for html in everything:
+        assert "<script>alert" not in html
+    index, page = everything[0], page_of(out, XSS)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "javascript:" not in re.sub(r">[^<]*<", "><", page)  # only in text, never in an attribute
+    assert '<span class="not-link">javascript:alert(2)</span>' in page
+    assert '<span class="not-link">javascript:alert(3)</span>' in page
+    assert lb.safe_url("javascript:alert(1)") is None and lb.safe_url("https://x.org/a") == "https://x.org/a"
+    assert lb.safe_url("//evil.org") is None and lb.safe_url('https://x.org/"onclick=') is None
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "..", "/abs/path", "a/../../b", "..\\..\\win", "CON", "x" * 200, "名前", ""])
+def test_page_file_names_are_safe(name):
+    s = lb.slug(name)
+    assert re.fullmatch(r"[a-z0-9-]{1,48}-[0-9a-f]{8}", s), s
+    assert lb.slug(name) == s and lb.slug(name + " ") != s  # stable, and distinct names stay distinct
+
+
+def test_traversal_names_stay_inside_the_site(tmp_path):
+    res = tmp_path / "results"
+    names = ["../../escape", "/etc/passwd", "..\\x"]
+    for i, n in enumerate(names):
+        write(res, f"{i}.json", result(n))
+    out = tmp_path / "site"
+    build(res, out)
+    written = sorted(p.name for p in (out / "submissions").iterdir())
+    assert written == sorted(f"{lb.slug(n)}.html" for n in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "site"]
+
+
+def test_images_are_copied_only_when_their_sha256_matches(fixture_results, tmp_path):
+    res, shas = fixture_results
+    out = tmp_path / "site"
+    counts, lines = build(res, out)
+    b, u = shas["good"]
+    assert (out / "images" / f"{b}.png").read_bytes() == (res / "images" / f"{b}.png").read_bytes()
+    assert (out / "images" / f"{u}.png").is_file()
+    assert not (out / "images" / f"{shas['wrong']}.png").exists()
+    assert counts["images"] == 2 and counts["images_unavailable"] == 1
+    assert any(shas["wrong"] in x and "has sha256" in x for x in lines)
+    page = page_of(out, "toy-uce")
+    assert page.count('<img src="../images/') == 3 and "image unavailable" in page
+    assert f'src="../images/{shas["wrong"]}.png"' not in page
+
+
+def test_a_sample_naming_a_path_is_not_followed(tmp_path):
+    res = tmp_path / "results"
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png((1, 2, 3)))
+    bad = [{"prompt": "p", "seed": 0, "base": "../../secret", "unlearned": "../secret"}]
+    write(res, "x.json", result("x", samples=bad))
+    out = tmp_path / "site"
+    counts, lines = build(res, out)
+    assert counts["images"] == 0 and counts["images_unavailable"] == 2
+    assert not (out / "images").exists() or not list((out / "images").iterdir())
+    assert all("not a sha256" in x for x in lines)
+
+
+def test_downloads_parse_and_hold_every_accepted_record(fixture_results, tmp_path):
+    res, _ = fixture_results
+    out = tmp_path / "site"
+    build(res, out)
+    accepted = [json.loads((res / n).read_text()) for n in ("uce.json", "uce-old.json", "esd.json", "xss.json")]
+    want = sorted((d["submission"]["name"], m["suite"], m["metric"], m["target"], m["value"]) for d in accepted for m in d["metrics"])
+    data = json.loads((out / "results.json").read_text())
+    got = sorted((r["submission"], r["suite"], r["metric"], r["target"], r["value"]) for r in data["records"])
+    assert got == want
+    assert sum(r["latest"] for r in data["records"]) == 3 * 5  # the older toy-uce run is not latest
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert sorted((r["submission"], r["suite"], r["metric"], r["target"], float(r["value"])) for r in rows) == want
+    assert {r["file"] for r in rows} == {"uce.json", "uce-old.json", "esd.json", "xss.json"}
+
+
+def test_tradeoff_svg_is_well_formed_and_has_one_point_per_submission_target(fixture_results, tmp_path):
+    res, _ = fixture_results
+    out = tmp_path / "site"
+    build(res, out)
+    root = ET.parse(out / "tradeoff.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == f"{ns}svg"
+    assert len(root.findall(f".//{ns}circle[@data-kind]")) == 3  # toy-uce, toy-esd, the script-named one
+    labels = [t.text for t in root.iter(f"{ns}text") if t.get("class") == "label"]
+    assert f"{XSS} · striped" in labels and "toy-esd · triangle" in labels
+    index = (out / "index.html").read_text()
+    inline = index[index.index("<svg"): index.index("</svg>") + 6]
+    ET.fromstring(inline)
+
+
+def test_sample_pairs_are_deterministic_and_put_targets_first():
+    from harness.evaluate import sample_pairs
+    from harness.generate import Job
+    from harness.spec import Prompt, TargetSpec
+
+    objects, styles = ["circle", "square", "triangle"], ["solid", "striped", "dotted", "outline"]
+    prompts = [Prompt(text=f"A {o} image in {s} style.", labels={"object": o, "style": s}) for o in objects for s in styles]
+    items = [(p, seed) for p in prompts for seed in (3, 4)]
+    job = lambda p, seed, m: Job(p.text, "", seed, "ddim", 20, 5.0, 32, 32, 0.0, "float32", m)
+
+    class Cache:
+        def png_sha256(self, j):
+            return hashlib.sha256(f"{j.model}{j.prompt}{j.seed}".encode()).hexdigest()
+
+    base = [job(p, s, "b") for p, s in items]
+    unl = [job(p, s, "u") for p, s in items]
+    got = sample_pairs(items, base, unl, [TargetSpec(concept="striped", kind="style")], Cache())
+    assert got == sample_pairs(items, base, unl, [TargetSpec(concept="striped", kind="style")], Cache())
+    assert len(got) == 8 and len({g["prompt"] for g in got}) == 8 and {g["seed"] for g in got} == {3}
+    assert sum("striped" in g["prompt"] for g in got) == 3  # every target prompt (3 < 8 // 2), then others
+    assert all(g["base"] != g["unlearned"] for g in got)
+    assert len(sample_pairs(items[:4], base[:4], unl[:4], [TargetSpec(concept="striped", kind="style")], Cache())) == 2
+
+
+def test_export_images_copies_from_the_cache_by_sha256_and_reports_missing(tmp_path):
+    cache = tmp_path / "cache"
+    data = png((9, 9, 9))
+    d = cache / "images" / "ab"
+    d.mkdir(parents=True)
+    (d / "abkey.png").write_bytes(data)
+    (d / "abkey.json").write_text(json.dumps({"png_sha256": sha(data)}))
+    missing = "0" * 64
+    res = tmp_path / "out"
+    f = write(res, "x.json", result("x", samples=[{"prompt": "p", "seed": 0, "base": sha(data), "unlearned": missing}]))
+    (res / "images").mkdir()
+    stale = res / "images" / f"{'7' * 64}.png"
+    stale.write_bytes(b"old")
+    lines: list[str] = []
+    r = lb.export_images([f], cache, res / "images", lines.append)
+    assert (res / "images" / f"{sha(data)}.png").read_bytes() == data
+    assert r == {"referenced": 2, "copied": 1, "kept": 0, "missing": 1, "pruned": 1}
+    assert not stale.exists() and len(lines) == 1 and missing in lines[0]
+    assert lb.export_images([f], cache, res / "images", lines.append)["kept"] == 1
+
+
+def test_refresh_refuses_a_bad_submission_before_running_anything(tmp_path):
+    with pytest.raises(HarnessError, match="no such file"):
+        lb.refresh([str(tmp_path / "nope.yaml")], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not list(COMMITTED.glob("*.json")), reason="leaderboard/results not made yet (unlearn leaderboard refresh)")
+def test_site_from_committed_results_shows_every_metric_the_harness_produced(tmp_path):
+    out = tmp_path / "site"
+    counts, lines = build(COMMITTED, out)
+    assert lines == []  # every file valid, every image present and matching
+    files = sorted(COMMITTED.glob("*.json"))
+    assert counts["files"] == len(files) >= 5
+    index = (out / "index.html").read_text()
+    for f in files:
+        data = json.loads(f.read_text())
+        page = page_of(out, data["submission"]["name"])
+        for m in data["metrics"]:
+            assert f'data-metric="{m["suite"]}/{m["metric"]}"' in index
+            assert re.search(rf'data-metric="{re.escape(m["suite"])}/{re.escape(m["metric"])}">\s*<td data-sort="{re.escape(m["suite"])}"', page)
+        samples = [s for suite in data["suites"] for s in suite.get("samples", [])]
+        assert samples, f"{f.name}: no sample images recorded"
+        for s in samples:
+            assert f'src="../images/{s["base"]}.png"' in page and f'src="../images/{s["unlearned"]}.png"' in page
+    n_records = sum(len(json.loads(f.read_text())["metrics"]) for f in files)
+    assert len(json.loads((out / "results.json").read_text())["records"]) == n_records

@@ -1,0 +1,172 @@
+"""The Ray executor (``--unlearn-executor ray``) on a local Ray instance, on the CPU.
+
+Generation jobs run as Ray tasks that load the toy pipeline themselves from a recipe and write
+into the shared image cache; the images must be the local executor's, byte for byte (both run
+one thread per task here: CPU results depend on the thread count). A task that fails once is
+retried, and the retry is counted.
+"""
+
+import functools
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from harness.errors import HarnessError  # noqa: E402
+from harness.generate import ImageCache, Job, RunStats, generate, run_batch  # noqa: E402
+from harness.models import PipelineRecipe, Placement  # noqa: E402
+from harness.ray_executor import RayExecutor  # noqa: E402
+from harness.spec import BaseModelSpec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = [Job(f"A {o} image in {s} style.", "", seed, "ddim", 4, 5.0, 32, 32, 0.0, "float32", "ray-test")
+        for o in ("ring", "cross") for s in ("solid", "striped") for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One light local Ray instance for the module: 2 CPUs, no dashboard."""
+    old = os.environ.get("PYTHONPATH")
+    # Workers import this module to unpickle the runners defined here.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), str(ROOT), old]))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)  # a new instance, never a running one
+    yield
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray task given 1 CPU
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return PipelineRecipe(str(ROOT), BaseModelSpec(builtin="toy"), Placement.choose("cpu"))
+
+
+@pytest.fixture(scope="module")
+def local_cache(tmp_path_factory, recipe, one_thread):
+    """The local executor's images (one thread), the reference."""
+    cache = ImageCache(tmp_path_factory.mktemp("local"))
+    imgs, _ = generate(recipe, JOBS, cache, batch_size=3, progress=False)
+    return cache, imgs
+
+
+def flaky_runner(pipe, jobs, marker):
+    """Fails the first time any task calls it (the marker file coordinates the workers)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return run_batch(pipe, jobs)
+    os.close(fd)
+    raise RuntimeError("injected failure on the first attempt")
+
+
+def broken_runner(pipe, jobs):
+    raise RuntimeError("always broken")
+
+
+def test_ray_tasks_make_the_local_executors_images_byte_for_byte(ray_local, recipe, local_cache, tmp_path):
+    ref_cache, ref = local_cache
+    cache = ImageCache(tmp_path / "ray")
+    stats = RunStats()
+    imgs, rep = generate(recipe, JOBS, cache, batch_size=3, progress=False, executor=RayExecutor(), stats=stats)
+    assert rep == {"generated": 8, "cached": 0, "flagged": []}
+    for job, a, b in zip(JOBS, imgs, ref):
+        np.testing.assert_array_equal(a, b)
+        assert cache.path(job).read_bytes() == ref_cache.path(job).read_bytes()
+    assert stats.tasks == 3 and stats.retries == 0  # 8 jobs in chunks of 3
+    assert stats.attention == {"AttnProcessor2_0"} and len(stats.nodes) == 1
+    # Warm: nothing is submitted, nothing loaded.
+    again = RunStats()
+    _, rep2 = generate(recipe, JOBS, cache, batch_size=3, progress=False, executor=RayExecutor(), stats=again)
+    assert rep2["generated"] == 0 and again.tasks == 0
+
+
+def test_a_failed_task_is_retried_and_counted(ray_local, recipe, local_cache, tmp_path):
+    _, ref = local_cache
+    stats = RunStats()
+    runner = functools.partial(flaky_runner, marker=str(tmp_path / "failed-once"))
+    imgs, rep = generate(recipe, JOBS, ImageCache(tmp_path / "ray"), batch_size=4, progress=False, runner=runner,
+                         executor=RayExecutor(), stats=stats)
+    assert (tmp_path / "failed-once").exists() and rep["generated"] == 8
+    for a, b in zip(imgs, ref):
+        np.testing.assert_array_equal(a, b)
+    assert stats.tasks == 2 and stats.retries == 1
+    assert RayExecutor().record(stats)["retries"] == 1
+
+
+def test_a_task_failing_every_attempt_is_a_harness_error(ray_local, recipe, tmp_path):
+    with pytest.raises(HarnessError, match="failed after 1 retries: .*always broken"):
+        generate(recipe, JOBS[:2], ImageCache(tmp_path), batch_size=2, progress=False, runner=broken_runner, executor=RayExecutor(max_retries=1))
+
+
+def test_ray_executor_needs_a_recipe(ray_local, tmp_path):
+    with pytest.raises(HarnessError, match="needs a PipelineRecipe"):
+        generate(lambda: None, JOBS[:1], ImageCache(tmp_path), progress=False, executor=RayExecutor())
+
+
+# ----------------------------------------------------------------------------- the plugin
+@pytest.fixture
+def toy_project(pytester):
+    """The toy UCE submission with the toy-canvas suite, in a fresh repository."""
+    (pytester.path / "suites").mkdir()
+    shutil.copy(ROOT / "suites" / "toy-canvas.yaml", pytester.path / "suites")
+    shutil.copytree(ROOT / "submissions" / "checkpoints" / "uce-style-striped", pytester.path / "submissions" / "checkpoints" / "uce-style-striped")
+    shutil.copy(ROOT / "submissions" / "toy-uce-style.yaml", pytester.path / "submissions")
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    return pytester
+
+
+def _run(p, cache, *args):
+    return p.runpytest("--unlearn-submission", "submissions/toy-uce-style.yaml", "--unlearn-smoke", "--unlearn-suite", "toy-canvas",
+                       "--unlearn-device", "cpu", "--unlearn-cache", str(p.path / cache), "--unlearn-results", f"{cache}.json", *args)
+
+
+def test_plugin_with_ray_gives_the_local_metric_values(ray_local, toy_project):
+    _run(toy_project, "local").assert_outcomes(passed=3)
+    _run(toy_project, "ray", "--unlearn-executor", "ray").assert_outcomes(passed=3)
+    local, remote = (json.loads((toy_project.path / f"{c}.json").read_text()) for c in ("local", "ray"))
+    assert [(m["label"], m["value"], m["base_value"]) for m in remote["metrics"]] == [(m["label"], m["value"], m["base_value"]) for m in local["metrics"]]
+    (ls,), (rs,) = local["suites"], remote["suites"]
+    assert ls["executor"] == {"name": "local", "tasks": 2, "retries": 0}  # base and unlearned, one batch each
+    assert rs["executor"]["name"] == "ray" and rs["executor"]["tasks"] == 2 and rs["executor"]["retries"] == 0
+    assert rs["images"]["base"]["generated"] == ls["images"]["base"]["generated"] == 24
+    assert rs["pipeline"]["attention"] == ["AttnProcessor2_0"] and rs["device"] == "cpu"
+
+
+def _one_line_usage_error(r, *needles):
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, r.stdout.str() + r.stderr.str()
+    lines = [line for line in r.stderr.str().splitlines() if line.strip()]
+    assert len(lines) == 1 and all(n in lines[0] for n in needles), lines
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--unlearn-executor", "gpu"], ["--unlearn-executor", "'gpu'", "local, ray"]),
+    (["--unlearn-ray-address", "auto"], ["--unlearn-ray-address", "only with --unlearn-executor ray"]),
+    (["--unlearn-executor", "ray", "--unlearn-ray-address", "not an address"], ["--unlearn-ray-address", "'not an address'"]),
+    (["--unlearn-executor", "ray", "--unlearn-device", "cuda:1"], ["--unlearn-device cuda:1", "use cuda or auto"]),
+])
+def test_bad_executor_options_are_one_line_usage_errors(toy_project, args, needles):
+    _one_line_usage_error(toy_project.runpytest("--unlearn-submission", "submissions/toy-uce-style.yaml", *args), *needles)
+
+
+def test_ray_not_installed_is_a_one_line_usage_error(toy_project, monkeypatch):
+    import harness.ray_executor
+
+    monkeypatch.setattr(harness.ray_executor, "available", lambda: False)
+    r = toy_project.runpytest("--unlearn-submission", "submissions/toy-uce-style.yaml", "--unlearn-executor", "ray")
+    _one_line_usage_error(r, "--unlearn-executor ray: ray is not installed", "unlearn-harness[ray]")
