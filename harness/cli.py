@@ -205,7 +205,8 @@ def cmd_regress(a) -> int:
 
     _threads()
     methods = set(a.method) if a.method else None
-    return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None)
+    extra = (["--unlearn-smoke"] if a.smoke else []) + [f"--unlearn-suite={s}" for s in a.suite or ()]
+    return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None, pytest_args=extra)
 
 
 # ----------------------------------------------------------------------------- leaderboard
@@ -296,6 +297,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--root", default=".", help="repository root")
     r.add_argument("--method", action="append", help="only submissions of these methods (repeatable; 'control' = no method record)")
     r.add_argument("--submission", action="append", help="only these submission names (repeatable)")
+    r.add_argument("--suite", action="append", help="only these suites (repeatable; the baselines must hold them)")
+    r.add_argument("--smoke", action="store_true", help="smoke subsets (the baselines must be smoke results too)")
     r.set_defaults(func=cmd_regress)
     m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary)")
     m.add_argument("files", nargs="+")

@@ -64,9 +64,12 @@ def remake_checkpoint(root: Path, sub: dict, out: Path) -> dict:
     return new_sub
 
 
-def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = None, only: set[str] | None = None) -> int:
-    """Re-run and compare every baseline; print one table per submission and a last line."""
-    root, out = root.resolve(), (root / out).resolve()
+def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = None, only: set[str] | None = None,
+            pytest_args: list[str] | None = None) -> int:
+    """Re-run and compare every baseline; print one table per submission and a last line.
+    ``pytest_args`` go to each harness run (e.g. ``--unlearn-smoke``, ``--unlearn-suite ID``:
+    the baselines must then have been made with the same ones)."""
+    root, out, baselines = root.resolve(), (root / out).resolve(), (root / baselines).resolve()
     files = sorted(baselines.glob("*.json"))
     if not files:
         raise HarnessError(f"{baselines}: no baseline results (*.json)")
@@ -95,13 +98,13 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
         result = out / "results" / f"{name}.json"
         result.unlink(missing_ok=True)
         total += 1
-        evaluate(root, new_sub_file, result, cache=out / "cache")
+        evaluate(root, new_sub_file, result, cache=out / "cache", extra=pytest_args)
         if not result.is_file():
             print(f"{name}: the harness wrote no results", flush=True)
             failed.append(name)
             continue
         rows = compare(load_result(result), base)
-        print(f"\n== {name} vs {f.relative_to(root) if f.resolve().is_relative_to(root) else f}")
+        print(f"\n== {name} vs {f}")
         print(format_rows(rows), flush=True)
         if gate_failures(rows):
             failed.append(name)

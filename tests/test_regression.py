@@ -1,0 +1,53 @@
+"""`unlearn regress`: the reference method is re-run, evaluated by the harness and compared
+with a baseline made by the harness; the gate passes on an unchanged baseline and fails when the
+baseline is better than what the re-run gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.regression import evaluate, regress
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--unlearn-smoke", "--unlearn-suite=toy-canvas"]
+
+
+@pytest.fixture
+def out():
+    d = ROOT / f".regression-pytest-{os.getpid()}"  # must be inside the repository (gitignored)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_regress_passes_an_unchanged_baseline_and_fails_a_better_one(tmp_path, out, capsys, monkeypatch):
+    monkeypatch.setenv("UNLEARN_THREADS", "1")
+    baselines = tmp_path / "baselines"
+    baselines.mkdir()
+    base_file = baselines / "toy-uce-style.json"
+    evaluate(ROOT, ROOT / "submissions" / "toy-uce-style.yaml", base_file, cache=out / "cache", extra=ARGS)
+    baseline = json.loads(base_file.read_text())
+    assert {m["metric"] for m in baseline["metrics"]} == {"ua", "ira", "cra"}
+
+    assert regress(ROOT, baselines, out, methods={"uce"}, pytest_args=ARGS) == 0
+    text = capsys.readouterr().out
+    assert "checkpoint identical to the committed one" in text  # UCE is closed form: bitwise the same
+    assert "regression gate: no regression in 1 submissions" in text
+
+    cra = next(m for m in baseline["metrics"] if m["metric"] == "cra")
+    cra["value"] = min(1.0, cra["value"]) + 0.2  # the baseline claims more than the re-run gives
+    base_file.write_text(json.dumps(baseline))
+    assert regress(ROOT, baselines, out, methods={"uce"}, pytest_args=ARGS) == 1
+    text = capsys.readouterr().out
+    assert "REGRESSED" in text and "1 of 1 submissions regressed: toy-uce-style" in text
+
+
+def test_regress_with_nothing_selected_is_an_error(tmp_path, out):
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="no baseline results"):
+        regress(ROOT, tmp_path, out)
