@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -30,15 +31,22 @@ from .compare import compare, format_rows, gate_failures, load_result
 from .errors import HarnessError
 
 
-def evaluate(root: Path, submission: Path, results: Path, cache: Path | None = None, extra: list[str] | None = None) -> int:
+def evaluate(root: Path, submission: Path, results: Path, cache: Path | None = None, extra: list[str] | None = None,
+             log: Path | None = None) -> int:
     """Run the harness on one submission in a subprocess (the same command a user types);
-    returns pytest's exit status (1 = some metric failed its threshold, still a complete run)."""
+    returns pytest's exit status (1 = some metric failed its threshold, still a complete run).
+    With ``log``, its output goes to that file instead of this process's: the control's
+    expected threshold failures would otherwise read as failed tests in a CI log."""
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(root),
            "--unlearn-submission", str(submission.relative_to(root)), "--unlearn-results", str(results)]
     if cache is not None:
         cmd += ["--unlearn-cache", str(cache)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(cmd + list(extra or []), cwd=root, env=env).returncode
+    if log is None:
+        return subprocess.run(cmd + list(extra or []), cwd=root, env=env).returncode
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as fh:
+        return subprocess.run(cmd + list(extra or []), cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
 
 
 def remake_checkpoint(root: Path, sub: dict, out: Path) -> dict:
@@ -98,9 +106,13 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
         result = out / "results" / f"{name}.json"
         result.unlink(missing_ok=True)
         total += 1
-        evaluate(root, new_sub_file, result, cache=out / "cache", extra=pytest_args)
+        log = out / "logs" / f"{name}.log"
+        t0 = time.perf_counter()
+        rc = evaluate(root, new_sub_file, result, cache=out / "cache", extra=pytest_args, log=log)
+        print(f"{name}: evaluated in {time.perf_counter() - t0:.0f} s (harness exit {rc}{' = some metric below its threshold, a verdict' if rc == 1 else ''}; log {log.relative_to(root)})", flush=True)
         if not result.is_file():
-            print(f"{name}: the harness wrote no results", flush=True)
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            print(f"{name}: the harness wrote no results; the end of its log:\n  " + "\n  ".join(tail), flush=True)
             failed.append(name)
             continue
         rows = compare(load_result(result), base)
