@@ -13,13 +13,13 @@ problem is raised as a ``HarnessError``: one line naming the field.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import metrics
 from .errors import HarnessError
+from .results import load_method_record
 from .models import base_dir, base_fingerprint, check_tensors, checkpoint_file, tensor_shapes
-from .spec import Submission, Suite, expand_prompts, inside, load_submission, pinned_file
+from .spec import Submission, Suite, expand_prompts, load_submission, pinned_file
 
 COMPONENTS = {"unet": "unet", "text_encoder": "text encoder"}
 
@@ -32,6 +32,7 @@ def startup(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
     sub = load_submission(path)
     suites = resolve_suites(sub, root)
     ckpt = checkpoint_file(sub.checkpoint, root, cache, allow_pickle) if sub.checkpoint.path else None
+    check_method_record(sub, root)  # read again when the results are written: fail now, not after the run
     return sub, suites, ckpt
 
 
@@ -178,15 +179,7 @@ def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path) -> str:
 def check_method_record(sub: Submission, root: Path) -> str | None:
     if not sub.method_record:
         return None
-    p = inside(root, sub.method_record, "method_record")
-    if not p.is_file():
-        raise HarnessError(f"method_record: {sub.method_record}: no such file")
-    try:
-        rec = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HarnessError(f"method_record: {sub.method_record} is not JSON ({type(e).__name__})") from None
-    if not isinstance(rec, dict) or not isinstance(rec.get("efficiency", {}), dict):
-        raise HarnessError(f"method_record: {sub.method_record} is not a method.json (an object with 'efficiency')")
+    load_method_record(root, sub.method_record)
     return f"method_record: {sub.method_record}"
 
 

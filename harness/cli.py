@@ -225,7 +225,7 @@ def cmd_leaderboard_refresh(a) -> int:
 
     if a.workers is not None and a.workers < 1:
         raise HarnessError(f"--workers: {a.workers} is not a positive number")
-    r = refresh(a.submissions or default_submissions(), a.out, a.cache, a.workers)
+    r = refresh(a.submissions or default_submissions(), a.out, a.cache, a.workers, allow_incomplete=a.allow_incomplete)
     i = r["images"]
     print(f"wrote {', '.join(r['written'])}; images: {i['copied']} copied, {i['kept']} already there, {i['missing']} missing, "
           f"{i['pruned']} no longer referenced removed ({r['seconds']} s)")
@@ -314,6 +314,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="leaderboard/results", help="where results JSON + images/ go (default leaderboard/results)")
     t.add_argument("--cache", default=None, help="image cache (default .unlearn-cache in the repository, or $UNLEARN_CACHE)")
     t.add_argument("--workers", type=int, default=None, help="pytest-xdist workers (default: one process)")
+    t.add_argument("--allow-incomplete", action="store_true", help="copy a run that did not finish every suite (refused by default)")
     t.set_defaults(func=cmd_leaderboard_refresh)
 
     v = sub.add_parser("validate", help="check submission / suite YAML files")

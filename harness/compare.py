@@ -10,24 +10,22 @@ their tolerance: a gate that a crash passes is no gate.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import HarnessError
-from .spec import RESULTS_SCHEMA_VERSION
+from .resultfile import one_line, read_result
 
 
 def load_result(path: str | Path) -> dict:
-    p = Path(path)
+    """A results file, checked by ``resultfile.read_result``; a bad one is a one-line error."""
     try:
-        data = json.loads(p.read_text())
+        return read_result(path)
     except FileNotFoundError:
-        raise HarnessError(f"{p}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HarnessError(f"{p}: not a results JSON ({e})") from None
-    if not isinstance(data, dict) or str(data.get("schema_version", "")).split(".")[0] != RESULTS_SCHEMA_VERSION.split(".")[0]:
-        raise HarnessError(f"{p}: schema_version {data.get('schema_version') if isinstance(data, dict) else None!r} is not {RESULTS_SCHEMA_VERSION}")
-    return data
+        raise HarnessError(f"{path}: no such file") from None
+    except OSError as e:
+        raise HarnessError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise HarnessError(f"{path}: not a results JSON ({one_line(e)})") from None
 
 
 def compare(new: dict, baseline: dict) -> list[dict]:
@@ -44,8 +42,8 @@ def compare(new: dict, baseline: dict) -> list[dict]:
         if n is None or n.get("value") is None:
             rows.append({**row, "new": None, "change": None, "status": "missing" if n is None else "error"})
             continue
-        if m.get("value") is None:
-            rows.append({**row, "new": n["value"], "change": None, "status": "ok"})
+        if m.get("value") is None:  # nothing to hold the new value to: shown, not gated
+            rows.append({**row, "new": n["value"], "change": None, "status": "info"})
             continue
         change = n["value"] - m["value"]
         worse = -change if m.get("higher_is_better", True) else change

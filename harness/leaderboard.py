@@ -32,26 +32,24 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from .errors import HarnessError
+from .rerun import run_harness
+from .resultfile import one_line, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "leaderboard"  # templates/ and static/ (resolved from the checkout: pip install -e)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MARKER = ".unlearn-leaderboard"  # marks a folder this module built (and may replace)
-MAX_RESULT_BYTES = 64 << 20
 VERDICTS = ("pass", "fail", "error", "info")
 # The trade-off plot: erasure (x) against retention (y, the mean of the metrics present).
 ERASURE_METRIC = "ua"
@@ -62,119 +60,6 @@ Report = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(f"unlearn: {msg}", file=sys.stderr)
-
-
-def one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-# ----------------------------------------------------------------------------- validation
-class _Open(BaseModel):
-    """The fields the leaderboard reads, strictly typed; other fields are kept as they are."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class _Target(_Open):
-    concept: str = Field(min_length=1)
-    kind: str = Field(min_length=1)
-
-
-class _Method(_Open):
-    name: str
-    params: dict[str, Any] = {}
-    paper_url: str | None = None
-    code_url: str | None = None
-
-
-class _Checkpoint(_Open):
-    kind: str | None = None
-    path: str | None = None
-    url: str | None = None
-    sha256: str | None = None
-
-
-class _Submission(_Open):
-    name: str = Field(min_length=1, max_length=200)
-    method: _Method
-    checkpoint: _Checkpoint
-    targets: list[_Target] = Field(min_length=1)
-
-
-class _Sample(_Open):
-    prompt: str
-    seed: int
-    base: str
-    unlearned: str
-
-
-class _Suite(_Open):
-    id: str = Field(min_length=1)
-    version: str | None = None
-    samples: list[_Sample] = []
-    seeds: list[int] = []
-
-
-class _Metric(_Open):
-    suite: str = Field(min_length=1)
-    metric: str = Field(min_length=1)
-    label: str | None = None
-    target: str = Field(min_length=1)
-    target_kind: str | None = None
-    value: float | None = None
-    base_value: float | None = None
-    threshold: str | None = None
-    bound: float | None = None
-    verdict: Literal["pass", "fail", "error", "info"]
-    higher_is_better: bool | None = None
-
-
-class _Result(_Open):
-    schema_version: str = Field(pattern=r"^1\.\d+$")
-    harness: dict[str, Any]
-    started: str | None = None
-    finished: str | None = None
-    complete: bool = True
-    submission: _Submission
-    environment: dict[str, Any] = {}
-    efficiency: dict[str, Any] = {}
-    suites: list[_Suite]
-    metrics: list[_Metric] = Field(min_length=1)
-
-
-def check_result(data: Any) -> None:
-    """Raise ``ValueError`` (one line) when ``data`` is not a results document the site can show."""
-    try:
-        _Result.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise ValueError(f"{loc}: {err['msg']}{more}") from None
-    seen = set()
-    for m in data["metrics"]:
-        key = (m["suite"], m["metric"], m["target"])
-        if key in seen:
-            raise ValueError(f"metrics: two records for suite {key[0]!r}, metric {key[1]!r}, target {key[2]!r}")
-        seen.add(key)
-
-
-def read_result(path: Path) -> dict:
-    """Parse and validate one results file; ``ValueError`` says in one line why it is refused."""
-    if path.is_symlink():
-        raise ValueError("is a symbolic link")
-    if path.stat().st_size > MAX_RESULT_BYTES:
-        raise ValueError(f"larger than {MAX_RESULT_BYTES >> 20} MiB")
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
-    except RecursionError:
-        raise ValueError("not valid JSON (nested too deeply)") from None
-    check_result(data)
-    return data
 
 
 @dataclass
@@ -674,6 +559,12 @@ def _records_json(df) -> list[dict]:
     return out
 
 
+def _csv_text(text: str) -> str:
+    """Text from a submission, made inert for spreadsheets: a cell starting with = + - @ or a
+    tab / carriage return would be read as a formula (CSV injection), so it gets a leading '."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def _records_csv(df) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -682,7 +573,7 @@ def _records_csv(df) -> str:
         row = []
         for k in RECORD_COLUMNS:
             v = _none(r[k])
-            row.append("" if v is None else repr(v) if isinstance(v, float) else str(v))
+            row.append("" if v is None else repr(v) if isinstance(v, float) else _csv_text(str(v)) if isinstance(v, str) else str(v))
         w.writerow(row)
     return buf.getvalue()
 
@@ -812,13 +703,8 @@ def export_images(result_files: list[Path], cache: Path, out_images: Path, repor
     return {"referenced": len(wanted), "copied": copied, "kept": len(have), "missing": missing, "pruned": pruned}
 
 
-def _rel_to_root(path: str, root: Path) -> str:
-    p = Path(path).resolve()
-    return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
-
-
 def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = None, workers: int | None = None,
-            root: Path = ROOT, report: Report = _stderr, extra_args: list[str] | None = None) -> dict:
+            root: Path = ROOT, report: Report = _stderr, extra_args: list[str] | None = None, allow_incomplete: bool = False) -> dict:
     """Run the harness on the submissions (one pytest subprocess, the plugin's own collection),
     then copy each results JSON to ``out/<name>.json`` and export its sample images."""
     from .spec import SpecErrors, load_submission
@@ -840,13 +726,8 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="unlearn-refresh-") as tmp:
-        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(root), "-q",
-               *(["-n", str(workers)] if workers else []),
-               *[a for s in submissions for a in ("--unlearn-submission", _rel_to_root(s, root))],
-               "--unlearn-results", str(Path(tmp) / "{submission}.json"), "--unlearn-cache", str(cache), *(extra_args or [])]
-        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-        print("running: " + " ".join(cmd), flush=True)
-        rc = subprocess.run(cmd, cwd=root, env=env).returncode
+        rc = run_harness(root, submissions, Path(tmp) / "{submission}.json", cache=cache, workers=workers,
+                         extra=extra_args, echo=True)
         if rc not in (0, 1):  # 1: some case failed (a negative control must), which is a result
             raise HarnessError(f"the harness run exited with status {rc} (see its output above); nothing was copied")
         written = []
@@ -858,13 +739,15 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
                 data = read_result(src)
             except ValueError as e:
                 raise HarnessError(f"{s}: the harness's results file is not valid: {one_line(e)}") from None
-            if not data.get("complete", True):
-                report(f"{name}: the run is incomplete (complete: false)")
-            dst = out / f"{name}.json"
+            if not data.get("complete", True) and not allow_incomplete:
+                # an incomplete baseline would weaken the regression gate (its missing metrics are never compared)
+                raise HarnessError(f"{s}: the run is incomplete (complete: false); nothing was copied (--allow-incomplete to copy it anyway)")
+            written.append((src, out / f"{name}.json"))
+        for src, dst in written:  # only once every run is checked: all or nothing
             shutil.copyfile(src, dst)
-            written.append(dst)
+        written = [dst for _, dst in written]
     all_results = []
-    for p in sorted(out.glob("*.json")):
+    for p in sorted(out.rglob("*.json")):  # as build reads them: images named by nested files stay
         try:
             read_result(p)
             all_results.append(p)

@@ -18,10 +18,7 @@ The exit status is 1 when anything regressed, 0 otherwise.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import shutil
 import time
 from pathlib import Path
 
@@ -29,38 +26,32 @@ import yaml
 
 from .compare import compare, format_rows, gate_failures, load_result
 from .errors import HarnessError
+from .rerun import run_harness
+from .results import load_method_record
+from .spec import SpecErrors, inside, load_submission
 
 
-def evaluate(root: Path, submission: Path, results: Path, cache: Path | None = None, extra: list[str] | None = None,
-             log: Path | None = None) -> int:
-    """Run the harness on one submission in a subprocess (the same command a user types);
-    returns pytest's exit status (1 = some metric failed its threshold, still a complete run).
-    With ``log``, its output goes to that file instead of this process's: the control's
-    expected threshold failures would otherwise read as failed tests in a CI log."""
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(root),
-           "--unlearn-submission", str(submission.relative_to(root)), "--unlearn-results", str(results)]
-    if cache is not None:
-        cmd += ["--unlearn-cache", str(cache)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    if log is None:
-        return subprocess.run(cmd + list(extra or []), cwd=root, env=env).returncode
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as fh:
-        return subprocess.run(cmd + list(extra or []), cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+def method_record(root: Path, rel: str) -> dict:
+    """The submission's ``method.json``, with the fields a re-run needs, or a one-line error."""
+    record = load_method_record(root, rel)
+    try:
+        record["method"], record["concept"], record["base"]["path"], record["params"]
+    except (KeyError, TypeError) as e:
+        raise HarnessError(f"method_record: {rel}: not a method record of `unlearn erase` (no {e})") from None
+    return record
 
 
-def remake_checkpoint(root: Path, sub: dict, out: Path) -> dict:
-    """Re-run the reference method recorded in ``sub['method_record']``; returns the submission
-    dict pointing at the new checkpoint."""
+def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path) -> dict:
+    """Re-run the reference method of ``record`` (the submission's method.json); returns the
+    submission dict pointing at the new checkpoint."""
     from .hashing import sha256_file
     from .methods import run_erase
     from .toy.model import DEFAULT_DIR
 
-    record = json.loads((root / sub["method_record"]).read_text())
     if record["base"]["path"] not in ("builtin:toy", str(DEFAULT_DIR)):
         raise HarnessError(f"{sub['method_record']}: base {record['base']['path']!r} is not the toy world's")
     ck_dir = out / "checkpoints" / sub["name"]
-    new = run_erase(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record["anchor"],
+    new = run_erase(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record.get("anchor"),
                     world="toy", force=True, params=record["params"])
     ck = ck_dir / new["checkpoint"]["file"]
     new_sub = dict(sub)
@@ -87,18 +78,26 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
     (out / "results").mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
     total = 0
+    shutil.rmtree(out / "cache", ignore_errors=True)  # from scratch: a cached image would hide a change in generation
     for f in files:
         base = load_result(f)
-        sub_file = root / base["submission"]["file"]
+        rel = base["submission"].get("file")
+        if not rel:
+            raise HarnessError(f"{f}: submission.file is missing: which submission made this baseline?")
+        sub_file = inside(root, rel, f"{f.name}: submission.file")
+        try:
+            load_submission(sub_file)  # the schema, before anything is re-run from it
+        except SpecErrors as e:
+            raise HarnessError(e.lines[0]) from None
         sub = yaml.safe_load(sub_file.read_text())
         name = sub["name"]
         if only and name not in only:
             continue
         if sub.get("method_record"):
-            method = json.loads((root / sub["method_record"]).read_text())["method"]
-            if methods is not None and method not in methods:
+            record = method_record(root, sub["method_record"])
+            if methods is not None and record["method"] not in methods:
                 continue
-            sub = remake_checkpoint(root, sub, out)
+            sub = remake_checkpoint(root, sub, record, out)
         elif methods is not None and "control" not in methods:
             continue
         new_sub_file = out / "submissions" / f"{name}.yaml"
@@ -108,7 +107,7 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
         total += 1
         log = out / "logs" / f"{name}.log"
         t0 = time.perf_counter()
-        rc = evaluate(root, new_sub_file, result, cache=out / "cache", extra=pytest_args, log=log)
+        rc = run_harness(root, [new_sub_file], result, cache=out / "cache", extra=pytest_args, log=log)
         print(f"{name}: evaluated in {time.perf_counter() - t0:.0f} s (harness exit {rc}{' = some metric below its threshold, a verdict' if rc == 1 else ''}; log {log.relative_to(root)})", flush=True)
         if not result.is_file():
             tail = log.read_text(errors="replace").splitlines()[-15:]

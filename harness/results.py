@@ -13,6 +13,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from .errors import HarnessError
 from .fsutil import atomic_write
 from .hashing import sha256_file
 from .spec import RESULTS_SCHEMA_VERSION, Submission, inside
@@ -29,6 +30,23 @@ def git_sha(root: Path) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
+def load_method_record(root: Path, rel: str) -> dict:
+    """The ``method.json`` of ``unlearn erase`` that a submission names: inside the repository, a
+    JSON object whose ``efficiency`` (default empty) is an object; anything else is a one-line
+    error naming the field. Checked at start-up (plugin and ``unlearn check``), read again when
+    the results are written and by ``unlearn regress``."""
+    p = inside(root, rel, "method_record")
+    if not p.is_file():
+        raise HarnessError(f"method_record: {rel}: no such file")
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise HarnessError(f"method_record: {rel} is not JSON ({type(e).__name__})") from None
+    if not isinstance(rec, dict) or not isinstance(rec.setdefault("efficiency", {}), dict):
+        raise HarnessError(f"method_record: {rel} is not a method.json (an object with 'efficiency')")
+    return rec
+
+
 def efficiency(sub: Submission, root: Path) -> dict:
     """Storage measured from the checkpoint files; time / memory from ``unlearn erase``'s
     method.json (measured) or the submission (declared)."""
@@ -39,9 +57,8 @@ def efficiency(sub: Submission, root: Path) -> dict:
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
             out["storage_bytes"] = {"value": size, "source": "measured"}
     if sub.method_record:
-        p = inside(root, sub.method_record, "method_record")
-        if p.is_file():
-            rec = json.loads(p.read_text()).get("efficiency", {})
+        rec = load_method_record(root, sub.method_record)["efficiency"]
+        if rec:
             for k in ("time_s", "peak_memory_bytes"):
                 if k in rec:
                     out[k] = {"value": rec[k], "source": "measured", "how": rec.get("peak_memory_measure") if k == "peak_memory_bytes" else "wall clock of unlearn erase", "device": rec.get("device")}

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -39,11 +41,19 @@ def test_schema_writes_json_schema_for_editors(tmp_path):
     assert "metrics" in suite["properties"]
 
 
+def _doc(metrics, name="s", method="m"):
+    """A results document with the fields every reader checks (resultfile.read_result)."""
+    return {"schema_version": "1.0", "harness": {"version": "0.1.0"}, "complete": True,
+            "submission": {"file": "submissions/s.yaml", "name": name, "method": {"name": method}, "checkpoint": {},
+                           "targets": [{"concept": "striped", "kind": "style"}]},
+            "suites": [{"id": m["suite"]} for m in metrics], "metrics": metrics}
+
+
 def _result(values):
-    return {"schema_version": "1.0", "metrics": [
-        {"suite": "toy-canvas", "metric": "ua", "label": "UA", "target": "striped", "value": values[0], "higher_is_better": True, "tolerance": 0.05},
-        {"suite": "toy-fid", "metric": "fid", "label": "FID", "target": "striped", "value": values[1], "higher_is_better": False, "tolerance": 0.5},
-    ]}
+    return _doc([
+        {"suite": "toy-canvas", "metric": "ua", "label": "UA", "target": "striped", "value": values[0], "higher_is_better": True, "tolerance": 0.05, "verdict": "pass"},
+        {"suite": "toy-fid", "metric": "fid", "label": "FID", "target": "striped", "value": values[1], "higher_is_better": False, "tolerance": 0.5, "verdict": "pass"},
+    ])
 
 
 def test_compare_passes_identical_and_within_tolerance_and_fails_a_degraded_copy(tmp_path):
@@ -60,32 +70,53 @@ def test_compare_passes_identical_and_within_tolerance_and_fails_a_degraded_copy
     r = unlearn("compare", str(worse), str(base))
     assert r.returncode == 1 and "REGRESSED" in r.stdout and "1 of 2 metrics regressed" in r.stdout
     missing = tmp_path / "missing.json"
-    missing.write_text(json.dumps({"schema_version": "1.0", "metrics": _result([0.9, 1.0])["metrics"][:1]}))
+    missing.write_text(json.dumps(_doc(_result([0.9, 1.0])["metrics"][:1])))
     assert "MISSING" in unlearn("compare", str(missing), str(base)).stdout
 
 
-def test_compare_bad_input_is_a_one_line_usage_error(tmp_path):
-    (tmp_path / "x.json").write_text("{not json")
-    r = unlearn("compare", str(tmp_path / "x.json"), str(tmp_path / "nope.json"))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not a results JSON" in r.stderr
+@pytest.mark.parametrize("content", [
+    "{not json",
+    "[1, 2]",
+    '{"schema_version": "1.0", "metrics": [{"suite": "a"}]}',
+    json.dumps({**_result([0.9, 1.0]), "metrics": [{**_result([0.9, 1.0])["metrics"][0], "value": "high"}]}),
+    json.dumps({**_result([0.9, 1.0]), "metrics": ["ua"]}),
+    json.dumps({**_result([0.9, 1.0]), "submission": {"method": "m"}}),
+    json.dumps({**_result([0.9, 1.0]), "schema_version": "2.0"}),
+])
+def test_compare_and_summary_bad_input_is_a_one_line_usage_error(tmp_path, content, capsys):
+    from harness.cli import main
 
+    (tmp_path / "x.json").write_text(content)
+    (tmp_path / "ok.json").write_text(json.dumps(_result([0.9, 1.0])))
+    x, ok = str(tmp_path / "x.json"), str(tmp_path / "ok.json")
+    for args in (("compare", x, ok), ("compare", ok, x), ("summary", x)):
+        code = main(list(args))  # in-process: the console script is this function
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "not a results JSON" in err, (args, err)
+
+
+def test_compare_of_a_folder_or_a_missing_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "ok.json").write_text(json.dumps(_result([0.9, 1.0])))
+    for other, why in ((tmp_path, "cannot be read"), (tmp_path / "nope.json", "no such file")):
+        r = unlearn("compare", str(other), str(tmp_path / "ok.json"))
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and why in r.stderr
 
 
 def test_compare_shows_but_does_not_gate_metrics_without_a_tolerance(tmp_path):
     rec = {"suite": "toy-efficiency", "metric": "erase_time_s", "label": "time", "target": "striped", "higher_is_better": False, "tolerance": None}
     base = tmp_path / "base.json"
-    base.write_text(json.dumps({"schema_version": "1.0", "metrics": [{**rec, "value": 1.0}]}))
+    base.write_text(json.dumps(_doc([{**rec, "value": 1.0, "verdict": "info"}])))
     slower = tmp_path / "slower.json"
-    slower.write_text(json.dumps({"schema_version": "1.0", "metrics": [{**rec, "value": 50.0}]}))
+    slower.write_text(json.dumps(_doc([{**rec, "value": 50.0, "verdict": "info"}])))
     r = unlearn("compare", str(slower), str(base))
     assert r.returncode == 0 and "INFO" in r.stdout
     gone = tmp_path / "gone.json"
-    gone.write_text(json.dumps({"schema_version": "1.0", "metrics": []}))
+    gone.write_text(json.dumps(_doc([{**rec, "metric": "storage_mb", "value": 1.0, "verdict": "info"}])))
     assert unlearn("compare", str(gone), str(base)).returncode == 1  # missing is a regression, tolerance or not
 
 
 def test_summary_is_markdown_with_stranger_text_escaped(tmp_path):
-    res = {**_result([0.9, 1.0]), "submission": {"name": "<script>alert(1)</script>|x", "method": {"name": "[a](javascript:x)"}},
+    res = {**_doc(_result([0.9, 1.0])["metrics"], name="<script>alert(1)</script>|x", method="[a](javascript:x)"),
            "summary": {"pass": 1, "fail": 1}}
     f = tmp_path / "r.json"
     f.write_text(json.dumps(res))

@@ -384,3 +384,16 @@ def test_site_from_committed_results_shows_every_metric_the_harness_produced(tmp
             assert f'src="../images/{s["base"]}.png"' in page and f'src="../images/{s["unlearned"]}.png"' in page
     n_records = sum(len(json.loads(f.read_text())["metrics"]) for f in files)
     assert len(json.loads((out / "results.json").read_text())["records"]) == n_records
+
+
+def test_csv_cells_from_submissions_cannot_be_spreadsheet_formulas(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    doc = result("toy-formula", target=("=HYPERLINK(\"http://x\")", "style"))
+    doc["submission"]["method"]["name"] = "@SUM(A1)"
+    (res / "f.json").write_text(json.dumps(doc))
+    build(res, tmp_path / "site")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "site" / "results.csv").read_text())))
+    assert {r["target"] for r in rows} == {"'=HYPERLINK(\"http://x\")"}
+    assert {r["method"] for r in rows} == {"'@SUM(A1)"}
+    assert {r["value"] for r in rows if r["metric"] == "kid"} == {"-0.03"}  # numbers keep their sign

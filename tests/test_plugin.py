@@ -213,6 +213,10 @@ BAD = [
     (_edit_suite("seeds: [0, 1]", "seeds: []"), ["mini.yaml: generation.seeds: List should have at least 1 item"]),
     (_edit_suite('threshold: ">= 1.01"', 'threshold: "== 1"'), ["mini.yaml: metrics.0.threshold:", "'== 1'"]),
     (_edit_suite("values: {object: [circle, square], style: [striped, solid]}", "values: {object: [circle]}"), ["mini.yaml: prompts.template: template placeholders"]),
+    # read when the results are written: refused at start-up, not after the run
+    (lambda p: ((p / "mr.json").write_text("[1, 2]"), _edit_sub("name: tiny-uce", "name: tiny-uce\nmethod_record: mr.json")(p)),
+     ["sub.yaml", "method_record: mr.json is not a method.json"]),
+    (_edit_sub("name: tiny-uce", "name: tiny-uce\nmethod_record: nope.json"), ["sub.yaml", "method_record: nope.json: no such file"]),
 ]
 
 

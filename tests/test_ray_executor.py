@@ -159,6 +159,7 @@ def _one_line_usage_error(r, *needles):
     (["--unlearn-ray-address", "auto"], ["--unlearn-ray-address", "only with --unlearn-executor ray"]),
     (["--unlearn-executor", "ray", "--unlearn-ray-address", "not an address"], ["--unlearn-ray-address", "'not an address'"]),
     (["--unlearn-executor", "ray", "--unlearn-device", "cuda:1"], ["--unlearn-device cuda:1", "use cuda or auto"]),
+    (["--unlearn-executor", "ray", "-n", "2"], ["--unlearn-executor ray", "run without -n"]),
 ])
 def test_bad_executor_options_are_one_line_usage_errors(toy_project, args, needles):
     _one_line_usage_error(toy_project.runpytest("--unlearn-submission", "submissions/toy-uce-style.yaml", *args), *needles)

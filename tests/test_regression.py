@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.regression import evaluate, regress
+from harness.errors import HarnessError
+from harness.regression import regress
+from harness.rerun import run_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--unlearn-smoke", "--unlearn-suite=toy-canvas"]
@@ -29,7 +31,7 @@ def test_regress_passes_an_unchanged_baseline_and_fails_a_better_one(tmp_path, o
     baselines = tmp_path / "baselines"
     baselines.mkdir()
     base_file = baselines / "toy-uce-style.json"
-    evaluate(ROOT, ROOT / "submissions" / "toy-uce-style.yaml", base_file, cache=out / "cache", extra=ARGS)
+    assert run_harness(ROOT, [ROOT / "submissions" / "toy-uce-style.yaml"], base_file, cache=tmp_path / "cache", extra=ARGS) == 0
     baseline = json.loads(base_file.read_text())
     assert {m["metric"] for m in baseline["metrics"]} == {"ua", "ira", "cra"}
 
@@ -47,7 +49,16 @@ def test_regress_passes_an_unchanged_baseline_and_fails_a_better_one(tmp_path, o
 
 
 def test_regress_with_nothing_selected_is_an_error(tmp_path, out):
-    from harness.errors import HarnessError
-
     with pytest.raises(HarnessError, match="no baseline results"):
         regress(ROOT, tmp_path, out)
+
+
+@pytest.mark.parametrize("file, why", [(None, "submission.file is missing"), ("../x.yaml", "leaves the repository"),
+                                       ("README.md", "README.md")])
+def test_a_baseline_naming_no_usable_submission_is_a_one_line_error(tmp_path, out, file, why):
+    doc = json.loads((ROOT / "leaderboard" / "results" / "toy-uce-style.json").read_text())
+    doc["submission"]["file"] = file
+    (tmp_path / "toy-uce-style.json").write_text(json.dumps(doc))
+    with pytest.raises(HarnessError, match=why) as e:
+        regress(ROOT, tmp_path, out)
+    assert "\n" not in str(e.value)

@@ -1,0 +1,133 @@
+"""Reading a results JSON back: what every reader of results files (the leaderboard, ``unlearn
+compare``, ``unlearn summary``, ``unlearn regress``) may rely on, checked once here.
+
+Results files travel: they are committed, uploaded as CI artifacts and attached to pull
+requests, so a reader treats them as untrusted input. ``read_result`` refuses, in one line, a
+file that is a symbolic link, too large, not UTF-8 JSON, or lacks the typed fields the readers
+use (other fields are kept as they are: ``docs/results-schema.md`` has the whole document).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_RESULT_BYTES = 64 << 20
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Open(BaseModel):
+    """The fields the readers use, strictly typed; other fields are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Target(_Open):
+    concept: str = Field(min_length=1)
+    kind: str = Field(min_length=1)
+
+
+class _Method(_Open):
+    name: str
+    params: dict[str, Any] = {}
+    paper_url: str | None = None
+    code_url: str | None = None
+
+
+class _Checkpoint(_Open):
+    kind: str | None = None
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+
+
+class _Submission(_Open):
+    file: str | None = None
+    name: str = Field(min_length=1, max_length=200)
+    method: _Method
+    checkpoint: _Checkpoint
+    targets: list[_Target] = Field(min_length=1)
+
+
+class _Sample(_Open):
+    prompt: str
+    seed: int
+    base: str
+    unlearned: str
+
+
+class _Suite(_Open):
+    id: str = Field(min_length=1)
+    version: str | None = None
+    samples: list[_Sample] = []
+    seeds: list[int] = []
+
+
+class _Metric(_Open):
+    suite: str = Field(min_length=1)
+    metric: str = Field(min_length=1)
+    label: str | None = None
+    target: str = Field(min_length=1)
+    target_kind: str | None = None
+    value: float | None = None
+    base_value: float | None = None
+    threshold: str | None = None
+    bound: float | None = None
+    verdict: Literal["pass", "fail", "error", "info"]
+    higher_is_better: bool | None = None
+    tolerance: float | None = None
+
+
+class _Result(_Open):
+    schema_version: str = Field(pattern=r"^1\.\d+$")
+    harness: dict[str, Any]
+    started: str | None = None
+    finished: str | None = None
+    complete: bool = True
+    submission: _Submission
+    environment: dict[str, Any] = {}
+    efficiency: dict[str, Any] = {}
+    suites: list[_Suite]
+    metrics: list[_Metric] = Field(min_length=1)
+
+
+def check_result(data: Any) -> None:
+    """Raise ``ValueError`` (one line) when ``data`` is not a results document the site can show."""
+    try:
+        _Result.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ValueError(f"{loc}: {err['msg']}{more}") from None
+    seen = set()
+    for m in data["metrics"]:
+        key = (m["suite"], m["metric"], m["target"])
+        if key in seen:
+            raise ValueError(f"metrics: two records for suite {key[0]!r}, metric {key[1]!r}, target {key[2]!r}")
+        seen.add(key)
+
+
+def read_result(path: str | Path) -> dict:
+    """Parse and validate one results file; ``ValueError`` says in one line why it is refused."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError("is a symbolic link")
+    if path.stat().st_size > MAX_RESULT_BYTES:
+        raise ValueError(f"larger than {MAX_RESULT_BYTES >> 20} MiB")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deeply)") from None
+    check_result(data)
+    return data
