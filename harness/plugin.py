@@ -91,7 +91,7 @@ def _build_state(config) -> State:
             raise _usage(f"--unlearn-ray-address: {address!r} is not auto, local, HOST:PORT or ray://HOST:PORT")
         if re.match(r"^cuda:\d+$", device):
             raise _usage(f"--unlearn-device {device}: with --unlearn-executor ray, Ray gives each task its GPU; use cuda or auto")
-        if getattr(config.option, "numprocesses", None) or os.environ.get("PYTEST_XDIST_WORKER"):
+        if getattr(config.option, "numprocesses", None):
             # every xdist worker would start or join Ray and submit the same suites' tasks
             raise _usage("--unlearn-executor ray: Ray spreads the work itself; run without -n (pytest-xdist)")
     cache = Path(config.getoption("unlearn_cache") or os.environ.get("UNLEARN_CACHE") or root / ".unlearn-cache")
