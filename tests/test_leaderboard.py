@@ -330,7 +330,11 @@ def test_sample_pairs_are_deterministic_and_put_targets_first():
     base = [job(p, s, "b") for p, s in items]
     unl = [job(p, s, "u") for p, s in items]
     got = sample_pairs(items, base, unl, [TargetSpec(concept="striped", kind="style")], Cache())
-    assert got == sample_pairs(items, base, unl, [TargetSpec(concept="striped", kind="style")], Cache())
+    # the choice depends on the prompt texts, not on the order the suite lists them in
+    items_r = [(p, seed) for p in reversed(prompts) for seed in (3, 4)]
+    again = sample_pairs(items_r, [job(p, s, "b") for p, s in items_r], [job(p, s, "u") for p, s in items_r],
+                         [TargetSpec(concept="striped", kind="style")], Cache())
+    assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, got))
     assert len(got) == 8 and len({g["prompt"] for g in got}) == 8 and {g["seed"] for g in got} == {3}
     assert sum("striped" in g["prompt"] for g in got) == 3  # every target prompt (3 < 8 // 2), then others
     assert all(g["base"] != g["unlearned"] for g in got)
