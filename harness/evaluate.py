@@ -158,7 +158,7 @@ def sample_pairs(items: list[tuple[Prompt, int]], base_jobs: list[Job], unl_jobs
     for i in sorted(chosen):
         b, u = cache.png_sha256(base_jobs[i]), cache.png_sha256(unl_jobs[i])
         if b and u:
-            out.append({"prompt": items[i][0].text, "seed": items[i][1], "base": b, "unlearned": u})
+            out.append({"prompt": items[i][0].text, "seed": items[i][1], "base": b, "unlearned": u, "target": names_target(items[i][0])})
     return out
 
 

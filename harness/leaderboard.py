@@ -504,7 +504,6 @@ def submission_page(run: Run, others: list[Run], df, images: ImageState) -> dict
         recs.append({**{k: _none(v) for k, v in r.items() if not k.startswith("_")}, "threshold": pretty_threshold(_none(r["threshold"])),
                      "value_cell": _num_cell(r["value"]), "base_cell": _num_cell(r["base_value"]), "bound_cell": _num_cell(r["bound"])})
     # sample grids: suites with the same pairs share one grid
-    concepts = {t["concept"] for t in sub["targets"]}
     grids: list[dict] = []
     for s in d["suites"]:
         samples = s.get("samples") or []
@@ -518,8 +517,7 @@ def submission_page(run: Run, others: list[Run], df, images: ImageState) -> dict
         else:
             pairs = []
             for x in samples:
-                words = set(re.findall(r"[\w-]+", x["prompt"].lower()))
-                pairs.append({"prompt": x["prompt"], "seed": x["seed"], "target": any(c.lower() in words for c in concepts),
+                pairs.append({"prompt": x["prompt"], "seed": x["seed"], "target": bool(x.get("target")),  # the harness's own rule
                               "base": x["base"] if x["base"] in images.ok else None, "unlearned": x["unlearned"] if x["unlearned"] in images.ok else None})
             grids.append({"key": key, "suites": [s["id"]], "pairs": pairs})
     suites = [suite_meta(s) for s in d["suites"]]

@@ -60,6 +60,7 @@ class _Sample(_Open):
     seed: int
     base: str
     unlearned: str
+    target: bool = False  # the prompt names a target (evaluate.sample_pairs decides)
 
 
 class _Suite(_Open):

@@ -96,8 +96,8 @@ def fixture_results(tmp_path):
         (imgs / f"{sha(data)}.png").write_bytes(data)
     wrong = sha(b"what the name promises")
     (imgs / f"{wrong}.png").write_bytes(png((0, 255, 0)))
-    samples = [{"prompt": "A circle image in striped style.", "seed": 0, "base": sha(good_b), "unlearned": sha(good_u)},
-               {"prompt": "A square image in solid style.", "seed": 0, "base": sha(good_b), "unlearned": wrong}]
+    samples = [{"prompt": "A circle image in striped style.", "seed": 0, "base": sha(good_b), "unlearned": sha(good_u), "target": True},
+               {"prompt": "A square image in solid style.", "seed": 0, "base": sha(good_b), "unlearned": wrong, "target": False}]
     write(res, "uce.json", result("toy-uce", samples=samples))
     write(res, "uce-old.json", result("toy-uce", ua=0.5, finished="2025-01-01T00:00:00+00:00"))
     write(res, "esd.json", result("toy-esd", target=("triangle", "object"), ua=0.5, cra=0.7, fid=9.4))
@@ -268,6 +268,7 @@ def test_images_are_copied_only_when_their_sha256_matches(fixture_results, tmp_p
     page = page_of(out, "toy-uce")
     assert page.count('<img src="../images/') == 3 and "image unavailable" in page
     assert f'src="../images/{shas["wrong"]}.png"' not in page
+    assert page.count('class="pair is-target"') == 1  # marked as the harness recorded it
 
 
 def test_a_sample_naming_a_path_is_not_followed(tmp_path):
@@ -337,6 +338,7 @@ def test_sample_pairs_are_deterministic_and_put_targets_first():
     assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, got))
     assert len(got) == 8 and len({g["prompt"] for g in got}) == 8 and {g["seed"] for g in got} == {3}
     assert sum("striped" in g["prompt"] for g in got) == 3  # every target prompt (3 < 8 // 2), then others
+    assert all(g["target"] == ("striped" in g["prompt"]) for g in got)
     assert all(g["base"] != g["unlearned"] for g in got)
     assert len(sample_pairs(items[:4], base[:4], unl[:4], [TargetSpec(concept="striped", kind="style")], Cache())) == 2
 
