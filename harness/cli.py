@@ -136,10 +136,11 @@ def cmd_validate(a) -> int:
 def cmd_check(a) -> int:
     """Everything the harness checks before generating, for each submission (no model loads)."""
     from .check import check_submission
+    from .fsutil import cache_dir
     from .spec import SpecErrors
 
     root = Path(a.root)
-    cache = Path(a.cache or os.environ.get("UNLEARN_CACHE") or root / ".unlearn-cache")
+    cache = cache_dir(root, a.cache)
     bad = 0
     for f in a.files:
         try:

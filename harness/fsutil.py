@@ -21,3 +21,9 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cache_dir(root: str | Path, option: str | Path | None = None) -> Path:
+    """The image / download cache: the option given, else $UNLEARN_CACHE, else
+    ``.unlearn-cache`` in the repository (the plugin, ``unlearn check`` and ``refresh`` agree)."""
+    return Path(option or os.environ.get("UNLEARN_CACHE") or Path(root) / ".unlearn-cache")

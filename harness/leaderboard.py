@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import HarnessError
+from .fsutil import cache_dir
 from .rerun import run_harness
 from .resultfile import one_line, read_result
 
@@ -720,7 +721,7 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise HarnessError(f"--out {out}: exists and is not a folder")
-    cache = Path(cache or os.environ.get("UNLEARN_CACHE") or root / ".unlearn-cache").resolve()
+    cache = cache_dir(root, cache).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="unlearn-refresh-") as tmp:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .errors import HarnessError
+from .fsutil import cache_dir
 
 CASES_FILE = str(Path(__file__).with_name("cases.py"))
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -94,7 +95,7 @@ def _build_state(config) -> State:
         if getattr(config.option, "numprocesses", None):
             # every xdist worker would start or join Ray and submit the same suites' tasks
             raise _usage("--unlearn-executor ray: Ray spreads the work itself; run without -n (pytest-xdist)")
-    cache = Path(config.getoption("unlearn_cache") or os.environ.get("UNLEARN_CACHE") or root / ".unlearn-cache")
+    cache = cache_dir(root, config.getoption("unlearn_cache"))
     try:
         cache.mkdir(parents=True, exist_ok=True)
         probe = cache / ".write-probe"
