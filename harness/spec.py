@@ -264,6 +264,22 @@ class ScorerSpec(Strict):
     architecture: str = "vit_large_patch16_224"
     style_classes: list[str] | None = None
     object_classes: list[str] | None = None
+    labels: str | None = Field(default=None, description="label map in harness/data/ (head index -> class name), e.g. unlearncanvas; "
+                               "fills style_classes / object_classes, which must then be left out")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label_map(cls, data):
+        if isinstance(data, dict) and data.get("labels") is not None:
+            from .labels import LABEL_MAPS, label_map
+
+            if data["labels"] not in LABEL_MAPS:
+                raise ValueError(f"labels: unknown label map {data['labels']!r}; known: {', '.join(LABEL_MAPS)}")
+            if data.get("style_classes") is not None or data.get("object_classes") is not None:
+                raise ValueError("give labels or style_classes / object_classes, not both (the label map states the classifier's index order)")
+            m = label_map(data["labels"])
+            data = {**data, "style_classes": list(m["style"]), "object_classes": list(m["object"])}
+        return data
 
     @model_validator(mode="after")
     def _weights(self):

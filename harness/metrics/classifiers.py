@@ -47,6 +47,10 @@ class UnlearnCanvasViT:
         self.heads = {"style": list(spec.style_classes), "object": list(spec.object_classes)}
         self.models = {}
         self.identity = {"id": f"unlearncanvas-{spec.architecture}", "sha256": {}}
+        if spec.labels:  # which index -> name map the heads were read with (harness/data/)
+            from ..labels import source
+
+            self.identity["labels"] = {"map": spec.labels, **source(spec.labels)}
         for head, w in (("style", spec.style_weights), ("object", spec.object_weights)):
             path = _verified(w, root, f"{head}_weights")
             self.models[head] = self._load(spec.architecture, path, len(self.heads[head]))
