@@ -105,7 +105,7 @@ def cmd_erase(a) -> int:
 
     _threads()
     rec = run_erase(a.method, a.base, a.concept, a.out, anchor=a.anchor, world=a.world, force=a.force,
-                    allow_subword=a.allow_subword, device=a.device, params=dict(a.param or []))
+                    allow_subword=a.allow_subword, device=a.device, params=dict(a.param or []), preset=a.preset)
     e = rec["efficiency"]
     print(f"wrote {a.out}: {rec['checkpoint']['tensors']} tensors, {e['storage_bytes']} bytes, {e['time_s']:.2f} s, sha256 {rec['checkpoint']['sha256']}")
     return 0
@@ -283,6 +283,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--world", choices=["toy", "generic"], default="toy", help="prompt contexts: the toy world's template, or the bare concept")
     e.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE", help="method parameter (repeatable), e.g. steps=400")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--preset", choices=["paper", "toy"], default=None,
+                   help="the method's parameter set: paper (the authors' published settings) or toy (tuned on the toy world); "
+                        "default: toy on the builtin toy world, else paper; --param values override it")
     e.add_argument("--force", action="store_true", help="overwrite --out")
     e.add_argument("--allow-subword", action="store_true", help="allow a concept word that is not a single token")
     e.set_defaults(func=cmd_erase)

@@ -25,6 +25,33 @@ PAPERS = {
 }
 
 
+def preset_params(mod, method: str, preset: str | None, base: Path, explicit: dict) -> tuple[str | None, dict]:
+    """The parameters a run uses: the method's preset (``PRESETS[name]``; default ``toy`` when
+    the base is the builtin toy world, else ``paper``) with explicit values on top. Unknown
+    parameter names are refused (one line)."""
+    import inspect
+
+    from ..models import TOY_PIPELINE
+
+    presets = getattr(mod, "PRESETS", None)
+    if presets is None:
+        if preset:
+            raise HarnessError(f"--preset: method {method!r} has no presets")
+        chosen = {}
+    else:
+        if preset is None:
+            preset = "toy" if Path(base).resolve() == TOY_PIPELINE.resolve() else "paper"
+        if preset not in presets:
+            raise HarnessError(f"--preset: {method} has no preset {preset!r}; known: {', '.join(presets)}")
+        chosen = dict(presets[preset])
+    sig = inspect.signature(mod.erase).parameters
+    known = [k for k in list(sig)[2:] if k not in ("progress", "history")]
+    for k in explicit:
+        if k not in known:
+            raise HarnessError(f"--param {k}: {method} has no parameter {k!r}; known: {', '.join(known)}")
+    return preset, {**chosen, **explicit}
+
+
 def get_method(name: str):
     if name not in METHODS:
         raise HarnessError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
@@ -51,6 +78,7 @@ def run_erase(
     allow_subword: bool = False,
     device: str = "cpu",
     params: dict | None = None,
+    preset: str | None = None,
 ) -> dict:
     """Erase ``concept`` from the pipeline at ``base`` with ``method``; write ``out``."""
     import torch
@@ -80,7 +108,9 @@ def run_erase(
         check_concept_tokens(tokenizer, prompts.anchor, allow_subword)
     pipe = StableDiffusionPipeline.from_pretrained(str(base), local_files_only=True, use_safetensors=True).to(device)
     pipe.set_progress_bar_config(disable=True)
-    params = dict(params or {})
+    preset, params = preset_params(mod, method, preset, base, dict(params or {}))
+    if hasattr(mod, "resolve"):  # defaults that depend on the run (e.g. UCE's tail preserve scale)
+        params = mod.resolve(params, [prompts])
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -100,7 +130,9 @@ def run_erase(
         "anchor": prompts.anchor,
         "templates": list(prompts.templates),
         "preserve": list(prompts.preserve),
+        "preset": preset,
         "params": params,
+        **({"display_name": mod.display_name(params)} if hasattr(mod, "display_name") else {}),
         "checkpoint": {"kind": "unet", "file": "unet.safetensors", "sha256": sha256_file(tmp / "unet.safetensors"), "tensors": len(changed)},
         "base": {"path": str(base), "sha256": sha256_tree(base)},
         "efficiency": {

@@ -14,9 +14,10 @@ from ..hashing import sha256_tree
 from ..methods import PAPERS, run_erase
 from .model import DEFAULT_DIR as PIPE_DIR
 
-# method -> (parameters used for the committed checkpoints); chosen by the sweep in README.
+# method -> (parameters used for the committed checkpoints): each method's "toy" preset, chosen
+# by the sweep in README (UCE: the all-token variant, which erases best on the toy templates).
 PARAMS = {
-    "uce": {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5},
+    "uce": {"token_positions": "all", "erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5},
     "esd": {"steps": 300, "lr": 1e-4, "eta": 1.0, "batch": 4, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
 }
 TARGETS = {"style": "striped", "object": "triangle"}
@@ -31,7 +32,7 @@ def make_checkpoints(root: Path, methods=("uce", "esd"), force: bool = False) ->
             if d.exists() and not force:
                 out.append(d)
                 continue
-            run_erase(method, PIPE_DIR, concept, d, force=True, params=PARAMS[method])
+            run_erase(method, PIPE_DIR, concept, d, force=True, params=PARAMS[method], preset="toy")
             rec = json.loads((d / "method.json").read_text())
             rec["base"]["path"] = "builtin:toy"  # not a machine-specific path
             (d / "method.json").write_text(json.dumps(rec, indent=2) + "\n")
@@ -49,7 +50,7 @@ def write_submissions(root: Path) -> list[Path]:
         rel = d.relative_to(root).as_posix()
         sub = {
             "name": f"toy-{method}-{kind}",
-            "method": {"name": method, "params": rec["params"], "paper_url": PAPERS[method], "code_url": CODE[method],
+            "method": {"name": rec.get("display_name", method), "params": rec["params"], "paper_url": PAPERS[method], "code_url": CODE[method],
                        "authors": ["unlearn-harness reference implementation"], "license": "Apache-2.0"},
             "base_model": {"builtin": "toy"},
             "checkpoint": {"kind": "unet", "path": f"{rel}/unet.safetensors", "sha256": rec["checkpoint"]["sha256"]},
