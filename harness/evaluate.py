@@ -223,7 +223,8 @@ class Evaluator:
         return [
             Job(prompt=p.text, negative_prompt=suite.prompts.negative_prompt, seed=seed, scheduler=g.scheduler, steps=(suite.smoke.steps if self.smoke and suite.smoke and suite.smoke.steps else g.steps),
                 guidance=p.guidance if p.guidance is not None else g.guidance, height=g.height or size, width=g.width or size,
-                eta=g.eta, dtype=placement.dtype, model=model)
+                eta=g.eta, dtype=placement.dtype, model=model,
+                image_format=g.image_format, jpeg_quality=g.jpeg_quality if g.image_format == "jpeg" else None)
             for p, seed in items
         ]
 

@@ -39,9 +39,28 @@ class Job:
     eta: float
     dtype: str
     model: str  # fingerprint of the weights
+    image_format: str = "png"  # what the scorer sees: png (lossless) or jpeg (decoded JPEG pixels)
+    jpeg_quality: int | None = None
 
     def key(self) -> str:
-        return sha256_bytes(canonical_json({**asdict(self), "v": GENERATION_VERSION}).encode())
+        d = asdict(self)
+        if d["image_format"] == "png":  # png keys are what they were before the setting existed
+            del d["image_format"], d["jpeg_quality"]
+        return sha256_bytes(canonical_json({**d, "v": GENERATION_VERSION}).encode())
+
+
+def saved_form(job: Job, image: np.ndarray) -> np.ndarray:
+    """The image as the suite's ``image_format`` leaves it: unchanged for png; for jpeg the
+    pixels of a baseline JPEG at ``jpeg_quality`` written and read back by PIL (UnlearnCanvas
+    saves its samples as ``.jpg`` with PIL's defaults and classifies the files). The cache keeps
+    these decoded pixels losslessly, under a key that names the format."""
+    if job.image_format == "png":
+        return image
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(job.jpeg_quality or 75))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
 def settings_key(job: Job) -> tuple:
@@ -264,7 +283,7 @@ class LocalExecutor:
                     # C-contiguous like an image read back from the cache: the same bytes in the same
                     # layout, so scores (convolutions pick kernels by memory layout) do not depend on
                     # whether an image was just made or came from the cache.
-                    im = np.ascontiguousarray(im)
+                    im = np.ascontiguousarray(saved_form(jobs[i], im))
                     out[i] = (im, store(cache, jobs[i], r, im))
                 advance(len(imgs))
         return out

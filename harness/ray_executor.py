@@ -65,7 +65,7 @@ def _task(recipe, jobs, cache_root: str, batch_size: int, runner) -> dict:
     import ray
     import torch
 
-    from .generate import ImageCache, RunStats, run_chunks, store
+    from .generate import ImageCache, RunStats, run_chunks, saved_form, store
     from .models import describe_pipeline
 
     attempt = _attempt()
@@ -80,7 +80,7 @@ def _task(recipe, jobs, cache_root: str, batch_size: int, runner) -> dict:
     flags: list[list[str]] = []
     for start, raw, imgs in run_chunks(pipe, jobs, batch_size, runner, stats):
         for job, r, im in zip(jobs[start : start + len(imgs)], raw, imgs):
-            flags.append(store(cache, job, r, im))
+            flags.append(store(cache, job, r, saved_form(job, im)))
     return {"flags": flags, "attempt": attempt, "oom_backoffs": stats.oom_backoffs, "batch_cap": stats.batch_cap,
             "pipeline": describe_pipeline(pipe), "node": ctx.get_node_id()}
 

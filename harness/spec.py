@@ -164,6 +164,9 @@ class GenerationSettings(Strict):
     seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(min_length=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(default=8, gt=0, le=1024)
+    image_format: Literal["png", "jpeg"] = Field(default="png", description="what the scorer classifies: lossless png, or the "
+                                                 "decoded pixels of a JPEG (UnlearnCanvas classifies .jpg files PIL saved)")
+    jpeg_quality: int = Field(default=75, ge=1, le=100, description="JPEG quality when image_format is jpeg (PIL's default: 75)")
 
     @field_validator("seeds")
     @classmethod
