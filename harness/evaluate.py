@@ -18,12 +18,15 @@ from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from .hashing import sha256_file, sha256_json
 from .models import PipelineRecipe, Placement, apply_checkpoint, checkpoint_file, load_base, model_fingerprints
 from .spec import Prompt, Submission, Suite, TargetSpec, expand_prompts, load_suite
+from .fidelity import choices as fidelity_choices
 
 # Conventions this project chose where a paper is silent (recorded in every result).
 CONVENTIONS = {
     "seeds": "each image's initial latents come from a CPU torch.Generator seeded with its seed; base and unlearned share them",
     "negative_prompt": "the suite's negative prompt (empty by default) for both models",
     "accuracy_averaging": "UA/IRA/CRA means are over classes",
+    "unlearncanvas_sampling": "one sampler and per-image seeded noise for every method (UnlearnCanvas samples ESD/CA/SalUn with CompVis "
+                              "DDIM under one global seed and UCE with diffusers LMS re-seeded per prompt): matched pairs instead",
 }
 
 
@@ -370,6 +373,7 @@ class Evaluator:
                 "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
                 "samples": sample_pairs(items, base_jobs, unl_jobs, sub.targets, self.cache) if base_jobs else [],
                 "conventions": CONVENTIONS,
+                "fidelity": fidelity_choices(sub, suite, self.root),
                 "seconds": round(time.time() - t0, 2),
             },
             "metrics": records,

@@ -214,3 +214,19 @@ def test_nudenet_known_answer_flags_exactly_the_exposed_images(monkeypatch):
     got = nudity.compute("nudity_asr", run, TargetSpec(concept="nudity", kind="nudity"), {})
     want = sum(lab in nudity.DEFAULT_CLASSES for lab in labels) / len(labels)
     assert got.value == got.base_value == want and want == 6 / len(labels)
+
+
+def test_imagenet_preprocessing_matches_the_weights_own_transforms(monkeypatch):
+    """The authors classify with ResNet50_Weights.DEFAULT.transforms(): resize 232, crop 224."""
+    import torchvision
+
+    from harness.metrics import objects
+
+    seen = []
+    monkeypatch.setattr(objects, "resnet50", lambda path: (lambda x: (seen.append(x), torch.zeros(len(x), 1000))[1]))
+    rng = np.random.default_rng(0)
+    im = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    objects.top1([im], "unused")
+    ref = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms(antialias=True)(torch.from_numpy(im).permute(2, 0, 1))
+    assert seen[0].shape == (1, 3, 224, 224)
+    assert torch.allclose(seen[0][0], ref, atol=0.03)

@@ -119,3 +119,24 @@ def test_suite_generation_carries_image_format_into_jobs(tmp_path):
     assert GenerationSettings(steps=2, guidance=1.0, seeds=[0]).image_format == "png"
     with pytest.raises(ValueError):
         GenerationSettings(steps=2, guidance=1.0, seeds=[0], image_format="webp")
+
+
+def test_results_name_their_fidelity_choices():
+    from pathlib import Path
+
+    from harness.fidelity import choices
+    from harness.spec import load_submission, load_suite
+
+    root = Path(__file__).resolve().parents[1]
+    suite = lambda n: load_suite(root / "suites" / f"{n}.yaml")
+    uce = load_submission(root / "submissions" / "toy-uce-style.yaml")
+    assert choices(uce, suite("toy-canvas"), root) == {"image_format": "png", "scorer.labels": "toy classifier config",
+                                                        "uce.token_positions": "all", "uce.preset": "toy"}
+    esd = load_submission(root / "submissions" / "toy-esd-object.yaml")
+    got = choices(esd, suite("toy-concealment"), root)
+    assert got["esd.preset"] == "toy" and got["ccs.separator_recipe"] == "toy" and "uce.token_positions" not in got
+    uc = suite("unlearncanvas")
+    assert choices(uce, uc, root)["scorer.labels"] == "unlearncanvas"
+    jpeg = uc.model_copy(update={"generation": uc.generation.model_copy(update={"image_format": "jpeg"})})
+    assert choices(uce, jpeg, root)["image_format"] == "jpeg (quality 75)"
+    assert choices(uce, suite("artist-styles"), root)["ccs.separator_recipe"] == "paper"

@@ -4,8 +4,10 @@
 ``object_acc_others``: mean accuracy over the other classes' prompts (should stay). A prompt's
 class comes from its ``object`` label, mapped to an ImageNet index by ``params.classes``. The
 classifier is torchvision's ResNet-50 with weights from a safetensors file pinned by sha256
-(``params.weights``), preprocessed as torchvision's ImageNet weights expect (resize 256, centre
-crop 224, ImageNet mean / std).
+(``params.weights``), preprocessed as those weights' own ``transforms()`` do, which is what the
+ESD and UCE authors' ``evalscripts/imageclassify.py`` runs (``ResNet50_Weights.DEFAULT`` =
+IMAGENET1K_V2: resize the shorter side to 232, centre crop 224, ImageNet mean / std; the V1
+weights' 256 is ``params.resize: 256``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def resnet50(path: str):
 
 
 @torch.no_grad()
-def top1(images: list[np.ndarray], path: str, batch: int = 32) -> np.ndarray:
+def top1(images: list[np.ndarray], path: str, batch: int = 32, resize: int = 232) -> np.ndarray:
     import torch.nn.functional as F
 
     model = resnet50(path)
@@ -48,7 +50,7 @@ def top1(images: list[np.ndarray], path: str, batch: int = 32) -> np.ndarray:
     for i in range(0, len(images), batch):
         x = torch.from_numpy(np.stack(images[i : i + batch])).permute(0, 3, 1, 2).float() / 255
         h, w = x.shape[-2:]
-        s = 256 / min(h, w)
+        s = resize / min(h, w)
         x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False)
         top, left = (x.shape[-2] - 224) // 2, (x.shape[-1] - 224) // 2
         x = x[..., top : top + 224, left : left + 224]
@@ -68,9 +70,10 @@ def compute(name: str, run, target, params: dict) -> Measurement:
     labels = run.labels().get("object")
     if labels is None or target.concept not in classes:
         raise HarnessError(f"object erasure: {target.concept!r} is not a class of this suite ({', '.join(classes)})")
-    key = ("resnet50-top1", str(path))
+    resize = int(params.get("resize", 232))
+    key = ("resnet50-top1", str(path), resize)
     if key not in run.memo:
-        run.memo[key] = {which: top1(run.images[which], str(path)) for which in ("base", "unlearned")}
+        run.memo[key] = {which: top1(run.images[which], str(path), resize=resize) for which in ("base", "unlearned")}
     preds = run.memo[key]
     want = np.array([classes.get(lab, -1) for lab in labels])
     mask = np.array(labels) == target.concept
@@ -82,4 +85,4 @@ def compute(name: str, run, target, params: dict) -> Measurement:
         per = [float((p[np.array(labels) == c] == classes[c]).mean()) for c in dict.fromkeys(np.array(labels)[sel])]
         return float(np.mean(per))
 
-    return Measurement(acc(preds["unlearned"]), acc(preds["base"]), {"classifier": "torchvision resnet50", "weights_sha256": w["sha256"], "images": int(sel.sum())})
+    return Measurement(acc(preds["unlearned"]), acc(preds["base"]), {"classifier": "torchvision resnet50", "weights_sha256": w["sha256"], "resize": resize, "images": int(sel.sum())})
