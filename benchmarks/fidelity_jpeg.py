@@ -2,7 +2,7 @@
 PNG pixels and on JPEG-decoded pixels at each quality, same prompts and noise, by the harness's
 own scorer and metric code (library use, no pytest).
 
-    .venv/bin/python benchmarks/fidelity_jpeg.py [submissions/toy-*.yaml ...] [--quality 75 95]
+    .venv/bin/python benchmarks/fidelity_jpeg.py [submissions/toy-*.yaml ...] [--quality 75 95] [--seeds 0 1 2 3]
 
 With ``generation.image_format: jpeg`` the harness generates exactly the PNG run's pixels and
 then applies ``generate.saved_form`` (a PIL JPEG round trip); this script does the same to the
@@ -33,10 +33,14 @@ def main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quality", type=int, nargs="+", default=[75, 95])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="a subset of the suite's seeds (default: all 8)")
     ap.add_argument("subs", nargs="*", default=["submissions/toy-uce-style.yaml", "submissions/toy-esd-style.yaml"])
     a = ap.parse_args(argv)
     ev = Evaluator(ROOT, ROOT / ".unlearn-cache", device="cpu", progress=False)
     suite = ev.suite("toy-canvas")
+    if a.seeds:
+        suite = suite.model_copy(update={"generation": suite.generation.model_copy(update={"seeds": a.seeds})})
+        ev._suites["toy-canvas"] = suite
     scorer = load_scorer(suite.scorer, ROOT, "cpu")
     print(f"{'submission':<16} {'target':<9} {'format':<8} {'UA':>6} {'IRA':>6} {'CRA':>6} | base {'UA':>6} {'IRA':>6} {'CRA':>6}")
     for p in a.subs:
