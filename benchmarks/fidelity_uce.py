@@ -20,6 +20,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def drift(ckpt: Path) -> float:
+    import torch
+
+    with torch.no_grad():
+        return _drift(ckpt)
+
+
+def _drift(ckpt: Path) -> float:
     """mean over to_k / to_v of ||W' e - W e|| / ||W e||, e = every position of ''."""
     import torch
     from diffusers import StableDiffusionPipeline
