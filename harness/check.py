@@ -171,7 +171,12 @@ def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path) -> str:
         for what in ("weights", "style_weights", "object_weights"):
             w = getattr(suite.scorer, what)
             if w is not None:
-                pinned_file(root, w.path, w.sha256, f"{where}: scorer.{what}")
+                if w.hub is not None:
+                    from .hub import pinned_path
+
+                    pinned_path(root, w, f"{where}: scorer.{what}")
+                else:
+                    pinned_file(root, w.path, w.sha256, f"{where}: scorer.{what}")
     made = f"{len(prompts)} prompt(s), {len(items)} image(s) per model at {size}" if needs_images else "no images needed"
     return f"{where}: {made}, {len(suite.metrics)} metric(s)"
 

@@ -166,6 +166,32 @@ def cmd_check(a) -> int:
     return 2 if bad else 0
 
 
+def cmd_fetch(a) -> int:
+    """Download (or find) and verify every file a suite or submission names (harness/hub.py)."""
+    from .fsutil import cache_dir
+    from .hub import fetch_all
+
+    root = Path(a.root)
+    for target in a.targets:
+        for line in fetch_all(target, root, cache_dir(root, a.cache), progress=not a.quiet):
+            print(line)
+    return 0
+
+
+def cmd_pin(a) -> int:
+    """Write suites/locks/<id>.lock.yaml: the sha256 of every file the suite names."""
+    from .fsutil import cache_dir
+    from .hub import pin_suite
+
+    root = Path(a.root)
+    for suite in a.suites:
+        lp, pins = pin_suite(suite, root, cache_dir(root, a.cache), progress=not a.quiet)
+        print(f"{lp}: {len(pins)} file(s) pinned")
+        for k, v in pins.items():
+            print(f"  {k}: {v['sha256']}  {v['source']}")
+    return 0
+
+
 def cmd_schema(a) -> int:
     from .spec import Submission, Suite
 
@@ -328,6 +354,18 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--cache", default=None, help="download cache for checkpoints / prompt sets by URL (default .unlearn-cache in the root, or $UNLEARN_CACHE)")
     k.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin/.pt): only for files you trust")
     k.set_defaults(func=cmd_check)
+    f = sub.add_parser("fetch", help="download and verify every file a suite or submission names (hub files into the Hugging Face cache)")
+    f.add_argument("targets", nargs="+", metavar="SUITE|SUBMISSION|hub:REPO@COMMIT[:FILE]|URL")
+    f.add_argument("--root", default=".")
+    f.add_argument("--cache", default=None, help="harness cache for URL files (default $UNLEARN_CACHE, else .unlearn-cache)")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_fetch)
+    f = sub.add_parser("pin", help="write suites/locks/<id>.lock.yaml with the sha256 of every file the suite names")
+    f.add_argument("suites", nargs="+", metavar="SUITE")
+    f.add_argument("--root", default=".")
+    f.add_argument("--cache", default=None)
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=cmd_pin)
     s = sub.add_parser("schema", help="write JSON Schema files for editors")
     s.add_argument("--out", default="schemas")
     s.set_defaults(func=cmd_schema)

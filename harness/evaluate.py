@@ -183,7 +183,12 @@ def native_size(sub: Submission, root: Path) -> int:
 
     d = base_dir(sub.base_model, root)
     if d is None:
-        raise HarnessError("a hub base model needs the suite to set generation.height and generation.width")
+        from .hub import pipeline_snapshot
+
+        try:  # read from the Hugging Face cache when the snapshot is there
+            d = pipeline_snapshot(sub.base_model.hub_id, sub.base_model.revision, download=False)
+        except HarnessError:
+            raise HarnessError("a hub base model needs the suite to set generation.height and generation.width (or its snapshot in the Hugging Face cache: unlearn fetch)") from None
     unet = json.loads((d / "unet" / "config.json").read_text())
     vae = json.loads((d / "vae" / "config.json").read_text())
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)

@@ -1,0 +1,196 @@
+"""Real models through a stand-in hub on 127.0.0.1 (tests/hubstub.py): unlearn fetch / pin,
+revisions, a corrupted download, resumption, offline runs from the Hugging Face cache."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hubstub import StandInHub
+
+from harness.cli import main
+from harness.hashing import sha256_file
+from harness.models import TOY_PIPELINE
+
+CLASSIFIER = Path(__file__).resolve().parents[1] / "harness" / "toy" / "assets" / "classifier"
+CSV = b"prompt,seed,object,style\nA circle image in striped style.,0,circle,striped\nA square image in solid style.,1,square,solid\n"
+ZERO = "0" * 64
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    h = StandInHub()
+    monkeypatch.setenv("HF_ENDPOINT", h.endpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("UNLEARN_OFFLINE", raising=False)
+    monkeypatch.setenv("UNLEARN_TEST_ALLOW_LOOPBACK_HTTP", "1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield h
+    h.close()
+
+
+def go_offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def repo_root(tmp_path, hub, classifier_rev=None, csv_sha=ZERO, weights_sha=ZERO, csv_url=None):
+    """A repository with one suite naming a hub-hosted scorer and a prompt CSV by URL."""
+    root = tmp_path / "repo"
+    (root / "suites").mkdir(parents=True, exist_ok=True)
+    rev = classifier_rev or hub.add_folder("toy/classifier", CLASSIFIER)
+    url = csv_url or hub.add_url("prompts.csv", CSV)
+    suite = {
+        "id": "hub-toy", "version": "1.0", "applies_to": ["style", "object"], "world": "real",
+        "prompts": {"csv": {"url": url, "sha256": csv_sha}},
+        "generation": {"scheduler": "ddim", "steps": 4, "guidance": 5.0, "height": 32, "width": 32, "seeds": [0], "batch_size": 8},
+        "scorer": {"backend": "toy", "weights": {"hub": {"repo": "toy/classifier", "revision": rev, "filename": "model.safetensors"}, "sha256": weights_sha}},
+        "metrics": [{"name": "ua", "threshold": ">= 0.8"}, {"name": "ira"}],
+    }
+    (root / "suites" / "hub-toy.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    return root, rev, url
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_fetch_puts_hub_files_in_the_hf_cache_layout_and_urls_in_the_harness_cache(hub, tmp_path, capsys):
+    root, rev, url = repo_root(tmp_path, hub)
+    rc, out, err = run(capsys, "fetch", "hub-toy", "--root", str(root), "--quiet")
+    assert rc == 0, err
+    snap = tmp_path / "hf" / "models--toy--classifier" / "snapshots" / rev
+    assert (snap / "model.safetensors").is_symlink()  # huggingface_hub's layout: snapshots -> blobs
+    blob = Path((snap / "model.safetensors").resolve())
+    assert blob.parent.name == "blobs" and blob.name == sha256_file(CLASSIFIER / "model.safetensors")  # an LFS blob is named by its sha256
+    csv_sha = hashlib.sha256(CSV).hexdigest()
+    assert (tmp_path / "cache" / "downloads" / csv_sha / "prompts.csv").read_bytes() == CSV
+    assert "not pinned yet" in out and csv_sha in out
+    # a second fetch finds everything in the caches: no request at all
+    n = len(hub.requests)
+    rc, out, _ = run(capsys, "fetch", "hub-toy", "--root", str(root), "--quiet")
+    assert rc == 0 and len(hub.requests) == n
+
+
+def test_pin_writes_a_lock_the_suite_loader_uses(hub, tmp_path, capsys):
+    from harness.spec import load_suite
+
+    root, rev, url = repo_root(tmp_path, hub)
+    rc, out, err = run(capsys, "pin", "hub-toy", "--root", str(root), "--quiet")
+    assert rc == 0, err
+    lock = yaml.safe_load((root / "suites" / "locks" / "hub-toy.lock.yaml").read_text())
+    w_sha = sha256_file(CLASSIFIER / "model.safetensors")
+    assert lock["pins"]["scorer.weights"] == {"source": f"hub:toy/classifier@{rev}:model.safetensors", "sha256": w_sha}
+    assert lock["pins"]["prompts.csv"] == {"source": url, "sha256": hashlib.sha256(CSV).hexdigest()}
+    suite = load_suite(root / "suites" / "hub-toy.yaml")
+    assert suite.scorer.weights.sha256 == w_sha and suite.prompts.csv.sha256 == hashlib.sha256(CSV).hexdigest()
+    # the suite's own file still holds its placeholders: the PR diff is the lock alone
+    assert ZERO in (root / "suites" / "hub-toy.yaml").read_text()
+
+
+def test_a_lock_for_another_source_or_hash_is_refused(hub, tmp_path, capsys):
+    root, rev, url = repo_root(tmp_path, hub)
+    assert run(capsys, "pin", "hub-toy", "--root", str(root), "--quiet")[0] == 0
+    # the suite moves to another revision: the lock no longer matches it
+    new_rev = hub.add_folder("toy/classifier", CLASSIFIER)
+    p = root / "suites" / "hub-toy.yaml"
+    p.write_text(p.read_text().replace(rev, new_rev))
+    rc, out, err = run(capsys, "validate", str(p))
+    assert rc == 2 and "pins.scorer.weights: pinned for" in err and "unlearn pin hub-toy" in err and len(err.strip().splitlines()) == 1
+    # a real sha256 in the suite that contradicts the lock
+    p.write_text(p.read_text().replace(new_rev, rev).replace(ZERO, "1" * 64, 1))
+    rc, out, err = run(capsys, "validate", str(p))
+    assert rc == 2 and "contradicts" in err
+
+
+def test_revision_selects_the_commit_and_an_unknown_one_is_one_line(hub, tmp_path, capsys):
+    old = hub.add_repo("toy/data", {"a.txt": b"old\n"})
+    new = hub.add_repo("toy/data", {"a.txt": b"new\n"})  # main moves on
+    rc, out, err = run(capsys, "fetch", f"hub:toy/data@{old}:a.txt", "--quiet")
+    assert rc == 0, err
+    got = Path(out.split(" -> ")[1].split(" (sha256")[0])
+    assert got.read_bytes() == b"old\n" and old in str(got)
+    rc, out, err = run(capsys, "fetch", f"hub:toy/data@{new}:a.txt", "--quiet")
+    assert rc == 0 and Path(out.split(" -> ")[1].split(" (sha256")[0]).read_bytes() == b"new\n"
+    rc, out, err = run(capsys, "fetch", f"hub:toy/data@{'e' * 40}:a.txt", "--quiet")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "could not download" in err and "Traceback" not in err
+
+
+def test_a_corrupted_download_is_refused_and_not_kept(hub, tmp_path, capsys):
+    root, rev, url = repo_root(tmp_path, hub)
+    hub.corrupt.add("model.safetensors")
+    rc, out, err = run(capsys, "fetch", "hub-toy", "--root", str(root), "--quiet")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "hub's metadata says" in err and "refused" in err
+    snap = tmp_path / "hf" / "models--toy--classifier"
+    assert not list(snap.glob("blobs/*")) or all(p.name != sha256_file(CLASSIFIER / "model.safetensors") or sha256_file(p) == p.name for p in snap.glob("blobs/*"))
+    assert not (snap / "snapshots" / rev / "model.safetensors").exists()
+    # a corrupted URL file against a pinned sha256
+    hub.corrupt.clear()
+    hub.corrupt.add("other.csv")
+    root2, _, _ = repo_root(tmp_path / "b", hub, csv_sha=hashlib.sha256(CSV).hexdigest(), csv_url=hub.add_url("other.csv", CSV))
+    rc, out, err = run(capsys, "fetch", "hub-toy", "--root", str(root2), "--quiet")
+    assert rc == 2 and "other.csv" in err and "expected " + hashlib.sha256(CSV).hexdigest() in err
+    assert not list((tmp_path / "cache" / "downloads").glob("*/other.csv"))
+
+
+def test_a_pinned_sha256_that_the_hub_file_does_not_have_is_refused(hub, tmp_path, capsys):
+    root, rev, url = repo_root(tmp_path, hub, weights_sha="a" * 64)
+    rc, out, err = run(capsys, "fetch", "hub-toy", "--root", str(root), "--quiet")
+    assert rc == 2 and "scorer.weights.sha256" in err and "expected " + "a" * 64 in err
+
+
+def test_an_interrupted_transfer_resumes_with_a_range_request(hub, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1 << 16)  # resumes from the last whole chunk (10 MB by default)
+    root, rev, url = repo_root(tmp_path, hub)
+    hub.drop_once.add("model.safetensors")  # the hub file: huggingface_hub retries from where it stopped
+    hub.drop_once.add("prompts.csv")  # the URL file: the .part file is continued on the next run
+    rc, out, err = run(capsys, "fetch", "hub-toy", "--root", str(root), "--quiet")
+    assert rc == 2 and "prompts.csv" in err and "run the command again to resume" in err and len(err.strip().splitlines()) == 1
+    parts = list((tmp_path / "cache" / "downloads" / "partial").glob("*.part"))
+    assert len(parts) == 1 and parts[0].read_bytes() == CSV[: len(CSV) // 2]
+    rc, out, err = run(capsys, "fetch", "hub-toy", "--root", str(root), "--quiet")
+    assert rc == 0, err
+    ranged = [(p, r) for _, p, r in hub.requests if r]
+    assert ("/files/prompts.csv", f"bytes={len(CSV) // 2}-") in ranged  # continued, not restarted
+    assert any(p.endswith("/model.safetensors") and r != "bytes=0-" for p, r in ranged)
+    assert (tmp_path / "cache" / "downloads" / hashlib.sha256(CSV).hexdigest() / "prompts.csv").read_bytes() == CSV
+    snap = tmp_path / "hf" / "models--toy--classifier" / "snapshots" / rev
+    assert sha256_file(snap / "model.safetensors") == sha256_file(CLASSIFIER / "model.safetensors")
+
+
+def test_downloads_have_a_size_cap_and_need_https(hub, tmp_path, capsys, monkeypatch):
+    root, rev, url = repo_root(tmp_path, hub)
+    monkeypatch.setenv("UNLEARN_MAX_DOWNLOAD_BYTES", "1000")
+    rc, out, err = run(capsys, "fetch", "hub-toy", "--root", str(root), "--quiet")
+    assert rc == 2 and "over the download cap of 1000" in err
+    monkeypatch.delenv("UNLEARN_TEST_ALLOW_LOOPBACK_HTTP")
+    rc, out, err = run(capsys, "fetch", url, "--quiet")
+    assert rc == 2 and "is not an https URL" in err
+    rc, out, err = run(capsys, "validate", str(root / "suites" / "hub-toy.yaml"))
+    assert rc == 2 and "prompts.csv.url" in err and "https" in err
+
+
+def test_fetch_refuses_to_run_offline(hub, monkeypatch, capsys, tmp_path):
+    go_offline(monkeypatch)
+    rc, out, err = run(capsys, "fetch", "hub:toy/x@" + "a" * 40, "--quiet")
+    assert rc == 2 and "offline" in err
