@@ -38,10 +38,18 @@ def startup(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
 
 def base_shapes(sub: Submission, root: Path, component: str) -> dict[str, tuple[int, ...]] | None:
     """name -> shape of the base model's ``unet`` or ``text_encoder`` tensors, from the
-    safetensors headers of its folder; None for a hub base (not read offline)."""
+    safetensors headers of its folder; a hub base from the Hugging Face cache (offline, a missing
+    file is the error; online and not cached yet: None, shapes not compared)."""
     d = base_dir(sub.base_model, root)
     if d is None:
-        return None
+        from .hub import offline, pipeline_snapshot
+
+        try:
+            d = pipeline_snapshot(sub.base_model.hub_id, sub.base_model.revision, download=False)
+        except HarnessError:
+            if offline():
+                raise
+            return None
     files = sorted((d / component).glob("*.safetensors"))
     if not files:
         raise HarnessError(f"base_model: {component}/ of {d.name} holds no safetensors weights")

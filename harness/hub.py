@@ -155,6 +155,18 @@ def items_of(data, key: str = "") -> list[Item]:
     return out
 
 
+def companions(data: dict) -> list[Item]:
+    """Files a loader reads beside a pinned one: the toy classifier's ``config.json`` next to its
+    hub weights (same commit, verified against the hub's git blob sha1)."""
+    sc = data.get("scorer") if isinstance(data, dict) else None
+    w = sc.get("weights") if isinstance(sc, dict) and sc.get("backend") == "toy" else None
+    h = w.get("hub") if isinstance(w, dict) else None
+    if not isinstance(h, dict) or not h.get("filename"):
+        return []
+    f = str(Path(h["filename"]).parent / "config.json").removeprefix("./")
+    return [Item("scorer.weights(config)", "hub-file", hub_source({**h, "filename": f}), None, h["repo"], h["revision"], f, repo_type=h.get("repo_type", "model"))]
+
+
 def submission_items(sub) -> list[Item]:
     out = []
     b = sub.base_model
@@ -333,7 +345,7 @@ def _matches(path: str, allow: list[str] | None, ignore: list[str] | None) -> bo
 
 def hub_snapshot(repo: str, revision: str, *, repo_type: str = "model", allow: list[str] | None = None, ignore: list[str] | None = None,
                  what: str = "hub repository", hint: str | None = None, download: bool = True, progress: bool = False,
-                 required: list[str] = ()) -> Path:
+                 required: list[str] = (), refresh: bool = False) -> Path:
     """The snapshot folder of a repository at a commit (only the files ``allow`` / ``ignore``
     select): from the cache, else downloaded, every file verified against the hub's tree
     listing (LFS sha256 or git blob sha1). ``required``: files that must be there (offline,
@@ -341,7 +353,7 @@ def hub_snapshot(repo: str, revision: str, *, repo_type: str = "model", allow: l
     name = f"{repo}@{revision[:12]}"
     source = hub_source({"repo": repo, "revision": revision, "subfolder": "", "repo_type": repo_type}).rstrip(":/")
     snap = hub_cache() / f"{repo_type}s--{repo.replace('/', '--')}" / "snapshots" / revision
-    need_download = not snap.is_dir() or any(not (snap / r).exists() for r in required)
+    need_download = refresh or not snap.is_dir() or any(not (snap / r).exists() for r in required)
     if need_download:
         if offline() or not download:
             first = next((r for r in required if not (snap / r).exists()), "") if snap.is_dir() else ""
@@ -383,9 +395,19 @@ def _bars(progress: bool) -> None:
 
 def pipeline_snapshot(repo: str, revision: str, what: str = "base_model", hint: str | None = None, download: bool = True, progress: bool = False) -> Path:
     """A Stable Diffusion pipeline from the hub at a commit, with every component's config and
-    safetensors weights present (offline: the first missing file is named)."""
-    snap = hub_snapshot(repo, revision, allow=PIPELINE_ALLOW, ignore=PIPELINE_IGNORE, what=what, hint=hint, download=download,
-                        progress=progress, required=["model_index.json"])
+    safetensors weights present (offline: the first missing file is named; online, a cached
+    snapshot that lost a file gets it again)."""
+    try:
+        return _complete_pipeline(hub_snapshot(repo, revision, allow=PIPELINE_ALLOW, ignore=PIPELINE_IGNORE, what=what, hint=hint,
+                                               download=download, progress=progress, required=["model_index.json"]), repo, revision, what, hint)
+    except HarnessError:
+        if offline() or not download:
+            raise
+    return _complete_pipeline(hub_snapshot(repo, revision, allow=PIPELINE_ALLOW, ignore=PIPELINE_IGNORE, what=what, hint=hint,
+                                           progress=progress, required=["model_index.json"], refresh=True), repo, revision, what, hint)
+
+
+def _complete_pipeline(snap: Path, repo: str, revision: str, what: str, hint: str | None) -> Path:
     import json
 
     index = json.loads((snap / "model_index.json").read_text())
@@ -545,7 +567,7 @@ def targets(arg: str, root: Path) -> tuple[str, list[Item]]:
     data = read_yaml(p)
     if is_suite_file(data):
         return str(p), [Item(f"{p.stem}:{it.key}", it.kind, it.source, it.sha256, it.repo, it.revision, it.filename, it.subfolder, it.repo_type, it.url, it.path)
-                        for it in items_of(_raw_suite(p))]
+                        for it in items_of(_raw_suite(p)) + companions(_raw_suite(p))]
     from .evaluate import resolve_suites, suite_path
 
     sub = load_submission(p)
@@ -553,7 +575,7 @@ def targets(arg: str, root: Path) -> tuple[str, list[Item]]:
     for sid in resolve_suites(sub, root):
         sp = suite_path(root, sid)
         out += [Item(f"{sid}:{it.key}", it.kind, it.source, it.sha256, it.repo, it.revision, it.filename, it.subfolder, it.repo_type, it.url, it.path)
-                for it in items_of(_raw_suite(sp))]
+                for it in items_of(_raw_suite(sp)) + companions(_raw_suite(sp))]
     return str(p), out
 
 
@@ -637,3 +659,29 @@ def pin_suite(arg: str, root: Path, cache_dir: Path, progress: bool = False) -> 
     atomic_write(lp, (text + yaml.safe_dump(body, sort_keys=True, allow_unicode=True)).encode())
     load_suite(p)  # the suite with its new lock still loads
     return lp, pins
+
+
+def pins_problem(data: dict, root: Path) -> str | None:
+    """Why a results file may not stand on the leaderboard as a real result: a suite of the real
+    world whose recorded pins (``suites[].pins``) differ from the suite's pins in this checkout
+    (suite file + lock). Toy suites, and suites this checkout does not have, are not judged here."""
+    from .spec import load_suite
+
+    for s in data.get("suites") or []:
+        sid = s.get("id") if isinstance(s, dict) else None
+        p = Path(root) / "suites" / f"{sid}.yaml"
+        if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", sid) or not p.is_file():
+            continue
+        try:
+            suite = load_suite(p)
+        except HarnessError:
+            continue
+        if suite.world != "real":
+            continue
+        want, got = suite_pins(suite), s.get("pins")
+        if got != want:
+            if not isinstance(got, dict):
+                return f"suite {sid}: the run recorded no pins (a real suite needs them)"
+            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+            return f"suite {sid}: pins differ from suites/{sid}.yaml + its lock at {diff[0]!r} ({len(diff)} in all)"
+    return None

@@ -194,3 +194,89 @@ def test_fetch_refuses_to_run_offline(hub, monkeypatch, capsys, tmp_path):
     go_offline(monkeypatch)
     rc, out, err = run(capsys, "fetch", "hub:toy/x@" + "a" * 40, "--quiet")
     assert rc == 2 and "offline" in err
+
+
+UCE = Path(__file__).resolve().parents[1] / "submissions" / "checkpoints" / "uce-style-striped" / "unet.safetensors"
+
+
+def write_submission(root, name, base):
+    (root / "ckpt").mkdir(exist_ok=True)
+    shutil.copy(UCE, root / "ckpt" / "unet.safetensors")
+    sub = {"name": name, "method": {"name": "uce"}, "base_model": base,
+           "checkpoint": {"kind": "unet", "path": "ckpt/unet.safetensors", "sha256": sha256_file(UCE)},
+           "targets": [{"concept": "striped", "kind": "style"}], "suites": ["hub-toy"]}
+    p = root / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(sub, sort_keys=False))
+    return p
+
+
+def test_hub_base_and_hub_scorer_run_offline_from_the_cache_with_the_builtin_images(hub, tmp_path, capsys, monkeypatch):
+    from harness.evaluate import Evaluator
+    from harness.hub import pins_problem, suite_pins
+    from harness.spec import load_submission, load_suite
+
+    root, rev, url = repo_root(tmp_path, hub)
+    base_rev = hub.add_folder("toy/sd-tiny", TOY_PIPELINE)
+    hub_sub = write_submission(root, "hub-uce", {"hub_id": "toy/sd-tiny", "revision": base_rev})
+    toy_sub = write_submission(root, "toy-uce", {"builtin": "toy"})
+    rc, out, err = run(capsys, "fetch", str(hub_sub), "--root", str(root), "--quiet")
+    assert rc == 0, err
+    assert f"base_model: hub:toy/sd-tiny@{base_rev}" in out
+    snap = tmp_path / "hf" / "models--toy--sd-tiny" / "snapshots" / base_rev
+    assert (snap / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (snap / "model_index.json").is_file()
+    assert run(capsys, "pin", "hub-toy", "--root", str(root), "--quiet")[0] == 0
+
+    hub.close()  # no hub any more, and offline: everything comes from the caches
+    go_offline(monkeypatch)
+    rc, out, err = run(capsys, "check", str(hub_sub), "--root", str(root))
+    assert rc == 0, err
+    assert "names and shapes match the base" in out
+    ev = Evaluator(root, tmp_path / "cache", device="cpu", progress=False)
+    got = ev.run(str(hub_sub), load_submission(hub_sub), "hub-toy")
+    want = ev.run(str(toy_sub), load_submission(toy_sub), "hub-toy")
+    assert got["suite"]["models"]["base"] == f"hub:toy/sd-tiny@{base_rev}"
+    assert [r["verdict"] for r in got["metrics"]] != ["error"] * len(got["metrics"])
+    assert [(r["metric"], r["value"], r["base_value"]) for r in got["metrics"]] == [(r["metric"], r["value"], r["base_value"]) for r in want["metrics"]]
+    assert got["suite"]["samples"] == want["suite"]["samples"]  # the same PNG bytes, base and unlearned
+    assert got["suite"]["images"]["base"]["generated"] == 2
+    # the run records the pins it used; the leaderboard's rule accepts it, and refuses a tampered one
+    suite = load_suite(root / "suites" / "hub-toy.yaml")
+    assert got["suite"]["pins"] == suite_pins(suite)
+    assert f"#{sha256_file(CLASSIFIER / 'model.safetensors')}" in got["suite"]["pins"]["scorer.weights"]
+    assert pins_problem({"suites": [got["suite"]]}, root) is None
+    bad = {**got["suite"], "pins": {**got["suite"]["pins"], "scorer.weights": "hub:toy/classifier@x:model.safetensors#" + "b" * 64}}
+    assert "pins differ" in pins_problem({"suites": [bad]}, root)
+    assert "recorded no pins" in pins_problem({"suites": [{k: v for k, v in got["suite"].items() if k != "pins"}]}, root)
+
+
+def test_offline_a_missing_hub_file_is_one_line_naming_it_and_the_fetch_command(hub, tmp_path, capsys, monkeypatch):
+    from harness.hub import pipeline_snapshot
+
+    root, rev, url = repo_root(tmp_path, hub)
+    base_rev = hub.add_folder("toy/sd-tiny", TOY_PIPELINE)
+    hub_sub = write_submission(root, "hub-uce", {"hub_id": "toy/sd-tiny", "revision": base_rev})
+    go_offline(monkeypatch)
+    rc, out, err = run(capsys, "check", str(hub_sub), "--root", str(root))  # nothing fetched yet
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert f"toy/sd-tiny@{base_rev[:12]}" in err and f"unlearn fetch hub:toy/sd-tiny@{base_rev}" in err and "offline" in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert run(capsys, "fetch", str(hub_sub), "--root", str(root), "--quiet")[0] == 0
+    go_offline(monkeypatch)
+    snap = pipeline_snapshot("toy/sd-tiny", base_rev, download=False)
+    (snap / "unet" / "diffusion_pytorch_model.safetensors").unlink()  # one file lost from the cache
+    rc, out, err = run(capsys, "check", str(hub_sub), "--root", str(root))
+    assert rc == 2 and "unet/*.safetensors" in err and f"unlearn fetch hub:toy/sd-tiny@{base_rev}" in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert run(capsys, "fetch", str(hub_sub), "--root", str(root), "--quiet")[0] == 0  # only the lost file comes again
+    assert run(capsys, "pin", "hub-toy", "--root", str(root), "--quiet")[0] == 0  # (the CSV's placeholder needs its pin to run)
+    go_offline(monkeypatch)
+    rc, out, err = run(capsys, "check", str(hub_sub), "--root", str(root))
+    assert rc == 0, err
+    (tmp_path / "hf" / "models--toy--classifier" / "snapshots" / rev / "model.safetensors").unlink()  # the scorer's weights lost
+    rc, out, err = run(capsys, "check", str(hub_sub), "--root", str(root))
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert f"toy/classifier@{rev[:12]}:model.safetensors" in err and f"unlearn fetch hub:toy/classifier@{rev}:model.safetensors" in err
