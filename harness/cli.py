@@ -192,6 +192,17 @@ def cmd_pin(a) -> int:
     return 0
 
 
+def cmd_convert(a) -> int:
+    """A pickle / CompVis checkpoint -> safetensors of the tensors changed vs the base (harness/convert.py)."""
+    from .convert import convert
+
+    r = convert(a.checkpoint, a.out, base=a.base, kind=a.kind, atol=a.atol, root=Path(a.root))
+    print(f"{r['out']}: {r['changed']} changed {r['kind'].replace('_', ' ')} tensor(s) kept, {r['unchanged']} equal to the base left out, "
+          f"{r['stripped']} training-state entries stripped ({r['layout']} layout)")
+    print(f"checkpoint:\n  kind: {r['kind']}\n  path: {r['out']}\n  sha256: {r['sha256']}")
+    return 0
+
+
 def cmd_schema(a) -> int:
     from .spec import Submission, Suite
 
@@ -366,6 +377,14 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--cache", default=None)
     f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=cmd_pin)
+    f = sub.add_parser("convert", help="pickle (.ckpt .pth .pt .bin) or CompVis checkpoint -> safetensors of the tensors changed vs the base")
+    f.add_argument("checkpoint")
+    f.add_argument("--out", required=True, help="the .safetensors file to write")
+    f.add_argument("--base", default="toy", help="toy, a diffusers pipeline folder, or hub:REPO@COMMIT (from the Hugging Face cache)")
+    f.add_argument("--kind", choices=["auto", "unet", "text_encoder"], default="auto")
+    f.add_argument("--atol", type=float, default=0.0, help="treat tensors within this absolute difference of the base's as unchanged")
+    f.add_argument("--root", default=".")
+    f.set_defaults(func=cmd_convert)
     s = sub.add_parser("schema", help="write JSON Schema files for editors")
     s.add_argument("--out", default="schemas")
     s.set_defaults(func=cmd_schema)
