@@ -280,3 +280,44 @@ def test_offline_a_missing_hub_file_is_one_line_naming_it_and_the_fetch_command(
     rc, out, err = run(capsys, "check", str(hub_sub), "--root", str(root))
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert f"toy/classifier@{rev[:12]}:model.safetensors" in err and f"unlearn fetch hub:toy/classifier@{rev}:model.safetensors" in err
+
+
+def test_readme_real_models_walkthrough(hub, tmp_path, capsys, monkeypatch):
+    """README "Real models", step by step: fetch, pin, convert a CompVis checkpoint, write the
+    submission, check and run it offline from the caches (the hub is gone by then)."""
+    import torch
+    from test_convert import erased_unet, to_ldm
+
+    root, rev, url = repo_root(tmp_path, hub)
+    p = root / "suites" / "hub-toy.yaml"
+    p.write_text(p.read_text().replace("threshold: '>= 0.8'", "threshold: '>= 0.0'"))
+    base_rev = hub.add_folder("toy/sd-tiny", TOY_PIPELINE)
+    # 1. fetch what the suite names and the base model; 2. pin the suite
+    assert run(capsys, "fetch", "hub-toy", f"hub:toy/sd-tiny@{base_rev}", "--root", str(root), "--quiet")[0] == 0
+    rc, out, err = run(capsys, "pin", "hub-toy", "--root", str(root), "--quiet")
+    assert rc == 0 and "2 file(s) pinned" in out
+    # 3. convert the method's CompVis checkpoint against the base from the cache
+    torch.save({"state_dict": to_ldm(erased_unet(0.5)), "optimizer_states": []}, tmp_path / "esd.ckpt")
+    (root / "ckpt").mkdir()
+    monkeypatch.chdir(root)
+    rc, out, err = run(capsys, "convert", str(tmp_path / "esd.ckpt"), "--base", f"hub:toy/sd-tiny@{base_rev}", "--out", "ckpt/unet.safetensors")
+    assert rc == 0, err
+    block = yaml.safe_load(out[out.index("checkpoint:"):])
+    # 4. the submission
+    sub = {"name": "esd-hub", "method": {"name": "esd"}, "base_model": {"hub_id": "toy/sd-tiny", "revision": base_rev},
+           **block, "targets": [{"concept": "striped", "kind": "style"}], "suites": ["hub-toy"]}
+    (root / "esd-hub.yaml").write_text(yaml.safe_dump(sub, sort_keys=False))
+    # 5. offline, no hub: check, then the run
+    hub.close()
+    go_offline(monkeypatch)
+    rc, out, err = run(capsys, "check", "esd-hub.yaml")
+    assert rc == 0, err
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--rootdir", str(root),
+                        "--unlearn-submission", "esd-hub.yaml", "--unlearn-results", "results/esd.json"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads((root / "results" / "esd.json").read_text())
+    s = res["suites"][0]
+    assert s["models"]["base"] == f"hub:toy/sd-tiny@{base_rev}" and s["pins"]["scorer.weights"].endswith(sha256_file(CLASSIFIER / "model.safetensors"))
+    assert all(m["verdict"] in ("pass", "info") for m in res["metrics"])
