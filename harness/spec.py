@@ -342,8 +342,8 @@ class Suite(Strict):
 def _format_validation(path: Path, err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in e["loc"]).replace("\r", "\\r").replace("\n", "\\n") or "(top level)"  # one line, whatever the keys
+        msg = e["msg"].removeprefix("Value error, ").replace("\n", " ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         out.append(f"{path}: {loc}: {msg}")
