@@ -196,6 +196,26 @@ def test_fetch_refuses_to_run_offline(hub, monkeypatch, capsys, tmp_path):
     assert rc == 2 and "offline" in err
 
 
+def sd_like_repo(hub, repo="toy/sd-tiny"):
+    """The toy pipeline laid out like CompVis/stable-diffusion-v1-4 on the hub: a safety checker
+    and a feature extractor in model_index.json, fp16 / non-EMA variants and a single-file .ckpt
+    beside the diffusers weights (none of which a run needs)."""
+    files = {p.relative_to(TOY_PIPELINE).as_posix(): p.read_bytes() for p in sorted(TOY_PIPELINE.rglob("*")) if p.is_file()}
+    index = json.loads(files["model_index.json"])
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"], feature_extractor=["transformers", "CLIPImageProcessor"],
+                 requires_safety_checker=True)
+    files["model_index.json"] = json.dumps(index).encode()
+    files["feature_extractor/preprocessor_config.json"] = json.dumps({
+        "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224, "image_processor_type": "CLIPImageProcessor"}).encode()
+    files["safety_checker/config.json"] = b"{}"
+    files["safety_checker/model.safetensors"] = b"x" * 4096
+    files["unet/diffusion_pytorch_model.fp16.safetensors"] = b"y" * 4096
+    files["unet/diffusion_pytorch_model.non_ema.safetensors"] = b"y" * 4096
+    files["sd-v1-4.ckpt"] = b"z" * 8192
+    return hub.add_repo(repo, files)
+
+
 UCE = Path(__file__).resolve().parents[1] / "submissions" / "checkpoints" / "uce-style-striped" / "unet.safetensors"
 
 
@@ -216,7 +236,7 @@ def test_hub_base_and_hub_scorer_run_offline_from_the_cache_with_the_builtin_ima
     from harness.spec import load_submission, load_suite
 
     root, rev, url = repo_root(tmp_path, hub)
-    base_rev = hub.add_folder("toy/sd-tiny", TOY_PIPELINE)
+    base_rev = sd_like_repo(hub)
     hub_sub = write_submission(root, "hub-uce", {"hub_id": "toy/sd-tiny", "revision": base_rev})
     toy_sub = write_submission(root, "toy-uce", {"builtin": "toy"})
     rc, out, err = run(capsys, "fetch", str(hub_sub), "--root", str(root), "--quiet")
@@ -224,6 +244,9 @@ def test_hub_base_and_hub_scorer_run_offline_from_the_cache_with_the_builtin_ima
     assert f"base_model: hub:toy/sd-tiny@{base_rev}" in out
     snap = tmp_path / "hf" / "models--toy--sd-tiny" / "snapshots" / base_rev
     assert (snap / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (snap / "model_index.json").is_file()
+    fetched = sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
+    assert not [f for f in fetched if f.startswith("safety_checker/") or ".fp16." in f or "non_ema" in f or f.endswith(".ckpt")]
+    assert "feature_extractor/preprocessor_config.json" in fetched
     assert run(capsys, "pin", "hub-toy", "--root", str(root), "--quiet")[0] == 0
 
     hub.close()  # no hub any more, and offline: everything comes from the caches
