@@ -136,7 +136,7 @@ def base_folder(base: str, root: Path) -> Path:
         from .models import TOY_PIPELINE
 
         return TOY_PIPELINE
-    m = re.fullmatch(r"hub:([\w.-]+/[\w.-]+)@([0-9a-f]{40})", base)
+    m = re.fullmatch(r"hub:(\w[\w.-]*/\w[\w.-]*)@([0-9a-f]{40})", base)
     if m:
         from .hub import pipeline_snapshot
 

@@ -548,7 +548,7 @@ def targets(arg: str, root: Path) -> tuple[str, list[Item]]:
     its checkpoint URL and its suites' files), ``hub:REPO@COMMIT[:FILE]`` or an https URL."""
     from .spec import is_suite_file, load_submission, read_yaml
 
-    m = re.fullmatch(r"hub:(?:(datasets)/)?([\w.-]+/[\w.-]+)@([0-9a-f]{40})(?::(.*))?", arg)
+    m = re.fullmatch(r"hub:(?:(datasets)/)?(\w[\w.-]*/\w[\w.-]*)@([0-9a-f]{40})(?::(\w[\w.-]*(?:/\w[\w.-]*)*/?)?)?", arg)
     if m:
         rtype = "dataset" if m.group(1) else "model"
         f = m.group(4)

@@ -265,7 +265,7 @@ class MetricSpec(Strict):
 class HubRef(Strict):
     """A file (``filename``) or folder (``subfolder``) of a hub repository at a pinned commit."""
 
-    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    repo: str = Field(pattern=r"^\w[\w.-]*/\w[\w.-]*$", description="owner/name; no part may start with '.'")
     revision: str = Field(pattern=r"^[0-9a-f]{40}$", description="a full commit sha")
     filename: str | None = Field(default=None, pattern=r"^\w[\w.-]*(/\w[\w.-]*)*$", description="path in the repository; no '..', no leading '/'")
     subfolder: str | None = Field(default=None, pattern=r"^(\w[\w.-]*(/\w[\w.-]*)*)?$")

@@ -344,3 +344,41 @@ def test_readme_real_models_walkthrough(hub, tmp_path, capsys, monkeypatch):
     s = res["suites"][0]
     assert s["models"]["base"] == f"hub:toy/sd-tiny@{base_rev}" and s["pins"]["scorer.weights"].endswith(sha256_file(CLASSIFIER / "model.safetensors"))
     assert all(m["verdict"] in ("pass", "info") for m in res["metrics"])
+
+
+@pytest.mark.parametrize("hub_ref, field", [
+    ({"repo": "../x", "revision": "a" * 40, "filename": "m.safetensors"}, "scorer.weights.hub.repo"),
+    ({"repo": "o/n", "revision": "main", "filename": "m.safetensors"}, "scorer.weights.hub.revision"),
+    ({"repo": "o/n", "revision": "a" * 40, "filename": "../../etc/passwd"}, "scorer.weights.hub.filename"),
+    ({"repo": "o/n", "revision": "a" * 40, "filename": "/abs.safetensors"}, "scorer.weights.hub.filename"),
+    ({"repo": "o/n", "revision": "a" * 40}, "scorer.weights"),
+])
+def test_bad_hub_references_are_one_line_errors(tmp_path, capsys, hub_ref, field):
+    suite = {"id": "s", "version": "1", "applies_to": ["style"], "prompts": {"inline": ["a"]},
+             "generation": {"steps": 1, "guidance": 1.0, "seeds": [0]}, "metrics": [{"name": "ua"}],
+             "scorer": {"backend": "toy", "weights": {"hub": hub_ref, "sha256": ZERO}}}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(suite))
+    rc, out, err = run(capsys, "validate", str(p))
+    assert rc == 2 and f"{p}: {field}" in err and "Traceback" not in err
+
+
+def test_fetch_and_pin_refuse_what_they_cannot_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    rc, out, err = run(capsys, "fetch", "hub:../x@" + "a" * 40, "--quiet")
+    assert rc == 2 and "is not a suite id" in err
+    rc, out, err = run(capsys, "fetch", "hub:o/n@" + "a" * 40 + ":../up", "--quiet")
+    assert rc == 2 and "is not a suite id" in err
+    root = tmp_path / "repo"
+    (root / "suites").mkdir(parents=True)
+    suite = {"id": "s", "version": "1", "applies_to": ["style"], "prompts": {"inline": ["a"]}, "generation": {"steps": 1, "guidance": 1.0, "seeds": [0]},
+             "metrics": [{"name": "ua"}], "scorer": {"backend": "toy", "weights": {"path": "w/model.safetensors", "sha256": ZERO}}}
+    (root / "suites" / "s.yaml").write_text(yaml.safe_dump(suite))
+    rc, out, err = run(capsys, "pin", "s", "--root", str(root), "--quiet")
+    assert rc == 2 and "w/model.safetensors does not exist" in err and len(err.strip().splitlines()) == 1
+    (root / "w").mkdir()
+    shutil.copy(CLASSIFIER / "model.safetensors", root / "w" / "model.safetensors")
+    rc, out, err = run(capsys, "pin", "s", "--root", str(root), "--quiet")  # a repository file (e.g. converted weights) is pinned too
+    assert rc == 0 and sha256_file(CLASSIFIER / "model.safetensors") in out
+    rc, out, err = run(capsys, "pin", "nope", "--root", str(root))
+    assert rc == 2 and "no suite 'nope'" in err
