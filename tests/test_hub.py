@@ -382,3 +382,29 @@ def test_fetch_and_pin_refuse_what_they_cannot_name(tmp_path, capsys, monkeypatc
     assert rc == 0 and sha256_file(CLASSIFIER / "model.safetensors") in out
     rc, out, err = run(capsys, "pin", "nope", "--root", str(root))
     assert rc == 2 and "no suite 'nope'" in err
+
+
+def test_the_leaderboard_skips_a_real_result_whose_pins_are_not_the_suites(hub, tmp_path, capsys, monkeypatch):
+    from harness import leaderboard
+    from harness.hub import suite_pins
+    from harness.spec import load_suite
+
+    root, rev, url = repo_root(tmp_path, hub)
+    assert run(capsys, "pin", "hub-toy", "--root", str(root), "--quiet")[0] == 0
+    pins = suite_pins(load_suite(root / "suites" / "hub-toy.yaml"))
+    src = sorted((Path(__file__).resolve().parents[1] / "leaderboard" / "results").glob("*.json"))[0]
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, p in (("good", pins), ("stale", {**pins, "prompts.csv": url + "#" + "c" * 64}), ("none", None)):
+        data = json.loads(src.read_text())
+        data["suites"][0]["id"] = "hub-toy"
+        data["metrics"] = [{**m, "suite": "hub-toy"} if m["suite"] == json.loads(src.read_text())["suites"][0]["id"] else m for m in data["metrics"]]
+        if p is not None:
+            data["suites"][0]["pins"] = p
+        (results / f"{name}.json").write_text(json.dumps(data))
+    monkeypatch.setattr(leaderboard, "ROOT", root)
+    seen = []
+    runs = leaderboard.load_runs(results, seen.append)
+    assert [r.file for r in runs] == ["good.json"]
+    assert any("stale.json" in m and "pins differ" in m and "prompts.csv" in m for m in seen)
+    assert any("none.json" in m and "recorded no pins" in m for m in seen)
