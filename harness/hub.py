@@ -296,6 +296,11 @@ def _allow_network():
         constants.HF_HUB_ETAG_TIMEOUT = int(timeout_s())
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else "no detail"
+
+
 def _cap(size: int | None, what: str, name: str) -> None:
     if size is not None and size > max_bytes():
         raise HarnessError(f"{what}: {name} is {size} bytes, over the download cap of {max_bytes()} (UNLEARN_MAX_DOWNLOAD_BYTES)")
@@ -315,15 +320,16 @@ def hub_file(repo: str, revision: str, filename: str, *, repo_type: str = "model
             raise _missing(what, name, hint, source)
         _allow_network()
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-        from huggingface_hub.utils import HfHubHTTPError
 
         try:
             meta = get_hf_file_metadata(hf_hub_url(repo, filename, repo_type=repo_type, revision=revision, endpoint=endpoint()), timeout=timeout_s())
             _cap(meta.size, what, name)
             _bars(progress)
             got = hf_hub_download(repo, filename, revision=revision, repo_type=repo_type, etag_timeout=timeout_s(), **_hf_kwargs())
-        except (HfHubHTTPError, OSError, ValueError) as e:
-            raise HarnessError(f"{what}: could not download {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        except HarnessError:
+            raise
+        except Exception as e:  # noqa: BLE001 (huggingface_hub and httpx raise many types; each becomes one line)
+            raise HarnessError(f"{what}: could not download {name}: {type(e).__name__}: {_first_line(e)}") from None
     sha = verify_blob(Path(got), what, name)
     if sha256 and sha256 != PLACEHOLDER and sha != sha256:
         raise HarnessError(f"{what}.sha256: {name} has sha256 {sha}, expected {sha256}")
@@ -360,7 +366,6 @@ def hub_snapshot(repo: str, revision: str, *, repo_type: str = "model", allow: l
             raise _missing(what, f"{name}:{first}" if first else name, hint, source)
         _allow_network()
         from huggingface_hub import snapshot_download
-        from huggingface_hub.utils import HfHubHTTPError
 
         try:
             files = [f for f in _tree(repo, revision, repo_type) if _matches(f.path, allow, ignore)]
@@ -368,8 +373,10 @@ def hub_snapshot(repo: str, revision: str, *, repo_type: str = "model", allow: l
             _bars(progress)
             path = snapshot_download(repo, revision=revision, repo_type=repo_type, allow_patterns=[f.path for f in files] or ["__none__"],
                                      etag_timeout=timeout_s(), **_hf_kwargs())
-        except (HfHubHTTPError, OSError, ValueError) as e:
-            raise HarnessError(f"{what}: could not download {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        except HarnessError:
+            raise
+        except Exception as e:  # noqa: BLE001 (huggingface_hub and httpx raise many types; each becomes one line)
+            raise HarnessError(f"{what}: could not download {name}: {type(e).__name__}: {_first_line(e)}") from None
         snap = Path(path)
         for f in files:
             p = snap / f.path
@@ -529,10 +536,23 @@ def pinned_path(root: Path, node, what: str, folder: bool = False, hint: str | N
 
 
 # ----------------------------------------------------------------------------- unlearn fetch / pin
-def _raw_suite(path: Path) -> dict:
-    from .spec import _with_includes, read_yaml
+def _raw_suite(path: Path, validate: bool = False, lock: bool = True) -> dict:
+    """A suite's include-merged data (with its lock's pins unless ``lock=False``); ``validate``:
+    refused with the loader's one-line errors if it is not a valid suite."""
+    from pydantic import ValidationError
 
-    return apply_lock(path, _with_includes(path, read_yaml(path)))
+    from .spec import SpecErrors, Suite, _format_validation, _with_includes, read_yaml
+
+    data = _with_includes(path, read_yaml(path))
+    data = apply_lock(path, data) if lock else data
+    if validate:
+        import copy
+
+        try:
+            Suite.model_validate(copy.deepcopy(data))
+        except ValidationError as e:
+            raise SpecErrors(_format_validation(Path(path), e)) from None
+    return data
 
 
 def _suite_file(arg: str, root: Path) -> Path | None:
@@ -556,7 +576,7 @@ def targets(arg: str, root: Path) -> tuple[str, list[Item]]:
             return arg, [Item(arg, "hub-file", arg, None, m.group(2), m.group(3), f, repo_type=rtype)]
         if f:
             return arg, [Item(arg, "hub-folder", arg, None, m.group(2), m.group(3), subfolder=f.rstrip("/"), repo_type=rtype)]
-        kind = "hub-pipeline" if rtype == "model" else "hub-folder"
+        kind = "hub-repo" if rtype == "model" else "hub-folder"  # hub-repo: a pipeline or a transformers model, by its files
         return arg, [Item(arg, kind, arg, None, m.group(2), m.group(3), repo_type=rtype)]
     if arg.startswith(("https://", "http://")):
         check_url(arg, "unlearn fetch")
@@ -566,6 +586,7 @@ def targets(arg: str, root: Path) -> tuple[str, list[Item]]:
         raise HarnessError(f"unlearn fetch: {arg!r} is not a suite id, a suite or submission file, hub:REPO@COMMIT[:FILE] or an https URL")
     data = read_yaml(p)
     if is_suite_file(data):
+        _raw_suite(p, validate=True)
         return str(p), [Item(f"{p.stem}:{it.key}", it.kind, it.source, it.sha256, it.repo, it.revision, it.filename, it.subfolder, it.repo_type, it.url, it.path)
                         for it in items_of(_raw_suite(p)) + companions(_raw_suite(p))]
     from .evaluate import resolve_suites, suite_path
@@ -595,6 +616,16 @@ def get(item: Item, root: Path, cache_dir: Path, progress: bool = False, downloa
     elif item.kind == "hub-model":
         p = model_snapshot(item.repo, item.revision, what=what, download=download)
         got = sha256_tree(p)
+    elif item.kind == "hub-repo":  # by its files: a diffusers pipeline (model_index.json) or a transformers model
+        try:
+            p = pipeline_snapshot(item.repo, item.revision, what=what, download=False)
+        except HarnessError:
+            if not download or offline():
+                raise
+            names = {f.path for f in _tree(item.repo, item.revision, item.repo_type)} if _tree_ok(item) else set()
+            p = (pipeline_snapshot(item.repo, item.revision, what=what, progress=progress) if "model_index.json" in names
+                 else model_snapshot(item.repo, item.revision, what=what))
+        got = sha256_tree(p)
     elif item.kind == "hub-pipeline":
         p = pipeline_snapshot(item.repo, item.revision, what=what, download=download, progress=progress)
         got = sha256_tree(p)
@@ -613,6 +644,14 @@ def get(item: Item, root: Path, cache_dir: Path, progress: bool = False, downloa
     return p, got
 
 
+def _tree_ok(item: Item) -> bool:
+    try:
+        _allow_network()
+        return bool(_tree(item.repo, item.revision, item.repo_type))
+    except Exception as e:  # huggingface_hub / httpx raise several types for an unreachable hub
+        raise HarnessError(f"{item.key}: could not list {item.repo}@{item.revision[:12]}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+
+
 def fetch_all(arg: str, root: Path, cache_dir: Path, progress: bool = True) -> list[str]:
     """``unlearn fetch``: every file ARG names, downloaded (or found in the caches) and verified;
     one line per file. Files already complete are not downloaded again, so an interrupted fetch
@@ -626,7 +665,7 @@ def fetch_all(arg: str, root: Path, cache_dir: Path, progress: bool = True) -> l
         if p is None:
             lines.append(f"{it.key}: {it.source}: missing (a repository file: make or convert it, then `unlearn pin`)")
         else:
-            state = "pinned" if it.pinned or it.kind in ("hub-model", "hub-pipeline") else "not pinned yet: unlearn pin"
+            state = "pinned" if it.pinned or it.kind in ("hub-model", "hub-pipeline", "hub-repo") else "not pinned yet: unlearn pin"
             lines.append(f"{it.key}: {it.source} -> {p} (sha256 {sha}, {state})")
     return lines
 
@@ -643,7 +682,7 @@ def pin_suite(arg: str, root: Path, cache_dir: Path, progress: bool = False) -> 
     p = _suite_file(arg, root)
     if p is None:
         raise HarnessError(f"unlearn pin: no suite {arg!r} (an id in suites/ or a suite file)")
-    raw = _with_includes(p, read_yaml(p))  # the suite's own pins, not the old lock's
+    raw = _raw_suite(p, validate=True, lock=False)  # the suite's own pins, not the old lock's
     pins = {}
     for it in items_of(raw):
         local, sha = get(it, root, cache_dir, progress=progress, download=not offline())

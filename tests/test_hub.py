@@ -408,3 +408,20 @@ def test_the_leaderboard_skips_a_real_result_whose_pins_are_not_the_suites(hub, 
     assert [r.file for r in runs] == ["good.json"]
     assert any("stale.json" in m and "pins differ" in m and "prompts.csv" in m for m in seen)
     assert any("none.json" in m and "recorded no pins" in m for m in seen)
+
+
+def test_fetch_of_a_whole_repository_picks_pipeline_or_model_files_and_an_unreachable_hub_is_one_line(hub, tmp_path, capsys, monkeypatch):
+    rev = hub.add_repo("toy/clip", {"config.json": b"{}", "model.safetensors": b"w" * 2048, "pytorch_model.bin": b"p" * 2048,
+                                    "tokenizer.json": b"{}", "flax_model.msgpack": b"f" * 2048})
+    rc, out, err = run(capsys, "fetch", f"hub:toy/clip@{rev}", "--quiet")
+    assert rc == 0, err
+    snap = tmp_path / "hf" / "models--toy--clip" / "snapshots" / rev
+    assert sorted(p.name for p in snap.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]  # no pickles, no flax
+    from harness.hub import model_snapshot
+
+    go_offline(monkeypatch)
+    assert model_snapshot("toy/clip", rev) == snap  # the CLIP loader's path, offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    rc, out, err = run(capsys, "fetch", f"hub:toy/other@{'b' * 40}:x.safetensors", "--quiet")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "could not download" in err and "Traceback" not in err
