@@ -199,7 +199,10 @@ def cmd_convert(a) -> int:
     r = convert(a.checkpoint, a.out, base=a.base, kind=a.kind, atol=a.atol, root=Path(a.root))
     print(f"{r['out']}: {r['changed']} changed {r['kind'].replace('_', ' ')} tensor(s) kept, {r['unchanged']} equal to the base left out, "
           f"{r['stripped']} training-state entries stripped ({r['layout']} layout)")
-    print(f"checkpoint:\n  kind: {r['kind']}\n  path: {r['out']}\n  sha256: {r['sha256']}")
+    if r["kind"] == "plain":
+        print(f"sha256: {r['sha256']}")
+    else:
+        print(f"checkpoint:\n  kind: {r['kind']}\n  path: {r['out']}\n  sha256: {r['sha256']}")
     return 0
 
 
@@ -381,7 +384,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("checkpoint")
     f.add_argument("--out", required=True, help="the .safetensors file to write")
     f.add_argument("--base", default="toy", help="toy, a diffusers pipeline folder, or hub:REPO@COMMIT (from the Hugging Face cache)")
-    f.add_argument("--kind", choices=["auto", "unet", "text_encoder"], default="auto")
+    f.add_argument("--kind", choices=["auto", "unet", "text_encoder", "plain"], default="auto",
+                   help="plain: every tensor as it is (scorer weights), no base and no diff")
     f.add_argument("--atol", type=float, default=0.0, help="treat tensors within this absolute difference of the base's as unchanged")
     f.add_argument("--root", default=".")
     f.set_defaults(func=cmd_convert)

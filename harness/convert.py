@@ -17,6 +17,9 @@ ESD and UnlearnCanvas publish CompVis / LDM ``.ckpt`` / ``.pth`` files (``model.
    dtype; ``--atol`` for a tolerance), so a full-UNet ESD file becomes the small set of changed
    tensors a submission ships; every kept name must exist in the base with the same shape;
 5. writes safetensors atomically and prints its sha256 and the submission's ``checkpoint:`` block.
+
+``--kind plain`` does steps 1, 2 and 5 only (every tensor, names kept): scorer weights such as
+UnlearnCanvas' ViT-L/16 ``.pth`` classifiers become the safetensors file a suite pins.
 """
 
 from __future__ import annotations
@@ -155,13 +158,16 @@ def convert(src: str | Path, out: str | Path, base: str = "toy", kind: str = "au
     out = Path(out)
     if out.suffix != ".safetensors":
         raise HarnessError(f"--out {out}: must end in .safetensors")
-    base_dir = base_folder(base, root)
     tensors, stripped = read_checkpoint(Path(src))
-    kind = guess_kind(tensors) if kind == "auto" else kind
-    named = to_diffusers(tensors, kind, base_dir)
-    if not named:
-        raise HarnessError(f"{Path(src).name}: holds no {kind.replace('_', ' ')} tensors")
-    keep, same = changed_tensors(named, base_dir / COMPONENT_FILES[kind], kind, atol)
+    if kind == "plain":  # scorer weights (UnlearnCanvas' ViT .pth, torchvision .pth): every tensor, names kept
+        keep, same = {k: v.contiguous() for k, v in tensors.items()}, 0
+    else:
+        base_dir = base_folder(base, root)
+        kind = guess_kind(tensors) if kind == "auto" else kind
+        named = to_diffusers(tensors, kind, base_dir)
+        if not named:
+            raise HarnessError(f"{Path(src).name}: holds no {kind.replace('_', ' ')} tensors")
+        keep, same = changed_tensors(named, base_dir / COMPONENT_FILES[kind], kind, atol)
     if not keep:
         raise HarnessError(f"{Path(src).name}: every {kind.replace('_', ' ')} tensor equals the base's: nothing was unlearned")
     import tempfile

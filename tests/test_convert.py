@@ -147,3 +147,23 @@ def test_converted_compvis_checkpoint_gives_the_same_images_as_the_diffusers_ori
     a, b = images(original), images(converted)
     assert (a == b).all()
     assert not (a == images(load_pipeline())).all()  # and the edit does change the images
+
+
+def test_compvis_text_encoder_and_plain_scorer_weights(tmp_path, capsys):
+    te = load_file(str(TOY_PIPELINE / "text_encoder" / "model.safetensors"))
+    key = next(k for k in te if k.endswith("self_attn.k_proj.weight"))
+    edited = {k: (v + 1.0 if k == key else v) for k, v in te.items()}
+    ldm = {"cond_stage_model.transformer." + k: v for k, v in edited.items()}  # how CompVis checkpoints hold the CLIP text model
+    ldm.update(to_ldm(load_file(str(UNET_FILE))))  # an unchanged UNet beside it
+    torch.save({"state_dict": ldm}, tmp_path / "adv.ckpt")
+    rc, out, err = run(capsys, "convert", tmp_path / "adv.ckpt", "--kind", "text_encoder", "--out", tmp_path / "te.safetensors")
+    assert rc == 0, err
+    got = load_file(str(tmp_path / "te.safetensors"))
+    assert list(got) == [key] and torch.equal(got[key], edited[key]) and "kind: text_encoder" in out
+    rc, out, err = run(capsys, "convert", tmp_path / "adv.ckpt", "--kind", "unet", "--out", tmp_path / "u.safetensors")
+    assert rc == 2 and "nothing was unlearned" in err
+    # scorer weights: every tensor, names kept, the optimizer gone
+    torch.save({"model": {"head.weight": torch.ones(3, 2), "head.bias": torch.zeros(3)}, "optimizer": {"lr": 0.1}}, tmp_path / "clf.pth")
+    rc, out, err = run(capsys, "convert", tmp_path / "clf.pth", "--kind", "plain", "--out", tmp_path / "clf.safetensors")
+    assert rc == 0 and f"sha256: {sha256_file(tmp_path / 'clf.safetensors')}" in out
+    assert sorted(load_file(str(tmp_path / "clf.safetensors"))) == ["head.bias", "head.weight"]
