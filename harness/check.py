@@ -38,10 +38,18 @@ def startup(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
 
 def base_shapes(sub: Submission, root: Path, component: str) -> dict[str, tuple[int, ...]] | None:
     """name -> shape of the base model's ``unet`` or ``text_encoder`` tensors, from the
-    safetensors headers of its folder; None for a hub base (not read offline)."""
+    safetensors headers of its folder; a hub base from the Hugging Face cache (offline, a missing
+    file is the error; online and not cached yet: None, shapes not compared)."""
     d = base_dir(sub.base_model, root)
     if d is None:
-        return None
+        from .hub import offline, pipeline_snapshot
+
+        try:
+            d = pipeline_snapshot(sub.base_model.hub_id, sub.base_model.revision, download=False)
+        except HarnessError:
+            if offline():
+                raise
+            return None
     files = sorted((d / component).glob("*.safetensors"))
     if not files:
         raise HarnessError(f"base_model: {component}/ of {d.name} holds no safetensors weights")
@@ -171,7 +179,12 @@ def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path) -> str:
         for what in ("weights", "style_weights", "object_weights"):
             w = getattr(suite.scorer, what)
             if w is not None:
-                pinned_file(root, w.path, w.sha256, f"{where}: scorer.{what}")
+                if w.hub is not None:
+                    from .hub import pinned_path
+
+                    pinned_path(root, w, f"{where}: scorer.{what}")
+                else:
+                    pinned_file(root, w.path, w.sha256, f"{where}: scorer.{what}")
     made = f"{len(prompts)} prompt(s), {len(items)} image(s) per model at {size}" if needs_images else "no images needed"
     return f"{where}: {made}, {len(suite.metrics)} metric(s)"
 

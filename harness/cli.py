@@ -166,6 +166,46 @@ def cmd_check(a) -> int:
     return 2 if bad else 0
 
 
+def cmd_fetch(a) -> int:
+    """Download (or find) and verify every file a suite or submission names (harness/hub.py)."""
+    from .fsutil import cache_dir
+    from .hub import fetch_all
+
+    root = Path(a.root)
+    for target in a.targets:
+        for line in fetch_all(target, root, cache_dir(root, a.cache), progress=not a.quiet):
+            print(line)
+    return 0
+
+
+def cmd_pin(a) -> int:
+    """Write suites/locks/<id>.lock.yaml: the sha256 of every file the suite names."""
+    from .fsutil import cache_dir
+    from .hub import pin_suite
+
+    root = Path(a.root)
+    for suite in a.suites:
+        lp, pins = pin_suite(suite, root, cache_dir(root, a.cache), progress=not a.quiet)
+        print(f"{lp}: {len(pins)} file(s) pinned")
+        for k, v in pins.items():
+            print(f"  {k}: {v['sha256']}  {v['source']}")
+    return 0
+
+
+def cmd_convert(a) -> int:
+    """A pickle / CompVis checkpoint -> safetensors of the tensors changed vs the base (harness/convert.py)."""
+    from .convert import convert
+
+    r = convert(a.checkpoint, a.out, base=a.base, kind=a.kind, atol=a.atol, root=Path(a.root))
+    print(f"{r['out']}: {r['changed']} changed {r['kind'].replace('_', ' ')} tensor(s) kept, {r['unchanged']} equal to the base left out, "
+          f"{r['stripped']} training-state entries stripped ({r['layout']} layout)")
+    if r["kind"] == "plain":
+        print(f"sha256: {r['sha256']}")
+    else:
+        print(f"checkpoint:\n  kind: {r['kind']}\n  path: {r['out']}\n  sha256: {r['sha256']}")
+    return 0
+
+
 def cmd_schema(a) -> int:
     from .spec import Submission, Suite
 
@@ -331,6 +371,27 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--cache", default=None, help="download cache for checkpoints / prompt sets by URL (default .unlearn-cache in the root, or $UNLEARN_CACHE)")
     k.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin/.pt): only for files you trust")
     k.set_defaults(func=cmd_check)
+    f = sub.add_parser("fetch", help="download and verify every file a suite or submission names (hub files into the Hugging Face cache)")
+    f.add_argument("targets", nargs="+", metavar="SUITE|SUBMISSION|hub:REPO@COMMIT[:FILE]|URL")
+    f.add_argument("--root", default=".")
+    f.add_argument("--cache", default=None, help="harness cache for URL files (default $UNLEARN_CACHE, else .unlearn-cache)")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_fetch)
+    f = sub.add_parser("pin", help="write suites/locks/<id>.lock.yaml with the sha256 of every file the suite names")
+    f.add_argument("suites", nargs="+", metavar="SUITE")
+    f.add_argument("--root", default=".")
+    f.add_argument("--cache", default=None)
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=cmd_pin)
+    f = sub.add_parser("convert", help="pickle (.ckpt .pth .pt .bin) or CompVis checkpoint -> safetensors of the tensors changed vs the base")
+    f.add_argument("checkpoint")
+    f.add_argument("--out", required=True, help="the .safetensors file to write")
+    f.add_argument("--base", default="toy", help="toy, a diffusers pipeline folder, or hub:REPO@COMMIT (from the Hugging Face cache)")
+    f.add_argument("--kind", choices=["auto", "unet", "text_encoder", "plain"], default="auto",
+                   help="plain: every tensor as it is (scorer weights), no base and no diff")
+    f.add_argument("--atol", type=float, default=0.0, help="treat tensors within this absolute difference of the base's as unchanged")
+    f.add_argument("--root", default=".")
+    f.set_defaults(func=cmd_convert)
     s = sub.add_parser("schema", help="write JSON Schema files for editors")
     s.add_argument("--out", default="schemas")
     s.set_defaults(func=cmd_schema)

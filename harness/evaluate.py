@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import metrics
 from .errors import HarnessError
+from .hub import suite_pins
 from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from .hashing import sha256_file, sha256_json
 from .models import PipelineRecipe, Placement, apply_checkpoint, checkpoint_file, load_base, model_fingerprints
@@ -186,7 +187,12 @@ def native_size(sub: Submission, root: Path) -> int:
 
     d = base_dir(sub.base_model, root)
     if d is None:
-        raise HarnessError("a hub base model needs the suite to set generation.height and generation.width")
+        from .hub import pipeline_snapshot
+
+        try:  # read from the Hugging Face cache when the snapshot is there
+            d = pipeline_snapshot(sub.base_model.hub_id, sub.base_model.revision, download=False)
+        except HarnessError:
+            raise HarnessError("a hub base model needs the suite to set generation.height and generation.width (or its snapshot in the Hugging Face cache: unlearn fetch)") from None
     unet = json.loads((d / "unet" / "config.json").read_text())
     vae = json.loads((d / "vae" / "config.json").read_text())
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
@@ -369,6 +375,7 @@ class Evaluator:
                              if stats.attention else {"attention": None, "channels_last": None, "compiled": None})},  # None: no model loaded
                 "batching": {"batch_size": min(g.batch_size, stats.batch_cap or g.batch_size), "oom_backoffs": stats.oom_backoffs},
                 "scorer": scorer.identity if scorer else None,
+                "pins": suite_pins(suite),  # every file the suite named, source#sha256 (harness/hub.py; the leaderboard compares them)
                 "models": {"base": base_fp, "unlearned": unl_fp},
                 "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
                 "samples": sample_pairs(items, base_jobs, unl_jobs, sub.targets, self.cache) if base_jobs else [],

@@ -92,6 +92,11 @@ def load_runs(results: Path, report: Report = _stderr) -> list[Run]:
         except (ValueError, OSError) as e:
             report(f"skipped {p}: {one_line(e)}")
             continue
+        from .hub import pins_problem  # a real result counts only with the suite's own pins
+
+        if (why := pins_problem(data, ROOT)) is not None:
+            report(f"skipped {p}: {why}")
+            continue
         runs.append(Run(rel, data, hashlib.sha256(rel.encode()).hexdigest()[:10]))
     return runs
 

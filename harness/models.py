@@ -94,10 +94,11 @@ def load_base(spec: BaseModelSpec, root: Path, placement: Placement):
     quiet_loading()
     d = base_dir(spec, root)
     kwargs = dict(**dtype_kwargs(placement), safety_checker=None, requires_safety_checker=False, use_safetensors=True)
-    if d is not None:
-        pipe = StableDiffusionPipeline.from_pretrained(str(d), local_files_only=True, **kwargs)
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(spec.hub_id, revision=spec.revision, **kwargs)
+    if d is None:  # hub id @ commit: the Hugging Face cache's snapshot (fetched when online), verified (harness/hub.py)
+        from .hub import pipeline_snapshot
+
+        d = pipeline_snapshot(spec.hub_id, spec.revision, what="base_model")
+    pipe = StableDiffusionPipeline.from_pretrained(str(d), local_files_only=True, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return accelerate(pipe.to(placement.device), placement)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import HarnessError
 from .hashing import sha256_file
@@ -23,6 +23,19 @@ RESULTS_SCHEMA_VERSION = "1.0"
 SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256")]
 SLUG = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
+
+
+def _https(url: str) -> str:
+    from .hub import check_url
+
+    try:
+        return check_url(url, "url")
+    except HarnessError as e:
+        raise ValueError(str(e).removeprefix("url: ")) from None
+
+
+# https only (plain http to 127.0.0.1 only under the tests' explicit allowance: hub.check_url)
+HTTPS_URL = Annotated[str, AfterValidator(_https), Field(json_schema_extra={"pattern": "^https://"})]
 
 
 class Strict(BaseModel):
@@ -66,7 +79,7 @@ class CheckpointSpec(Strict):
 
     kind: Literal["pipeline", "unet", "text_encoder", "lora"]
     path: str | None = None
-    url: str | None = Field(default=None, pattern=r"^https://")
+    url: HTTPS_URL | None = None
     sha256: SHA256
 
     @model_validator(mode="after")
@@ -124,7 +137,7 @@ class CsvPrompts(Strict):
     UnlearnDiffAtk's ``evaluation_seed``; other columns become labels."""
 
     path: str | None = None
-    url: str | None = Field(default=None, pattern=r"^https://")
+    url: HTTPS_URL | None = None
     sha256: SHA256
     columns: dict[Literal["prompt", "seed", "guidance"], str] = {}
 
@@ -252,9 +265,31 @@ class MetricSpec(Strict):
         return Threshold.parse(self.threshold) if self.threshold else None
 
 
+class HubRef(Strict):
+    """A file (``filename``) or folder (``subfolder``) of a hub repository at a pinned commit."""
+
+    repo: str = Field(pattern=r"^\w[\w.-]*/\w[\w.-]*$", description="owner/name; no part may start with '.'")
+    revision: str = Field(pattern=r"^[0-9a-f]{40}$", description="a full commit sha")
+    filename: str | None = Field(default=None, pattern=r"^\w[\w.-]*(/\w[\w.-]*)*$", description="path in the repository; no '..', no leading '/'")
+    subfolder: str | None = Field(default=None, pattern=r"^(\w[\w.-]*(/\w[\w.-]*)*)?$")
+    repo_type: Literal["model", "dataset"] = "model"
+
+
 class WeightsFile(Strict):
-    path: str
+    """A weights file in the repository (``path``) or on the hub (``hub``), pinned by sha256
+    (an all-zero placeholder is filled in from ``suites/<id>.lock.yaml``: ``unlearn pin``)."""
+
+    path: str | None = None
+    hub: HubRef | None = None
     sha256: SHA256
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.path) == bool(self.hub):
+            raise ValueError("give exactly one of path, hub")
+        if self.hub and not self.hub.filename:
+            raise ValueError("hub: needs filename")
+        return self
 
 
 class ScorerSpec(Strict):
@@ -326,8 +361,8 @@ class Suite(Strict):
 def _format_validation(path: Path, err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in e["loc"]).replace("\r", "\\r").replace("\n", "\\n") or "(top level)"  # one line, whatever the keys
+        msg = e["msg"].removeprefix("Value error, ").replace("\n", " ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         out.append(f"{path}: {loc}: {msg}")
@@ -418,8 +453,10 @@ def _with_includes(path: Path, data: dict, depth: int = 0) -> dict:
 
 
 def load_suite(path: str | Path) -> Suite:
+    from .hub import apply_lock
+
     p = Path(path)
-    data = _with_includes(p, read_yaml(p))
+    data = apply_lock(p, _with_includes(p, read_yaml(p)))
     try:
         return Suite.model_validate(data)
     except ValidationError as e:

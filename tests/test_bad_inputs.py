@@ -203,7 +203,7 @@ BAD = [
     ("base-builtin-unknown", sub("{builtin: toy}", "{builtin: sd15}"), ["sub.yaml: base_model.builtin: Input should be 'toy'"]),
     ("base-folder-not-a-pipeline", sub("{builtin: toy}", "{local_dir: ckpt}"), ["sub.yaml: base_model:", "model_index.json missing"]),
     ("checkpoint-kind-unknown", sub("kind: unet", "kind: ckpt"), ["sub.yaml: checkpoint.kind: Input should be"]),
-    ("checkpoint-url-not-https", sub("path: ckpt/unet.safetensors", "url: http://example.org/u.safetensors"), ["sub.yaml: checkpoint.url: String should match pattern '^https://'"]),
+    ("checkpoint-url-not-https", sub("path: ckpt/unet.safetensors", "url: http://example.org/u.safetensors"), ["sub.yaml: checkpoint.url: 'http://example.org/u.safetensors' is not an https URL"]),
     ("checkpoint-path-and-url", sub("path: ckpt/unet.safetensors", "path: ckpt/unet.safetensors, url: https://example.org/u.safetensors"), ["sub.yaml: checkpoint: give exactly one of path, url"]),
     ("sha256-not-hex", sub('sha256: "', 'sha256: "zz'), ["sub.yaml: checkpoint.sha256: String should match pattern"]),
     ("sha256-too-short", pinned_sha(lambda h: h[:63]), ["sub.yaml: checkpoint.sha256: String should match pattern"]),

@@ -16,6 +16,10 @@ from ..spec import ScorerSpec, WeightsFile, pinned_file
 
 
 def _verified(w: WeightsFile, root: Path, what: str) -> Path:
+    if w.hub is not None:  # a hub file at a commit, from the Hugging Face cache (harness/hub.py)
+        from ..hub import pinned_path
+
+        return pinned_path(root, w, f"scorer.{what}")
     return pinned_file(root, w.path, w.sha256, f"scorer.{what}")
 
 
@@ -26,6 +30,11 @@ class ToyScorer:
         from ..toy.classifier import DEFAULT_DIR, load_classifier
 
         folder = _verified(spec.weights, root, "weights").parent if spec.weights else DEFAULT_DIR
+        if spec.weights is not None and spec.weights.hub is not None:  # its config.json beside it, same commit
+            from ..hub import hub_file
+
+            h = spec.weights.hub
+            hub_file(h.repo, h.revision, str(Path(h.filename).parent / "config.json").removeprefix("./"), repo_type=h.repo_type, what="scorer.weights")
         self.model = load_classifier(folder, device)
         self.device = device
         self.heads = {"object": self.model.config["objects"], "style": self.model.config["styles"]}

@@ -25,6 +25,10 @@ METRICS = {"clip_score": MetricInfo("CLIP-score", True, "100 * max(cos(image, pr
 def load_clip(model: str, revision: str | None):
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+    if revision:  # hub id @ commit: the Hugging Face cache's snapshot, fetched when online, verified (harness/hub.py)
+        from ..hub import model_snapshot
+
+        model, revision = str(model_snapshot(model, revision, what="CLIP model")), None
     try:
         kw = {"revision": revision} if revision else {}
         return (CLIPModel.from_pretrained(model, use_safetensors=True, **kw).eval(),

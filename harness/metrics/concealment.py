@@ -191,9 +191,14 @@ def _scores(run, target, variant: str, params: dict) -> dict:
         from ..spec import pinned_file
 
         w = params.get("separator_weights") or {}
-        if not w.get("path") or not w.get("sha256"):
+        if not (w.get("path") or w.get("hub")) or not w.get("sha256"):
             raise HarnessError("CRS/CCS: separator resnet18 needs params.separator_weights {path, sha256}")
-        path = pinned_file(run.root, w["path"], w["sha256"], "CRS/CCS params.separator_weights")
+        if w.get("hub"):  # a hub file at a commit (harness/hub.py)
+            from ..hub import pinned_path
+
+            path = pinned_path(run.root, w, "CRS/CCS params.separator_weights")
+        else:
+            path = pinned_file(run.root, w["path"], w["sha256"], "CRS/CCS params.separator_weights")
         make_model = lambda: _ResNetSeparator(str(path), 256 if recipe == "paper" else None)
     elif (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
         raise HarnessError("CRS/CCS: a real suite must set params.separator: resnet18 with separator_weights")

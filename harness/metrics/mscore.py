@@ -44,6 +44,14 @@ def reference_folder(run, spec: dict, what: str) -> tuple[list[np.ndarray], str]
     from ..hashing import sha256_tree
     from ..spec import inside
 
+    if isinstance(spec, dict) and spec.get("hub") and spec.get("sha256"):  # a hub folder at a commit (harness/hub.py)
+        from ..hub import pinned_path
+
+        folder = pinned_path(run.root, spec, what, folder=True)
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if not files:
+            raise HarnessError(f"{what}.hub: the folder holds no images")
+        return [np.asarray(Image.open(f).convert("RGB")) for f in files], spec["sha256"]
     if not isinstance(spec, dict) or not spec.get("path") or not spec.get("sha256"):
         raise HarnessError(f"{what}: needs {{path, sha256}} of a reference image folder")
     folder = inside(run.root, spec["path"], f"{what}.path")

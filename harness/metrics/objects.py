@@ -64,9 +64,14 @@ def compute(name: str, run, target, params: dict) -> Measurement:
 
     classes: dict = params.get("classes") or {}
     w = params.get("weights") or {}
-    if not classes or not w.get("path") or not w.get("sha256"):
+    if not classes or not (w.get("path") or w.get("hub")) or not w.get("sha256"):
         raise HarnessError("object erasure: the suite must give params.classes (label -> ImageNet index) and params.weights {path, sha256}")
-    path = pinned_file(run.root, w["path"], w["sha256"], "object erasure params.weights")
+    if w.get("hub"):  # a hub file at a commit (harness/hub.py)
+        from ..hub import pinned_path
+
+        path = pinned_path(run.root, w, "object erasure params.weights")
+    else:
+        path = pinned_file(run.root, w["path"], w["sha256"], "object erasure params.weights")
     labels = run.labels().get("object")
     if labels is None or target.concept not in classes:
         raise HarnessError(f"object erasure: {target.concept!r} is not a class of this suite ({', '.join(classes)})")
