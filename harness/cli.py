@@ -210,6 +210,16 @@ def cmd_regress(a) -> int:
     return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None, pytest_args=extra)
 
 
+def cmd_power(a) -> int:
+    from .compare import load_result
+    from .fsutil import cache_dir
+    from .power import report
+
+    root = Path(a.root)
+    print(report(root, a.suite, [load_result(f) for f in a.results or ()], cache_dir(root, None), a.smoke))
+    return 0
+
+
 # ----------------------------------------------------------------------------- leaderboard
 def cmd_leaderboard_build(a) -> int:
     from .leaderboard import build
@@ -301,6 +311,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--suite", action="append", help="only these suites (repeatable; the baselines must hold them)")
     r.add_argument("--smoke", action="store_true", help="smoke subsets (the baselines must be smoke results too)")
     r.set_defaults(func=cmd_regress)
+    pw = sub.add_parser("power", help="minimum detectable effect of a suite at its size (prompts x seeds), 80% power, alpha 0.05")
+    pw.add_argument("suite", help="suite id (suites/ID.yaml)")
+    pw.add_argument("--results", action="append", help="results JSON holding the suite: SE from its intervals (repeatable)")
+    pw.add_argument("--smoke", action="store_true", help="the smoke subset's size")
+    pw.add_argument("--root", default=".", help="repository root")
+    pw.set_defaults(func=cmd_power)
     m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary)")
     m.add_argument("files", nargs="+")
     m.set_defaults(func=cmd_summary)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import metrics
+from . import metrics, stats
 from .errors import HarnessError
 from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from .hashing import sha256_file, sha256_json
@@ -338,10 +338,12 @@ class Evaluator:
                     records.append(rec)
                     continue
                 rec.update(value=meas.value, base_value=meas.base_value, details=meas.details)
+                rec.update(stats.uncertainty(meas, th, m.params))  # ci, delta_ci, margin_ci / ci_reason, scores
                 if th is None:
                     rec.update(bound=None, verdict="info")
                 else:
-                    rec.update(bound=th.bound(meas.base_value), verdict="pass" if th.holds(meas.value, meas.base_value) else "fail")
+                    v, point = stats.verdict(th, meas.value, meas.base_value, rec.get("margin_ci"))
+                    rec.update(bound=th.bound(meas.base_value), verdict=v, verdict_point=point)
                 if flagged["unlearned"] or flagged["base"]:
                     rec["flagged_images"] = len(flagged["unlearned"]) + len(flagged["base"])
                 records.append(rec)
