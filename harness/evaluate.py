@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import metrics, stats
+from . import metrics
+from . import stats as uncertainty  # harness.stats: intervals, verdicts ('stats' names the run's RunStats below)
 from .errors import HarnessError
 from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from .hashing import sha256_file, sha256_json
@@ -338,11 +339,11 @@ class Evaluator:
                     records.append(rec)
                     continue
                 rec.update(value=meas.value, base_value=meas.base_value, details=meas.details)
-                rec.update(stats.uncertainty(meas, th, m.params))  # ci, delta_ci, margin_ci / ci_reason, scores
+                rec.update(uncertainty.uncertainty(meas, th, m.params))  # ci, delta_ci, margin_ci / ci_reason, scores
                 if th is None:
                     rec.update(bound=None, verdict="info")
                 else:
-                    v, point = stats.verdict(th, meas.value, meas.base_value, rec.get("margin_ci"))
+                    v, point = uncertainty.verdict(th, meas.value, meas.base_value, rec.get("margin_ci"))
                     rec.update(bound=th.bound(meas.base_value), verdict=v, verdict_point=point)
                 if flagged["unlearned"] or flagged["base"]:
                     rec["flagged_images"] = len(flagged["unlearned"]) + len(flagged["base"])

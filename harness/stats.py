@@ -91,8 +91,9 @@ def prompt_key(text: str) -> str:
 def item_scores(run, idx, unlearned, base, groups=None, binary: bool = False) -> Scores:
     """Scores of the items ``idx`` of an ``evaluate.SuiteRun`` (clusters = their prompts)."""
     idx = [int(i) for i in idx]
+    items = getattr(run, "items", None)  # a stand-in run without items: every item its own cluster
     return Scores(np.asarray(unlearned, dtype=np.float64), None if base is None else np.asarray(base, dtype=np.float64),
-                  [prompt_key(run.items[i][0].text) for i in idx], [int(run.items[i][1]) for i in idx],
+                  [prompt_key(items[i][0].text) if items else f"item{i}" for i in idx], [int(items[i][1]) if items else 0 for i in idx],
                   None if groups is None else [str(g) for g in groups], binary)
 
 
@@ -274,7 +275,13 @@ def change_test(new: dict, old: dict, resamples: int = 2000, seed: int = SEED, l
     when both records carry per-item ``scores`` for the same items (matched images); else an
     unpaired bootstrap of the two runs' own scores; else the two runs' intervals (normal
     approximation). Returns {method, low, high, p_value, n_clusters} or None (no information)."""
-    a, b = Scores.from_record(new.get("scores")) if new.get("scores") else None, Scores.from_record(old.get("scores")) if old.get("scores") else None
+    def usable(rec):  # scores that do not reproduce the record's value are not evidence about it
+        s = Scores.from_record(rec.get("scores")) if rec.get("scores") else None
+        if s is None or abs(float(statistic(s.unlearned, np.ones(len(s.unlearned)), s.groups)[0]) - float(rec["value"])) > 1e-5:
+            return None
+        return s
+
+    a, b = usable(new), usable(old)
     rng = np.random.default_rng(seed)
     change = float(new["value"]) - float(old["value"])
     if a is not None and b is not None and (a.groups is None) == (b.groups is None):
@@ -295,7 +302,8 @@ def change_test(new: dict, old: dict, resamples: int = 2000, seed: int = SEED, l
         p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if np.ptp(d) > 0 else (0.0 if change != 0 else 1.0)
         return {"method": method, "low": lo, "high": hi, "level": level, "p_value": p, "n_clusters": n_c, "resamples": resamples, "seed": seed}
     ca, cb = new.get("ci"), old.get("ci")
-    if isinstance(ca, dict) and isinstance(cb, dict):
+    tampered = (new.get("scores") and a is None) or (old.get("scores") and b is None)  # scores that contradict the value
+    if isinstance(ca, dict) and isinstance(cb, dict) and not tampered:
         try:
             z = z_of(level)
             se = math.hypot((float(ca["high"]) - float(ca["low"])) / (2 * z), (float(cb["high"]) - float(cb["low"])) / (2 * z))

@@ -214,3 +214,110 @@ def test_minimum_detectable_effect_known_answer():
     # more seeds shrink only the within-prompt part
     a = stats.minimum_detectable_effect(0.2, 0.4, 25, 8)
     assert a == pytest.approx(2.8015842 * math.sqrt(0.04 / 25 + 0.16 / 200), rel=1e-5)
+
+
+# ---------------------------------------------------------------- the metric families' per-item scores
+
+
+class _Prompt:
+    def __init__(self, text, labels):
+        self.text, self.labels = text, labels
+
+
+class _Run:
+    """A SuiteRun stand-in: 5 objects x 5 styles x 3 seeds, with given predictions."""
+
+    def __init__(self, preds_u, preds_b):
+        from harness.spec import ScorerSpec
+        from harness.toy import world
+
+        self.items = [(_Prompt(f"A {o} image in {s} style.", {"object": o, "style": s}), seed)
+                      for o in world.OBJECTS for s in world.STYLES for seed in range(3)]
+        self._preds = {"unlearned": preds_u, "base": preds_b}
+        self.scorer = object()
+        self.suite = type("S", (), {"id": "synthetic", "scorer": ScorerSpec(backend="toy")})()
+        self.memo = {}
+
+    def labels(self):
+        return {k: [p.labels[k] for p, _ in self.items] for k in ("object", "style")}
+
+    def predictions(self, which):
+        return self._preds[which]
+
+
+def _noisy(run, rng, flip):
+    from harness.toy import world
+
+    lab = run.labels()
+    return {k: [v if rng.random() > flip else rng.choice(vals) for v in lab[k]]
+            for k, vals in (("object", world.OBJECTS), ("style", world.STYLES))}
+
+
+@pytest.mark.parametrize("name", ["ua", "ira", "cra"])
+def test_accuracy_scores_reproduce_the_value_and_give_paired_intervals(name):
+    from harness.metrics import accuracy
+    from harness.spec import TargetSpec
+
+    rng = np.random.default_rng(11)
+    run = _Run(None, None)
+    run._preds = {"unlearned": _noisy(run, rng, 0.3), "base": _noisy(run, rng, 0.05)}
+    t = TargetSpec(concept="striped", kind="style")
+    meas = accuracy.compute(name, run, t, {})
+    th = Threshold.parse(">= 0.8 * base")
+    rec = stats.uncertainty(meas, th)
+    assert "ci_reason" not in rec, rec.get("ci_reason")
+    assert rec["ci"]["low"] <= meas.value <= rec["ci"]["high"]
+    assert rec["delta_ci"]["low"] <= meas.value - meas.base_value <= rec["delta_ci"]["high"]
+    assert rec["ci"]["n_clusters"] == (5 if name == "ua" else 20 if name == "ira" else 25)
+    assert rec["ci"]["method"] == ("wilson" if name == "ua" else "cluster-bootstrap-percentile")
+    same = accuracy.compute(name, _Run(run._preds["base"], run._preds["base"]), t, {})
+    d = stats.uncertainty(same)["delta_ci"]
+    assert d["low"] == d["high"] == 0.0  # identical models: delta exactly 0
+
+
+def test_integrity_mscore_and_nudity_scores_reproduce_their_values():
+    from harness.metrics import integrity, mscore, nudity
+    from harness.spec import TargetSpec
+    from harness.toy import world
+
+    run = _Run(None, None)
+    n = len(run.items)
+    base = list(world.sample(n, seed=3)[0])
+    unl = base[:40] + list(world.sample(n - 40, seed=4)[0])
+    run.images = {"base": base, "unlearned": unl}
+    t = TargetSpec(concept="striped", kind="style")
+    for fam, name in ((integrity, "integrity"), (integrity, "integrity_forget"), (mscore, "mscore")):
+        meas = fam.compute(name, run, t, {"references": 40} if name == "mscore" else {})
+        rec = stats.uncertainty(meas, None)
+        assert "ci_reason" not in rec and rec["ci"]["low"] <= meas.value + 1e-12 and meas.value - 1e-12 <= rec["ci"]["high"], name
+    same = integrity.compute("integrity", type("R", (), {**run.__dict__, "labels": run.labels, "images": {"base": base, "unlearned": base}})(), t, {})
+    ci = stats.uncertainty(same)["ci"]
+    assert ci["low"] == ci["high"] == 1.0  # an unchanged model: integrity exactly 1, interval degenerate
+    imgs = [np.kron(im, np.ones((10, 10, 1), np.uint8)) for im in world.sample(3, seed=5)[0]]
+    nrun = type("N", (), {"images": {"base": imgs, "unlearned": imgs}, "memo": {}, "items": run.items[:3]})()
+    meas = nudity.compute("nudity_asr", nrun, TargetSpec(concept="nudity", kind="nudity"), {"threshold": 0.45})
+    rec = stats.uncertainty(meas)
+    assert rec["ci"]["method"] == "wilson" and rec["ci"]["low"] == 0.0 and rec["delta_ci"]["low"] == rec["delta_ci"]["high"] == 0.0
+
+
+def test_metrics_without_per_item_scores_say_why():
+    from harness.metrics import Measurement, efficiency
+
+    rec = stats.uncertainty(Measurement(1.0, None, ci_reason=efficiency.NO_CI))
+    assert rec["ci"] is None and rec["ci_reason"] == efficiency.NO_CI
+    assert stats.uncertainty(Measurement(1.0, None))["ci_reason"]
+
+
+def test_fid_interval_resamples_the_generated_set():
+    from harness.metrics import fid
+
+    rng = np.random.default_rng(12)
+    ref = rng.normal(size=(200, 4))
+    a, b = rng.normal(size=(60, 4)), rng.normal(0.5, size=(60, 4))
+    clusters = [f"p{i // 3}" for i in range(60)]
+    out = stats.set_intervals(lambda j: fid.fid_from_features(a[j], ref), lambda j: fid.fid_from_features(b[j], ref), clusters,
+                              Threshold.parse("<= 2 * base"), resamples=50)
+    v = fid.fid_from_features(a, ref)
+    assert out["ci"]["low"] < out["ci"]["high"] and out["ci"]["resamples"] == 50 and out["ci"]["n_clusters"] == 20
+    assert out["delta_ci"]["high"] < 0  # a is nearer the reference than b, in every draw's pairing
+    assert np.isfinite(v)
