@@ -227,10 +227,12 @@ def intervals(scores: Scores, threshold=None, resamples: int = RESAMPLES, seed: 
 
 
 def set_intervals(stat: Callable[[np.ndarray], float], base_stat: Callable[[np.ndarray], float] | None, clusters: list[str], threshold=None,
-                  resamples: int = 200, seed: int = SEED, level: float = LEVEL, method: str = "cluster-bootstrap-percentile (generated set)") -> dict:
+                  resamples: int = 200, seed: int = SEED, level: float = LEVEL, method: str = "cluster-bootstrap-percentile, bias-shifted (generated set)") -> dict:
     """Intervals of a set statistic (FID, KID): each resample is an index list of the generated
     items (whole prompts drawn with replacement), used for both models; ``stat(idx)`` recomputes
-    the statistic on those items."""
+    the statistic on those items. Duplicated images bias FID / KID upward (a resample has fewer
+    distinct images), so each bootstrap distribution is shifted by its bias (median of the
+    resamples - the full-set value) before its percentiles are read."""
     rng = np.random.default_rng(seed)
     w = cluster_weights(clusters, resamples, rng).astype(int)
     u_s, b_s = np.empty(resamples), np.empty(resamples) if base_stat else None
@@ -240,6 +242,12 @@ def set_intervals(stat: Callable[[np.ndarray], float], base_stat: Callable[[np.n
         if base_stat:
             b_s[r] = base_stat(idx)
     n_clusters = len(set(clusters))
+    every = np.arange(len(clusters))
+    u0 = stat(every)
+    u_s = u_s - (np.median(u_s) - u0)
+    if b_s is not None:
+        b0 = base_stat(every)
+        b_s = b_s - (np.median(b_s) - b0)
     out = {"ci": _ci(*percentile(u_s, level), method, n_clusters, resamples, seed, level, n_items=len(clusters))}
     if b_s is not None:
         out["delta_ci"] = _ci(*percentile(u_s - b_s, level), method, n_clusters, resamples, seed, level)
