@@ -207,7 +207,10 @@ def cmd_regress(a) -> int:
     _threads()
     methods = set(a.method) if a.method else None
     extra = (["--unlearn-smoke"] if a.smoke else []) + [f"--unlearn-suite={s}" for s in a.suite or ()]
-    return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None, pytest_args=extra)
+    if a.method_seeds < 1:
+        raise HarnessError(f"--method-seeds: {a.method_seeds} is not a positive count")
+    return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None, pytest_args=extra,
+                   method_seeds=a.method_seeds)
 
 
 def cmd_power(a) -> int:
@@ -310,6 +313,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--submission", action="append", help="only these submission names (repeatable)")
     r.add_argument("--suite", action="append", help="only these suites (repeatable; the baselines must hold them)")
     r.add_argument("--smoke", action="store_true", help="smoke subsets (the baselines must be smoke results too)")
+    r.add_argument("--method-seeds", type=int, default=1, metavar="N", help="also re-train each method with N - 1 more training seeds and print the spread of every metric")
     r.set_defaults(func=cmd_regress)
     pw = sub.add_parser("power", help="minimum detectable effect of a suite at its size (prompts x seeds), 80% power, alpha 0.05")
     pw.add_argument("suite", help="suite id (suites/ID.yaml)")
