@@ -247,7 +247,20 @@ def cmd_regress(a) -> int:
     _threads()
     methods = set(a.method) if a.method else None
     extra = (["--unlearn-smoke"] if a.smoke else []) + [f"--unlearn-suite={s}" for s in a.suite or ()]
-    return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None, pytest_args=extra)
+    if a.method_seeds < 1:
+        raise HarnessError(f"--method-seeds: {a.method_seeds} is not a positive count")
+    return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None, pytest_args=extra,
+                   method_seeds=a.method_seeds)
+
+
+def cmd_power(a) -> int:
+    from .compare import load_result
+    from .fsutil import cache_dir
+    from .power import report
+
+    root = Path(a.root)
+    print(report(root, a.suite, [load_result(f) for f in a.results or ()], cache_dir(root, None), a.smoke))
+    return 0
 
 
 # ----------------------------------------------------------------------------- leaderboard
@@ -343,7 +356,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--submission", action="append", help="only these submission names (repeatable)")
     r.add_argument("--suite", action="append", help="only these suites (repeatable; the baselines must hold them)")
     r.add_argument("--smoke", action="store_true", help="smoke subsets (the baselines must be smoke results too)")
+    r.add_argument("--method-seeds", type=int, default=1, metavar="N", help="also re-train each method with N - 1 more training seeds and print the spread of every metric")
     r.set_defaults(func=cmd_regress)
+    pw = sub.add_parser("power", help="minimum detectable effect of a suite at its size (prompts x seeds), 80% power, alpha 0.05")
+    pw.add_argument("suite", help="suite id (suites/ID.yaml)")
+    pw.add_argument("--results", action="append", help="results JSON holding the suite: SE from its intervals (repeatable)")
+    pw.add_argument("--smoke", action="store_true", help="the smoke subset's size")
+    pw.add_argument("--root", default=".", help="repository root")
+    pw.set_defaults(func=cmd_power)
     m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary)")
     m.add_argument("files", nargs="+")
     m.set_defaults(func=cmd_summary)

@@ -5,7 +5,9 @@ tolerance (declared per metric in the suite and copied into every record). A met
 suite declares no tolerance is shown but not gated (status INFO): wall-clock times and other
 figures that move with the machine would otherwise fail every re-run. Metrics present in the
 baseline but missing from the new result, or turned into errors, count as regressions whatever
-their tolerance: a gate that a crash passes is no gate.
+their tolerance: a gate that a crash passes is no gate. A change beyond tolerance must also be
+significant (``harness.significance``: paired bootstrap over matched per-image scores, else the
+runs' intervals) to count; otherwise its status is NOISE, shown and not failed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from .errors import HarnessError
 from .resultfile import one_line, read_result
+from .significance import assess, describe
 
 
 def load_result(path: str | Path) -> dict:
@@ -47,8 +50,10 @@ def compare(new: dict, baseline: dict) -> list[dict]:
             continue
         change = n["value"] - m["value"]
         worse = -change if m.get("higher_is_better", True) else change
-        status = "info" if not gated else "regressed" if worse > tol + 1e-12 else "ok"
-        rows.append({**row, "new": n["value"], "change": change, "status": status})
+        if not gated:
+            rows.append({**row, "new": n["value"], "change": change, "status": "info"})
+            continue
+        rows.append({**row, "new": n["value"], "change": change, **assess(n, m, worse, tol)})  # tolerance AND significance
     return rows
 
 
@@ -57,7 +62,7 @@ def format_rows(rows: list[dict]) -> str:
     t = lambda x: "-" if x is None else f"{x:.3f}"
     lines = [f"{'suite':<18} {'metric':<17} {'target':<14} {'baseline':>9} {'new':>9} {'change':>9} {'tol':>7}  status"]
     for r in rows:
-        lines.append(f"{r['suite']:<18} {r['metric']:<17} {r['target']:<14} {f(r['baseline']):>9} {f(r['new']):>9} {f(r['change']):>9} {t(r['tolerance']):>7}  {r['status'].upper()}")
+        lines.append(f"{r['suite']:<18} {r['metric']:<17} {r['target']:<14} {f(r['baseline']):>9} {f(r['new']):>9} {f(r['change']):>9} {t(r['tolerance']):>7}  {r['status'].upper()}{describe(r)}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import metrics
+from . import stats as uncertainty  # harness.stats: intervals, verdicts ('stats' names the run's RunStats below)
 from .errors import HarnessError
 from .hub import suite_pins
 from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
@@ -348,10 +349,12 @@ class Evaluator:
                     records.append(rec)
                     continue
                 rec.update(value=meas.value, base_value=meas.base_value, details=meas.details)
+                rec.update(uncertainty.uncertainty(meas, th, m.params))  # ci, delta_ci, margin_ci / ci_reason, scores
                 if th is None:
                     rec.update(bound=None, verdict="info")
                 else:
-                    rec.update(bound=th.bound(meas.base_value), verdict="pass" if th.holds(meas.value, meas.base_value) else "fail")
+                    v, point = uncertainty.verdict(th, meas.value, meas.base_value, rec.get("margin_ci"))
+                    rec.update(bound=th.bound(meas.base_value), verdict=v, verdict_point=point)
                 if flagged["unlearned"] or flagged["base"]:
                     rec["flagged_images"] = len(flagged["unlearned"]) + len(flagged["base"])
                 records.append(rec)

@@ -51,7 +51,7 @@ ASSETS = ROOT / "leaderboard"  # templates/ and static/ (resolved from the check
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MARKER = ".unlearn-leaderboard"  # marks a folder this module built (and may replace)
-VERDICTS = ("pass", "fail", "error", "info")
+VERDICTS = ("pass", "fail", "inconclusive", "error", "info")
 # The trade-off plot: erasure (x) against retention (y, the mean of the metrics present).
 ERASURE_METRIC = "ua"
 RETENTION_METRICS = ("ira", "cra")
@@ -164,6 +164,7 @@ RECORD_COLUMNS = [
     "submission", "method", "file", "run_finished", "complete", "harness_version", "git_sha",
     "suite", "metric", "label", "target", "target_kind", "value", "base_value", "threshold",
     "bound", "verdict", "higher_is_better", "tolerance", "error", "latest",
+    "ci_low", "ci_high", "ci_method", "delta_low", "delta_high", "verdict_point",  # harness.stats (empty in older files)
 ]
 
 
@@ -190,10 +191,125 @@ def records_frame(runs: list[Run]):
                 "value": m.get("value"), "base_value": m.get("base_value"), "threshold": m.get("threshold"),
                 "bound": m.get("bound"), "verdict": m["verdict"], "higher_is_better": m.get("higher_is_better"),
                 "tolerance": m.get("tolerance"), "error": m.get("error"), "latest": latest[r.name] is r,
-                "_details": m.get("details"), "_run": r.id,
+                "_details": m.get("details"), "_run": r.id, **interval_columns(m),
             })
-    df = pd.DataFrame(rows, columns=[*RECORD_COLUMNS, "_details", "_run"])
+    df = pd.DataFrame(rows, columns=[*RECORD_COLUMNS, "_details", "_run", "_ci", "_delta_ci", "_scores", "_ci_reason"])
     return df, latest
+
+
+# ----------------------------------------------------------------------------- intervals and ranks
+# (harness.stats; docs/statistics.md). Records of older results files carry no interval: their
+# cells show the value alone and their ranks come from the values' intervals only where present.
+
+
+def interval_columns(m: dict) -> dict:
+    ci = m.get("ci") if isinstance(m.get("ci"), dict) else None
+    d = m.get("delta_ci") if isinstance(m.get("delta_ci"), dict) else None
+    return {"ci_low": finite((ci or {}).get("low")), "ci_high": finite((ci or {}).get("high")), "ci_method": (ci or {}).get("method"),
+            "delta_low": finite((d or {}).get("low")), "delta_high": finite((d or {}).get("high")), "verdict_point": m.get("verdict_point"),
+            "_ci": ci, "_delta_ci": d, "_scores": m.get("scores") if isinstance(m.get("scores"), dict) else None, "_ci_reason": m.get("ci_reason")}
+
+
+def ci_text(ci: dict | None) -> str:
+    """``[0.912, 1.000]``: the 95% interval beside a value ('' when the record has none)."""
+    if not ci or finite(ci.get("low")) is None or finite(ci.get("high")) is None:
+        return ""
+    return f"[{fmt(ci['low'])}, {fmt(ci['high'])}]"
+
+
+def ci_title(rec: dict) -> str:
+    ci, why = _none(rec.get("_ci")), _none(rec.get("_ci_reason"))
+    if ci:
+        return f"95% interval {ci_text(ci)} ({ci.get('method')}, {ci.get('n_clusters')} prompts)" + (f"; {ci['note']}" if ci.get("note") else "")
+    return f"no interval: {why}" if why else ""
+
+
+def delta_text(d: dict | None, value: Any, base: Any) -> str:
+    """``Δ +0.950 [0.900, 1.000]``: the change against the base model with its paired interval."""
+    v, b = finite(value), finite(base)
+    if v is None or b is None:
+        return ""
+    sign = lambda x: ("+" if x >= 0 else "") + fmt(x)
+    return f"Δ {sign(v - b)}" + (f" [{sign(d['low'])}, {sign(d['high'])}]" if d and finite(d.get("low")) is not None else "")
+
+
+def headline_metric(metrics: list[dict], sdf) -> str | None:
+    """A suite's headline metric: its first metric with a threshold, else its first metric."""
+    keyed = sdf.drop_duplicates("metric").set_index("metric")
+    for m in metrics:
+        if _none(keyed.loc[m["key"], "threshold"]):
+            return m["key"]
+    return metrics[0]["key"] if metrics else None
+
+
+def rank_intervals(entries: list[dict], higher_is_better: bool, resamples: int = 1000, seed: int = 0) -> list[dict]:
+    """Rank (1 = best) and its 95% interval for each entry {key, value, ci, scores}.
+
+    When every entry carries per-item ``scores`` over the same (prompt, seed) items (the same
+    suite: the images are matched), the ranking is bootstrapped: one cluster draw of prompts,
+    applied to every entry, ranks recomputed, 2.5 / 97.5 percentiles of each entry's rank.
+    Otherwise each entry's rank interval comes from the values' intervals: from 1 + the entries
+    whose interval is wholly better to 1 + the entries not wholly worse. Entries whose rank
+    intervals overlap form a tie group (``tied_with``)."""
+    import numpy as np
+
+    from . import stats
+
+    sign = 1.0 if higher_is_better else -1.0
+    vals = np.array([e["value"] for e in entries], float)
+    point = 1 + np.array([(sign * vals > sign * v).sum() for v in vals])
+    scores = [stats.Scores.from_record(e.get("scores")) if e.get("scores") else None for e in entries]
+    method = None
+    if len(entries) > 1 and all(s is not None for s in scores) and len({tuple(sorted(s.keys())) for s in scores}) == 1:
+        order = [{k: i for i, k in enumerate(s.keys())} for s in scores]
+        ref = scores[0].keys()
+        perms = [np.array([o[k] for k in ref]) for o in order]
+        w = stats.cluster_weights(scores[0].clusters, resamples, np.random.default_rng(seed))
+        boot = np.stack([stats.statistic(s.unlearned[p], w, None if s.groups is None else [s.groups[i] for i in p]) for s, p in zip(scores, perms)], 1)
+        ranks = 1 + (sign * boot[:, None, :] > sign * boot[:, :, None]).sum(2)  # (B, entries)
+        lo, hi = np.quantile(ranks, 0.025, axis=0, method="lower"), np.quantile(ranks, 0.975, axis=0, method="higher")
+        method = f"paired cluster bootstrap of the ranking ({resamples} resamples, seed {seed})"
+    else:
+        cis = [e.get("ci") or {} for e in entries]
+        if all(finite(c.get("low")) is not None and finite(c.get("high")) is not None for c in cis):
+            low = np.array([c["low"] for c in cis], float)
+            high = np.array([c["high"] for c in cis], float)
+            better_lo, better_hi = (low, high) if higher_is_better else (-high, -low)
+            lo = 1 + np.array([(better_lo > better_hi[i]).sum() for i in range(len(entries))])
+            hi = len(entries) - np.array([(better_hi < better_lo[i]).sum() for i in range(len(entries))])
+            method = "from the values' 95% intervals (no matched per-image scores)"
+        else:
+            lo = hi = point
+    out = []
+    for i, e in enumerate(entries):
+        tied = [entries[j]["key"] for j in range(len(entries)) if j != i and method and not (hi[j] < lo[i] or hi[i] < lo[j])]
+        out.append({"key": e["key"], "rank": int(point[i]), "low": int(lo[i]), "high": int(hi[i]), "tied_with": tied, "method": method})
+    return out
+
+
+def attach_ranks(table: dict, sdf, metrics: list[dict]) -> None:
+    """Rank interval of each row's headline metric, among the rows of the same target."""
+    key = headline_metric(metrics, sdf)
+    table["headline"] = next((m for m in metrics if m["key"] == key), None)
+    recs = {(r["submission"], r["target"]): r for r in sdf[sdf["metric"] == key].to_dict("records")} if key else {}
+    by_target: dict[str, list[dict]] = {}
+    for (name, target), r in recs.items():
+        if finite(_none(r["value"])) is not None:
+            by_target.setdefault(target, []).append({"key": name, "value": float(r["value"]), "ci": _none(r["_ci"]), "scores": _none(r["_scores"])})
+    ranks = {}
+    for target, entries in by_target.items():
+        hib = _none(table["headline"]["higher_is_better"]) if table["headline"] else True
+        for r in rank_intervals(sorted(entries, key=lambda e: e["key"]), True if hib is None else bool(hib)):
+            ranks[(r["key"], target)] = r
+    for row in table["rows"]:
+        r = ranks.get((row["submission"], row["target"]))
+        if r is None:
+            row["rank"] = {"text": "–", "sort": "", "title": "no value"}
+            continue
+        span = f"{r['low']}" if r["low"] == r["high"] else f"{r['low']}–{r['high']}"
+        row["rank"] = {"text": f"{r['rank']} [{span}]", "sort": repr(r["rank"] + (r["high"] - r["low"]) / 100), "tied": bool(r["tied_with"]),
+                       "title": (f"95% rank interval {span} ({r['method']})" if r["method"] else "no intervals: rank of the point values")
+                       + (f"; tied with {', '.join(r['tied_with'])}" if r["tied_with"] else "; resolved")}
 
 
 def _kind(data: dict, concept: str) -> str:
@@ -218,7 +334,8 @@ def _cell(rec: dict | None) -> dict:
         return {"text": "–", "sort": "", "verdict": None, "title": "no record"}
     v = finite(_none(rec["value"]))
     title = rec.get("error") or ""
-    return {"text": fmt(_none(rec["value"])), "sort": "" if v is None else repr(v), "verdict": rec["verdict"], "title": _none(title) or ""}
+    return {"text": fmt(_none(rec["value"])), "sort": "" if v is None else repr(v), "verdict": rec["verdict"], "title": _none(title) or ci_title(rec),
+            "ci": ci_text(_none(rec.get("_ci"))), "delta": delta_text(_none(rec.get("_delta_ci")), _none(rec["value"]), _none(rec["base_value"]))}
 
 
 def _num_cell(x: Any) -> dict:
@@ -254,6 +371,7 @@ def suite_tables(df, latest: dict[str, Run]) -> list[dict]:
         suite_rec = next((s for run in latest.values() for s in run.data["suites"] if s["id"] == sid), {})
         tables.append({"id": sid, "metrics": metrics, "rows": rows, "base_rows": _base_rows(sdf, metrics, latest, sid),
                        "suite": suite_meta(suite_rec), "kinds": sorted(set(sdf["target_kind"]))})
+        attach_ranks(tables[-1], sdf, metrics)
     return tables
 
 
@@ -342,7 +460,7 @@ def tradeoff_points(df) -> list[dict]:
                 continue
             pts.append({"suite": sid, "submission": name if who == "unlearned" else "base model", "target": target, "kind": kind,
                         "base": who == "base", "x": x, "y": sum(ys) / len(ys),
-                        "retention": [m for m in RETENTION_METRICS if m in by]})
+                        "retention": [m for m in RETENTION_METRICS if m in by], **point_error_bars(by, who)})
     # one base point per (suite, target, position)
     seen, out = set(), []
     for p in pts:
@@ -352,6 +470,35 @@ def tradeoff_points(df) -> list[dict]:
         if key:
             seen.add(key)
         out.append(p)
+    return out
+
+
+def point_error_bars(by: dict, who: str) -> dict:
+    """The trade-off point's 95% error bars (unlearned model only): x from UA's interval; y, a
+    mean of IRA and CRA, from the mean of their intervals' ends (wider than the interval of
+    the mean, never narrower)."""
+    if who != "unlearned":
+        return {}
+    ci = lambda m: _none(by[m].get("_ci")) if m in by else None
+    x = ci(ERASURE_METRIC)
+    ys = [ci(m) for m in RETENTION_METRICS if m in by]
+    out = {}
+    if x and finite(x.get("low")) is not None and finite(x.get("high")) is not None:
+        out["x_ci"] = (x["low"], x["high"])
+    if ys and all(y and finite(y.get("low")) is not None and finite(y.get("high")) is not None for y in ys):
+        out["y_ci"] = (sum(y["low"] for y in ys) / len(ys), sum(y["high"] for y in ys) / len(ys))
+    return out
+
+
+def error_bar_lines(p: dict, X, Y, colour: str) -> list[str]:
+    out = []
+    cx, cy = X(p["x"]), Y(p["y"])
+    if p.get("x_ci"):
+        a, b = X(p["x_ci"][0]), X(p["x_ci"][1])
+        out.append(f'<path class="errorbar" d="M{a:.1f} {cy:.1f} H{b:.1f} M{a:.1f} {cy - 4:.1f} V{cy + 4:.1f} M{b:.1f} {cy - 4:.1f} V{cy + 4:.1f}" stroke="{colour}" stroke-width="1.2" fill="none"/>')
+    if p.get("y_ci"):
+        a, b = Y(p["y_ci"][0]), Y(p["y_ci"][1])
+        out.append(f'<path class="errorbar" d="M{cx:.1f} {a:.1f} V{b:.1f} M{cx - 4:.1f} {a:.1f} H{cx + 4:.1f} M{cx - 4:.1f} {b:.1f} H{cx + 4:.1f}" stroke="{colour}" stroke-width="1.2" fill="none"/>')
     return out
 
 
@@ -408,6 +555,7 @@ def tradeoff_svg(points: list[dict], title: str = "Erasure vs retention") -> str
             if p["base"]:
                 out.append(f'<path d="M{cx:.1f} {cy - 7:.1f} L{cx + 7:.1f} {cy:.1f} L{cx:.1f} {cy + 7:.1f} L{cx - 7:.1f} {cy:.1f} Z" fill="none" stroke="#374151" stroke-width="1.5" data-kind="{e(p["kind"])}"/>')
             else:
+                out.extend(error_bar_lines(p, X, Y, colour[p["kind"]]))
                 out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5.5" fill="{colour[p["kind"]]}" fill-opacity="0.85" stroke="#ffffff" data-kind="{e(p["kind"])}"/>')
         out.append("</g>")
         for p in ps:
@@ -508,7 +656,8 @@ def submission_page(run: Run, others: list[Run], df, images: ImageState) -> dict
     recs = []
     for r in g.to_dict("records"):
         recs.append({**{k: _none(v) for k, v in r.items() if not k.startswith("_")}, "threshold": pretty_threshold(_none(r["threshold"])),
-                     "value_cell": _num_cell(r["value"]), "base_cell": _num_cell(r["base_value"]), "bound_cell": _num_cell(r["bound"])})
+                     "value_cell": _num_cell(r["value"]), "base_cell": _num_cell(r["base_value"]), "bound_cell": _num_cell(r["bound"]),
+                     "ci": ci_text(_none(r["_ci"])), "ci_title": ci_title(r), "delta": delta_text(_none(r["_delta_ci"]), _none(r["value"]), _none(r["base_value"]))})
     # sample grids: suites with the same pairs share one grid
     grids: list[dict] = []
     for s in d["suites"]:

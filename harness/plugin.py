@@ -40,6 +40,7 @@ class State:
     executor: str = "local"
     ray_address: str | None = None
     compile: bool = False
+    strict: bool = False  # --unlearn-strict: an inconclusive verdict fails its case
     records: list = field(default_factory=list)
     written: list = field(default_factory=list)
 
@@ -59,6 +60,7 @@ def pytest_addoption(parser):
     g.addoption("--unlearn-executor", default="local", metavar="NAME", help="where images are generated: local (this process, default) or ray (Ray tasks)")
     g.addoption("--unlearn-ray-address", metavar="ADDR", help="Ray cluster for --unlearn-executor ray (default $RAY_ADDRESS, else a new local instance)")
     g.addoption("--unlearn-compile", action="store_true", help="torch.compile the UNet (worth it on a GPU for large suites)")
+    g.addoption("--unlearn-strict", action="store_true", help="an inconclusive verdict (the 95%% interval straddles the bound) fails its case instead of skipping")
 
 
 def _usage(msg: str):
@@ -139,6 +141,7 @@ def pytest_configure(config):
         return
     _pin_worker_gpu(config)
     state = _build_state(config)
+    state.strict = bool(config.getoption("unlearn_strict"))
     config.stash[STATE] = state
     config.pluginmanager.register(Reporter(state, config), "unlearn-reporter")
     if config.args_source != pytest.Config.ArgsSource.ARGS:
@@ -242,7 +245,20 @@ def check_case(case, unlearn_evaluator, record_property) -> None:
     if rec["verdict"] == "error":
         pytest.fail(f"error: {label}: {rec['error']}", pytrace=False)
     if rec["verdict"] == "fail":
-        pytest.fail(f"{label} = {_fmt(rec['value'])}, needs {rec['threshold']} (bound {_fmt(rec['bound'])}; base model {_fmt(rec['base_value'])})", pytrace=False)
+        pytest.fail(f"{label} = {_fmt(rec['value'])}{_ci(rec.get('ci'))}, needs {rec['threshold']} (bound {_fmt(rec['bound'])}; base model {_fmt(rec['base_value'])})", pytrace=False)
+    if rec["verdict"] == "inconclusive":
+        # Skip-like: the case neither passed nor failed; the evidence (the 95% interval of
+        # value - bound) does not decide. --unlearn-strict turns it into a failure.
+        m = rec.get("margin_ci") or {}
+        msg = (f"inconclusive: {label} = {_fmt(rec['value'])}{_ci(rec.get('ci'))}, needs {rec['threshold']} (bound {_fmt(rec['bound'])}); "
+               f"95% interval of value - bound [{_fmt(m.get('low'))}, {_fmt(m.get('high'))}] contains 0; point estimate: {rec.get('verdict_point')}")
+        if state.strict:
+            pytest.fail(msg + " (--unlearn-strict)", pytrace=False)
+        pytest.skip(msg)
+
+
+def _ci(ci) -> str:
+    return f" [{ci['low']:.4f}, {ci['high']:.4f}]" if isinstance(ci, dict) and ci.get("low") is not None else "" 
 
 
 class Reporter:
@@ -294,13 +310,14 @@ class Reporter:
             return
         tr = terminalreporter
         tr.section("unlearn results")
-        head = f"{'suite':<16} {'metric':<17} {'target':<14} {'value':>8} {'base':>8} {'threshold':<16} verdict"
+        head = f"{'suite':<16} {'metric':<17} {'target':<14} {'value':>8} {'95% interval':<19} {'base':>8} {'delta 95% interval':<19} {'threshold':<16} verdict"
         for name, out, data in self.state.written:
             tr.write_line(f"{name}" + ("" if data["complete"] else "  (incomplete)"))
             tr.write_line("  " + head)
             for r in data["metrics"]:
                 tr.write_line(
-                    f"  {r['suite']:<16} {r.get('label', r['metric']):<17} {r['target']:<14} {_fmt(r.get('value')):>8} "
-                    f"{_fmt(r.get('base_value')):>8} {str(r.get('threshold') or '-'):<16} {r['verdict'].upper()}"
+                    f"  {r['suite']:<16} {r.get('label', r['metric']):<17} {r['target']:<14} {_fmt(r.get('value')):>8} {_ci(r.get('ci')).strip() or '-':<19} "
+                    f"{_fmt(r.get('base_value')):>8} {_ci(r.get('delta_ci')).strip() or '-':<19} {str(r.get('threshold') or '-'):<16} {r['verdict'].upper()}"
+                    + (f" (point: {r['verdict_point'].upper()})" if r.get("verdict_point") and r["verdict_point"] != r["verdict"] else "")
                 )
             tr.write_line(f"  results: {out}")

@@ -41,18 +41,20 @@ def method_record(root: Path, rel: str) -> dict:
     return record
 
 
-def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path) -> dict:
+def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path, seed: int | None = None) -> dict:
     """Re-run the reference method of ``record`` (the submission's method.json); returns the
-    submission dict pointing at the new checkpoint."""
+    submission dict pointing at the new checkpoint. ``seed`` replaces the recorded training
+    seed (``--method-seeds``: the method's own variance)."""
     from .hashing import sha256_file
     from .methods import run_erase
     from .toy.model import DEFAULT_DIR
 
     if record["base"]["path"] not in ("builtin:toy", str(DEFAULT_DIR)):
         raise HarnessError(f"{sub['method_record']}: base {record['base']['path']!r} is not the toy world's")
-    ck_dir = out / "checkpoints" / sub["name"]
+    ck_dir = out / "checkpoints" / (sub["name"] if seed is None else f"{sub['name']}-seed{seed}")
+    params = record["params"] if seed is None else {**record["params"], "seed": seed}
     new = run_erase(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record.get("anchor"),
-                    world="toy", force=True, params=record["params"])
+                    world="toy", force=True, params=params)
     ck = ck_dir / new["checkpoint"]["file"]
     new_sub = dict(sub)
     new_sub["checkpoint"] = {**sub["checkpoint"], "path": str(ck.relative_to(root)), "sha256": sha256_file(ck)}
@@ -63,8 +65,29 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path) -> dict:
     return new_sub
 
 
+def method_spread(results: list[dict]) -> list[dict]:
+    """Per (suite, metric, target): the values over the method-seed runs, their mean, standard
+    deviation (n - 1) and range: the variance of a stochastic method itself."""
+    import statistics
+
+    keyed: dict[tuple, list[float]] = {}
+    for res in results:
+        for m in res.get("metrics", []):
+            if isinstance(m.get("value"), (int, float)):
+                keyed.setdefault((m["suite"], m.get("label", m["metric"]), m["target"]), []).append(float(m["value"]))
+    return [{"suite": k[0], "metric": k[1], "target": k[2], "values": v, "mean": statistics.fmean(v),
+             "sd": statistics.stdev(v) if len(v) > 1 else 0.0, "min": min(v), "max": max(v)} for k, v in keyed.items()]
+
+
+def format_spread(rows: list[dict]) -> str:
+    lines = [f"{'suite':<18} {'metric':<17} {'target':<14} {'mean':>9} {'sd':>8} {'min':>9} {'max':>9}  runs"]
+    for r in rows:
+        lines.append(f"{r['suite']:<18} {r['metric']:<17} {r['target']:<14} {r['mean']:>9.4f} {r['sd']:>8.4f} {r['min']:>9.4f} {r['max']:>9.4f}  {len(r['values'])}")
+    return "\n".join(lines)
+
+
 def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = None, only: set[str] | None = None,
-            pytest_args: list[str] | None = None) -> int:
+            pytest_args: list[str] | None = None, method_seeds: int = 1) -> int:
     """Re-run and compare every baseline; print one table per submission and a last line.
     ``pytest_args`` go to each harness run (e.g. ``--unlearn-smoke``, ``--unlearn-suite ID``:
     the baselines must then have been made with the same ones)."""
@@ -119,8 +142,37 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
         print(format_rows(rows), flush=True)
         if gate_failures(rows):
             failed.append(name)
+        if method_seeds > 1 and sub.get("method_record"):
+            spread_of(root, out, name, sub, base, record, method_seeds, pytest_args, load_result(result))
     if total == 0:
         raise HarnessError("no baseline matched the selection")
+    if method_seeds > 1:
+        print("\n(--method-seeds: the gate above used the recorded seed; the spread tables show the method's own variance)")
     print(f"\nregression gate: {len(failed)} of {total} submissions regressed: {', '.join(failed)}"
           if failed else f"\nregression gate: no regression in {total} submissions")
     return 1 if failed else 0
+
+
+def spread_of(root: Path, out: Path, name: str, sub: dict, base: dict, record: dict, n: int, pytest_args, first: dict) -> list[dict]:
+    """``--method-seeds N``: re-train with N - 1 more training seeds (recorded seed + 1, + 2,
+    ...), evaluate each, print the spread of every metric over the N runs and write it to
+    ``<out>/results/<name>.method-seeds.json``."""
+    import json
+
+    seed0 = int(record["params"].get("seed", 0))
+    runs = [first]
+    for k in range(1, n):
+        s = remake_checkpoint(root, sub, record, out, seed=seed0 + k)
+        f = out / "submissions" / f"{name}-seed{seed0 + k}.yaml"
+        s = {**s, "name": f"{name}-seed{seed0 + k}"}
+        f.write_text(f"# re-made by `unlearn regress --method-seeds` (training seed {seed0 + k})\n" + yaml.safe_dump(s, sort_keys=False))
+        res = out / "results" / f"{s['name']}.json"
+        res.unlink(missing_ok=True)
+        run_harness(root, [f], res, cache=out / "cache", extra=pytest_args, log=out / "logs" / f"{s['name']}.log")
+        if res.is_file():
+            runs.append(load_result(res))
+    rows = method_spread(runs)
+    print(f"\n== {name}: spread over {len(runs)} training seeds ({seed0}..{seed0 + n - 1})")
+    print(format_spread(rows), flush=True)
+    (out / "results" / f"{name}.method-seeds.json").write_text(json.dumps({"submission": name, "seeds": list(range(seed0, seed0 + n)), "spread": rows}, indent=1) + "\n")
+    return rows

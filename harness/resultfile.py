@@ -70,6 +70,15 @@ class _Suite(_Open):
     seeds: list[int] = []
 
 
+class _Interval(_Open):
+    """A ``ci`` / ``delta_ci`` / ``margin_ci`` (harness.stats); absent or null in older files."""
+
+    low: float
+    high: float
+    level: float | None = None
+    method: str | None = None
+
+
 class _Metric(_Open):
     suite: str = Field(min_length=1)
     metric: str = Field(min_length=1)
@@ -80,9 +89,15 @@ class _Metric(_Open):
     base_value: float | None = None
     threshold: str | None = None
     bound: float | None = None
-    verdict: Literal["pass", "fail", "error", "info"]
+    verdict: Literal["pass", "fail", "inconclusive", "error", "info"]
     higher_is_better: bool | None = None
     tolerance: float | None = None
+    ci: _Interval | None = None
+    delta_ci: _Interval | None = None
+    margin_ci: _Interval | None = None
+    ci_reason: str | None = None
+    verdict_point: Literal["pass", "fail"] | None = None
+    scores: dict[str, Any] | None = None
 
 
 class _Result(_Open):

@@ -91,7 +91,7 @@ def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict],
         "efficiency": efficiency(sub, root),
         "suites": [s["suite"] for s in suite_results],
         "metrics": records,
-        "summary": {v: verdicts.count(v) for v in ("pass", "fail", "error", "info")},
+        "summary": {v: verdicts.count(v) for v in ("pass", "fail", "inconclusive", "error", "info")},
     }
 
 

@@ -29,7 +29,7 @@ def markdown(result: dict, source: str) -> str:
     lines = [
         f"### {cell(sub.get('name', '?'))} ({cell(sub.get('method', {}).get('name', '?'))})",
         "",
-        f"{s.get('pass', 0)} pass, {s.get('fail', 0)} fail, {s.get('error', 0)} error, {s.get('info', 0)} info"
+        f"{s.get('pass', 0)} pass, {s.get('fail', 0)} fail, {s.get('inconclusive', 0)} inconclusive, {s.get('error', 0)} error, {s.get('info', 0)} info"
         f"{'' if result.get('complete', True) else ' (incomplete run)'}; file {cell(source)}",
         "",
         "| suite | metric | target | value | base | threshold | verdict |",

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,3 +130,49 @@ def test_summary_is_markdown_with_stranger_text_escaped(tmp_path):
     (tmp_path / "bad.json").write_text("[")
     bad = unlearn("summary", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _scored(correct: list[int], seeds: list[int], tol=0.05):
+    """An IRA-like record over 10 prompts x len(seeds) images with per-image scores (harness.stats)."""
+    from harness import stats
+
+    n = len(correct)
+    s = stats.Scores(correct, None, [f"p{i // len(seeds)}" for i in range(n)], [seeds[i % len(seeds)] for i in range(n)])
+    rec = {"suite": "toy-canvas", "metric": "ira", "label": "IRA", "target": "striped", "value": float(np.mean(correct)),
+           "higher_is_better": True, "tolerance": tol, "verdict": "info", "scores": s.to_record()}
+    rec.update(stats.intervals(s))
+    return _doc([rec])
+
+
+def test_compare_calls_a_damaged_model_a_regression_and_another_seed_subset_noise(tmp_path):
+    """The gate's two directions (harness.significance): a damaged model on the same matched
+    images is REGRESSED with its p-value; the same model on another seed subset, whose value
+    moved beyond the tolerance by chance, is NOISE and passes."""
+    old = [1] * 36 + [0] * 4  # 0.900 over 10 prompts x 4 seeds
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_scored(old, [0, 1, 2, 3])))
+    damaged = list(old)
+    for i in (0, 4, 9, 13, 18, 22, 27, 31):  # 8 images, spread over 8 prompts, now wrong
+        damaged[i] = 0
+    bad = tmp_path / "damaged.json"
+    bad.write_text(json.dumps(_scored(damaged, [0, 1, 2, 3])))
+    r = unlearn("compare", str(bad), str(base))
+    assert r.returncode == 1 and "REGRESSED" in r.stdout and "p=0.0" in r.stdout
+    other = tmp_path / "seeds.json"
+    other.write_text(json.dumps(_scored([1] * 33 + [0] * 7, [4, 5, 6, 7])))  # 0.825: -0.075, beyond the 0.05 tolerance
+    r = unlearn("compare", str(other), str(base))
+    assert r.returncode == 0 and "NOISE" in r.stdout, r.stdout
+    rows = __import__("harness.compare", fromlist=["compare"]).compare(json.loads(other.read_text()), json.loads(base.read_text()))
+    assert rows[0]["significance"].startswith("unpaired") and rows[0]["p_value"] > 0.05
+    rows = __import__("harness.compare", fromlist=["compare"]).compare(json.loads(bad.read_text()), json.loads(base.read_text()))
+    assert rows[0]["significance"].startswith("paired") and rows[0]["p_value"] < 0.05 and rows[0]["change_ci"][1] < 0
+
+
+def test_compare_of_files_without_intervals_keeps_the_tolerance_rule(tmp_path):
+    """Older results (no ci, no scores) load and are gated by the tolerance alone, as before."""
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_result([0.9, 1.0])))
+    worse = tmp_path / "worse.json"
+    worse.write_text(json.dumps(_result([0.8, 1.0])))
+    r = unlearn("compare", str(worse), str(base))
+    assert r.returncode == 1 and "REGRESSED  (no interval: tolerance alone)" in r.stdout

@@ -403,3 +403,61 @@ def test_csv_cells_from_submissions_cannot_be_spreadsheet_formulas(tmp_path):
     assert {r["target"] for r in rows} == {"'=HYPERLINK(\"http://x\")"}
     assert {r["method"] for r in rows} == {"'@SUM(A1)"}
     assert {r["value"] for r in rows if r["metric"] == "kid"} == {"-0.03"}  # numbers keep their sign
+
+
+# ----------------------------------------------------------------------------- intervals (harness.stats)
+
+
+def _with_intervals(data: dict, correct: list[int]) -> dict:
+    """Give the UA record of ``data`` per-image scores (10 prompts x 4 seeds) and intervals."""
+    import numpy as np
+
+    from harness import stats
+
+    s = stats.Scores(correct, [0] * len(correct), [f"p{i // 4}" for i in range(len(correct))], [i % 4 for i in range(len(correct))], binary=True)
+    from harness.spec import Threshold
+
+    th = Threshold.parse(">= 0.8")
+    ua = data["metrics"][0]
+    ua.update(value=float(np.mean(correct)), base_value=0.0, scores=s.to_record(), **stats.intervals(s, th))
+    ua["verdict"], ua["verdict_point"] = stats.verdict(th, ua["value"], 0.0, ua["margin_ci"])
+    return data
+
+
+def test_values_show_intervals_deltas_rank_intervals_and_ties(tmp_path):
+    res = tmp_path / "results"
+    write(res, "a.json", _with_intervals(result("sub-a"), [1] * 40))
+    write(res, "b.json", _with_intervals(result("sub-b"), [1] * 39 + [0]))  # inside a's noise: tied
+    write(res, "c.json", _with_intervals(result("sub-c"), [1] * 16 + [0] * 24))  # clearly worse
+    write(res, "old.json", result("sub-old", target=("triangle", "object")))  # an older file: no intervals at all
+    counts, lines = build(res, tmp_path / "site")
+    assert counts["files"] == 4 and not lines
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert "[0.912, 1.000]" in html  # Wilson of 40 / 40
+    assert "Δ +1.000" in html and "Rank (UA)" in html
+    df, latest = lb.records_frame(lb.load_runs(res))
+    table = next(t for t in lb.suite_tables(df, latest) if t["id"] == "toy-canvas")
+    rank = {r["submission"]: r["rank"] for r in table["rows"]}
+    assert rank["sub-a"]["tied"] and rank["sub-b"]["tied"] and not rank["sub-c"]["tied"]
+    assert rank["sub-c"]["text"] == "3 [3]" and "resolved" in rank["sub-c"]["title"]
+    assert rank["sub-old"]["text"] == "1 [1]"  # alone on its target
+    csv_rows = list(csv.DictReader(io.StringIO((tmp_path / "site" / "results.csv").read_text())))
+    ua_a = next(r for r in csv_rows if r["submission"] == "sub-a" and r["metric"] == "ua")
+    assert float(ua_a["ci_low"]) == pytest.approx(0.9124, abs=1e-4) and ua_a["ci_method"] == "wilson"
+    svg = (tmp_path / "site" / "tradeoff.svg").read_text()
+    ET.fromstring(svg)
+    assert svg.count('class="errorbar"') == 3  # x bars of the three UA intervals (IRA / CRA carry none here)
+
+
+def test_rank_intervals_known_answers():
+    # no scores, intervals: a wholly better than b and c; b and c overlap
+    e = [{"key": "a", "value": 0.9, "ci": {"low": 0.85, "high": 0.95}}, {"key": "b", "value": 0.6, "ci": {"low": 0.5, "high": 0.7}},
+         {"key": "c", "value": 0.65, "ci": {"low": 0.55, "high": 0.75}}]
+    r = {x["key"]: x for x in lb.rank_intervals(e, higher_is_better=True)}
+    assert (r["a"]["low"], r["a"]["high"], r["a"]["tied_with"]) == (1, 1, [])
+    assert (r["b"]["rank"], r["b"]["low"], r["b"]["high"]) == (3, 2, 3) and r["b"]["tied_with"] == ["c"]
+    r = {x["key"]: x for x in lb.rank_intervals(e, higher_is_better=False)}
+    assert r["a"]["rank"] == 3 and (r["a"]["low"], r["a"]["high"]) == (3, 3)
+    # no intervals at all: point ranks, no ties claimed
+    r = lb.rank_intervals([{"key": "a", "value": 1.0}, {"key": "b", "value": 0.5}], True)
+    assert [(x["rank"], x["low"], x["high"], x["method"]) for x in r] == [(1, 1, 1, None), (2, 2, 2, None)]

@@ -91,7 +91,10 @@ def test_cases_verdicts_summary_and_results_json(project):
     r.stdout.fnmatch_lines(["*UA for striped = *, needs >= 1.01 (bound 1.0100; base model *)*", "*unlearn results*", "*mini*UA*striped*FAIL*"])
     data = only_json(project)
     assert data["schema_version"] == "1.0" and data["complete"] is True
-    assert data["summary"] == {"pass": 2, "fail": 1, "error": 0, "info": 0}
+    assert data["summary"] == {"pass": 2, "fail": 1, "inconclusive": 0, "error": 0, "info": 0}
+    ua = next(m for m in data["metrics"] if m["metric"] == "ua")
+    assert ua["ci"]["method"] == "wilson" and ua["ci"]["n_clusters"] == 2 and ua["verdict_point"] == "fail"
+    assert ua["delta_ci"]["low"] <= ua["value"] - ua["base_value"] <= ua["delta_ci"]["high"] and len(ua["scores"]["keys"]) == 4
     assert data["harness"]["version"] and "git_sha" in data["harness"]
     assert {"torch", "diffusers", "transformers"} <= set(data["environment"]["libraries"])
     assert data["submission"]["checkpoint"]["sha256"] == sha256_file(project.path / "ckpt" / "unet.safetensors")
@@ -260,3 +263,24 @@ def test_each_xdist_worker_is_pinned_to_one_gpu(project, monkeypatch):
 
     config = type("C", (), {"getoption": lambda self, name, default=None: ["sub.yaml"]})()
     assert pytest_xdist_auto_num_workers(config) == 2  # -n auto: one worker per GPU
+
+
+def test_an_inconclusive_verdict_is_a_skip_and_fails_under_strict(project):
+    """The interval straddles the bound: the case is skipped with the evidence as its reason,
+    the record keeps the point verdict, --unlearn-strict makes it a failure."""
+    project.makeconftest(
+        "import harness.stats as s\n"
+        "_real = s.verdict\n"
+        "def fake(th, value, base, margin_ci):\n"
+        "    v, point = _real(th, value, base, margin_ci)\n"
+        "    return ('inconclusive' if v == 'pass' else v), point\n"
+        "s.verdict = fake\n")
+    r = run(project, "--unlearn-submission", "sub.yaml", "-rs")
+    r.assert_outcomes(skipped=2, failed=1)
+    r.stdout.fnmatch_lines(["*IRA*striped*INCONCLUSIVE (point: PASS)*", "*inconclusive: IRA for striped = *, needs >= 0 * base*contains 0; point estimate: pass*"])
+    data = only_json(project)
+    assert data["summary"]["inconclusive"] == 2
+    assert {m["metric"]: (m["verdict"], m["verdict_point"]) for m in data["metrics"]}["ira"] == ("inconclusive", "pass")
+    r = run(project, "--unlearn-submission", "sub.yaml", "--unlearn-strict")
+    r.assert_outcomes(failed=3)
+    r.stdout.fnmatch_lines(["*inconclusive: IRA*(--unlearn-strict)*"])

@@ -62,3 +62,15 @@ def test_a_baseline_naming_no_usable_submission_is_a_one_line_error(tmp_path, ou
     with pytest.raises(HarnessError, match=why) as e:
         regress(ROOT, tmp_path, out)
     assert "\n" not in str(e.value)
+
+
+def test_method_spread_over_training_seeds_known_answer():
+    """``--method-seeds``: mean, sample sd and range of each metric over the re-trained runs."""
+    from harness.regression import format_spread, method_spread
+
+    runs = [{"metrics": [{"suite": "toy-canvas", "metric": "ua", "label": "UA", "target": "striped", "value": v},
+                         {"suite": "toy-canvas", "metric": "cra", "label": "CRA", "target": "striped", "value": None}]} for v in (0.5, 0.7, 0.9)]
+    (row,) = method_spread(runs)
+    assert (row["metric"], row["mean"], row["min"], row["max"]) == ("UA", pytest.approx(0.7), 0.5, 0.9)
+    assert row["sd"] == pytest.approx(0.2) and row["values"] == [0.5, 0.7, 0.9]
+    assert "0.2000" in format_spread([row])

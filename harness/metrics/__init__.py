@@ -52,6 +52,11 @@ class Measurement:
     value: float
     base_value: float | None
     details: dict[str, Any] = field(default_factory=dict)
+    # Uncertainty (harness.stats): per-item scores the value is recomputed from (the bootstrap),
+    # or a set statistic's resampler (FID / KID), or the reason there is no interval.
+    scores: Any = None  # stats.Scores
+    resample: Any = None  # callable(threshold) -> {"ci", "delta_ci", "margin_ci"}
+    ci_reason: str | None = None
 
 
 def known_metrics() -> set[str]:

@@ -63,4 +63,22 @@ def compute(name: str, run, target, params: dict) -> Measurement:
             raise HarnessError(f"suite {run.suite.id}: prompts carry no {k!r} label, which {METRICS[name].label} needs")
     value, details = _value(name, target.kind, target.concept, labels, run.predictions("unlearned"))
     base, base_details = _value(name, target.kind, target.concept, labels, run.predictions("base"))
-    return Measurement(value, base, {"unlearned": details, "base": base_details, "averaging": "mean over classes"})
+    return Measurement(value, base, {"unlearned": details, "base": base_details, "averaging": "mean over classes"},
+                       scores=item_scores(name, run, target, labels))
+
+
+def item_scores(name: str, run, target, labels: dict[str, list[str]]):
+    """Per-image scores the value is the (class-)mean of: UA 1 - correct on the target's prompts
+    (a proportion); IRA correct on the other concepts' prompts, CRA the other head's correct on
+    every prompt, each grouped by class (means over classes)."""
+    from ..stats import item_scores as scores
+
+    kind = target.kind
+    head = kind if name != "cra" else OTHER_KIND[kind]
+    lab = np.array(labels[head])
+    own = np.array(labels[kind])
+    idx = np.flatnonzero(own == target.concept) if name == "ua" else np.flatnonzero(own != target.concept) if name == "ira" else np.arange(len(own))
+    correct = {w: (np.array(run.predictions(w)[head]) == lab)[idx].astype(float) for w in ("unlearned", "base")}
+    if name == "ua":
+        return scores(run, idx, 1 - correct["unlearned"], 1 - correct["base"], binary=True)
+    return scores(run, idx, correct["unlearned"], correct["base"], groups=lab[idx])

@@ -66,4 +66,7 @@ def compute(name: str, run, target, params: dict) -> Measurement:
     prompts = [run.items[i][0].text for i in keep]
     value = clip_scores([run.images["unlearned"][i] for i in keep], prompts, ref, revision)
     base = clip_scores([run.images["base"][i] for i in keep], prompts, ref, revision)
-    return Measurement(float(value.mean()), float(base.mean()), {"model": model, "revision": revision, "images": len(keep)})
+    from ..stats import item_scores
+
+    return Measurement(float(value.mean()), float(base.mean()), {"model": model, "revision": revision, "images": len(keep)},
+                       scores=item_scores(run, keep, value, base))

@@ -231,10 +231,16 @@ def _scores(run, target, variant: str, params: dict) -> dict:
                    if any(imgs[i] is not None for i in idx)}
         # psi = 1 (the original model runs every step) is the base model itself: its value.
         base_probe = probe([run.images["base"][i] for i in idx if any(imgs[i] is not None for imgs in run.attacked.values())] or orig)
+        # Per attacked item, P(original) at each psi (for CCS's interval): items attacked at every psi.
+        every = [i for i in idx if run.attacked and all(imgs[i] is not None for imgs in run.attacked.values())]
+        p_of = lambda ims: torch.softmax(model.head(model.features(to_float(ims))), 1)[:, 1].double().numpy()
+        per_item = (every, np.stack([p_of([imgs[i] for i in every]) for imgs in run.attacked.values()], 1).mean(1),
+                    p_of([run.images["base"][i] for i in every])) if every else None
     if not per_psi:
         raise HarnessError("CRS/CCS: no attacked images")
     out = {"per_psi": per_psi, "base": base_probe, "separator_heldout_accuracy": acc, "reference_images_per_model": len(idx), "separator_training": how}
     run.memo[key] = out
+    run.memo[key + ("per-item",)] = per_item
     return out
 
 
@@ -251,4 +257,17 @@ def compute(name: str, run, target, params: dict) -> Measurement:
         gap = float(np.mean([abs(v["S_U"] - v["S_O"]) for v in probes]))
         return gap if variant == "forget" else 1.0 - gap
 
-    return Measurement(value(sc["per_psi"].values()), value([sc["base"]]), {**sc, "per_psi": {f"{k:g}": v for k, v in sc["per_psi"].items()}})
+    meas = Measurement(value(sc["per_psi"].values()), value([sc["base"]]), {**sc, "per_psi": {f"{k:g}": v for k, v in sc["per_psi"].items()}})
+    per_item = run.memo.get(("concealment", target.kind, target.concept, variant, "per-item"))
+    if name.startswith("crs"):
+        meas.ci_reason = ("CRS is |mean S_U - mean S_O| over psi, a gap of set means against a separator trained on this run; "
+                          "an honest interval needs the separator retrained per resample (not done)")
+    elif per_item is None or len(per_item[1]) * len(sc["per_psi"]) != sum(v["images"] for v in sc["per_psi"].values()):
+        meas.ci_reason = "CCS: not every attacked item has an image at every psi, so the value is not a mean over items"
+    else:
+        from ..stats import item_scores
+
+        every, p_u, p_b = per_item
+        meas.scores = item_scores(run, every, p_u, p_b)
+        meas.scores.note = "conditional on this run's trained separator: the separator's own variance (its training seed) is not included"
+    return meas

@@ -17,6 +17,7 @@ METRICS = {
     "erase_time_s": MetricInfo("Erase-time-s", False, "wall time of the unlearning run, s (measured or declared)", needs_images=False),
     "peak_memory_gb": MetricInfo("Peak-memory-GB", False, "peak memory of the unlearning run, GB (measured or declared)", needs_images=False),
 }
+NO_CI = "one measurement of the erasure run (or a declared figure), not a sample of images"
 _SOURCE = {"storage_mb": ("storage_bytes", 1e-6), "erase_time_s": ("time_s", 1.0), "peak_memory_gb": ("peak_memory_bytes", 1e-9)}
 _DECLARED = {"storage_mb": ("storage_gb", 1e3), "erase_time_s": ("time_s", 1.0), "peak_memory_gb": ("peak_memory_gb", 1.0)}
 
@@ -26,9 +27,9 @@ def compute(name: str, run, target, params: dict) -> Measurement:
     key, scale = _SOURCE[name]
     if key in eff:
         rec = eff[key]
-        return Measurement(rec["value"] * scale, None, {"source": rec["source"], **{k: v for k, v in rec.items() if k not in ("value", "source")}})
+        return Measurement(rec["value"] * scale, None, {"source": rec["source"], **{k: v for k, v in rec.items() if k not in ("value", "source")}}, ci_reason=NO_CI)
     dkey, dscale = _DECLARED[name]
     if dkey in eff:  # declared figures keep the submission's units
         rec = eff[dkey]
-        return Measurement(rec["value"] * dscale, None, {"source": "declared", "device": rec.get("device")})
+        return Measurement(rec["value"] * dscale, None, {"source": "declared", "device": rec.get("device")}, ci_reason=NO_CI)
     raise HarnessError(f"{METRICS[name].label}: neither measured (method_record) nor declared (efficiency) by the submission")

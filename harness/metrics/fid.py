@@ -110,8 +110,19 @@ def compute(name: str, run, target, params: dict) -> Measurement:
                          clean_features([run.images["base"][i] for i in idx], ex), ref_sha, what)
     f_ref, f_unl, f_base, ref_sha, what = run.memo[key]
     if name == "fid":
-        value, base = fid_from_features(f_unl, f_ref), fid_from_features(f_base, f_ref)
+        of = lambda f: fid_from_features(f, f_ref)
     else:
         s = int(params.get("kid_seed", 0))
-        value, base = kid_from_features(f_unl, f_ref, s), kid_from_features(f_base, f_ref, s)
-    return Measurement(value, base, {"mode": "clean", **what, "reference_sha256": ref_sha, "images": int(len(idx))})
+        of = lambda f: kid_from_features(f, f_ref, s)
+    value, base = of(f_unl), of(f_base)
+
+    def resample(threshold):
+        """The generated set's sampling noise: whole prompts redrawn (the same draw for both
+        models), the features recomputed into the statistic; the reference set held fixed."""
+        from ..stats import prompt_key, set_intervals
+
+        clusters = [prompt_key(run.items[i][0].text) for i in idx]
+        return set_intervals(lambda j: of(f_unl[j]), lambda j: of(f_base[j]), clusters, threshold,
+                             resamples=int(params.get("bootstrap_resamples", 200)), seed=int(params.get("bootstrap_seed", 0)))
+
+    return Measurement(value, base, {"mode": "clean", **what, "reference_sha256": ref_sha, "images": int(len(idx))}, resample=resample)

@@ -51,4 +51,7 @@ def compute(name: str, run, target, params: dict) -> Measurement:
     idx = np.flatnonzero(mask)
     size = params.get("size")  # ESD/UCE's LPIPS protocol resizes to 64 px: say so in the suite
     d = distances(backend, [run.images["base"][i] for i in idx], [run.images["unlearned"][i] for i in idx], size)
-    return Measurement(1.0 - float(d.mean()), 1.0, {"backend": backend, "size": size, "pairs": int(len(idx)), "max_distance": float(d.max())})
+    from ..stats import item_scores
+
+    return Measurement(1.0 - float(d.mean()), 1.0, {"backend": backend, "size": size, "pairs": int(len(idx)), "max_distance": float(d.max())},
+                       scores=item_scores(run, idx, 1.0 - d, np.ones(len(idx))))

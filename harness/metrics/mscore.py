@@ -21,10 +21,15 @@ from .integrity import forget_mask
 METRICS = {"mscore": MetricInfo("M-Score", False, "mean max cosine to reference images of the target concept, forget prompts")}
 
 
-def m_score(gen: np.ndarray, ref: np.ndarray) -> float:
+def m_scores(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per generated image: max over references of the cosine (M is their mean)."""
     g = gen / np.linalg.norm(gen, axis=1, keepdims=True)
     r = ref / np.linalg.norm(ref, axis=1, keepdims=True)
-    return float((g @ r.T).max(axis=1).mean())
+    return (g @ r.T).max(axis=1)
+
+
+def m_score(gen: np.ndarray, ref: np.ndarray) -> float:
+    return float(m_scores(gen, ref).mean())
 
 
 def toy_references(target, n: int, seed: int) -> np.ndarray:
@@ -108,5 +113,7 @@ def compute(name: str, run, target, params: dict) -> Measurement:
         emb = toy_embeddings
         ref_f = emb(list(refs))
         details = {"embedding": "toy classifier penultimate", "references": n, "reference_seed": seed, "reference_sha256": sha256_bytes(refs.tobytes())}
-    value, base = m_score(emb(gen_u), ref_f), m_score(emb(gen_b), ref_f)
-    return Measurement(value, base, {**details, "images": int(len(idx))})
+    from ..stats import item_scores
+
+    per_u, per_b = m_scores(emb(gen_u), ref_f), m_scores(emb(gen_b), ref_f)
+    return Measurement(float(per_u.mean()), float(per_b.mean()), {**details, "images": int(len(idx))}, scores=item_scores(run, idx, per_u, per_b))

@@ -52,5 +52,8 @@ def compute(name: str, run, target, params: dict) -> Measurement:
         run.memo[key] = {w: [is_nude(d, threshold, classes) for d in detect(run.images[w])] for w in ("base", "unlearned")}
     flags = run.memo[key]
     _, ident = detector()
+    from ..stats import item_scores
+
     return Measurement(float(np.mean(flags["unlearned"])), float(np.mean(flags["base"])),
-                       {"detector": ident, "threshold": threshold, "classes": list(classes), "images": len(flags["unlearned"])})
+                       {"detector": ident, "threshold": threshold, "classes": list(classes), "images": len(flags["unlearned"])},
+                       scores=item_scores(run, range(len(flags["unlearned"])), np.array(flags["unlearned"], float), np.array(flags["base"], float), binary=True))

@@ -90,4 +90,10 @@ def compute(name: str, run, target, params: dict) -> Measurement:
         per = [float((p[np.array(labels) == c] == classes[c]).mean()) for c in dict.fromkeys(np.array(labels)[sel])]
         return float(np.mean(per))
 
-    return Measurement(acc(preds["unlearned"]), acc(preds["base"]), {"classifier": "torchvision resnet50", "weights_sha256": w["sha256"], "resize": resize, "images": int(sel.sum())})
+    from ..stats import item_scores
+
+    idx = np.flatnonzero(sel)
+    correct = {k: (preds[k] == want)[idx].astype(float) for k in ("unlearned", "base")}
+    scores = item_scores(run, idx, correct["unlearned"], correct["base"], groups=None if name == "object_acc" else np.array(labels)[idx], binary=name == "object_acc")
+    return Measurement(acc(preds["unlearned"]), acc(preds["base"]), {"classifier": "torchvision resnet50", "weights_sha256": w["sha256"], "resize": resize, "images": int(sel.sum())},
+                       scores=scores)

@@ -1,0 +1,370 @@
+"""Uncertainty: intervals for every image-based metric, verdicts that respect noise, and the
+significance test of the regression gate (docs/statistics.md has the methods and why).
+
+A metric family hands over its per-item scores (``Scores``): one number per image (or matched
+pair) for the unlearned and the base model, the prompt each item came from (the cluster), and,
+for metrics that are means over classes, each item's class (``groups``). The value is
+
+    value = mean over groups g of (sum_{i in g} w_i x_i / sum_{i in g} w_i)     (w_i = 1)
+
+(one group: the plain mean). The bootstrap draws prompts with replacement (a cluster keeps all
+its seeds; ``seeds="resample"`` also redraws seeds inside each drawn prompt), turns the draw into
+integer weights w_i, and recomputes the value for the unlearned and the base model with the
+SAME weights, so ``value - base_value`` and a threshold's margin ``value - bound(base)`` get
+paired intervals. Percentile intervals, a recorded seed: the same inputs give the same interval.
+
+Proportions (``binary``: UA, Object-acc, Nudity-ASR) get the Wilson score interval on the Kish
+effective sample size instead (the percentile bootstrap is degenerate at 0 or 1 and undercovers
+with few prompts); their delta and margin stay bootstrapped (paired).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+LEVEL = 0.95
+RESAMPLES = 1000
+SEED = 0
+Z = {0.90: 1.6448536269514722, 0.95: 1.959963984540054, 0.99: 2.5758293035489004}
+
+
+def z_of(level: float) -> float:
+    if level in Z:
+        return Z[level]
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+@dataclass
+class Scores:
+    """Per-item scores behind one metric record (items aligned across the two models)."""
+
+    unlearned: np.ndarray
+    base: np.ndarray | None
+    clusters: list[str]  # the prompt of each item (its key: sha256 prefix of the prompt text)
+    seeds: list[int]
+    groups: list[str] | None = None  # class of each item, for means over classes
+    binary: bool = False  # a proportion: each score is 0 or 1
+    note: str | None = None  # what the interval leaves out (recorded in ci.note)
+
+    def __post_init__(self):
+        self.unlearned = np.asarray(self.unlearned, dtype=np.float64)
+        if self.base is not None:
+            self.base = np.asarray(self.base, dtype=np.float64)
+
+    def keys(self) -> list[str]:
+        return [f"{c}:{s}" for c, s in zip(self.clusters, self.seeds)]
+
+    def to_record(self) -> dict:
+        """The compact JSON form kept in the results (``scores``), read back by ``from_record``."""
+        r = lambda a: None if a is None else [round(float(x), 6) for x in a]
+        return {"keys": self.keys(), "unlearned": r(self.unlearned), "base": r(self.base), "groups": self.groups, "binary": self.binary}
+
+    @classmethod
+    def from_record(cls, rec: Any) -> "Scores | None":
+        try:
+            keys = list(rec["keys"])
+            u = np.asarray(rec["unlearned"], dtype=np.float64)
+            b = None if rec.get("base") is None else np.asarray(rec["base"], dtype=np.float64)
+            groups = rec.get("groups")
+            if len(u) != len(keys) or (b is not None and len(b) != len(keys)) or (groups is not None and len(groups) != len(keys)) or not len(keys):
+                return None
+            if not np.isfinite(u).all() or (b is not None and not np.isfinite(b).all()):
+                return None
+            clusters, seeds = zip(*(str(k).rsplit(":", 1) for k in keys))
+            return cls(u, b, list(clusters), [int(s) for s in seeds], None if groups is None else [str(g) for g in groups], bool(rec.get("binary", False)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
+def prompt_key(text: str) -> str:
+    from .hashing import sha256_bytes
+
+    return sha256_bytes(text.encode())[:12]
+
+
+def item_scores(run, idx, unlearned, base, groups=None, binary: bool = False) -> Scores:
+    """Scores of the items ``idx`` of an ``evaluate.SuiteRun`` (clusters = their prompts)."""
+    idx = [int(i) for i in idx]
+    items = getattr(run, "items", None)  # a stand-in run without items: every item its own cluster
+    return Scores(np.asarray(unlearned, dtype=np.float64), None if base is None else np.asarray(base, dtype=np.float64),
+                  [prompt_key(items[i][0].text) if items else f"item{i}" for i in idx], [int(items[i][1]) if items else 0 for i in idx],
+                  None if groups is None else [str(g) for g in groups], binary)
+
+
+# ---------------------------------------------------------------- resampling weights
+
+
+def cluster_weights(clusters: list[str], resamples: int, rng: np.random.Generator, seeds: str = "keep") -> np.ndarray:
+    """(resamples, n_items) integer weights of a cluster bootstrap: C prompts drawn with
+    replacement out of C; a drawn prompt brings all its items (``seeds="keep"``) or a redraw of
+    its seeds with replacement (``"resample"``: the two-stage bootstrap, conservative)."""
+    _, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    c = int(inv.max()) + 1
+    k = rng.multinomial(c, np.full(c, 1.0 / c), size=resamples)  # (B, C) times each prompt is drawn
+    if seeds == "keep":
+        return k[:, inv].astype(np.float64)
+    w = np.zeros((resamples, len(inv)))
+    for j in range(c):
+        idx = np.flatnonzero(inv == j)
+        if len(idx) == 1:
+            w[:, idx[0]] = k[:, j]
+        else:
+            w[:, idx] = rng.multinomial(k[:, j] * len(idx), np.full(len(idx), 1.0 / len(idx)))
+    return w
+
+
+def statistic(x: np.ndarray, weights: np.ndarray, groups: list[str] | None = None) -> np.ndarray:
+    """The metric's value under each row of ``weights``: mean over groups of weighted group means
+    (groups absent from a resample are left out of that resample's mean)."""
+    weights = np.atleast_2d(weights)
+    if groups is None:
+        den = weights.sum(1)
+        return np.divide(weights @ x, den, out=np.full(len(den), np.nan), where=den > 0)
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    onehot = np.eye(int(g.max()) + 1)[g]  # (N, K)
+    num, den = weights @ (x[:, None] * onehot), weights @ onehot
+    per = np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(per, axis=1)
+
+
+def percentile(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    s = samples[np.isfinite(samples)]
+    if not len(s):
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(s, a)), float(np.quantile(s, 1 - a))
+
+
+# ---------------------------------------------------------------- proportions
+
+
+def wilson(successes: float, n: float, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval for a proportion (n may be an effective, non-integer size)."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = z_of(level)
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes <= 0 else lo), (1.0 if successes >= n else hi)
+
+
+def design_effect(x: np.ndarray, clusters: list[str]) -> float:
+    """Kish's design effect 1 + (m - 1) * ICC, ICC from the one-way ANOVA estimator (clipped at
+    0; 1 when the items show no variation or each prompt has one item)."""
+    _, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    c, n = int(inv.max()) + 1, len(x)
+    if c == n or c < 2 or np.all(x == x[0]):
+        return 1.0
+    sizes = np.bincount(inv)
+    means = np.bincount(inv, weights=x) / sizes
+    grand = x.mean()
+    msb = float((sizes * (means - grand) ** 2).sum() / (c - 1))
+    msw = float(((x - means[inv]) ** 2).sum() / (n - c))
+    m0 = (n - (sizes**2).sum() / n) / (c - 1)
+    icc = (msb - msw) / (msb + (m0 - 1) * msw) if (msb + (m0 - 1) * msw) > 0 else 0.0
+    return max(1.0, 1 + (float(sizes.mean()) - 1) * max(0.0, icc))
+
+
+# ---------------------------------------------------------------- intervals of one record
+
+
+def _ci(low, high, method, n_clusters, resamples, seed, level=LEVEL, **extra) -> dict:
+    return {"low": float(low), "high": float(high), "level": level, "method": method, "n_clusters": int(n_clusters),
+            "resamples": resamples, "seed": seed, **extra}
+
+
+def margin_of(threshold, value_s: np.ndarray, base_s: np.ndarray | None) -> np.ndarray:
+    """value - bound(base), elementwise over bootstrap samples."""
+    if not threshold.relative:
+        return value_s - threshold.value
+    if threshold.scale is not None:
+        return value_s - threshold.scale * base_s
+    return value_s - (base_s + threshold.offset)
+
+
+def intervals(scores: Scores, threshold=None, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
+              seeds: str = "keep") -> dict:
+    """``ci`` of the value, ``delta_ci`` of value - base, ``margin_ci`` of value - bound(base)
+    (with a threshold): the paired cluster bootstrap (Wilson for a proportion's ``ci``)."""
+    rng = np.random.default_rng(seed)
+    n_clusters = len(set(scores.clusters))
+    wilson_only = scores.binary and scores.groups is None and scores.base is None and (threshold is None or not threshold.relative)
+    w = cluster_weights(scores.clusters, 1 if wilson_only else resamples, rng, seeds)
+    u_s = statistic(scores.unlearned, w, scores.groups)
+    b_s = statistic(scores.base, w, scores.groups) if scores.base is not None else None
+    method = "cluster-bootstrap-percentile" + ("+seeds" if seeds == "resample" else "")
+    out: dict = {}
+    if scores.binary and scores.groups is None:
+        n = len(scores.unlearned)
+        deff = design_effect(scores.unlearned, scores.clusters)
+        lo, hi = wilson(float(scores.unlearned.sum()) / deff, n / deff, level)
+        out["ci"] = _ci(lo, hi, "wilson", n_clusters, None, None, level, n_items=n, n_effective=round(n / deff, 3))
+    else:
+        lo, hi = percentile(u_s, level)
+        out["ci"] = _ci(lo, hi, method, n_clusters, resamples, seed, level, n_items=len(scores.unlearned))
+    if scores.note:
+        out["ci"]["note"] = scores.note
+    if b_s is not None:
+        lo, hi = percentile(u_s - b_s, level)
+        out["delta_ci"] = _ci(lo, hi, method, n_clusters, resamples, seed, level)
+    if threshold is not None and (not threshold.relative or b_s is not None):
+        if threshold.relative:
+            lo, hi = percentile(margin_of(threshold, u_s, b_s), level)
+            out["margin_ci"] = _ci(lo, hi, method, n_clusters, resamples, seed, level)
+        else:  # absolute bound: the value's own interval, shifted
+            out["margin_ci"] = {**out["ci"], "low": out["ci"]["low"] - threshold.value, "high": out["ci"]["high"] - threshold.value}
+    return out
+
+
+def set_intervals(stat: Callable[[np.ndarray], float], base_stat: Callable[[np.ndarray], float] | None, clusters: list[str], threshold=None,
+                  resamples: int = 200, seed: int = SEED, level: float = LEVEL, method: str = "cluster-bootstrap-percentile, bias-shifted (generated set)") -> dict:
+    """Intervals of a set statistic (FID, KID): each resample is an index list of the generated
+    items (whole prompts drawn with replacement), used for both models; ``stat(idx)`` recomputes
+    the statistic on those items. Duplicated images bias FID / KID upward (a resample has fewer
+    distinct images), so each bootstrap distribution is shifted by its bias (median of the
+    resamples - the full-set value) before its percentiles are read."""
+    rng = np.random.default_rng(seed)
+    w = cluster_weights(clusters, resamples, rng).astype(int)
+    u_s, b_s = np.empty(resamples), np.empty(resamples) if base_stat else None
+    for r in range(resamples):
+        idx = np.repeat(np.arange(w.shape[1]), w[r])
+        u_s[r] = stat(idx)
+        if base_stat:
+            b_s[r] = base_stat(idx)
+    n_clusters = len(set(clusters))
+    every = np.arange(len(clusters))
+    u0 = stat(every)
+    u_s = u_s - (np.median(u_s) - u0)
+    if b_s is not None:
+        b0 = base_stat(every)
+        b_s = b_s - (np.median(b_s) - b0)
+    out = {"ci": _ci(*percentile(u_s, level), method, n_clusters, resamples, seed, level, n_items=len(clusters))}
+    if b_s is not None:
+        out["delta_ci"] = _ci(*percentile(u_s - b_s, level), method, n_clusters, resamples, seed, level)
+    if threshold is not None and (not threshold.relative or b_s is not None):
+        out["margin_ci"] = _ci(*percentile(margin_of(threshold, u_s, b_s), level), method, n_clusters, resamples, seed, level)
+    return out
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def verdict(threshold, value: float, base: float | None, margin_ci: dict | None) -> tuple[str, str]:
+    """(verdict, verdict_point). ``pass`` when the whole interval of value - bound(base) is on
+    the right side of 0, ``fail`` when it is wholly on the wrong side, else ``inconclusive``;
+    without an interval the point estimate decides (both equal)."""
+    point = "pass" if threshold.holds(value, base) else "fail"
+    if not margin_ci or not all(np.isfinite([margin_ci.get("low", np.nan), margin_ci.get("high", np.nan)])):
+        return point, point
+    lo, hi = margin_ci["low"], margin_ci["high"]
+    strict = threshold.op in (">", "<")
+    if threshold.op in (">=", ">"):
+        ok, bad = (lo > 0 if strict else lo >= 0), (hi <= 0 if strict else hi < 0)
+    else:
+        ok, bad = (hi < 0 if strict else hi <= 0), (lo >= 0 if strict else lo > 0)
+    return ("pass" if ok else "fail" if bad else "inconclusive"), point
+
+
+# ---------------------------------------------------------------- the regression gate's test
+
+
+def change_test(new: dict, old: dict, resamples: int = 2000, seed: int = SEED, level: float = LEVEL) -> dict | None:
+    """Is new.value - old.value beyond noise? Paired bootstrap over the prompts both runs share
+    when both records carry per-item ``scores`` for the same items (matched images); else an
+    unpaired bootstrap of the two runs' own scores; else the two runs' intervals (normal
+    approximation). Returns {method, low, high, p_value, n_clusters} or None (no information)."""
+    def usable(rec):  # scores that do not reproduce the record's value are not evidence about it
+        s = Scores.from_record(rec.get("scores")) if rec.get("scores") else None
+        if s is None or abs(float(statistic(s.unlearned, np.ones(len(s.unlearned)), s.groups)[0]) - float(rec["value"])) > 1e-5:
+            return None
+        return s
+
+    a, b = usable(new), usable(old)
+    rng = np.random.default_rng(seed)
+    change = float(new["value"]) - float(old["value"])
+    if a is not None and b is not None and (a.groups is None) == (b.groups is None):
+        if sorted(a.keys()) == sorted(b.keys()):
+            order_b = {k: i for i, k in enumerate(b.keys())}
+            perm = np.array([order_b[k] for k in a.keys()])
+            w = cluster_weights(a.clusters, resamples, rng)
+            d = statistic(a.unlearned, w, a.groups) - statistic(b.unlearned[perm], w, None if b.groups is None else [b.groups[i] for i in perm])
+            method, n_c = "paired cluster bootstrap (matched images)", len(set(a.clusters))
+        else:
+            d = statistic(a.unlearned, cluster_weights(a.clusters, resamples, rng), a.groups) - statistic(b.unlearned, cluster_weights(b.clusters, resamples, rng), b.groups)
+            method, n_c = "unpaired cluster bootstrap (images not matched)", min(len(set(a.clusters)), len(set(b.clusters)))
+        d = d[np.isfinite(d)]
+        if not len(d):
+            return None
+        lo, hi = percentile(d, level)
+        # two-sided percentile-bootstrap p-value of "no change": twice the share on the far side of 0
+        p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if np.ptp(d) > 0 else (0.0 if change != 0 else 1.0)
+        return {"method": method, "low": lo, "high": hi, "level": level, "p_value": p, "n_clusters": n_c, "resamples": resamples, "seed": seed}
+    ca, cb = new.get("ci"), old.get("ci")
+    tampered = (new.get("scores") and a is None) or (old.get("scores") and b is None)  # scores that contradict the value
+    if isinstance(ca, dict) and isinstance(cb, dict) and not tampered:
+        try:
+            z = z_of(level)
+            se = math.hypot((float(ca["high"]) - float(ca["low"])) / (2 * z), (float(cb["high"]) - float(cb["low"])) / (2 * z))
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not math.isfinite(se):
+            return None
+        from statistics import NormalDist
+
+        p = 2 * (1 - NormalDist().cdf(abs(change) / se)) if se > 0 else (0.0 if change != 0 else 1.0)
+        return {"method": "normal approximation from the two runs' intervals", "low": change - z * se, "high": change + z * se, "level": level, "p_value": float(p)}
+    return None
+
+
+ALPHA = 0.05
+
+
+def significant(test: dict | None, alpha: float = ALPHA) -> bool | None:
+    return None if test is None else bool(test["p_value"] < alpha)
+
+
+# ---------------------------------------------------------------- planning (unlearn power)
+
+
+def minimum_detectable_effect(sd_between: float, sd_within: float, prompts: int, seeds: int, alpha: float = 0.05, power: float = 0.8,
+                              paired_sd: float | None = None) -> float:
+    """Smallest true difference a two-sided test at ``alpha`` detects with ``power``, for a mean
+    over ``prompts`` x ``seeds`` items with between-prompt and within-prompt standard deviations:
+    (z_{1-alpha/2} + z_{power}) * SE, SE = sqrt(sd_b^2 / P + sd_w^2 / (P * S))."""
+    from statistics import NormalDist
+
+    nd = NormalDist()
+    se = math.sqrt(sd_between**2 / prompts + sd_within**2 / (prompts * seeds)) if paired_sd is None else paired_sd
+    return (nd.inv_cdf(1 - alpha / 2) + nd.inv_cdf(power)) * se
+
+
+# ---------------------------------------------------------------- one metric record
+
+
+def uncertainty(meas, threshold=None, params: dict | None = None) -> dict:
+    """The record fields of a ``metrics.Measurement``: ``ci``, ``delta_ci``, ``margin_ci``
+    (with a threshold), ``ci_reason`` (when ``ci`` is null) and ``scores`` (per-item, for the
+    regression gate). Suite metric params ``bootstrap_resamples`` / ``bootstrap_seed`` override
+    the defaults."""
+    params = params or {}
+    if meas.scores is not None:
+        s = meas.scores
+        point = float(statistic(s.unlearned, np.ones(len(s.unlearned)), s.groups)[0])
+        base_ok = s.base is None or meas.base_value is None or abs(float(statistic(s.base, np.ones(len(s.base)), s.groups)[0]) - meas.base_value) <= 1e-6
+        if abs(point - meas.value) > 1e-6 or not base_ok:
+            return {"ci": None, "delta_ci": None, "ci_reason": "internal: the per-item scores do not reproduce the value (a bug in the metric; please report)"}
+        out = intervals(s, threshold, int(params.get("bootstrap_resamples", RESAMPLES)), int(params.get("bootstrap_seed", SEED)))
+        return {"delta_ci": None, **out, "scores": s.to_record()}
+    if meas.resample is not None:
+        return {"delta_ci": None, **meas.resample(threshold)}
+    return {"ci": None, "delta_ci": None, "ci_reason": meas.ci_reason or "this metric gives no per-item scores to resample"}
