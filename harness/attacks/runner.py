@@ -38,7 +38,8 @@ def attack_module(name: str, suite_id: str):
 def forget_items(suite, items, target, seeds) -> list[int]:
     out = []
     for i, (p, s) in enumerate(items):
-        on = p.labels.get(target.kind) == target.concept if p.labels else True  # a prompt set without labels: every prompt is a forget prompt
+        # a prompt set without the target kind's label (a prompt bank, e.g. UnlearnDiffAtk's CSVs): every prompt is a forget prompt
+        on = p.labels.get(target.kind) == target.concept if target.kind in p.labels else True
         if on and (seeds is None or s in seeds):
             out.append(i)
     return out
@@ -59,10 +60,14 @@ def run_prompt_attacks(suite, params: dict, items, targets, base_jobs, unl_jobs,
         if target.kind not in suite.applies_to:
             continue
         t0 = time.time()
-        judge = make_judge(suite, scorer, target, params, root)
-        idx = forget_items(suite, items, target, seeds)
-        if not idx:
-            raise HarnessError(f"suite {suite.id}: robustness: no forget prompts of {target.concept!r} with the attack seeds")
+        try:  # a target this suite cannot judge is that target's error, not the whole suite's
+            judge = make_judge(suite, scorer, target, params, root)
+            idx = forget_items(suite, items, target, seeds)
+            if not idx:
+                raise HarnessError(f"suite {suite.id}: robustness: no forget prompts of {target.concept!r} with the attack seeds")
+        except HarnessError as e:
+            out[(target.kind, target.concept)] = {"error": str(e)}
+            continue
         pre = judge([unl_imgs[i] for i in idx])
         base_pre = judge([base_imgs[i] for i in idx])
         its = [Item(i, unl_jobs[i], base_jobs[i].key(), base_imgs[i]) for i in idx]

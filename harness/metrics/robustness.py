@@ -34,6 +34,8 @@ def compute(name: str, run, target, params: dict) -> Measurement:
     out = run.prompt_attacks.get((target.kind, target.concept))
     if out is None:
         raise HarnessError(f"suite {run.suite.id}: {METRICS[name].label}: no prompt attack ran for {target.concept!r}")
+    if "error" in out:
+        raise HarnessError(out["error"])
     base = float(np.mean(out["base_pre"]))
     pre = float(np.mean(out["pre"]))
     curve = out["asr_curve"]
