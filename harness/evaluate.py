@@ -112,10 +112,10 @@ class SuiteRun:
     scorer: object
     efficiency: dict = field(default_factory=dict)  # measured / declared cost of the erasure
     attacked: dict = field(default_factory=dict)  # psi -> images aligned with items (None: not attacked)
-    prompt_attacks: dict = field(default_factory=dict)  # (kind, concept) -> prompt attack outcome (robustness)
     root: Path = Path(".")  # the repository, for metric files named by path
     _preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # work metrics share (e.g. features for FID and KID)
+    prompt_attacks: dict = field(default_factory=dict)  # (kind, concept) -> prompt attack outcome (robustness)
 
     def labels(self) -> dict[str, list[str]]:
         keys = self.items[0][0].labels.keys() if self.items else []
