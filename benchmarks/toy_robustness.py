@@ -45,7 +45,7 @@ def main() -> None:
         t0 = time.time()
         res = ev.run(s, sub, suite.id)
         secs = time.time() - t0
-        r = {m["metric"]: m for m in res["metrics"]}
+        r = {m["metric"]: m for m in res["metrics"] if m["target"] == t.concept}
         d = r["asr"]["details"]
         line = {"submission": sub.name, "target": t.concept, "pre_asr": r["pre_asr"]["value"], "asr": r["asr"]["value"], "base_pre_asr": r["asr"]["base_value"],
                 "curve": [(c["budget"], round(c["asr"], 3)) for c in d["asr_curve"]], "items": d["items"], "attacked": d["attacked"],
