@@ -179,7 +179,7 @@ def test_base_model_pre_asr_is_scorer_accuracy_on_forget_prompts(tmp_path, toy_p
 
     recs, ev, _ = _evaluate("toy-base.yaml", {"attack": "unlearndiffatk", "rounds": 1, "iterations": 1}, tmp_path)
     _, run_images = run_batch(toy_pipe, [_job(f"A {o} image in striped style.", s) for o in ("circle", "triangle") for s in (0, 1)])
-    acc = float(np.mean([p == "striped" for p in ToyScorer(ScorerSpec(backend="toy"), ROOT).predict(run_images)["style"]]))
+    acc = float(np.mean([p == "striped" for p in ToyScorer(ScorerSpec(backend="toy"), ROOT).predict(list(run_images))["style"]]))
     pre = recs["pre_asr"]
     assert pre["value"] == pre["base_value"] == acc  # the control never forgot: its Pre-ASR is the base's
     assert recs["asr"]["value"] >= pre["value"]
