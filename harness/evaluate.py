@@ -120,6 +120,7 @@ class SuiteRun:
     root: Path = Path(".")  # the repository, for metric files named by path
     _preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # work metrics share (e.g. features for FID and KID)
+    prompt_attacks: dict = field(default_factory=dict)  # (kind, concept) -> prompt attack outcome (robustness)
 
     def labels(self) -> dict[str, list[str]]:
         keys = self.items[0][0].labels.keys() if self.items else []
@@ -216,6 +217,7 @@ class Evaluator:
         self._results: dict[tuple[str, str], dict] = {}
         self._suites: dict[str, Suite] = {}
         self._suite_sha: dict[str, str] = {}
+        self.attack_counter: dict = {}  # UNet calls of the prompt attacks (tests count them)
 
     def suite(self, suite_id: str) -> Suite:
         if suite_id not in self._suites:
@@ -275,6 +277,20 @@ class Evaluator:
             rep["flagged"] += r["flagged"]
         return out, rep
 
+    def _prompt_attacks(self, suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp):
+        """Prompt attacks (UnlearnDiffAtk, Ring-A-Bell) for the suite's robustness metrics
+        (attack and budget from the first such metric's params); found prompts are cached in
+        ``<cache>/attacks/`` (``harness.attacks.runner``)."""
+        specs = [m for m in suite.metrics if metrics.info(m.name).prompt_attack]
+        if not specs:
+            return {}
+        from .attacks.runner import run_prompt_attacks
+        from .attacks.common import text_encoder_fingerprint
+
+        fps = {"unlearned": unl_fp, "text_encoder": text_encoder_fingerprint(sub, base_fp, unl_fp)}
+        return run_prompt_attacks(suite, specs[0].params, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, fps,
+                                  self.cache_dir, self.root, self.progress, self.attack_counter)
+
     def run(self, sub_path: str, sub: Submission, suite_id: str) -> dict:
         """The suite's record: provenance + one metric record per (metric, target)."""
         key = (sub_path, suite_id)
@@ -326,11 +342,14 @@ class Evaluator:
             score_device = placement.device if isinstance(self.executor, LocalExecutor) else Placement.choose("cpu" if placement.device == "cpu" else "auto").device
             scorer = load_scorer(suite.scorer, self.root, score_device) if suite.scorer else None
             attacked, attack_rep = self._attack(suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe, stats)
+            prompt_attacks = self._prompt_attacks(suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp)
         else:  # metrics of the submission alone (efficiency): nothing to generate
             base_jobs, base_imgs, unl_imgs, scorer = [], [], [], None
             base_rep = unl_rep = {"generated": 0, "cached": 0, "flagged": []}
             attacked, attack_rep = {}, None
-        run = SuiteRun(suite, items, {"base": base_imgs, "unlearned": unl_imgs}, scorer, efficiency(sub, self.root), attacked, self.root)
+            prompt_attacks = {}
+        run = SuiteRun(suite, items, {"base": base_imgs, "unlearned": unl_imgs}, scorer, efficiency(sub, self.root), attacked, self.root,
+                       prompt_attacks=prompt_attacks)
         flagged = {"base": base_rep["flagged"], "unlearned": unl_rep["flagged"]}
         records = []
         for m in suite.metrics:

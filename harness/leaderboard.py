@@ -767,11 +767,14 @@ def build(results: str | Path, out: str | Path, report: Report = _stderr, assets
         points = tradeoff_points(df)
         svg = tradeoff_svg(points)
         (tmp / "tradeoff.svg").write_text(svg, encoding="utf-8")
+        from .leaderboard_asr import asr_curve_svg, curves  # robustness: ASR against attack budget
+
+        asr_svg = asr_curve_svg(curves(df))  # inline on the index page, one panel per suite
         tables = suite_tables(df, latest)
         kinds = sorted(set(df[df["latest"]]["target_kind"]))
         n_records = len(df)
         ctx = {"root": "", "tables": tables, "overview": overview_rows(df, latest), "kinds": kinds,
-               "svg": _markup(svg[svg.index("<svg"):]), "has_points": bool(points), "n_files": len(runs), "n_records": n_records,
+               "svg": _markup(svg[svg.index("<svg"):]), "has_points": bool(points), "asr_svg": _markup(asr_svg), "n_files": len(runs), "n_records": n_records,
                "n_submissions": len(latest), "skipped_images": len(images.bad)}
         (tmp / "index.html").write_text(env.get_template("index.html").render(**ctx), encoding="utf-8")
         (tmp / "submissions").mkdir()

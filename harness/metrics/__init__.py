@@ -32,6 +32,8 @@ _REGISTRY: dict[str, str] = {
     "clip_score": "clipscore",
     "object_acc": "objects",
     "object_acc_others": "objects",
+    "pre_asr": "robustness",
+    "asr": "robustness",
 }
 
 
@@ -43,6 +45,7 @@ class MetricInfo:
     version: str = "1"
     needs_images: bool = True  # False: computed from the submission alone (no generation)
     attack: bool = False  # True: needs the partial-diffusion attacked images too
+    prompt_attack: bool = False  # True: needs a prompt attack's outcome (harness.attacks.runner)
 
 
 @dataclass

@@ -1,0 +1,169 @@
+"""What every prompt attack shares: items, seeds, the attack cache, the judge, and text encoding /
+generation from token embeddings.
+
+An attack item is one (prompt, seed) image of a forget prompt: the unlearned model's generation
+job (its prompt, seed, scheduler, steps, guidance, size) and the base model's image of the same
+job (the attack's target image). An attack returns one record per item:
+
+    {"success": bool, "budget_used": n, "success_at": n or None, "prompt": adversarial text,
+     "token_ids": [...], "unet_calls": n, "seconds": s, ...}
+
+``success_at`` is the budget (iterations, or generations for the genetic search) at which the
+judge first saw the concept; ASR at budget b counts the items with ``success_at <= b`` (and the
+pre-attack successes, budget 0).
+
+The cache key of a record is the sha256 of (attack, its version, its parameters, the unlearned
+model's fingerprint, the base model's job key for the item, which names the target prompt, its
+seed and settings, the target concept, the judge's identity and threshold). A record is a JSON
+file ``<cache>/attacks/<key[:2]>/<key>.json`` written atomically: an interrupted attack keeps
+every finished item, and a re-run repeats nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..fsutil import atomic_write
+from ..generate import Job, initial_latents, set_scheduler
+from ..hashing import canonical_json, sha256_bytes, sha256_json
+
+ATTACKS_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One attacked image: the unlearned model's job and the base model's image of it."""
+
+    index: int  # position in the suite's (prompt, seed) items
+    job: Job  # the unlearned model's job (the attack changes its prompt only)
+    base_key: str  # the base model's job key: the target image's identity
+    target_image: np.ndarray | None = None  # uint8 HxWx3, the base model's image
+
+    def generator_seed(self, attack_seed: int) -> int:
+        """A per-item seed: the same item gives the same draws whatever the batch around it."""
+        return int(sha256_bytes(f"{attack_seed}|{self.job.prompt}|{self.job.seed}".encode())[:15], 16)
+
+
+def item_key(attack: str, version: str, params: dict, unlearned_fp: str, item: Item, concept: str, judge_id: dict) -> str:
+    return sha256_json({"attack": attack, "attack_version": version, "attacks_version": ATTACKS_VERSION, "params": params,
+                        "unlearned": unlearned_fp, "base_job": item.base_key, "prompt": item.job.prompt, "seed": item.job.seed,
+                        "concept": concept, "judge": judge_id})
+
+
+class AttackCache:
+    """Attack records by key, JSON, written atomically; a damaged file reads as absent."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        try:
+            rec = json.loads(self._path(key).read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) and rec.get("key") == key and "success" in rec else None
+
+    def put(self, key: str, record: dict) -> None:
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(p, (canonical_json({**record, "key": key}) + "\n").encode())
+
+
+def text_model(text_encoder):
+    return getattr(text_encoder, "text_model", text_encoder)
+
+
+def token_embeddings(text_encoder):
+    """The vocabulary's input embedding matrix (V, d)."""
+    return text_model(text_encoder).embeddings.token_embedding.weight
+
+
+def encode_embeds(text_encoder, inputs_embeds):
+    """CLIP text encoder hidden states from token embeddings (B, L, d) instead of ids: the
+    position embeddings, causal self-attention and final layer norm of ``CLIPTextModel``."""
+    from transformers.masking_utils import create_causal_mask
+
+    tm = text_model(text_encoder)
+    h = tm.embeddings(inputs_embeds=inputs_embeds)
+    mask = create_causal_mask(config=tm.config, inputs_embeds=h, attention_mask=None, cache=None)
+    return tm.final_layer_norm(tm.encoder(inputs_embeds=h, attention_mask=mask, is_causal=True).last_hidden_state)
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids between BOS and the first EOS (truncated to the model's length)."""
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    eos = tokenizer.eos_token_id
+    body = ids[1:]
+    return body[: body.index(eos)] if eos in body else body
+
+
+def with_prefix(tokenizer, prefix: list[int], body: list[int]) -> list[int]:
+    """[BOS] + prefix + body + [EOS] padded with EOS to the model's length (the body is cut so the
+    EOS always fits), as UnlearnDiffAtk's ``prefix_k`` insertion builds it."""
+    n = tokenizer.model_max_length
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    body = body[: max(0, n - 2 - len(prefix))]
+    ids = [bos, *prefix, *body, eos]
+    return ids + [pad] * (n - len(ids))
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return tokenizer.decode([i for i in ids if i not in special]).strip()
+
+
+def generate_from_ids(pipe, ids_batch: list[list[int]], jobs: list[Job], counter: dict | None = None):
+    """Images (uint8) of token-id prompts with the jobs' settings and noise: the same latents
+    (the job's seed), scheduler, steps, guidance and negative prompt as ``generate.run_batch``,
+    so an adversarial image is matched with the item's un-attacked one."""
+    import torch
+
+    out = [None] * len(jobs)
+    groups: dict[tuple, list[int]] = {}
+    for i, j in enumerate(jobs):
+        groups.setdefault((j.scheduler, j.steps, j.guidance, j.height, j.width, j.eta, j.negative_prompt), []).append(i)
+    device = pipe.unet.device
+    for idx in groups.values():
+        j0 = jobs[idx[0]]
+        set_scheduler(pipe, j0.scheduler)
+        ids = torch.tensor([ids_batch[i] for i in idx], device=device)
+        with torch.inference_mode():
+            cond = pipe.text_encoder(ids)[0]
+            neg = pipe.encode_prompt([j0.negative_prompt] * len(idx), device, 1, False)[0] if j0.guidance > 1 else None
+            lat = initial_latents(pipe, [jobs[i].seed for i in idx], j0.height, j0.width).to(device=device, dtype=pipe.unet.dtype)
+            gens = [torch.Generator("cpu").manual_seed(jobs[i].seed + 1) for i in idx]
+            kw = {"eta": j0.eta} if j0.scheduler == "ddim" else {}
+            res = pipe(prompt_embeds=cond.to(pipe.unet.dtype), negative_prompt_embeds=None if neg is None else neg.to(pipe.unet.dtype),
+                       num_inference_steps=j0.steps, guidance_scale=j0.guidance, height=j0.height, width=j0.width, latents=lat,
+                       generator=gens, output_type="np", **kw)
+        if counter is not None:
+            counter["unet_calls"] = counter.get("unet_calls", 0) + j0.steps * (2 if j0.guidance > 1 else 1)
+        imgs = np.round(np.clip(np.nan_to_num(np.asarray(res.images, dtype=np.float32)), 0, 1) * 255).astype(np.uint8)
+        for i, im in zip(idx, imgs):
+            out[i] = np.ascontiguousarray(im)
+    return out
+
+
+def asr_curve(pre: list[bool], success_at: list[int | None], budgets: list[int]) -> list[dict]:
+    """ASR at each budget: the share of items that succeed before the attack or at a budget <= b
+    (UnlearnDiffAtk's count: pre-attack successes included)."""
+    n = len(pre)
+    return [{"budget": b, "asr": (sum(1 for p, s in zip(pre, success_at) if p or (s is not None and s <= b)) / n) if n else float("nan")}
+            for b in budgets]
+
+
+def text_encoder_fingerprint(sub, base_fp: str, unl_fp: str) -> str:
+    """The text encoder's identity, for attacks that use it alone (Ring-A-Bell): a checkpoint of
+    UNet tensors leaves the base's text encoder, so those submissions share its found prompts;
+    any other kind (text encoder tensors, a whole pipeline, a LoRA) may change it."""
+    if sub.checkpoint.kind == "unet":
+        return f"{base_fp}:text_encoder"
+    return f"{unl_fp}:text_encoder"
