@@ -113,12 +113,18 @@ def cmd_erase(a) -> int:
 
 # ----------------------------------------------------------------------------- specs
 def cmd_validate(a) -> int:
+    from .bundle import expand, is_set
+    from .fsutil import find_root
     from .spec import SpecErrors, is_suite_file, load_submission, load_suite, read_yaml
 
     bad = 0
     for f in a.files:
         try:
-            (load_suite if is_suite_file(read_yaml(f)) else load_submission)(f)
+            data = read_yaml(f)
+            if is_set(data):  # a submission set: its members exist and are submissions (checked below, one by one)
+                print(f"{f}: ok (submission set: {', '.join(expand(f, find_root([f])))})")
+                continue
+            (load_suite if is_suite_file(data) else load_submission)(f)
             print(f"{f}: ok")
         except SpecErrors as e:
             bad += 1
@@ -135,14 +141,22 @@ def cmd_validate(a) -> int:
 
 def cmd_check(a) -> int:
     """Everything the harness checks before generating, for each submission (no model loads)."""
+    from .bundle import expand
     from .check import check_submission
-    from .fsutil import cache_dir
+    from .fsutil import cache_dir, find_root
     from .spec import SpecErrors
 
-    root = Path(a.root)
+    root = Path(a.root) if a.root else find_root(a.files)
     cache = cache_dir(root, a.cache)
     bad = 0
-    for f in a.files:
+    files = []
+    for f in a.files:  # a submission set (submissions/uce.yaml) stands for its members
+        try:
+            files += [m for m in expand(f, root) if m not in files]
+        except HarnessError as e:
+            print(f"unlearn: error: {e}", file=sys.stderr)
+            bad += 1
+    for f in files:
         try:
             lines = check_submission(f, root, cache, a.allow_pickle, set(a.suite or ()) or None)
         except SpecErrors as e:  # each line starts with its file: the submission or a suite
@@ -324,7 +338,7 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="everything the harness checks before generating (files, sha256, tensor shapes vs the base, concepts, suites); no model loads")
     k.add_argument("files", nargs="+", metavar="SUBMISSION")
     k.add_argument("--suite", action="append", metavar="ID", help="only these suites of the submission (repeatable)")
-    k.add_argument("--root", default=".", help="repository root (default .)")
+    k.add_argument("--root", default=None, help="repository root (default: found like pytest's rootdir, the nearest folder up from the submission with pyproject.toml / pytest.ini / tox.ini / setup.cfg)")
     k.add_argument("--cache", default=None, help="download cache for checkpoints / prompt sets by URL (default .unlearn-cache in the root, or $UNLEARN_CACHE)")
     k.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin/.pt): only for files you trust")
     k.set_defaults(func=cmd_check)

@@ -42,6 +42,8 @@ class State:
     compile: bool = False
     records: list = field(default_factory=list)
     written: list = field(default_factory=list)
+    suite_errors: dict = field(default_factory=dict)  # (submission, suite) -> the one-line error of a suite that failed to run
+    checked: dict = field(default_factory=dict)  # submission path -> what the start-up checks verified
 
 
 STATE = pytest.StashKey[State]()
@@ -59,6 +61,7 @@ def pytest_addoption(parser):
     g.addoption("--unlearn-executor", default="local", metavar="NAME", help="where images are generated: local (this process, default) or ray (Ray tasks)")
     g.addoption("--unlearn-ray-address", metavar="ADDR", help="Ray cluster for --unlearn-executor ray (default $RAY_ADDRESS, else a new local instance)")
     g.addoption("--unlearn-compile", action="store_true", help="torch.compile the UNet (worth it on a GPU for large suites)")
+    g.addoption("--unlearn-debug", action="store_true", help="show the full traceback of an unexpected error in a case (default: one line; -v shows it too)")
 
 
 def _usage(msg: str):
@@ -68,7 +71,8 @@ def _usage(msg: str):
 def _build_state(config) -> State:
     import os
 
-    from .check import startup
+    from .bundle import expand_all
+    from .check import prepare
     from .evaluate import plan_cases
     from .spec import SpecErrors
 
@@ -103,7 +107,10 @@ def _build_state(config) -> State:
         probe.unlink()
     except OSError as e:
         raise _usage(f"--unlearn-cache: {cache} is not a writable folder ({e.strerror})") from None
-    paths = config.getoption("unlearn_submission")
+    try:  # submission sets (submissions/uce.yaml) stand for their members; a missing path suggests names
+        paths = expand_all(config.getoption("unlearn_submission"), root)
+    except HarnessError as e:
+        raise _usage(str(e)) from None
     results = config.getoption("unlearn_results")
     if results is not None and len(set(paths)) > 1 and "{submission}" not in results:
         raise _usage("--unlearn-results: with several submissions the path must contain '{submission}'")
@@ -112,13 +119,15 @@ def _build_state(config) -> State:
     only = set(config.getoption("unlearn_suite"))
     subs, suites, cases = {}, {}, []
     allow_pickle = config.getoption("unlearn_allow_pickle")
+    checked = {}
     for p in dict.fromkeys(paths):
         try:
-            sub, mine, _ = startup(p, root, cache, allow_pickle)  # shared with `unlearn check`
+            # every check `unlearn check` makes (one function), before any model loads
+            sub, mine, checked[p] = prepare(p, root, cache, allow_pickle, only or None, strict_only=False)
         except SpecErrors as e:
             raise _usage("\n".join(e.lines)) from None
-        except HarnessError as e:
-            msg = str(e)
+        except (HarnessError, OSError) as e:
+            msg = str(e) if isinstance(e, HarnessError) else (e.strerror or str(e))
             raise _usage(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
         subs[p] = (sub, mine)
         suites.update(mine)
@@ -129,8 +138,10 @@ def _build_state(config) -> State:
         cases += plan_cases(p, sub, mine, only or None)
     subs = {p: sub for p, (sub, _) in subs.items()}
     started = dt.datetime.now(dt.timezone.utc)
-    return State(root, subs, suites, cases, cache, results, device, config.getoption("unlearn_smoke"), allow_pickle,
-                 started.isoformat(timespec="seconds"), executor, address, config.getoption("unlearn_compile"))
+    state = State(root, subs, suites, cases, cache, results, device, config.getoption("unlearn_smoke"), allow_pickle,
+                  started.isoformat(timespec="seconds"), executor, address, config.getoption("unlearn_compile"))
+    state.checked = checked
+    return state
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -226,18 +237,51 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def check_case(case, unlearn_evaluator, record_property) -> None:
-    """Run (or reuse) the case's suite, attach the record to the report, assert the verdict."""
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(e).__name__}: {text}" if not isinstance(e, HarnessError) else text
+
+
+def _record(request, payload: dict) -> None:
+    """The case's record, carried by its report (xdist: to the controller): the whole record as
+    JSON under ``unlearn``, and value / base value / threshold / verdict as plain properties
+    (shown by ``--junitxml``). Appended to ``user_properties`` directly: pytest's
+    ``record_property`` fixture warns under junit's default xunit2 family."""
+    rec = payload["record"]
+    props = request.node.user_properties
+    props.append(("unlearn", json.dumps(payload, default=float)))
+    for k in ("value", "base_value", "threshold", "bound", "verdict"):
+        props.append((f"unlearn.{k}", "" if rec.get(k) is None else str(rec.get(k))))
+    if rec.get("error"):
+        props.append(("unlearn.error", rec["error"]))
+
+
+def check_case(case, unlearn_evaluator, request) -> None:
+    """Run (or reuse) the case's suite, attach the record to the report, assert the verdict.
+
+    A problem while the suite runs is one line in the case's report (a HarnessError as it is,
+    any other exception as ``Type: message``; the full traceback with ``--unlearn-debug`` or
+    ``-v``), and the suite's other cases report the same line without running it again."""
     state, evaluator = unlearn_evaluator
     sub = state.submissions[case.submission]
-    try:
-        result = evaluator.run(case.submission, sub, case.suite)
-    except HarnessError as e:
-        rec = {"suite": case.suite, "metric": case.metric, "target": case.target.concept, "verdict": "error", "error": str(e)}
-        record_property("unlearn", json.dumps({"submission": case.submission, "record": rec, "suite": None}))
-        pytest.fail(f"error: {e}", pytrace=False)
+    key = (case.submission, case.suite)
+    failed = state.suite_errors.get(key)
+    if failed is None:
+        try:
+            result = evaluator.run(case.submission, sub, case.suite)
+        except Exception as e:  # noqa: BLE001 - every error of a case is reported, in one line
+            config = request.config
+            if not isinstance(e, HarnessError) and (config.getoption("unlearn_debug") or config.get_verbosity() > 0):
+                raise
+            failed = state.suite_errors[key] = _one_line(e)
+    if failed is not None:
+        rec = {"suite": case.suite, "metric": case.metric, "target": case.target.concept, "verdict": "error", "error": failed}
+        _record(request, {"submission": case.submission, "record": rec, "suite": None})
+        pytest.fail(f"error: {failed}", pytrace=False)
     rec = next(r for r in result["metrics"] if r["metric"] == case.metric and r["target"] == case.target.concept)
-    record_property("unlearn", json.dumps({"submission": case.submission, "record": rec, "suite": result["suite"]}, default=float))
+    _record(request, {"submission": case.submission, "record": rec, "suite": result["suite"]})
     label = f"{rec.get('label', case.metric)} for {case.target.concept}"
     if rec["verdict"] == "error":
         pytest.fail(f"error: {label}: {rec['error']}", pytrace=False)
