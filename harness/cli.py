@@ -18,9 +18,9 @@ from .errors import HarnessError
 
 
 def _threads() -> None:
-    import torch
+    from .threads import apply
 
-    torch.set_num_threads(int(os.environ.get("UNLEARN_THREADS", os.cpu_count() or 1)))
+    apply()  # UNLEARN_THREADS, else the cores left free by the machine's load (harness/threads.py)
 
 
 class _Parser(argparse.ArgumentParser):

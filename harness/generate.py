@@ -279,6 +279,8 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
     ``run_batch``; attacks pass their own). ``executor`` runs the missing jobs (default
     ``LocalExecutor``; ``harness.ray_executor.RayExecutor`` needs ``pipe`` to be a
     ``PipelineRecipe`` or to carry one as ``pipe.recipe``); ``stats`` collects how they ran.
+    ``progress``: True for a tqdm bar, or a function ``(desc, jobs) -> object with update(n)
+    and close()`` that shows it some other way.
 
     Returns the images and a report: how many were generated / cached and which were flagged
     (non-finite output, or an all-black / constant image)."""
@@ -293,7 +295,10 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
             report["flagged"].append({"prompt": j.prompt, "seed": j.seed, "flags": h[1]})
     executor = executor or LocalExecutor()
     stats = stats if stats is not None else RunStats()
-    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False)
+    if callable(progress):  # the caller's own display (the pytest plugin's terminal line): progress(desc, jobs to make)
+        bar = progress(desc, [jobs[i] for i in todo])
+    else:
+        bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False)
     made = executor.run([jobs[i] for i in todo], pipe, cache, batch_size, runner or run_batch, stats, bar.update)
     bar.close()
     for k, (im, flags) in made.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from . import threads as _threads  # noqa: F401 - sets OMP_WAIT_POLICY=PASSIVE before torch starts its pool
 from .errors import HarnessError
 from .fsutil import cache_dir
 
@@ -44,6 +45,9 @@ class State:
     written: list = field(default_factory=list)
     suite_errors: dict = field(default_factory=dict)  # (submission, suite) -> the one-line error of a suite that failed to run
     checked: dict = field(default_factory=dict)  # submission path -> what the start-up checks verified
+    threads: tuple | None = None  # (torch threads, why) of the evaluator in this process
+    progress: object = None  # the Progress display of this process
+    timed: set = field(default_factory=set)  # (submission, suite) whose scoring time was kept
 
 
 STATE = pytest.StashKey[State]()
@@ -205,7 +209,31 @@ def _pin_worker_gpu(config) -> None:
 def pytest_report_header(config):
     state = config.stash.get(STATE, None)
     if state:
-        return [f"unlearn: {len(state.submissions)} submission(s), {len(state.cases)} case(s), cache {state.cache}" + (" [smoke]" if state.smoke else "")]
+        lines = [f"unlearn: {len(state.submissions)} submission(s), {len(state.cases)} case(s), cache {state.cache}" + (" [smoke]" if state.smoke else "")]
+        try:
+            lines.append("unlearn: " + _estimate_line(config, state))
+        except Exception as e:  # noqa: BLE001 - an estimate must never stop a run
+            lines.append(f"unlearn: estimate unavailable ({type(e).__name__})")
+        return lines
+
+
+def _estimate_line(config, state: State) -> str:
+    from . import estimate
+
+    workers = getattr(config.option, "numprocesses", None) or 1
+    n, why = _threads.choose(workers if isinstance(workers, int) else 1)
+    device = estimate.resolve_device(state.device)
+    only = set(config.getoption("unlearn_suite")) or None
+    plans = [p for path, sub in state.submissions.items()
+             for p in estimate.plan(path, sub, _suites_of(state, path), state.root, state.cache, state.device, state.smoke, only)]
+    w = workers if isinstance(workers, int) and workers > 1 else 1
+    line = estimate.summary_line(plans, state.cache, estimate.device_key(device, n), parallel=w)
+    return f"{line}; torch threads {n} per process ({why})"
+
+
+def _suites_of(state: State, path: str) -> dict:
+    names = {c.suite for c in state.cases if c.submission == path}
+    return {k: v for k, v in state.suites.items() if k in names}
 
 
 def pytest_generate_tests(metafunc):
@@ -227,10 +255,90 @@ def unlearn_evaluator(request):
     from .ray_executor import make_executor
 
     state = request.config.stash[STATE]
+    state.threads = _threads.apply()  # for this process's share of the machine (harness/threads.py)
     executor = make_executor(state.executor, state.ray_address)
-    ev = Evaluator(state.root, state.cache, state.device, state.allow_pickle, state.smoke, progress=True, executor=executor, compile=state.compile)
+    shown = state.progress = Progress(request.config, state)
+    ev = Evaluator(state.root, state.cache, state.device, state.allow_pickle, state.smoke, progress=shown.bar, executor=executor, compile=state.compile)
     yield state, ev
     executor.close()  # shuts down a Ray instance only if this session started it
+
+
+class Progress:
+    """Images done / total, speed and time left, one terminal line per generation phase of a
+    suite (and one every 10 s while it runs), written through pytest's terminal reporter with
+    output capture suspended, so it shows without ``-s``; silent under ``-q`` and in xdist
+    workers (they have no terminal). Each finished phase's speed is kept per device in the
+    cache (``harness.estimate``) for the next run's estimate."""
+
+    EVERY = 10.0
+
+    def __init__(self, config, state: State):
+        self.config, self.state = config, state
+        self.device = None
+        self.generation_s: dict[str, float] = {}  # suite id -> seconds spent generating in this process
+
+    def _write(self, line: str) -> None:
+        if self.config.get_verbosity() < 0 or hasattr(self.config, "workerinput"):
+            return
+        tr = self.config.pluginmanager.getplugin("terminalreporter")
+        cap = self.config.pluginmanager.getplugin("capturemanager")
+        if tr is None:
+            return
+        import contextlib
+
+        with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
+            tr.ensure_newline()
+            tr.write_line(line)
+
+    def bar(self, desc: str, jobs: list):
+        import time
+
+        from . import estimate
+
+        owner = self
+        if self.device is None:
+            self.device = estimate.device_key(estimate.resolve_device(self.state.device))
+
+        class _Bar:
+            def __init__(self):
+                self.t0 = self.last = time.perf_counter()
+                self.first = None  # (time, done) after the first batch: the rate excludes loading
+                self.done, self.total = 0, len(jobs)
+                self.steps = jobs[0].steps if jobs else 0
+                self.size = (jobs[0].height, jobs[0].width) if jobs else (0, 0)
+
+            def update(self, n: int) -> None:
+                now = time.perf_counter()
+                self.done += n
+                if self.first is None:
+                    self.first = (now, self.done)
+                if now - self.last >= owner.EVERY and self.done < self.total:
+                    self.last = now
+                    owner._write(self.line(now))
+
+            def line(self, now: float) -> str:
+                el = now - self.t0
+                left = ""
+                if self.done < self.total and self.first and self.done > self.first[1]:
+                    rate = (self.done - self.first[1]) / max(1e-9, now - self.first[0])
+                    left = f", about {estimate.fmt_duration((self.total - self.done) / rate)} left"
+                elif self.done < self.total and self.done:
+                    left = f", about {estimate.fmt_duration(el / self.done * (self.total - self.done))} left"
+                speed = f"{self.done / el:.1f} img/s" if el > 0 and self.done else "loading"
+                return f"unlearn: {desc}: {self.done}/{self.total} images ({speed}, {estimate.fmt_duration(el)}{left})"
+
+            def close(self) -> None:
+                if not self.total:
+                    return
+                now = time.perf_counter()
+                el = now - self.t0
+                suite = desc.split(" ")[0]
+                owner.generation_s[suite] = owner.generation_s.get(suite, 0.0) + el
+                owner._write(self.line(now))
+                if self.done:
+                    estimate.note(owner.state.cache, estimate.gen_key(owner.device, *self.size), el, self.done * self.steps)
+
+        return _Bar()
 
 
 def _fmt(x) -> str:
@@ -280,6 +388,13 @@ def check_case(case, unlearn_evaluator, request) -> None:
         rec = {"suite": case.suite, "metric": case.metric, "target": case.target.concept, "verdict": "error", "error": failed}
         _record(request, {"submission": case.submission, "record": rec, "suite": None})
         pytest.fail(f"error: {failed}", pytrace=False)
+    if key not in state.timed and state.progress is not None:  # scoring time, for the next run's estimate
+        from . import estimate
+
+        state.timed.add(key)
+        dev = state.progress.device or estimate.device_key(estimate.resolve_device(state.device))
+        scoring = float(result["suite"].get("seconds") or 0) - state.progress.generation_s.get(case.suite, 0.0)
+        estimate.note(state.cache, f"score|{dev}|{case.suite}", max(scoring, 0.01), 1)
     rec = next(r for r in result["metrics"] if r["metric"] == case.metric and r["target"] == case.target.concept)
     _record(request, {"submission": case.submission, "record": rec, "suite": result["suite"]})
     label = f"{rec.get('label', case.metric)} for {case.target.concept}"
