@@ -228,7 +228,7 @@ def cmd_regress(a) -> int:
 def cmd_leaderboard_build(a) -> int:
     from .leaderboard import build
 
-    n = build(a.results, a.out)
+    n = build(a.results, a.out, include_smoke=a.include_smoke)
     bad = f", {n['images_unavailable']} image(s) unavailable" if n["images_unavailable"] else ""
     print(f"wrote {a.out}: {n['submissions']} submission(s) from {n['files']} results file(s), {n['records']} records, "
           f"{n['suites']} suite table(s), {n['images']} image(s){bad}; open {Path(a.out) / 'index.html'}")
@@ -323,6 +323,7 @@ def parser() -> argparse.ArgumentParser:
     t = lb.add_parser("build", help="build the static site from results JSON files")
     t.add_argument("--results", default="leaderboard/results", help="folder of results JSON files (default leaderboard/results)")
     t.add_argument("--out", default="site", help="site folder, replaced when it holds an earlier build (default site)")
+    t.add_argument("--include-smoke", action="store_true", help="show smoke runs, apart from the full runs (default: left out, each named on stderr)")
     t.set_defaults(func=cmd_leaderboard_build)
     t = lb.add_parser("refresh", help="run the harness on the toy submissions; copy their results and sample images")
     t.add_argument("--submissions", nargs="+", metavar="YAML", help="submission files (default submissions/toy-*.yaml)")

@@ -153,6 +153,7 @@ def pytest_configure(config):
     if not config.getoption("unlearn_submission", default=None):
         return
     _pin_worker_gpu(config)
+    _check_pytest_cache(config)
     state = _build_state(config)
     config.stash[STATE] = state
     config.pluginmanager.register(Reporter(state, config), "unlearn-reporter")
@@ -163,6 +164,19 @@ def pytest_configure(config):
     # pytest-xdist: keep each suite's cases on one worker, so its pipelines load once there.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+
+
+def _check_pytest_cache(config) -> None:
+    """pytest's cache provider stays on (``--lf`` / ``--ff`` work). What turning it off used to
+    guard against is checked instead: a ``.pytest_cache`` that is a symbolic link (committed by
+    a pull request, pytest would write through it outside the checkout) stops the run; a
+    partial re-run (``--lf``, ``-k``, ``--sw``) writes results marked incomplete, which
+    ``leaderboard refresh`` refuses; the harness's own subprocess runs (``rerun.py``: refresh,
+    regress) still run without it, so a user's last-failed state never shortens them."""
+    cache = getattr(config, "cache", None)
+    d = getattr(cache, "_cachedir", None)
+    if d is not None and any(p.is_symlink() for p in (Path(d), *Path(d).parents) if p == Path(d) or str(p).startswith(str(config.rootpath))):
+        raise _usage(f"{d}: pytest's cache folder is a symbolic link; remove it (or run with -p no:cacheprovider)")
 
 
 def visible_gpus() -> list[str]:
@@ -289,6 +303,7 @@ class Progress:
         with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
             tr.ensure_newline()
             tr.write_line(line)
+            tr.flush()
 
     def bar(self, desc: str, jobs: list):
         import time
@@ -442,6 +457,7 @@ class Reporter:
             complete = len(mine) == len(planned) and exitstatus != pytest.ExitCode.INTERRUPTED
             data = build(path, sub, state.root, list(suites.values()), versions, complete, state.started)
             data["environment"]["device"] = sorted({s["suite"].get("device") for s in suites.values() if s["suite"].get("device")})
+            data["smoke"] = state.smoke  # a smoke run is a different run: readers keep it apart (leaderboard, summary, compare)
             out = Path(state.results.replace("{submission}", sub.name)) if state.results else state.root / "results" / sub.name / f"{stamp}.json"
             if not out.is_absolute():
                 out = Path(self.config.invocation_params.dir) / out

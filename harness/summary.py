@@ -23,6 +23,11 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.4g}" if isinstance(x, (int, float)) else cell(x)
 
 
+def is_smoke(result: dict) -> bool:
+    """A smoke run: the run says so, or one of its suites does (older results)."""
+    return result.get("smoke") is True or any(isinstance(s, dict) and s.get("smoke") is True for s in result.get("suites", []))
+
+
 def markdown(result: dict, source: str) -> str:
     sub = result.get("submission", {})
     s = result.get("summary", {})
@@ -30,7 +35,8 @@ def markdown(result: dict, source: str) -> str:
         f"### {cell(sub.get('name', '?'))} ({cell(sub.get('method', {}).get('name', '?'))})",
         "",
         f"{s.get('pass', 0)} pass, {s.get('fail', 0)} fail, {s.get('error', 0)} error, {s.get('info', 0)} info"
-        f"{'' if result.get('complete', True) else ' (incomplete run)'}; file {cell(source)}",
+        f"{'' if result.get('complete', True) else ' (incomplete run)'}"
+        f"{' (**smoke run**: a subset of each suite, not comparable with full runs)' if is_smoke(result) else ''}; file {cell(source)}",
         "",
         "| suite | metric | target | value | base | threshold | verdict |",
         "|---|---|---|---:|---:|---|---|",

@@ -267,3 +267,42 @@ def test_lora_tensor_names_are_compared_with_the_base(tmp_path, capsys):
             assert rc == 0 and "names and sizes match the base's modules" in cap.out, cap
         else:
             assert rc == 2 and needle in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
+
+
+# ----------------------------------------------------------------------------- pytest habits
+def test_last_failed_reruns_only_the_failing_case(pytester, tiny_base, monkeypatch):
+    """The cache provider is on (no ``-p no:cacheprovider`` in addopts): ``--lf`` after a run
+    with one failing case re-runs that case alone, and its results JSON says it is incomplete
+    (a partial re-run never passes for a whole run)."""
+    import json
+
+    root = _local_project(pytester, tiny_base)
+    monkeypatch.chdir(root)
+    args = ["--unlearn-submission", "sub.yaml", "--unlearn-cache", str(root / "cache"), "--unlearn-device", "cpu"]
+    first = pytester.runpytest(*args, "--unlearn-results", "first.json")
+    first.assert_outcomes(passed=1, failed=1)  # UA >= 1.01 cannot hold
+    again = pytester.runpytest(*args, "--unlearn-results", "again.json", "--lf", "-v")
+    again.assert_outcomes(failed=1, deselected=1)
+    assert "test_metric[mini::UA::striped] FAILED" in again.stdout.str()
+    assert json.loads((root / "first.json").read_text())["complete"] is True
+    assert json.loads((root / "again.json").read_text())["complete"] is False
+    ff = pytester.runpytest(*args, "--unlearn-results", "ff.json", "--ff", "-v")
+    ff.assert_outcomes(passed=1, failed=1)
+    lines = [ln for ln in ff.stdout.str().splitlines() if "test_metric[" in ln and ("PASSED" in ln or "FAILED" in ln)]
+    assert "UA" in lines[0], lines
+
+
+def test_junitxml_has_values_as_properties_and_no_warnings(pytester, tiny_base, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    root = _local_project(pytester, tiny_base)
+    monkeypatch.chdir(root)
+    r = pytester.runpytest("--unlearn-submission", "sub.yaml", "--unlearn-cache", str(root / "cache"), "--unlearn-device", "cpu",
+                           "--junitxml", "out.xml", "-W", "error::pytest.PytestWarning")
+    r.assert_outcomes(passed=1, failed=1)
+    assert "warnings summary" not in r.stdout.str() and "PytestWarning" not in r.stdout.str()
+    cases = ET.parse(root / "out.xml").getroot().iter("testcase")
+    props = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")} for c in cases}
+    ua = props["test_metric[mini::UA::striped]"]
+    assert ua["unlearn.threshold"] == ">= 1.01" and ua["unlearn.verdict"] == "fail"
+    assert float(ua["unlearn.value"]) >= 0 and ua["unlearn.base_value"] != ""
