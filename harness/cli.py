@@ -203,15 +203,39 @@ def cmd_compare(a) -> int:
 
 def cmd_summary(a) -> int:
     from .compare import load_result
-    from .summary import markdown
+    from .summary import markdown, side_by_side
 
     bad = 0
+    loaded = []
     for f in a.files:
         try:
-            print(markdown(load_result(f), f))
+            loaded.append((load_result(f), f))
         except HarnessError as e:
             bad += 1
             print(f"unlearn: error: {e}", file=sys.stderr)
+    if len(loaded) > 1:  # several files: one table side by side, with the change from the first
+        print(side_by_side(loaded))
+    if len(loaded) == 1 or a.each:
+        for r, f in loaded:
+            print(markdown(r, f))
+    return 2 if bad else 0
+
+
+def cmd_hash(a) -> int:
+    """The sha256 the harness expects in a submission for a file or folder checkpoint (a folder:
+    sha256 over its sorted manifest of relative path + file sha256, hidden files left out), the
+    same function ``checkpoint.sha256`` is verified with."""
+    from .hashing import sha256_file, sha256_tree
+
+    bad = 0
+    for f in a.paths:
+        p = Path(f)
+        if not p.exists():
+            print(f"unlearn: error: {f}: no such file or folder", file=sys.stderr)
+            bad += 1
+            continue
+        kind = "folder" if p.is_dir() else "file"
+        print(f"{sha256_tree(p) if p.is_dir() else sha256_file(p)}  {f}" + (f"  ({kind})" if a.verbose else ""))
     return 2 if bad else 0
 
 
@@ -315,9 +339,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--suite", action="append", help="only these suites (repeatable; the baselines must hold them)")
     r.add_argument("--smoke", action="store_true", help="smoke subsets (the baselines must be smoke results too)")
     r.set_defaults(func=cmd_regress)
-    m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary)")
+    m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary); several files: one table side by side with deltas")
     m.add_argument("files", nargs="+")
+    m.add_argument("--each", action="store_true", help="with several files, also print each file's own table")
     m.set_defaults(func=cmd_summary)
+    h = sub.add_parser("hash", help="print the sha256 a submission must pin for a checkpoint file or folder (LoRA, pipeline)")
+    h.add_argument("paths", nargs="+", metavar="PATH")
+    h.add_argument("-v", "--verbose", action="store_true", help="say file or folder")
+    h.set_defaults(func=cmd_hash)
 
     lb = sub.add_parser("leaderboard", help="the leaderboard site").add_subparsers(dest="leaderboard_cmd", required=True)
     t = lb.add_parser("build", help="build the static site from results JSON files")

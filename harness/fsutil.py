@@ -17,10 +17,20 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())  # mkstemp makes 0600; a file is readable as open() would make it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def default_mode(folder: bool = False) -> int:
+    """The mode ``open()`` / ``mkdir()`` would give under the current umask (0644 / 0755 with
+    the usual 022), for files made through ``mkstemp`` / ``mkdtemp`` (0600 / 0700), so that a
+    web server or CI step running as another user can read results, checkpoints and sites."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
 
 
 def cache_dir(root: str | Path, option: str | Path | None = None) -> Path:

@@ -255,6 +255,16 @@ def suite_tables(df, latest: dict[str, Run]) -> list[dict]:
 GENERATION_KEYS = ("scheduler", "steps", "guidance", "height", "width", "eta", "batch_size", "negative_prompt")
 
 
+def generation_seconds(s: dict) -> float | None:
+    """Seconds the suite's images took to generate (base + unlearned + attacked, from the image
+    sidecars, whenever they were made); None when a results file does not say."""
+    imgs = s.get("images") if isinstance(s.get("images"), dict) else {}
+    vals = [v.get("generation_seconds") for v in imgs.values() if isinstance(v, dict)]
+    if not vals or any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in vals):
+        return None
+    return float(sum(vals))
+
+
 def suite_meta(s: dict) -> dict:
     """The fields of a suite record the pages show, every one present (None when absent)."""
     gen = s.get("generation") if isinstance(s.get("generation"), dict) else {}
@@ -273,7 +283,7 @@ def suite_meta(s: dict) -> dict:
             "scorer_id": scorer.get("id") if isinstance(scorer, dict) else scorer,
             "scorer_sha256": scorer.get("sha256") if isinstance(scorer, dict) else None,
             "models": {"base": models.get("base"), "unlearned": models.get("unlearned")}, "images": images,
-            "seconds": s.get("seconds"), "error": s.get("error")}
+            "seconds": s.get("seconds"), "generation_seconds": generation_seconds(s), "error": s.get("error")}
 
 
 def _base_rows(sdf, metrics: list[dict], latest: dict[str, Run], sid: str) -> list[dict]:
@@ -590,7 +600,11 @@ def _prepare_out(out: Path) -> Path:
     """A fresh temp folder beside ``out``, renamed to ``out`` when the build is complete."""
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    from .fsutil import default_mode
+
+    os.chmod(tmp, default_mode(folder=True))  # mkdtemp makes 0700: a web server as another user could not read the site
+    return tmp
 
 
 def is_smoke(data: dict) -> bool:

@@ -48,3 +48,46 @@ def markdown(result: dict, source: str) -> str:
             cell(str(m.get("verdict", "")).upper()),
         ]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def side_by_side(results: list[tuple[dict, str]]) -> str:
+    """One Markdown table for several results files: a value column per file (with its
+    verdict), the change of each later file from the first, and the first file's base value
+    and threshold. Rows are every (suite, metric, target) any file has; a file without the row
+    shows "-". A mix of smoke and full runs is said above the table (they are not comparable)."""
+    names = []
+    for i, (r, src) in enumerate(results):
+        sub = r.get("submission", {})
+        names.append(f"{chr(65 + i) if i < 26 else i}: {cell(sub.get('name', '?'))}{' (smoke)' if is_smoke(r) else ''}")
+    keys: list[tuple] = []
+    recs: list[dict] = []
+    for r, _ in results:
+        by = {}
+        for m in r.get("metrics", []):
+            k = (m.get("suite", ""), m.get("label", m.get("metric", "")), m.get("target", ""))
+            by[k] = m
+            if k not in keys:
+                keys.append(k)
+        recs.append(by)
+    letters = [n.split(":")[0] for n in names]
+    lines = ["### " + " vs ".join(names), ""]
+    smokes = {is_smoke(r) for r, _ in results}
+    if len(smokes) > 1:
+        lines += ["**Warning:** smoke and full runs side by side: a smoke run scores a subset of each suite, so their differences are not comparable.", ""]
+    lines += ["Files: " + "; ".join(f"{letters[i]} = {cell(src)}" for i, (_, src) in enumerate(results)), ""]
+    head = ["suite", "metric", "target", *[f"{x}" for x in letters], *[f"{x} - {letters[0]}" for x in letters[1:]], f"base ({letters[0]})", "threshold"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(letters) * 2) + ["---"]) + "|"]
+    for k in keys:
+        row = [cell(k[0]), cell(k[1]), cell(k[2])]
+        vals = []
+        for by in recs:
+            m = by.get(k)
+            v = m.get("value") if m else None
+            vals.append(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+            row.append("-" if m is None else f"{_num(v)} {cell(str(m.get('verdict', '')).upper())}")
+        for v in vals[1:]:
+            row.append("-" if v is None or vals[0] is None else f"{v - vals[0]:+.4g}")
+        first = recs[0].get(k) or next((by[k] for by in recs if k in by), {})
+        row += [_num(first.get("base_value")), cell(first.get("threshold") or "-")]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
