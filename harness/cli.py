@@ -245,6 +245,14 @@ def cmd_regress(a) -> int:
     _threads()
     methods = set(a.method) if a.method else None
     extra = (["--unlearn-smoke"] if a.smoke else []) + [f"--unlearn-suite={s}" for s in a.suite or ()]
+    if a.method_cmd is not None:  # a researcher's own method: --submission is the YAML to re-make
+        from .regress_cmd import regress_own
+
+        if len(a.submission or ()) != 1:
+            raise HarnessError("--method-cmd: give exactly one --submission YAML (the submission whose checkpoint the command re-makes)")
+        return regress_own(Path(a.root), a.submission[0], a.method_cmd, Path(a.out), a.baseline, extra)
+    if a.baseline is not None:
+        raise HarnessError("--baseline: only with --method-cmd (the reference gate reads --baselines)")
     return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None, pytest_args=extra)
 
 
@@ -335,14 +343,23 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=".regression", help="checkpoints, submissions, results and image cache of the re-run (inside the repo)")
     r.add_argument("--root", default=".", help="repository root")
     r.add_argument("--method", action="append", help="only submissions of these methods (repeatable; 'control' = no method record)")
-    r.add_argument("--submission", action="append", help="only these submission names (repeatable)")
+    r.add_argument("--submission", action="append", help="only these submission names (repeatable); with --method-cmd: the submission YAML")
     r.add_argument("--suite", action="append", help="only these suites (repeatable; the baselines must hold them)")
     r.add_argument("--smoke", action="store_true", help="smoke subsets (the baselines must be smoke results too)")
+    r.add_argument("--method-cmd", metavar="CMD", help="re-run your own method: a shell command that writes the new checkpoint to {out}/<the checkpoint's file name>; with one --submission YAML")
+    r.add_argument("--baseline", metavar="RESULTS.json", help="with --method-cmd: the results to compare with (default: the newest of the same submission and method)")
     r.set_defaults(func=cmd_regress)
     m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary); several files: one table side by side with deltas")
     m.add_argument("files", nargs="+")
     m.add_argument("--each", action="store_true", help="with several files, also print each file's own table")
     m.set_defaults(func=cmd_summary)
+    im = sub.add_parser("images", help="write every image of a run as an HTML grid page (base | unlearned, by prompt and seed)")
+    im.add_argument("results", metavar="RESULTS.json")
+    im.add_argument("--suite", action="append", metavar="S", help="only these suites (repeatable)")
+    im.add_argument("--out", required=True, metavar="DIR", help="folder for index.html + images/ (new, empty, or an earlier page)")
+    im.add_argument("--cache", default=None, help="image cache (default .unlearn-cache in the repository, or $UNLEARN_CACHE)")
+    im.add_argument("--root", default=None, help="repository root (default: found from the results file, like pytest's rootdir)")
+    im.set_defaults(func=lambda a: __import__("harness.images", fromlist=["cmd"]).cmd(a))
     h = sub.add_parser("hash", help="print the sha256 a submission must pin for a checkpoint file or folder (LoRA, pipeline)")
     h.add_argument("paths", nargs="+", metavar="PATH")
     h.add_argument("-v", "--verbose", action="store_true", help="say file or folder")
