@@ -478,4 +478,7 @@ class Reporter:
                     f"  {r['suite']:<16} {r.get('label', r['metric']):<17} {r['target']:<14} {_fmt(r.get('value')):>8} "
                     f"{_fmt(r.get('base_value')):>8} {str(r.get('threshold') or '-'):<16} {r['verdict'].upper()}"
                 )
+                if r["verdict"] == "error" and r.get("error"):  # an error verdict says why, in one line
+                    msg = " ".join(str(r["error"]).split())
+                    tr.write_line(f"    error: {msg[:200]}{'...' if len(msg) > 200 else ''}")
             tr.write_line(f"  results: {out}")

@@ -194,7 +194,8 @@ def test_an_exception_escaping_a_case_is_one_line_and_the_suite_runs_once(pytest
     assert len(calls) == 1  # the second case reports the first one's error without re-running the suite
     assert out.count("error: RuntimeError: CUDA driver exploded") >= 2
     assert "Traceback" not in out and "frame\n" not in out and len(out.splitlines()) < 80, out
-    assert "ERROR" in out.split("unlearn results")[-1]  # the terminal table shows the error verdicts
+    table = out.split("unlearn results")[-1]
+    assert "ERROR" in table and "    error: RuntimeError: CUDA driver exploded" in table  # error verdicts and why
     calls.clear()
     r = pytester.runpytest("--unlearn-submission", "sub.yaml", "--unlearn-cache", str(root / "cache"), "--unlearn-device", "cpu", "--unlearn-debug")
     assert "Traceback" in r.stdout.str() or "raise RuntimeError" in r.stdout.str()
