@@ -142,7 +142,7 @@ def cmd_validate(a) -> int:
 def cmd_check(a) -> int:
     """Everything the harness checks before generating, for each submission (no model loads)."""
     from .bundle import expand
-    from .check import check_submission
+    from .check import prepare
     from .fsutil import cache_dir, find_root
     from .spec import SpecErrors
 
@@ -158,7 +158,8 @@ def cmd_check(a) -> int:
             bad += 1
     for f in files:
         try:
-            lines = check_submission(f, root, cache, a.allow_pickle, set(a.suite or ()) or None)
+            sub, suites, lines = prepare(f, root, cache, a.allow_pickle, set(a.suite or ()) or None)
+            lines.append(_estimate(f, sub, suites, root, cache, set(a.suite or ()) or None))
         except SpecErrors as e:  # each line starts with its file: the submission or a suite
             where = e.lines[0].split(": ", 1)[0]
             more = f" (and {len(e.lines) - 1} more: `unlearn validate {where}` lists them)" if len(e.lines) > 1 else ""
@@ -178,6 +179,18 @@ def cmd_check(a) -> int:
         named = msg.startswith(str(f)) or re.match(r"^\S+\.ya?ml: ", msg)  # names its file already
         print(f"unlearn: error: {msg if named else f'{f}: {msg}'}", file=sys.stderr)
     return 2 if bad else 0
+
+
+def _estimate(path, sub, suites, root, cache, only) -> str:
+    """The run's time from measured speed (``harness.estimate``); never an error of the check."""
+    try:
+        from . import estimate
+        from .threads import choose
+
+        plans = estimate.plan(str(path), sub, suites, root, cache, "auto", False, only)
+        return estimate.summary_line(plans, cache, estimate.device_key(estimate.resolve_device("auto"), choose()[0])) + " (full suites)"
+    except Exception as e:  # noqa: BLE001
+        return f"estimate: unavailable ({type(e).__name__})"
 
 
 def cmd_schema(a) -> int:
