@@ -221,6 +221,7 @@ def test_submission_sets_expand_to_their_members(capsys, monkeypatch):
     assert main(["check", "--suite", "toy-efficiency", "submissions/uce.yaml"]) == 0
     out = capsys.readouterr().out
     assert "submissions/toy-uce-style.yaml: ok" in out and "submissions/toy-uce-object.yaml: ok" in out
+    assert "estimate: 0 image(s) to make" in out  # toy-efficiency makes no images
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -307,3 +308,33 @@ def test_junitxml_has_values_as_properties_and_no_warnings(pytester, tiny_base, 
     ua = props["test_metric[mini::UA::striped]"]
     assert ua["unlearn.threshold"] == ">= 1.01" and ua["unlearn.verdict"] == "fail"
     assert float(ua["unlearn.value"]) >= 0 and ua["unlearn.base_value"] != ""
+
+
+def test_threads_follow_the_load_workers_and_the_override(monkeypatch):
+    from harness import threads
+
+    monkeypatch.delenv("UNLEARN_THREADS", raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 8)
+    assert threads.choose(workers=1, load=0.0)[0] == 8
+    assert threads.choose(workers=2, load=0.0)[0] == 4  # xdist workers share the cores
+    assert threads.choose(workers=1, load=5.2)[0] == 3  # what the other processes leave free
+    assert threads.choose(workers=1, load=30.0)[0] == 1  # never 0
+    monkeypatch.setenv("UNLEARN_THREADS", "5")
+    assert threads.choose(workers=2, load=30.0) == (5, "UNLEARN_THREADS")
+
+
+def test_estimate_uses_the_speed_measured_on_this_device(tmp_path):
+    from harness import estimate
+
+    plan = [estimate.SuitePlan("s", 2, 2, 20, 32, 32, frozenset({"a", "b"}), frozenset({"a", "b"}), 0)]
+    secs, src = estimate.seconds(plan, tmp_path, "cpu/1t")
+    assert src.startswith("a guess") and secs == pytest.approx(2 * 20 * estimate.GUESS_S_PER_STEP_PIXEL * 32 * 32)
+    estimate.note(tmp_path, estimate.gen_key("cpu/1t", 32, 32), 8.0, 40)  # 0.2 s per image-step
+    estimate.note(tmp_path, "score|cpu/1t|s", 3.0, 1)
+    secs, src = estimate.seconds(plan, tmp_path, "cpu/1t")
+    assert src == "measured on this device" and secs == pytest.approx(2 * 20 * 0.2 + 3.0)
+    secs, src = estimate.seconds([estimate.SuitePlan("t", 1, 1, 10, 64, 64, frozenset({"c"}), frozenset({"c"}), 0)], tmp_path, "cpu/1t")
+    assert src == "scaled from another size on this device" and secs == pytest.approx(10 * 0.2 * 4)
+    # an image two suites share is made once
+    twice = plan + [estimate.SuitePlan("u", 1, 1, 20, 32, 32, frozenset({"a"}), frozenset({"a"}), 0)]
+    assert estimate.counts(twice) == (2, 0)
