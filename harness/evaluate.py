@@ -263,7 +263,10 @@ class Evaluator:
                 rep[k] += r[k]
             rep["flagged"] += r["flagged"]
             g_s = r.get("generation_seconds")  # sidecar seconds of these images (None: unknown)
-            rep["generation_seconds"] = None if g_s is None or rep.get("generation_seconds", 0) is None else round(rep.get("generation_seconds", 0) + g_s, 3)
+            if g_s is None or rep.get("generation_seconds", 0) is None:
+                rep["generation_seconds"] = None
+            else:
+                rep["generation_seconds"] = round(rep.get("generation_seconds", 0) + g_s, 3)
         return out, rep
 
     def run(self, sub_path: str, sub: Submission, suite_id: str) -> dict:

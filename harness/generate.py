@@ -323,5 +323,6 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
     # what these images cost to generate, whenever that was (the sidecars keep it): a warm re-run
     # reports the generation time, not its own near-zero seconds; None when some image's is unknown
     spent = [cache.seconds(j) for j in jobs]
-    report["generation_seconds"] = round(sum(spent), 3) if jobs and all(x is not None for x in spent) else None
+    if jobs and all(x is not None for x in spent):  # omitted when unknown (e.g. Ray tasks do not time their images)
+        report["generation_seconds"] = round(sum(spent), 3)
     return images, report
