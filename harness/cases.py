@@ -7,5 +7,5 @@ Collected only when pytest is given ``--unlearn-submission``; its ids read like
 from harness.plugin import check_case
 
 
-def test_metric(unlearn_case, unlearn_evaluator, record_property):
-    check_case(unlearn_case, unlearn_evaluator, record_property)
+def test_metric(unlearn_case, unlearn_evaluator, request):
+    check_case(unlearn_case, unlearn_evaluator, request)

@@ -13,6 +13,8 @@ problem is raised as a ``HarnessError``: one line naming the field.
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
 
 from . import metrics
@@ -93,9 +95,7 @@ def check_checkpoint(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool
                     raise HarnessError(f"checkpoint: {comp} of pipeline folder {ckpt.name} lacks {len(missing)} tensor(s) of the base, e.g. {missing[0]!r}")
             n += len(found)
         return f"checkpoint: pipeline folder, {n} unet + text encoder tensors" + (", names and shapes match the base" if base_dir(sub.base_model, root) else "")
-    if ckpt.is_file():  # lora
-        tensor_shapes(ckpt, allow_pickle)
-    return "checkpoint: LoRA, readable (names not compared with the base)"
+    return check_lora(sub, ckpt, root, allow_pickle)
 
 
 def check_targets(sub: Submission, suites: dict[str, Suite], filtered: bool) -> None:
@@ -118,7 +118,9 @@ def check_targets(sub: Submission, suites: dict[str, Suite], filtered: bool) -> 
             if tp is not None and t.kind in tp.values and t.concept not in tp.values[t.kind]:
                 values = tp.values[t.kind]
                 shown = ", ".join(values[:8]) + (", ..." if len(values) > 8 else "")
-                raise HarnessError(f"targets.{i}.concept: {t.concept!r} is not a {t.kind} of suite {s.id} (its {t.kind} values: {shown})")
+                near = difflib.get_close_matches(t.concept, values, n=1, cutoff=0.6)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise HarnessError(f"targets.{i}.concept: {t.concept!r} is not a {t.kind} of suite {s.id} ({hint}its {t.kind} values: {shown})")
 
 
 def tokenizer_notes(sub: Submission, root: Path) -> list[str]:
@@ -175,6 +177,7 @@ def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path) -> str:
             except HarnessError as e:
                 raise HarnessError(f"{where}: generation.height: {e}") from None
             size = f"{n}x{n} (native)"
+    check_pins(sub, suite, root)
     if suite.scorer is not None:
         for what in ("weights", "style_weights", "object_weights"):
             w = getattr(suite.scorer, what)
@@ -196,16 +199,23 @@ def check_method_record(sub: Submission, root: Path) -> str | None:
     return f"method_record: {sub.method_record}"
 
 
-def check_submission(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False, only: set[str] | None = None) -> list[str]:
-    """Every check short of loading a model; returns what was checked (one line each) or
-    raises the first problem as one line."""
-    sub, suites, ckpt = startup(path, root, cache, allow_pickle)
+def prepare(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False, only: set[str] | None = None,
+            strict_only: bool = True) -> tuple[Submission, dict[str, Suite], list[str]]:
+    """Every check short of loading a model, for one submission: the one start-up path of both
+    ``unlearn check`` and the pytest plugin. Returns (submission, its suites by id, what was
+    checked, one line each) or raises the first problem as one line. ``only``: check only those
+    suites (all are returned); with ``strict_only`` a suite id the submission lacks is an error
+    (the plugin, given several submissions, checks its ``--unlearn-suite`` against all of them
+    instead)."""
+    sub, every, ckpt = startup(path, root, cache, allow_pickle)
+    suites = every
     if only:
         unknown = sorted(set(only) - set(suites))
-        if unknown:
+        if unknown and strict_only:
             raise HarnessError(f"--suite: {', '.join(unknown)} is not a suite of this submission (it has: {', '.join(sorted(suites))})")
         suites = {k: v for k, v in suites.items() if k in only}
     lines = [f"base_model: {base_fingerprint(sub.base_model, root)}"]
+    lines += check_base(sub, root)
     if ckpt is None:  # a URL: fetched into the cache (or found there, offline), then verified
         ckpt = checkpoint_file(sub.checkpoint, root, cache, allow_pickle)
     lines.append(check_checkpoint(sub, ckpt, root, allow_pickle))
@@ -216,4 +226,181 @@ def check_submission(path: str | Path, root: Path, cache: Path, allow_pickle: bo
     record = check_method_record(sub, root)
     if record:
         lines.append(record)
+    return sub, every, lines
+
+
+def check_submission(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False, only: set[str] | None = None) -> list[str]:
+    """``prepare``'s lines (``unlearn check``)."""
+    return prepare(path, root, cache, allow_pickle, only)[2]
+
+
+# ----------------------------------------------------------------------------- bases, pins, LoRA
+PLACEHOLDER = "0" * 64
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "UNLEARN_OFFLINE"))
+
+
+def hub_snapshot(repo_id: str | None, revision: str | None) -> Path | None:
+    """The local Hugging Face cache's snapshot folder of ``repo_id`` at ``revision`` (None when
+    it is not there). Reads the cache only; never the network."""
+    if not repo_id:
+        return None
+    env = os.environ
+    cache = env.get("HF_HUB_CACHE") or (str(Path(env["HF_HOME"]) / "hub") if env.get("HF_HOME") else None)  # read now, not at import
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True, cache_dir=cache))
+    except Exception:  # not cached (LocalEntryNotFoundError), or an unreadable cache
+        return None
+
+
+def check_hub_model(repo_id: str, revision: str | None, what: str) -> str:
+    """A hub model the run will load: found in the local cache, or refused when the hub is
+    off (the run would otherwise fail at load time, once per case)."""
+    snap = hub_snapshot(repo_id, revision)
+    at = f"{repo_id}@{revision[:12]}" if revision else repo_id
+    if snap is not None:
+        return f"{what}: {at} found in the local Hugging Face cache"
+    if hub_offline():
+        raise HarnessError(f"{what}: {at} is not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE=1); "
+                           "download it where the hub is reachable (or unset HF_HUB_OFFLINE)")
+    return f"{what}: {at} not cached; downloaded when a suite first needs it"
+
+
+def check_base(sub: Submission, root: Path) -> list[str]:
+    """The base model can be loaded: a folder (or cached hub snapshot) with model_index.json
+    that parses and every component's config; a hub base that is not cached while the hub is
+    off is refused."""
+    import json
+
+    b = sub.base_model
+    lines = []
+    if b.hub_id:
+        lines.append(check_hub_model(b.hub_id, b.revision, "base_model.hub_id"))
+    d = base_dir(b, root) or hub_snapshot(b.hub_id, b.revision)
+    if d is None:
+        return lines
+    name = d.name if b.hub_id is None else b.hub_id
+    try:
+        index = json.loads((d / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise HarnessError(f"base_model: {name}/model_index.json cannot be read ({type(e).__name__})") from None
+    if not isinstance(index, dict):
+        raise HarnessError(f"base_model: {name}/model_index.json is not a JSON object")
+    for part in PIPELINE_PARTS:
+        if part not in index:
+            raise HarnessError(f"base_model: {name}/model_index.json names no {part} (not a Stable Diffusion pipeline)")
+        cfg = "tokenizer_config.json" if part == "tokenizer" else "scheduler_config.json" if part == "scheduler" else "config.json"
+        f = d / part / cfg
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            what = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__})"
+            raise HarnessError(f"base_model: {name}/{part}/{cfg} is {what}: the pipeline cannot load") from None
+    for part in ("unet", "vae", "text_encoder"):
+        if not sorted((d / part).glob("*.safetensors")):
+            raise HarnessError(f"base_model: {name}/{part}/ holds no safetensors weights (pickle weights are not loaded)")
     return lines
+
+
+def _pins(obj, where: str):
+    """(field path, {path, sha256} mapping) of every pinned file in a suite's data."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("sha256"), str):
+            yield where, obj
+        for k, v in obj.items():
+            yield from _pins(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _pins(v, f"{where}.{i}")
+
+
+def check_pins(sub: Submission, suite: Suite, root: Path) -> None:
+    """Every sha256 pin of the suite that this submission's run would use: an all-zero
+    placeholder stops the suite (it cannot run until a maintainer pins the real file); a pinned
+    metric file or folder must exist and match; a scorer model on the hub must be cached when
+    the hub is off. ``references_by_concept`` entries count only for the submission's targets."""
+    from .hashing import sha256_file, sha256_tree
+    from .spec import inside
+
+    where = f"suite {suite.id}"
+    concepts = {t.concept for t in sub.targets}
+    data = suite.model_dump(mode="json")
+    for field, pin in _pins(data, ""):
+        parts = field.split(".")
+        if "references_by_concept" in parts:
+            i = parts.index("references_by_concept")
+            if len(parts) > i + 1 and parts[i + 1] not in concepts:
+                continue
+        if pin["sha256"] == PLACEHOLDER:
+            what = pin.get("path") or pin.get("url") or "the file"
+            raise HarnessError(f"{where}: {field}.sha256: placeholder (all zeros) for {what}: not runnable here until a maintainer "
+                               "pins the real file (see the suite file's comments)")
+        if field.startswith("metrics.") and pin.get("path"):
+            p = inside(root, pin["path"], f"{where}: {field}.path")
+            if not p.exists():
+                raise HarnessError(f"{where}: {field}.path: {pin['path']}: no such file or folder")
+            got = sha256_tree(p) if p.is_dir() else sha256_file(p)
+            if got != pin["sha256"]:
+                raise HarnessError(f"{where}: {field}.sha256: {pin['path']} has sha256 {got}, expected {pin['sha256']}")
+    for j, m in enumerate(data.get("metrics", [])):
+        params = m.get("params") or {}
+        if isinstance(params.get("model"), str) and "/" in params["model"] and isinstance(params.get("revision"), str):
+            check_hub_model(params["model"], params["revision"], f"{where}: metrics.{j}.params.model")
+
+
+def check_lora(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool) -> str:
+    """A LoRA's tensors must adapt modules the base has: each ``<module>.lora_A/B`` (peft) or
+    ``<module>.lora.down/up`` (diffusers) name, with its ``unet.`` / ``text_encoder.`` prefix
+    removed, must name a Linear / Conv module of the base (its ``.weight`` tensor), and the
+    ranks' outer sizes must fit it."""
+    files = [ckpt] if ckpt.is_file() else sorted(ckpt.glob("*.safetensors"))
+    if not files:
+        raise HarnessError(f"checkpoint: LoRA folder {ckpt.name} holds no *.safetensors")
+    found: dict = {}
+    for f in files:
+        found.update(tensor_shapes(f, allow_pickle))
+    if not found:
+        raise HarnessError(f"checkpoint: LoRA {ckpt.name} holds no tensors")
+    bases = {comp: base_shapes(sub, root, comp) for comp in COMPONENTS}
+    if all(v is None for v in bases.values()):
+        return f"checkpoint: LoRA, {len(found)} tensor(s), readable (names not compared: base not available here)"
+    import re
+
+    pat = re.compile(r"^(?:base_model\.model\.)?(?P<comp>unet|text_encoder)?\.?(?P<mod>.+?)\.(?:lora_(?P<ab>[AB])(?:\.default)?|lora\.(?P<du>down|up)|lora_(?P<du2>down|up))\.weight$")
+    adapted, kohya = 0, 0
+    for name, (shape, _) in found.items():
+        if name.endswith("alpha") or "lora_magnitude" in name:
+            continue
+        if name.startswith(("lora_unet_", "lora_te")):  # kohya names (diffusers converts them): not compared
+            kohya += 1
+            continue
+        m = pat.match(name)
+        if not m:
+            raise HarnessError(f"checkpoint: LoRA tensor {name!r} is not named <module>.lora_A/.lora_B (peft) or <module>.lora.down/.up (diffusers)")
+        comp = m.group("comp") or "unet"
+        own = bases.get(comp)
+        if own is None:
+            continue
+        mod = m.group("mod")
+        key = mod + ".weight"
+        if key not in own:
+            alt = f"text_model.{key}" if not key.startswith("text_model.") else key.removeprefix("text_model.")
+            key = alt if alt in own else None
+        if key is None:
+            near = difflib.get_close_matches(mod + ".weight", list(own), n=1, cutoff=0.8)
+            hint = f" (nearest: {near[0].removesuffix('.weight')!r})" if near else ""
+            raise HarnessError(f"checkpoint: LoRA tensor {name!r} adapts {mod!r}, which is not a module of the base's {COMPONENTS[comp]}{hint}")
+        w = own[key]
+        down = m.group("ab") == "A" or "down" in (m.group("du"), m.group("du2"))
+        outer = shape[1] if down else shape[0]
+        need = w[1] if down else w[0]
+        if len(shape) >= 2 and outer != need:
+            raise HarnessError(f"checkpoint: LoRA tensor {name!r} has shape {tuple(shape)}, but {mod!r} of the base is {tuple(w)}")
+        adapted += 1
+    note = f"; {kohya} kohya-format tensor(s) not compared" if kohya else ""
+    return f"checkpoint: LoRA, {adapted} tensor(s), names and sizes match the base's modules{note}"

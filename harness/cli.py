@@ -18,9 +18,9 @@ from .errors import HarnessError
 
 
 def _threads() -> None:
-    import torch
+    from .threads import apply
 
-    torch.set_num_threads(int(os.environ.get("UNLEARN_THREADS", os.cpu_count() or 1)))
+    apply()  # UNLEARN_THREADS, else the cores left free by the machine's load (harness/threads.py)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,12 +113,18 @@ def cmd_erase(a) -> int:
 
 # ----------------------------------------------------------------------------- specs
 def cmd_validate(a) -> int:
+    from .bundle import expand, is_set
+    from .fsutil import find_root
     from .spec import SpecErrors, is_suite_file, load_submission, load_suite, read_yaml
 
     bad = 0
     for f in a.files:
         try:
-            (load_suite if is_suite_file(read_yaml(f)) else load_submission)(f)
+            data = read_yaml(f)
+            if is_set(data):  # a submission set: its members exist and are submissions (checked below, one by one)
+                print(f"{f}: ok (submission set: {', '.join(expand(f, find_root([f])))})")
+                continue
+            (load_suite if is_suite_file(data) else load_submission)(f)
             print(f"{f}: ok")
         except SpecErrors as e:
             bad += 1
@@ -135,16 +141,25 @@ def cmd_validate(a) -> int:
 
 def cmd_check(a) -> int:
     """Everything the harness checks before generating, for each submission (no model loads)."""
-    from .check import check_submission
-    from .fsutil import cache_dir
+    from .bundle import expand
+    from .check import prepare
+    from .fsutil import cache_dir, find_root
     from .spec import SpecErrors
 
-    root = Path(a.root)
+    root = Path(a.root) if a.root else find_root(a.files)
     cache = cache_dir(root, a.cache)
     bad = 0
-    for f in a.files:
+    files = []
+    for f in a.files:  # a submission set (submissions/uce.yaml) stands for its members
         try:
-            lines = check_submission(f, root, cache, a.allow_pickle, set(a.suite or ()) or None)
+            files += [m for m in expand(f, root) if m not in files]
+        except HarnessError as e:
+            print(f"unlearn: error: {e}", file=sys.stderr)
+            bad += 1
+    for f in files:
+        try:
+            sub, suites, lines = prepare(f, root, cache, a.allow_pickle, set(a.suite or ()) or None)
+            lines.append(_estimate(f, sub, suites, root, cache, set(a.suite or ()) or None))
         except SpecErrors as e:  # each line starts with its file: the submission or a suite
             where = e.lines[0].split(": ", 1)[0]
             more = f" (and {len(e.lines) - 1} more: `unlearn validate {where}` lists them)" if len(e.lines) > 1 else ""
@@ -204,6 +219,16 @@ def cmd_convert(a) -> int:
     else:
         print(f"checkpoint:\n  kind: {r['kind']}\n  path: {r['out']}\n  sha256: {r['sha256']}")
     return 0
+def _estimate(path, sub, suites, root, cache, only) -> str:
+    """The run's time from measured speed (``harness.estimate``); never an error of the check."""
+    try:
+        from . import estimate
+        from .threads import choose
+
+        plans = estimate.plan(str(path), sub, suites, root, cache, "auto", False, only)
+        return estimate.summary_line(plans, cache, estimate.device_key(estimate.resolve_device("auto"), choose()[0])) + " (full suites)"
+    except Exception as e:  # noqa: BLE001
+        return f"estimate: unavailable ({type(e).__name__})"
 
 
 def cmd_schema(a) -> int:
@@ -229,15 +254,39 @@ def cmd_compare(a) -> int:
 
 def cmd_summary(a) -> int:
     from .compare import load_result
-    from .summary import markdown
+    from .summary import markdown, side_by_side
 
     bad = 0
+    loaded = []
     for f in a.files:
         try:
-            print(markdown(load_result(f), f))
+            loaded.append((load_result(f), f))
         except HarnessError as e:
             bad += 1
             print(f"unlearn: error: {e}", file=sys.stderr)
+    if len(loaded) > 1:  # several files: one table side by side, with the change from the first
+        print(side_by_side(loaded))
+    if len(loaded) == 1 or a.each:
+        for r, f in loaded:
+            print(markdown(r, f))
+    return 2 if bad else 0
+
+
+def cmd_hash(a) -> int:
+    """The sha256 the harness expects in a submission for a file or folder checkpoint (a folder:
+    sha256 over its sorted manifest of relative path + file sha256, hidden files left out), the
+    same function ``checkpoint.sha256`` is verified with."""
+    from .hashing import sha256_file, sha256_tree
+
+    bad = 0
+    for f in a.paths:
+        p = Path(f)
+        if not p.exists():
+            print(f"unlearn: error: {f}: no such file or folder", file=sys.stderr)
+            bad += 1
+            continue
+        kind = "folder" if p.is_dir() else "file"
+        print(f"{sha256_tree(p) if p.is_dir() else sha256_file(p)}  {f}" + (f"  ({kind})" if a.verbose else ""))
     return 2 if bad else 0
 
 
@@ -249,6 +298,14 @@ def cmd_regress(a) -> int:
     extra = (["--unlearn-smoke"] if a.smoke else []) + [f"--unlearn-suite={s}" for s in a.suite or ()]
     if a.method_seeds < 1:
         raise HarnessError(f"--method-seeds: {a.method_seeds} is not a positive count")
+    if a.method_cmd is not None:  # a researcher's own method: --submission is the YAML to re-make
+        from .regress_cmd import regress_own
+
+        if len(a.submission or ()) != 1:
+            raise HarnessError("--method-cmd: give exactly one --submission YAML (the submission whose checkpoint the command re-makes)")
+        return regress_own(Path(a.root), a.submission[0], a.method_cmd, Path(a.out), a.baseline, extra)
+    if a.baseline is not None:
+        raise HarnessError("--baseline: only with --method-cmd (the reference gate reads --baselines)")
     return regress(Path(a.root), Path(a.baselines), Path(a.out), methods=methods, only=set(a.submission or ()) or None, pytest_args=extra,
                    method_seeds=a.method_seeds)
 
@@ -267,7 +324,7 @@ def cmd_power(a) -> int:
 def cmd_leaderboard_build(a) -> int:
     from .leaderboard import build
 
-    n = build(a.results, a.out)
+    n = build(a.results, a.out, include_smoke=a.include_smoke)
     bad = f", {n['images_unavailable']} image(s) unavailable" if n["images_unavailable"] else ""
     print(f"wrote {a.out}: {n['submissions']} submission(s) from {n['files']} results file(s), {n['records']} records, "
           f"{n['suites']} suite table(s), {n['images']} image(s){bad}; open {Path(a.out) / 'index.html'}")
@@ -353,10 +410,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=".regression", help="checkpoints, submissions, results and image cache of the re-run (inside the repo)")
     r.add_argument("--root", default=".", help="repository root")
     r.add_argument("--method", action="append", help="only submissions of these methods (repeatable; 'control' = no method record)")
-    r.add_argument("--submission", action="append", help="only these submission names (repeatable)")
+    r.add_argument("--submission", action="append", help="only these submission names (repeatable); with --method-cmd: the submission YAML")
     r.add_argument("--suite", action="append", help="only these suites (repeatable; the baselines must hold them)")
     r.add_argument("--smoke", action="store_true", help="smoke subsets (the baselines must be smoke results too)")
     r.add_argument("--method-seeds", type=int, default=1, metavar="N", help="also re-train each method with N - 1 more training seeds and print the spread of every metric")
+    r.add_argument("--method-cmd", metavar="CMD", help="re-run your own method: a shell command that writes the new checkpoint to {out}/<the checkpoint's file name>; with one --submission YAML")
+    r.add_argument("--baseline", metavar="RESULTS.json", help="with --method-cmd: the results to compare with (default: the newest of the same submission and method)")
     r.set_defaults(func=cmd_regress)
     pw = sub.add_parser("power", help="minimum detectable effect of a suite at its size (prompts x seeds), 80% power, alpha 0.05")
     pw.add_argument("suite", help="suite id (suites/ID.yaml)")
@@ -364,14 +423,27 @@ def parser() -> argparse.ArgumentParser:
     pw.add_argument("--smoke", action="store_true", help="the smoke subset's size")
     pw.add_argument("--root", default=".", help="repository root")
     pw.set_defaults(func=cmd_power)
-    m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary)")
+    m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary); several files: one table side by side with deltas")
     m.add_argument("files", nargs="+")
+    m.add_argument("--each", action="store_true", help="with several files, also print each file's own table")
     m.set_defaults(func=cmd_summary)
+    im = sub.add_parser("images", help="write every image of a run as an HTML grid page (base | unlearned, by prompt and seed)")
+    im.add_argument("results", metavar="RESULTS.json")
+    im.add_argument("--suite", action="append", metavar="S", help="only these suites (repeatable)")
+    im.add_argument("--out", required=True, metavar="DIR", help="folder for index.html + images/ (new, empty, or an earlier page)")
+    im.add_argument("--cache", default=None, help="image cache (default .unlearn-cache in the repository, or $UNLEARN_CACHE)")
+    im.add_argument("--root", default=None, help="repository root (default: found from the results file, like pytest's rootdir)")
+    im.set_defaults(func=lambda a: __import__("harness.images", fromlist=["cmd"]).cmd(a))
+    h = sub.add_parser("hash", help="print the sha256 a submission must pin for a checkpoint file or folder (LoRA, pipeline)")
+    h.add_argument("paths", nargs="+", metavar="PATH")
+    h.add_argument("-v", "--verbose", action="store_true", help="say file or folder")
+    h.set_defaults(func=cmd_hash)
 
     lb = sub.add_parser("leaderboard", help="the leaderboard site").add_subparsers(dest="leaderboard_cmd", required=True)
     t = lb.add_parser("build", help="build the static site from results JSON files")
     t.add_argument("--results", default="leaderboard/results", help="folder of results JSON files (default leaderboard/results)")
     t.add_argument("--out", default="site", help="site folder, replaced when it holds an earlier build (default site)")
+    t.add_argument("--include-smoke", action="store_true", help="show smoke runs, apart from the full runs (default: left out, each named on stderr)")
     t.set_defaults(func=cmd_leaderboard_build)
     t = lb.add_parser("refresh", help="run the harness on the toy submissions; copy their results and sample images")
     t.add_argument("--submissions", nargs="+", metavar="YAML", help="submission files (default submissions/toy-*.yaml)")
@@ -387,7 +459,7 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="everything the harness checks before generating (files, sha256, tensor shapes vs the base, concepts, suites); no model loads")
     k.add_argument("files", nargs="+", metavar="SUBMISSION")
     k.add_argument("--suite", action="append", metavar="ID", help="only these suites of the submission (repeatable)")
-    k.add_argument("--root", default=".", help="repository root (default .)")
+    k.add_argument("--root", default=None, help="repository root (default: found like pytest's rootdir, the nearest folder up from the submission with pyproject.toml / pytest.ini / tox.ini / setup.cfg)")
     k.add_argument("--cache", default=None, help="download cache for checkpoints / prompt sets by URL (default .unlearn-cache in the root, or $UNLEARN_CACHE)")
     k.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin/.pt): only for files you trust")
     k.set_defaults(func=cmd_check)

@@ -275,6 +275,11 @@ class Evaluator:
             for k in ("generated", "cached"):
                 rep[k] += r[k]
             rep["flagged"] += r["flagged"]
+            g_s = r.get("generation_seconds")  # sidecar seconds of these images (None: unknown)
+            if g_s is None or rep.get("generation_seconds", 0) is None:
+                rep["generation_seconds"] = None
+            else:
+                rep["generation_seconds"] = round(rep.get("generation_seconds", 0) + g_s, 3)
         return out, rep
 
     def _prompt_attacks(self, suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp):

@@ -17,13 +17,44 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())  # mkstemp makes 0600; a file is readable as open() would make it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def default_mode(folder: bool = False) -> int:
+    """The mode ``open()`` / ``mkdir()`` would give under the current umask (0644 / 0755 with
+    the usual 022), for files made through ``mkstemp`` / ``mkdtemp`` (0600 / 0700), so that a
+    web server or CI step running as another user can read results, checkpoints and sites."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
 def cache_dir(root: str | Path, option: str | Path | None = None) -> Path:
     """The image / download cache: the option given, else $UNLEARN_CACHE, else
     ``.unlearn-cache`` in the repository (the plugin, ``unlearn check`` and ``refresh`` agree)."""
     return Path(option or os.environ.get("UNLEARN_CACHE") or Path(root) / ".unlearn-cache")
+
+
+ROOT_MARKERS = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+
+
+def find_root(files=(), start: str | Path | None = None) -> Path:
+    """The repository root as pytest finds its rootdir: the nearest folder, from the common
+    ancestor of ``files`` (else the current folder) upwards, holding pytest.ini, pyproject.toml,
+    tox.ini or setup.cfg (and a ``suites/`` folder beside it, when one up the tree has one);
+    else the current folder. So ``unlearn check ../submissions/x.yaml`` from a subfolder sees
+    the same root, suites and cache as ``pytest`` does."""
+    cwd = Path(start or Path.cwd()).resolve()
+    dirs = [(cwd / f).resolve().parent for f in files] or [cwd]
+    common = Path(os.path.commonpath([str(d) for d in dirs])) if dirs else cwd
+    candidates = [d for d in (common, *common.parents) if any((d / m).is_file() for m in ROOT_MARKERS)]
+    with_suites = [d for d in candidates if (d / "suites").is_dir()]
+    if with_suites:
+        return with_suites[0]
+    if candidates:
+        return candidates[0]
+    return cwd

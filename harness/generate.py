@@ -110,6 +110,14 @@ class ImageCache:
     def path(self, job: Job) -> Path:
         return self._paths(job.key())[0]
 
+    def seconds(self, job: Job) -> float | None:
+        """The seconds its sidecar says the job's image took to generate (None: unknown)."""
+        try:
+            v = json.loads(self._paths(job.key())[1].read_text()).get("seconds")
+        except (OSError, ValueError):
+            return None
+        return float(v) if isinstance(v, (int, float)) and v >= 0 else None
+
     def png_sha256(self, job: Job) -> str | None:
         """The sha256 of the job's cached PNG, from its sidecar (None when it is not cached)."""
         try:
@@ -238,14 +246,15 @@ def run_chunks(pipe, jobs: list[Job], batch_size: int, runner, stats: RunStats):
         s += len(chunk)
 
 
-def store(cache: ImageCache, job: Job, raw, image: np.ndarray) -> list[str]:
-    """Write one generated image to the cache with its flags (non-finite output, constant image)."""
+def store(cache: ImageCache, job: Job, raw, image: np.ndarray, seconds: float | None = None) -> list[str]:
+    """Write one generated image to the cache with its flags (non-finite output, constant image)
+    and, when known, the seconds it took (its batch's wall time / batch size)."""
     flags = []
     if not np.isfinite(raw).all():
         flags.append("non-finite")
     if image.max() == image.min():
         flags.append("constant image")
-    cache.put(job, image, {"flags": flags})
+    cache.put(job, image, {"flags": flags, **({"seconds": round(seconds, 5)} if seconds is not None else {})})
     return flags
 
 
@@ -276,16 +285,21 @@ class LocalExecutor:
         from .models import describe_pipeline
 
         stats.note_pipeline(describe_pipeline(pipe))
+        import time
+
         for idxs in group_indices(jobs):
+            t0 = time.perf_counter()
             for start, raw, imgs in run_chunks(pipe, [jobs[i] for i in idxs], batch_size, runner, stats):
                 stats.tasks += 1
+                each = (time.perf_counter() - t0) / max(1, len(imgs))
                 for i, r, im in zip(idxs[start : start + len(imgs)], raw, imgs):
                     # C-contiguous like an image read back from the cache: the same bytes in the same
                     # layout, so scores (convolutions pick kernels by memory layout) do not depend on
                     # whether an image was just made or came from the cache.
                     im = np.ascontiguousarray(saved_form(jobs[i], im))
-                    out[i] = (im, store(cache, jobs[i], r, im))
+                    out[i] = (im, store(cache, jobs[i], r, im, each))
                 advance(len(imgs))
+                t0 = time.perf_counter()
         return out
 
 
@@ -298,6 +312,8 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
     ``run_batch``; attacks pass their own). ``executor`` runs the missing jobs (default
     ``LocalExecutor``; ``harness.ray_executor.RayExecutor`` needs ``pipe`` to be a
     ``PipelineRecipe`` or to carry one as ``pipe.recipe``); ``stats`` collects how they ran.
+    ``progress``: True for a tqdm bar, or a function ``(desc, jobs) -> object with update(n)
+    and close()`` that shows it some other way.
 
     Returns the images and a report: how many were generated / cached and which were flagged
     (non-finite output, or an all-black / constant image)."""
@@ -312,7 +328,10 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
             report["flagged"].append({"prompt": j.prompt, "seed": j.seed, "flags": h[1]})
     executor = executor or LocalExecutor()
     stats = stats if stats is not None else RunStats()
-    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False)
+    if callable(progress):  # the caller's own display (the pytest plugin's terminal line): progress(desc, jobs to make)
+        bar = progress(desc, [jobs[i] for i in todo])
+    else:
+        bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False)
     made = executor.run([jobs[i] for i in todo], pipe, cache, batch_size, runner or run_batch, stats, bar.update)
     bar.close()
     for k, (im, flags) in made.items():
@@ -320,4 +339,9 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
         if flags:
             report["flagged"].append({"prompt": jobs[i].prompt, "seed": jobs[i].seed, "flags": flags})
         images[i] = im
+    # what these images cost to generate, whenever that was (the sidecars keep it): a warm re-run
+    # reports the generation time, not its own near-zero seconds; None when some image's is unknown
+    spent = [cache.seconds(j) for j in jobs]
+    if jobs and all(x is not None for x in spent):  # omitted when unknown (e.g. Ray tasks do not time their images)
+        report["generation_seconds"] = round(sum(spent), 3)
     return images, report

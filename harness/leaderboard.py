@@ -163,7 +163,7 @@ def _json_value(x: Any) -> Any:
 RECORD_COLUMNS = [
     "submission", "method", "file", "run_finished", "complete", "harness_version", "git_sha",
     "suite", "metric", "label", "target", "target_kind", "value", "base_value", "threshold",
-    "bound", "verdict", "higher_is_better", "tolerance", "error", "latest",
+    "bound", "verdict", "higher_is_better", "tolerance", "error", "latest", "smoke",
     "ci_low", "ci_high", "ci_method", "delta_low", "delta_high", "verdict_point",  # harness.stats (empty in older files)
 ]
 
@@ -190,7 +190,7 @@ def records_frame(runs: list[Run]):
                 "target": m["target"], "target_kind": m.get("target_kind") or _kind(d, m["target"]),
                 "value": m.get("value"), "base_value": m.get("base_value"), "threshold": m.get("threshold"),
                 "bound": m.get("bound"), "verdict": m["verdict"], "higher_is_better": m.get("higher_is_better"),
-                "tolerance": m.get("tolerance"), "error": m.get("error"), "latest": latest[r.name] is r,
+                "tolerance": m.get("tolerance"), "error": m.get("error"), "latest": latest[r.name] is r, "smoke": is_smoke(d),
                 "_details": m.get("details"), "_run": r.id, **interval_columns(m),
             })
     df = pd.DataFrame(rows, columns=[*RECORD_COLUMNS, "_details", "_run", "_ci", "_delta_ci", "_scores", "_ci_reason"])
@@ -378,6 +378,16 @@ def suite_tables(df, latest: dict[str, Run]) -> list[dict]:
 GENERATION_KEYS = ("scheduler", "steps", "guidance", "height", "width", "eta", "batch_size", "negative_prompt")
 
 
+def generation_seconds(s: dict) -> float | None:
+    """Seconds the suite's images took to generate (base + unlearned + attacked, from the image
+    sidecars, whenever they were made); None when a results file does not say."""
+    imgs = s.get("images") if isinstance(s.get("images"), dict) else {}
+    vals = [v.get("generation_seconds") for v in imgs.values() if isinstance(v, dict)]
+    if not vals or any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in vals):
+        return None
+    return float(sum(vals))
+
+
 def suite_meta(s: dict) -> dict:
     """The fields of a suite record the pages show, every one present (None when absent)."""
     gen = s.get("generation") if isinstance(s.get("generation"), dict) else {}
@@ -396,7 +406,7 @@ def suite_meta(s: dict) -> dict:
             "scorer_id": scorer.get("id") if isinstance(scorer, dict) else scorer,
             "scorer_sha256": scorer.get("sha256") if isinstance(scorer, dict) else None,
             "models": {"base": models.get("base"), "unlearned": models.get("unlearned")}, "images": images,
-            "seconds": s.get("seconds"), "error": s.get("error")}
+            "seconds": s.get("seconds"), "generation_seconds": generation_seconds(s), "error": s.get("error")}
 
 
 def _base_rows(sdf, metrics: list[dict], latest: dict[str, Run], sid: str) -> list[dict]:
@@ -744,12 +754,26 @@ def _prepare_out(out: Path) -> Path:
     """A fresh temp folder beside ``out``, renamed to ``out`` when the build is complete."""
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    from .fsutil import default_mode
+
+    os.chmod(tmp, default_mode(folder=True))  # mkdtemp makes 0700: a web server as another user could not read the site
+    return tmp
 
 
-def build(results: str | Path, out: str | Path, report: Report = _stderr, assets: Path = ASSETS) -> dict:
+def is_smoke(data: dict) -> bool:
+    """A smoke run (``--unlearn-smoke``: each suite's small subset): the run says so, or one of
+    its suites does (results written before the run-level field)."""
+    return data.get("smoke") is True or any(isinstance(s, dict) and s.get("smoke") is True for s in data.get("suites", []))
+
+
+def build(results: str | Path, out: str | Path, report: Report = _stderr, assets: Path = ASSETS, include_smoke: bool = False) -> dict:
     """Build the site from the results folder into ``out``; returns counts of what was written.
-    Bad files and images are reported and skipped; a bad folder argument is a HarnessError."""
+    Bad files and images are reported and skipped; a bad folder argument is a HarnessError.
+
+    Smoke runs are a different run (a subset of each suite): they are left out, each reported on
+    stderr, unless ``include_smoke``, and then shown apart, in their own tables marked smoke,
+    never ranked with full runs or chosen as a submission's latest run."""
     results, out = Path(results), Path(out)
     if not results.is_dir():
         raise HarnessError(f"--results {results}: no such folder")
@@ -757,9 +781,27 @@ def build(results: str | Path, out: str | Path, report: Report = _stderr, assets
         raise HarnessError(f"leaderboard templates not found in {assets / 'templates'} (run from a checkout: pip install -e .)")
     _check_out(out)
     runs = load_runs(results, report)
-    if not runs:
-        raise HarnessError(f"--results {results}: no valid results file (*.json) there")
-    df, latest = records_frame(runs)
+    smoke = [r for r in runs if is_smoke(r.data)]
+    runs = [r for r in runs if not is_smoke(r.data)]
+    if not include_smoke:
+        for r in smoke:
+            report(f"left out {r.file}: a smoke run (a subset of each suite; --include-smoke shows smoke runs apart)")
+        smoke = []
+    if not runs and not smoke:
+        what = "only smoke runs there (--include-smoke shows them)" if any(is_smoke(r.data) for r in load_runs(results, lambda m: None)) else "no valid results file (*.json) there"
+        raise HarnessError(f"--results {results}: {what}")
+    df, latest = records_frame(runs)  # full runs only: tables, overview, trade-off, latest
+    all_df, smoke_tables, full_latest = df, [], dict(latest)
+    if smoke:
+        import pandas as pd
+
+        sdf, slatest = records_frame(smoke)
+        smoke_tables = suite_tables(sdf, slatest)
+        for t in smoke_tables:
+            t["smoke_of"], t["id"] = t["id"], f"{t['id']}-smoke"
+        all_df = pd.concat([df, sdf], ignore_index=True) if len(df) else sdf
+        latest = {**slatest, **latest}  # a submission's page shows its full run when it has one
+        runs = runs + smoke
     tmp = _prepare_out(out)
     try:
         images = copy_images(list(latest.values()), results / "images", tmp / "images", report)
@@ -770,12 +812,12 @@ def build(results: str | Path, out: str | Path, report: Report = _stderr, assets
         from .leaderboard_asr import asr_curve_svg, curves  # robustness: ASR against attack budget
 
         asr_svg = asr_curve_svg(curves(df))  # inline on the index page, one panel per suite
-        tables = suite_tables(df, latest)
-        kinds = sorted(set(df[df["latest"]]["target_kind"]))
-        n_records = len(df)
-        ctx = {"root": "", "tables": tables, "overview": overview_rows(df, latest), "kinds": kinds,
+        tables = [{**t, "smoke_of": None} for t in suite_tables(df, latest)] + smoke_tables
+        kinds = sorted(set(all_df[all_df["latest"]]["target_kind"]))
+        n_records = len(all_df)
+        ctx = {"root": "", "tables": tables, "overview": overview_rows(df, full_latest), "kinds": kinds,
                "svg": _markup(svg[svg.index("<svg"):]), "has_points": bool(points), "asr_svg": _markup(asr_svg), "n_files": len(runs), "n_records": n_records,
-               "n_submissions": len(latest), "skipped_images": len(images.bad)}
+               "n_submissions": len(full_latest), "skipped_images": len(images.bad)}
         (tmp / "index.html").write_text(env.get_template("index.html").render(**ctx), encoding="utf-8")
         (tmp / "submissions").mkdir()
         by_name: dict[str, list[Run]] = {}
@@ -783,13 +825,13 @@ def build(results: str | Path, out: str | Path, report: Report = _stderr, assets
             by_name.setdefault(r.name, []).append(r)
         page = env.get_template("submission.html")
         for name, run in latest.items():
-            pctx = submission_page(run, by_name[name], df, images)
+            pctx = submission_page(run, by_name[name], all_df, images)
             (tmp / "submissions" / f"{pctx['slug']}.html").write_text(page.render(root="../", p=pctx, kinds=kinds), encoding="utf-8")
         shutil.copytree(assets / "static", tmp / "static")
         payload = {"format": "unlearn-leaderboard-records/1", "files": [{"file": r.file, "submission": r.name, "finished": r.finished,
-                   "latest": latest[r.name] is r, "schema_version": r.data["schema_version"]} for r in runs], "records": _records_json(df)}
+                   "latest": latest[r.name] is r, "schema_version": r.data["schema_version"]} for r in runs], "records": _records_json(all_df)}
         (tmp / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        (tmp / "results.csv").write_text(_records_csv(df), encoding="utf-8")
+        (tmp / "results.csv").write_text(_records_csv(all_df), encoding="utf-8")
         (tmp / MARKER).write_text("built by unlearn leaderboard build; this folder is replaced by the next build\n")
         if out.exists():
             shutil.rmtree(out)

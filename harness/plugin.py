@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from . import threads as _threads  # noqa: F401 - sets OMP_WAIT_POLICY=PASSIVE before torch starts its pool
 from .errors import HarnessError
 from .fsutil import cache_dir
 
@@ -43,6 +44,11 @@ class State:
     strict: bool = False  # --unlearn-strict: an inconclusive verdict fails its case
     records: list = field(default_factory=list)
     written: list = field(default_factory=list)
+    suite_errors: dict = field(default_factory=dict)  # (submission, suite) -> the one-line error of a suite that failed to run
+    checked: dict = field(default_factory=dict)  # submission path -> what the start-up checks verified
+    threads: tuple | None = None  # (torch threads, why) of the evaluator in this process
+    progress: object = None  # the Progress display of this process
+    timed: set = field(default_factory=set)  # (submission, suite) whose scoring time was kept
 
 
 STATE = pytest.StashKey[State]()
@@ -61,6 +67,7 @@ def pytest_addoption(parser):
     g.addoption("--unlearn-ray-address", metavar="ADDR", help="Ray cluster for --unlearn-executor ray (default $RAY_ADDRESS, else a new local instance)")
     g.addoption("--unlearn-compile", action="store_true", help="torch.compile the UNet (worth it on a GPU for large suites)")
     g.addoption("--unlearn-strict", action="store_true", help="an inconclusive verdict (the 95%% interval straddles the bound) fails its case instead of skipping")
+    g.addoption("--unlearn-debug", action="store_true", help="show the full traceback of an unexpected error in a case (default: one line; -v shows it too)")
 
 
 def _usage(msg: str):
@@ -70,7 +77,8 @@ def _usage(msg: str):
 def _build_state(config) -> State:
     import os
 
-    from .check import startup
+    from .bundle import expand_all
+    from .check import prepare
     from .evaluate import plan_cases
     from .spec import SpecErrors
 
@@ -105,7 +113,10 @@ def _build_state(config) -> State:
         probe.unlink()
     except OSError as e:
         raise _usage(f"--unlearn-cache: {cache} is not a writable folder ({e.strerror})") from None
-    paths = config.getoption("unlearn_submission")
+    try:  # submission sets (submissions/uce.yaml) stand for their members; a missing path suggests names
+        paths = expand_all(config.getoption("unlearn_submission"), root)
+    except HarnessError as e:
+        raise _usage(str(e)) from None
     results = config.getoption("unlearn_results")
     if results is not None and len(set(paths)) > 1 and "{submission}" not in results:
         raise _usage("--unlearn-results: with several submissions the path must contain '{submission}'")
@@ -114,13 +125,15 @@ def _build_state(config) -> State:
     only = set(config.getoption("unlearn_suite"))
     subs, suites, cases = {}, {}, []
     allow_pickle = config.getoption("unlearn_allow_pickle")
+    checked = {}
     for p in dict.fromkeys(paths):
         try:
-            sub, mine, _ = startup(p, root, cache, allow_pickle)  # shared with `unlearn check`
+            # every check `unlearn check` makes (one function), before any model loads
+            sub, mine, checked[p] = prepare(p, root, cache, allow_pickle, only or None, strict_only=False)
         except SpecErrors as e:
             raise _usage("\n".join(e.lines)) from None
-        except HarnessError as e:
-            msg = str(e)
+        except (HarnessError, OSError) as e:
+            msg = str(e) if isinstance(e, HarnessError) else (e.strerror or str(e))
             raise _usage(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
         subs[p] = (sub, mine)
         suites.update(mine)
@@ -131,8 +144,10 @@ def _build_state(config) -> State:
         cases += plan_cases(p, sub, mine, only or None)
     subs = {p: sub for p, (sub, _) in subs.items()}
     started = dt.datetime.now(dt.timezone.utc)
-    return State(root, subs, suites, cases, cache, results, device, config.getoption("unlearn_smoke"), allow_pickle,
-                 started.isoformat(timespec="seconds"), executor, address, config.getoption("unlearn_compile"))
+    state = State(root, subs, suites, cases, cache, results, device, config.getoption("unlearn_smoke"), allow_pickle,
+                  started.isoformat(timespec="seconds"), executor, address, config.getoption("unlearn_compile"))
+    state.checked = checked
+    return state
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -140,6 +155,7 @@ def pytest_configure(config):
     if not config.getoption("unlearn_submission", default=None):
         return
     _pin_worker_gpu(config)
+    _check_pytest_cache(config)
     state = _build_state(config)
     state.strict = bool(config.getoption("unlearn_strict"))
     config.stash[STATE] = state
@@ -151,6 +167,19 @@ def pytest_configure(config):
     # pytest-xdist: keep each suite's cases on one worker, so its pipelines load once there.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+
+
+def _check_pytest_cache(config) -> None:
+    """pytest's cache provider stays on (``--lf`` / ``--ff`` work). What turning it off used to
+    guard against is checked instead: a ``.pytest_cache`` that is a symbolic link (committed by
+    a pull request, pytest would write through it outside the checkout) stops the run; a
+    partial re-run (``--lf``, ``-k``, ``--sw``) writes results marked incomplete, which
+    ``leaderboard refresh`` refuses; the harness's own subprocess runs (``rerun.py``: refresh,
+    regress) still run without it, so a user's last-failed state never shortens them."""
+    cache = getattr(config, "cache", None)
+    d = getattr(cache, "_cachedir", None)
+    if d is not None and Path(d).is_symlink():
+        raise _usage(f"{d}: pytest's cache folder is a symbolic link; remove it (or run with -p no:cacheprovider)")
 
 
 def visible_gpus() -> list[str]:
@@ -197,7 +226,31 @@ def _pin_worker_gpu(config) -> None:
 def pytest_report_header(config):
     state = config.stash.get(STATE, None)
     if state:
-        return [f"unlearn: {len(state.submissions)} submission(s), {len(state.cases)} case(s), cache {state.cache}" + (" [smoke]" if state.smoke else "")]
+        lines = [f"unlearn: {len(state.submissions)} submission(s), {len(state.cases)} case(s), cache {state.cache}" + (" [smoke]" if state.smoke else "")]
+        try:
+            lines.append("unlearn: " + _estimate_line(config, state))
+        except Exception as e:  # noqa: BLE001 - an estimate must never stop a run
+            lines.append(f"unlearn: estimate unavailable ({type(e).__name__})")
+        return lines
+
+
+def _estimate_line(config, state: State) -> str:
+    from . import estimate
+
+    workers = getattr(config.option, "numprocesses", None) or 1
+    n, why = _threads.choose(workers if isinstance(workers, int) else 1)
+    device = estimate.resolve_device(state.device)
+    only = set(config.getoption("unlearn_suite")) or None
+    plans = [p for path, sub in state.submissions.items()
+             for p in estimate.plan(path, sub, _suites_of(state, path), state.root, state.cache, state.device, state.smoke, only)]
+    w = workers if isinstance(workers, int) and workers > 1 else 1
+    line = estimate.summary_line(plans, state.cache, estimate.device_key(device, n), parallel=w)
+    return f"{line}; torch threads {n} per process ({why})"
+
+
+def _suites_of(state: State, path: str) -> dict:
+    names = {c.suite for c in state.cases if c.submission == path}
+    return {k: v for k, v in state.suites.items() if k in names}
 
 
 def pytest_generate_tests(metafunc):
@@ -219,28 +272,149 @@ def unlearn_evaluator(request):
     from .ray_executor import make_executor
 
     state = request.config.stash[STATE]
+    state.threads = _threads.apply()  # for this process's share of the machine (harness/threads.py)
     executor = make_executor(state.executor, state.ray_address)
-    ev = Evaluator(state.root, state.cache, state.device, state.allow_pickle, state.smoke, progress=True, executor=executor, compile=state.compile)
+    shown = state.progress = Progress(request.config, state)
+    ev = Evaluator(state.root, state.cache, state.device, state.allow_pickle, state.smoke, progress=shown.bar, executor=executor, compile=state.compile)
     yield state, ev
     executor.close()  # shuts down a Ray instance only if this session started it
+
+
+class Progress:
+    """Images done / total, speed and time left, one terminal line per generation phase of a
+    suite (and one every 10 s while it runs), written through pytest's terminal reporter with
+    output capture suspended, so it shows without ``-s``; silent under ``-q`` and in xdist
+    workers (they have no terminal). Each finished phase's speed is kept per device in the
+    cache (``harness.estimate``) for the next run's estimate."""
+
+    EVERY = 10.0
+
+    def __init__(self, config, state: State):
+        self.config, self.state = config, state
+        self.device = None
+        self.generation_s: dict[str, float] = {}  # suite id -> seconds spent generating in this process
+
+    def _write(self, line: str) -> None:
+        if self.config.get_verbosity() < 0 or hasattr(self.config, "workerinput"):
+            return
+        tr = self.config.pluginmanager.getplugin("terminalreporter")
+        cap = self.config.pluginmanager.getplugin("capturemanager")
+        if tr is None:
+            return
+        import contextlib
+
+        with cap.global_and_fixture_disabled() if cap else contextlib.nullcontext():
+            tr.ensure_newline()
+            tr.write_line(line)
+            tr.flush()
+
+    def bar(self, desc: str, jobs: list):
+        import time
+
+        from . import estimate
+
+        owner = self
+        if self.device is None:
+            self.device = estimate.device_key(estimate.resolve_device(self.state.device))
+
+        class _Bar:
+            def __init__(self):
+                self.t0 = self.last = time.perf_counter()
+                self.first = None  # (time, done) after the first batch: the rate excludes loading
+                self.done, self.total = 0, len(jobs)
+                self.steps = jobs[0].steps if jobs else 0
+                self.size = (jobs[0].height, jobs[0].width) if jobs else (0, 0)
+
+            def update(self, n: int) -> None:
+                now = time.perf_counter()
+                self.done += n
+                if self.first is None:
+                    self.first = (now, self.done)
+                if now - self.last >= owner.EVERY and self.done < self.total:
+                    self.last = now
+                    owner._write(self.line(now))
+
+            def line(self, now: float) -> str:
+                el = now - self.t0
+                left = ""
+                if self.done < self.total and self.first and self.done > self.first[1]:
+                    rate = (self.done - self.first[1]) / max(1e-9, now - self.first[0])
+                    left = f", about {estimate.fmt_duration((self.total - self.done) / rate)} left"
+                elif self.done < self.total and self.done:
+                    left = f", about {estimate.fmt_duration(el / self.done * (self.total - self.done))} left"
+                speed = f"{self.done / el:.1f} img/s" if el > 0 and self.done else "loading"
+                return f"unlearn: {desc}: {self.done}/{self.total} images ({speed}, {estimate.fmt_duration(el)}{left})"
+
+            def close(self) -> None:
+                if not self.total:
+                    return
+                now = time.perf_counter()
+                el = now - self.t0
+                suite = desc.split(" ")[0]
+                owner.generation_s[suite] = owner.generation_s.get(suite, 0.0) + el
+                owner._write(self.line(now))
+                if self.done:
+                    estimate.note(owner.state.cache, estimate.gen_key(owner.device, *self.size), el, self.done * self.steps)
+
+        return _Bar()
 
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def check_case(case, unlearn_evaluator, record_property) -> None:
-    """Run (or reuse) the case's suite, attach the record to the report, assert the verdict."""
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(e).__name__}: {text}" if not isinstance(e, HarnessError) else text
+
+
+def _record(request, payload: dict) -> None:
+    """The case's record, carried by its report (xdist: to the controller): the whole record as
+    JSON under ``unlearn``, and value / base value / threshold / verdict as plain properties
+    (shown by ``--junitxml``). Appended to ``user_properties`` directly: pytest's
+    ``record_property`` fixture warns under junit's default xunit2 family."""
+    rec = payload["record"]
+    props = request.node.user_properties
+    props.append(("unlearn", json.dumps(payload, default=float)))
+    for k in ("value", "base_value", "threshold", "bound", "verdict"):
+        props.append((f"unlearn.{k}", "" if rec.get(k) is None else str(rec.get(k))))
+    if rec.get("error"):
+        props.append(("unlearn.error", rec["error"]))
+
+
+def check_case(case, unlearn_evaluator, request) -> None:
+    """Run (or reuse) the case's suite, attach the record to the report, assert the verdict.
+
+    A problem while the suite runs is one line in the case's report (a HarnessError as it is,
+    any other exception as ``Type: message``; the full traceback with ``--unlearn-debug`` or
+    ``-v``), and the suite's other cases report the same line without running it again."""
     state, evaluator = unlearn_evaluator
     sub = state.submissions[case.submission]
-    try:
-        result = evaluator.run(case.submission, sub, case.suite)
-    except HarnessError as e:
-        rec = {"suite": case.suite, "metric": case.metric, "target": case.target.concept, "verdict": "error", "error": str(e)}
-        record_property("unlearn", json.dumps({"submission": case.submission, "record": rec, "suite": None}))
-        pytest.fail(f"error: {e}", pytrace=False)
+    key = (case.submission, case.suite)
+    failed = state.suite_errors.get(key)
+    if failed is None:
+        try:
+            result = evaluator.run(case.submission, sub, case.suite)
+        except Exception as e:  # noqa: BLE001 - every error of a case is reported, in one line
+            config = request.config
+            if not isinstance(e, HarnessError) and (config.getoption("unlearn_debug") or config.get_verbosity() > 0):
+                raise
+            failed = state.suite_errors[key] = _one_line(e)
+    if failed is not None:
+        rec = {"suite": case.suite, "metric": case.metric, "target": case.target.concept, "verdict": "error", "error": failed}
+        _record(request, {"submission": case.submission, "record": rec, "suite": None})
+        pytest.fail(f"error: {failed}", pytrace=False)
+    if key not in state.timed and state.progress is not None:  # scoring time, for the next run's estimate
+        from . import estimate
+
+        state.timed.add(key)
+        dev = state.progress.device or estimate.device_key(estimate.resolve_device(state.device))
+        scoring = float(result["suite"].get("seconds") or 0) - state.progress.generation_s.get(case.suite, 0.0)
+        estimate.note(state.cache, f"score|{dev}|{case.suite}", max(scoring, 0.01), 1)
     rec = next(r for r in result["metrics"] if r["metric"] == case.metric and r["target"] == case.target.concept)
-    record_property("unlearn", json.dumps({"submission": case.submission, "record": rec, "suite": result["suite"]}, default=float))
+    _record(request, {"submission": case.submission, "record": rec, "suite": result["suite"]})
     label = f"{rec.get('label', case.metric)} for {case.target.concept}"
     if rec["verdict"] == "error":
         pytest.fail(f"error: {label}: {rec['error']}", pytrace=False)
@@ -299,6 +473,7 @@ class Reporter:
             complete = len(mine) == len(planned) and exitstatus != pytest.ExitCode.INTERRUPTED
             data = build(path, sub, state.root, list(suites.values()), versions, complete, state.started)
             data["environment"]["device"] = sorted({s["suite"].get("device") for s in suites.values() if s["suite"].get("device")})
+            data["smoke"] = state.smoke  # a smoke run is a different run: readers keep it apart (leaderboard, summary, compare)
             out = Path(state.results.replace("{submission}", sub.name)) if state.results else state.root / "results" / sub.name / f"{stamp}.json"
             if not out.is_absolute():
                 out = Path(self.config.invocation_params.dir) / out
@@ -320,4 +495,7 @@ class Reporter:
                     f"{_fmt(r.get('base_value')):>8} {_ci(r.get('delta_ci')).strip() or '-':<19} {str(r.get('threshold') or '-'):<16} {r['verdict'].upper()}"
                     + (f" (point: {r['verdict_point'].upper()})" if r.get("verdict_point") and r["verdict_point"] != r["verdict"] else "")
                 )
+                if r["verdict"] == "error" and r.get("error"):  # an error verdict says why, in one line
+                    msg = " ".join(str(r["error"]).split())
+                    tr.write_line(f"    error: {msg[:200]}{'...' if len(msg) > 200 else ''}")
             tr.write_line(f"  results: {out}")

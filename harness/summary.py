@@ -23,6 +23,11 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.4g}" if isinstance(x, (int, float)) else cell(x)
 
 
+def is_smoke(result: dict) -> bool:
+    """A smoke run: the run says so, or one of its suites does (older results)."""
+    return result.get("smoke") is True or any(isinstance(s, dict) and s.get("smoke") is True for s in result.get("suites", []))
+
+
 def markdown(result: dict, source: str) -> str:
     sub = result.get("submission", {})
     s = result.get("summary", {})
@@ -30,7 +35,8 @@ def markdown(result: dict, source: str) -> str:
         f"### {cell(sub.get('name', '?'))} ({cell(sub.get('method', {}).get('name', '?'))})",
         "",
         f"{s.get('pass', 0)} pass, {s.get('fail', 0)} fail, {s.get('inconclusive', 0)} inconclusive, {s.get('error', 0)} error, {s.get('info', 0)} info"
-        f"{'' if result.get('complete', True) else ' (incomplete run)'}; file {cell(source)}",
+        f"{'' if result.get('complete', True) else ' (incomplete run)'}"
+        f"{' (**smoke run**: a subset of each suite, not comparable with full runs)' if is_smoke(result) else ''}; file {cell(source)}",
         "",
         "| suite | metric | target | value | base | threshold | verdict |",
         "|---|---|---|---:|---:|---|---|",
@@ -41,4 +47,47 @@ def markdown(result: dict, source: str) -> str:
             _num(m.get("value")), _num(m.get("base_value")), cell(m.get("threshold") or "-"),
             cell(str(m.get("verdict", "")).upper()),
         ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def side_by_side(results: list[tuple[dict, str]]) -> str:
+    """One Markdown table for several results files: a value column per file (with its
+    verdict), the change of each later file from the first, and the first file's base value
+    and threshold. Rows are every (suite, metric, target) any file has; a file without the row
+    shows "-". A mix of smoke and full runs is said above the table (they are not comparable)."""
+    names = []
+    for i, (r, src) in enumerate(results):
+        sub = r.get("submission", {})
+        names.append(f"{chr(65 + i) if i < 26 else i}: {cell(sub.get('name', '?'))}{' (smoke)' if is_smoke(r) else ''}")
+    keys: list[tuple] = []
+    recs: list[dict] = []
+    for r, _ in results:
+        by = {}
+        for m in r.get("metrics", []):
+            k = (m.get("suite", ""), m.get("label", m.get("metric", "")), m.get("target", ""))
+            by[k] = m
+            if k not in keys:
+                keys.append(k)
+        recs.append(by)
+    letters = [n.split(":")[0] for n in names]
+    lines = ["### " + " vs ".join(names), ""]
+    smokes = {is_smoke(r) for r, _ in results}
+    if len(smokes) > 1:
+        lines += ["**Warning:** smoke and full runs side by side: a smoke run scores a subset of each suite, so their differences are not comparable.", ""]
+    lines += ["Files: " + "; ".join(f"{letters[i]} = {cell(src)}" for i, (_, src) in enumerate(results)), ""]
+    head = ["suite", "metric", "target", *[f"{x}" for x in letters], *[f"{x} - {letters[0]}" for x in letters[1:]], f"base ({letters[0]})", "threshold"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(letters) * 2) + ["---"]) + "|"]
+    for k in keys:
+        row = [cell(k[0]), cell(k[1]), cell(k[2])]
+        vals = []
+        for by in recs:
+            m = by.get(k)
+            v = m.get("value") if m else None
+            vals.append(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+            row.append("-" if m is None else f"{_num(v)} {cell(str(m.get('verdict', '')).upper())}")
+        for v in vals[1:]:
+            row.append("-" if v is None or vals[0] is None else f"{v - vals[0]:+.4g}")
+        first = recs[0].get(k) or next((by[k] for by in recs if k in by), {})
+        row += [_num(first.get("base_value")), cell(first.get("threshold") or "-")]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
