@@ -178,9 +178,11 @@ def cmd_schema(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from .compare import compare, format_rows, gate_failures, load_result
+    from .compare import compare, current_rules, format_rows, gate_failures, load_result, refuse_mismatch
 
-    rows = compare(load_result(a.new), load_result(a.baseline))
+    new, baseline = load_result(a.new), load_result(a.baseline)
+    refuse_mismatch(new, baseline, allow={"checkpoint"} if a.allow_other_checkpoint else set())
+    rows = compare(new, baseline, current_rules(Path(a.root)) if a.root else None)
     print(format_rows(rows))
     bad = gate_failures(rows)
     print(f"{len(bad)} of {len(rows)} metrics regressed or missing" if bad else f"no regression in {len(rows)} metrics")
@@ -290,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="regression gate: exit 1 when a metric of NEW is worse than BASELINE beyond its tolerance")
     c.add_argument("new")
     c.add_argument("baseline")
+    c.add_argument("--root", default=None, help="repository whose suites/ give tolerances and directions (default: the harness's own checkout)")
+    c.add_argument("--allow-other-checkpoint", action="store_true", help="compare runs of a re-made checkpoint (other sha256)")
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser("regress", help="regression gate: re-run the reference methods on the toy world, evaluate, compare with the baselines")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .compare import compare, format_rows, gate_failures, load_result
+from .compare import compare, current_rules, format_rows, gate_failures, load_result, refuse_mismatch
+from .resultfile import results_files
 from .errors import HarnessError
 from .rerun import run_harness
 from .results import load_method_record
@@ -69,7 +70,7 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
     ``pytest_args`` go to each harness run (e.g. ``--unlearn-smoke``, ``--unlearn-suite ID``:
     the baselines must then have been made with the same ones)."""
     root, out, baselines = root.resolve(), (root / out).resolve(), (root / baselines).resolve()
-    files = sorted(baselines.glob("*.json"))
+    files = results_files(baselines)
     if not files:
         raise HarnessError(f"{baselines}: no baseline results (*.json)")
     if not out.is_relative_to(root):
@@ -114,7 +115,9 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
             print(f"{name}: the harness wrote no results; the end of its log:\n  " + "\n  ".join(tail), flush=True)
             failed.append(name)
             continue
-        rows = compare(load_result(result), base)
+        new_result = load_result(result)
+        refuse_mismatch(new_result, base, allow={"checkpoint"})  # the checkpoint is re-made on purpose
+        rows = compare(new_result, base, current_rules(root))
         print(f"\n== {name} vs {f}")
         print(format_rows(rows), flush=True)
         if gate_failures(rows):

@@ -115,11 +115,36 @@ def check_result(data: Any) -> None:
         seen.add(key)
 
 
+def results_files(folder: str | Path) -> list[Path]:
+    """The one discovery rule every reader of a results folder uses (``leaderboard build``,
+    ``refresh``, ``compare``-style gates, ``regress``): ``<folder>/*.json``, not recursive,
+    regular files only (symbolic links and anything else are left out), sorted by name."""
+    import os
+    import stat
+
+    out = []
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                out.append(p)
+        except OSError:
+            continue
+    return out
+
+
 def read_result(path: str | Path) -> dict:
     """Parse and validate one results file; ``ValueError`` says in one line why it is refused."""
     path = Path(path)
+    import os
+    import stat
+
     if path.is_symlink():
         raise ValueError("is a symbolic link")
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    if not stat.S_ISREG(mode):
+        raise ValueError("not a regular file (a FIFO, socket or device is not opened)")
     if path.stat().st_size > MAX_RESULT_BYTES:
         raise ValueError(f"larger than {MAX_RESULT_BYTES >> 20} MiB")
     try:

@@ -44,7 +44,8 @@ class BaseModelSpec(Strict):
 
     builtin: Literal["toy"] | None = None
     local_dir: str | None = None
-    hub_id: str | None = Field(default=None, pattern=r"^[\w.-]+/[\w.-]+$")
+    hub_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$",
+                               description="owner/name on the hub; never a local path")
     revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$", description="a full commit sha")
     sha256: SHA256 | None = Field(default=None, description="folder hash of local_dir (optional pin)")
 
@@ -57,6 +58,9 @@ class BaseModelSpec(Strict):
             raise ValueError("hub_id needs a pinned revision (a 40-character commit sha)")
         if self.revision and not self.hub_id:
             raise ValueError("revision only goes with hub_id")
+        if self.hub_id and (".." in self.hub_id or Path(self.hub_id).exists()):
+            # diffusers loads a local folder of that name, ignoring the revision and hashing nothing
+            raise ValueError(f"hub_id {self.hub_id!r} names a local path; use local_dir for a folder in the repository")
         return self
 
 
@@ -413,13 +417,20 @@ def is_suite_file(data: dict) -> bool:
 
 def inside(root: Path, rel: str, what: str) -> Path:
     """Resolve a repository-relative path; refuse absolute paths and escapes (``..``, links)."""
-    if not rel or Path(rel).is_absolute():
+    if not rel or "\x00" in rel or Path(rel).is_absolute():
         raise HarnessError(f"{what}: {rel!r} must be a path relative to the repository")
-    root = root.resolve()
-    p = (root / rel).resolve()
+    try:
+        root = root.resolve()
+        p = (root / rel).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a name too long
+        raise HarnessError(f"{what}: {rel!r} cannot be resolved ({one_line_error(e)})") from None
     if not p.is_relative_to(root):
         raise HarnessError(f"{what}: {rel!r} leaves the repository")
     return p
+
+
+def one_line_error(e: BaseException) -> str:
+    return " ".join(str(getattr(e, "strerror", None) or e).split())[:200]
 
 
 def pinned_file(root: Path, path: str, sha256: str, what: str) -> Path:
