@@ -216,10 +216,19 @@ def cmd_regress(a) -> int:
 def cmd_leaderboard_build(a) -> int:
     from .leaderboard import build
 
-    n = build(a.results, a.out)
+    n = build(a.results, a.out, require_attestation=a.require_attestation)
     bad = f", {n['images_unavailable']} image(s) unavailable" if n["images_unavailable"] else ""
     print(f"wrote {a.out}: {n['submissions']} submission(s) from {n['files']} results file(s), {n['records']} records, "
           f"{n['suites']} suite table(s), {n['images']} image(s){bad}; open {Path(a.out) / 'index.html'}")
+    return 0
+
+
+def cmd_leaderboard_attest(a) -> int:
+    from .attest import write_manifest
+
+    if not Path(a.results).is_dir():
+        raise HarnessError(f"--results {a.results}: no such folder")
+    print(f"wrote {write_manifest(Path(a.results), 'unlearn leaderboard attest')}")
     return 0
 
 
@@ -314,6 +323,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--results", default="leaderboard/results", help="folder of results JSON files (default leaderboard/results)")
     t.add_argument("--out", default="site", help="site folder, replaced when it holds an earlier build (default site)")
     t.set_defaults(func=cmd_leaderboard_build)
+    t.add_argument("--require-attestation", action="store_true", help="refuse a results folder without ATTESTATION.json (the Pages workflow)")
+    t = lb.add_parser("attest", help="write ATTESTATION.json: the sha256 of every results file (trusted workflows only; HMAC with $UNLEARN_ATTEST_KEY)")
+    t.add_argument("--results", default="leaderboard/results")
+    t.set_defaults(func=cmd_leaderboard_attest)
     t = lb.add_parser("refresh", help="run the harness on the toy submissions; copy their results and sample images")
     t.add_argument("--submissions", nargs="+", metavar="YAML", help="submission files (default submissions/toy-*.yaml)")
     t.add_argument("--out", default="leaderboard/results", help="where results JSON + images/ go (default leaderboard/results)")

@@ -19,19 +19,32 @@ from .errors import HarnessError
 from .resultfile import one_line, read_result
 
 
+ROOT = Path(__file__).resolve().parents[1]
+_THRESHOLDS: dict = {}
+
+
+def _thresholds(root: Path) -> dict:
+    from .attest import current_thresholds
+
+    if root not in _THRESHOLDS:
+        _THRESHOLDS[root] = current_thresholds(root)
+    return _THRESHOLDS[root]
+
+
 def load_result(path: str | Path) -> dict:
     """A results file, checked by ``resultfile.read_result``; a bad one is a one-line error."""
+    from .attest import recheck_verdicts
+
     try:
-        return read_result(path)
+        data = read_result(path)
+        recheck_verdicts(data, _thresholds(ROOT))
+        return data
     except FileNotFoundError:
         raise HarnessError(f"{path}: no such file") from None
     except OSError as e:
         raise HarnessError(f"{path}: cannot be read ({e.strerror or e})") from None
     except ValueError as e:
         raise HarnessError(f"{path}: not a results JSON ({one_line(e)})") from None
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
