@@ -189,6 +189,15 @@ def cmd_compare(a) -> int:
     return 1 if bad else 0
 
 
+def cmd_pr_check(a) -> int:
+    from .prcheck import pr_check
+
+    todo = pr_check(Path(a.root), a.base, a.head)
+    for p in todo:
+        print(p)
+    return 0
+
+
 def cmd_summary(a) -> int:
     from .compare import load_result
     from .summary import markdown
@@ -314,6 +323,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--suite", action="append", help="only these suites (repeatable; the baselines must hold them)")
     r.add_argument("--smoke", action="store_true", help="smoke subsets (the baselines must be smoke results too)")
     r.set_defaults(func=cmd_regress)
+    t = sub.add_parser("pr-check", help="what a submission PR changed, from git: refuses changes outside submissions/, tracked caches, links, twice-used names; prints the YAMLs to evaluate")
+    t.add_argument("--base", required=True, help="the base branch's commit")
+    t.add_argument("--head", default="HEAD", help="the pull request's commit (default HEAD)")
+    t.add_argument("--root", default=".", help="the git repository (default .)")
+    t.set_defaults(func=cmd_pr_check)
     m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary)")
     m.add_argument("files", nargs="+")
     m.set_defaults(func=cmd_summary)

@@ -19,6 +19,7 @@ The exit status is 1 when anything regressed, 0 otherwise.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,9 +78,18 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
         raise HarnessError(f"--out {out}: must be inside the repository {root}")
     (out / "submissions").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
+    # From scratch, outside the checkout: a cached image would hide a change in generation, and a
+    # cache folder inside the repository could have been committed by a pull request.
+    cache = Path(tempfile.mkdtemp(prefix="unlearn-regress-cache-"))
+    try:
+        return _regress(root, files, out, cache, methods, only, pytest_args)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _regress(root: Path, files: list[Path], out: Path, cache: Path, methods, only, pytest_args) -> int:
     failed: list[str] = []
     total = 0
-    shutil.rmtree(out / "cache", ignore_errors=True)  # from scratch: a cached image would hide a change in generation
     for f in files:
         base = load_result(f)
         rel = base["submission"].get("file")
@@ -108,7 +118,7 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
         total += 1
         log = out / "logs" / f"{name}.log"
         t0 = time.perf_counter()
-        rc = run_harness(root, [new_sub_file], result, cache=out / "cache", extra=pytest_args, log=log)
+        rc = run_harness(root, [new_sub_file], result, cache=cache, extra=pytest_args, log=log)
         print(f"{name}: evaluated in {time.perf_counter() - t0:.0f} s (harness exit {rc}{' = some metric below its threshold, a verdict' if rc == 1 else ''}; log {log.relative_to(root)})", flush=True)
         if not result.is_file():
             tail = log.read_text(errors="replace").splitlines()[-15:]
