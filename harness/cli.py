@@ -375,6 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unlearn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `unlearn check ... | head -1`: the reader left; not an error of ours
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141
+    except OSError as e:  # disk full, permission denied, ...: one line, not a traceback
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"unlearn: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
