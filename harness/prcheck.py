@@ -55,11 +55,13 @@ def tree(root: Path, head: str) -> dict[str, str]:
 
 
 def forbidden_tracked(path: str) -> str | None:
+    """Why a tracked path is a run's output that no commit may carry: ``results/`` or ``site/``
+    at the top or anywhere under submissions/, an image cache or regression folder anywhere."""
     parts = PurePosixPath(path).parts
     if parts and parts[0] in FORBIDDEN_TOP:
         return f"{parts[0]}/ is made by runs and never committed"
-    for p in parts:
-        if p in FORBIDDEN_ANYWHERE or p.startswith(".regression"):
+    for p in parts[:-1]:
+        if p in FORBIDDEN_ANYWHERE or p.startswith(".regression") or (parts[0] == "submissions" and p in FORBIDDEN_TOP):
             return f"{p}/ is a cache or run folder: CI never reads images or results a pull request carries"
     return None
 
