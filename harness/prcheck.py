@@ -38,8 +38,10 @@ def _git(root: Path, *args: str) -> bytes:
 
 
 def changed_paths(root: Path, base: str, head: str) -> list[tuple[str, str]]:
-    """(status letter, path) of every path that differs, renames split into D + A."""
-    raw = _git(root, "diff", "--name-status", "--no-renames", "-z", base, head, "--").split(b"\0")
+    """(status letter, path) of every path the PR changed since it left the base branch (the
+    merge base, ``base...head``: a branch behind the base is not blamed for the base's newer
+    commits), renames split into D + A."""
+    raw = _git(root, "diff", "--name-status", "--no-renames", "-z", f"{base}...{head}", "--").split(b"\0")
     items = [x.decode("utf-8", errors="surrogateescape") for x in raw if x]
     return [(items[i], items[i + 1]) for i in range(0, len(items) - 1, 2)]
 

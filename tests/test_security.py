@@ -730,3 +730,13 @@ def test_replay_of_a_pull_request_that_does_everything_at_once(pr_repo, tmp_path
     from harness.evaluate import suite_path
 
     assert not suite_path(ROOT, "lenient").exists()
+
+
+def test_pr_check_does_not_blame_a_pr_for_newer_base_commits(pr_repo):
+    r, _ = pr_repo
+    head = _pr(r, lambda r: (r / "submissions" / "toy-new.yaml").write_text("name: toy-new\n"))
+    git(r, "checkout", "-q", "main")
+    (r / "suites" / "toy-canvas.yaml").write_text("id: toy-canvas\nmetrics: []\n")  # the base moved on
+    git(r, "commit", "-qam", "base moves")
+    rc, out, err = cli("pr-check", "--root", str(r), "--base", git(r, "rev-parse", "HEAD"), "--head", head)
+    assert (rc, out.split()) == (0, ["submissions/toy-new.yaml"]), err
