@@ -508,6 +508,13 @@ def test_flagged_images_or_non_finite_values_make_an_error_never_a_pass():
         assert "not a finite number" in flag_error(v, 0)
 
 
+def test_check_refuses_a_nan_filled_checkpoint(repo):
+    save_file({KEY: torch.full((64, 64), float("nan"))}, repo / "ckpt" / "unet.safetensors")
+    (repo / "sub.yaml").write_text(submission(sha256_file(repo / "ckpt" / "unet.safetensors")))
+    rc, _, err = check()
+    assert_one_line(rc, err, "sub.yaml: checkpoint", "holds NaN or infinite values")
+
+
 def test_a_nan_filled_checkpoint_does_not_pass(repo):
     """The run itself: every UNet tensor NaN, so every unlearned image is non-finite; UA would
     read 1.0 on the black images, but the records are errors."""
