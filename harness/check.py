@@ -73,6 +73,8 @@ def check_checkpoint(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool
         found = tensor_shapes(ckpt, allow_pickle)
         if not found:
             raise HarnessError(f"checkpoint: {ckpt.name} holds no tensors")
+        if ckpt.suffix.lower() == ".safetensors":
+            check_finite(ckpt)
         own = base_shapes(sub, root, kind)
         if own is None:
             return f"checkpoint: {len(found)} {COMPONENTS[kind]} tensor(s), readable (shapes not compared: hub base)"
@@ -96,6 +98,24 @@ def check_checkpoint(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool
             n += len(found)
         return f"checkpoint: pipeline folder, {n} unet + text encoder tensors" + (", names and shapes match the base" if base_dir(sub.base_model, root) else "")
     return check_lora(sub, ckpt, root, allow_pickle)
+
+
+def check_finite(path: Path) -> None:
+    """Every value of every tensor in a safetensors file is finite: a NaN / Inf weight makes
+    non-finite images (flagged, so the metrics would be errors); refused here, before a run."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                t = f.get_tensor(k)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise HarnessError(f"checkpoint: tensor {k!r} of {path.name} holds NaN or infinite values")
+    except HarnessError:
+        raise
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise HarnessError(f"checkpoint: {path.name} is not a readable safetensors file ({type(e).__name__})") from None
 
 
 def check_targets(sub: Submission, suites: dict[str, Suite], filtered: bool) -> None:

@@ -243,13 +243,24 @@ def cmd_schema(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from .compare import compare, format_rows, gate_failures, load_result
+    from .compare import compare, current_rules, format_rows, gate_failures, load_result, refuse_mismatch
 
-    rows = compare(load_result(a.new), load_result(a.baseline))
+    new, baseline = load_result(a.new), load_result(a.baseline)
+    refuse_mismatch(new, baseline, allow={"checkpoint"} if a.allow_other_checkpoint else set())
+    rows = compare(new, baseline, current_rules(Path(a.root)) if a.root else None)
     print(format_rows(rows))
     bad = gate_failures(rows)
     print(f"{len(bad)} of {len(rows)} metrics regressed or missing" if bad else f"no regression in {len(rows)} metrics")
     return 1 if bad else 0
+
+
+def cmd_pr_check(a) -> int:
+    from .prcheck import pr_check
+
+    todo = pr_check(Path(a.root), a.base, a.head)
+    for p in todo:
+        print(p)
+    return 0
 
 
 def cmd_summary(a) -> int:
@@ -324,10 +335,19 @@ def cmd_power(a) -> int:
 def cmd_leaderboard_build(a) -> int:
     from .leaderboard import build
 
-    n = build(a.results, a.out, include_smoke=a.include_smoke)
+    n = build(a.results, a.out, include_smoke=a.include_smoke, require_attestation=a.require_attestation)
     bad = f", {n['images_unavailable']} image(s) unavailable" if n["images_unavailable"] else ""
     print(f"wrote {a.out}: {n['submissions']} submission(s) from {n['files']} results file(s), {n['records']} records, "
           f"{n['suites']} suite table(s), {n['images']} image(s){bad}; open {Path(a.out) / 'index.html'}")
+    return 0
+
+
+def cmd_leaderboard_attest(a) -> int:
+    from .attest import write_manifest
+
+    if not Path(a.results).is_dir():
+        raise HarnessError(f"--results {a.results}: no such folder")
+    print(f"wrote {write_manifest(Path(a.results), 'unlearn leaderboard attest')}")
     return 0
 
 
@@ -403,6 +423,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="regression gate: exit 1 when a metric of NEW is worse than BASELINE beyond its tolerance")
     c.add_argument("new")
     c.add_argument("baseline")
+    c.add_argument("--root", default=None, help="repository whose suites/ give tolerances and directions (default: the harness's own checkout)")
+    c.add_argument("--allow-other-checkpoint", action="store_true", help="compare runs of a re-made checkpoint (other sha256)")
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser("regress", help="regression gate: re-run the reference methods on the toy world, evaluate, compare with the baselines")
@@ -423,6 +445,11 @@ def parser() -> argparse.ArgumentParser:
     pw.add_argument("--smoke", action="store_true", help="the smoke subset's size")
     pw.add_argument("--root", default=".", help="repository root")
     pw.set_defaults(func=cmd_power)
+    t = sub.add_parser("pr-check", help="what a submission PR changed, from git: refuses changes outside submissions/, tracked caches, links, twice-used names; prints the YAMLs to evaluate")
+    t.add_argument("--base", required=True, help="the base branch's commit")
+    t.add_argument("--head", default="HEAD", help="the pull request's commit (default HEAD)")
+    t.add_argument("--root", default=".", help="the git repository (default .)")
+    t.set_defaults(func=cmd_pr_check)
     m = sub.add_parser("summary", help="Markdown table of results JSON files (for a CI job summary); several files: one table side by side with deltas")
     m.add_argument("files", nargs="+")
     m.add_argument("--each", action="store_true", help="with several files, also print each file's own table")
@@ -445,6 +472,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="site", help="site folder, replaced when it holds an earlier build (default site)")
     t.add_argument("--include-smoke", action="store_true", help="show smoke runs, apart from the full runs (default: left out, each named on stderr)")
     t.set_defaults(func=cmd_leaderboard_build)
+    t.add_argument("--require-attestation", action="store_true", help="refuse a results folder without ATTESTATION.json (the Pages workflow)")
+    t = lb.add_parser("attest", help="write ATTESTATION.json: the sha256 of every results file (trusted workflows only; HMAC with $UNLEARN_ATTEST_KEY)")
+    t.add_argument("--results", default="leaderboard/results")
+    t.set_defaults(func=cmd_leaderboard_attest)
     t = lb.add_parser("refresh", help="run the harness on the toy submissions; copy their results and sample images")
     t.add_argument("--submissions", nargs="+", metavar="YAML", help="submission files (default submissions/toy-*.yaml)")
     t.add_argument("--out", default="leaderboard/results", help="where results JSON + images/ go (default leaderboard/results)")
@@ -500,6 +531,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unlearn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `unlearn check ... | head -1`: the reader left; not an error of ours
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141
+    except OSError as e:  # disk full, permission denied, ...: one line, not a traceback
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"unlearn: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

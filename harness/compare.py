@@ -1,7 +1,8 @@
 """The regression gate: ``unlearn compare NEW.json BASELINE.json``.
 
 A metric regresses when it moves the wrong way (by ``higher_is_better``) by more than its
-tolerance (declared per metric in the suite and copied into every record). A metric whose
+tolerance, both taken from the current suites and metric modules (the base branch's), never
+from the results files, which a pull request can edit. A metric whose
 suite declares no tolerance is shown but not gated (status INFO): wall-clock times and other
 figures that move with the machine would otherwise fail every re-run. Metrics present in the
 baseline but missing from the new result, or turned into errors, count as regressions whatever
@@ -12,6 +13,8 @@ runs' intervals) to count; otherwise its status is NOISE, shown and not failed.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HarnessError
@@ -19,10 +22,26 @@ from .resultfile import one_line, read_result
 from .significance import assess, describe
 
 
+ROOT = Path(__file__).resolve().parents[1]
+_THRESHOLDS: dict = {}
+
+
+def _thresholds(root: Path) -> dict:
+    from .attest import current_thresholds
+
+    if root not in _THRESHOLDS:
+        _THRESHOLDS[root] = current_thresholds(root)
+    return _THRESHOLDS[root]
+
+
 def load_result(path: str | Path) -> dict:
     """A results file, checked by ``resultfile.read_result``; a bad one is a one-line error."""
+    from .attest import recheck_verdicts
+
     try:
-        return read_result(path)
+        data = read_result(path)
+        recheck_verdicts(data, _thresholds(ROOT))
+        return data
     except FileNotFoundError:
         raise HarnessError(f"{path}: no such file") from None
     except OSError as e:
@@ -31,25 +50,116 @@ def load_result(path: str | Path) -> dict:
         raise HarnessError(f"{path}: not a results JSON ({one_line(e)})") from None
 
 
-def compare(new: dict, baseline: dict) -> list[dict]:
-    """One row per baseline metric: old, new, change, tolerance, status (ok / regressed / info /
-    missing / error)."""
-    current = {(m["suite"], m["metric"], m["target"]): m for m in new.get("metrics", [])}
-    rows = []
-    for m in baseline.get("metrics", []):
-        key = (m["suite"], m["metric"], m["target"])
-        gated = m.get("tolerance") is not None
-        tol = float(m["tolerance"]) if gated else None
-        row = {"suite": key[0], "metric": m.get("label", key[1]), "target": key[2], "baseline": m.get("value"), "tolerance": tol}
-        n = current.get(key)
-        if n is None or n.get("value") is None:
-            rows.append({**row, "new": None, "change": None, "status": "missing" if n is None else "error"})
+@dataclass(frozen=True)
+class Rule:
+    """How one metric is gated, from the current (base-branch) suites and metric modules, never
+    from a results file: its tolerance (None: shown, not gated) and direction."""
+
+    tolerance: float | None
+    higher_is_better: bool
+
+
+def current_rules(root: Path | None = None) -> dict[tuple[str, str], Rule]:
+    """(suite id, metric name) -> Rule, for every suite in ``<root>/suites`` that loads."""
+    from . import metrics
+    from .spec import load_suite
+
+    rules: dict[tuple[str, str], Rule] = {}
+    for f in sorted(Path(root or ROOT, "suites").glob("*.yaml")):
+        try:
+            suite = load_suite(f)
+        except HarnessError:
             continue
-        if m.get("value") is None:  # nothing to hold the new value to: shown, not gated
-            rows.append({**row, "new": n["value"], "change": None, "status": "info"})
+        for m in suite.metrics:
+            rules[(suite.id, m.name)] = Rule(m.tolerance, metrics.info(m.name).higher_is_better)
+    return rules
+
+
+# ---- refusals: runs that must not be compared at all (one line each, exit 2). Each is its own
+# function so that other checks (e.g. a significance test) can be added beside them.
+def _suites_by_id(doc: dict) -> dict[str, dict]:
+    return {s.get("id"): s for s in doc.get("suites", []) if isinstance(s, dict)}
+
+
+def refuse_other_submission(new: dict, baseline: dict) -> str | None:
+    a, b = new["submission"]["name"], baseline["submission"]["name"]
+    return f"submission.name: {a!r} is compared with a baseline of {b!r}" if a != b else None
+
+
+def refuse_other_checkpoint(new: dict, baseline: dict) -> str | None:
+    a, b = new["submission"]["checkpoint"].get("sha256"), baseline["submission"]["checkpoint"].get("sha256")
+    return f"submission.checkpoint.sha256: {a} differs from the baseline's {b}" if a != b else None
+
+
+def refuse_other_suite_files(new: dict, baseline: dict) -> str | None:
+    old = _suites_by_id(baseline)
+    for sid, s in _suites_by_id(new).items():
+        if sid in old:
+            for field, what in (("file_sha256", "suite file"), ("prompt_set_sha256", "prompt set")):
+                if s.get(field) != old[sid].get(field):
+                    return f"suites.{sid}.{field}: the {what} differs from the baseline's ({s.get(field)} vs {old[sid].get(field)})"
+    return None
+
+
+def refuse_smoke_vs_full(new: dict, baseline: dict) -> str | None:
+    old = _suites_by_id(baseline)
+    for sid, s in _suites_by_id(new).items():
+        if sid in old and bool(s.get("smoke")) != bool(old[sid].get("smoke")):
+            kind = lambda x: "a smoke run" if x.get("smoke") else "a full run"
+            return f"suites.{sid}.smoke: {kind(s)} is compared with {kind(old[sid])}"
+    return None
+
+
+REFUSALS = {"submission": refuse_other_submission, "checkpoint": refuse_other_checkpoint,
+            "suite": refuse_other_suite_files, "smoke": refuse_smoke_vs_full}
+
+
+def refuse_mismatch(new: dict, baseline: dict, allow: set[str] = frozenset()) -> None:
+    """Raise (one line) when the two runs are not runs of the same thing under the same suites.
+    ``allow``: names of REFUSALS to skip (``unlearn regress`` re-makes the checkpoint: ``checkpoint``)."""
+    for name, check in REFUSALS.items():
+        if name not in allow:
+            why = check(new, baseline)
+            if why:
+                raise HarnessError(f"cannot compare: {why}")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def compare(new: dict, baseline: dict, rules: dict[tuple[str, str], Rule] | None = None) -> list[dict]:
+    """One row per metric of either run: old, new, change, tolerance, status (ok / regressed /
+    info / missing / error). Tolerance and direction come from ``rules`` (default: the current
+    suites), never from the files. A gated metric regresses when it moves the wrong way by more
+    than its tolerance, when it is missing from either run, when either value is not finite, or
+    when either record is an ``error``; a new ``error`` or a missing record fails whatever the
+    tolerance."""
+    rules = current_rules() if rules is None else rules
+    current = {(m["suite"], m["metric"], m["target"]): m for m in new.get("metrics", [])}
+    old = {(m["suite"], m["metric"], m["target"]): m for m in baseline.get("metrics", [])}
+    rows = []
+    for key in list(old) + [k for k in current if k not in old]:
+        m, n = old.get(key), current.get(key)
+        rule = rules.get(key[:2])
+        gated = rule is not None and rule.tolerance is not None
+        tol = float(rule.tolerance) if gated else None
+        label = (m or n).get("label") or key[1]
+        row = {"suite": key[0], "metric": label, "target": key[2], "baseline": m.get("value") if m else None, "tolerance": tol}
+        if m is None:  # new in this run: a gated metric needs a baseline, others are shown
+            rows.append({**row, "new": n.get("value"), "change": None, "status": "missing" if gated else "info", "why": "not in the baseline"})
+            continue
+        if n is None:
+            rows.append({**row, "new": None, "change": None, "status": "missing", "why": "not in the new run"})
+            continue
+        if n.get("verdict") == "error" or not _finite(n.get("value")):
+            rows.append({**row, "new": n.get("value"), "change": None, "status": "error", "why": "the new record is an error or not a finite number"})
+            continue
+        if m.get("verdict") == "error" or not _finite(m.get("value")):
+            rows.append({**row, "new": n["value"], "change": None, "status": "error" if gated else "info", "why": "the baseline is an error or not a finite number"})
             continue
         change = n["value"] - m["value"]
-        worse = -change if m.get("higher_is_better", True) else change
+        worse = -change if (rule.higher_is_better if rule else True) else change
         if not gated:
             rows.append({**row, "new": n["value"], "change": change, "status": "info"})
             continue

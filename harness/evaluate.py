@@ -168,6 +168,24 @@ def sample_pairs(items: list[tuple[Prompt, int]], base_jobs: list[Job], unl_jobs
     return out
 
 
+def flag_error(value, n_flagged: int) -> str | None:
+    """Why a metric record must be an ``error`` whatever its threshold says: its value is not a
+    finite number, or some of the images it was computed from were flagged (non-finite output,
+    a blank / constant image)."""
+    import math
+
+    if value is not None:
+        try:
+            finite = math.isfinite(float(value))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            return f"value {value!r} is not a finite number"
+    if n_flagged:
+        return f"{n_flagged} image(s) were flagged (non-finite output or a constant image): the value is not a measurement"
+    return None
+
+
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
     import platform
@@ -379,8 +397,12 @@ class Evaluator:
                 else:
                     v, point = uncertainty.verdict(th, meas.value, meas.base_value, rec.get("margin_ci"))
                     rec.update(bound=th.bound(meas.base_value), verdict=v, verdict_point=point)
-                if flagged["unlearned"] or flagged["base"]:
-                    rec["flagged_images"] = len(flagged["unlearned"]) + len(flagged["base"])
+                n_flagged = len(flagged["unlearned"]) + len(flagged["base"]) + (len(attack_rep["flagged"]) if inf.attack and attack_rep else 0)
+                if n_flagged:
+                    rec["flagged_images"] = n_flagged
+                reason = flag_error(meas.value, n_flagged if inf.needs_images else 0)
+                if reason:  # a number made from broken images (or a broken number) never passes
+                    rec.update(verdict="error", error=reason)
                 records.append(rec)
         result = {
             "suite": {

@@ -82,10 +82,11 @@ class ImageCache:
         """The cached image (uint8 HxWx3) and its flags, or None if absent or damaged."""
         from PIL import Image
 
-        png, side = self._paths(job.key())
+        meta = self._sidecar(job)
+        if meta is None:
+            return None
         try:
-            meta = json.loads(side.read_text())
-            data = png.read_bytes()
+            data = self._paths(job.key())[0].read_bytes()
         except (OSError, ValueError):
             return None
         if meta.get("png_sha256") != sha256_bytes(data):
@@ -94,6 +95,28 @@ class ImageCache:
             return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), list(meta.get("flags", []))
         except Exception:  # PIL raises several types for a damaged PNG
             return None
+
+    def _sidecar(self, job: Job) -> dict | None:
+        """The job's sidecar, only when it describes this very job: its ``key`` and ``job`` fields
+        must equal the job asked for (a slot holding another job's PNG with that job's own sidecar,
+        e.g. planted by a pull request, is a miss and the image is made again). Symlinked or
+        non-regular slots are misses too."""
+        import os
+        import stat
+
+        png, side = self._paths(job.key())
+        try:
+            for p in (png, side):
+                if not stat.S_ISREG(os.lstat(p).st_mode):
+                    return None
+            meta = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("key") != job.key() or meta.get("job") != asdict(job):
+            return None
+        if meta.get("generation_version") != GENERATION_VERSION or not isinstance(meta.get("flags", []), list):
+            return None
+        return meta
 
     def put(self, job: Job, image: np.ndarray, extra: dict | None = None) -> None:
         from PIL import Image
@@ -120,10 +143,8 @@ class ImageCache:
 
     def png_sha256(self, job: Job) -> str | None:
         """The sha256 of the job's cached PNG, from its sidecar (None when it is not cached)."""
-        try:
-            return json.loads(self._paths(job.key())[1].read_text()).get("png_sha256")
-        except (OSError, ValueError):
-            return None
+        meta = self._sidecar(job)
+        return meta.get("png_sha256") if meta else None
 
 
 SCHEDULERS = {

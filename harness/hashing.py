@@ -20,7 +20,14 @@ _MEMO: dict[tuple, str] = {}
 
 
 def sha256_file(path: str | Path) -> str:
+    """sha256 of a regular file's bytes; a FIFO, socket or device is refused without opening it."""
+    import stat
+
+    from .errors import HarnessError
+
     st = Path(path).stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise HarnessError(f"{path}: not a regular file (refused without opening it)")
     key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
     if key in _MEMO:
         return _MEMO[key]
@@ -33,15 +40,14 @@ def sha256_file(path: str | Path) -> str:
 
 
 def sha256_tree(path: str | Path) -> str:
-    """A folder's identity: sha256 over its sorted (relative path, file sha256) manifest.
+    """A folder's identity: sha256 over its sorted (relative path, file sha256) manifest of
+    every regular file in it, hidden ones included (loaders read those too). A symbolic link or a
+    non-regular file anywhere inside is refused (``safefs.tree_files``), so the hash covers
+    exactly what can be loaded."""
+    from .safefs import tree_files
 
-    Hidden files and ``__pycache__`` are left out so that the hash depends on content only."""
     root = Path(path)
-    lines = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if p.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            lines.append(f"{rel.as_posix()}\t{sha256_file(p)}\n")
+    lines = [f"{p.relative_to(root).as_posix()}\t{sha256_file(p)}\n" for p in tree_files(root, f"folder {root.name}")]
     return sha256_bytes("".join(lines).encode())
 
 

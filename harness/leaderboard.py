@@ -80,16 +80,30 @@ class Run:
         return str(self.data.get("finished") or self.data.get("started") or "")
 
 
-def load_runs(results: Path, report: Report = _stderr) -> list[Run]:
-    """Every ``*.json`` under ``results`` that validates; the others are reported and skipped."""
+def load_runs(results: Path, report: Report = _stderr, require_attestation: bool = False) -> list[Run]:
+    """Every results file of ``results`` (``resultfile.results_files``: ``*.json``, not
+    recursive, regular files) that validates, whose verdicts its numbers and the current suites'
+    thresholds give, that the folder's ATTESTATION.json lists (when there is one, or when
+    required), and whose submission name no other name collides with; the others are reported
+    and skipped (one bad file never stops the build)."""
+    from .attest import MANIFEST, attested, current_thresholds, name_key, read_manifest, recheck_verdicts
+    from .resultfile import results_files
+
+    manifest = read_manifest(results)
+    if manifest is None and require_attestation:
+        raise HarnessError(f"--results {results}: no {MANIFEST} (--require-attestation): run `unlearn leaderboard attest` in the trusted workflow")
+    thresholds = current_thresholds(ROOT)
     runs = []
-    for p in sorted(results.rglob("*.json")):
-        if not p.is_file() and not p.is_symlink():
-            continue
+    for p in results_files(results):
         rel = p.relative_to(results).as_posix()
         try:
+            if manifest is not None:
+                why = attested(p, manifest)
+                if why:
+                    raise ValueError(why)
             data = read_result(p)
-        except (ValueError, OSError) as e:
+            recheck_verdicts(data, thresholds)
+        except (ValueError, OSError, HarnessError, RecursionError) as e:
             report(f"skipped {p}: {one_line(e)}")
             continue
         from .hub import pins_problem  # a real result counts only with the suite's own pins
@@ -98,7 +112,13 @@ def load_runs(results: Path, report: Report = _stderr) -> list[Run]:
             report(f"skipped {p}: {why}")
             continue
         runs.append(Run(rel, data, hashlib.sha256(rel.encode()).hexdigest()[:10]))
-    return runs
+    groups: dict[str, set[str]] = {}
+    for r in runs:
+        groups.setdefault(name_key(r.name), set()).add(r.name)
+    clash = {n for names in groups.values() if len(names) > 1 for n in names}
+    for r in [r for r in runs if r.name in clash]:
+        report(f"skipped {results / r.file}: submission.name {r.name!r} collides with {sorted(groups[name_key(r.name)] - {r.name})[0]!r} (names must differ in more than case and punctuation)")
+    return [r for r in runs if r.name not in clash]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -607,7 +627,7 @@ class ImageState:
     bad: dict[str, str] = field(default_factory=dict)  # sha -> why
 
 
-def copy_images(runs: list[Run], src: Path, dst: Path, report: Report) -> ImageState:
+def copy_images(runs: list[Run], src: Path | None, dst: Path, report: Report) -> ImageState:
     """Copy every sample image the given runs name from ``src/<sha256>.png`` to
     ``dst/<sha256>.png``, only when its bytes hash to the name and it is a PNG."""
     st = ImageState()
@@ -629,7 +649,9 @@ def copy_images(runs: list[Run], src: Path, dst: Path, report: Report) -> ImageS
     return st
 
 
-def _check_image(src: Path, sha: str) -> str | None:
+def _check_image(src: Path | None, sha: str) -> str | None:
+    if src is None:
+        return "the images folder is a symbolic link (not followed)"
     if not SHA256_RE.match(sha):
         return "not a sha256"
     p = src / f"{sha}.png"
@@ -767,7 +789,8 @@ def is_smoke(data: dict) -> bool:
     return data.get("smoke") is True or any(isinstance(s, dict) and s.get("smoke") is True for s in data.get("suites", []))
 
 
-def build(results: str | Path, out: str | Path, report: Report = _stderr, assets: Path = ASSETS, include_smoke: bool = False) -> dict:
+def build(results: str | Path, out: str | Path, report: Report = _stderr, assets: Path = ASSETS, include_smoke: bool = False,
+          require_attestation: bool = False) -> dict:
     """Build the site from the results folder into ``out``; returns counts of what was written.
     Bad files and images are reported and skipped; a bad folder argument is a HarnessError.
 
@@ -780,7 +803,7 @@ def build(results: str | Path, out: str | Path, report: Report = _stderr, assets
     if not (assets / "templates" / "index.html").is_file():
         raise HarnessError(f"leaderboard templates not found in {assets / 'templates'} (run from a checkout: pip install -e .)")
     _check_out(out)
-    runs = load_runs(results, report)
+    runs = load_runs(results, report, require_attestation)
     smoke = [r for r in runs if is_smoke(r.data)]
     runs = [r for r in runs if not is_smoke(r.data)]
     if not include_smoke:
@@ -804,7 +827,7 @@ def build(results: str | Path, out: str | Path, report: Report = _stderr, assets
         runs = runs + smoke
     tmp = _prepare_out(out)
     try:
-        images = copy_images(list(latest.values()), results / "images", tmp / "images", report)
+        images = copy_images(list(latest.values()), _images_dir(results, report), tmp / "images", report)
         env = _env(assets / "templates")
         points = tradeoff_points(df)
         svg = tradeoff_svg(points)
@@ -833,14 +856,39 @@ def build(results: str | Path, out: str | Path, report: Report = _stderr, assets
         (tmp / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         (tmp / "results.csv").write_text(_records_csv(all_df), encoding="utf-8")
         (tmp / MARKER).write_text("built by unlearn leaderboard build; this folder is replaced by the next build\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"files": len(runs), "submissions": len(latest), "records": n_records, "suites": len(tables),
             "images": len(images.ok), "images_unavailable": len(images.bad)}
+
+
+def _images_dir(results: Path, report: Report) -> Path | None:
+    """``results/images``, unless it is a symbolic link (or resolves outside ``results``): then
+    an empty stand-in, so nothing outside the results folder is read."""
+    d = results / "images"
+    if d.is_symlink() or (d.exists() and not d.resolve().is_relative_to(results.resolve())):
+        report(f"skipped {d}: a symbolic link (images are read from inside the results folder only)")
+        return None
+    return d
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Replace the site ``out`` with the finished build ``tmp`` so that a kill at any moment
+    leaves a whole site (the old or the new) or none, never half of one: the old site is renamed
+    aside, the new one renamed in, then the old one deleted. Asides left by an earlier kill are
+    deleted first (they carry the marker; nothing else is touched)."""
+    for stale in out.parent.glob(f".{out.name}.*.old"):
+        if (stale / MARKER).is_file():
+            shutil.rmtree(stale, ignore_errors=True)
+    aside = None
+    if out.exists():
+        aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, aside)  # aside is an empty folder: replace() onto it is a rename
+    os.replace(tmp, out)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _markup(s: str):
@@ -944,8 +992,12 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
         for src, dst in written:  # only once every run is checked: all or nothing
             shutil.copyfile(src, dst)
         written = [dst for _, dst in written]
+    from .attest import write_manifest
+    from .resultfile import results_files
+
+    write_manifest(out, "unlearn leaderboard refresh")  # these files were just made by the harness
     all_results = []
-    for p in sorted(out.rglob("*.json")):  # as build reads them: images named by nested files stay
+    for p in results_files(out):  # as build reads them
         try:
             read_result(p)
             all_results.append(p)

@@ -81,6 +81,9 @@ def base_fingerprint(spec: BaseModelSpec, root: Path) -> str:
         return f"hub:{spec.hub_id}@{spec.revision}"
     if not (d / "model_index.json").is_file():
         raise HarnessError(f"base_model: {d} is not a diffusers pipeline folder (model_index.json missing)")
+    from .safefs import check_model_folder
+
+    check_model_folder(d, "base_model", allow_pickle=True)  # links / FIFOs / foreign libraries; loaded with use_safetensors
     h = sha256_tree(d)
     if spec.sha256 and spec.sha256 != h:
         raise HarnessError(f"base_model.sha256: folder {spec.local_dir} has sha256 {h}, expected {spec.sha256}")
@@ -152,6 +155,14 @@ def checkpoint_file(spec: CheckpointSpec, root: Path, cache_dir: Path, allow_pic
         path = inside(root, spec.path, "checkpoint.path")
     if not path.exists():
         raise HarnessError(f"checkpoint.path: {spec.path}: no such file or folder")
+    if path.is_dir():  # symlinks / FIFOs inside refused, pickles refused, model_index libraries checked
+        from .safefs import check_model_folder
+
+        check_model_folder(path, "checkpoint", allow_pickle)
+    else:
+        from .safefs import regular_file
+
+        regular_file(path, "checkpoint.path")
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise HarnessError(
             f"checkpoint: {path.name} is a pickle format ({path.suffix}), which can run code when loaded; "

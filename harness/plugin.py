@@ -135,6 +135,9 @@ def _build_state(config) -> State:
         except (HarnessError, OSError) as e:
             msg = str(e) if isinstance(e, HarnessError) else (e.strerror or str(e))
             raise _usage(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
+        twice = next((q for q, (other, _) in subs.items() if other.name == sub.name), None)
+        if twice is not None:  # one results file per name: one would overwrite the other
+            raise _usage(f"{p}: name: {sub.name!r} is also the name of {twice} in this run")
         subs[p] = (sub, mine)
         suites.update(mine)
     unknown = only - set(suites)
@@ -477,7 +480,14 @@ class Reporter:
             out = Path(state.results.replace("{submission}", sub.name)) if state.results else state.root / "results" / sub.name / f"{stamp}.json"
             if not out.is_absolute():
                 out = Path(self.config.invocation_params.dir) / out
-            write(out, data)
+            try:
+                write(out, data)
+            except OSError as e:  # disk full, read-only folder: one line, and the other submissions still written
+                import sys
+
+                print(f"unlearn: error: --unlearn-results: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+                session.exitstatus = 2
+                continue
             state.written.append((sub.name, out, data))
 
     def pytest_terminal_summary(self, terminalreporter):

@@ -19,12 +19,14 @@ The exit status is 1 when anything regressed, 0 otherwise.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from .compare import compare, format_rows, gate_failures, load_result
+from .compare import compare, current_rules, format_rows, gate_failures, load_result, refuse_mismatch
+from .resultfile import results_files
 from .errors import HarnessError
 from .rerun import run_harness
 from .results import load_method_record
@@ -92,16 +94,25 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
     ``pytest_args`` go to each harness run (e.g. ``--unlearn-smoke``, ``--unlearn-suite ID``:
     the baselines must then have been made with the same ones)."""
     root, out, baselines = root.resolve(), (root / out).resolve(), (root / baselines).resolve()
-    files = sorted(baselines.glob("*.json"))
+    files = results_files(baselines)
     if not files:
         raise HarnessError(f"{baselines}: no baseline results (*.json)")
     if not out.is_relative_to(root):
         raise HarnessError(f"--out {out}: must be inside the repository {root}")
     (out / "submissions").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
+    # From scratch, outside the checkout: a cached image would hide a change in generation, and a
+    # cache folder inside the repository could have been committed by a pull request.
+    cache = Path(tempfile.mkdtemp(prefix="unlearn-regress-cache-"))
+    try:
+        return _regress(root, files, out, cache, methods, only, pytest_args)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _regress(root: Path, files: list[Path], out: Path, cache: Path, methods, only, pytest_args) -> int:
     failed: list[str] = []
     total = 0
-    shutil.rmtree(out / "cache", ignore_errors=True)  # from scratch: a cached image would hide a change in generation
     for f in files:
         base = load_result(f)
         rel = base["submission"].get("file")
@@ -130,14 +141,16 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
         total += 1
         log = out / "logs" / f"{name}.log"
         t0 = time.perf_counter()
-        rc = run_harness(root, [new_sub_file], result, cache=out / "cache", extra=pytest_args, log=log)
+        rc = run_harness(root, [new_sub_file], result, cache=cache, extra=pytest_args, log=log)
         print(f"{name}: evaluated in {time.perf_counter() - t0:.0f} s (harness exit {rc}{' = some metric below its threshold, a verdict' if rc == 1 else ''}; log {log.relative_to(root)})", flush=True)
         if not result.is_file():
             tail = log.read_text(errors="replace").splitlines()[-15:]
             print(f"{name}: the harness wrote no results; the end of its log:\n  " + "\n  ".join(tail), flush=True)
             failed.append(name)
             continue
-        rows = compare(load_result(result), base)
+        new_result = load_result(result)
+        refuse_mismatch(new_result, base, allow={"checkpoint"})  # the checkpoint is re-made on purpose
+        rows = compare(new_result, base, current_rules(root))
         print(f"\n== {name} vs {f}")
         print(format_rows(rows), flush=True)
         if gate_failures(rows):

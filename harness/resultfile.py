@@ -130,20 +130,56 @@ def check_result(data: Any) -> None:
         seen.add(key)
 
 
+def results_files(folder: str | Path) -> list[Path]:
+    """The one discovery rule every reader of a results folder uses (``leaderboard build``,
+    ``refresh``, ``compare``-style gates, ``regress``): ``<folder>/*.json``, not recursive,
+    regular files only (symbolic links and anything else are left out), sorted by name."""
+    import os
+    import stat
+
+    out = []
+    for p in sorted(Path(folder).glob("*.json")):
+        if p.name == "ATTESTATION.json":  # harness.attest's manifest, not a result
+            continue
+        try:
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                out.append(p)
+        except OSError:
+            continue
+    return out
+
+
 def read_result(path: str | Path) -> dict:
     """Parse and validate one results file; ``ValueError`` says in one line why it is refused."""
     path = Path(path)
+    data = read_json_file(path, MAX_RESULT_BYTES)
+    check_result(data)
+    from .attest import check_name
+
+    check_name(data["submission"]["name"])
+    return data
+
+
+def read_json_file(path: Path, limit: int) -> Any:
+    """A JSON file that must be a regular file of at most ``limit`` bytes, UTF-8; ``ValueError``
+    (one line) otherwise; a folder is an ``IsADirectoryError``."""
+    import os
+    import stat
+
     if path.is_symlink():
         raise ValueError("is a symbolic link")
-    if path.stat().st_size > MAX_RESULT_BYTES:
-        raise ValueError(f"larger than {MAX_RESULT_BYTES >> 20} MiB")
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    if not stat.S_ISREG(mode):
+        raise ValueError("not a regular file (a FIFO, socket or device is not opened)")
+    if path.stat().st_size > limit:
+        raise ValueError(f"larger than {limit >> 20} MiB")
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise ValueError("not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
     except RecursionError:
         raise ValueError("not valid JSON (nested too deeply)") from None
-    check_result(data)
-    return data

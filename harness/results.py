@@ -38,12 +38,27 @@ def load_method_record(root: Path, rel: str) -> dict:
     p = inside(root, rel, "method_record")
     if not p.is_file():
         raise HarnessError(f"method_record: {rel}: no such file")
+    if p.stat().st_size > 1 << 20:
+        raise HarnessError(f"method_record: {rel}: larger than 1 MiB")
     try:
         rec = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise HarnessError(f"method_record: {rel} is not JSON ({type(e).__name__})") from None
     if not isinstance(rec, dict) or not isinstance(rec.setdefault("efficiency", {}), dict):
         raise HarnessError(f"method_record: {rel} is not a method.json (an object with 'efficiency')")
+    import math
+
+    for k in ("time_s", "peak_memory_bytes", "storage_bytes"):
+        v = rec["efficiency"].get(k)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+            raise HarnessError(f"method_record: {rel}: efficiency.{k}: {str(v)[:40]!r} is not a non-negative number")
+    for k in ("device", "peak_memory_measure"):
+        v = rec["efficiency"].get(k)
+        if v is not None and not isinstance(v, str):
+            raise HarnessError(f"method_record: {rel}: efficiency.{k}: not a string")
+    for k, t in (("method", str), ("concept", str), ("params", dict), ("base", dict), ("anchor", str)):
+        if rec.get(k) is not None and not isinstance(rec[k], t):
+            raise HarnessError(f"method_record: {rel}: {k}: not a{'n object' if t is dict else ' string'}")
     return rec
 
 

@@ -57,7 +57,8 @@ class BaseModelSpec(Strict):
 
     builtin: Literal["toy"] | None = None
     local_dir: str | None = None
-    hub_id: str | None = Field(default=None, pattern=r"^[\w.-]+/[\w.-]+$")
+    hub_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$",
+                               description="owner/name on the hub; never a local path")
     revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$", description="a full commit sha")
     sha256: SHA256 | None = Field(default=None, description="folder hash of local_dir (optional pin)")
 
@@ -70,6 +71,9 @@ class BaseModelSpec(Strict):
             raise ValueError("hub_id needs a pinned revision (a 40-character commit sha)")
         if self.revision and not self.hub_id:
             raise ValueError("revision only goes with hub_id")
+        if self.hub_id and (".." in self.hub_id or Path(self.hub_id).exists()):
+            # diffusers loads a local folder of that name, ignoring the revision and hashing nothing
+            raise ValueError(f"hub_id {self.hub_id!r} names a local path; use local_dir for a folder in the repository")
         return self
 
 
@@ -113,6 +117,16 @@ class Submission(Strict):
     method_record: str | None = Field(default=None, description="method.json written by `unlearn erase` (measured efficiency)")
     efficiency: EfficiencySpec | None = None
 
+    @field_validator("targets")
+    @classmethod
+    def _distinct_targets(cls, v):
+        seen = set()
+        for t in v:
+            if t.concept in seen:
+                raise ValueError(f"target {t.concept!r} is listed twice (one record per metric and target)")
+            seen.add(t.concept)
+        return v
+
 
 # ----------------------------------------------------------------------------- suites
 class TemplatePrompts(Strict):
@@ -122,6 +136,16 @@ class TemplatePrompts(Strict):
 
     @model_validator(mode="after")
     def _placeholders(self):
+        import string
+
+        try:
+            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(self.template) if f is not None]
+        except ValueError as e:
+            raise ValueError(f"template: {e}") from None
+        for f, spec, conv in parsed:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", f) or spec or conv:
+                raise ValueError(f"template: placeholder {{{f}{'!' + conv if conv else ''}{':' + spec if spec else ''}}} is not a bare {{name}} "
+                                 "(no format spec, conversion, attribute or index)")
         names = set(re.findall(r"{(\w+)}", self.template))
         if names != set(self.values):
             raise ValueError(f"template placeholders {sorted(names)} do not match values {sorted(self.values)}")
@@ -373,6 +397,14 @@ class _SafeUniqueLoader(yaml.SafeLoader):
     """``yaml.safe_load``'s loader that also refuses a key given twice in one mapping (YAML
     would silently keep the last one, e.g. a second ``sha256``)."""
 
+    def compose_node(self, parent, index):
+        # An alias (``*a``) can multiply a small file into 10^9 nodes (an "alias bomb"), and a
+        # merge key needs one: untrusted YAML gets neither anchors nor aliases.
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not accepted", event.start_mark)
+        return super().compose_node(parent, index)
+
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             seen = set()
@@ -390,11 +422,50 @@ class _SafeUniqueLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_YAML_BYTES = 256 << 10
+MAX_YAML_DEPTH = 16
+MAX_YAML_NODES = 100_000
+
+
+def _too_deep(data: Any) -> str | None:
+    """Why a parsed document is refused for its shape (deeper or larger than any real one)."""
+    stack, seen = [(data, 0, "(top level)")], 0
+    while stack:
+        x, depth, where = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_NODES:
+            return f"(yaml): more than {MAX_YAML_NODES} values"
+        if depth > MAX_YAML_DEPTH:
+            return f"{where}: nested more than {MAX_YAML_DEPTH} deep"
+        if isinstance(x, dict):
+            stack += [(v, depth + 1, f"{where}.{k}" if depth else str(k)) for k, v in x.items()]
+        elif isinstance(x, list):
+            stack += [(v, depth + 1, f"{where}.{i}" if depth else str(i)) for i, v in enumerate(x)]
+        elif isinstance(x, bytes):
+            return f"{where}: binary data (!!binary) is not accepted"
+    return None
+
+
 def read_yaml(path: str | Path) -> Any:
     """Parse YAML with the safe loader only; one-line errors for a missing file or bad YAML."""
+    import os
+    import stat
+
     p = Path(path)
-    if not p.is_file():
-        raise HarnessError(f"{p}: no such file")
+    try:
+        if "\x00" in str(p):
+            raise ValueError("NUL in the path")
+        if p.is_symlink():
+            raise HarnessError(f"{p}: is a symbolic link (refused before reading: it could point outside the repository)")
+        mode = os.stat(p).st_mode
+    except (OSError, ValueError, RuntimeError):
+        raise HarnessError(f"{p!s:.200}: no such file") from None
+    if stat.S_ISDIR(mode):
+        raise HarnessError(f"{p}: no such file (a folder)")
+    if not stat.S_ISREG(mode):
+        raise HarnessError(f"{p}: not a regular file (a FIFO, socket or device is not opened)")
+    if os.stat(p).st_size > MAX_YAML_BYTES:
+        raise HarnessError(f"{p}: larger than {MAX_YAML_BYTES >> 10} KiB (submission and suite files are small)")
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_SafeUniqueLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
@@ -406,6 +477,11 @@ def read_yaml(path: str | Path) -> Any:
         raise HarnessError(f"{p}: not UTF-8 text") from None
     except RecursionError:
         raise HarnessError(f"{p}: (yaml): nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. a !!binary that is not base64, a bad timestamp
+        raise HarnessError(f"{p}: (yaml): {one_line_error(e)}") from None
+    why = _too_deep(data)
+    if why:
+        raise HarnessError(f"{p}: {why}")
     if not isinstance(data, dict):
         raise HarnessError(f"{p}: (top level): expected a mapping, got {type(data).__name__}")
     return data
@@ -469,13 +545,20 @@ def is_suite_file(data: dict) -> bool:
 
 def inside(root: Path, rel: str, what: str) -> Path:
     """Resolve a repository-relative path; refuse absolute paths and escapes (``..``, links)."""
-    if not rel or Path(rel).is_absolute():
+    if not rel or "\x00" in rel or Path(rel).is_absolute():
         raise HarnessError(f"{what}: {rel!r} must be a path relative to the repository")
-    root = root.resolve()
-    p = (root / rel).resolve()
+    try:
+        root = root.resolve()
+        p = (root / rel).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a name too long
+        raise HarnessError(f"{what}: {rel!r} cannot be resolved ({one_line_error(e)})") from None
     if not p.is_relative_to(root):
         raise HarnessError(f"{what}: {rel!r} leaves the repository")
     return p
+
+
+def one_line_error(e: BaseException) -> str:
+    return " ".join(str(getattr(e, "strerror", None) or e).split())[:200]
 
 
 def pinned_file(root: Path, path: str, sha256: str, what: str) -> Path:
@@ -501,12 +584,31 @@ class Prompt(BaseModel):
     guidance: float | None = None
 
 
+MAX_CSV_BYTES = 16 << 20
+MAX_PROMPTS = 100_000
+MAX_PROMPT_CHARS = 2_000
+
+
+def _csv_seed(text: str) -> int:
+    """A seed from a CSV cell: an integer (``12`` or ``12.0``) in [0, 2**63); ``1e400`` or
+    ``nan`` is a ValueError, never an OverflowError."""
+    x = float(text)
+    if not x.is_integer() or not 0 <= x < 2**63:
+        raise ValueError(text)
+    return int(x)
+
+
 def expand_prompts(suite: Suite, root: Path, cache_dir: Path | None = None) -> list[Prompt]:
     ps = suite.prompts
     if ps.inline is not None:
         return [Prompt(text=t) for t in ps.inline]
     if ps.template is not None:
         keys = list(ps.template.values)
+        n = 1
+        for v in ps.template.values.values():
+            n *= len(v)
+        if n > MAX_PROMPTS:
+            raise HarnessError(f"suite {suite.id}: prompts.template: {n} prompts (more than {MAX_PROMPTS})")
         out: list[Prompt] = []
 
         def rec(i: int, labels: dict[str, str]):
@@ -532,7 +634,18 @@ def expand_prompts(suite: Suite, root: Path, cache_dir: Path | None = None) -> l
     if got != ps.csv.sha256:
         raise HarnessError(f"suite {suite.id}: prompts.csv.sha256: {src} has sha256 {got}, expected {ps.csv.sha256}")
     col = {"prompt": "prompt", "seed": "seed", "guidance": "guidance", **ps.csv.columns}
-    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    where = f"suite {suite.id}: prompts.csv: {src}"
+    if path.stat().st_size > MAX_CSV_BYTES:
+        raise HarnessError(f"{where}: larger than {MAX_CSV_BYTES >> 20} MiB")
+    try:
+        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
+        rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{where}: not UTF-8 text (byte {e.start})") from None
+    except csv.Error as e:  # e.g. a field over csv's field size limit
+        raise HarnessError(f"{where}: line {reader.line_num}: {one_line_error(e)}") from None
+    if len(rows) > MAX_PROMPTS:
+        raise HarnessError(f"{where}: more than {MAX_PROMPTS} rows")
     if not rows:
         raise HarnessError(f"suite {suite.id}: prompts.csv: {src} has no rows")
     if col["prompt"] not in rows[0]:
@@ -540,10 +653,14 @@ def expand_prompts(suite: Suite, root: Path, cache_dir: Path | None = None) -> l
     out = []
     for i, r in enumerate(rows):
         try:
-            seed = int(float(r[col["seed"]])) if r.get(col["seed"]) not in (None, "") else None
+            seed = _csv_seed(r[col["seed"]]) if r.get(col["seed"]) not in (None, "") else None
             guidance = float(r[col["guidance"]]) if r.get(col["guidance"]) not in (None, "") else None
-        except ValueError:
+        except (ValueError, OverflowError):
             raise HarnessError(f"suite {suite.id}: prompts.csv: {src} row {i + 2}: seed/guidance is not a number") from None
+        if guidance is not None and not 0 <= guidance <= 50:
+            raise HarnessError(f"{where} row {i + 2}: guidance {guidance!r} is not a number in [0, 50]")
+        if not isinstance(r.get(col["prompt"]), str) or len(r[col["prompt"]]) > MAX_PROMPT_CHARS:
+            raise HarnessError(f"{where} row {i + 2}: prompt missing or longer than {MAX_PROMPT_CHARS} characters")
         labels = {k: v for k, v in r.items() if k not in col.values() and k and v is not None}
         out.append(Prompt(text=r[col["prompt"]], labels=labels, seed=seed, guidance=guidance))
     return out

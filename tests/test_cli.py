@@ -53,7 +53,7 @@ def _doc(metrics, name="s", method="m"):
 def _result(values):
     return _doc([
         {"suite": "toy-canvas", "metric": "ua", "label": "UA", "target": "striped", "value": values[0], "higher_is_better": True, "tolerance": 0.05, "verdict": "pass"},
-        {"suite": "toy-fid", "metric": "fid", "label": "FID", "target": "striped", "value": values[1], "higher_is_better": False, "tolerance": 0.5, "verdict": "pass"},
+        {"suite": "toy-fid", "metric": "fid", "label": "FID", "target": "striped", "value": values[1], "base_value": 1.0, "higher_is_better": False, "tolerance": 0.5, "verdict": "pass"},
     ])
 
 

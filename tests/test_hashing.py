@@ -11,11 +11,12 @@ def test_file_hash_is_remembered_but_a_rewritten_file_is_hashed_again(tmp_path):
     assert sha256_file(f) == sha256_bytes(b"second, longer")
 
 
-def test_tree_hash_depends_on_names_and_contents_not_hidden_files(tmp_path):
+def test_tree_hash_depends_on_names_and_contents_hidden_files_included(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.txt").write_text("1")
     h = sha256_tree(tmp_path)
-    (tmp_path / ".hidden").write_text("ignored")
-    assert sha256_tree(tmp_path) == h
     (tmp_path / "a" / "x.txt").rename(tmp_path / "a" / "y.txt")
+    assert sha256_tree(tmp_path) != h
+    h = sha256_tree(tmp_path)
+    (tmp_path / "a" / ".shard.safetensors").write_text("loaders read hidden files too")
     assert sha256_tree(tmp_path) != h

@@ -111,9 +111,30 @@ def test_gpu_job_runs_only_when_a_maintainer_adds_the_label_and_an_approver_agre
 def test_submission_workflow_validates_checks_and_runs_smoke_suites_in_that_order():
     runs = [s.get("run", "") for s in load("submission.yml")["jobs"]["smoke"]["steps"]]
     order = [next(i for i, r in enumerate(runs) if needle in r)
-             for needle in ("git diff --name-only", "unlearn validate", "unlearn check", "--unlearn-smoke", "unlearn summary")]
+             for needle in ("unlearn pr-check", 'git checkout "$HEAD_SHA" -- submissions/', "unlearn validate", "unlearn check", "--unlearn-smoke", "unlearn summary")]
     assert order == sorted(order)
     assert "GITHUB_STEP_SUMMARY" in runs[order[-1]]
+
+
+@pytest.mark.parametrize("job", ["smoke", "gpu"])
+def test_submission_jobs_run_the_base_branch_harness_on_the_prs_submissions_only(job):
+    """The trust boundary (docs/security.md): the checkout is the base commit, the PR contributes
+    submissions/ alone (after `unlearn pr-check`), no change type is filtered out, and the image
+    cache is outside the checkout and emptied first."""
+    steps = load("submission.yml")["jobs"][job]["steps"]
+    checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    text = "\n".join(s.get("run", "") for s in steps)
+    assert "--diff-filter" not in text and "git diff" not in text  # pr-check lists changes with --no-renames
+    assert text.index("unlearn pr-check") < text.index('git checkout "$HEAD_SHA" -- submissions/') < text.index("unlearn check")
+    assert 'UNLEARN_CACHE="$RUNNER_TEMP/unlearn-cache"' in text and 'rm -rf "$UNLEARN_CACHE"' in text
+    assert text.count('--unlearn-cache "$UNLEARN_CACHE"') == 1
+    assert ".unlearn-cache" not in text
+
+
+def test_pages_builds_only_attested_results():
+    runs = [s.get("run", "") for s in load("pages.yml")["jobs"]["build"]["steps"]]
+    assert any("unlearn leaderboard build" in r and "--require-attestation" in r for r in runs)
 
 
 def test_pages_write_permission_only_in_the_deploy_job():
