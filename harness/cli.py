@@ -88,11 +88,12 @@ def cmd_toy_quality(a) -> int:
 
 
 def cmd_toy_checkpoints(a) -> int:
+    from .methods import METHODS
     from .toy.submissions import make_checkpoints, write_submissions
 
     _threads()
     root = Path(a.root).resolve()
-    for d in make_checkpoints(root, tuple(a.method or ("uce", "esd")), force=a.force):
+    for d in make_checkpoints(root, tuple(a.method or sorted(METHODS)), force=a.force):
         print(f"checkpoint {d.relative_to(root)}")
     for p in write_submissions(root):
         print(f"wrote {p.relative_to(root)}")
@@ -105,7 +106,7 @@ def cmd_erase(a) -> int:
 
     _threads()
     rec = run_erase(a.method, a.base, a.concept, a.out, anchor=a.anchor, world=a.world, force=a.force,
-                    allow_subword=a.allow_subword, device=a.device, params=dict(a.param or []))
+                    allow_subword=a.allow_subword, device=a.device, params=dict(a.param or []), preset=a.preset)
     e = rec["efficiency"]
     print(f"wrote {a.out}: {rec['checkpoint']['tensors']} tensors, {e['storage_bytes']} bytes, {e['time_s']:.2f} s, sha256 {rec['checkpoint']['sha256']}")
     return 0
@@ -282,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--anchor", default=None, help="concept the erased one is mapped to (UCE); default: another concept of its kind (toy)")
     e.add_argument("--world", choices=["toy", "generic"], default="toy", help="prompt contexts: the toy world's template, or the bare concept")
     e.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE", help="method parameter (repeatable), e.g. steps=400")
+    e.add_argument("--preset", default=None, help="the method's settings to start from: paper (the authors', default) or toy; --param overrides (FMN, CA, SalUn)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--force", action="store_true", help="overwrite --out")
     e.add_argument("--allow-subword", action="store_true", help="allow a concept word that is not a single token")

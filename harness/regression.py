@@ -52,7 +52,7 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path) -> dict:
         raise HarnessError(f"{sub['method_record']}: base {record['base']['path']!r} is not the toy world's")
     ck_dir = out / "checkpoints" / sub["name"]
     new = run_erase(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record.get("anchor"),
-                    world="toy", force=True, params=record["params"])
+                    world="toy", force=True, params=record["params"], preset=record.get("preset"))
     ck = ck_dir / new["checkpoint"]["file"]
     new_sub = dict(sub)
     new_sub["checkpoint"] = {**sub["checkpoint"], "path": str(ck.relative_to(root)), "sha256": sha256_file(ck)}

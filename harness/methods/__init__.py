@@ -18,10 +18,14 @@ from pathlib import Path
 from ..errors import HarnessError
 from .common import ConceptPrompts, check_concept_tokens, for_toy_world
 
-METHODS = {"uce": "harness.methods.uce", "esd": "harness.methods.esd"}
+METHODS = {"uce": "harness.methods.uce", "esd": "harness.methods.esd",
+           "fmn": "harness.methods.fmn", "ca": "harness.methods.ca", "salun": "harness.methods.salun"}
 PAPERS = {
     "uce": "https://arxiv.org/abs/2308.14761",
     "esd": "https://arxiv.org/abs/2303.07345",
+    "fmn": "https://arxiv.org/abs/2303.17591",
+    "ca": "https://arxiv.org/abs/2303.13516",
+    "salun": "https://arxiv.org/abs/2310.12508",
 }
 
 
@@ -29,6 +33,27 @@ def get_method(name: str):
     if name not in METHODS:
         raise HarnessError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
     return importlib.import_module(METHODS[name])
+
+
+def resolve_params(mod, method: str, preset: str | None, params: dict | None) -> dict:
+    """The full parameters of a run: the method's preset (if it has ``PRESETS``) under the
+    explicit ones. The preset's name rides along as ``_preset`` (taken out for method.json)."""
+    params = dict(params or {})
+    presets = getattr(mod, "PRESETS", None)
+    if presets is None:
+        if preset is not None:
+            raise HarnessError(f"--preset {preset}: method {method!r} has no presets")
+        return params
+    preset = preset or "paper"
+    if preset not in presets:
+        raise HarnessError(f"--preset {preset}: method {method!r} has presets {', '.join(presets)}")
+    import inspect
+
+    known = set(inspect.signature(mod.erase).parameters) - {"pipe", "concepts", "progress", "history"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise HarnessError(f"--param {unknown[0]}: method {method!r} has no such parameter (known: {', '.join(sorted(known))})")
+    return {**presets[preset], **params, "_preset": preset}
 
 
 def _peak_memory_bytes(device: str) -> tuple[int, str]:
@@ -51,8 +76,12 @@ def run_erase(
     allow_subword: bool = False,
     device: str = "cpu",
     params: dict | None = None,
+    preset: str | None = None,
 ) -> dict:
-    """Erase ``concept`` from the pipeline at ``base`` with ``method``; write ``out``."""
+    """Erase ``concept`` from the pipeline at ``base`` with ``method``; write ``out``.
+
+    A method with ``PRESETS`` starts from ``PRESETS[preset]`` ("paper" when none is named);
+    explicit ``params`` override it; method.json records the preset and every parameter used."""
     import torch
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
@@ -63,6 +92,7 @@ def run_erase(
     from ..models import quiet_loading
 
     mod = get_method(method)
+    params = resolve_params(mod, method, preset, params)
     base, out = Path(base), Path(out)
     if not (base / "model_index.json").is_file():
         raise HarnessError(f"--base {base}: no diffusers pipeline there (model_index.json missing)")
@@ -80,11 +110,10 @@ def run_erase(
         check_concept_tokens(tokenizer, prompts.anchor, allow_subword)
     pipe = StableDiffusionPipeline.from_pretrained(str(base), local_files_only=True, use_safetensors=True).to(device)
     pipe.set_progress_bar_config(disable=True)
-    params = dict(params or {})
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    changed = mod.erase(pipe, [prompts], **params)
+    changed = mod.erase(pipe, [prompts], **{k: v for k, v in params.items() if k != "_preset"})
     seconds = time.perf_counter() - t0
     peak, peak_how = _peak_memory_bytes(device)
 
@@ -100,6 +129,7 @@ def run_erase(
         "anchor": prompts.anchor,
         "templates": list(prompts.templates),
         "preserve": list(prompts.preserve),
+        **({"preset": params.pop("_preset")} if "_preset" in params else {}),
         "params": params,
         "checkpoint": {"kind": "unet", "file": "unet.safetensors", "sha256": sha256_file(tmp / "unet.safetensors"), "tensors": len(changed)},
         "base": {"path": str(base), "sha256": sha256_tree(base)},
