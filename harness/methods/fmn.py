@@ -37,7 +37,7 @@ from .finetune import base_latents, changed_tensors, noisy, snapshot, trainable
 PRESETS: dict[str, dict] = {
     "paper": {"steps": 35, "lr": 2e-6, "batch": 1, "train": "full", "use_pooler": True, "weight_decay": 0.01,
               "max_grad_norm": 1.0, "n_images": 10, "sample_steps": 50, "sample_guidance": 7.5, "seed": 0},
-    "toy": {"steps": 100, "lr": 1e-3, "batch": 4, "train": "xattn", "use_pooler": True, "weight_decay": 0.01,
+    "toy": {"steps": 100, "lr": 2e-4, "batch": 4, "train": "xattn", "use_pooler": True, "weight_decay": 0.01,
             "max_grad_norm": 1.0, "n_images": 40, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
 }
 
