@@ -4,6 +4,7 @@ goes down, that they are deterministic, their presets and the one-line errors of
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,9 +149,13 @@ def test_presets_cover_every_parameter_and_paper_is_the_default(method):
     assert {k: sig[k].default for k in own} == mod.PRESETS["paper"]
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def _erase(*args, cwd):
+    # PYTHONPATH: this checkout's harness, whatever the environment has installed
     return subprocess.run([sys.executable, "-m", "harness.cli", "erase", *args], capture_output=True, text=True, cwd=cwd,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1"})
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1", "PYTHONPATH": str(ROOT)})
 
 
 @pytest.fixture(scope="module")
