@@ -56,7 +56,7 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path, seed: int 
     ck_dir = out / "checkpoints" / (sub["name"] if seed is None else f"{sub['name']}-seed{seed}")
     params = record["params"] if seed is None else {**record["params"], "seed": seed}
     new = run_erase(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record.get("anchor"),
-                    world="toy", force=True, params=params)
+                    world="toy", force=True, params=params, preset=record.get("preset"))
     ck = ck_dir / new["checkpoint"]["file"]
     new_sub = dict(sub)
     new_sub["checkpoint"] = {**sub["checkpoint"], "path": str(ck.relative_to(root)), "sha256": sha256_file(ck)}

@@ -18,10 +18,14 @@ from pathlib import Path
 from ..errors import HarnessError
 from .common import ConceptPrompts, check_concept_tokens, for_toy_world
 
-METHODS = {"uce": "harness.methods.uce", "esd": "harness.methods.esd"}
+METHODS = {"uce": "harness.methods.uce", "esd": "harness.methods.esd",
+           "fmn": "harness.methods.fmn", "ca": "harness.methods.ca", "salun": "harness.methods.salun"}
 PAPERS = {
     "uce": "https://arxiv.org/abs/2308.14761",
     "esd": "https://arxiv.org/abs/2303.07345",
+    "fmn": "https://arxiv.org/abs/2303.17591",
+    "ca": "https://arxiv.org/abs/2303.13516",
+    "salun": "https://arxiv.org/abs/2310.12508",
 }
 
 
@@ -80,7 +84,11 @@ def run_erase(
     params: dict | None = None,
     preset: str | None = None,
 ) -> dict:
-    """Erase ``concept`` from the pipeline at ``base`` with ``method``; write ``out``."""
+    """Erase ``concept`` from the pipeline at ``base`` with ``method``; write ``out``.
+
+    A method with ``PRESETS`` starts from ``PRESETS[preset]`` (``toy`` on the builtin toy base,
+    else ``paper``, when none is named);
+    explicit ``params`` override it; method.json records the preset and every parameter used."""
     import torch
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
@@ -92,6 +100,7 @@ def run_erase(
 
     mod = get_method(method)
     base, out = Path(base), Path(out)
+    preset, params = preset_params(mod, method, preset, base, dict(params or {}))
     if not (base / "model_index.json").is_file():
         raise HarnessError(f"--base {base}: no diffusers pipeline there (model_index.json missing)")
     if out.exists() and not force:
@@ -108,13 +117,12 @@ def run_erase(
         check_concept_tokens(tokenizer, prompts.anchor, allow_subword)
     pipe = StableDiffusionPipeline.from_pretrained(str(base), local_files_only=True, use_safetensors=True).to(device)
     pipe.set_progress_bar_config(disable=True)
-    preset, params = preset_params(mod, method, preset, base, dict(params or {}))
     if hasattr(mod, "resolve"):  # defaults that depend on the run (e.g. UCE's tail preserve scale)
         params = mod.resolve(params, [prompts])
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    changed = mod.erase(pipe, [prompts], **params)
+    changed = mod.erase(pipe, [prompts], **{k: v for k, v in params.items() if k != "_preset"})
     seconds = time.perf_counter() - t0
     peak, peak_how = _peak_memory_bytes(device)
 

@@ -14,14 +14,17 @@ from ..hashing import sha256_tree
 from ..methods import PAPERS, run_erase
 from .model import DEFAULT_DIR as PIPE_DIR
 
-# method -> (parameters used for the committed checkpoints): each method's "toy" preset, chosen
-# by the sweep in README (UCE: the all-token variant, which erases best on the toy templates).
+# method -> (parameters used for the committed checkpoints) on top of each method's "toy" preset,
+# chosen by the sweeps in README (UCE: the all-token variant, which erases best on the toy
+# templates; FMN, CA, SalUn: their toy preset as it is).
 PARAMS = {
     "uce": {"token_positions": "all", "erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5},
     "esd": {"steps": 300, "lr": 1e-4, "eta": 1.0, "batch": 4, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
 }
 TARGETS = {"style": "striped", "object": "triangle"}
-CODE = {"uce": "https://github.com/rohitgandikota/unified-concept-editing", "esd": "https://github.com/rohitgandikota/erasing"}
+CODE = {"uce": "https://github.com/rohitgandikota/unified-concept-editing", "esd": "https://github.com/rohitgandikota/erasing",
+        "fmn": "https://github.com/SHI-Labs/Forget-Me-Not", "ca": "https://github.com/nupurkmr9/concept-ablation",
+        "salun": "https://github.com/OPTML-Group/Unlearn-Saliency"}
 
 
 def make_checkpoints(root: Path, methods=("uce", "esd"), force: bool = False) -> list[Path]:
@@ -32,7 +35,7 @@ def make_checkpoints(root: Path, methods=("uce", "esd"), force: bool = False) ->
             if d.exists() and not force:
                 out.append(d)
                 continue
-            run_erase(method, PIPE_DIR, concept, d, force=True, params=PARAMS[method], preset="toy")
+            run_erase(method, PIPE_DIR, concept, d, force=True, params=PARAMS.get(method), preset="toy")
             rec = json.loads((d / "method.json").read_text())
             rec["base"]["path"] = "builtin:toy"  # not a machine-specific path
             (d / "method.json").write_text(json.dumps(rec, indent=2) + "\n")
