@@ -413,7 +413,6 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--anchor", default=None, help="concept the erased one is mapped to (UCE); default: another concept of its kind (toy)")
     e.add_argument("--world", choices=["toy", "generic"], default="toy", help="prompt contexts: the toy world's template, or the bare concept")
     e.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE", help="method parameter (repeatable), e.g. steps=400")
-    e.add_argument("--preset", default=None, help="the method's settings to start from: paper (the authors', default) or toy; --param overrides (FMN, CA, SalUn)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--preset", choices=["paper", "toy"], default=None,
                    help="the method's parameter set: paper (the authors' published settings) or toy (tuned on the toy world); "
