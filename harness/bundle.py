@@ -54,6 +54,8 @@ def expand(path: str | Path, root: Path) -> list[str]:
     root = Path(root)
     p = Path(path)
     if not p.is_file():
+        if p.is_symlink() or p.exists():  # a FIFO, a device, a folder, a dangling link: never opened
+            raise HarnessError(f"{path}: not a regular file")
         raise missing(path, root)
     data = read_yaml(p)
     if not is_set(data):
