@@ -263,31 +263,25 @@ def hub_offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "UNLEARN_OFFLINE"))
 
 
-def hub_snapshot(repo_id: str | None, revision: str | None) -> Path | None:
-    """The local Hugging Face cache's snapshot folder of ``repo_id`` at ``revision`` (None when
-    it is not there). Reads the cache only; never the network."""
-    if not repo_id:
-        return None
-    env = os.environ
-    cache = env.get("HF_HUB_CACHE") or (str(Path(env["HF_HOME"]) / "hub") if env.get("HF_HOME") else None)  # read now, not at import
-    try:
-        from huggingface_hub import snapshot_download
+def check_hub_model(repo_id: str, revision: str | None, what: str, kind: str = "pipeline") -> str:
+    """A hub model the run will load (``kind``: a diffusers ``pipeline`` or a transformers
+    ``model``): found complete in the local Hugging Face cache (``harness.hub``, the loader the
+    run uses), or refused when the run is offline, naming the missing file and the
+    ``unlearn fetch`` command that gets it (the run would otherwise fail at load time, once per
+    case)."""
+    from .hub import model_snapshot, offline, pipeline_snapshot
 
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True, cache_dir=cache))
-    except Exception:  # not cached (LocalEntryNotFoundError), or an unreadable cache
-        return None
-
-
-def check_hub_model(repo_id: str, revision: str | None, what: str) -> str:
-    """A hub model the run will load: found in the local cache, or refused when the hub is
-    off (the run would otherwise fail at load time, once per case)."""
-    snap = hub_snapshot(repo_id, revision)
     at = f"{repo_id}@{revision[:12]}" if revision else repo_id
-    if snap is not None:
+    if not revision:
+        if offline():
+            raise HarnessError(f"{what}: {at} has no pinned revision, so it cannot be found in the Hugging Face cache offline")
+        return f"{what}: {at} not pinned; downloaded when a suite first needs it"
+    try:
+        (pipeline_snapshot if kind == "pipeline" else model_snapshot)(repo_id, revision, what=what, download=False)
         return f"{what}: {at} found in the local Hugging Face cache"
-    if hub_offline():
-        raise HarnessError(f"{what}: {at} is not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE=1); "
-                           "download it where the hub is reachable (or unset HF_HUB_OFFLINE)")
+    except HarnessError:
+        if offline():
+            raise
     return f"{what}: {at} not cached; downloaded when a suite first needs it"
 
 
@@ -301,7 +295,14 @@ def check_base(sub: Submission, root: Path) -> list[str]:
     lines = []
     if b.hub_id:
         lines.append(check_hub_model(b.hub_id, b.revision, "base_model.hub_id"))
-    d = base_dir(b, root) or hub_snapshot(b.hub_id, b.revision)
+    d = base_dir(b, root)
+    if d is None and b.hub_id and b.revision:
+        from .hub import pipeline_snapshot
+
+        try:
+            d = pipeline_snapshot(b.hub_id, b.revision, download=False)
+        except HarnessError:  # not cached and online: the run downloads it (offline was refused above)
+            d = None
     if d is None:
         return lines
     name = d.name if b.hub_id is None else b.hub_id
@@ -370,7 +371,7 @@ def check_pins(sub: Submission, suite: Suite, root: Path) -> None:
     for j, m in enumerate(data.get("metrics", [])):
         params = m.get("params") or {}
         if isinstance(params.get("model"), str) and "/" in params["model"] and isinstance(params.get("revision"), str):
-            check_hub_model(params["model"], params["revision"], f"{where}: metrics.{j}.params.model")
+            check_hub_model(params["model"], params["revision"], f"{where}: metrics.{j}.params.model", kind="model")
 
 
 def check_lora(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool) -> str:

@@ -42,10 +42,37 @@ def regular_file(path: str | Path, what: str) -> Path:
     return p
 
 
+def hf_cache_repo(root: Path) -> Path | None:
+    """The ``models--owner--name`` folder of a Hugging Face cache when ``root`` lies in one of its
+    ``snapshots/<commit>/`` folders (huggingface_hub's layout: snapshot files are symbolic links
+    to ``../../blobs/<hash>``), else None."""
+    parts = Path(os.path.abspath(root)).parts
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i] == "snapshots" and parts[i - 1].startswith(("models--", "datasets--", "spaces--")) and i + 1 < len(parts):
+            return Path(*parts[:i])
+    return None
+
+
+def _cache_blob(link: Path, repo: Path | None) -> bool:
+    """A snapshot link of the Hugging Face cache: it resolves to a regular file in the same
+    repository's ``blobs/`` (what huggingface_hub wrote, verified when fetched)."""
+    if repo is None:
+        return False
+    try:
+        target = Path(os.path.realpath(link))
+        blobs = Path(os.path.realpath(repo / "blobs"))
+        return target.is_relative_to(blobs) and stat.S_ISREG(os.stat(target).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def tree_files(root: str | Path, what: str) -> list[Path]:
     """Every regular file under the folder ``root`` (hidden ones included), sorted; refuses (one
-    line) a symbolic link or a non-regular file anywhere inside it."""
+    line) a symbolic link or a non-regular file anywhere inside it. The one exception is a
+    Hugging Face cache snapshot, whose files are links into the same repository's ``blobs/``:
+    those links (and only those) are followed."""
     root = Path(root)
+    repo = hf_cache_repo(root)
     out: list[Path] = []
     stack = [root]
     while stack:
@@ -60,7 +87,7 @@ def tree_files(root: str | Path, what: str) -> list[Path]:
             rel = p.relative_to(root).as_posix()
             if stat.S_ISDIR(mode):
                 stack.append(p)
-            elif stat.S_ISREG(mode):
+            elif stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and _cache_blob(p, repo)):
                 out.append(p)
             else:
                 raise HarnessError(f"{what}: {rel} inside {root.name}/ is {kind_of(mode)} (only regular files and folders are accepted)")

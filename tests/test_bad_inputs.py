@@ -296,11 +296,11 @@ def test_bad_command_line_is_one_line_exit_2(repo, args, needles):
 
 def test_missing_or_folder_submission_is_one_line(repo):
     (repo / "adir.yaml").mkdir()
-    for name in ("missing.yaml", "adir.yaml"):
+    for name, needle in (("missing.yaml", "no such file"), ("adir.yaml", "not a regular file")):
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             rc = main(["check", name])
-        assert_one_line(rc, err.getvalue(), f"{name}: no such file")
+        assert_one_line(rc, err.getvalue(), f"{name}: {needle}")
 
 
 def test_pickle_passes_only_with_allow_pickle(repo):

@@ -384,6 +384,17 @@ def test_fetch_and_pin_refuse_what_they_cannot_name(tmp_path, capsys, monkeypatc
     assert rc == 2 and "no suite 'nope'" in err
 
 
+def _as_hub_toy(m: dict, root: Path) -> dict:
+    """A record moved to the hub-toy suite, with the verdict hub-toy's own threshold gives (readers
+    recompute verdicts from the current suites and skip a file that claims another)."""
+    from harness.attest import current_thresholds, expected_verdict
+
+    th = current_thresholds(root).get(("hub-toy", m["metric"]))
+    out = {**m, "suite": "hub-toy", "threshold": th, "verdict_point": None, "margin_ci": None}
+    out["verdict"] = expected_verdict(out, th)
+    return out
+
+
 def test_the_leaderboard_skips_a_real_result_whose_pins_are_not_the_suites(hub, tmp_path, capsys, monkeypatch):
     from harness import leaderboard
     from harness.hub import suite_pins
@@ -398,14 +409,14 @@ def test_the_leaderboard_skips_a_real_result_whose_pins_are_not_the_suites(hub, 
     for name, p in (("good", pins), ("stale", {**pins, "prompts.csv": url + "#" + "c" * 64}), ("none", None)):
         data = json.loads(src.read_text())
         data["suites"][0]["id"] = "hub-toy"
-        data["metrics"] = [{**m, "suite": "hub-toy"} if m["suite"] == json.loads(src.read_text())["suites"][0]["id"] else m for m in data["metrics"]]
+        data["metrics"] = [_as_hub_toy(m, root) if m["suite"] == json.loads(src.read_text())["suites"][0]["id"] else m for m in data["metrics"]]
         if p is not None:
             data["suites"][0]["pins"] = p
         (results / f"{name}.json").write_text(json.dumps(data))
     monkeypatch.setattr(leaderboard, "ROOT", root)
     seen = []
     runs = leaderboard.load_runs(results, seen.append)
-    assert [r.file for r in runs] == ["good.json"]
+    assert [r.file for r in runs] == ["good.json"], seen
     assert any("stale.json" in m and "pins differ" in m and "prompts.csv" in m for m in seen)
     assert any("none.json" in m and "recorded no pins" in m for m in seen)
 

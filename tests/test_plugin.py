@@ -270,13 +270,18 @@ def test_each_xdist_worker_is_pinned_to_one_gpu(project, monkeypatch):
 def test_an_inconclusive_verdict_is_a_skip_and_fails_under_strict(project):
     """The interval straddles the bound: the case is skipped with the evidence as its reason,
     the record keeps the point verdict, --unlearn-strict makes it a failure."""
+    # pytester runs in this process: the stand-in verdict is put in place for the inner session
+    # only and taken out when it ends (else every later test of this worker would see it)
     project.makeconftest(
         "import harness.stats as s\n"
         "_real = s.verdict\n"
         "def fake(th, value, base, margin_ci):\n"
         "    v, point = _real(th, value, base, margin_ci)\n"
         "    return ('inconclusive' if v == 'pass' else v), point\n"
-        "s.verdict = fake\n")
+        "def pytest_configure(config):\n"
+        "    s.verdict = fake\n"
+        "def pytest_unconfigure(config):\n"
+        "    s.verdict = _real\n")
     r = run(project, "--unlearn-submission", "sub.yaml", "-rs")
     r.assert_outcomes(skipped=2, failed=1)
     r.stdout.fnmatch_lines(["*IRA*striped*INCONCLUSIVE (point: PASS)*", "*inconclusive: IRA for striped = *, needs >= 0 * base*contains 0; point estimate: pass*"])

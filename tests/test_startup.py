@@ -164,7 +164,7 @@ def _local_project(pytester, tiny_base, suite_text=None):
 
 @pytest.mark.parametrize("damage, needle", [
     (lambda b: (b / "vae" / "config.json").unlink(), "base_model: base/vae/config.json is missing: the pipeline cannot load"),
-    (lambda b: (b / "model_index.json").write_text("{not json"), "base_model: base/model_index.json cannot be read"),
+    (lambda b: (b / "model_index.json").write_text("{not json"), "base_model: model_index.json is not JSON"),
     (lambda b: [f.unlink() for f in (b / "text_encoder").glob("*.safetensors")], "base_model: base/text_encoder/ holds no safetensors weights"),
 ])
 def test_unloadable_base_stops_both_in_one_line(pytester, tiny_base, capsys, monkeypatch, damage, needle):
