@@ -105,12 +105,12 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
     # cache folder inside the repository could have been committed by a pull request.
     cache = Path(tempfile.mkdtemp(prefix="unlearn-regress-cache-"))
     try:
-        return _regress(root, files, out, cache, methods, only, pytest_args)
+        return _regress(root, files, out, cache, methods, only, pytest_args, method_seeds)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _regress(root: Path, files: list[Path], out: Path, cache: Path, methods, only, pytest_args) -> int:
+def _regress(root: Path, files: list[Path], out: Path, cache: Path, methods, only, pytest_args, method_seeds: int = 1) -> int:
     failed: list[str] = []
     total = 0
     for f in files:

@@ -12,6 +12,11 @@ import torch  # noqa: E402
 # Two xdist workers on two cores: one thread each (oversubscribed threads are far slower).
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
+# pytester's in-process runs drop the modules an inner run imported; torch's inductor registers
+# an operator library at import (``_inductor_test``) and fails when imported a second time, so it
+# is imported once here, before any inner run, and stays.
+import torch._inductor.test_operators  # noqa: E402,F401
+
 pytest_plugins = ["pytester"]
 
 

@@ -137,8 +137,11 @@ def _run(p, cache, *args):
 
 
 def test_plugin_with_ray_gives_the_local_metric_values(ray_local, toy_project):
-    _run(toy_project, "local").assert_outcomes(passed=3)
-    _run(toy_project, "ray", "--unlearn-executor", "ray").assert_outcomes(passed=3)
+    # the same outcomes either way (a case whose 95% interval straddles its bound is skipped as
+    # inconclusive: with this small set that is UA's; harness.stats)
+    local_out = _run(toy_project, "local").parseoutcomes()
+    remote_out = _run(toy_project, "ray", "--unlearn-executor", "ray").parseoutcomes()
+    assert local_out == remote_out and not local_out.get("failed") and local_out.get("passed", 0) + local_out.get("skipped", 0) == 3
     local, remote = (json.loads((toy_project.path / f"{c}.json").read_text()) for c in ("local", "ray"))
     assert [(m["label"], m["value"], m["base_value"]) for m in remote["metrics"]] == [(m["label"], m["value"], m["base_value"]) for m in local["metrics"]]
     (ls,), (rs,) = local["suites"], remote["suites"]
