@@ -54,6 +54,9 @@ def site(tmp_path_factory):
     data["submission"]["name"] = XSS
     data["submission"]["method"]["paper_url"] = "javascript:alert(2)"
     (res / "xss.json").write_text(json.dumps(data))
+    from harness.attest import write_manifest
+
+    write_manifest(res, "test_browser")  # the copied folder's manifest now lists the hostile file too
     out = tmp / "site"
     lines: list[str] = []
     lb.build(res, out, report=lines.append)
