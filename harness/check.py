@@ -259,10 +259,6 @@ PLACEHOLDER = "0" * 64
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-def hub_offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "UNLEARN_OFFLINE"))
-
-
 def check_hub_model(repo_id: str, revision: str | None, what: str, kind: str = "pipeline") -> str:
     """A hub model the run will load (``kind``: a diffusers ``pipeline`` or a transformers
     ``model``): found complete in the local Hugging Face cache (``harness.hub``, the loader the

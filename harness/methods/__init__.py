@@ -122,7 +122,7 @@ def run_erase(
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    changed = mod.erase(pipe, [prompts], **{k: v for k, v in params.items() if k != "_preset"})
+    changed = mod.erase(pipe, [prompts], **params)
     seconds = time.perf_counter() - t0
     peak, peak_how = _peak_memory_bytes(device)
 
