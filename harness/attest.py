@@ -118,9 +118,9 @@ def write_manifest(folder: Path, made_by: str) -> Path:
     """Record the sha256 of every results file in ``folder`` (the one discovery rule)."""
     from .fsutil import atomic_write
     from .hashing import sha256_file
-    from .resultfile import results_files
+    from .resultfile import method_seed_files, results_files
 
-    files = {p.name: sha256_file(p) for p in results_files(folder) if p.name != MANIFEST}
+    files = {p.name: sha256_file(p) for p in [*results_files(folder), *method_seed_files(folder)] if p.name != MANIFEST}
     doc = {"format": FORMAT, "made_by": made_by, "files": files}
     key = os.environ.get(KEY_ENV)
     if key:

@@ -334,7 +334,7 @@ def cmd_power(a) -> int:
 
 # ----------------------------------------------------------------------------- leaderboard
 def cmd_leaderboard_build(a) -> int:
-    from .leaderboard import build
+    from .site import build
 
     n = build(a.results, a.out, include_smoke=a.include_smoke, require_attestation=a.require_attestation)
     bad = f", {n['images_unavailable']} image(s) unavailable" if n["images_unavailable"] else ""
@@ -353,7 +353,7 @@ def cmd_leaderboard_attest(a) -> int:
 
 
 def cmd_leaderboard_refresh(a) -> int:
-    from .leaderboard import default_submissions, refresh
+    from .refresh import default_submissions, refresh
 
     if a.workers is not None and a.workers < 1:
         raise HarnessError(f"--workers: {a.workers} is not a positive number")

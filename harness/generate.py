@@ -118,6 +118,27 @@ class ImageCache:
             return None
         return meta
 
+    def find_png_sha256(self, wanted: set[str]) -> dict[str, Path]:
+        """png sha256 -> the cached PNG's path, for each of ``wanted`` that some sidecar names
+        (found by scanning the sidecars; regular files only). The caller checks the bytes against
+        the sha256 before using them: a sidecar only says what its PNG should hash to."""
+        import os
+        import stat
+
+        found: dict[str, Path] = {}
+        if not wanted or not self.root.is_dir():
+            return found
+        for side in sorted(self.root.glob("*/*.json")):
+            try:
+                if not stat.S_ISREG(os.lstat(side).st_mode):
+                    continue
+                sha = json.loads(side.read_text(encoding="utf-8")).get("png_sha256")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(sha, str) and sha in wanted and sha not in found:
+                found[sha] = side.with_suffix(".png")
+        return found
+
     def put(self, job: Job, image: np.ndarray, extra: dict | None = None) -> None:
         from PIL import Image
 

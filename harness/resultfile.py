@@ -139,7 +139,7 @@ def results_files(folder: str | Path) -> list[Path]:
 
     out = []
     for p in sorted(Path(folder).glob("*.json")):
-        if p.name == "ATTESTATION.json":  # harness.attest's manifest, not a result
+        if p.name == "ATTESTATION.json" or p.name.endswith(METHOD_SEEDS_SUFFIX):  # the manifest, a method-seed spread: not results
             continue
         try:
             if stat.S_ISREG(os.lstat(p).st_mode):
@@ -147,6 +147,18 @@ def results_files(folder: str | Path) -> list[Path]:
         except OSError:
             continue
     return out
+
+
+METHOD_SEEDS_SUFFIX = ".method-seeds.json"  # `unlearn regress --method-seeds N` writes <name>.method-seeds.json
+
+
+def method_seed_files(folder: str | Path) -> list[Path]:
+    """The folder's method-seed spreads (``<name>.method-seeds.json``, regular files, sorted):
+    not results files, read by the leaderboard beside them."""
+    import os
+    import stat
+
+    return [p for p in sorted(Path(folder).glob(f"*{METHOD_SEEDS_SUFFIX}")) if stat.S_ISREG(os.lstat(p).st_mode)]
 
 
 def read_result(path: str | Path) -> dict:

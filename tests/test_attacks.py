@@ -272,7 +272,8 @@ def test_nudenet_and_resnet50_judges(tmp_path):
 def test_asr_curve_plot_escapes_and_draws_each_curve():
     import pandas as pd
 
-    from harness.leaderboard_asr import asr_curve_svg, curves
+    from harness.site.aggregate import curves
+    from harness.site.figure import asr_curve_svg
 
     det = {"asr_curve": [{"budget": 0, "asr": 0.2}, {"budget": 10, "asr": 0.6}], "budget_unit": "iterations"}
     df = pd.DataFrame([{"latest": True, "metric": "asr", "suite": "toy-robustness", "submission": "<script>x</script>", "target": "striped",

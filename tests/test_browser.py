@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import leaderboard as lb
+from harness import site as lb
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "leaderboard" / "results"

@@ -396,7 +396,7 @@ def _as_hub_toy(m: dict, root: Path) -> dict:
 
 
 def test_the_leaderboard_skips_a_real_result_whose_pins_are_not_the_suites(hub, tmp_path, capsys, monkeypatch):
-    from harness import leaderboard
+    from harness.site import load as leaderboard
     from harness.hub import suite_pins
     from harness.spec import load_suite
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import leaderboard as lb
+from harness import refresh as rf
+from harness import site as lb
 from harness.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,16 +362,16 @@ def test_export_images_copies_from_the_cache_by_sha256_and_reports_missing(tmp_p
     stale = res / "images" / f"{'7' * 64}.png"
     stale.write_bytes(b"old")
     lines: list[str] = []
-    r = lb.export_images([f], cache, res / "images", lines.append)
+    r = rf.export_images([f], cache, res / "images", lines.append)
     assert (res / "images" / f"{sha(data)}.png").read_bytes() == data
     assert r == {"referenced": 2, "copied": 1, "kept": 0, "missing": 1, "pruned": 1}
     assert not stale.exists() and len(lines) == 1 and missing in lines[0]
-    assert lb.export_images([f], cache, res / "images", lines.append)["kept"] == 1
+    assert rf.export_images([f], cache, res / "images", lines.append)["kept"] == 1
 
 
 def test_refresh_refuses_a_bad_submission_before_running_anything(tmp_path):
     with pytest.raises(HarnessError, match="no such file"):
-        lb.refresh([str(tmp_path / "nope.yaml")], tmp_path / "out")
+        rf.refresh([str(tmp_path / "nope.yaml")], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -292,7 +292,7 @@ def test_compare_refuses_runs_of_different_things(tmp_path, name, change, needle
 
 # ============================================================================ 4. results files
 def site(tmp_path, files: dict[str, dict | str], manifest: bool = False):
-    from harness import leaderboard as lb
+    from harness import site as lb
 
     res = tmp_path / "results"
     res.mkdir(exist_ok=True)
@@ -375,7 +375,7 @@ def test_the_attestation_hmac_is_checked_where_the_key_is_set(tmp_path, monkeypa
 
 
 def test_build_can_require_an_attestation(tmp_path):
-    from harness import leaderboard as lb
+    from harness import site as lb
 
     res = tmp_path / "r"
     res.mkdir()
@@ -580,7 +580,7 @@ def test_broken_pipe_is_not_a_traceback(repo):
 
 # ============================================================================ 9. site swap
 def test_a_kill_during_the_site_swap_leaves_a_whole_site_and_the_next_build_works(tmp_path, monkeypatch):
-    from harness import leaderboard as lb
+    from harness.site import pages as lb
 
     counts, _, res = site(tmp_path, {"real.json": site_doc("toy-uce-style")})
     out = tmp_path / "site"

@@ -1,0 +1,145 @@
+"""Reading a results folder for the site: every results file that validates, is attested (where
+the folder has an ``ATTESTATION.json``), whose verdicts its numbers give and whose name collides
+with no other, plus the method-seed spreads that ``unlearn regress --method-seeds N`` writes
+(``<name>.method-seeds.json``). Bad files are reported in one line each and skipped."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import HarnessError
+from ..resultfile import one_line, read_result
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: the current suites' thresholds and pins
+MAX_SPREAD_BYTES = 8 << 20
+
+Report = Callable[[str], None]
+
+
+def to_stderr(msg: str) -> None:
+    print(f"unlearn: {msg}", file=sys.stderr)
+
+
+@dataclass
+class Run:
+    """One accepted results file."""
+
+    file: str  # relative to the results folder, as shown and recorded
+    data: dict
+    id: str = ""  # short stable id of the file (for the tables)
+
+    @property
+    def name(self) -> str:
+        return self.data["submission"]["name"]
+
+    @property
+    def finished(self) -> str:
+        return str(self.data.get("finished") or self.data.get("started") or "")
+
+
+def load_runs(results: Path, report: Report = to_stderr, require_attestation: bool = False) -> list[Run]:
+    """Every results file of ``results`` (``resultfile.results_files``: ``*.json``, not
+    recursive, regular files) that validates, whose verdicts its numbers and the current suites'
+    thresholds give, that the folder's ATTESTATION.json lists (when there is one, or when
+    required), and whose submission name no other name collides with; the others are reported
+    and skipped (one bad file never stops the build)."""
+    from ..attest import MANIFEST, attested, current_thresholds, name_key, read_manifest, recheck_verdicts
+    from ..resultfile import results_files
+
+    manifest = read_manifest(results)
+    if manifest is None and require_attestation:
+        raise HarnessError(f"--results {results}: no {MANIFEST} (--require-attestation): run `unlearn leaderboard attest` in the trusted workflow")
+    thresholds = current_thresholds(ROOT)
+    runs = []
+    for p in results_files(results):
+        rel = p.relative_to(results).as_posix()
+        try:
+            if manifest is not None:
+                why = attested(p, manifest)
+                if why:
+                    raise ValueError(why)
+            data = read_result(p)
+            recheck_verdicts(data, thresholds)
+        except (ValueError, OSError, HarnessError, RecursionError) as e:
+            report(f"skipped {p}: {one_line(e)}")
+            continue
+        from ..hub import pins_problem  # a real result counts only with the suite's own pins
+
+        if (why := pins_problem(data, ROOT)) is not None:
+            report(f"skipped {p}: {why}")
+            continue
+        runs.append(Run(rel, data, hashlib.sha256(rel.encode()).hexdigest()[:10]))
+    groups: dict[str, set[str]] = {}
+    for r in runs:
+        groups.setdefault(name_key(r.name), set()).add(r.name)
+    clash = {n for names in groups.values() if len(names) > 1 for n in names}
+    for r in [r for r in runs if r.name in clash]:
+        report(f"skipped {results / r.file}: submission.name {r.name!r} collides with {sorted(groups[name_key(r.name)] - {r.name})[0]!r} (names must differ in more than case and punctuation)")
+    return [r for r in runs if r.name not in clash]
+
+
+def is_smoke(data: dict) -> bool:
+    """A smoke run (``--unlearn-smoke``: each suite's small subset): the run says so, or one of
+    its suites does (results written before the run-level field)."""
+    return data.get("smoke") is True or any(isinstance(s, dict) and s.get("smoke") is True for s in data.get("suites", []))
+
+
+def load_spreads(results: Path, names: set[str], report: Report = to_stderr) -> dict[tuple[str, str, str, str], dict]:
+    """(submission, suite, metric label, target) -> {n, sd, mean, min, max, values, seeds} from the
+    folder's ``*.method-seeds.json`` files (``unlearn regress --method-seeds N``: the spread of
+    each metric over N training seeds of the method). A file must be attested like a results
+    file where the folder has a manifest and must name a submission of ``names``; the statistics
+    are recomputed from its values (a file's own mean and sd are not trusted)."""
+    from ..attest import attested, read_manifest
+    from ..resultfile import method_seed_files, read_json_file
+
+    manifest = read_manifest(results)
+    out: dict[tuple[str, str, str, str], dict] = {}
+    for p in method_seed_files(results):
+        try:
+            if manifest is not None and (why := attested(p, manifest)):
+                raise ValueError(why)
+            doc = read_json_file(p, MAX_SPREAD_BYTES)
+            rows = check_spread(doc, names)
+        except (ValueError, OSError, RecursionError) as e:
+            report(f"skipped {p}: {one_line(e)}")
+            continue
+        for r in rows:
+            out.setdefault((doc["submission"], *r.pop("key")), r)
+    return out
+
+
+def check_spread(doc, names: set[str]) -> list[dict]:
+    """The rows of a method-seeds file, each with its statistics recomputed from ``values``;
+    ``ValueError`` (one line, naming the field) for anything else."""
+    if not isinstance(doc, dict):
+        raise ValueError("(top level): not an object")
+    name = doc.get("submission")
+    if not isinstance(name, str) or name not in names:
+        raise ValueError(f"submission: {str(name)[:80]!r} is not a submission of the accepted results files")
+    seeds = doc.get("seeds")
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError("seeds: expected a list of integers")
+    if not isinstance(doc.get("spread"), list):
+        raise ValueError("spread: expected a list")
+    rows = []
+    for i, r in enumerate(doc["spread"]):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("suite", "metric", "target")):
+            raise ValueError(f"spread.{i}: expected an object with text fields suite, metric, target")
+        v = r.get("values")
+        if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            raise ValueError(f"spread.{i}.values: expected a list of finite numbers")
+        if len(v) > len(seeds):
+            raise ValueError(f"spread.{i}.values: {len(v)} values for {len(seeds)} seeds")
+        if len(v) < 2:  # a metric only one of the seed runs produced: no spread to show
+            continue
+        v = [float(x) for x in v]
+        rows.append({"key": (r["suite"], r["metric"], r["target"]), "n": len(v), "sd": statistics.stdev(v), "mean": statistics.fmean(v),
+                     "min": min(v), "max": max(v), "values": v, "seeds": list(seeds)})
+    return rows

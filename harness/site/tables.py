@@ -1,0 +1,216 @@
+"""The pages' contexts: one table per suite (value / base column groups, base-model reference
+rows, the rank column), the overview of submissions and one submission's page. Plain data for the
+Jinja2 templates (autoescape on), nothing rendered here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .aggregate import VERDICTS, headline_metric, rank_intervals
+from .load import Run
+from .text import ci_text, ci_title, delta_text, finite, fmt, na_to_none, pretty_threshold, safe_url, short, slug, spread_text, spread_title
+
+GENERATION_KEYS = ("scheduler", "steps", "guidance", "height", "width", "eta", "batch_size", "negative_prompt")
+
+
+def suite_tables(df, latest: dict[str, Run]) -> list[dict]:
+    """One table per suite (sorted by id) over each submission's latest run: rows of
+    (submission, target), a value / base column group per metric, base-model reference rows."""
+    cur = df[df["latest"]]
+    tables = []
+    for sid in sorted(cur["suite"].unique()):
+        sdf = cur[cur["suite"] == sid]
+        metrics = []
+        for key, g in sdf.groupby("metric", sort=False):
+            first = g.iloc[0]
+            metrics.append({"key": key, "label": first["label"], "threshold": pretty_threshold(na_to_none(first["threshold"])),
+                            "higher_is_better": na_to_none(first["higher_is_better"])})
+        recs = {(r["submission"], r["target"], r["metric"]): r for r in sdf.to_dict("records")}
+        rows = []
+        for (name, target), g in sdf.groupby(["submission", "target"], sort=True):
+            first = g.iloc[0]
+            cells = [_cell(recs.get((name, target, m["key"]))) for m in metrics]
+            bases = [_num_cell(recs[(name, target, m["key"])]["base_value"]) if (name, target, m["key"]) in recs else _num_cell(None) for m in metrics]
+            checked = [r for r in g.to_dict("records") if r["verdict"] in ("pass", "fail", "error")]
+            passed = sum(r["verdict"] == "pass" for r in checked)
+            rows.append({"submission": name, "page": f"submissions/{slug(name)}.html", "method": first["method"],
+                         "target": target, "kind": first["target_kind"], "cells": list(zip(cells, bases)),
+                         "checks": {"text": f"{passed} / {len(checked)}" if checked else "–",
+                                    "sort": repr(passed / len(checked)) if checked else "", "all": bool(checked) and passed == len(checked)}})
+        suite_rec = next((s for run in latest.values() for s in run.data["suites"] if s["id"] == sid), {})
+        tables.append({"id": sid, "metrics": metrics, "rows": rows, "base_rows": _base_rows(sdf, metrics, latest, sid),
+                       "suite": suite_meta(suite_rec), "kinds": sorted(set(sdf["target_kind"]))})
+        attach_ranks(tables[-1], sdf, metrics)
+    return tables
+
+
+def attach_ranks(table: dict, sdf, metrics: list[dict]) -> None:
+    """Rank interval of each row's headline metric, among the rows of the same target."""
+    key = headline_metric(metrics, sdf)
+    table["headline"] = next((m for m in metrics if m["key"] == key), None)
+    recs = {(r["submission"], r["target"]): r for r in sdf[sdf["metric"] == key].to_dict("records")} if key else {}
+    by_target: dict[str, list[dict]] = {}
+    for (name, target), r in recs.items():
+        if finite(na_to_none(r["value"])) is not None:
+            by_target.setdefault(target, []).append({"key": name, "value": float(r["value"]), "ci": na_to_none(r["_ci"]), "scores": na_to_none(r["_scores"])})
+    ranks = {}
+    for target, entries in by_target.items():
+        hib = na_to_none(table["headline"]["higher_is_better"]) if table["headline"] else True
+        for r in rank_intervals(sorted(entries, key=lambda e: e["key"]), True if hib is None else bool(hib)):
+            ranks[(r["key"], target)] = r
+    for row in table["rows"]:
+        r = ranks.get((row["submission"], row["target"]))
+        if r is None:
+            row["rank"] = {"text": "–", "sort": "", "title": "no value"}
+            continue
+        span = f"{r['low']}" if r["low"] == r["high"] else f"{r['low']}–{r['high']}"
+        row["rank"] = {"text": f"{r['rank']} [{span}]", "sort": repr(r["rank"] + (r["high"] - r["low"]) / 100), "tied": bool(r["tied_with"]),
+                       "title": (f"95% rank interval {span} ({r['method']})" if r["method"] else "no intervals: rank of the point values")
+                       + (f"; tied with {', '.join(r['tied_with'])}" if r["tied_with"] else "; resolved")}
+
+
+def _cell(rec: dict | None) -> dict:
+    if rec is None:
+        return {"text": "–", "sort": "", "verdict": None, "title": "no record", "ci": "", "delta": "", "spread": "", "spread_title": ""}
+    v = finite(na_to_none(rec["value"]))
+    title = rec.get("error") or ""
+    return {"text": fmt(na_to_none(rec["value"])), "sort": "" if v is None else repr(v), "verdict": rec["verdict"], "title": na_to_none(title) or ci_title(rec),
+            "ci": ci_text(na_to_none(rec.get("_ci"))), "delta": delta_text(na_to_none(rec.get("_delta_ci")), na_to_none(rec["value"]), na_to_none(rec["base_value"])),
+            "spread": spread_text(na_to_none(rec.get("_spread"))), "spread_title": spread_title(na_to_none(rec.get("_spread")))}
+
+
+def _num_cell(x: Any) -> dict:
+    x = na_to_none(x)
+    v = finite(x)
+    return {"text": fmt(x), "sort": "" if v is None else repr(v)}
+
+
+def _base_rows(sdf, metrics: list[dict], latest: dict[str, Run], sid: str) -> list[dict]:
+    """The base model's value of each metric, per (base model, target), as every record carries
+    it. Where the submissions' runs disagree (e.g. an attack that depends on the unlearned model)
+    the range is shown."""
+    base_of = {}
+    for name, run in latest.items():
+        for s in run.data["suites"]:
+            if s["id"] == sid:
+                base_of[name] = str((s.get("models") or {}).get("base") or "")
+    out = []
+    keyed: dict[tuple[str, str, str], list] = {}
+    for r in sdf.to_dict("records"):
+        keyed.setdefault((base_of.get(r["submission"], ""), r["target"], r["target_kind"]), []).append(r)
+    many_bases = len({k[0] for k in keyed}) > 1
+    for (fp, target, kind), recs in sorted(keyed.items()):
+        cells = []
+        for m in metrics:
+            vals = sorted({finite(na_to_none(r["base_value"])) for r in recs if r["metric"] == m["key"]} - {None})
+            if not vals:
+                cells.append({"text": "–", "title": "no base value (the metric is about the submission alone)"})
+            elif vals[-1] - vals[0] <= 1e-9 * max(1.0, abs(vals[-1])):
+                cells.append({"text": fmt(vals[0]), "title": ""})
+            else:
+                cells.append({"text": f"{fmt(vals[0])}–{fmt(vals[-1])}", "title": "the base value differs between submissions' runs (it depends on the unlearned model, e.g. an attack)"})
+        out.append({"label": "base model" + (f" ({short(fp, 20)})" if many_bases else ""), "fingerprint": fp, "target": target, "kind": kind, "cells": cells})
+    return out
+
+
+def overview_rows(df, latest: dict[str, Run]) -> list[dict]:
+    cur = df[df["latest"]]
+    out = []
+    for name, run in sorted(latest.items()):
+        g = cur[cur["submission"] == name]
+        counts = {v: int((g["verdict"] == v).sum()) for v in VERDICTS}
+        sub = run.data["submission"]
+        out.append({"submission": name, "page": f"submissions/{slug(name)}.html", "method": sub["method"]["name"],
+                    "targets": [{"concept": t["concept"], "kind": t["kind"]} for t in sub["targets"]],
+                    "kinds": " ".join(sorted({t["kind"] for t in sub["targets"]})),
+                    "counts": counts, "finished": run.finished, "complete": bool(run.data.get("complete", True)),
+                    "runs": sum(1 for r in df.drop_duplicates("_run").to_dict("records") if r["submission"] == name)})
+    return out
+
+
+def generation_seconds(s: dict) -> float | None:
+    """Seconds the suite's images took to generate (base + unlearned + attacked, from the image
+    sidecars, whenever they were made); None when a results file does not say."""
+    imgs = s.get("images") if isinstance(s.get("images"), dict) else {}
+    vals = [v.get("generation_seconds") for v in imgs.values() if isinstance(v, dict)]
+    if not vals or any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in vals):
+        return None
+    return float(sum(vals))
+
+
+def suite_meta(s: dict) -> dict:
+    """The fields of a suite record the pages show, every one present (None when absent)."""
+    gen = s.get("generation") if isinstance(s.get("generation"), dict) else {}
+    scorer = s.get("scorer")
+    models = s.get("models") if isinstance(s.get("models"), dict) else {}
+    images = []
+    for k, v in sorted((s.get("images") or {}).items() if isinstance(s.get("images"), dict) else []):
+        if isinstance(v, dict):
+            flagged = v.get("flagged")
+            images.append({"which": k, "generated": v.get("generated"), "cached": v.get("cached"),
+                           "flagged": len(flagged) if isinstance(flagged, list) else 0})
+    return {"id": s.get("id"), "version": s.get("version"), "n_prompts": s.get("n_prompts"), "n_images": s.get("n_images_per_model"),
+            "seeds": s.get("seeds") or [], "smoke": s.get("smoke"), "generation": {k: gen.get(k) for k in GENERATION_KEYS},
+            "device": s.get("device"), "dtype": s.get("dtype"), "cuda_visible_devices": s.get("cuda_visible_devices"),
+            "file_sha256": s.get("file_sha256"), "prompt_set_sha256": s.get("prompt_set_sha256"),
+            "scorer_id": scorer.get("id") if isinstance(scorer, dict) else scorer,
+            "scorer_sha256": scorer.get("sha256") if isinstance(scorer, dict) else None,
+            "models": {"base": models.get("base"), "unlearned": models.get("unlearned")}, "images": images,
+            "seconds": s.get("seconds"), "generation_seconds": generation_seconds(s), "error": s.get("error")}
+
+
+def submission_page(run: Run, others: list[Run], df, images_ok: set[str]) -> dict:
+    """The context of one submission's page (its latest run)."""
+    d = run.data
+    sub = d["submission"]
+    method, ck = sub["method"], sub["checkpoint"]
+    g = df[df["_run"] == run.id]
+    recs = []
+    for r in g.to_dict("records"):
+        recs.append({**{k: na_to_none(v) for k, v in r.items() if not k.startswith("_")}, "threshold": pretty_threshold(na_to_none(r["threshold"])),
+                     "value_cell": _num_cell(r["value"]), "base_cell": _num_cell(r["base_value"]), "bound_cell": _num_cell(r["bound"]),
+                     "ci": ci_text(na_to_none(r["_ci"])), "ci_title": ci_title(r), "delta": delta_text(na_to_none(r["_delta_ci"]), na_to_none(r["value"]), na_to_none(r["base_value"])),
+                     "spread": spread_text(na_to_none(r["_spread"])), "spread_title": spread_title(na_to_none(r["_spread"]))})
+    # sample grids: suites with the same pairs share one grid
+    grids: list[dict] = []
+    for s in d["suites"]:
+        samples = s.get("samples") or []
+        if not samples:
+            continue
+        key = [(x["prompt"], x["seed"], x["base"], x["unlearned"]) for x in samples]
+        for gr in grids:
+            if gr["key"] == key:
+                gr["suites"].append(s["id"])
+                break
+        else:
+            pairs = []
+            for x in samples:
+                pairs.append({"prompt": x["prompt"], "seed": x["seed"], "target": bool(x.get("target")),  # the harness's own rule
+                              "base": x["base"] if x["base"] in images_ok else None, "unlearned": x["unlearned"] if x["unlearned"] in images_ok else None})
+            grids.append({"key": key, "suites": [s["id"]], "pairs": pairs})
+    suites = [suite_meta(s) for s in d["suites"]]
+    eff = []
+    for k, v in (d.get("efficiency") or {}).items():
+        if isinstance(v, dict):
+            eff.append({"key": k, "value": v.get("value"), "source": v.get("source"), "how": v.get("how"), "device": v.get("device")})
+        else:
+            eff.append({"key": k, "value": v, "source": None, "how": None, "device": None})
+    env = d.get("environment") or {}
+    libs = env.get("libraries") if isinstance(env.get("libraries"), dict) else {}
+    counts = {v: sum(1 for r in recs if r["verdict"] == v) for v in VERDICTS}
+    return {
+        "name": sub["name"], "slug": slug(sub["name"]), "run": run, "records": recs, "counts": counts,
+        "method": method, "params": method.get("params") or {}, "authors": method.get("authors") or [],
+        "license": method.get("license"),
+        "paper": {"text": method.get("paper_url"), "href": safe_url(method.get("paper_url"))},
+        "code": {"text": method.get("code_url"), "href": safe_url(method.get("code_url"))},
+        "checkpoint": {"kind": ck.get("kind"), "path": ck.get("path"), "url": ck.get("url"), "href": safe_url(ck.get("url")), "sha256": ck.get("sha256")},
+        "base_model": sub.get("base_model") or {}, "targets": sub["targets"],
+        "harness": d["harness"], "started": d.get("started"), "finished": d.get("finished"), "complete": d.get("complete", True),
+        "file": sub.get("file"), "file_sha256": sub.get("file_sha256"),
+        "platform": env.get("platform"), "devices": env.get("device") or [], "libraries": libs,
+        "efficiency": eff, "suites": suites, "grids": grids,
+        "others": [{"file": o.file, "finished": o.finished, "git_sha": o.data["harness"].get("git_sha"), "complete": o.data.get("complete", True),
+                    "summary": {v: sum(1 for m in o.data["metrics"] if m["verdict"] == v) for v in VERDICTS}, "current": o is run}
+                   for o in sorted(others, key=lambda o: (o.finished, o.file), reverse=True)],
+    }
