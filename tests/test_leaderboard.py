@@ -468,3 +468,167 @@ def test_rank_intervals_known_answers():
     # no intervals at all: point ranks, no ties claimed
     r = lb.rank_intervals([{"key": "a", "value": 1.0}, {"key": "b", "value": 0.5}], True)
     assert [(x["rank"], x["low"], x["high"], x["method"]) for x in r] == [(1, 1, 1, None), (2, 2, 2, None)]
+
+
+# ----------------------------------------------------------------------------- the site only reads results files
+
+# Modules the site must never load: the harness's generation, evaluation, models, methods,
+# attacks and the harness runner, and pytest or the deep-learning stack.
+NOT_IN_THE_SITE = ("torch", "diffusers", "transformers", "pytest", "_pytest", "harness.evaluate", "harness.generate",
+                   "harness.models", "harness.plugin", "harness.rerun", "harness.refresh", "harness.methods", "harness.attacks",
+                   "harness.toy", "harness.ray_executor", "harness.cases", "harness.plan", "harness.session", "harness.check")
+
+
+def test_the_site_imports_no_generation_evaluation_model_or_test_code(fixture_results, tmp_path):
+    res, _ = fixture_results
+    # 1. what a whole build loads (lazy imports included), in a fresh interpreter
+    code = ("import sys, json; from harness import site; "
+            f"site.build({str(res)!r}, {str(tmp_path / 'site')!r}, report=lambda m: None); "
+            "print(json.dumps(sorted(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "harness.site.pages" in loaded and "pandas" in loaded  # the build ran
+    bad = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in NOT_IN_THE_SITE)]
+    assert bad == [], bad
+    # 2. every import statement of the package (also ones a build above did not reach)
+    import ast
+
+    for f in sorted((REPO / "harness" / "site").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = "harness.site" if node.level == 1 else "harness" if node.level == 2 else ""
+                mod = ".".join(p for p in (base, node.module or "") if p)
+                names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            hit = [n for n in names if any(n == x or n.startswith(x + ".") for x in NOT_IN_THE_SITE)]
+            assert not hit, f"{f.name}:{node.lineno} imports {hit}"
+
+
+def test_image_cache_finds_a_png_by_its_sha256(tmp_path):
+    import numpy as np
+
+    from harness.generate import ImageCache, Job
+
+    cache = ImageCache(tmp_path / "images")
+    job = Job("a prompt", "", 0, "ddim", 20, 5.0, 8, 8, 0.0, "float32", "sha256:" + "c" * 64)
+    cache.put(job, np.full((8, 8, 3), 7, np.uint8))
+    png = next((tmp_path / "images").glob("*/*.png"))
+    want = sha(png.read_bytes())
+    assert cache.find_png_sha256({want, "0" * 64}) == {want: png}
+    assert cache.find_png_sha256(set()) == {} and ImageCache(tmp_path / "none").find_png_sha256({want}) == {}
+    # a symbolic link posing as a sidecar is not read
+    side = png.with_suffix(".json")
+    real = tmp_path / "real.json"
+    real.write_text(side.read_text())
+    side.unlink()
+    side.symlink_to(real)
+    assert cache.find_png_sha256({want}) == {}
+
+
+# ----------------------------------------------------------------------------- the method's spread over training seeds
+
+
+def _spread_file(res: Path, name: str, runs: list[dict], seeds=(0, 1, 2)) -> Path:
+    """A spread file exactly as ``unlearn regress --method-seeds N`` writes it (regression.spread_of)."""
+    from harness.regression import method_spread
+
+    doc = {"submission": name, "seeds": list(seeds), "spread": method_spread(runs)}
+    return write(res, f"{name}.method-seeds.json", json.dumps(doc, indent=1) + "\n")
+
+
+def test_the_method_seed_spread_is_shown_where_regress_wrote_one(tmp_path):
+    import statistics
+
+    res = tmp_path / "results"
+    write(res, "uce.json", result("toy-uce"))
+    write(res, "esd.json", result("toy-esd", target=("triangle", "object"), ua=0.5, cra=0.7))
+    runs = [result("toy-esd", target=("triangle", "object"), ua=u, cra=0.7) for u in (0.5, 0.6, 0.4)]
+    _spread_file(res, "toy-esd", runs)
+    lines: list[str] = []
+    counts = lb.build(res, tmp_path / "site", report=lines.append)
+    assert lines == [] and counts["files"] == 2  # the spread file is not taken for a results file
+    index = (tmp_path / "site" / "index.html").read_text()
+    sd = statistics.stdev([0.5, 0.6, 0.4])
+    row = re.search(r'<tr data-kind="object" data-submission="toy-esd">(.*?)</tr>', index, re.S).group(1)
+    ua_cell = re.search(r'<td class="num value" data-sort="0.5"[^>]*>(.*?)</td>', row, re.S).group(1)
+    assert f'<span class="seeds" title="standard deviation over 3 training seeds [0, 1, 2]' in ua_cell
+    assert f"± {lb.fmt(sd)} (3 seeds)" in ua_cell and "values 0.500, 0.600, 0.400" in ua_cell
+    assert row.count('class="seeds"') == 3  # UA, IRA, CRA of toy-canvas: every metric the runs share
+    assert "± 0.000 (3 seeds)" in row  # CRA 0.7 in every run: a spread of zero is shown, not hidden
+    other = re.search(r'<tr data-kind="style" data-submission="toy-uce">(.*?)</tr>', index, re.S).group(1)
+    assert 'class="seeds"' not in other  # no spread file for toy-uce
+    assert 'class="meta seeds-legend"' in index and "--method-seeds n" in index
+    page = page_of(tmp_path / "site", "toy-esd")
+    assert f"± {lb.fmt(sd)} (3 seeds)" in page and "seeds-legend" in page
+    assert "seeds-legend" not in page_of(tmp_path / "site", "toy-uce")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "site" / "results.csv").read_text())))
+    ua = {r["submission"]: r for r in rows if r["metric"] == "ua"}
+    assert ua["toy-esd"]["seeds_n"] == "3" and float(ua["toy-esd"]["seeds_sd"]) == pytest.approx(sd)
+    assert ua["toy-uce"]["seeds_n"] == "" and ua["toy-uce"]["seeds_sd"] == ""
+    recs = json.loads((tmp_path / "site" / "results.json").read_text())["records"]
+    assert {(r["submission"], r["seeds_n"]) for r in recs if r["metric"] == "ua"} == {("toy-esd", 3), ("toy-uce", None)}
+
+
+def test_a_site_without_spread_files_has_no_seed_legend(fixture_results, tmp_path):
+    res, _ = fixture_results
+    build(res, tmp_path / "site")
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "seeds-legend" not in index and 'class="seeds"' not in index
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d.update(submission="toy-nobody"), "submission: 'toy-nobody' is not a submission of the accepted results files"),
+    (lambda d: d["spread"][0].update(values=[0.5, "x", 0.4]), "spread.0.values: expected a list of finite numbers"),
+    (lambda d: d["spread"][0].update(values=[0.5, float("nan"), 0.4]), "not valid JSON"),  # NaN is no JSON
+    (lambda d: d["spread"][0].update(values=[0.1] * 4), "spread.0.values: 4 values for 3 seeds"),
+    (lambda d: d.update(seeds="0..2"), "seeds: expected a list of integers"),
+    (lambda d: d["spread"].append("<script>"), "spread."),
+])
+def test_a_bad_spread_file_is_one_line_and_skipped(tmp_path, change, needle):
+    res = tmp_path / "results"
+    write(res, "esd.json", result("toy-esd"))
+    f = _spread_file(res, "toy-esd", [result("toy-esd", ua=u) for u in (0.5, 0.6, 0.4)])
+    doc = json.loads(f.read_text())
+    change(doc)
+    f.write_text(json.dumps(doc).replace("NaN", "nan"))
+    lines: list[str] = []
+    counts = lb.build(res, tmp_path / "site", report=lines.append)
+    assert counts["files"] == 1
+    assert len(lines) == 1 and lines[0].startswith(f"skipped {f}: ") and needle in lines[0] and "\n" not in lines[0], lines
+    assert 'class="seeds"' not in (tmp_path / "site" / "index.html").read_text()
+
+
+def test_a_spread_file_is_attested_like_a_results_file(tmp_path):
+    from harness.attest import write_manifest
+
+    res = tmp_path / "results"
+    write(res, "esd.json", result("toy-esd"))
+    f = _spread_file(res, "toy-esd", [result("toy-esd", ua=u) for u in (0.5, 0.6, 0.4)])
+    manifest = json.loads(write_manifest(res, "test").read_text())
+    assert sorted(manifest["files"]) == ["esd.json", "toy-esd.method-seeds.json"]  # listed, and not as a result
+    lines: list[str] = []
+    lb.build(res, tmp_path / "site", report=lines.append)
+    assert lines == [] and 'class="seeds"' in (tmp_path / "site" / "index.html").read_text()
+    doc = json.loads(f.read_text())
+    doc["spread"][0]["values"] = [0.0, 1.0, 0.0]  # edited after the trusted run attested it
+    f.write_text(json.dumps(doc))
+    lines = []
+    lb.build(res, tmp_path / "site", report=lines.append)
+    assert len(lines) == 1 and "differs from the" in lines[0] and "ATTESTATION.json" in lines[0]
+    assert 'class="seeds"' not in (tmp_path / "site" / "index.html").read_text()
+
+
+def test_a_spread_files_own_statistics_are_not_trusted(tmp_path):
+    res = tmp_path / "results"
+    write(res, "esd.json", result("toy-esd"))
+    f = _spread_file(res, "toy-esd", [result("toy-esd", ua=u) for u in (0.5, 0.6, 0.4)])
+    doc = json.loads(f.read_text())
+    for r in doc["spread"]:
+        r.update(sd=0.0001, mean=0.99)  # claims a method with no variance
+    f.write_text(json.dumps(doc))
+    build(res, tmp_path / "site")
+    assert "± 0.100 (3 seeds)" in (tmp_path / "site" / "index.html").read_text()  # recomputed from the values

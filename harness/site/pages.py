@@ -71,13 +71,13 @@ def build(results: str | Path, out: str | Path, report: Report = to_stderr, asse
         points = tradeoff_points(df)
         svg = tradeoff_svg(points)
         (tmp / "tradeoff.svg").write_text(svg, encoding="utf-8")
-        asr_svg = asr_curve_svg(curves(df))  # robustness: ASR against attack budget  # inline on the index page, one panel per suite
+        asr_svg = asr_curve_svg(curves(df))  # robustness: ASR against budget, inline, one panel per suite
         tables = [{**t, "smoke_of": None} for t in suite_tables(df, latest)] + smoke_tables
         kinds = sorted(set(all_df[all_df["latest"]]["target_kind"]))
         n_records = len(all_df)
         ctx = {"root": "", "tables": tables, "overview": overview_rows(df, full_latest), "kinds": kinds,
                "svg": markup(svg[svg.index("<svg"):]), "has_points": bool(points), "asr_svg": markup(asr_svg), "n_files": len(runs), "n_records": n_records,
-               "n_submissions": len(full_latest), "skipped_images": len(images.bad)}
+               "n_submissions": len(full_latest), "skipped_images": len(images.bad), "has_spread": any(c["spread"] for t in tables for r in t["rows"] for c, _ in r["cells"])}
         (tmp / "index.html").write_text(env.get_template("index.html").render(**ctx), encoding="utf-8")
         (tmp / "submissions").mkdir()
         by_name: dict[str, list[Run]] = {}

@@ -199,7 +199,7 @@ def submission_page(run: Run, others: list[Run], df, images_ok: set[str]) -> dic
     libs = env.get("libraries") if isinstance(env.get("libraries"), dict) else {}
     counts = {v: sum(1 for r in recs if r["verdict"] == v) for v in VERDICTS}
     return {
-        "name": sub["name"], "slug": slug(sub["name"]), "run": run, "records": recs, "counts": counts,
+        "name": sub["name"], "slug": slug(sub["name"]), "run": run, "records": recs, "counts": counts, "has_spread": any(r["spread"] for r in recs),
         "method": method, "params": method.get("params") or {}, "authors": method.get("authors") or [],
         "license": method.get("license"),
         "paper": {"text": method.get("paper_url"), "href": safe_url(method.get("paper_url"))},
