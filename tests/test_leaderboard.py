@@ -632,3 +632,15 @@ def test_a_spread_files_own_statistics_are_not_trusted(tmp_path):
     f.write_text(json.dumps(doc))
     build(res, tmp_path / "site")
     assert "± 0.100 (3 seeds)" in (tmp_path / "site" / "index.html").read_text()  # recomputed from the values
+
+
+def test_the_build_is_byte_for_byte_deterministic(fixture_results, tmp_path):
+    """The same results give the same site: every page, figure and download (the figures are
+    hand-written SVG for this reason among others: README, "Leaderboard")."""
+    res, _ = fixture_results
+    build(res, tmp_path / "one")
+    build(res, tmp_path / "two")
+    files = lambda d: {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    one, two = files(tmp_path / "one"), files(tmp_path / "two")
+    assert one.keys() == two.keys() and "tradeoff.svg" in one
+    assert [k for k in one if one[k] != two[k]] == []

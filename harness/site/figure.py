@@ -1,14 +1,11 @@
 """The site's figures, hand-written SVG: the erasure / retention trade-off scatter (with 95% error
 bars) and the ASR-against-attack-budget curves, one panel per suite.
 
-Why not matplotlib or Vega-Lite (altair), as decided in README "Leaderboard": the two figures
-are a scatter and a few polylines; written here they cost no dependency on a 2-core CI (no
-matplotlib/fonttools/kiwisolver wheels, no vl-convert binary, no vega.js vendored into the site),
-the bytes depend on the inputs alone (no timestamps, random clip-path ids or font cache, so the
-tests compare output and the build is reproducible), every string from a submission goes through
-one escape function (``esc``) into text or an attribute, the page needs no script to draw them
-(opened from disk, offline), and the points carry ``data-kind`` attributes and ``<title>``
-tooltips that the target-kind filter of leaderboard.js and a screen reader use."""
+Why not matplotlib or Vega-Lite (altair): README, section "Leaderboard" (decided when error bars
+and ASR curves arrived). In short: no dependency for the 2-core CI, bytes that depend on the
+inputs alone (the tests compare output), every string from a submission through one escape
+function (``esc``), no script needed to view the figures (offline, from disk), and the
+``data-kind`` attributes and ``<title>`` tooltips the target-kind filter and readers use."""
 
 from __future__ import annotations
 
