@@ -54,6 +54,14 @@ def site(tmp_path_factory):
     data["submission"]["name"] = XSS
     data["submission"]["method"]["paper_url"] = "javascript:alert(2)"
     (res / "xss.json").write_text(json.dumps(data))
+    # a method-seed spread beside the results, as `unlearn regress --method-seeds 3` writes it
+    from harness.regression import method_spread
+
+    first = json.loads((res / "toy-esd-style.json").read_text())  # ESD-x: a stochastic method
+    runs = [first, *({**first, "metrics": [{**m, "value": m["value"] + d} if isinstance(m.get("value"), float) else m for m in first["metrics"]]}
+                     for d in (0.01, -0.01))]
+    spread = {"submission": first["submission"]["name"], "seeds": [0, 1, 2], "spread": method_spread(runs)}
+    (res / f"{first['submission']['name']}.method-seeds.json").write_text(json.dumps(spread))
     from harness.attest import write_manifest
 
     write_manifest(res, "test_browser")  # the copied folder's manifest now lists the hostile file too
@@ -135,8 +143,17 @@ def test_site_in_chromium(browser, site, server, where, tmp_path):
     kinds = page.eval_on_selector_all(f"{table} tbody tr:not([hidden])", "rows => rows.map(r => r.dataset.kind)")
     assert kinds and set(kinds) == {"object"} and len(kinds) < total
     assert page.locator("button.kind-filter[data-kind='object']").get_attribute("aria-pressed") == "true"
+    for fig in ("svg.tradeoff", "svg.asr-curve"):  # the figures dim the other kinds' points and lines
+        shown = page.eval_on_selector_all(f"{fig} [data-kind]", "els => els.map(e => [e.getAttribute('data-kind'), e.classList.contains('dimmed')])")
+        assert shown and all(dim == ("object" not in k.split()) for k, dim in shown), (fig, shown)
     page.locator("button.kind-filter[data-kind='all']").click()
     assert page.locator(f"{table} tbody.rows tr:not([hidden])").count() == total
+    assert page.locator("svg .dimmed").count() == 0
+
+    # the method-seed spread: after the value, with its legend
+    seeds = page.locator(f"{table} .seeds").first
+    assert seeds.is_visible() and seeds.inner_text().endswith("(3 seeds)") and "training seeds" in seeds.get_attribute("title")
+    assert page.locator(".seeds-legend").is_visible()
 
     # the hostile name is text, and ran nothing
     link = page.locator(f"{table} a.sub", has_text=XSS).first

@@ -644,3 +644,22 @@ def test_the_build_is_byte_for_byte_deterministic(fixture_results, tmp_path):
     one, two = files(tmp_path / "one"), files(tmp_path / "two")
     assert one.keys() == two.keys() and "tradeoff.svg" in one
     assert [k for k in one if one[k] != two[k]] == []
+
+
+def test_asr_curves_draw_only_numeric_points_and_carry_the_target_kind():
+    import pandas as pd
+
+    from harness.site.aggregate import curves
+    from harness.site.figure import asr_curve_svg
+
+    good = {"asr_curve": [{"budget": 0, "asr": 0.2}, {"budget": 10, "asr": 0.6}], "budget_unit": "iterations"}
+    odd = {"asr_curve": [{"budget": "x", "asr": 0.1}, {"budget": 5, "asr": "0.5"}, {"budget": 5, "asr": float("nan")}, {"budget": -1, "asr": 0.2},
+                         {"budget": 5, "asr": 1.5}, {"budget": True, "asr": 0.5}, "junk", {"asr": 0.3}, {"budget": 8, "asr": 0.4}]}
+    row = lambda name, kind, det: {"latest": True, "metric": "asr", "suite": "toy-robustness", "submission": name, "target": "t", "target_kind": kind,
+                                   "base_value": 1.0, "_details": det}
+    df = pd.DataFrame([row("a", "style", good), row("b", "object", odd), row("c", "object", ["not", "a", "dict"]), row("d", "object", {"asr_curve": "no"})])
+    cs = curves(df)
+    assert [(c["submission"], c["kind"], c["points"]) for c in cs] == [("a", "style", [(0.0, 0.2), (10.0, 0.6)]), ("b", "object", [(8.0, 0.4)])]
+    svg = asr_curve_svg(cs)
+    ET.fromstring(svg)
+    assert svg.count('<polyline') == 2 and svg.count('data-kind="style"') == 3 and svg.count('data-kind="object"') == 3  # line, base line, legend

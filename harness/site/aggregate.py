@@ -172,14 +172,18 @@ def point_error_bars(by: dict, who: str) -> dict:
 
 
 def curves(df) -> list[dict]:
-    """``[{suite, submission, target, unit, points: [(budget, asr)], base}]`` from the latest
-    records of the ``asr`` metric."""
+    """``[{suite, submission, target, kind, unit, points: [(budget, asr)], base}]`` from the latest
+    records of the ``asr`` metric. Only points whose budget (>= 0) and ASR (in [0, 1]) are finite
+    numbers are drawn: a results file's details are free-form, and one odd file must not stop
+    the build."""
     out = []
     rows = df[(df["latest"]) & (df["metric"] == "asr")]
     for _, r in rows.iterrows():
-        d = r["_details"] or {}
-        pts = [(float(c["budget"]), float(c["asr"])) for c in d.get("asr_curve") or [] if c.get("asr") == c.get("asr")]
+        d = r["_details"] if isinstance(r["_details"], dict) else {}
+        curve = d.get("asr_curve") if isinstance(d.get("asr_curve"), list) else []
+        pts = [(float(c["budget"]), float(c["asr"])) for c in curve
+               if isinstance(c, dict) and finite(c.get("budget")) is not None and c["budget"] >= 0 and finite(c.get("asr")) is not None and 0 <= c["asr"] <= 1]
         if pts:
-            out.append({"suite": r["suite"], "submission": r["submission"], "target": r["target"], "unit": d.get("budget_unit") or "budget",
-                        "points": pts, "base": r["base_value"]})
+            out.append({"suite": r["suite"], "submission": r["submission"], "target": r["target"], "kind": r.get("target_kind") or "other",
+                        "unit": d.get("budget_unit") or "budget", "points": pts, "base": r["base_value"]})
     return out

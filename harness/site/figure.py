@@ -136,7 +136,7 @@ def asr_curve_svg(items: list[dict], title: str = "ASR against attack budget") -
     panels = []
     for sid in suites:
         cs = [c for c in items if c["suite"] == sid]
-        xmax = max(p[0] for c in cs for p in c["points"]) or 1.0
+        xmax = max(p[0] for c in cs for p in c["points"]) or 1.0  # budgets >= 0 (aggregate.curves)
         x = lambda b: L + (W - L - R) * b / xmax  # noqa: E731
         y = lambda a: T + (H - T - B) * (1 - a)  # noqa: E731
         s = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" class="asr-curve" font-family="system-ui, sans-serif" font-size="12">',
@@ -150,10 +150,11 @@ def asr_curve_svg(items: list[dict], title: str = "ASR against attack budget") -
         for i, c in enumerate(cs):
             col = COLOURS[i % len(COLOURS)]
             path = " ".join(f"{x(b):.1f},{y(a):.1f}" for b, a in c["points"])
-            s.append(f'<polyline points="{path}" fill="none" stroke="{col}" stroke-width="2"><title>{e(c["submission"])} / {e(c["target"])}</title></polyline>')
+            k = e(c.get("kind") or "other")  # the target-kind filter dims the other kinds' lines
+            s.append(f'<polyline points="{path}" fill="none" stroke="{col}" stroke-width="2" data-kind="{k}"><title>{e(c["submission"])} / {e(c["target"])}</title></polyline>')
             if isinstance(c["base"], (int, float)) and c["base"] == c["base"]:
-                s.append(f'<line x1="{L}" x2="{W - R}" y1="{y(c["base"]):.1f}" y2="{y(c["base"]):.1f}" stroke="{col}" stroke-dasharray="4 3" opacity="0.6"/>')
-            s.append(f'<text x="{W - R + 8}" y="{T + 14 * i + 4}" fill="{col}">{e(c["submission"])} / {e(c["target"])}</text>')
+                s.append(f'<line x1="{L}" x2="{W - R}" y1="{y(c["base"]):.1f}" y2="{y(c["base"]):.1f}" stroke="{col}" stroke-dasharray="4 3" opacity="0.6" data-kind="{k}"/>')
+            s.append(f'<text x="{W - R + 8}" y="{T + 14 * i + 4}" fill="{col}" data-kind="{k}">{e(c["submission"])} / {e(c["target"])}</text>')
         s.append("</svg>")
         panels.append("".join(s))
     return "\n".join(panels)

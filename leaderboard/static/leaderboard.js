@@ -77,7 +77,7 @@
       tr.hidden = !ok;
       if (tr.closest("tbody.rows") && tr.closest("section.suite")) { total++; if (ok) shown++; }
     });
-    document.querySelectorAll("svg.tradeoff [data-kind]").forEach(function (el) {
+    document.querySelectorAll("svg.tradeoff [data-kind], svg.asr-curve [data-kind]").forEach(function (el) {
       var kinds = (el.getAttribute("data-kind") || "").split(" ");
       el.classList.toggle("dimmed", !(kind === "all" || kinds.indexOf(kind) >= 0));
     });
