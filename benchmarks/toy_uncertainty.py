@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import leaderboard as lb  # noqa: E402
-from harness.resultfile import read_result  # noqa: E402
+from harness.results.io import read_result  # noqa: E402
 
 
 def main(files: list[str]) -> None:

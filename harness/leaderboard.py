@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 from .errors import HarnessError
 from .fsutil import cache_dir
 from .rerun import run_harness
-from .resultfile import one_line, read_result
+from .results.io import one_line, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "leaderboard"  # templates/ and static/ (resolved from the checkout: pip install -e)
@@ -81,13 +81,13 @@ class Run:
 
 
 def load_runs(results: Path, report: Report = _stderr, require_attestation: bool = False) -> list[Run]:
-    """Every results file of ``results`` (``resultfile.results_files``: ``*.json``, not
+    """Every results file of ``results`` (``results.io.results_files``: ``*.json``, not
     recursive, regular files) that validates, whose verdicts its numbers and the current suites'
     thresholds give, that the folder's ATTESTATION.json lists (when there is one, or when
     required), and whose submission name no other name collides with; the others are reported
     and skipped (one bad file never stops the build)."""
     from .attest import MANIFEST, attested, current_thresholds, name_key, read_manifest, recheck_verdicts
-    from .resultfile import results_files
+    from .results.io import results_files
 
     manifest = read_manifest(results)
     if manifest is None and require_attestation:
@@ -993,7 +993,7 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
             shutil.copyfile(src, dst)
         written = [dst for _, dst in written]
     from .attest import write_manifest
-    from .resultfile import results_files
+    from .results.io import results_files
 
     write_manifest(out, "unlearn leaderboard refresh")  # these files were just made by the harness
     all_results = []
