@@ -72,9 +72,9 @@ class Record(BaseModel):
 
 # ----------------------------------------------------------------------------- metrics[]
 class Interval(Record):
-    """A 95% interval (``harness.stats``): ``ci``, ``delta_ci`` and ``margin_ci`` of a metric
-    record. Other fields it may carry: ``n_clusters``, ``resamples``, ``seed``, ``n_items``,
-    ``n_effective`` (Wilson intervals), ``note`` (what it leaves out, e.g. CCS: the separator's
+    """A 95% interval (`harness/stats.py`): `ci`, `delta_ci` and `margin_ci` of a metric
+    record. Other fields it may carry: `n_clusters`, `resamples`, `seed`, `n_items`,
+    `n_effective` (Wilson intervals), `note` (what it leaves out, e.g. CCS: the separator's
     variance)."""
 
     low: Number = Field(description="lower end")

@@ -50,7 +50,8 @@ def type_name(t) -> str:
     origin = typing.get_origin(t)
     if origin in (typing.Union, types.UnionType):
         names = []
-        for a in typing.get_args(t):
+        args = typing.get_args(t)
+        for a in [a for a in args if not (a is int and float in args)]:  # a JSON number is either
             n = type_name(a)
             if n not in names:
                 names.append(n)
