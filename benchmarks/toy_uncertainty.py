@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.site.aggregate import rank_intervals  # noqa: E402
 from harness.site.text import ci_text, delta_text, fmt  # noqa: E402
-from harness.resultfile import read_result  # noqa: E402
+from harness.results.io import read_result  # noqa: E402
 
 
 def main(files: list[str]) -> None:

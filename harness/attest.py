@@ -118,7 +118,7 @@ def write_manifest(folder: Path, made_by: str) -> Path:
     """Record the sha256 of every results file in ``folder`` (the one discovery rule)."""
     from .fsutil import atomic_write
     from .hashing import sha256_file
-    from .resultfile import method_seed_files, results_files
+    from .results.io import method_seed_files, results_files
 
     files = {p.name: sha256_file(p) for p in [*results_files(folder), *method_seed_files(folder)] if p.name != MANIFEST}
     doc = {"format": FORMAT, "made_by": made_by, "files": files}
@@ -137,7 +137,7 @@ def read_manifest(folder: Path) -> dict[str, str] | None:
     path = Path(folder) / MANIFEST
     if not path.exists() and not path.is_symlink():
         return None
-    from .resultfile import read_json_file
+    from .results.io import read_json_file
 
     try:
         doc = read_json_file(path, 8 << 20)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import metrics
 from .errors import HarnessError
-from .results import load_method_record
+from .results.assemble import load_method_record
 from .models import base_dir, base_fingerprint, check_tensors, checkpoint_file, tensor_shapes
 from .spec import Submission, Suite, expand_prompts, load_submission, pinned_file
 

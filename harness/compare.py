@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HarnessError
-from .resultfile import one_line, read_result
+from .results.io import one_line, read_result
 from .significance import assess, describe
 
 
@@ -35,7 +35,7 @@ def _thresholds(root: Path) -> dict:
 
 
 def load_result(path: str | Path) -> dict:
-    """A results file, checked by ``resultfile.read_result``; a bad one is a one-line error."""
+    """A results file, checked by ``results.io.read_result``; a bad one is a one-line error."""
     from .attest import recheck_verdicts
 
     try:

@@ -335,7 +335,8 @@ class Evaluator:
         ckpt = checkpoint_file(sub.checkpoint, self.root, self.cache_dir, self.allow_pickle)
 
         from .metrics.classifiers import load_scorer
-        from .results import efficiency
+        from .results.assemble import efficiency
+        from .results.model import MetricRecord, SuiteRecord
 
         if any(metrics.info(m.name).needs_images for m in suite.metrics):
             size = native_size(sub, self.root) if not (g.height and g.width) else 0
@@ -381,31 +382,32 @@ class Evaluator:
             for target in sub.targets:
                 if target.kind not in suite.applies_to:
                     continue
-                rec = {"suite": suite.id, "metric": m.name, "label": inf.label, "target": target.concept, "target_kind": target.kind,
-                       "higher_is_better": inf.higher_is_better, "metric_version": inf.version,
-                       "threshold": str(th) if th else None, "tolerance": m.tolerance}
+                rec = MetricRecord.begin(suite=suite.id, metric=m.name, label=inf.label, target=target.concept, target_kind=target.kind,
+                                         higher_is_better=inf.higher_is_better, metric_version=inf.version,
+                                         threshold=str(th) if th else None, tolerance=m.tolerance)
                 try:
                     meas = metrics.family(m.name).compute(m.name, run, target, m.params)
                 except HarnessError as e:
                     rec.update(value=None, base_value=None, bound=None, verdict="error", error=str(e))
-                    records.append(rec)
+                    records.append(rec.done())
                     continue
                 rec.update(value=meas.value, base_value=meas.base_value, details=meas.details)
-                rec.update(uncertainty.uncertainty(meas, th, m.params))  # ci, delta_ci, margin_ci / ci_reason, scores
+                u = uncertainty.uncertainty(meas, th, m.params)  # ci, delta_ci, margin_ci / ci_reason, scores
+                rec.update(u)
                 if th is None:
                     rec.update(bound=None, verdict="info")
                 else:
-                    v, point = uncertainty.verdict(th, meas.value, meas.base_value, rec.get("margin_ci"))
+                    v, point = uncertainty.verdict(th, meas.value, meas.base_value, u.get("margin_ci"))
                     rec.update(bound=th.bound(meas.base_value), verdict=v, verdict_point=point)
                 n_flagged = len(flagged["unlearned"]) + len(flagged["base"]) + (len(attack_rep["flagged"]) if inf.attack and attack_rep else 0)
                 if n_flagged:
-                    rec["flagged_images"] = n_flagged
+                    rec.update(flagged_images=n_flagged)
                 reason = flag_error(meas.value, n_flagged if inf.needs_images else 0)
                 if reason:  # a number made from broken images (or a broken number) never passes
                     rec.update(verdict="error", error=reason)
-                records.append(rec)
+                records.append(rec.done())
         result = {
-            "suite": {
+            "suite": SuiteRecord.model_validate({
                 "id": suite.id,
                 "version": suite.version,
                 "file_sha256": self._suite_sha[suite.id],
@@ -431,7 +433,7 @@ class Evaluator:
                 "conventions": CONVENTIONS,
                 "fidelity": fidelity_choices(sub, suite, self.root),
                 "seconds": round(time.time() - t0, 2),
-            },
+            }).to_json(),
             "metrics": records,
         }
         self._results[key] = result

@@ -11,7 +11,7 @@ def _method_record(sub, root: Path) -> dict:
     if not sub.method_record:
         return {}
     from .errors import HarnessError
-    from .results import load_method_record
+    from .results.assemble import load_method_record
 
     try:
         return load_method_record(root, sub.method_record)

@@ -406,7 +406,9 @@ def check_case(case, unlearn_evaluator, request) -> None:
                 raise
             failed = state.suite_errors[key] = _one_line(e)
     if failed is not None:
-        rec = {"suite": case.suite, "metric": case.metric, "target": case.target.concept, "verdict": "error", "error": failed}
+        from .results.model import MetricRecord
+
+        rec = MetricRecord(suite=case.suite, metric=case.metric, target=case.target.concept, verdict="error", error=failed).to_json()
         _record(request, {"submission": case.submission, "record": rec, "suite": None})
         pytest.fail(f"error: {failed}", pytrace=False)
     if key not in state.timed and state.progress is not None:  # scoring time, for the next run's estimate
@@ -455,7 +457,9 @@ class Reporter:
         if hasattr(self.config, "workerinput") or self.config.option.collectonly:
             return  # an xdist worker (its records travel with the reports), or nothing ran
         from .evaluate import library_versions
-        from .results import build, write
+        from .results.assemble import build
+        from .results.io import write_result
+        from .results.model import SuiteRecord
 
         state = self.state
         stamp = dt.datetime.fromisoformat(state.started).strftime("%Y%m%dT%H%M%SZ")
@@ -472,23 +476,23 @@ class Reporter:
             for s in suites.values():
                 s["metrics"].sort(key=lambda m: order.get((m["suite"], m["metric"], m["target"]), 0))
                 if s["suite"] is None:
-                    s["suite"] = {"id": s["metrics"][0]["suite"], "error": "the suite did not run"}
+                    s["suite"] = SuiteRecord(id=s["metrics"][0]["suite"], error="the suite did not run").to_json()
             complete = len(mine) == len(planned) and exitstatus != pytest.ExitCode.INTERRUPTED
-            data = build(path, sub, state.root, list(suites.values()), versions, complete, state.started)
-            data["environment"]["device"] = sorted({s["suite"].get("device") for s in suites.values() if s["suite"].get("device")})
-            data["smoke"] = state.smoke  # a smoke run is a different run: readers keep it apart (leaderboard, summary, compare)
+            data = build(path, sub, state.root, list(suites.values()), versions, complete, state.started,
+                         devices=sorted({s["suite"].get("device") for s in suites.values() if s["suite"].get("device")}),
+                         smoke=state.smoke)  # a smoke run is a different run: readers keep it apart (leaderboard, summary, compare)
             out = Path(state.results.replace("{submission}", sub.name)) if state.results else state.root / "results" / sub.name / f"{stamp}.json"
             if not out.is_absolute():
                 out = Path(self.config.invocation_params.dir) / out
             try:
-                write(out, data)
+                write_result(out, data)
             except OSError as e:  # disk full, read-only folder: one line, and the other submissions still written
                 import sys
 
                 print(f"unlearn: error: --unlearn-results: cannot write {out}: {e.strerror or e}", file=sys.stderr)
                 session.exitstatus = 2
                 continue
-            state.written.append((sub.name, out, data))
+            state.written.append((sub.name, out, data.to_json()))
 
     def pytest_terminal_summary(self, terminalreporter):
         if hasattr(self.config, "workerinput") or not self.state.written:

@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import HarnessError
 from .fsutil import cache_dir
 from .rerun import run_harness
-from .resultfile import one_line, read_result
+from .results.io import one_line, read_result
 from .site.images import SHA256_RE, check_image
 from .site.load import Report, to_stderr
 
@@ -71,7 +71,7 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
             shutil.copyfile(src, dst)
         written = [dst for _, dst in written]
     from .attest import write_manifest
-    from .resultfile import results_files
+    from .results.io import results_files
 
     write_manifest(out, "unlearn leaderboard refresh")  # these files were just made by the harness
     all_results = []

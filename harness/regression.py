@@ -26,10 +26,10 @@ from pathlib import Path
 import yaml
 
 from .compare import compare, current_rules, format_rows, gate_failures, load_result, refuse_mismatch
-from .resultfile import results_files
+from .results.io import results_files
 from .errors import HarnessError
 from .rerun import run_harness
-from .results import load_method_record
+from .results.assemble import load_method_record
 from .spec import SpecErrors, inside, load_submission
 
 

@@ -2,7 +2,7 @@
 
 Submission YAML comes from strangers' pull requests, so it is read with ``yaml.safe_load`` only,
 every path must stay inside the repository, and every error is reported as one line naming the
-file and the field. ``Result`` documents the results JSON (``RESULTS_SCHEMA_VERSION``).
+file and the field. The results JSON is ``harness.results.model``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .errors import HarnessError
 from .hashing import sha256_file
 
-RESULTS_SCHEMA_VERSION = "1.0"
 SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256")]
 SLUG = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")

@@ -43,7 +43,7 @@ def test_schema_writes_json_schema_for_editors(tmp_path):
 
 
 def _doc(metrics, name="s", method="m"):
-    """A results document with the fields every reader checks (resultfile.read_result)."""
+    """A results document with the fields every reader checks (results.io.read_result)."""
     return {"schema_version": "1.0", "harness": {"version": "0.1.0"}, "complete": True,
             "submission": {"file": "submissions/s.yaml", "name": name, "method": {"name": method}, "checkpoint": {},
                            "targets": [{"concept": "striped", "kind": "style"}]},

@@ -403,7 +403,7 @@ def test_the_leaderboard_skips_a_real_result_whose_pins_are_not_the_suites(hub, 
     root, rev, url = repo_root(tmp_path, hub)
     assert run(capsys, "pin", "hub-toy", "--root", str(root), "--quiet")[0] == 0
     pins = suite_pins(load_suite(root / "suites" / "hub-toy.yaml"))
-    from harness.resultfile import results_files
+    from harness.results.io import results_files
 
     src = results_files(Path(__file__).resolve().parents[1] / "leaderboard" / "results")[0]  # not the ATTESTATION.json manifest
     results = tmp_path / "results"

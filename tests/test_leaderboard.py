@@ -380,7 +380,7 @@ def test_site_from_committed_results_shows_every_metric_the_harness_produced(tmp
     out = tmp_path / "site"
     counts, lines = build(COMMITTED, out)
     assert lines == []  # every file valid, every image present and matching
-    from harness.resultfile import results_files
+    from harness.results.io import results_files
 
     files = results_files(COMMITTED)  # the one discovery rule (ATTESTATION.json is the manifest, not a result)
     assert counts["files"] == len(files) >= 5

@@ -346,7 +346,7 @@ def test_one_discovery_rule_nested_and_symlinked_files_are_not_read(tmp_path):
     (res / "link.json").symlink_to(tmp_path / "elsewhere.json")
     counts, lines, _ = site(tmp_path, {"real.json": site_doc("toy-uce-style"), "sub/nested.json": site_doc("nested")})
     assert counts["files"] == 1 and counts["submissions"] == 1
-    from harness.resultfile import results_files
+    from harness.results.io import results_files
 
     assert [p.name for p in results_files(res)] == ["real.json"]
 

@@ -1,7 +1,7 @@
 """The leaderboard site: a static site built from results JSON files, and nothing else.
 
 ``unlearn leaderboard build --results leaderboard/results --out site/`` reads every results file
-of the folder (``resultfile.results_files``), validates each one (a file that is not JSON or not
+of the folder (``results.io.results_files``), validates each one (a file that is not JSON or not
 the results shape is reported on stderr as one line and skipped), aggregates the records with
 pandas and renders, with Jinja2 (autoescape on: submission names come from strangers):
 

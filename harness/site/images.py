@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..resultfile import one_line
+from ..results.io import one_line
 from .load import Report, Run
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HarnessError
-from ..resultfile import one_line, read_result
+from ..results.io import one_line, read_result
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: the current suites' thresholds and pins
 MAX_SPREAD_BYTES = 8 << 20
@@ -44,13 +44,13 @@ class Run:
 
 
 def load_runs(results: Path, report: Report = to_stderr, require_attestation: bool = False) -> list[Run]:
-    """Every results file of ``results`` (``resultfile.results_files``: ``*.json``, not
+    """Every results file of ``results`` (``results.io.results_files``: ``*.json``, not
     recursive, regular files) that validates, whose verdicts its numbers and the current suites'
     thresholds give, that the folder's ATTESTATION.json lists (when there is one, or when
     required), and whose submission name no other name collides with; the others are reported
     and skipped (one bad file never stops the build)."""
     from ..attest import MANIFEST, attested, current_thresholds, name_key, read_manifest, recheck_verdicts
-    from ..resultfile import results_files
+    from ..results.io import results_files
 
     manifest = read_manifest(results)
     if manifest is None and require_attestation:
@@ -97,7 +97,7 @@ def load_spreads(results: Path, names: set[str], report: Report = to_stderr) -> 
     file where the folder has a manifest and must name a submission of ``names``; the statistics
     are recomputed from its values (a file's own mean and sd are not trusted)."""
     from ..attest import attested, read_manifest
-    from ..resultfile import method_seed_files, read_json_file
+    from ..results.io import method_seed_files, read_json_file
 
     manifest = read_manifest(results)
     out: dict[tuple[str, str, str, str], dict] = {}

@@ -1,8 +1,7 @@
-"""The results JSON: one file per run of one submission (schema: docs/results-schema.md).
-
-Assembled from the suite records the evaluator produced (possibly on several xdist workers)
-plus the provenance of the run: harness version and git sha, library versions, submission and
-checkpoint identity, declared or measured efficiency.
+"""Assembling the results file of a run (``harness.results.model.ResultsFile``) from the suite
+records the evaluator produced (possibly on several xdist workers) plus the provenance of the
+run: harness version and git sha, library versions, submission and checkpoint identity,
+declared or measured efficiency (the latter from ``unlearn erase``'s method.json).
 """
 
 from __future__ import annotations
@@ -13,10 +12,10 @@ import platform
 import subprocess
 from pathlib import Path
 
-from .errors import HarnessError
-from .fsutil import atomic_write
-from .hashing import sha256_file
-from .spec import RESULTS_SCHEMA_VERSION, Submission, inside
+from ..errors import HarnessError
+from ..hashing import sha256_file
+from ..spec import Submission, inside
+from .model import SCHEMA_VERSION, ResultsFile, summary_counts
 
 
 def git_sha(root: Path) -> str | None:
@@ -85,30 +84,26 @@ def efficiency(sub: Submission, root: Path) -> dict:
     return out
 
 
-def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict], versions: dict, complete: bool, started: str) -> dict:
-    from . import __version__
+def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict], versions: dict, complete: bool, started: str,
+          devices: list[str] | None = None, smoke: bool | None = None) -> ResultsFile:
+    """The results file of one submission's run; ``devices`` (``environment.device``) and
+    ``smoke`` are set when given (the plugin gives both)."""
+    from .. import __version__
 
-    records = [r for s in suite_results for r in s["metrics"]]
-    verdicts = [r["verdict"] for r in records]
     path = Path(sub_path)
-    return {
-        "schema_version": RESULTS_SCHEMA_VERSION,
-        "harness": {"version": __version__, "git_sha": git_sha(root)},
-        "started": started,
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "complete": complete,
-        "submission": {
-            "file": str(path),
-            "file_sha256": sha256_file(path) if path.is_file() else None,
-            **sub.model_dump(mode="json"),
-        },
-        "environment": {"platform": platform.platform(), "libraries": versions},
-        "efficiency": efficiency(sub, root),
-        "suites": [s["suite"] for s in suite_results],
-        "metrics": records,
-        "summary": {v: verdicts.count(v) for v in ("pass", "fail", "inconclusive", "error", "info")},
-    }
-
-
-def write(path: Path, data: dict) -> None:
-    atomic_write(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    doc = ResultsFile(
+        schema_version=SCHEMA_VERSION,
+        harness={"version": __version__, "git_sha": git_sha(root)},
+        started=started,
+        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        complete=complete,
+        submission={"file": str(path), "file_sha256": sha256_file(path) if path.is_file() else None, **sub.model_dump(mode="json")},
+        environment={"platform": platform.platform(), "libraries": versions, **({"device": devices} if devices is not None else {})},
+        efficiency=efficiency(sub, root),
+        suites=[s["suite"] for s in suite_results],
+        metrics=[r for s in suite_results for r in s["metrics"]],
+    )
+    doc.update(summary=summary_counts(doc.metrics))
+    if smoke is not None:
+        doc.update(smoke=smoke)
+    return doc
