@@ -104,3 +104,23 @@ def test_an_unknown_suite_is_one_line(repo):
 def test_library_versions_name_the_libraries_a_result_depends_on():
     v = library_versions()
     assert {"python", "torch", "diffusers", "numpy"} <= set(v) and all(isinstance(x, str) and x for x in v.values())
+
+
+CONCEAL = SUITE.replace("id: mini", "id: conceal").replace(
+    '  - {name: ua, threshold: ">= 0.8"}\n  - {name: ira, threshold: ">= 0.8 * base"}\n',
+    "  - {name: ccs_forget, params: {psi: [0.5, 0.25], attack_seeds: [0], separator_steps: 5}}\n")
+
+
+def test_the_partial_diffusion_attack_loads_the_pair_once_for_its_grid(repo, loads):
+    """Base images load the base; the unlearned model takes it over; the attack's (base,
+    unlearned) pair reuses the unlearned one and loads one more base, once for every psi."""
+    (repo / "suites" / "conceal.yaml").write_text(CONCEAL)
+    sub = load_submission(repo / "sub.yaml")
+    out = evaluator(repo, smoke=False).run("sub.yaml", sub, "conceal")
+    att = out["suite"]["images"]["attack"]
+    assert (att["psi"], att["seeds"], att["generated"], att["cached"]) == ([0.5, 0.25], [0], 2 * 4, 0)  # 4 prompts x seed 0, per psi
+    assert len(loads) == 2
+    (r,) = out["metrics"]
+    assert r["metric"] == "ccs_forget" and r["verdict"] == "info" and set(r["details"]["per_psi"]) == {"0.5", "0.25"}
+    warm = evaluator(repo, smoke=False).run("sub.yaml", sub, "conceal")
+    assert len(loads) == 2 and warm["suite"]["images"]["attack"]["generated"] == 0 and warm["metrics"][0]["value"] == r["value"]
