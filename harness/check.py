@@ -14,7 +14,6 @@ problem is raised as a ``HarnessError``: one line naming the field.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 from . import metrics
