@@ -24,11 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str]) -> int:
-    from harness.evaluate import Evaluator, SuiteRun, native_size
+    from harness.evaluate import Evaluator, SuiteRun
     from harness.generate import saved_form
     from harness.metrics import accuracy
     from harness.metrics.classifiers import load_scorer
     from harness.models import Placement, model_fingerprints
+    from harness.plan import native_size, suite_jobs
     from harness.spec import expand_prompts, load_submission
 
     ap = argparse.ArgumentParser()
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> int:
         place = Placement.choose("cpu", suite.generation.dtype)
         fps = dict(zip(("base", "unlearned"), model_fingerprints(sub, ROOT)))
         size = 0 if suite.generation.height and suite.generation.width else native_size(sub, ROOT)
-        jobs = {w: ev._jobs(suite, items, fp, place, size) for w, fp in fps.items()}
+        jobs = {w: suite_jobs(suite, items, fp, place.dtype, size) for w, fp in fps.items()}
         png = {w: [ev.cache.get(j)[0] for j in js] for w, js in jobs.items()}
         for q in [None, *a.quality]:
             imgs = png if q is None else {w: [saved_form(replace(j, image_format="jpeg", jpeg_quality=q), im) for j, im in zip(jobs[w], png[w])]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -61,19 +60,10 @@ def current_thresholds(root: Path) -> dict[tuple[str, str], str | None]:
 
 def expected_verdict(rec: dict, threshold: str | None) -> str:
     """The verdict a record's numbers give under ``threshold``: ``error`` for a non-finite value
-    or flagged images, ``info`` without a threshold, else pass / fail."""
-    from .spec import Threshold
+    or flagged images, ``info`` without a threshold, else pass / fail (``stats.verdict``)."""
+    from . import stats
 
-    v, b = rec.get("value"), rec.get("base_value")
-    finite = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-    if not finite(v) or rec.get("flagged_images"):
-        return "error"
-    if threshold is None:
-        return "info"
-    th = Threshold.parse(threshold)
-    if th.relative and not finite(b):
-        return "error"
-    return "pass" if th.holds(v, b) else "fail"
+    return stats.verdict(threshold, rec.get("value"), rec.get("base_value"), flagged=rec.get("flagged_images") or 0).verdict
 
 
 def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) -> None:
@@ -102,7 +92,7 @@ def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) 
                              f"but its threshold {th!r} gives {want!r}")
         if want in ("pass", "fail"):  # the interval verdict: the one the record's own interval gives
             margin = rec.get("margin_ci") if isinstance(rec.get("margin_ci"), dict) else None
-            got, _ = stats.verdict(Threshold.parse(th), rec["value"], rec.get("base_value"), margin)
+            got = stats.verdict(Threshold.parse(th), rec["value"], rec.get("base_value"), margin).verdict
             if claimed != got:
                 raise ValueError(f"metrics.{i}.verdict: {claimed!r} for {rec['suite']}/{rec['metric']}, but its interval "
                                  f"{margin!r} under {th!r} gives {got!r}")

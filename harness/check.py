@@ -14,13 +14,13 @@ problem is raised as a ``HarnessError``: one line naming the field.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 from . import metrics
 from .errors import HarnessError
 from .results.assemble import load_method_record
 from .models import base_dir, base_fingerprint, check_tensors, checkpoint_file, tensor_shapes
+from .plan import native_size, resolve_suites, suite_items
 from .spec import Submission, Suite, expand_prompts, load_submission, pinned_file
 
 COMPONENTS = {"unet": "unet", "text_encoder": "text encoder"}
@@ -29,8 +29,6 @@ COMPONENTS = {"unet": "unet", "text_encoder": "text encoder"}
 def startup(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False) -> tuple[Submission, dict[str, Suite], Path | None]:
     """The plugin's start-up checks of one submission: (submission, its suites by id, the
     verified local checkpoint path or None for a URL, which is fetched when its suite runs)."""
-    from .evaluate import resolve_suites
-
     sub = load_submission(path)
     suites = resolve_suites(sub, root)
     ckpt = checkpoint_file(sub.checkpoint, root, cache, allow_pickle) if sub.checkpoint.path else None
@@ -168,12 +166,10 @@ def tokenizer_notes(sub: Submission, root: Path) -> list[str]:
 
 def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path) -> str:
     """One suite as the evaluator will run it for this submission, up to generation."""
-    from .evaluate import native_size
-
     where = f"suite {suite.id}"
     prompts = expand_prompts(suite, root, cache)
     g = suite.generation
-    items = [(p, s) for p in prompts for s in ([p.seed] if p.seed is not None else g.seeds)]
+    items = suite_items(suite, prompts)
     if not items:
         raise HarnessError(f"{where}: prompts: the prompt set is empty")
     needs_images = False

@@ -102,48 +102,33 @@ def plan(sub_path: str, sub, suites: dict, root: Path, cache_dir: Path, device: 
          only: set[str] | None = None) -> list[SuitePlan]:
     """Each suite's image counts for one submission, from the specs and the cache (no model
     loads)."""
-    from . import metrics
-    from .evaluate import Evaluator, native_size, smoke_prompts
+    from . import plan as run_plan
+    from .generate import ImageCache
     from .models import Placement, model_fingerprints
-    from .spec import expand_prompts
 
-    ev = Evaluator(root, cache_dir, device, smoke=smoke, progress=False)
+    cache = ImageCache(Path(cache_dir) / "images")
     out = []
     base_fp, unl_fp = model_fingerprints(sub, root)
     for sid, suite in suites.items():
         if only and sid not in only:
             continue
-        if not any(metrics.info(m.name).needs_images for m in suite.metrics):
+        if not run_plan.needs_images(suite):
             out.append(SuitePlan(sid, 0, 0, 0, 0, 0))
             continue
         g = suite.generation
-        prompts = expand_prompts(suite, root, cache_dir)
-        if smoke:
-            prompts = smoke_prompts(suite, prompts, sub.targets)
-        seeds = suite.smoke.seeds if smoke and suite.smoke and suite.smoke.seeds else g.seeds
-        items = [(p, s) for p in prompts for s in ([p.seed] if p.seed is not None else seeds)]
-        placement = Placement.choose(device if device != "auto" else "auto", g.dtype)
-        size = native_size(sub, root) if not (g.height and g.width) else 0
-        jobs = ev._jobs(suite, items, base_fp, placement, size) + ev._jobs(suite, items, unl_fp, placement, size)
+        items = run_plan.suite_items(suite, run_plan.suite_prompts(suite, sub.targets, root, cache_dir, smoke), smoke)
+        dtype = Placement.choose(device if device != "auto" else "auto", g.dtype).dtype
+        size = run_plan.image_size(sub, suite, root)
+        base_jobs = run_plan.suite_jobs(suite, items, base_fp, dtype, size, smoke)
+        jobs = base_jobs + run_plan.suite_jobs(suite, items, unl_fp, dtype, size, smoke)
         keys = {j.key() for j in jobs}
-        missing = {j.key() for j in jobs if not ev.cache.png_sha256(j)}
+        missing = {j.key() for j in jobs if not cache.png_sha256(j)}
         cached = len(keys) - len(missing)
         attack, attack_cached = 0, 0
-        specs = [m for m in suite.metrics if metrics.info(m.name).attack]
-        if specs:
-            params = specs[0].params
-            psis = params.get("psi", (0.05, 0.15, 0.35, 0.55))
-            aseeds = set(params.get("attack_seeds", sorted({s for _, s in items})[:2]))
-            attack = len(psis) * sum(1 for _, s in items if s in aseeds)
-            try:
-                from dataclasses import replace
-
-                from .attacks import attack_model_id
-
-                chosen = [j for j, (_, s) in zip(jobs[: len(items)], items) if s in aseeds]
-                attack_cached = sum(1 for psi in psis for j in chosen if ev.cache.png_sha256(replace(j, model=attack_model_id(base_fp, unl_fp, float(psi)))))
-            except ImportError:  # the attack code moved: count its images as still to make
-                pass
+        grid = run_plan.attack_grid(suite, items)
+        if grid is not None:
+            attack = grid.images()
+            attack_cached = sum(1 for psi in grid.psis for j in run_plan.attack_jobs(grid, base_jobs, base_fp, unl_fp, psi) if cache.png_sha256(j))
         j0 = jobs[0] if jobs else None
         total = len(keys) + attack
         out.append(SuitePlan(sid, total, total - cached - attack_cached, j0.steps if j0 else 0, j0.height if j0 else 0, j0.width if j0 else 0,

@@ -1,25 +1,32 @@
-"""One submission x one suite, end to end: jobs -> matched images -> scores -> metric records.
+"""One submission x one suite, end to end: images -> scores -> metric records with verdicts.
 
-Usable without pytest (``Evaluator(...).run(sub, suite)``); the pytest plugin turns each record
-into a test case. Data flows one way: specs -> pipelines -> jobs -> cached images -> scorer ->
-metric values -> verdicts.
+Usable without pytest (``Evaluator(root, cache_dir).run(sub_path, submission, suite_id)``); the
+pytest plugin turns each metric record into a test case. What a suite needs (its prompts, seeds,
+image size and generation jobs) comes from ``harness.plan``; the pipelines are described by
+``models.PipelineRecipe`` and loaded only when some image is not cached; images go through the
+content-addressed cache (``harness.generate``); the scorer and the metric families turn them
+into values and intervals (``harness.metrics``, ``harness.stats``), and ``stats.verdict``
+decides each record's verdict. Data flows one way: specs -> plan -> pipelines -> jobs -> cached
+images -> scorer -> metric values -> verdicts.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from . import metrics
+from . import metrics, plan
 from . import stats as uncertainty  # harness.stats: intervals, verdicts ('stats' names the run's RunStats below)
 from .errors import HarnessError
 from .hub import suite_pins
 from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from .hashing import sha256_file, sha256_json
-from .models import PipelineRecipe, Placement, apply_checkpoint, checkpoint_file, load_base, model_fingerprints
-from .spec import Prompt, Submission, Suite, TargetSpec, expand_prompts, load_suite
+from .models import PipelineRecipe, Pipelines, Placement, checkpoint_file, model_fingerprints
+from .plan import resolve_suites, suite_path  # noqa: F401 - resolve_suites: still imported from here by harness/hub.py
+from .spec import Prompt, Submission, Suite, TargetSpec, load_suite
 from .fidelity import choices as fidelity_choices
 
 # Conventions this project chose where a paper is silent (recorded in every result).
@@ -30,80 +37,6 @@ CONVENTIONS = {
     "unlearncanvas_sampling": "one sampler and per-image seeded noise for every method (UnlearnCanvas samples ESD/CA/SalUn with CompVis "
                               "DDIM under one global seed and UCE with diffusers LMS re-seeded per prompt): matched pairs instead",
 }
-
-
-@dataclass(frozen=True)
-class Case:
-    """One parametrized test: a metric of a suite for one target of a submission."""
-
-    submission: str  # path of the submission YAML
-    submission_name: str
-    suite: str
-    metric: str
-    target: TargetSpec
-
-    def id(self, with_submission: bool = False) -> str:
-        label = metrics.info(self.metric).label
-        core = f"{self.suite}::{label}::{self.target.concept}"
-        return f"{self.submission_name}::{core}" if with_submission else core
-
-
-def suite_path(root: Path, suite_id: str) -> Path:
-    return root / "suites" / f"{suite_id}.yaml"
-
-
-def resolve_suites(sub: Submission, root: Path) -> dict[str, Suite]:
-    """The submission's suites, loaded: as declared, else every suite in ``suites/`` of the base
-    model's world (toy or real) that applies to one of its target kinds."""
-    if sub.suites:
-        out = {}
-        for sid in sub.suites:
-            p = suite_path(root, sid)
-            if not p.is_file():
-                raise HarnessError(f"suites: no suite {sid!r} (expected {p.relative_to(root)})")
-            out[sid] = load_suite(p)
-        return out
-    world = "toy" if sub.base_model.builtin == "toy" else "real"
-    kinds = {t.kind for t in sub.targets}
-    out = {}
-    for p in sorted((root / "suites").glob("*.yaml")):
-        suite = load_suite(p)
-        if suite.world == world and kinds & set(suite.applies_to):
-            out[suite.id] = suite
-    if not out:
-        raise HarnessError(f"suites: no {world} suite in suites/ applies to the targets ({', '.join(sorted(kinds))})")
-    return out
-
-
-def plan_cases(sub_path: str, sub: Submission, suites: dict[str, Suite], only: set[str] | None = None) -> list[Case]:
-    """The cases of one submission over its resolved suites, from the specs alone (no model is
-    loaded)."""
-    cases = []
-    for sid in suites:
-        if only and sid not in only:
-            continue
-        suite = suites[sid]
-        for target in sub.targets:
-            if target.kind not in suite.applies_to:
-                continue
-            for m in suite.metrics:
-                cases.append(Case(sub_path, sub.name, sid, m.name, target))
-    return cases
-
-
-def smoke_prompts(suite: Suite, prompts: list[Prompt], targets: list[TargetSpec]) -> list[Prompt]:
-    """The smoke subset. Template sets keep, for each label, its first ``max_prompts`` values
-    that are not targets, plus every target concept (so UA, IRA and CRA all stay defined);
-    other sets keep their first ``max_prompts`` prompts."""
-    n = suite.smoke.max_prompts if suite.smoke else None
-    if not n:
-        return prompts
-    if suite.prompts.template is None:
-        return prompts[:n]
-    target_values = {(t.kind, t.concept) for t in targets}
-    keep = {k: {t for kk, t in target_values if kk == k} | set([v for v in vs if (k, v) not in target_values][:n])
-            for k, vs in suite.prompts.template.values.items()}
-    return [p for p in prompts if all(p.labels.get(k) in vs for k, vs in keep.items())]
 
 
 @dataclass
@@ -168,24 +101,6 @@ def sample_pairs(items: list[tuple[Prompt, int]], base_jobs: list[Job], unl_jobs
     return out
 
 
-def flag_error(value, n_flagged: int) -> str | None:
-    """Why a metric record must be an ``error`` whatever its threshold says: its value is not a
-    finite number, or some of the images it was computed from were flagged (non-finite output,
-    a blank / constant image)."""
-    import math
-
-    if value is not None:
-        try:
-            finite = math.isfinite(float(value))
-        except (TypeError, ValueError):
-            finite = False
-        if not finite:
-            return f"value {value!r} is not a finite number"
-    if n_flagged:
-        return f"{n_flagged} image(s) were flagged (non-finite output or a constant image): the value is not a measurement"
-    return None
-
-
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
     import platform
@@ -199,27 +114,10 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def native_size(sub: Submission, root: Path) -> int:
-    """The base model's native image size, read from its configs (no weights loaded)."""
-    import json
-
-    from .models import base_dir
-
-    d = base_dir(sub.base_model, root)
-    if d is None:
-        from .hub import pipeline_snapshot
-
-        try:  # read from the Hugging Face cache when the snapshot is there
-            d = pipeline_snapshot(sub.base_model.hub_id, sub.base_model.revision, download=False)
-        except HarnessError:
-            raise HarnessError("a hub base model needs the suite to set generation.height and generation.width (or its snapshot in the Hugging Face cache: unlearn fetch)") from None
-    unet = json.loads((d / "unet" / "config.json").read_text())
-    vae = json.loads((d / "vae" / "config.json").read_text())
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-
-
 class Evaluator:
-    """Runs suites for submissions; keeps the base pipeline and images across suites."""
+    """Runs suites for submissions. Keeps, for the session, each (submission, suite)'s result
+    (a second case of the suite reuses it) and each suite file as first loaded (hashed then);
+    pipelines are loaded per suite run and dropped after it; images live in the cache."""
 
     def __init__(self, root: Path, cache_dir: Path, device: str = "auto", allow_pickle: bool = False, smoke: bool = False, progress: bool = True,
                  executor=None, compile: bool = False):
@@ -248,46 +146,22 @@ class Evaluator:
             self._suites[suite_id] = load_suite(p)
         return self._suites[suite_id]
 
-    def _jobs(self, suite: Suite, items: list[tuple[Prompt, int]], model: str, placement: Placement, size: int) -> list[Job]:
-        g = suite.generation
-        return [
-            Job(prompt=p.text, negative_prompt=suite.prompts.negative_prompt, seed=seed, scheduler=g.scheduler, steps=(suite.smoke.steps if self.smoke and suite.smoke and suite.smoke.steps else g.steps),
-                guidance=p.guidance if p.guidance is not None else g.guidance, height=g.height or size, width=g.width or size,
-                eta=g.eta, dtype=placement.dtype, model=model,
-                image_format=g.image_format, jpeg_quality=g.jpeg_quality if g.image_format == "jpeg" else None)
-            for p, seed in items
-        ]
+    def _attack(self, suite, items, base_jobs, base_fp, unl_fp, recipe: PipelineRecipe, pipes: Pipelines, stats=None):
+        """Partial-diffusion attacked images for the suite's attack metrics (the grid:
+        ``plan.attack_grid``), as cached generation jobs; both models load once for the whole
+        grid, only if some image is missing."""
+        from .attacks import run_partial_batch
 
-    def _attack(self, suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe, stats=None):
-        """Partial-diffusion attacked images for the suite's attack metrics (psi grid and seeds
-        from the first such metric's params), as cached generation jobs."""
-        from dataclasses import replace
-        from functools import partial
-
-        from .attacks import attack_model_id, run_partial_batch
-
-        specs = [m for m in suite.metrics if metrics.info(m.name).attack]
-        if not specs:
+        grid = plan.attack_grid(suite, items)
+        if grid is None:
             return {}, None
-        params = specs[0].params
-        psis = [float(p) for p in params.get("psi", (0.05, 0.15, 0.35, 0.55))]
-        seeds = set(params.get("attack_seeds", sorted({s for _, s in items})[:2]))
-        chosen = [i for i, (_, s) in enumerate(items) if s in seeds]
-        loaded: list = []
-
-        def pipes():  # both models, loaded once for the whole psi grid, only if something is missing
-            if not loaded:
-                unl = unl_pipe()  # may take over the base in memory: load the base after it
-                loaded.append((base_pipe(), unl))
-            return loaded[0]
-        pipes.recipe = replace(unl_pipe.recipe, which="pair")  # what a Ray worker loads instead
-        out, rep = {}, {"psi": psis, "seeds": sorted(seeds), "generated": 0, "cached": 0, "flagged": []}
-        for psi in psis:
-            jobs = [replace(base_jobs[i], model=attack_model_id(base_fp, unl_fp, psi)) for i in chosen]
-            imgs, r = generate(pipes, jobs, self.cache, suite.generation.batch_size, self.progress, f"{suite.id} attack psi={psi:g}",
-                               runner=partial(run_partial_batch, psi=psi), executor=self.executor, stats=stats)
+        out, rep = {}, {"psi": list(grid.psis), "seeds": list(grid.seeds), "generated": 0, "cached": 0, "flagged": []}
+        for psi in grid.psis:
+            jobs = plan.attack_jobs(grid, base_jobs, base_fp, unl_fp, psi)
+            imgs, r = generate(recipe.of("pair"), jobs, self.cache, suite.generation.batch_size, self.progress, f"{suite.id} attack psi={psi:g}",
+                               runner=partial(run_partial_batch, psi=psi), executor=self.executor, stats=stats, pipelines=pipes)
             aligned = [None] * len(items)
-            for i, im in zip(chosen, imgs):
+            for i, im in zip(grid.chosen, imgs):
                 aligned[i] = im
             out[psi] = aligned
             for k in ("generated", "cached"):
@@ -324,11 +198,8 @@ class Evaluator:
         g = suite.generation
         placement = self.executor.placement(self.device, g.dtype, self.compile)  # where the pipelines run
         stats = RunStats()
-        prompts = expand_prompts(suite, self.root, self.cache_dir)
-        if self.smoke:
-            prompts = smoke_prompts(suite, prompts, sub.targets)
-        seeds = (suite.smoke.seeds if self.smoke and suite.smoke and suite.smoke.seeds else g.seeds)
-        items = [(p, s) for p in prompts for s in ([p.seed] if p.seed is not None else seeds)]
+        prompts = plan.suite_prompts(suite, sub.targets, self.root, self.cache_dir, self.smoke)
+        items = plan.suite_items(suite, prompts, self.smoke)
         if not items:
             raise HarnessError(f"suite {suite.id}: the prompt set is empty")
         base_fp, unl_fp = model_fingerprints(sub, self.root)
@@ -338,34 +209,23 @@ class Evaluator:
         from .results.assemble import efficiency
         from .results.model import MetricRecord, SuiteRecord
 
-        if any(metrics.info(m.name).needs_images for m in suite.metrics):
-            size = native_size(sub, self.root) if not (g.height and g.width) else 0
-            base_jobs = self._jobs(suite, items, base_fp, placement, size)
-            unl_jobs = self._jobs(suite, items, unl_fp, placement, size)
-            # Pipelines load only when some image is not cached (a warm re-run loads none), and the
-            # unlearned one is made from the base already in memory when there is one.
-            loaded: dict = {}
-
-            def base_pipe():
-                if "base" not in loaded:
-                    loaded["base"] = load_base(sub.base_model, self.root, placement)
-                return loaded["base"]
-
-            def unl_pipe():
-                if "unlearned" not in loaded:
-                    base = loaded.pop("base", None) or load_base(sub.base_model, self.root, placement)
-                    loaded["unlearned"] = apply_checkpoint(base, sub.checkpoint, ckpt, placement, self.allow_pickle)
-                return loaded["unlearned"]
-
+        if plan.needs_images(suite):
+            size = plan.image_size(sub, suite, self.root)
+            base_jobs = plan.suite_jobs(suite, items, base_fp, placement.dtype, size, self.smoke)
+            unl_jobs = plan.suite_jobs(suite, items, unl_fp, placement.dtype, size, self.smoke)
+            # The pipelines of this suite run (none is kept for the next suite), described by one
+            # recipe: loaded only when some image is not cached (a warm re-run loads none), the
+            # unlearned one made from the base already in memory; a Ray worker loads its own.
+            pipes = Pipelines(ckpt)
             recipe = PipelineRecipe(str(self.root.resolve()), sub.base_model, placement, "base", sub.checkpoint, str(self.cache_dir.resolve()), self.allow_pickle)
-            base_pipe.recipe, unl_pipe.recipe = recipe, replace(recipe, which="unlearned")  # for Ray workers
-            how = dict(executor=self.executor, stats=stats)
-            base_imgs, base_rep = generate(base_pipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base", **how)
-            unl_imgs, unl_rep = generate(unl_pipe, unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned", **how)
+            how = dict(executor=self.executor, stats=stats, pipelines=pipes)
+            base_imgs, base_rep = generate(recipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base", **how)
+            unl_imgs, unl_rep = generate(recipe.of("unlearned"), unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned", **how)
             # The scorer runs here; with Ray the generation device may be one this machine lacks.
             score_device = placement.device if isinstance(self.executor, LocalExecutor) else Placement.choose("cpu" if placement.device == "cpu" else "auto").device
             scorer = load_scorer(suite.scorer, self.root, score_device) if suite.scorer else None
-            attacked, attack_rep = self._attack(suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe, stats)
+            attacked, attack_rep = self._attack(suite, items, base_jobs, base_fp, unl_fp, recipe, pipes, stats)
+            unl_pipe = partial(pipes.load, recipe.of("unlearned"))  # the prompt attacks load it only for a missing attack
             prompt_attacks = self._prompt_attacks(suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp)
         else:  # metrics of the submission alone (efficiency): nothing to generate
             base_jobs, base_imgs, unl_imgs, scorer = [], [], [], None
@@ -394,17 +254,11 @@ class Evaluator:
                 rec.update(value=meas.value, base_value=meas.base_value, details=meas.details)
                 u = uncertainty.uncertainty(meas, th, m.params)  # ci, delta_ci, margin_ci / ci_reason, scores
                 rec.update(u)
-                if th is None:
-                    rec.update(bound=None, verdict="info")
-                else:
-                    v, point = uncertainty.verdict(th, meas.value, meas.base_value, u.get("margin_ci"))
-                    rec.update(bound=th.bound(meas.base_value), verdict=v, verdict_point=point)
                 n_flagged = len(flagged["unlearned"]) + len(flagged["base"]) + (len(attack_rep["flagged"]) if inf.attack and attack_rep else 0)
+                # bound, verdict, verdict_point; a number made from broken images (or a broken number) is an error, never a pass
+                rec.update(uncertainty.verdict(th, meas.value, meas.base_value, u.get("margin_ci"), n_flagged if inf.needs_images else 0).fields())
                 if n_flagged:
                     rec.update(flagged_images=n_flagged)
-                reason = flag_error(meas.value, n_flagged if inf.needs_images else 0)
-                if reason:  # a number made from broken images (or a broken number) never passes
-                    rec.update(verdict="error", error=reason)
                 records.append(rec.done())
         result = {
             "suite": SuiteRecord.model_validate({

@@ -317,14 +317,19 @@ class LocalExecutor:
     def close(self) -> None:
         pass
 
-    def run(self, jobs: list[Job], pipe, cache: ImageCache, batch_size: int, runner, stats: RunStats, advance=lambda n: None) -> dict:
-        """Make the (uncached) jobs; returns ``{index: (image, flags)}`` in the order they ran."""
+    def run(self, jobs: list[Job], pipe, cache: ImageCache, batch_size: int, runner, stats: RunStats, advance=lambda n: None,
+            pipelines=None) -> dict:
+        """Make the (uncached) jobs; returns ``{index: (image, flags)}`` in the order they ran.
+        A ``PipelineRecipe`` is loaded through ``pipelines`` (``models.Pipelines``)."""
+        from .models import PipelineRecipe, Pipelines, describe_pipeline
+
         out: dict[int, tuple[np.ndarray, list[str]]] = {}
         if not jobs:
             return out
-        if callable(pipe) and not hasattr(pipe, "unet"):
+        if isinstance(pipe, PipelineRecipe):
+            pipe = (pipelines if pipelines is not None else Pipelines()).load(pipe)
+        elif callable(pipe) and not hasattr(pipe, "unet"):
             pipe = pipe()
-        from .models import describe_pipeline
 
         stats.note_pipeline(describe_pipeline(pipe))
         import time
@@ -346,14 +351,15 @@ class LocalExecutor:
 
 
 def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, progress: bool = True, desc: str = "generate", runner=None,
-             executor=None, stats: RunStats | None = None) -> tuple[list[np.ndarray], dict]:
+             executor=None, stats: RunStats | None = None, pipelines=None) -> tuple[list[np.ndarray], dict]:
     """Images for all jobs, in order; only the jobs not in the cache are run.
 
-    ``pipe`` is a pipeline or a function that loads one: it is called only if some job is not
-    cached, so a warm re-run loads no model. ``runner(pipe, jobs)`` makes one batch (default
-    ``run_batch``; attacks pass their own). ``executor`` runs the missing jobs (default
-    ``LocalExecutor``; ``harness.ray_executor.RayExecutor`` needs ``pipe`` to be a
-    ``PipelineRecipe`` or to carry one as ``pipe.recipe``); ``stats`` collects how they ran.
+    ``pipe`` is a ``models.PipelineRecipe`` (loaded only if some job is not cached, so a warm
+    re-run loads no model: here through ``pipelines``, a ``models.Pipelines`` that shares what
+    is in memory; on Ray by each worker), or, for the local executor, a pipeline or a function
+    that loads one. ``runner(pipe, jobs)`` makes one batch (default ``run_batch``; attacks pass
+    their own). ``executor`` runs the missing jobs (default ``LocalExecutor``;
+    ``harness.ray_executor.RayExecutor`` needs a recipe); ``stats`` collects how they ran.
     ``progress``: True for a tqdm bar, or a function ``(desc, jobs) -> object with update(n)
     and close()`` that shows it some other way.
 
@@ -374,7 +380,7 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
         bar = progress(desc, [jobs[i] for i in todo])
     else:
         bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False)
-    made = executor.run([jobs[i] for i in todo], pipe, cache, batch_size, runner or run_batch, stats, bar.update)
+    made = executor.run([jobs[i] for i in todo], pipe, cache, batch_size, runner or run_batch, stats, bar.update, pipelines=pipelines)
     bar.close()
     for k, (im, flags) in made.items():
         i = todo[k]

@@ -36,7 +36,7 @@ def names_target(prompt, concepts: set[str]) -> bool:
 
 def suite_jobs(result: dict, srec: dict, root: Path, cache_dir: Path) -> list[tuple]:
     """(prompt, seed, base job, unlearned job) of every image pair of one recorded suite."""
-    from .evaluate import smoke_prompts, suite_path
+    from .plan import smoke_prompts, suite_path
     from .spec import TargetSpec, expand_prompts, load_suite
 
     sid = srec.get("id")

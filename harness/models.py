@@ -7,7 +7,7 @@ formats refused unless the local run allows them (and then loaded with ``weights
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import HarnessError
@@ -286,9 +286,10 @@ def model_fingerprints(sub: Submission, root: Path) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class PipelineRecipe:
-    """What another process (a Ray worker) needs to load a pipeline itself: small, picklable,
-    hashable. ``which``: ``base``, ``unlearned``, or ``pair`` (base, unlearned) for the
-    partial-diffusion attack. The checkpoint's sha256 is checked again where it loads."""
+    """The one description of a pipeline to load, here or in another process (a Ray worker):
+    small, picklable, comparable. ``which``: ``base``, ``unlearned``, or ``pair`` (base,
+    unlearned) for the partial-diffusion attack. The checkpoint's sha256 is checked again where
+    it loads. ``load`` makes it; ``Pipelines`` keeps what one process loaded."""
 
     root: str
     base: BaseModelSpec
@@ -298,18 +299,53 @@ class PipelineRecipe:
     cache_dir: str | None = None
     allow_pickle: bool = False
 
-    def load(self):
+    def of(self, which: str) -> "PipelineRecipe":
+        """The same models, another of them (``base``, ``unlearned``, ``pair``)."""
+        return replace(self, which=which)
+
+    def load(self, base=None, verified: Path | None = None):
+        """The pipeline (a (base, unlearned) tuple for ``pair``). ``base``: a base pipeline of
+        this recipe already in memory, taken over (changed in place) to make the unlearned one;
+        ``verified``: the checkpoint's path, its sha256 already checked in this process."""
         root = Path(self.root)
+        fresh = lambda: load_base(self.base, root, self.placement)  # noqa: E731
         if self.which == "base":
-            return load_base(self.base, root, self.placement)
+            return base if base is not None else fresh()
+        if self.which not in ("unlearned", "pair"):
+            raise HarnessError(f"pipeline recipe: unknown model {self.which!r}")
         if self.checkpoint is None:
             raise HarnessError(f"pipeline recipe {self.which!r} needs a checkpoint")
-        path = checkpoint_file(self.checkpoint, root, Path(self.cache_dir or root / ".unlearn-cache"), self.allow_pickle)
-        unl = apply_checkpoint(load_base(self.base, root, self.placement), self.checkpoint, path, self.placement, self.allow_pickle)
-        if self.which == "unlearned":
-            return unl
-        if self.which == "pair":
-            return load_base(self.base, root, self.placement), unl
-        raise HarnessError(f"pipeline recipe: unknown model {self.which!r}")
+        path = verified or checkpoint_file(self.checkpoint, root, Path(self.cache_dir or root / ".unlearn-cache"), self.allow_pickle)
+        unl = apply_checkpoint(base if base is not None else fresh(), self.checkpoint, path, self.placement, self.allow_pickle)
+        return (fresh(), unl) if self.which == "pair" else unl
 
-    __call__ = load
+
+class Pipelines:
+    """The pipelines one process loaded from recipes, each loaded on first use (a warm re-run
+    loads none): the unlearned model is made from the base already in memory (which it takes
+    over, so one base is in memory at a time), and ``pair`` reuses both. ``checkpoint``: the
+    checkpoint's path, already verified (``checkpoint_file``), so it is not hashed again."""
+
+    def __init__(self, checkpoint: Path | None = None):
+        self.checkpoint = checkpoint
+        self._loaded: list[tuple[PipelineRecipe, object]] = []
+
+    def _get(self, recipe: PipelineRecipe):
+        return next((p for r, p in self._loaded if r == recipe), None)
+
+    def _pop(self, recipe: PipelineRecipe):
+        for i, (r, p) in enumerate(self._loaded):
+            if r == recipe:
+                del self._loaded[i]
+                return p
+        return None
+
+    def load(self, recipe: PipelineRecipe):
+        if recipe.which == "pair":  # the unlearned first: it may take over the base in memory
+            unl = self.load(recipe.of("unlearned"))
+            return self.load(recipe.of("base")), unl
+        got = self._get(recipe)
+        if got is None:
+            got = recipe.load(self._pop(recipe.of("base")) if recipe.which == "unlearned" else None, self.checkpoint)
+            self._loaded.append((recipe, got))
+        return got

@@ -79,7 +79,7 @@ def _build_state(config) -> State:
 
     from .bundle import expand_all
     from .check import prepare
-    from .evaluate import plan_cases
+    from .plan import plan_cases
     from .spec import SpecErrors
 
     root = Path(config.rootpath)

@@ -32,7 +32,7 @@ def factor(alpha: float = 0.05, power: float = 0.8) -> float:
 
 
 def report(root: Path, suite_id: str, results: list[dict], cache: Path, smoke: bool = False) -> str:
-    from .evaluate import smoke_prompts, suite_path
+    from .plan import smoke_prompts, suite_path
     from .spec import expand_prompts, load_suite
 
     p = suite_path(root, suite_id)

@@ -133,18 +133,18 @@ class RayExecutor:
         return {"name": self.name, "address": self.address, "tasks": stats.tasks, "retries": stats.retries,
                 "nodes": len(stats.nodes), "max_retries": self.max_retries}
 
-    def run(self, jobs, pipe, cache, batch_size: int, runner, stats, advance=lambda n: None) -> dict:
+    def run(self, jobs, recipe, cache, batch_size: int, runner, stats, advance=lambda n: None, pipelines=None) -> dict:
         """Make the (uncached) jobs as Ray tasks; returns ``{index: (image, flags)}``, each
-        image read back from the cache."""
+        image read back from the cache. ``recipe``: what each worker loads (``pipelines``, this
+        process's loaded models, is not used: nothing loads here)."""
         from .generate import group_indices
         from .models import PipelineRecipe
 
         out: dict = {}
         if not jobs:
             return out
-        recipe = pipe if isinstance(pipe, PipelineRecipe) else getattr(pipe, "recipe", None)
-        if recipe is None:
-            raise HarnessError("the ray executor needs a PipelineRecipe (or a pipeline factory with a .recipe) to load the model on its workers")
+        if not isinstance(recipe, PipelineRecipe):
+            raise HarnessError(f"the ray executor needs a PipelineRecipe to load the model on its workers (got {type(recipe).__name__})")
         ray = self._connect()
         global _REMOTE
         if _REMOTE is None:

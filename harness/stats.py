@@ -21,6 +21,7 @@ with few prompts); their delta and margin stay bootstrapped (paired).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -259,20 +260,79 @@ def set_intervals(stat: Callable[[np.ndarray], float], base_stat: Callable[[np.n
 # ---------------------------------------------------------------- verdicts
 
 
-def verdict(threshold, value: float, base: float | None, margin_ci: dict | None) -> tuple[str, str]:
-    """(verdict, verdict_point). ``pass`` when the whole interval of value - bound(base) is on
-    the right side of 0, ``fail`` when it is wholly on the wrong side, else ``inconclusive``;
-    without an interval the point estimate decides (both equal)."""
+@dataclass(frozen=True)
+class Verdict:
+    """What one metric record says about its threshold. ``verdict``: ``pass`` / ``fail`` /
+    ``inconclusive`` (the 95% interval of value - bound decides), ``info`` (no threshold) or
+    ``error`` (``error`` says why: the value is no measurement); ``point``: the point
+    estimate's pass / fail (None without a threshold or a finite value); ``bound``: the
+    threshold's bound under the base value (None where there is none)."""
+
+    verdict: str
+    point: str | None = None
+    bound: float | None = None
+    error: str | None = None
+
+    def fields(self) -> dict:
+        """The record's fields: ``bound``, ``verdict``, ``verdict_point`` (with a threshold)
+        and ``error`` (an error)."""
+        out: dict = {"bound": self.bound, "verdict": self.verdict}
+        if self.point is not None:
+            out["verdict_point"] = self.point
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def _finite(x) -> bool:
+    """A real number (numpy's included, not a bool or a string) that is finite."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
+
+
+def flag_error(value, n_flagged: int) -> str | None:
+    """Why a metric record must be an ``error`` whatever its threshold says: its value is not a
+    finite number, or some of the images it was computed from were flagged (non-finite output,
+    a blank / constant image)."""
+    if not _finite(value):
+        return f"value {value!r} is not a finite number"
+    if n_flagged:
+        return f"{n_flagged} image(s) were flagged (non-finite output or a constant image): the value is not a measurement"
+    return None
+
+
+def verdict(threshold, value, base=None, margin_ci: dict | None = None, flagged: int = 0) -> Verdict:
+    """The one verdict rule (the evaluator writes it, ``harness.attest`` re-derives it).
+
+    ``threshold``: a ``spec.Threshold``, its text, or None. An ``error`` when the value is not
+    a finite number, some of its images were flagged (``flagged``: how many), or a relative
+    threshold has no finite base value; ``info`` without a threshold; else ``pass`` when the
+    whole interval ``margin_ci`` of value - bound(base) is on the right side of 0, ``fail``
+    when it is wholly on the wrong side, ``inconclusive`` otherwise; without a finite interval
+    the point estimate decides (``verdict`` = ``point``)."""
+    if isinstance(threshold, str):
+        from .spec import Threshold
+
+        threshold = Threshold.parse(threshold)
+    reason = flag_error(value, flagged)
+    if threshold is None:
+        return Verdict("error" if reason else "info", error=reason)
+    if threshold.relative and not _finite(base):
+        return Verdict("error", error=reason or f"base value {base!r} is not a finite number: the relative threshold {threshold} cannot be evaluated")
+    bound = float(threshold.bound(base))
+    if not _finite(value):
+        return Verdict("error", bound=bound, error=reason)
     point = "pass" if threshold.holds(value, base) else "fail"
+    if reason:  # a number made from broken images never passes (its point verdict is kept, for the record)
+        return Verdict("error", point, bound, reason)
     if not margin_ci or not all(np.isfinite([margin_ci.get("low", np.nan), margin_ci.get("high", np.nan)])):
-        return point, point
+        return Verdict(point, point, bound)
     lo, hi = margin_ci["low"], margin_ci["high"]
     strict = threshold.op in (">", "<")
     if threshold.op in (">=", ">"):
         ok, bad = (lo > 0 if strict else lo >= 0), (hi <= 0 if strict else hi < 0)
     else:
         ok, bad = (hi < 0 if strict else hi <= 0), (lo >= 0 if strict else lo > 0)
-    return ("pass" if ok else "fail" if bad else "inconclusive"), point
+    return Verdict("pass" if ok else "fail" if bad else "inconclusive", point, bound)
 
 
 # ---------------------------------------------------------------- the regression gate's test

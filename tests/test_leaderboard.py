@@ -427,7 +427,7 @@ def _with_intervals(data: dict, correct: list[int]) -> dict:
     th = Threshold.parse(">= 0.8")
     ua = data["metrics"][0]
     ua.update(value=float(np.mean(correct)), base_value=0.0, scores=s.to_record(), **stats.intervals(s, th))
-    ua["verdict"], ua["verdict_point"] = stats.verdict(th, ua["value"], 0.0, ua["margin_ci"])
+    ua["verdict"], ua["verdict_point"] = (v := stats.verdict(th, ua["value"], 0.0, ua["margin_ci"])).verdict, v.point
     return data
 
 

@@ -275,9 +275,10 @@ def test_an_inconclusive_verdict_is_a_skip_and_fails_under_strict(project):
     project.makeconftest(
         "import harness.stats as s\n"
         "_real = s.verdict\n"
-        "def fake(th, value, base, margin_ci):\n"
-        "    v, point = _real(th, value, base, margin_ci)\n"
-        "    return ('inconclusive' if v == 'pass' else v), point\n"
+        "import dataclasses\n"
+        "def fake(*args):\n"
+        "    v = _real(*args)\n"
+        "    return dataclasses.replace(v, verdict='inconclusive') if v.verdict == 'pass' else v\n"
         "def pytest_configure(config):\n"
         "    s.verdict = fake\n"
         "def pytest_unconfigure(config):\n"

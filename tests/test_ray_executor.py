@@ -119,6 +119,23 @@ def test_ray_executor_needs_a_recipe(ray_local, tmp_path):
         generate(lambda: None, JOBS[:1], ImageCache(tmp_path), progress=False, executor=RayExecutor())
 
 
+def test_the_recipe_is_passed_explicitly_never_fished_out_of_a_loader(recipe, tmp_path):
+    """A loader carrying a ``.recipe`` attribute (the old way) is refused: the recipe is the
+    one description of a pipeline, small and picklable, and ``of`` names its other models."""
+    import pickle
+
+    def loader():
+        raise AssertionError("never called")
+
+    loader.recipe = recipe
+    with pytest.raises(HarnessError, match="needs a PipelineRecipe .*got function"):
+        RayExecutor().run(JOBS[:1], loader, ImageCache(tmp_path), 1, run_batch, RunStats())
+    pair = recipe.of("pair")
+    assert pair.which == "pair" and pair.of("base") == recipe and pickle.loads(pickle.dumps(pair)) == pair
+    with pytest.raises(HarnessError, match="needs a checkpoint"):
+        pair.load()
+
+
 # ----------------------------------------------------------------------------- the plugin
 @pytest.fixture
 def toy_project(pytester):

@@ -500,7 +500,7 @@ def test_two_submissions_with_one_name_in_one_run_are_refused(repo):
 
 # ============================================================================ 7. flagged images
 def test_flagged_images_or_non_finite_values_make_an_error_never_a_pass():
-    from harness.evaluate import flag_error
+    from harness.stats import flag_error
 
     assert flag_error(1.0, 0) is None
     assert "flagged" in flag_error(1.0, 3)
@@ -734,7 +734,7 @@ def test_replay_of_a_pull_request_that_does_everything_at_once(pr_repo, tmp_path
     rules = current_rules(ROOT)  # the base branch's suites
     new, old = doc([rec("ua", 0.0), GOOD[1]]), doc([rec("ua", 1.0, tolerance=1e9), GOOD[1]])
     assert [x["status"] for x in compare(new, old, rules)][0] == "regressed"
-    from harness.evaluate import suite_path
+    from harness.plan import suite_path
 
     assert not suite_path(ROOT, "lenient").exists()
 

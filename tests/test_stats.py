@@ -128,13 +128,14 @@ def test_grouped_statistic_is_the_mean_over_classes():
 ])
 def test_verdict_follows_the_interval_of_the_margin(th, lo, hi, want):
     t = Threshold.parse(th)
-    v, point = stats.verdict(t, 0.85, 0.8, {"low": lo, "high": hi})
-    assert v == want and point == ("pass" if t.holds(0.85, 0.8) else "fail")
+    v = stats.verdict(t, 0.85, 0.8, {"low": lo, "high": hi})
+    assert v.verdict == want and v.point == ("pass" if t.holds(0.85, 0.8) else "fail") and v.bound == t.bound(0.8)
 
 
 def test_verdict_without_an_interval_is_the_point_verdict():
     t = Threshold.parse(">= 0.8")
-    assert stats.verdict(t, 0.7, None, None) == ("fail", "fail")
+    v = stats.verdict(t, 0.7, None, None)
+    assert (v.verdict, v.point, v.bound) == ("fail", "fail", 0.8)
 
 
 def test_relative_bound_uses_the_paired_bootstrap_of_the_relation():
@@ -148,7 +149,7 @@ def test_relative_bound_uses_the_paired_bootstrap_of_the_relation():
     out = stats.intervals(grid(unl, 50, 4, base=base, groups=[f"c{i % 4}" for i in range(200)]), th)
     m = out["margin_ci"]
     assert m["low"] > 0  # decided: unlearned >= 0.8 x base
-    assert stats.verdict(th, unl.mean(), base.mean(), m)[0] == "pass"
+    assert stats.verdict(th, unl.mean(), base.mean(), m).verdict == "pass"
 
 
 # ---------------------------------------------------------------- the gate's test

@@ -1,0 +1,126 @@
+"""The evaluator (``harness.evaluate``) on the toy world's mini suite (2 steps, 32 x 32): the
+suite record and its metric records, results reused within a session, pipelines loaded only for
+missing images and made once per suite run (the unlearned one from the base in memory), and the
+verdict of every record the one ``stats.verdict`` gives."""
+
+import math
+
+import pytest
+from test_bad_inputs import EFFICIENCY, SUITE, repo  # noqa: F401 (repo is a fixture)
+
+from harness import models, stats
+from harness.evaluate import CONVENTIONS, Evaluator, library_versions
+from harness.spec import load_submission
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Counts base pipelines loaded (``PipelineRecipe.load`` calls the module's ``load_base``)."""
+    calls = []
+    real = models.load_base
+
+    def counting(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(models, "load_base", counting)
+    return calls
+
+
+def evaluator(repo, cache=".cache", **kw):
+    return Evaluator(repo, repo / cache, device="cpu", smoke=kw.pop("smoke", True), progress=False, **kw)
+
+
+def test_a_suite_run_records_provenance_and_one_record_per_metric_and_target(repo, loads):
+    sub = load_submission(repo / "sub.yaml")
+    ev = evaluator(repo)
+    out = ev.run("sub.yaml", sub, "mini")
+    s = out["suite"]
+    # smoke: max_prompts 1 keeps one object and, per style, the target (striped) and the first other one
+    assert (s["id"], s["n_prompts"], s["n_images_per_model"], s["seeds"], s["smoke"]) == ("mini", 2, 2, [0], True)
+    assert s["images"]["base"] == {"generated": 2, "cached": 0, "flagged": [], "generation_seconds": s["images"]["base"]["generation_seconds"]}
+    assert s["images"]["unlearned"]["generated"] == 2 and "attack" not in s["images"]
+    assert (s["generation"]["steps"], s["generation"]["height"], s["generation"]["width"]) == (2, 32, 32)  # the toy base's native size
+    assert s["models"]["base"].startswith("sha256:") and s["models"]["unlearned"].startswith(s["models"]["base"] + "+unet:")
+    assert s["device"] == "cpu" and s["dtype"] == "float32" and s["executor"]["name"] == "local" and s["scorer"] is not None
+    assert s["conventions"] == CONVENTIONS and len(s["prompt_set_sha256"]) == 64
+    assert [(r["metric"], r["target"]) for r in out["metrics"]] == [("ua", "striped"), ("ira", "striped")]
+    # one base pipeline loaded for the whole run: the unlearned model is made from it
+    assert len(loads) == 1
+    # the session keeps the result: a second case of the suite does not run it again
+    assert ev.run("sub.yaml", sub, "mini") is out and len(loads) == 1
+
+
+def test_every_records_verdict_is_the_one_stats_verdict_gives(repo):
+    out = evaluator(repo).run("sub.yaml", load_submission(repo / "sub.yaml"), "mini")
+    for r in out["metrics"]:
+        assert math.isfinite(r["value"]) and math.isfinite(r["base_value"])
+        v = stats.verdict(r["threshold"], r["value"], r["base_value"], r.get("margin_ci"), r.get("flagged_images") or 0)
+        assert (r["verdict"], r.get("verdict_point"), r["bound"], r.get("error")) == (v.verdict, v.point, v.bound, v.error)
+        assert r["verdict"] in ("pass", "fail", "inconclusive")
+
+
+def test_a_warm_rerun_loads_no_model_and_gives_the_same_values(repo, loads):
+    sub = load_submission(repo / "sub.yaml")
+    cold = evaluator(repo).run("sub.yaml", sub, "mini")
+    n = len(loads)
+    warm = evaluator(repo).run("sub.yaml", sub, "mini")  # a new session, the same cache
+    assert len(loads) == n
+    assert warm["suite"]["images"]["base"]["cached"] == 2 and warm["suite"]["images"]["unlearned"]["generated"] == 0
+    assert [(r["value"], r["base_value"], r["verdict"]) for r in warm["metrics"]] == [(r["value"], r["base_value"], r["verdict"]) for r in cold["metrics"]]
+
+
+def test_pipelines_are_loaded_per_suite_run_not_kept_across_suites(repo, loads):
+    """A second suite with other images loads its base again (the docstring's promise)."""
+    (repo / "suites" / "mini2.yaml").write_text(SUITE.replace("id: mini", "id: mini2").replace("seeds: [0]}", "seeds: [1]}"))
+    sub = load_submission(repo / "sub.yaml")
+    ev = evaluator(repo)
+    ev.run("sub.yaml", sub, "mini")
+    ev.run("sub.yaml", sub, "mini2")
+    assert len(loads) == 2
+
+
+def test_a_full_run_differs_from_smoke_in_prompts_and_seeds(repo):
+    out = evaluator(repo, smoke=False).run("sub.yaml", load_submission(repo / "sub.yaml"), "mini")
+    assert (out["suite"]["n_prompts"], out["suite"]["n_images_per_model"], out["suite"]["seeds"], out["suite"]["smoke"]) == (4, 8, [0, 1], False)
+
+
+def test_a_suite_of_submission_metrics_makes_no_image(repo, loads):
+    assert "storage_mb" in EFFICIENCY
+    out = evaluator(repo).run("sub.yaml", load_submission(repo / "sub.yaml"), "eff")
+    assert loads == [] and out["suite"]["images"]["base"] == {"generated": 0, "cached": 0, "flagged": []}
+    (r,) = out["metrics"]
+    assert r["metric"] == "storage_mb" and r["verdict"] == "info" and r["bound"] is None and r["value"] > 0
+    assert out["suite"]["samples"] == [] and out["suite"]["generation"]["height"] is None  # no native size read
+
+
+def test_an_unknown_suite_is_one_line(repo):
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match=r"^suite 'nope': no file suites/nope.yaml$"):
+        evaluator(repo).run("sub.yaml", load_submission(repo / "sub.yaml"), "nope")
+
+
+def test_library_versions_name_the_libraries_a_result_depends_on():
+    v = library_versions()
+    assert {"python", "torch", "diffusers", "numpy"} <= set(v) and all(isinstance(x, str) and x for x in v.values())
+
+
+CONCEAL = SUITE.replace("id: mini", "id: conceal").replace(
+    '  - {name: ua, threshold: ">= 0.8"}\n  - {name: ira, threshold: ">= 0.8 * base"}\n',
+    "  - {name: ccs_forget, params: {psi: [0.5, 0.25], attack_seeds: [0], separator_steps: 5}}\n")
+
+
+def test_the_partial_diffusion_attack_loads_the_pair_once_for_its_grid(repo, loads):
+    """Base images load the base; the unlearned model takes it over; the attack's (base,
+    unlearned) pair reuses the unlearned one and loads one more base, once for every psi."""
+    (repo / "suites" / "conceal.yaml").write_text(CONCEAL)
+    sub = load_submission(repo / "sub.yaml")
+    out = evaluator(repo, smoke=False).run("sub.yaml", sub, "conceal")
+    att = out["suite"]["images"]["attack"]
+    assert (att["psi"], att["seeds"], att["generated"], att["cached"]) == ([0.5, 0.25], [0], 2 * 4, 0)  # 4 prompts x seed 0, per psi
+    assert len(loads) == 2
+    (r,) = out["metrics"]
+    assert r["metric"] == "ccs_forget" and r["verdict"] == "info" and set(r["details"]["per_psi"]) == {"0.5", "0.25"}
+    warm = evaluator(repo, smoke=False).run("sub.yaml", sub, "conceal")
+    assert len(loads) == 2 and warm["suite"]["images"]["attack"]["generated"] == 0 and warm["metrics"][0]["value"] == r["value"]
