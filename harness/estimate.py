@@ -131,9 +131,9 @@ def plan(sub_path: str, sub, suites: dict, root: Path, cache_dir: Path, device: 
         attack, attack_cached = 0, 0
         specs = [m for m in suite.metrics if metrics.info(m.name).attack]
         if specs:
-            params = specs[0].params
-            psis = params.get("psi", (0.05, 0.15, 0.35, 0.55))
-            aseeds = set(params.get("attack_seeds", sorted({s for _, s in items})[:2]))
+            pd = suite.partial_diffusion
+            psis = pd.psi
+            aseeds = set(pd.seeds if pd.seeds is not None else sorted({s for _, s in items})[:2])
             attack = len(psis) * sum(1 for _, s in items if s in aseeds)
             try:
                 from dataclasses import replace

@@ -260,7 +260,7 @@ class Evaluator:
 
     def _attack(self, suite, items, base_jobs, base_fp, unl_fp, base_pipe, unl_pipe, stats=None):
         """Partial-diffusion attacked images for the suite's attack metrics (psi grid and seeds
-        from the first such metric's params), as cached generation jobs."""
+        from the suite's ``attacks.partial_diffusion``), as cached generation jobs."""
         from dataclasses import replace
         from functools import partial
 
@@ -269,9 +269,9 @@ class Evaluator:
         specs = [m for m in suite.metrics if metrics.info(m.name).attack]
         if not specs:
             return {}, None
-        params = specs[0].params
-        psis = [float(p) for p in params.get("psi", (0.05, 0.15, 0.35, 0.55))]
-        seeds = set(params.get("attack_seeds", sorted({s for _, s in items})[:2]))
+        pd = suite.partial_diffusion
+        psis = [float(p) for p in pd.psi]
+        seeds = set(pd.seeds if pd.seeds is not None else sorted({s for _, s in items})[:2])
         chosen = [i for i, (_, s) in enumerate(items) if s in seeds]
         loaded: list = []
 
@@ -302,7 +302,7 @@ class Evaluator:
 
     def _prompt_attacks(self, suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp):
         """Prompt attacks (UnlearnDiffAtk, Ring-A-Bell) for the suite's robustness metrics
-        (attack and budget from the first such metric's params); found prompts are cached in
+        (attack and budget from the suite's ``attacks.prompt``); found prompts are cached in
         ``<cache>/attacks/`` (``harness.attacks.runner``)."""
         specs = [m for m in suite.metrics if metrics.info(m.name).prompt_attack]
         if not specs:
@@ -311,7 +311,7 @@ class Evaluator:
         from .attacks.common import text_encoder_fingerprint
 
         fps = {"unlearned": unl_fp, "text_encoder": text_encoder_fingerprint(sub, base_fp, unl_fp)}
-        return run_prompt_attacks(suite, specs[0].params, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, fps,
+        return run_prompt_attacks(suite, suite.prompt_attack, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, fps,
                                   self.cache_dir, self.root, self.progress, self.attack_counter)
 
     def run(self, sub_path: str, sub: Submission, suite_id: str) -> dict:

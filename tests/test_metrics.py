@@ -110,7 +110,7 @@ def test_concealment_similarity_and_separator_known_answers():
 
     import torch
 
-    from harness.metrics.concealment import similarity, train_separator
+    from harness.metrics.separator import similarity, train_separator
     from harness.metrics.features import to_float
 
     f = torch.randn(3, 8)
@@ -255,14 +255,14 @@ def test_resnet18_separator_stand_in_trains_and_scores(tmp_path):
     import torchvision
     from safetensors.torch import save_file
 
-    from harness.metrics.concealment import _ResNetSeparator, train_separator
+    from harness.metrics.separator import ResNetSeparator, train_separator
 
     torch.manual_seed(0)
     save_file({k: v.contiguous() for k, v in torchvision.models.resnet18(weights=None).state_dict().items()}, tmp_path / "r18.safetensors")
     a = list(world.reference_images(None, "striped", 6, seed=41))
     b = list(world.reference_images(None, "solid", 6, seed=42))
-    model, acc = train_separator(a, b, steps=3, make_model=lambda: _ResNetSeparator(str(tmp_path / "r18.safetensors")))
-    assert isinstance(model, _ResNetSeparator) and 0.0 <= acc <= 1.0
+    model, acc = train_separator(a, b, steps=3, make_model=lambda: ResNetSeparator(str(tmp_path / "r18.safetensors")))
+    assert isinstance(model, ResNetSeparator) and 0.0 <= acc <= 1.0
     from harness.metrics.features import to_float
 
     with torch.no_grad():
