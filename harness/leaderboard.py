@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from .errors import HarnessError
 from .fsutil import cache_dir
+from .metrics import plotted
 from .rerun import run_harness
 from .resultfile import one_line, read_result
 
@@ -52,9 +53,11 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MARKER = ".unlearn-leaderboard"  # marks a folder this module built (and may replace)
 VERDICTS = ("pass", "fail", "inconclusive", "error", "info")
-# The trade-off plot: erasure (x) against retention (y, the mean of the metrics present).
-ERASURE_METRIC = "ua"
-RETENTION_METRICS = ("ira", "cra")
+# The trade-off plot: erasure (x) against retention (y, the mean of the metrics present): the
+# metrics' MetricInfo.plot (harness.metrics.plotted: the registry, which loads no model library).
+_PLOT = plotted()
+ERASURE_METRIC = _PLOT["x"][0]
+RETENTION_METRICS = tuple(_PLOT["y"])
 
 Report = Callable[[str], None]
 

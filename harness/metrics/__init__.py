@@ -89,5 +89,5 @@ def by_role(role: str) -> list[str]:
 
 
 def plotted() -> dict[str, list[str]]:
-    """The trade-off figure's metrics: {"x": [...], "y": [...]} (names, sorted)."""
-    return {axis: sorted(n for n, (_, i) in _registry().items() if i.plot == axis) for axis in ("x", "y")}
+    """The trade-off figure's metrics: {"x": [...], "y": [...]}, in the families' order."""
+    return {axis: [n for n, (_, i) in _registry().items() if i.plot == axis] for axis in ("x", "y")}

@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import HarnessError
-
-SHA256 = Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256")
+from ..spec.common import SHA256, HubRef, Strict, exactly_one
 
 
 class MetricParams(BaseModel):
@@ -43,14 +42,18 @@ def describe(err: ValidationError, prefix: str = "params") -> str:
     return "; ".join(out)
 
 
-class PinnedRef(BaseModel):
+class PinnedRef(Strict):
     """A file or folder a metric reads: in the repository (``path``) or on the hub (``hub``:
     {repo, revision, filename | subfolder}), pinned by sha256 (harness/hub.py resolves it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     path: str | None = None
-    hub: dict[str, Any] | None = None
-    sha256: str = SHA256
+    hub: HubRef | None = None
+    sha256: SHA256
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        exactly_one(self, "path", "hub")
+        return self
 
     def node(self) -> dict:
         return self.model_dump(exclude_none=True)

@@ -34,6 +34,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def exactly_one(model, *names: str, given=bool) -> None:
+    """Refuse a model with none or several of these (alternative) fields set."""
+    if sum(1 for k in names if given(getattr(model, k))) != 1:
+        raise ValueError(f"give exactly one of {', '.join(names)}")
+
+
 class HubRef(Strict):
     """A file (``filename``) or folder (``subfolder``) of a hub repository at a pinned commit."""
 
@@ -54,8 +60,7 @@ class WeightsFile(Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if bool(self.path) == bool(self.hub):
-            raise ValueError("give exactly one of path, hub")
+        exactly_one(self, "path", "hub")
         if self.hub and not self.hub.filename:
             raise ValueError("hub: needs filename")
         return self

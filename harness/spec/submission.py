@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import HTTPS_URL, SHA256, SLUG, Strict
+from .common import HTTPS_URL, SHA256, SLUG, Strict, exactly_one
 
 class MethodSpec(Strict):
     name: str = Field(min_length=1, max_length=80)
@@ -30,9 +30,7 @@ class BaseModelSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        given = [k for k in ("builtin", "local_dir", "hub_id") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError("give exactly one of builtin, local_dir, hub_id")
+        exactly_one(self, "builtin", "local_dir", "hub_id")
         if self.hub_id and not self.revision:
             raise ValueError("hub_id needs a pinned revision (a 40-character commit sha)")
         if self.revision and not self.hub_id:
@@ -54,8 +52,7 @@ class CheckpointSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if bool(self.path) == bool(self.url):
-            raise ValueError("give exactly one of path, url")
+        exactly_one(self, "path", "url")
         return self
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..errors import HarnessError
-from .common import HTTPS_URL, SHA256, SLUG, Strict, WeightsFile
+from .common import HTTPS_URL, SHA256, SLUG, Strict, WeightsFile, exactly_one
 
 class TemplatePrompts(Strict):
     template: str = Field(min_length=1)
@@ -49,8 +49,7 @@ class CsvPrompts(Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if bool(self.path) == bool(self.url):
-            raise ValueError("give exactly one of path, url")
+        exactly_one(self, "path", "url")
         return self
 
 
@@ -65,9 +64,7 @@ class PromptSet(Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        given = [k for k in ("inline", "template", "csv") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of inline, template, csv")
+        exactly_one(self, "inline", "template", "csv", given=lambda v: v is not None)
         if self.inline is not None and not self.inline:
             raise ValueError("inline prompt list is empty")
         return self
