@@ -7,17 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ..errors import HarnessError
 from ..spec.common import SHA256, HubRef, Strict, exactly_one
 
 
-class MetricParams(BaseModel):
+class MetricParams(Strict):
     """A metric's ``params`` in a suite; every metric takes the interval's settings. Unknown keys
     are refused (a typo is an error when the suite is loaded, not a silent default)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     bootstrap_resamples: int | None = Field(default=None, gt=0, description="bootstrap resamples of the 95% interval (harness.stats)")
     bootstrap_seed: int | None = Field(default=None, ge=0)
 

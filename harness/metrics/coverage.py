@@ -23,11 +23,10 @@ import numpy as np
 from pydantic import Field
 
 from . import Measurement, MetricInfo
-from .fid import Params as FidParams
-from .fid import retain_features
+from .fid import FeatureParams, retain_features
 
 
-class Params(FidParams):
+class Params(FeatureParams):
     nearest_k: int = Field(default=5, gt=0, description="k of the k-nearest-neighbour balls (prdc's default: 5)")
 
 

@@ -26,11 +26,16 @@ from . import Measurement, MetricInfo
 from .common import MetricParams, PinnedRef, forget_mask, is_toy, reference_folder
 
 
-class Params(MetricParams):
+class FeatureParams(MetricParams):
+    """The reference set and feature space (``retain_features``), shared by every metric of them."""
+
     reference_dir: PinnedRef | None = Field(default=None, description="real suites: the pinned reference image folder")
     extractor: Literal["toy"] | None = Field(default=None, description="toy: the toy classifier's features (default with reference_dir: Inception)")
     references: int = Field(default=500, gt=0, description="toy world: procedural reference images")
     reference_seed: int = Field(default=4096, ge=0)
+
+
+class Params(FeatureParams):
     kid_seed: int = Field(default=0, ge=0, description="KID's random subsets (seeded: reproducible)")
 
 
@@ -96,7 +101,7 @@ def inception_extractor(device: str = "cpu"):
         raise HarnessError(f"FID: clean-fid's Inception could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
 
 
-def retain_features(run, target, p: Params, label: str):
+def retain_features(run, target, p: FeatureParams, label: str):
     """clean-fid features of (the reference set, the unlearned model's and the base model's
     retain-prompt images), the reference's sha256, what they are, and the retain items'
     indices; computed once per suite run and shared by every metric of these features."""

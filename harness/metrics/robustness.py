@@ -36,8 +36,11 @@ class Params(MetricParams):
     @classmethod
     def _moved(cls, data):
         if isinstance(data, dict):
+            from ..attacks.runner import attacks
+
+            old = {"attack", "attack_seeds", "judge", "threshold", "classes", "weights"}.union(*(getattr(m, "DEFAULTS", {}) for m in attacks().values()))
             for k in data:
-                if k not in cls.model_fields:
+                if k in old:  # where attack settings were read from before the attacks block
                     raise ValueError(f"params.{k}: attack settings moved to the suite's attacks.prompt block "
                                      "(attack, seeds, judge, params: see suites/toy-robustness.yaml)")
         return data
