@@ -15,7 +15,7 @@ from .common import (HTTPS_URL, PICKLE_SUFFIXES, SHA256, SLUG, HubRef, Strict, W
 from .load import _with_includes, is_suite_file, load_submission, load_suite
 from .prompts import MAX_CSV_BYTES, MAX_PROMPT_CHARS, MAX_PROMPTS, Prompt, expand_prompts
 from .submission import BaseModelSpec, CheckpointSpec, EfficiencySpec, MethodSpec, Submission, TargetSpec
-from .suite import (THRESHOLD, Attacks, CsvPrompts, GenerationSettings, MetricSpec, PartialDiffusionAttack, PromptAttack,
+from .suite import (THRESHOLD, Attacks, CsvPrompts, GenerationSettings, JudgeSpec, MetricSpec, PartialDiffusionAttack, PromptAttack,
                     PromptSet, ScorerSpec, SmokeSpec, Suite, TemplatePrompts, Threshold)
 from .yamlio import (MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, SpecErrors, _format_validation, _SafeUniqueLoader,
                      load_model, read_yaml)
@@ -24,7 +24,7 @@ RESULTS_SCHEMA_VERSION = "1.0"
 
 __all__ = [
     "HTTPS_URL", "PICKLE_SUFFIXES", "RESULTS_SCHEMA_VERSION", "SHA256", "SLUG", "THRESHOLD", "Attacks", "BaseModelSpec",
-    "CheckpointSpec", "CsvPrompts", "EfficiencySpec", "GenerationSettings", "HubRef", "MAX_CSV_BYTES", "MAX_PROMPTS",
+    "CheckpointSpec", "CsvPrompts", "EfficiencySpec", "GenerationSettings", "HubRef", "JudgeSpec", "MAX_CSV_BYTES", "MAX_PROMPTS",
     "MAX_PROMPT_CHARS", "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MethodSpec", "MetricSpec",
     "PartialDiffusionAttack", "Prompt", "PromptAttack", "PromptSet", "ScorerSpec", "SmokeSpec", "SpecErrors", "Strict",
     "Submission", "Suite", "TargetSpec", "TemplatePrompts", "Threshold", "WeightsFile", "_SafeUniqueLoader",
