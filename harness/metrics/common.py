@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from ..errors import HarnessError
-from ..spec.common import SHA256, HubRef, Strict, exactly_one
+from ..spec.common import PinnedRef, Strict
 
 
 class MetricParams(Strict):
@@ -39,23 +39,6 @@ def describe(err: ValidationError, prefix: str = "params") -> str:
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ").replace("\n", " ")
         out.append(msg if not e["loc"] and msg.startswith(f"{prefix}.") else f"{loc}: {msg}")  # a message naming its own field
     return "; ".join(out)
-
-
-class PinnedRef(Strict):
-    """A file or folder a metric reads: in the repository (``path``) or on the hub (``hub``:
-    {repo, revision, filename | subfolder}), pinned by sha256 (harness/hub.py resolves it)."""
-
-    path: str | None = None
-    hub: HubRef | None = None
-    sha256: SHA256
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        exactly_one(self, "path", "hub")
-        return self
-
-    def node(self) -> dict:
-        return self.model_dump(exclude_none=True)
 
 
 def is_toy(suite) -> bool:

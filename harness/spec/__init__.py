@@ -10,7 +10,7 @@ file and the field. By concern:
 - ``prompts``: a suite's prompt set expanded into labelled prompts.
 """
 
-from .common import (HTTPS_URL, PICKLE_SUFFIXES, SHA256, SLUG, HubRef, Strict, WeightsFile, inside, one_line_error,
+from .common import (HTTPS_URL, PICKLE_SUFFIXES, SHA256, SLUG, HubRef, PinnedRef, Strict, WeightsFile, inside, one_line_error,
                      pinned_file)
 from .load import _with_includes, is_suite_file, load_submission, load_suite
 from .prompts import MAX_CSV_BYTES, MAX_PROMPT_CHARS, MAX_PROMPTS, Prompt, expand_prompts
@@ -24,7 +24,7 @@ RESULTS_SCHEMA_VERSION = "1.0"
 
 __all__ = [
     "HTTPS_URL", "PICKLE_SUFFIXES", "RESULTS_SCHEMA_VERSION", "SHA256", "SLUG", "THRESHOLD", "Attacks", "BaseModelSpec",
-    "CheckpointSpec", "CsvPrompts", "EfficiencySpec", "GenerationSettings", "HubRef", "JudgeSpec", "MAX_CSV_BYTES", "MAX_PROMPTS",
+    "CheckpointSpec", "CsvPrompts", "EfficiencySpec", "GenerationSettings", "HubRef", "JudgeSpec", "PinnedRef", "MAX_CSV_BYTES", "MAX_PROMPTS",
     "MAX_PROMPT_CHARS", "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MethodSpec", "MetricSpec",
     "PartialDiffusionAttack", "Prompt", "PromptAttack", "PromptSet", "ScorerSpec", "SmokeSpec", "SpecErrors", "Strict",
     "Submission", "Suite", "TargetSpec", "TemplatePrompts", "Threshold", "WeightsFile", "_SafeUniqueLoader",

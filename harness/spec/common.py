@@ -50,9 +50,9 @@ class HubRef(Strict):
     repo_type: Literal["model", "dataset"] = "model"
 
 
-class WeightsFile(Strict):
-    """A weights file in the repository (``path``) or on the hub (``hub``), pinned by sha256
-    (an all-zero placeholder is filled in from ``suites/<id>.lock.yaml``: ``unlearn pin``)."""
+class PinnedRef(Strict):
+    """A file or folder in the repository (``path``) or on the hub (``hub``: {repo, revision,
+    filename | subfolder}), pinned by sha256 (``hub.pinned_path`` resolves and verifies it)."""
 
     path: str | None = None
     hub: HubRef | None = None
@@ -61,6 +61,19 @@ class WeightsFile(Strict):
     @model_validator(mode="after")
     def _one_source(self):
         exactly_one(self, "path", "hub")
+        return self
+
+    def node(self) -> dict:
+        """As the suite's YAML gives it (what ``hub.pinned_path`` reads)."""
+        return self.model_dump(exclude_none=True)
+
+
+class WeightsFile(PinnedRef):
+    """A weights file in the repository (``path``) or on the hub (``hub``), pinned by sha256
+    (an all-zero placeholder is filled in from ``suites/<id>.lock.yaml``: ``unlearn pin``)."""
+
+    @model_validator(mode="after")
+    def _hub_file(self):
         if self.hub and not self.hub.filename:
             raise ValueError("hub: needs filename")
         return self
