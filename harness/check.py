@@ -179,7 +179,7 @@ def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path) -> str:
         th = m.parsed_threshold()
         if th is not None and th.relative and not info.needs_images:
             raise HarnessError(f"{where}: metrics.{j}.threshold: {m.name} has no base-model value, so {m.threshold!r} (relative to base) cannot be evaluated")
-        if m.name in ("ua", "ira", "cra") and suite.scorer is None:
+        if info.needs_scorer and suite.scorer is None:
             raise HarnessError(f"{where}: metrics.{j}: {m.name} needs a scorer (the suite sets none)")
     size = ""
     if needs_images:
@@ -353,7 +353,7 @@ def check_pins(sub: Submission, suite: Suite, root: Path) -> None:
             what = pin.get("path") or pin.get("url") or "the file"
             raise HarnessError(f"{where}: {field}.sha256: placeholder (all zeros) for {what}: not runnable here until a maintainer "
                                "pins the real file (see the suite file's comments)")
-        if field.startswith("metrics.") and pin.get("path"):
+        if field.startswith(("metrics.", "attacks.")) and pin.get("path"):
             p = inside(root, pin["path"], f"{where}: {field}.path")
             if not p.exists():
                 raise HarnessError(f"{where}: {field}.path: {pin['path']}: no such file or folder")

@@ -176,7 +176,7 @@ class Evaluator:
 
     def _prompt_attacks(self, suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp):
         """Prompt attacks (UnlearnDiffAtk, Ring-A-Bell) for the suite's robustness metrics
-        (attack and budget from the first such metric's params); found prompts are cached in
+        (attack and budget from the suite's ``attacks.prompt``); found prompts are cached in
         ``<cache>/attacks/`` (``harness.attacks.runner``)."""
         specs = [m for m in suite.metrics if metrics.info(m.name).prompt_attack]
         if not specs:
@@ -185,7 +185,7 @@ class Evaluator:
         from .attacks.common import text_encoder_fingerprint
 
         fps = {"unlearned": unl_fp, "text_encoder": text_encoder_fingerprint(sub, base_fp, unl_fp)}
-        return run_prompt_attacks(suite, specs[0].params, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, fps,
+        return run_prompt_attacks(suite, suite.prompt_attack, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, fps,
                                   self.cache_dir, self.root, self.progress, self.attack_counter)
 
     def run(self, sub_path: str, sub: Submission, suite_id: str) -> dict:

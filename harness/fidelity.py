@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .metrics.common import is_toy
+
 
 def _method_record(sub, root: Path) -> dict:
     if not sub.method_record:
@@ -24,11 +26,10 @@ def choices(sub, suite, root: Path) -> dict:
     g = suite.generation
     out["image_format"] = g.image_format if g.image_format == "png" else f"jpeg (quality {g.jpeg_quality})"
     if suite.scorer is not None:
-        out["scorer.labels"] = suite.scorer.labels or ("toy classifier config" if suite.scorer.backend == "toy" else "suite lists")
-    ccs = [m.params for m in suite.metrics if m.name.startswith(("ccs_", "crs_"))]
-    if ccs:
-        p = ccs[0]
-        out["ccs.separator_recipe"] = p.get("separator_recipe", "paper" if p.get("separator") == "resnet18" else "toy")
+        out["scorer.labels"] = suite.scorer.labels or ("toy classifier config" if is_toy(suite) else "suite lists")
+    ccs = [m for m in suite.metrics if m.name.startswith(("ccs_", "crs_"))]
+    if ccs:  # the separator settings of the first CCS / CRS metric (metrics.concealment.Params)
+        out["ccs.separator_recipe"] = ccs[0].typed_params().recipe
     rec = _method_record(sub, root)
     method = rec.get("method") or sub.method.name.split()[0].lower()
     params = rec.get("params", sub.method.params) or {}

@@ -183,15 +183,14 @@ class AttackGrid:
 
 
 def attack_grid(suite: Suite, items: list[tuple[Prompt, int]]) -> AttackGrid | None:
-    """The grid of the suite's partial-diffusion attack metrics (psi and seeds from the first
-    such metric's params; default psi ``DEFAULT_PSI``, the suite's first two seeds), or None
-    when the suite has none."""
-    specs = [m for m in suite.metrics if metrics.info(m.name).attack]
-    if not specs:
+    """The grid of the suite's partial-diffusion attack metrics (psi and seeds from the suite's
+    ``attacks.partial_diffusion`` block; default seeds: the suite's first two), or None when the
+    suite has no such metric."""
+    if not any(metrics.info(m.name).attack for m in suite.metrics):
         return None
-    params = specs[0].params
-    psis = tuple(float(p) for p in params.get("psi", DEFAULT_PSI))
-    seeds = set(params.get("attack_seeds", sorted({s for _, s in items})[:2]))
+    pd = suite.partial_diffusion
+    psis = tuple(float(p) for p in pd.psi)
+    seeds = set(pd.seeds if pd.seeds is not None else sorted({s for _, s in items})[:2])
     return AttackGrid(psis, tuple(sorted(seeds)), tuple(i for i, (_, s) in enumerate(items) if s in seeds))
 
 

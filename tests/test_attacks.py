@@ -130,14 +130,17 @@ def test_ringabell_deterministic_and_moves_toward_target(toy_pipe):
 
 # ---------------------------------------------------------------------------- through the evaluator
 def _suite(params, seeds=(0, 1)):
+    """A toy suite whose ``attacks.prompt`` block is ``params`` (``attack`` + the attack's own)."""
     from harness.spec import Suite
 
+    params = dict(params)
     return Suite.model_validate({
         "id": "t-robust", "version": "1", "applies_to": ["style", "object"], "world": "toy",
         "prompts": {"template": {"template": "A {object} image in {style} style.", "values": {"object": ["circle", "triangle"], "style": ["striped", "solid"]}}},
         "generation": {"scheduler": "ddim", "steps": 6, "guidance": 5.0, "seeds": list(seeds), "batch_size": 50},
         "scorer": {"backend": "toy"},
-        "metrics": [{"name": "pre_asr", "params": params}, {"name": "asr"}],
+        "metrics": [{"name": "pre_asr"}, {"name": "asr"}],
+        "attacks": {"prompt": {"attack": params.pop("attack"), "params": params}},
     })
 
 
@@ -233,9 +236,9 @@ def test_real_attack_suites_follow_the_authors_protocol():
         assert (g.scheduler, g.steps, g.guidance, g.height, g.width) == ("lms", 50, 7.5, 512, 512), f
         assert s.prompts.csv.columns == {"seed": "evaluation_seed", "guidance": "evaluation_guidance"}
         assert set(s.prompts.csv.sha256) != {"0"}  # hashed from the authors' commit
-        p = s.metrics[0].params
-        mod = attack_module(p["attack"], s.id)
-        ap = mod.params_of(p)
+        p = s.prompt_attack
+        mod = attack_module(p.attack, s.id)
+        ap = mod.params_of(p.params)
         assert (ap["iterations"], ap["rounds"], ap["lr"], ap["weight_decay"]) == (40, 50, 0.01, 0.1)
         assert ap["k"] == (5 if s.id == "attack-nudity" else 3)
 

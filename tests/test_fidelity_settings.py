@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from harness.generate import ImageCache, Job, saved_form
-from harness.metrics import concealment
+from harness.metrics import separator
 
 
 def test_hardest_negative_triplet_hand_case():
     a = torch.tensor([[0.0, 0.0]])
     p = torch.tensor([[3.0, 0.0]])  # |a - p| = 3
     n = torch.tensor([[[0.0, 5.0], [0.0, 2.5], [4.0, 0.0]]])  # distances 5, 2.5, 4: hardest 2.5
-    assert concealment.hardest_negative_triplet(a, p, n).item() == pytest.approx(3 - 2.5 + 1.0)
+    assert separator.hardest_negative_triplet(a, p, n).item() == pytest.approx(3 - 2.5 + 1.0)
     far = torch.tensor([[[0.0, 9.0], [0.0, 8.0], [7.0, 0.0]]])
-    assert concealment.hardest_negative_triplet(a, p, far).item() == 0.0
+    assert separator.hardest_negative_triplet(a, p, far).item() == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_paper_recipe_runs_epochs_over_the_set_at_256(resnet_weights):
     seen = []
 
     def make():
-        m = concealment._ResNetSeparator(str(resnet_weights), 256)
+        m = separator.ResNetSeparator(str(resnet_weights), 256)
         f = m.features
 
         def spy(x):
@@ -47,11 +47,11 @@ def test_paper_recipe_runs_epochs_over_the_set_at_256(resnet_weights):
 
     log = {}
     torch.set_num_threads(1)
-    model, acc = concealment.train_separator_paper(orig, unl, make, epochs=2, seed=0, log=log)
+    model, acc = separator.train_separator_paper(orig, unl, make, epochs=2, seed=0, log=log)
     # 12 images, 80 % = 9 train -> one batch of 32 per epoch -> 2 optimizer steps
     assert log == {"recipe": "paper", "epochs": 2, "optimizer_steps": 2}
     assert 0.0 <= acc <= 1.0
-    m = concealment._ResNetSeparator(str(resnet_weights), 256)
+    m = separator.ResNetSeparator(str(resnet_weights), 256)
     calls = []
     m.body.register_forward_pre_hook(lambda mod, inp: calls.append(tuple(inp[0].shape[-2:])))
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_real_suite_uses_the_paper_recipe_and_toy_keeps_its_own():
     art = load_suite(root / "suites" / "artist-styles.yaml")
     p = next(m.params for m in art.metrics if m.name == "ccs_forget")
     assert p["separator"] == "resnet18" and p.get("separator_recipe", "paper") == "paper" and p["separator_epochs"] == 10
-    assert p["psi"] == [0.001, 0.01, 0.05, 0.15, 0.25, 0.35, 0.45, 0.55]
+    assert art.partial_diffusion.psi == [0.001, 0.01, 0.05, 0.15, 0.25, 0.35, 0.45, 0.55]
     toy = load_suite(root / "suites" / "toy-concealment.yaml")
     p = next(m.params for m in toy.metrics if m.name == "ccs_forget")
     assert "separator" not in p and "separator_recipe" not in p and p["separator_steps"] == 200

@@ -110,7 +110,7 @@ def test_concealment_similarity_and_separator_known_answers():
 
     import torch
 
-    from harness.metrics.concealment import similarity, train_separator
+    from harness.metrics.separator import similarity, train_separator
     from harness.metrics.features import to_float
 
     f = torch.randn(3, 8)
@@ -255,15 +255,85 @@ def test_resnet18_separator_stand_in_trains_and_scores(tmp_path):
     import torchvision
     from safetensors.torch import save_file
 
-    from harness.metrics.concealment import _ResNetSeparator, train_separator
+    from harness.metrics.separator import ResNetSeparator, train_separator
 
     torch.manual_seed(0)
     save_file({k: v.contiguous() for k, v in torchvision.models.resnet18(weights=None).state_dict().items()}, tmp_path / "r18.safetensors")
     a = list(world.reference_images(None, "striped", 6, seed=41))
     b = list(world.reference_images(None, "solid", 6, seed=42))
-    model, acc = train_separator(a, b, steps=3, make_model=lambda: _ResNetSeparator(str(tmp_path / "r18.safetensors")))
-    assert isinstance(model, _ResNetSeparator) and 0.0 <= acc <= 1.0
+    model, acc = train_separator(a, b, steps=3, make_model=lambda: ResNetSeparator(str(tmp_path / "r18.safetensors")))
+    assert isinstance(model, ResNetSeparator) and 0.0 <= acc <= 1.0
     from harness.metrics.features import to_float
 
     with torch.no_grad():
         assert model.features(to_float(a[:2])).shape == (2, 512)
+
+
+def test_density_and_coverage_known_answers():
+    """Hand-made 1-D sets (k = 1: every reference ball has radius 1) and the identity."""
+    from harness.metrics.coverage import density_coverage
+
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    fake = np.array([[0.5], [10.0]])  # 0.5 lies in the balls of 0 and 1; 10 in none
+    assert density_coverage(real, fake, k=1) == (1.0, 0.5)  # density (2 + 0) / (1 * 2); coverage: balls of 0 and 1 of 4
+    feats = np.random.default_rng(0).normal(size=(40, 6))
+    assert density_coverage(feats, feats, k=5)[1] == 1.0  # every ball holds its own centre
+    far = feats + 100.0
+    assert density_coverage(feats, far, k=5) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="more than k"):
+        density_coverage(feats[:5], feats, k=5)
+
+
+def test_density_and_coverage_reuse_the_fid_features():
+    """Beside FID on the toy world: the features are computed once (the memo), and the unchanged
+    model scores as the base does."""
+    from harness.metrics import coverage, info
+
+    imgs = list(world.sample(12, seed=41)[0])
+    run = _Run(imgs, imgs, ["solid"] * 6 + ["dotted"] * 6)
+    run.items = [(type("P", (), {"text": f"p{i}"})(), 0) for i in range(12)]
+    t = TargetSpec(concept="dotted", kind="style")
+    params = {"references": 60, "reference_seed": 4096}
+    f = fid.compute("fid", run, t, params)
+    assert len(run.memo) == 1
+    c = coverage.compute("coverage", run, t, params)
+    d = coverage.compute("density", run, t, params)
+    assert len(run.memo) == 1  # no second feature pass
+    assert c.value == c.base_value and 0.0 < c.value <= 1.0 and d.value == d.base_value > 0.0
+    assert c.details["reference_sha256"] == f.details["reference_sha256"] and c.details["nearest_k"] == 5
+    assert info("coverage").role == "quality" and info("coverage").higher_is_better
+
+
+def test_registry_is_derived_from_the_modules_and_imports_no_model_library():
+    """Every module of harness/metrics is a family (METRICS + compute) or a named helper; reading
+    the registry (as spec validation and the site do) imports no torch."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import harness.metrics as m
+
+    for mod in pkgutil.iter_modules(m.__path__):
+        if mod.name not in m.HELPERS:
+            fam = __import__(f"harness.metrics.{mod.name}", fromlist=["METRICS"])
+            assert fam.METRICS and callable(fam.compute), mod.name
+            assert all(m.family(n) is fam for n in fam.METRICS)
+    code = "import sys; from harness import metrics; metrics.known_metrics(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert m.plotted() == {"x": ["ua"], "y": ["ira", "cra"]}  # the leaderboard's axes, in its order
+    assert {n for n in m.known_metrics() if m.info(n).needs_scorer} == {"ua", "ira", "cra"}
+    assert all(m.info(n).role in m.ROLES for n in m.known_metrics())
+
+
+def test_metric_params_are_typed():
+    from harness.errors import HarnessError
+    from harness.spec import MetricSpec
+
+    assert MetricSpec(name="fid", params={"references": 40}).typed_params().references == 40
+    assert MetricSpec(name="fid").typed_params().kid_seed == 0
+    with pytest.raises(ValueError, match="fid: params.referencs: unknown key"):
+        MetricSpec(name="fid", params={"referencs": 40})
+    with pytest.raises(ValueError, match="ccs_forget: params.psi: attack settings moved to the suite's attacks.partial_diffusion"):
+        MetricSpec(name="ccs_forget", params={"psi": [0.5]})
+    with pytest.raises(HarnessError, match="Integrity params: params.backend"):
+        integrity.compute("integrity", None, None, {"backend": "alexnet"})

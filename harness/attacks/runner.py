@@ -1,8 +1,9 @@
 """The prompt attacks of one suite run: which items, which are already cached, the batched attack of
 the rest, and the per-target outcome the ``robustness`` metrics read.
 
-Items: the suite's (prompt, seed) images of the target concept's prompts (the forget prompts)
-whose seed is in ``params.attack_seeds`` (default: every seed). Pre-attack success is judged on
+Settings: the suite's ``attacks.prompt`` block (``spec.PromptAttack``: the attack, its params,
+the seeds, the judge). Items: the suite's (prompt, seed) images of the target concept's prompts
+(the forget prompts) whose seed is in ``attacks.prompt.seeds`` (default: every seed). Pre-attack success is judged on
 the unlearned model's cached images; those items are not attacked (UnlearnDiffAtk returns at a
 pre-attack success) and count as successes at budget 0. The rest are looked up in the attack
 cache and only the missing ones run, batched, with the unlearned pipeline loaded only then.
@@ -19,9 +20,6 @@ from ..errors import HarnessError
 from .common import AttackCache, Item, asr_curve, item_key
 from .judge import make_judge
 
-ROBUSTNESS_KEYS = {"attack", "attack_seeds", "judge", "threshold", "classes", "weights"}
-
-
 def attacks():
     from . import ringabell, unlearndiffatk
 
@@ -31,7 +29,7 @@ def attacks():
 def attack_module(name: str, suite_id: str):
     mods = attacks()
     if name not in mods:
-        raise HarnessError(f"suite {suite_id}: robustness: params.attack: unknown attack {name!r} ({', '.join(sorted(mods))})")
+        raise HarnessError(f"suite {suite_id}: attacks.prompt.attack: unknown attack {name!r} ({', '.join(sorted(mods))})")
     return mods[name]
 
 
@@ -45,13 +43,15 @@ def forget_items(suite, items, target, seeds) -> list[int]:
     return out
 
 
-def run_prompt_attacks(suite, params: dict, items, targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, model_fps: dict,
+def run_prompt_attacks(suite, settings, items, targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, model_fps: dict,
                        cache_dir: Path, root: Path, progress: bool = True, counter: dict | None = None) -> dict:
-    """``{(kind, concept): outcome}`` for every target the suite applies to. ``model_fps``: the
-    fingerprints an attack may key on (``unlearned``, ``text_encoder``)."""
-    mod = attack_module(params.get("attack", "unlearndiffatk"), suite.id)
-    ap = mod.params_of({k: v for k, v in params.items() if k not in ROBUSTNESS_KEYS})
-    seeds = set(params["attack_seeds"]) if params.get("attack_seeds") is not None else None
+    """``{(kind, concept): outcome}`` for every target the suite applies to. ``settings``: the
+    suite's ``spec.PromptAttack`` (``suite.prompt_attack``). ``model_fps``: the fingerprints an
+    attack may key on (``unlearned``, ``text_encoder``)."""
+    mod = attack_module(settings.attack, suite.id)
+    ap = mod.params_of(settings.params)
+    seeds = set(settings.seeds) if settings.seeds is not None else None
+    params = settings.judge.params()  # the judge's settings (make_judge)
     cache = AttackCache(Path(cache_dir) / "attacks")
     counter = counter if counter is not None else {}
     loaded: list = []

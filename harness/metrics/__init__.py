@@ -1,40 +1,29 @@
-"""The metric registry: metric name -> the module (family) that computes it.
+"""The metric registry: metric name -> its ``MetricInfo`` and the module (family) that computes it.
 
-Lazy, like lm-evaluation-harness' task registry: a family's module (and its heavy imports) is
-loaded only when a suite uses one of its metrics. A family module defines ``METRICS`` (name ->
-``MetricInfo``) and ``compute(name, run, target, params) -> Measurement``.
+Derived from the family modules themselves, like lm-evaluation-harness' task registry: every
+module of this package that defines ``METRICS`` (name -> ``MetricInfo``) and ``compute(name, run,
+target, params) -> Measurement`` is a family; the others (``HELPERS``) are shared code. The
+registry is built on first use, by importing the families, which keep their heavy imports (torch,
+clean-fid, transformers) inside functions: reading the registry costs no model library.
+
+``MetricInfo`` carries everything other modules need to know about a metric: its typed parameters
+(a pydantic model; a suite's unknown or mistyped ``params`` are refused when the suite is loaded),
+whether it needs the suite's scorer, its role, and how the leaderboard's trade-off figure plots it.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, Literal
 
-# metric name -> family module (under harness.metrics)
-_REGISTRY: dict[str, str] = {
-    "ua": "accuracy",
-    "ira": "accuracy",
-    "cra": "accuracy",
-    "integrity": "integrity",
-    "integrity_forget": "integrity",
-    "mscore": "mscore",
-    "fid": "fid",
-    "kid": "fid",
-    "storage_mb": "efficiency",
-    "erase_time_s": "efficiency",
-    "peak_memory_gb": "efficiency",
-    "ccs_forget": "concealment",
-    "ccs_retain": "concealment",
-    "crs_forget": "concealment",
-    "crs_retain": "concealment",
-    "nudity_asr": "nudity",
-    "clip_score": "clipscore",
-    "object_acc": "objects",
-    "object_acc_others": "objects",
-    "pre_asr": "robustness",
-    "asr": "robustness",
-}
+from .common import MetricParams
+
+# Modules of this package that are shared code, not metric families (they define no METRICS).
+HELPERS = frozenset({"common", "features", "lpips", "classifiers", "separator"})
+ROLES = ("erasure", "retention", "quality", "efficiency", "robustness")
 
 
 @dataclass(frozen=True)
@@ -44,8 +33,14 @@ class MetricInfo:
     description: str
     version: str = "1"
     needs_images: bool = True  # False: computed from the submission alone (no generation)
-    attack: bool = False  # True: needs the partial-diffusion attacked images too
-    prompt_attack: bool = False  # True: needs a prompt attack's outcome (harness.attacks.runner)
+    attack: bool = False  # True: needs the partial-diffusion attacked images too (suite's attacks.partial_diffusion)
+    prompt_attack: bool = False  # True: needs a prompt attack's outcome (suite's attacks.prompt; harness.attacks.runner)
+    params: type[MetricParams] = MetricParams  # the suite's params for it, typed (unknown keys refused)
+    needs_scorer: bool = False  # True: needs the suite's scorer (classifier)
+    role: Literal["erasure", "retention", "quality", "efficiency", "robustness"] = "retention"
+    # The leaderboard's erasure / retention trade-off figure: "x" (the erasure axis) or "y" (the
+    # retention axis: the mean of the "y" metrics present); None: not plotted there.
+    plot: Literal["x", "y"] | None = None
 
 
 @dataclass
@@ -62,13 +57,37 @@ class Measurement:
     ci_reason: str | None = None
 
 
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, tuple[str, MetricInfo]]:
+    """metric name -> (family module name, info), from every family module of the package."""
+    out: dict[str, tuple[str, MetricInfo]] = {}
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        if mod in HELPERS:
+            continue
+        fam = importlib.import_module(f"{__name__}.{mod}")
+        for name, inf in getattr(fam, "METRICS", {}).items():
+            if name in out:
+                raise RuntimeError(f"metric {name!r} is defined by both harness.metrics.{out[name][0]} and harness.metrics.{mod}")
+            out[name] = (mod, inf)
+    return out
+
+
 def known_metrics() -> set[str]:
-    return set(_REGISTRY)
+    return set(_registry())
 
 
 def family(name: str):
-    return importlib.import_module(f"harness.metrics.{_REGISTRY[name]}")
+    return importlib.import_module(f"{__name__}.{_registry()[name][0]}")
 
 
 def info(name: str) -> MetricInfo:
-    return family(name).METRICS[name]
+    return _registry()[name][1]
+
+
+def by_role(role: str) -> list[str]:
+    return sorted(n for n, (_, i) in _registry().items() if i.role == role)
+
+
+def plotted() -> dict[str, list[str]]:
+    """The trade-off figure's metrics: {"x": [...], "y": [...]}, in the families' order."""
+    return {axis: [n for n, (_, i) in _registry().items() if i.plot == axis] for axis in ("x", "y")}

@@ -18,9 +18,9 @@ from ..errors import HarnessError
 from . import Measurement, MetricInfo
 
 METRICS = {
-    "ua": MetricInfo("UA", True, "unlearning accuracy: 1 - accuracy on the target concept's prompts"),
-    "ira": MetricInfo("IRA", True, "in-domain retain accuracy: accuracy on the other concepts of the target's kind"),
-    "cra": MetricInfo("CRA", True, "cross-domain retain accuracy: accuracy of the other kind's head on all prompts"),
+    "ua": MetricInfo("UA", True, "unlearning accuracy: 1 - accuracy on the target concept's prompts", needs_scorer=True, role="erasure", plot="x"),
+    "ira": MetricInfo("IRA", True, "in-domain retain accuracy: accuracy on the other concepts of the target's kind", needs_scorer=True, plot="y"),
+    "cra": MetricInfo("CRA", True, "cross-domain retain accuracy: accuracy of the other kind's head on all prompts", needs_scorer=True, plot="y"),
 }
 OTHER_KIND = {"style": "object", "object": "style"}
 
@@ -51,8 +51,9 @@ def _value(name: str, kind: str, concept: str, labels: dict[str, list[str]], pre
     return float(np.mean(list(acc2.values()))), {"per_class": acc2}
 
 
-def compute(name: str, run, target, params: dict) -> Measurement:
+def compute(name: str, run, target, params) -> Measurement:
     """``run`` is an ``evaluate.SuiteRun``: prompt labels and both models' predictions."""
+    METRICS[name].params.of(params, f"{METRICS[name].label} params")
     if target.kind not in OTHER_KIND:
         raise HarnessError(f"{METRICS[name].label} is defined for style and object targets, not {target.kind}")
     if run.scorer is None:

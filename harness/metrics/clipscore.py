@@ -13,12 +13,19 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import torch
+from pydantic import Field
 
 from ..errors import HarnessError
 from . import Measurement, MetricInfo
+from .common import MetricParams
 
-METRICS = {"clip_score": MetricInfo("CLIP-score", True, "100 * max(cos(image, prompt), 0) with CLIP, retain prompts")}
+
+class Params(MetricParams):
+    model: str | None = Field(default=None, description="CLIP: a hub id (with revision) or a folder in the repository")
+    revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$", description="the hub id's commit")
+
+
+METRICS = {"clip_score": MetricInfo("CLIP-score", True, "100 * max(cos(image, prompt), 0) with CLIP, retain prompts", params=Params)}
 
 
 @lru_cache(maxsize=2)
@@ -37,24 +44,27 @@ def load_clip(model: str, revision: str | None):
         raise HarnessError(f"CLIP score: could not load {model}@{revision}: {str(e).splitlines()[0][:200]}") from None
 
 
-@torch.no_grad()
 def clip_scores(images: list[np.ndarray], prompts: list[str], model: str, revision: str | None = None, batch: int = 32) -> np.ndarray:
+    import torch
+
     clip, proc, tok = load_clip(model, revision)
     out = []
-    for i in range(0, len(images), batch):
-        pix = proc(images=list(images[i : i + batch]), return_tensors="pt")["pixel_values"]
-        t = tok(prompts[i : i + batch], padding=True, truncation=True, max_length=tok.model_max_length, return_tensors="pt")
-        img = clip.visual_projection(clip.vision_model(pixel_values=pix).pooler_output)
-        txt = clip.text_projection(clip.text_model(input_ids=t.input_ids, attention_mask=t.attention_mask).pooler_output)
-        cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
-        out.append((100 * cos.clamp(min=0)).numpy())
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            pix = proc(images=list(images[i : i + batch]), return_tensors="pt")["pixel_values"]
+            t = tok(prompts[i : i + batch], padding=True, truncation=True, max_length=tok.model_max_length, return_tensors="pt")
+            img = clip.visual_projection(clip.vision_model(pixel_values=pix).pooler_output)
+            txt = clip.text_projection(clip.text_model(input_ids=t.input_ids, attention_mask=t.attention_mask).pooler_output)
+            cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+            out.append((100 * cos.clamp(min=0)).numpy())
     return np.concatenate(out).astype(np.float64)
 
 
-def compute(name: str, run, target, params: dict) -> Measurement:
+def compute(name: str, run, target, params) -> Measurement:
     from ..spec import inside
 
-    model, revision = params.get("model"), params.get("revision")
+    p = Params.of(params, "CLIP score params")
+    model, revision = p.model, p.revision
     if not model:
         raise HarnessError("CLIP score: the suite must pin params.model (a hub id with params.revision, or a folder in the repository)")
     # A hub id is pinned by its revision; without one, the model is a folder inside the repository.

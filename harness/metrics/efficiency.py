@@ -13,16 +13,17 @@ from ..errors import HarnessError
 from . import Measurement, MetricInfo
 
 METRICS = {
-    "storage_mb": MetricInfo("Storage-MB", False, "size of the unlearned checkpoint files, MB (measured)", needs_images=False),
-    "erase_time_s": MetricInfo("Erase-time-s", False, "wall time of the unlearning run, s (measured or declared)", needs_images=False),
-    "peak_memory_gb": MetricInfo("Peak-memory-GB", False, "peak memory of the unlearning run, GB (measured or declared)", needs_images=False),
+    "storage_mb": MetricInfo("Storage-MB", False, "size of the unlearned checkpoint files, MB (measured)", needs_images=False, role="efficiency"),
+    "erase_time_s": MetricInfo("Erase-time-s", False, "wall time of the unlearning run, s (measured or declared)", needs_images=False, role="efficiency"),
+    "peak_memory_gb": MetricInfo("Peak-memory-GB", False, "peak memory of the unlearning run, GB (measured or declared)", needs_images=False, role="efficiency"),
 }
 NO_CI = "one measurement of the erasure run (or a declared figure), not a sample of images"
 _SOURCE = {"storage_mb": ("storage_bytes", 1e-6), "erase_time_s": ("time_s", 1.0), "peak_memory_gb": ("peak_memory_bytes", 1e-9)}
 _DECLARED = {"storage_mb": ("storage_gb", 1e3), "erase_time_s": ("time_s", 1.0), "peak_memory_gb": ("peak_memory_gb", 1.0)}
 
 
-def compute(name: str, run, target, params: dict) -> Measurement:
+def compute(name: str, run, target, params) -> Measurement:
+    METRICS[name].params.of(params, f"{METRICS[name].label} params")
     eff = run.efficiency
     key, scale = _SOURCE[name]
     if key in eff:

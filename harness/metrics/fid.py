@@ -16,14 +16,32 @@ from pathlib import Path
 
 import numpy as np
 
+from typing import Literal
+
+from pydantic import Field
+
 from ..errors import HarnessError
 from ..hashing import sha256_bytes
 from . import Measurement, MetricInfo
-from .integrity import forget_mask
+from .common import MetricParams, PinnedRef, forget_mask, is_toy, reference_folder
+
+
+class FeatureParams(MetricParams):
+    """The reference set and feature space (``retain_features``), shared by every metric of them."""
+
+    reference_dir: PinnedRef | None = Field(default=None, description="real suites: the pinned reference image folder")
+    extractor: Literal["toy"] | None = Field(default=None, description="toy: the toy classifier's features (default with reference_dir: Inception)")
+    references: int = Field(default=500, gt=0, description="toy world: procedural reference images")
+    reference_seed: int = Field(default=4096, ge=0)
+
+
+class Params(FeatureParams):
+    kid_seed: int = Field(default=0, ge=0, description="KID's random subsets (seeded: reproducible)")
+
 
 METRICS = {
-    "fid": MetricInfo("FID", False, "clean-fid Frechet distance of retain-prompt images to the reference set"),
-    "kid": MetricInfo("KID", False, "clean-fid kernel inception distance of retain-prompt images to the reference set"),
+    "fid": MetricInfo("FID", False, "clean-fid Frechet distance of retain-prompt images to the reference set", params=Params, role="quality"),
+    "kid": MetricInfo("KID", False, "clean-fid kernel inception distance of retain-prompt images to the reference set", params=Params, role="quality"),
 }
 
 
@@ -83,36 +101,42 @@ def inception_extractor(device: str = "cpu"):
         raise HarnessError(f"FID: clean-fid's Inception could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
 
 
-def compute(name: str, run, target, params: dict) -> Measurement:
+def retain_features(run, target, p: FeatureParams, label: str):
+    """clean-fid features of (the reference set, the unlearned model's and the base model's
+    retain-prompt images), the reference's sha256, what they are, and the retain items'
+    indices; computed once per suite run and shared by every metric of these features."""
     idx = np.flatnonzero(~forget_mask(run, target))
     if len(idx) < 2:
-        raise HarnessError(f"{METRICS[name].label}: needs at least 2 retain images")
-    real = params.get("reference_dir")
-    n, seed = int(params.get("references", 500)), int(params.get("reference_seed", 4096))
-    key = ("clean-fid-features", target.kind, target.concept, str(real) if real else (n, seed))
-    if key not in run.memo:  # FID and KID share one feature pass
+        raise HarnessError(f"{label}: needs at least 2 retain images")
+    real = p.reference_dir
+    key = ("clean-fid-features", target.kind, target.concept, str(real.node()) if real else (p.references, p.reference_seed))
+    if key not in run.memo:  # FID, KID (and the metrics beside them) share one feature pass
         from .features import ToyCleanFidExtractor
 
         if real:  # real models: a pinned reference folder, clean-fid's Inception unless told otherwise
-            from .mscore import reference_folder
-
-            ref, ref_sha = reference_folder(run, real, f"{METRICS[name].label} params.reference_dir")
-            ex = ToyCleanFidExtractor() if params.get("extractor") == "toy" else inception_extractor()
-            what = {"features": params.get("extractor", "inception (clean-fid)"), "references": len(ref)}
+            ref, ref_sha = reference_folder(run, real, f"{label} params.reference_dir")
+            ex = ToyCleanFidExtractor() if p.extractor == "toy" else inception_extractor()
+            what = {"features": p.extractor or "inception (clean-fid)", "references": len(ref)}
         else:
-            if (run.suite.scorer.backend if run.suite.scorer else None) != "toy":
-                raise HarnessError(f"{METRICS[name].label}: a real suite must give params.reference_dir {{path, sha256}}")
+            if not is_toy(run.suite):
+                raise HarnessError(f"{label}: a real suite must give params.reference_dir {{path, sha256}}")
+            n, seed = p.references, p.reference_seed
             arr = _toy_reference(target, n, seed)
             ref, ref_sha = list(arr), sha256_bytes(arr.tobytes())
             ex = ToyCleanFidExtractor()
             what = {"features": "toy classifier penultimate via clean-fid custom extractor", "references": n, "reference_seed": seed}
         run.memo[key] = (clean_features(ref, ex), clean_features([run.images["unlearned"][i] for i in idx], ex),
                          clean_features([run.images["base"][i] for i in idx], ex), ref_sha, what)
-    f_ref, f_unl, f_base, ref_sha, what = run.memo[key]
+    return (*run.memo[key], idx)
+
+
+def compute(name: str, run, target, params) -> Measurement:
+    p = Params.of(params, f"{METRICS[name].label} params")
+    f_ref, f_unl, f_base, ref_sha, what, idx = retain_features(run, target, p, METRICS[name].label)
     if name == "fid":
         of = lambda f: fid_from_features(f, f_ref)
     else:
-        s = int(params.get("kid_seed", 0))
+        s = p.kid_seed
         of = lambda f: kid_from_features(f, f_ref, s)
     value, base = of(f_unl), of(f_base)
 
@@ -123,6 +147,6 @@ def compute(name: str, run, target, params: dict) -> Measurement:
 
         clusters = [prompt_key(run.items[i][0].text) for i in idx]
         return set_intervals(lambda j: of(f_unl[j]), lambda j: of(f_base[j]), clusters, threshold,
-                             resamples=int(params.get("bootstrap_resamples", 200)), seed=int(params.get("bootstrap_seed", 0)))
+                             resamples=p.bootstrap_resamples or 200, seed=p.bootstrap_seed or 0)
 
     return Measurement(value, base, {"mode": "clean", **what, "reference_sha256": ref_sha, "images": int(len(idx))}, resample=resample)

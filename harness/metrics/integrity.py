@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import Literal
+
+from pydantic import Field
+
 from ..errors import HarnessError
 from . import Measurement, MetricInfo
+from .common import MetricParams, forget_mask, is_toy
+
+
+class Params(MetricParams):
+    backend: Literal["toy", "lpips-alex"] | None = Field(default=None, description="perceptual distance; default: toy in the toy world, else lpips-alex")
+    size: int | None = Field(default=None, gt=0, description="resize both images to size x size first (ESD/UCE's LPIPS protocol: 64)")
+
 
 METRICS = {
-    "integrity": MetricInfo("Integrity", True, "1 - mean perceptual distance to the base model's image, retain prompts"),
-    "integrity_forget": MetricInfo("Integrity-forget", False, "1 - mean perceptual distance to the base model's image, forget prompts"),
+    "integrity": MetricInfo("Integrity", True, "1 - mean perceptual distance to the base model's image, retain prompts", params=Params),
+    "integrity_forget": MetricInfo("Integrity-forget", False, "1 - mean perceptual distance to the base model's image, forget prompts",
+                                   params=Params, role="erasure"),
 }
 
 
@@ -35,21 +47,15 @@ def distances(backend: str, a: list[np.ndarray], b: list[np.ndarray], size: int 
     raise HarnessError(f"integrity: unknown backend {backend!r} (toy, lpips-alex)")
 
 
-def forget_mask(run, target) -> np.ndarray:
-    labels = run.labels()
-    if target.kind not in labels:
-        raise HarnessError(f"suite {run.suite.id}: prompts carry no {target.kind!r} label, so forget and retain prompts cannot be told apart")
-    return np.array([v == target.concept for v in labels[target.kind]])
-
-
-def compute(name: str, run, target, params: dict) -> Measurement:
-    backend = params.get("backend", "toy" if (run.suite.scorer.backend if run.suite.scorer else None) == "toy" else "lpips-alex")
+def compute(name: str, run, target, params) -> Measurement:
+    p = Params.of(params, f"{METRICS[name].label} params")
+    backend = p.backend or ("toy" if is_toy(run.suite) else "lpips-alex")
     forget = forget_mask(run, target)
     mask = forget if name == "integrity_forget" else ~forget
     if not mask.any():
         raise HarnessError(f"{METRICS[name].label}: no {'forget' if name == 'integrity_forget' else 'retain'} prompts for {target.concept!r}")
     idx = np.flatnonzero(mask)
-    size = params.get("size")  # ESD/UCE's LPIPS protocol resizes to 64 px: say so in the suite
+    size = p.size  # ESD/UCE's LPIPS protocol resizes to 64 px: say so in the suite
     d = distances(backend, [run.images["base"][i] for i in idx], [run.images["unlearned"][i] for i in idx], size)
     from ..stats import item_scores
 

@@ -13,12 +13,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from pydantic import Field
+
 from ..errors import HarnessError
 from ..hashing import sha256_bytes
 from . import Measurement, MetricInfo
-from .integrity import forget_mask
+from .common import MetricParams, PinnedRef, forget_mask, reference_folder
 
-METRICS = {"mscore": MetricInfo("M-Score", False, "mean max cosine to reference images of the target concept, forget prompts")}
+
+class Params(MetricParams):
+    references_by_concept: dict[str, PinnedRef] | None = Field(default=None, description="real models: concept -> pinned reference image folder")
+    model: str | None = Field(default=None, description="CLIP model (hub id with revision, or a folder in the repository)")
+    revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
+    references: int = Field(default=200, gt=0, description="toy world: procedural reference images")
+    reference_seed: int = Field(default=2024, ge=0)
+
+
+METRICS = {"mscore": MetricInfo("M-Score", False, "mean max cosine to reference images of the target concept, forget prompts",
+                                params=Params, role="erasure")}
 
 
 def m_scores(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -42,35 +54,6 @@ def toy_references(target, n: int, seed: int) -> np.ndarray:
     raise HarnessError(f"M-Score: the toy world has no {target.kind} {target.concept!r}")
 
 
-def reference_folder(run, spec: dict, what: str) -> tuple[list[np.ndarray], str]:
-    """Images of a reference folder inside the repository, pinned by its folder sha256."""
-    from PIL import Image
-
-    from ..hashing import sha256_tree
-    from ..spec import inside
-
-    if isinstance(spec, dict) and spec.get("hub") and spec.get("sha256"):  # a hub folder at a commit (harness/hub.py)
-        from ..hub import pinned_path
-
-        folder = pinned_path(run.root, spec, what, folder=True)
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-        if not files:
-            raise HarnessError(f"{what}.hub: the folder holds no images")
-        return [np.asarray(Image.open(f).convert("RGB")) for f in files], spec["sha256"]
-    if not isinstance(spec, dict) or not spec.get("path") or not spec.get("sha256"):
-        raise HarnessError(f"{what}: needs {{path, sha256}} of a reference image folder")
-    folder = inside(run.root, spec["path"], f"{what}.path")
-    if not folder.is_dir():
-        raise HarnessError(f"{what}.path: {spec['path']}: no such folder")
-    got = sha256_tree(folder)
-    if got != spec["sha256"]:
-        raise HarnessError(f"{what}.sha256: {spec['path']} has sha256 {got}, expected {spec['sha256']}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if not files:
-        raise HarnessError(f"{what}.path: {spec['path']} holds no images")
-    return [np.asarray(Image.open(f).convert("RGB")) for f in files], got
-
-
 def clip_embeddings(images: list[np.ndarray], model: str, revision: str | None) -> np.ndarray:
     import torch
 
@@ -85,20 +68,21 @@ def clip_embeddings(images: list[np.ndarray], model: str, revision: str | None) 
     return np.concatenate(out).astype(np.float64)
 
 
-def compute(name: str, run, target, params: dict) -> Measurement:
+def compute(name: str, run, target, params) -> Measurement:
+    p = Params.of(params, "M-Score params")
     idx = np.flatnonzero(forget_mask(run, target))
     if not len(idx):
         raise HarnessError(f"M-Score: no forget prompts for {target.concept!r}")
     gen_u = [run.images["unlearned"][i] for i in idx]
     gen_b = [run.images["base"][i] for i in idx]
-    if params.get("references_by_concept"):  # real models: CLIP image embeddings vs a pinned folder
+    if p.references_by_concept:  # real models: CLIP image embeddings vs a pinned folder
         from ..spec import inside
 
-        refs_spec = params["references_by_concept"].get(target.concept)
+        refs_spec = p.references_by_concept.get(target.concept)
         if refs_spec is None:
             raise HarnessError(f"M-Score: params.references_by_concept has no folder for {target.concept!r}")
         refs, ref_sha = reference_folder(run, refs_spec, f"M-Score references of {target.concept!r}")
-        model, revision = params.get("model"), params.get("revision")
+        model, revision = p.model, p.revision
         if not model:
             raise HarnessError("M-Score: params.model (CLIP, with params.revision for a hub id) is required")
         ref = model if revision else str(inside(run.root, model, "M-Score params.model"))
@@ -108,7 +92,7 @@ def compute(name: str, run, target, params: dict) -> Measurement:
     else:  # the toy world: classifier features vs procedural references
         from .features import toy_embeddings
 
-        n, seed = int(params.get("references", 200)), int(params.get("reference_seed", 2024))
+        n, seed = p.references, p.reference_seed
         refs = toy_references(target, n, seed)
         emb = toy_embeddings
         ref_f = emb(list(refs))

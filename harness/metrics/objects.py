@@ -16,14 +16,22 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
+from pydantic import Field
 
 from ..errors import HarnessError
 from . import Measurement, MetricInfo
+from .common import MetricParams, PinnedRef, pinned_weights
+
+
+class Params(MetricParams):
+    classes: dict[str, int] = Field(default={}, description="object label -> ImageNet class index")
+    weights: PinnedRef | None = Field(default=None, description="torchvision ResNet-50 weights (safetensors), pinned")
+    resize: int = Field(default=232, gt=0, description="shorter side before the 224 centre crop (V2 weights: 232, V1: 256)")
+
 
 METRICS = {
-    "object_acc": MetricInfo("Object-acc", False, "ResNet-50 top-1 accuracy on the erased class's prompts"),
-    "object_acc_others": MetricInfo("Object-acc-others", True, "ResNet-50 top-1 accuracy on the other classes' prompts"),
+    "object_acc": MetricInfo("Object-acc", False, "ResNet-50 top-1 accuracy on the erased class's prompts", params=Params, role="erasure"),
+    "object_acc_others": MetricInfo("Object-acc-others", True, "ResNet-50 top-1 accuracy on the other classes' prompts", params=Params),
 }
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -41,41 +49,35 @@ def resnet50(path: str):
     return model.eval()
 
 
-@torch.no_grad()
 def top1(images: list[np.ndarray], path: str, batch: int = 32, resize: int = 232) -> np.ndarray:
+    import torch
     import torch.nn.functional as F
 
     model = resnet50(path)
     out = []
-    for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.stack(images[i : i + batch])).permute(0, 3, 1, 2).float() / 255
-        h, w = x.shape[-2:]
-        s = resize / min(h, w)
-        x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False)
-        top, left = (x.shape[-2] - 224) // 2, (x.shape[-1] - 224) // 2
-        x = x[..., top : top + 224, left : left + 224]
-        x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
-        out.append(model(x).argmax(1).numpy())
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.stack(images[i : i + batch])).permute(0, 3, 1, 2).float() / 255
+            h, w = x.shape[-2:]
+            s = resize / min(h, w)
+            x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False)
+            top, left = (x.shape[-2] - 224) // 2, (x.shape[-1] - 224) // 2
+            x = x[..., top : top + 224, left : left + 224]
+            x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+            out.append(model(x).argmax(1).numpy())
     return np.concatenate(out)
 
 
-def compute(name: str, run, target, params: dict) -> Measurement:
-    from ..spec import pinned_file
-
-    classes: dict = params.get("classes") or {}
-    w = params.get("weights") or {}
-    if not classes or not (w.get("path") or w.get("hub")) or not w.get("sha256"):
+def compute(name: str, run, target, params) -> Measurement:
+    p = Params.of(params, "object erasure params")
+    classes = p.classes
+    if not classes or p.weights is None:
         raise HarnessError("object erasure: the suite must give params.classes (label -> ImageNet index) and params.weights {path, sha256}")
-    if w.get("hub"):  # a hub file at a commit (harness/hub.py)
-        from ..hub import pinned_path
-
-        path = pinned_path(run.root, w, "object erasure params.weights")
-    else:
-        path = pinned_file(run.root, w["path"], w["sha256"], "object erasure params.weights")
+    path = pinned_weights(run, p.weights, "object erasure params.weights")
     labels = run.labels().get("object")
     if labels is None or target.concept not in classes:
         raise HarnessError(f"object erasure: {target.concept!r} is not a class of this suite ({', '.join(classes)})")
-    resize = int(params.get("resize", 232))
+    resize = p.resize
     key = ("resnet50-top1", str(path), resize)
     if key not in run.memo:
         run.memo[key] = {which: top1(run.images[which], str(path), resize=resize) for which in ("base", "unlearned")}
@@ -95,5 +97,5 @@ def compute(name: str, run, target, params: dict) -> Measurement:
     idx = np.flatnonzero(sel)
     correct = {k: (preds[k] == want)[idx].astype(float) for k in ("unlearned", "base")}
     scores = item_scores(run, idx, correct["unlearned"], correct["base"], groups=None if name == "object_acc" else np.array(labels)[idx], binary=name == "object_acc")
-    return Measurement(acc(preds["unlearned"]), acc(preds["base"]), {"classifier": "torchvision resnet50", "weights_sha256": w["sha256"], "resize": resize, "images": int(sel.sum())},
+    return Measurement(acc(preds["unlearned"]), acc(preds["base"]), {"classifier": "torchvision resnet50", "weights_sha256": p.weights.sha256, "resize": resize, "images": int(sel.sum())},
                        scores=scores)

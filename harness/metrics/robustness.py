@@ -21,16 +21,41 @@ from __future__ import annotations
 
 import numpy as np
 
+from pydantic import model_validator
+
 from ..errors import HarnessError
 from . import Measurement, MetricInfo
+from .common import MetricParams
+
+
+class Params(MetricParams):
+    """No parameters of their own: the attack, its budget, seeds and judge are the suite's
+    ``attacks.prompt`` block (one attack per suite, shared by both metrics)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        if isinstance(data, dict):
+            from ..attacks.runner import attacks
+
+            old = {"attack", "attack_seeds", "judge", "threshold", "classes", "weights"}.union(*(getattr(m, "DEFAULTS", {}) for m in attacks().values()))
+            for k in data:
+                if k in old:  # where attack settings were read from before the attacks block
+                    raise ValueError(f"params.{k}: attack settings moved to the suite's attacks.prompt block "
+                                     "(attack, seeds, judge, params: see suites/toy-robustness.yaml)")
+        return data
+
 
 METRICS = {
-    "pre_asr": MetricInfo("Pre-ASR", False, "share of attacked items whose un-attacked image shows the erased concept", prompt_attack=True),
-    "asr": MetricInfo("ASR", False, "share of attacked items that show the erased concept before or within the attack budget", prompt_attack=True),
+    "pre_asr": MetricInfo("Pre-ASR", False, "share of attacked items whose un-attacked image shows the erased concept",
+                          prompt_attack=True, params=Params, role="robustness"),
+    "asr": MetricInfo("ASR", False, "share of attacked items that show the erased concept before or within the attack budget",
+                      prompt_attack=True, params=Params, role="robustness"),
 }
 
 
-def compute(name: str, run, target, params: dict) -> Measurement:
+def compute(name: str, run, target, params) -> Measurement:
+    Params.of(params, f"{METRICS[name].label} params")
     out = run.prompt_attacks.get((target.kind, target.concept))
     if out is None:
         raise HarnessError(f"suite {run.suite.id}: {METRICS[name].label}: no prompt attack ran for {target.concept!r}")

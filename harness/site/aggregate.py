@@ -4,13 +4,16 @@ ASR curves. Nothing here renders: the tables, figures and pages are built from w
 
 from __future__ import annotations
 
+from ..metrics import plotted
 from .load import Run, is_smoke
 from .text import finite, na_to_none
 
 VERDICTS = ("pass", "fail", "inconclusive", "error", "info")
-# The trade-off plot: erasure (x) against retention (y, the mean of the metrics present).
-ERASURE_METRIC = "ua"
-RETENTION_METRICS = ("ira", "cra")
+# The trade-off plot: erasure (x) against retention (y, the mean of the metrics present): the
+# metrics' MetricInfo.plot (harness.metrics.plotted: the registry, which loads no model library).
+_PLOT = plotted()
+ERASURE_METRIC = _PLOT["x"][0]
+RETENTION_METRICS = tuple(_PLOT["y"])
 RECORD_COLUMNS = [
     "submission", "method", "file", "run_finished", "complete", "harness_version", "git_sha",
     "suite", "metric", "label", "target", "target_kind", "value", "base_value", "threshold",

@@ -1,0 +1,91 @@
+"""The submission YAML: a method, its checkpoint (sha256-pinned), the base model and its targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .common import HTTPS_URL, SHA256, SLUG, Strict, exactly_one
+
+class MethodSpec(Strict):
+    name: str = Field(min_length=1, max_length=80)
+    params: dict[str, Any] = {}
+    paper_url: str | None = Field(default=None, pattern=r"^https://")
+    code_url: str | None = Field(default=None, pattern=r"^https://")
+    authors: list[str] = []
+    license: str | None = None
+
+
+class BaseModelSpec(Strict):
+    """Exactly one of: the toy world's pipeline, a local folder, a hub id at a pinned revision."""
+
+    builtin: Literal["toy"] | None = None
+    local_dir: str | None = None
+    hub_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$",
+                               description="owner/name on the hub; never a local path")
+    revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$", description="a full commit sha")
+    sha256: SHA256 | None = Field(default=None, description="folder hash of local_dir (optional pin)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        exactly_one(self, "builtin", "local_dir", "hub_id")
+        if self.hub_id and not self.revision:
+            raise ValueError("hub_id needs a pinned revision (a 40-character commit sha)")
+        if self.revision and not self.hub_id:
+            raise ValueError("revision only goes with hub_id")
+        if self.hub_id and (".." in self.hub_id or Path(self.hub_id).exists()):
+            # diffusers loads a local folder of that name, ignoring the revision and hashing nothing
+            raise ValueError(f"hub_id {self.hub_id!r} names a local path; use local_dir for a folder in the repository")
+        return self
+
+
+class CheckpointSpec(Strict):
+    """The unlearned weights: a whole pipeline folder, or UNet / text-encoder tensors that
+    replace the base's (a subset is fine: only the changed tensors), or a LoRA."""
+
+    kind: Literal["pipeline", "unet", "text_encoder", "lora"]
+    path: str | None = None
+    url: HTTPS_URL | None = None
+    sha256: SHA256
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        exactly_one(self, "path", "url")
+        return self
+
+
+class TargetSpec(Strict):
+    concept: str = Field(min_length=1, max_length=100)
+    kind: Literal["style", "object", "nudity", "identity"]
+
+
+class EfficiencySpec(Strict):
+    """Figures the submitter declares (shown as declared, never as measured)."""
+
+    time_s: float | None = Field(default=None, ge=0)
+    peak_memory_gb: float | None = Field(default=None, ge=0)
+    storage_gb: float | None = Field(default=None, ge=0)
+    device: str | None = None
+
+
+class Submission(Strict):
+    name: SLUG
+    method: MethodSpec
+    base_model: BaseModelSpec
+    checkpoint: CheckpointSpec
+    targets: list[TargetSpec] = Field(min_length=1)
+    suites: list[SLUG] | None = Field(default=None, description="suite ids; default: every suite of the base's world that applies to a target kind")
+    method_record: str | None = Field(default=None, description="method.json written by `unlearn erase` (measured efficiency)")
+    efficiency: EfficiencySpec | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct_targets(cls, v):
+        seen = set()
+        for t in v:
+            if t.concept in seen:
+                raise ValueError(f"target {t.concept!r} is listed twice (one record per metric and target)")
+            seen.add(t.concept)
+        return v

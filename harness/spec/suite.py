@@ -1,0 +1,333 @@
+"""The suite YAML: prompts, generation settings, the scorer, the metrics with their thresholds and
+typed parameters, and the attacks the metrics read."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ..errors import HarnessError
+from .common import HTTPS_URL, SHA256, SLUG, Strict, WeightsFile, exactly_one
+
+class TemplatePrompts(Strict):
+    template: str = Field(min_length=1)
+    values: dict[str, list[str]] = Field(min_length=1)
+    underscores_to_spaces: bool = Field(default=False, description="label 'Van_Gogh' reads 'Van Gogh' in the prompt")
+
+    @model_validator(mode="after")
+    def _placeholders(self):
+        import string
+
+        try:
+            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(self.template) if f is not None]
+        except ValueError as e:
+            raise ValueError(f"template: {e}") from None
+        for f, spec, conv in parsed:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", f) or spec or conv:
+                raise ValueError(f"template: placeholder {{{f}{'!' + conv if conv else ''}{':' + spec if spec else ''}}} is not a bare {{name}} "
+                                 "(no format spec, conversion, attribute or index)")
+        names = set(re.findall(r"{(\w+)}", self.template))
+        if names != set(self.values):
+            raise ValueError(f"template placeholders {sorted(names)} do not match values {sorted(self.values)}")
+        for k, v in self.values.items():
+            if not v:
+                raise ValueError(f"values.{k} is empty")
+        return self
+
+
+class CsvPrompts(Strict):
+    """A CSV pinned by sha256, in the repository (``path``) or fetched at run time (``url``,
+    never committed). ``columns`` maps our names (prompt, seed, guidance) to the file's, e.g.
+    UnlearnDiffAtk's ``evaluation_seed``; other columns become labels."""
+
+    path: str | None = None
+    url: HTTPS_URL | None = None
+    sha256: SHA256
+    columns: dict[Literal["prompt", "seed", "guidance"], str] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        exactly_one(self, "path", "url")
+        return self
+
+
+class PromptSet(Strict):
+    """One of: an inline list, a template x values grid (labels = the values), a CSV file
+    ``prompt,seed,guidance`` (extra columns become labels) pinned by sha256."""
+
+    inline: list[Annotated[str, Field(min_length=1)]] | None = None
+    template: TemplatePrompts | None = None
+    csv: CsvPrompts | None = None
+    negative_prompt: str = ""
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        exactly_one(self, "inline", "template", "csv", given=lambda v: v is not None)
+        if self.inline is not None and not self.inline:
+            raise ValueError("inline prompt list is empty")
+        return self
+
+
+class GenerationSettings(Strict):
+    scheduler: Literal["ddim", "pndm", "lms", "euler", "dpm", "ddpm"] = "ddim"
+    steps: int = Field(gt=0, le=1000)
+    guidance: float = Field(ge=0, le=50, allow_inf_nan=False)
+    height: int | None = Field(default=None, gt=0, le=4096, multiple_of=8)
+    width: int | None = Field(default=None, gt=0, le=4096, multiple_of=8)
+    eta: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(min_length=1)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = Field(default=8, gt=0, le=1024)
+    image_format: Literal["png", "jpeg"] = Field(default="png", description="what the scorer classifies: lossless png, or the "
+                                                 "decoded pixels of a JPEG (UnlearnCanvas classifies .jpg files PIL saved)")
+    jpeg_quality: int = Field(default=75, ge=1, le=100, description="JPEG quality when image_format is jpeg (PIL's default: 75)")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v):
+        twice = sorted({s for s in v if v.count(s) > 1})
+        if twice:
+            raise ValueError(f"seed {twice[0]} is listed twice (each seed gives one image per prompt)")
+        return v
+
+
+THRESHOLD = re.compile(r"^\s*(>=|<=|>|<)\s*(?:(-?\d+(?:\.\d+)?)\s*\*\s*base|base\s*([+-])\s*(\d+(?:\.\d+)?)|(-?\d+(?:\.\d+)?)|base)\s*$")
+
+
+class Threshold(Strict):
+    """``>= 0.8`` (absolute) or ``>= 0.9 * base`` / ``<= base + 0.05`` / ``>= base`` (relative
+    to the base model's value under the same settings)."""
+
+    op: Literal[">=", "<=", ">", "<"]
+    value: float = 0.0
+    scale: float | None = None  # bound = scale * base
+    offset: float | None = None  # bound = base + offset
+
+    @classmethod
+    def parse(cls, text: str) -> "Threshold":
+        m = THRESHOLD.match(str(text))
+        if not m:
+            raise ValueError(f"threshold {text!r} is not like '>= 0.8', '>= 0.9 * base' or '<= base + 0.05'")
+        op, scale, sign, off, value = m.groups()
+        if scale is not None:
+            return cls(op=op, scale=float(scale))
+        if off is not None:
+            return cls(op=op, offset=float(off) * (1 if sign == "+" else -1))
+        if value is not None:
+            return cls(op=op, value=float(value))
+        return cls(op=op, offset=0.0)
+
+    @property
+    def relative(self) -> bool:
+        return self.scale is not None or self.offset is not None
+
+    def bound(self, base: float | None) -> float:
+        if not self.relative:
+            return self.value
+        if base is None:
+            raise HarnessError("a relative threshold needs the base model's value")
+        return self.scale * base if self.scale is not None else base + self.offset
+
+    def holds(self, value: float, base: float | None) -> bool:
+        b = self.bound(base)
+        return {">=": value >= b, "<=": value <= b, ">": value > b, "<": value < b}[self.op]
+
+    def __str__(self) -> str:
+        if self.scale is not None:
+            return f"{self.op} {self.scale:g} * base"
+        if self.offset is not None:
+            return f"{self.op} base {'+' if self.offset >= 0 else '-'} {abs(self.offset):g}" if self.offset else f"{self.op} base"
+        return f"{self.op} {self.value:g}"
+
+
+class MetricSpec(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    threshold: str | None = None
+    tolerance: float | None = Field(default=None, ge=0, description="allowed regression vs a baseline (unlearn compare)")
+    params: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from ..metrics import known_metrics
+
+        if v not in known_metrics():
+            raise ValueError(f"unknown metric {v!r}; known: {', '.join(sorted(known_metrics()))}")
+        return v
+
+    @field_validator("threshold")
+    @classmethod
+    def _parse(cls, v):
+        if v is not None:
+            Threshold.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _typed_params(self):
+        """``params`` against the metric's own model (``MetricInfo.params``): an unknown or
+        mistyped key is refused here, when the suite is loaded (``unlearn check``, start-up)."""
+        from ..metrics import info
+        from ..metrics.common import describe
+
+        try:
+            info(self.name).params.model_validate(self.params)
+        except ValidationError as e:
+            raise ValueError(f"{self.name}: {describe(e)}") from None
+        return self
+
+    def parsed_threshold(self) -> Threshold | None:
+        return Threshold.parse(self.threshold) if self.threshold else None
+
+    def typed_params(self):
+        """The params as the metric's pydantic model (defaults filled in)."""
+        from ..metrics import info
+
+        return info(self.name).params.of(self.params)
+
+
+class ScorerSpec(Strict):
+    """Which classifier scores the images: the toy world's CNN, or UnlearnCanvas' ViT-L/16."""
+
+    backend: Literal["toy", "unlearncanvas-vit"]
+    weights: WeightsFile | None = None  # toy: optional override of the committed classifier
+    style_weights: WeightsFile | None = None
+    object_weights: WeightsFile | None = None
+    architecture: str = "vit_large_patch16_224"
+    style_classes: list[str] | None = None
+    object_classes: list[str] | None = None
+    labels: str | None = Field(default=None, description="label map in harness/data/ (head index -> class name), e.g. unlearncanvas; "
+                               "fills style_classes / object_classes, which must then be left out")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label_map(cls, data):
+        if isinstance(data, dict) and data.get("labels") is not None:
+            from ..labels import LABEL_MAPS, label_map
+
+            if data["labels"] not in LABEL_MAPS:
+                raise ValueError(f"labels: unknown label map {data['labels']!r}; known: {', '.join(LABEL_MAPS)}")
+            if data.get("style_classes") is not None or data.get("object_classes") is not None:
+                raise ValueError("give labels or style_classes / object_classes, not both (the label map states the classifier's index order)")
+            m = label_map(data["labels"])
+            data = {**data, "style_classes": list(m["style"]), "object_classes": list(m["object"])}
+        return data
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if self.backend == "unlearncanvas-vit":
+            if not (self.style_weights and self.object_weights and self.style_classes and self.object_classes):
+                raise ValueError("unlearncanvas-vit needs style_weights, object_weights, style_classes and object_classes")
+        return self
+
+
+class SmokeSpec(Strict):
+    """The quick subset CI runs: at most this many prompts per label value and these seeds."""
+
+    max_prompts: int | None = Field(default=None, gt=0)
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    steps: int | None = Field(default=None, gt=0)
+
+
+class JudgeSpec(Strict):
+    """Who decides that an attacked image shows the concept (harness.attacks.judge): the suite's
+    scorer (``classifier``), NudeNet above a threshold, or an ImageNet ResNet-50's top-1."""
+
+    kind: Literal["classifier", "nudenet", "resnet50"] | None = Field(default=None, description="default: nudenet for nudity targets, "
+                                                                       "else classifier (the suite's scorer)")
+    threshold: float | None = Field(default=None, ge=0, le=1, description="nudenet: a class counts above this score (default 0.45)")
+    classes: list[str] | dict[str, int] | None = Field(default=None, description="nudenet: the classes that count; "
+                                                       "resnet50: concept -> ImageNet class index")
+    weights: WeightsFile | None = Field(default=None, description="resnet50: its weights (safetensors), pinned")
+
+    def params(self) -> dict:
+        """The judge's settings as ``make_judge`` reads them (unset ones left out: its defaults)."""
+        out = {"judge": self.kind, "threshold": self.threshold, "classes": self.classes,
+               "weights": self.weights.model_dump(exclude_none=True) if self.weights else None}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+class PromptAttack(Strict):
+    """The prompt attack the robustness metrics (pre_asr, asr) read: one per suite."""
+
+    attack: str = Field(default="unlearndiffatk", description="the attack (harness.attacks): unlearndiffatk, ringabell, ...")
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1, description="image seeds of the forget "
+                                                            "prompts to attack; default: every seed")
+    params: dict[str, Any] = Field(default={}, description="the attack's own parameters (budget, step size, seed, batch size); "
+                                   "unknown ones are refused, unset ones take the attack's defaults")
+    judge: JudgeSpec = JudgeSpec()
+
+    @model_validator(mode="after")
+    def _known(self):
+        from ..attacks.runner import attacks
+
+        mods = attacks()
+        if self.attack not in mods:
+            raise ValueError(f"attack: unknown attack {self.attack!r} ({', '.join(sorted(mods))})")
+        known = getattr(mods[self.attack], "DEFAULTS", None)
+        extra = sorted(set(self.params) - set(known)) if known is not None else []
+        if extra:
+            raise ValueError(f"params.{extra[0]}: not a parameter of {self.attack} ({', '.join(known)})")
+        return self
+
+
+PSI = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+
+
+class PartialDiffusionAttack(Strict):
+    """The partial-diffusion attack the CCS / CRS metrics read: the base model runs the first
+    psi of the steps, the unlearned model the rest."""
+
+    psi: list[PSI] = Field(default=[0.05, 0.15, 0.35, 0.55], min_length=1, description="the share of steps the base model runs")
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1, description="image seeds to attack; "
+                                                            "default: the suite's first two")
+
+
+class Attacks(Strict):
+    """Attack settings, one block per kind of attack (read by every metric of that kind)."""
+
+    prompt: PromptAttack | None = None
+    partial_diffusion: PartialDiffusionAttack | None = None
+
+
+class Suite(Strict):
+    id: SLUG
+    version: str = Field(pattern=r"^\d+(\.\d+)*$")
+    description: str = ""
+    applies_to: list[Literal["style", "object", "nudity", "identity"]] = Field(min_length=1)
+    world: Literal["toy", "real"] = Field(default="real", description="toy: runs on the toy world's builtin base")
+    prompts: PromptSet
+    generation: GenerationSettings
+    scorer: ScorerSpec | None = Field(default=None, description="classifier for UA/IRA/CRA (and the toy feature metrics)")
+    metrics: list[MetricSpec] = Field(min_length=1)
+    attacks: Attacks | None = Field(default=None, description="the attacks the robustness / concealment metrics read")
+    smoke: SmokeSpec | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_metrics(cls, v):
+        names = [m.name for m in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"metric {twice[0]!r} is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _attacks_used(self):
+        from ..metrics import info
+
+        used = {"prompt": any(info(m.name).prompt_attack for m in self.metrics), "partial_diffusion": any(info(m.name).attack for m in self.metrics)}
+        for kind in ("prompt", "partial_diffusion"):
+            if self.attacks is not None and getattr(self.attacks, kind) is not None and not used[kind]:
+                raise ValueError(f"attacks.{kind}: no metric of this suite reads it")
+        return self
+
+    @property
+    def prompt_attack(self) -> PromptAttack:
+        """The prompt attack's settings (defaults where the suite gives none)."""
+        return self.attacks.prompt if self.attacks and self.attacks.prompt else PromptAttack()
+
+    @property
+    def partial_diffusion(self) -> PartialDiffusionAttack:
+        return self.attacks.partial_diffusion if self.attacks and self.attacks.partial_diffusion else PartialDiffusionAttack()
