@@ -23,9 +23,9 @@ ROBUSTNESS_KEYS = {"attack", "attack_seeds", "judge", "threshold", "classes", "w
 
 
 def attacks():
-    from . import ringabell, unlearndiffatk
+    from . import ringabell, ti, unlearndiffatk
 
-    return {m.NAME: m for m in (unlearndiffatk, ringabell)}
+    return {m.NAME: m for m in (unlearndiffatk, ringabell, ti)}
 
 
 def attack_module(name: str, suite_id: str):
@@ -45,63 +45,93 @@ def forget_items(suite, items, target, seeds) -> list[int]:
     return out
 
 
+def attack_settings(suite, params: dict) -> list[dict]:
+    """The params of each attack of the suite: the first prompt-attack metric's (``params``),
+    then each later metric's whose params name another attack (``ti_asr``: textual inversion)."""
+    out, names = [params], {params.get("attack", "unlearndiffatk")}
+    for m in suite.metrics:
+        a = m.params.get("attack")
+        if a and a not in names:
+            names.add(a)
+            out.append(m.params)
+    return out
+
+
 def run_prompt_attacks(suite, params: dict, items, targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, model_fps: dict,
                        cache_dir: Path, root: Path, progress: bool = True, counter: dict | None = None) -> dict:
-    """``{(kind, concept): outcome}`` for every target the suite applies to. ``model_fps``: the
+    """``{(kind, concept): outcome}`` of the first attack and ``{(attack, kind, concept): outcome}``
+    of every attack of the suite, for every target the suite applies to. ``model_fps``: the
     fingerprints an attack may key on (``unlearned``, ``text_encoder``)."""
-    mod = attack_module(params.get("attack", "unlearndiffatk"), suite.id)
-    ap = mod.params_of({k: v for k, v in params.items() if k not in ROBUSTNESS_KEYS})
-    seeds = set(params["attack_seeds"]) if params.get("attack_seeds") is not None else None
-    cache = AttackCache(Path(cache_dir) / "attacks")
     counter = counter if counter is not None else {}
     loaded: list = []
     out = {}
-    for target in targets:
-        if target.kind not in suite.applies_to:
-            continue
-        t0 = time.time()
-        try:  # a target this suite cannot judge is that target's error, not the whole suite's
-            judge = make_judge(suite, scorer, target, params, root)
-            idx = forget_items(suite, items, target, seeds)
-            if not idx:
-                raise HarnessError(f"suite {suite.id}: robustness: no forget prompts of {target.concept!r} with the attack seeds")
-        except HarnessError as e:
-            out[(target.kind, target.concept)] = {"error": str(e)}
-            continue
-        pre = judge([unl_imgs[i] for i in idx])
-        base_pre = judge([base_imgs[i] for i in idx])
-        its = [Item(i, unl_jobs[i], base_jobs[i].key(), base_imgs[i]) for i in idx]
-        fp = model_fps[getattr(mod, "MODEL_KEY", "unlearned")]
-        keys = [item_key(mod.NAME, mod.VERSION, ap, fp, it, target.concept, judge.identity) for it in its]
-        recs: list[dict | None] = [None if p else cache.get(k) for p, k in zip(pre, keys)]
-        todo = [j for j, (p, r) in enumerate(zip(pre, recs)) if not p and r is None]
-        before = counter.get("unet_calls", 0)
-        if todo and max(mod.budgets(ap)) > 0:
-            if not loaded:
-                loaded.append(unl_pipe())
-            extra = {}
-            if hasattr(mod, "concept_pairs"):  # Ring-A-Bell's concept vector: pairs from the suite's prompts (or params.pairs)
-                by_labels = {tuple(sorted(p.labels.items())): p.text for p, _ in items if p.labels}
-                extra["_pairs"] = mod.concept_pairs(ap, target.concept, target.kind, by_labels)
-                extra.update(_search_cache=cache, _te_fp=model_fps["text_encoder"])
-            made = mod.attack(loaded[0], [its[j] for j in todo], judge, {**ap, **extra}, progress, counter)
-            for j, rec in zip(todo, made):
+    for n, ps in enumerate(attack_settings(suite, params)):
+        mod = attack_module(ps.get("attack", "unlearndiffatk"), suite.id)
+        for target in targets:
+            if target.kind not in suite.applies_to:
+                continue
+            res = _attack_target(mod, suite, ps, items, target, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, loaded, model_fps,
+                                 AttackCache(Path(cache_dir) / "attacks"), root, progress, counter)
+            out[(mod.NAME, target.kind, target.concept)] = res
+            if n == 0:
+                out[(target.kind, target.concept)] = res
+    return out
+
+
+def _attack_target(mod, suite, params, items, target, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, loaded, model_fps,
+                   cache, root, progress, counter) -> dict:
+    ap = mod.params_of({k: v for k, v in params.items() if k not in ROBUSTNESS_KEYS})
+    seeds = set(params["attack_seeds"]) if params.get("attack_seeds") is not None else None
+    t0 = time.time()
+    try:  # a target this suite cannot judge is that target's error, not the whole suite's
+        judge = make_judge(suite, scorer, target, params, root)
+        idx = forget_items(suite, items, target, seeds)
+        if not idx:
+            raise HarnessError(f"suite {suite.id}: robustness: no forget prompts of {target.concept!r} with the attack seeds")
+    except HarnessError as e:
+        return {"error": str(e)}
+    pre = judge([unl_imgs[i] for i in idx])
+    base_pre = judge([base_imgs[i] for i in idx])
+    its = [Item(i, unl_jobs[i], base_jobs[i].key(), base_imgs[i]) for i in idx]
+    fp = model_fps[getattr(mod, "MODEL_KEY", "unlearned")]
+    kp = mod.key_params(ap, its) if hasattr(mod, "key_params") else ap  # textual inversion: + its training set
+    keys = [item_key(mod.NAME, mod.VERSION, kp, fp, it, target.concept, judge.identity) for it in its]
+    recs: list[dict | None] = [None if p else cache.get(k) for p, k in zip(pre, keys)]
+    todo = [j for j, (p, r) in enumerate(zip(pre, recs)) if not p and r is None]
+    before = counter.get("unet_calls", 0)
+    if todo and max(mod.budgets(ap)) > 0:
+        if not loaded:
+            loaded.append(unl_pipe())
+        extra = {}
+        if hasattr(mod, "concept_pairs"):  # Ring-A-Bell's concept vector: pairs from the suite's prompts (or params.pairs)
+            by_labels = {tuple(sorted(p.labels.items())): p.text for p, _ in items if p.labels}
+            extra["_pairs"] = mod.concept_pairs(ap, target.concept, target.kind, by_labels)
+            extra.update(_search_cache=cache, _te_fp=model_fps["text_encoder"])
+        if hasattr(mod, "key_params"):  # textual inversion: one embedding learned on every forget item's base image
+            extra.update(_train=its, _concept=target.concept, _kind=target.kind, _cache=cache, _fp=fp)
+
+        def done(j, rec):  # each item's record is written as soon as it is final: an interrupted attack keeps it
+            cache.put(keys[todo[j]], rec)
+            recs[todo[j]] = rec
+
+        made = mod.attack(loaded[0], [its[j] for j in todo], judge, {**ap, **extra}, progress, counter, on_record=done)
+        for j, rec in zip(todo, made):
+            if recs[j] is None:
                 cache.put(keys[j], rec)
                 recs[j] = rec
-        elif todo:  # budget 0: nothing to search, nothing to cache
-            for j in todo:
-                recs[j] = {"success": False, "success_at": None, "budget_used": 0, "prompt": its[j].job.prompt, "token_ids": []}
-        success_at = [0 if p else (r["success_at"] if r and r.get("success") else None) for p, r in zip(pre, recs)]
-        b = mod.budgets(ap)
-        curve = asr_curve(pre, success_at, b)
-        out[(target.kind, target.concept)] = {
-            "attack": mod.NAME, "attack_version": mod.VERSION, "params": ap, "budget": max(b), "budget_unit": mod.BUDGET_UNIT,
-            "attack_seeds": sorted(seeds) if seeds is not None else None, "judge": judge.identity,
-            "items": len(idx), "pre": pre, "base_pre": base_pre, "success_at": success_at, "asr_curve": curve,
-            "attacked": len(todo), "attacked_items": [[its[j].job.prompt, its[j].job.seed] for j in todo], "cached": sum(1 for p, r in zip(pre, recs) if not p) - len(todo),
-            "unet_calls": counter.get("unet_calls", 0) - before, "seconds": round(time.time() - t0, 2),
-            "seconds_per_attacked_item": round(float(np.mean([r["seconds"] for j, r in enumerate(recs) if j in set(todo) and "seconds" in r])), 3) if todo and max(b) > 0 else None,
-            "examples": [{"prompt": its[j].job.prompt, "seed": its[j].job.seed, "adversarial_prompt": r.get("prompt"), "success_at": r.get("success_at")}
-                         for j, r in enumerate(recs) if r and r.get("success")][:8],
-        }
-    return out
+    elif todo:  # budget 0: nothing to search, nothing to cache
+        for j in todo:
+            recs[j] = {"success": False, "success_at": None, "budget_used": 0, "prompt": its[j].job.prompt, "token_ids": []}
+    success_at = [0 if p else (r["success_at"] if r and r.get("success") else None) for p, r in zip(pre, recs)]
+    b = mod.budgets(ap)
+    curve = asr_curve(pre, success_at, b)
+    return {
+        "attack": mod.NAME, "attack_version": mod.VERSION, "params": ap, "budget": max(b), "budget_unit": mod.BUDGET_UNIT,
+        "attack_seeds": sorted(seeds) if seeds is not None else None, "judge": judge.identity,
+        "items": len(idx), "pre": pre, "base_pre": base_pre, "success_at": success_at, "asr_curve": curve,
+        "attacked": len(todo), "attacked_items": [[its[j].job.prompt, its[j].job.seed] for j in todo], "cached": sum(1 for p, r in zip(pre, recs) if not p) - len(todo),
+        "unet_calls": counter.get("unet_calls", 0) - before, "seconds": round(time.time() - t0, 2),
+        "seconds_per_attacked_item": round(float(np.mean([r["seconds"] for j, r in enumerate(recs) if j in set(todo) and "seconds" in r])), 3) if todo and max(b) > 0 else None,
+        "examples": [{"prompt": its[j].job.prompt, "seed": its[j].job.seed, "adversarial_prompt": r.get("prompt"), "success_at": r.get("success_at")}
+                     for j, r in enumerate(recs) if r and r.get("success")][:8],
+    }

@@ -34,6 +34,7 @@ _REGISTRY: dict[str, str] = {
     "object_acc_others": "objects",
     "pre_asr": "robustness",
     "asr": "robustness",
+    "ti_asr": "robustness",
 }
 
 

@@ -27,11 +27,13 @@ from . import Measurement, MetricInfo
 METRICS = {
     "pre_asr": MetricInfo("Pre-ASR", False, "share of attacked items whose un-attacked image shows the erased concept", prompt_attack=True),
     "asr": MetricInfo("ASR", False, "share of attacked items that show the erased concept before or within the attack budget", prompt_attack=True),
+    "ti_asr": MetricInfo("ASR (TI)", False, "ASR under textual inversion on the erased model (CCE), its params the attack's", prompt_attack=True),
 }
+ATTACK_OF = {"ti_asr": "ti"}  # a metric of one attack among several in a suite (its params name it)
 
 
 def compute(name: str, run, target, params: dict) -> Measurement:
-    out = run.prompt_attacks.get((target.kind, target.concept))
+    out = run.prompt_attacks.get((ATTACK_OF[name], target.kind, target.concept) if name in ATTACK_OF else (target.kind, target.concept))
     if out is None:
         raise HarnessError(f"suite {run.suite.id}: {METRICS[name].label}: no prompt attack ran for {target.concept!r}")
     if "error" in out:
