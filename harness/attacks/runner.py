@@ -5,7 +5,14 @@ Items: the suite's (prompt, seed) images of the target concept's prompts (the fo
 whose seed is in ``params.attack_seeds`` (default: every seed). Pre-attack success is judged on
 the unlearned model's cached images; those items are not attacked (UnlearnDiffAtk returns at a
 pre-attack success) and count as successes at budget 0. The rest are looked up in the attack
-cache and only the missing ones run, batched, with the unlearned pipeline loaded only then.
+cache and only the missing ones run, batched, with the unlearned pipeline loaded only then; each
+item's record goes to the cache as soon as the attack calls it final (``on_record``), so an
+interrupted run keeps every finished item.
+
+A suite may hold several attacks: the first prompt-attack metric's params name the first (read by
+``pre_asr`` / ``asr``), and a later metric whose params name another attack adds it (``ti_asr``:
+textual inversion); outcomes are keyed ``(kind, concept)`` for the first and
+``(attack, kind, concept)`` for each.
 """
 
 from __future__ import annotations
