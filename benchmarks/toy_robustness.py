@@ -44,15 +44,15 @@ def main() -> None:
         only = suite.model_copy(update={"prompts": suite.prompts.model_copy(update={"template": suite.prompts.template.model_copy(update={"values": values})})})
         ev = Evaluator(ROOT, Path(args.cache), device="cpu", progress=False)
         ev._suites[suite.id], ev._suite_sha[suite.id] = only, "-"
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         res = ev.run(s, sub, suite.id)
-        secs = time.time() - t0
+        secs, cpu = time.time() - t0, time.process_time() - c0
         r = {m["metric"]: m for m in res["metrics"] if m["target"] == t.concept}
         m = args.metric
         d = r[m]["details"]
         line = {"submission": sub.name, "target": t.concept, "pre_asr": d["pre_asr"], "metric": m, "asr": r[m]["value"], "base_pre_asr": r[m]["base_value"],
                 "curve": [(c["budget"], round(c["asr"], 3)) for c in d["asr_curve"]], "items": d["items"], "attacked": d["attacked"],
-                "seconds_per_attacked_item": d["seconds_per_attacked_item"], "wall_s": round(secs, 1), "examples": d["examples"][:2]}
+                "seconds_per_attacked_item": d["seconds_per_attacked_item"], "wall_s": round(secs, 1), "cpu_s": round(cpu, 1), "examples": d["examples"][:2]}
         out.append(line)
         print(json.dumps(line), flush=True)
     if args.json:
