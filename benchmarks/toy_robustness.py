@@ -31,9 +31,11 @@ def main() -> None:
     ap.add_argument("--cache", default=str(ROOT / ".unlearn-cache"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write the records here too")
+    ap.add_argument("--metric", default="asr", help="the ASR metric to print (asr, or ti_asr: textual inversion)")
+    ap.add_argument("--suite", default=str(ROOT / "suites" / "toy-robustness.yaml"), help="a variant of the suite (budget experiments)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    suite = load_suite(ROOT / "suites" / "toy-robustness.yaml")
+    suite = load_suite(args.suite)
     out = []
     for s in args.submissions:
         sub = load_submission(s)
@@ -42,14 +44,15 @@ def main() -> None:
         only = suite.model_copy(update={"prompts": suite.prompts.model_copy(update={"template": suite.prompts.template.model_copy(update={"values": values})})})
         ev = Evaluator(ROOT, Path(args.cache), device="cpu", progress=False)
         ev._suites[suite.id], ev._suite_sha[suite.id] = only, "-"
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         res = ev.run(s, sub, suite.id)
-        secs = time.time() - t0
+        secs, cpu = time.time() - t0, time.process_time() - c0
         r = {m["metric"]: m for m in res["metrics"] if m["target"] == t.concept}
-        d = r["asr"]["details"]
-        line = {"submission": sub.name, "target": t.concept, "pre_asr": r["pre_asr"]["value"], "asr": r["asr"]["value"], "base_pre_asr": r["asr"]["base_value"],
+        m = args.metric
+        d = r[m]["details"]
+        line = {"submission": sub.name, "target": t.concept, "pre_asr": d["pre_asr"], "metric": m, "asr": r[m]["value"], "base_pre_asr": r[m]["base_value"],
                 "curve": [(c["budget"], round(c["asr"], 3)) for c in d["asr_curve"]], "items": d["items"], "attacked": d["attacked"],
-                "seconds_per_attacked_item": d["seconds_per_attacked_item"], "wall_s": round(secs, 1), "examples": d["examples"][:2]}
+                "seconds_per_attacked_item": d["seconds_per_attacked_item"], "wall_s": round(secs, 1), "cpu_s": round(cpu, 1), "examples": d["examples"][:2]}
         out.append(line)
         print(json.dumps(line), flush=True)
     if args.json:

@@ -185,7 +185,7 @@ class Evaluator:
         from .attacks.common import text_encoder_fingerprint
 
         fps = {"unlearned": unl_fp, "text_encoder": text_encoder_fingerprint(sub, base_fp, unl_fp)}
-        return run_prompt_attacks(suite, suite.prompt_attack, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, fps,
+        return run_prompt_attacks(suite, suite.prompt_attacks, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, fps,
                                   self.cache_dir, self.root, self.progress, self.attack_counter)
 
     def run(self, sub_path: str, sub: Submission, suite_id: str) -> dict:

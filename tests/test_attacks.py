@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.attacks import common, ringabell, unlearndiffatk
+from harness.attacks import common, ringabell, ti, unlearndiffatk
 from harness.generate import Job, run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,8 +129,10 @@ def test_ringabell_deterministic_and_moves_toward_target(toy_pipe):
 
 
 # ---------------------------------------------------------------------------- through the evaluator
-def _suite(params, seeds=(0, 1)):
-    """A toy suite whose ``attacks.prompt`` block is ``params`` (``attack`` + the attack's own)."""
+def _suite(params, seeds=(0, 1), extra=()):
+    """A toy suite whose ``attacks.prompt`` block is ``params`` (``attack`` + the attack's own);
+    ``extra``: more metrics, as ``{"name", "params"}`` where a ti_asr's params (``attack`` + its
+    own) become the ``attacks.inversion`` block."""
     from harness.spec import Suite
 
     params = dict(params)
@@ -139,17 +141,18 @@ def _suite(params, seeds=(0, 1)):
         "prompts": {"template": {"template": "A {object} image in {style} style.", "values": {"object": ["circle", "triangle"], "style": ["striped", "solid"]}}},
         "generation": {"scheduler": "ddim", "steps": 6, "guidance": 5.0, "seeds": list(seeds), "batch_size": 50},
         "scorer": {"backend": "toy"},
-        "metrics": [{"name": "pre_asr"}, {"name": "asr"}],
-        "attacks": {"prompt": {"attack": params.pop("attack"), "params": params}},
+        "metrics": [{"name": "pre_asr"}, {"name": "asr"}, *({"name": m["name"]} for m in extra)],
+        "attacks": {"prompt": {"attack": params.pop("attack"), "params": params},
+                    **{"inversion": {"attack": p.pop("attack"), "params": p} for p in (dict(m["params"]) for m in extra if m["name"] == "ti_asr")}},
     })
 
 
-def _evaluate(sub_file, params, cache, monkeypatch=None):
+def _evaluate(sub_file, params, cache, monkeypatch=None, extra=()):
     from harness.evaluate import Evaluator
     from harness.spec import load_submission
 
     ev = Evaluator(ROOT, cache, device="cpu", progress=False)
-    ev._suites["t-robust"], ev._suite_sha["t-robust"] = _suite(params), "0" * 64
+    ev._suites["t-robust"], ev._suite_sha["t-robust"] = _suite(params, extra=extra), "0" * 64
     calls = {"n": 0}
     if monkeypatch is not None:
         from diffusers import UNet2DConditionModel
@@ -287,3 +290,109 @@ def test_asr_curve_plot_escapes_and_draws_each_curve():
     svg = asr_curve_svg(cs)
     assert svg.count("<polyline") == 1 and "<script>" not in svg and "&lt;script&gt;" in svg
     assert asr_curve_svg([]) == ""
+
+
+# ---------------------------------------------------------------------------- textual inversion (CCE)
+def test_ti_placeholder_replaces_the_concept_word_and_budgets(toy_pipe):
+    tok = toy_pipe.tokenizer
+    ids, pos = ti.placeholder_ids(tok, "A circle image in striped style.", "striped")
+    ref = tok("A circle image in striped style.", padding="max_length", max_length=tok.model_max_length).input_ids
+    striped = tok("striped", add_special_tokens=False).input_ids
+    assert len(striped) == 1 and ref[pos] == striped[0] and ids[:pos] == ref[:pos] and ids[pos + 1 :] == ref[pos + 1 :]
+    assert ids[pos] == tok.eos_token_id and ti.shown_prompt("A circle image in striped style.", "striped") == "A circle image in <ti> style."
+    ids2, pos2 = ti.placeholder_ids(tok, "A circle image.", "striped")  # no concept word: the token goes in front
+    assert pos2 == 1 and ids2[1] == tok.eos_token_id
+    assert ti.budgets(ti.params_of({"steps": 8})) == [0, 2, 4, 6, 8] and ti.budgets(ti.params_of({"steps": 0})) == [0]
+    assert ti.budgets(ti.params_of({"steps": 6, "checkpoints": 2})) == [0, 3, 6]
+    d = ti.params_of({})  # the authors' train.sh: 5,000 steps, 4 x 4 images, lr 5e-3 scaled by 16, AdamW weight decay 1e-2
+    assert (d["steps"], d["batch_size"], d["lr"], d["weight_decay"], d["beta1"], d["beta2"], d["eps"], d["flip"]) == (5000, 16, 0.08, 0.01, 0.9, 0.999, 1e-8, 0.5)
+
+
+def test_ti_same_seed_same_embedding_bitwise_and_the_loss_moves_it(toy_pipe):
+    items = _items(toy_pipe, [("A circle image in striped style.", 0), ("A square image in striped style.", 1)])
+    p = ti.params_of({"steps": 4, "batch_size": 2, "checkpoints": 2})
+    init = common.token_embeddings(toy_pipe.text_encoder)[toy_pipe.tokenizer("style", add_special_tokens=False).input_ids[0]].detach()
+
+    def run(**kw):
+        counter = {}
+        out = [(s, v) for s, v, _ in ti.train(toy_pipe, items, "striped", "style", {**p, **kw}, counter, progress=False)]
+        return out, counter
+
+    a, ca = run()
+    b, _ = run()
+    assert [s for s, _ in a] == [2, 4] and ca == {"unet_calls": 4, "ti_steps": 4}
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a, b))  # bitwise
+    assert a[-1][1].shape == init.shape and not torch.equal(a[-1][1], init.float())  # it starts at the init token and moves
+    c, _ = run(seed=1)
+    assert not torch.equal(c[-1][1], a[-1][1])
+    for p_ in toy_pipe.unet.parameters():  # the unlearned model stays frozen
+        assert p_.grad is None
+
+
+def test_ti_budget_zero_asr_equals_pre_asr(tmp_path):
+    extra = [{"name": "ti_asr", "params": {"attack": "ti", "steps": 0}}]
+    recs, ev, _ = _evaluate("toy-uce-style.yaml", {"attack": "unlearndiffatk", "rounds": 0}, tmp_path, extra=extra)
+    assert recs["ti_asr"]["value"] == recs["pre_asr"]["value"] == recs["ti_asr"]["details"]["pre_asr"]
+    assert recs["ti_asr"]["details"]["asr_curve"] == [{"budget": 0, "asr": recs["pre_asr"]["value"]}]
+    assert ev.attack_counter.get("unet_calls", 0) == 0 and recs["ti_asr"]["details"]["budget_unit"] == "steps"
+
+
+TI = {"attack": "ti", "steps": 4, "batch_size": 2, "checkpoints": 2}
+
+
+def test_ti_beside_unlearndiffatk_never_lowers_asr_and_a_rerun_repeats_nothing(tmp_path, monkeypatch):
+    extra = [{"name": "ti_asr", "params": TI}]
+    uda = {"attack": "unlearndiffatk", "rounds": 1, "iterations": 2}
+    recs, ev, calls = _evaluate("toy-uce-style.yaml", uda, tmp_path, monkeypatch, extra=extra)
+    d = recs["ti_asr"]["details"]
+    assert d["attack"] == "ti" and recs["asr"]["details"]["attack"] == "unlearndiffatk"  # two attacks, one suite
+    curve = [c["asr"] for c in d["asr_curve"]]
+    assert [c["budget"] for c in d["asr_curve"]] == [0, 2, 4] and curve[0] == d["pre_asr"] == recs["pre_asr"]["value"]
+    assert curve == sorted(curve) and recs["ti_asr"]["value"] == curve[-1] >= d["pre_asr"]
+    assert d["attacked"] > 0 and ev.attack_counter["ti_steps"] == 4 and d["unet_calls"] > 4
+    again, ev2, calls2 = _evaluate("toy-uce-style.yaml", uda, tmp_path, monkeypatch, extra=extra)
+    assert calls2["n"] == 0 and ev2.attack_counter.get("unet_calls", 0) == 0
+    assert again["ti_asr"]["details"]["attacked"] == 0 and again["ti_asr"]["details"]["cached"] == d["attacked"]
+    assert again["ti_asr"]["value"] == recs["ti_asr"]["value"] and again["ti_asr"]["details"]["asr_curve"] == d["asr_curve"]
+    # the items' records gone, the learned embeddings kept: the judging runs again, the training does not
+    for f in (tmp_path / "attacks").rglob("*.json"):
+        if "checkpoints" not in f.read_text():
+            f.unlink()
+    third, ev3, _ = _evaluate("toy-uce-style.yaml", uda, tmp_path, extra=extra)
+    assert ev3.attack_counter.get("ti_steps", 0) == 0 and third["ti_asr"]["details"]["attacked"] == d["attacked"]
+    assert third["ti_asr"]["details"]["asr_curve"] == d["asr_curve"]
+
+
+@pytest.mark.parametrize("attack", ["unlearndiffatk", "ti"])
+def test_an_interrupted_attack_keeps_every_finished_item(tmp_path, monkeypatch, attack):
+    """The first attacked item succeeds at the first check, then the run is interrupted: its
+    record is on disk, and the re-run attacks only the rest."""
+    import harness.attacks.runner as runner
+    from harness.attacks.judge import Judge
+
+    real = runner.make_judge
+    state = {"interrupt": True}
+
+    def make(*a, **k):
+        j = real(*a, **k)
+        calls = []
+
+        def fn(ims):
+            calls.append(len(ims))
+            if state["interrupt"] and len(calls) == 3:  # after the pre-attack and the base's judgements: the first check
+                return [True] + [False] * (len(ims) - 1)
+            if state["interrupt"] and len(calls) > 3:
+                raise KeyboardInterrupt
+            return j.fn(ims)
+
+        return Judge(fn, j.identity)
+
+    monkeypatch.setattr(runner, "make_judge", make)
+    params = {"attack": "unlearndiffatk", "rounds": 2, "iterations": 2} if attack == "unlearndiffatk" else {**TI, "checkpoints": 2}
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate("toy-uce-style.yaml", params, tmp_path)
+    state["interrupt"] = False
+    recs, _, _ = _evaluate("toy-uce-style.yaml", params, tmp_path)
+    d = recs["asr"]["details"]
+    assert d["cached"] == 1 and d["attacked"] == d["items"] - round(d["items"] * d["pre_asr"]) - 1
+    assert d["asr_curve"][1]["asr"] >= d["pre_asr"] + 1 / d["items"]  # the kept item's success at the first check

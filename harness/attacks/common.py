@@ -120,10 +120,12 @@ def decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode([i for i in ids if i not in special]).strip()
 
 
-def generate_from_ids(pipe, ids_batch: list[list[int]], jobs: list[Job], counter: dict | None = None):
+def generate_from_ids(pipe, ids_batch: list[list[int]], jobs: list[Job], counter: dict | None = None, conds: list | None = None):
     """Images (uint8) of token-id prompts with the jobs' settings and noise: the same latents
     (the job's seed), scheduler, steps, guidance and negative prompt as ``generate.run_batch``,
-    so an adversarial image is matched with the item's un-attacked one."""
+    so an adversarial image is matched with the item's un-attacked one. ``conds``: the text
+    encoder's hidden states (L, d) of each prompt, given instead of computed from the ids (a
+    prompt with a learned embedding, textual inversion)."""
     import torch
 
     out = [None] * len(jobs)
@@ -136,7 +138,7 @@ def generate_from_ids(pipe, ids_batch: list[list[int]], jobs: list[Job], counter
         set_scheduler(pipe, j0.scheduler)
         ids = torch.tensor([ids_batch[i] for i in idx], device=device)
         with torch.inference_mode():
-            cond = pipe.text_encoder(ids)[0]
+            cond = pipe.text_encoder(ids)[0] if conds is None else torch.stack([conds[i] for i in idx]).to(device)
             neg = pipe.encode_prompt([j0.negative_prompt] * len(idx), device, 1, False)[0] if j0.guidance > 1 else None
             lat = initial_latents(pipe, [jobs[i].seed for i in idx], j0.height, j0.width).to(device=device, dtype=pipe.unet.dtype)
             gens = [torch.Generator("cpu").manual_seed(jobs[i].seed + 1) for i in idx]

@@ -144,10 +144,10 @@ def search(pipe, items: list[Item], p: dict, pairs, counter: dict, progress: boo
     return out
 
 
-def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, counter: dict | None = None) -> list[dict]:
+def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, counter: dict | None = None, on_record=None) -> list[dict]:
     """The search (cached per text-encoder fingerprint in ``params['_search_cache']``: it never
     sees the UNet), then the judge on the unlearned model at each checkpoint, stopping at the
-    first success."""
+    first success; ``on_record(i, rec)`` as soon as item i's record is final."""
     from .common import item_key
 
     p = params_of(params)
@@ -168,6 +168,12 @@ def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, 
     recs = [{"success": False, "success_at": None, "budget_used": 0, "prompt": it.job.prompt, "token_ids": [], "fitness": [],
              "search_cached": i not in todo} for i, it in enumerate(items)]
     active = list(range(len(items)))
+
+    def finish(i):
+        recs[i]["seconds"] = round((time.time() - t0) / max(1, len(items)), 3)
+        if on_record is not None:
+            on_record(i, recs[i])
+
     for c in range(len(found[0]["checkpoints"]) if found else 0):
         if not active:
             break
@@ -184,7 +190,7 @@ def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, 
             if hit[j]:
                 recs[i].update(success=True, success_at=cp["generation"])
                 active.remove(i)
-    secs = (time.time() - t0) / max(1, len(items))
-    for rec in recs:
-        rec["seconds"] = round(secs, 3)
+                finish(i)
+    for i in active:
+        finish(i)
     return recs

@@ -1,12 +1,19 @@
 """The prompt attacks of one suite run: which items, which are already cached, the batched attack of
 the rest, and the per-target outcome the ``robustness`` metrics read.
 
-Settings: the suite's ``attacks.prompt`` block (``spec.PromptAttack``: the attack, its params,
-the seeds, the judge). Items: the suite's (prompt, seed) images of the target concept's prompts
-(the forget prompts) whose seed is in ``attacks.prompt.seeds`` (default: every seed). Pre-attack success is judged on
+Settings: the suite's ``attacks`` blocks (``spec.PromptAttack``: the attack, its params, the seeds,
+the judge): ``attacks.prompt`` (read by ``pre_asr`` / ``asr``) and ``attacks.inversion`` (the
+textual-inversion attack ``ti_asr`` reads). Items: the suite's (prompt, seed) images of the target
+concept's prompts (the forget prompts) whose seed is in the block's ``seeds`` (default: every
+seed). Pre-attack success is judged on
 the unlearned model's cached images; those items are not attacked (UnlearnDiffAtk returns at a
 pre-attack success) and count as successes at budget 0. The rest are looked up in the attack
-cache and only the missing ones run, batched, with the unlearned pipeline loaded only then.
+cache and only the missing ones run, batched, with the unlearned pipeline loaded only then; each
+item's record goes to the cache as soon as the attack calls it final (``on_record``), so an
+interrupted run keeps every finished item.
+
+A suite may hold both blocks; outcomes are keyed ``(kind, concept)`` for ``attacks.prompt`` and
+``(block, kind, concept)`` for every block (``("inversion", kind, concept)``).
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from .common import AttackCache, Item, asr_curve, item_key
 from .judge import make_judge
 
 def attacks():
-    from . import ringabell, unlearndiffatk
+    from . import ringabell, ti, unlearndiffatk
 
-    return {m.NAME: m for m in (unlearndiffatk, ringabell)}
+    return {m.NAME: m for m in (unlearndiffatk, ringabell, ti)}
 
 
 def attack_module(name: str, suite_id: str):
@@ -43,65 +50,83 @@ def forget_items(suite, items, target, seeds) -> list[int]:
     return out
 
 
-def run_prompt_attacks(suite, settings, items, targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, model_fps: dict,
+def run_prompt_attacks(suite, settings: dict, items, targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, model_fps: dict,
                        cache_dir: Path, root: Path, progress: bool = True, counter: dict | None = None) -> dict:
-    """``{(kind, concept): outcome}`` for every target the suite applies to. ``settings``: the
-    suite's ``spec.PromptAttack`` (``suite.prompt_attack``). ``model_fps``: the fingerprints an
-    attack may key on (``unlearned``, ``text_encoder``)."""
-    mod = attack_module(settings.attack, suite.id)
-    ap = mod.params_of(settings.params)
-    seeds = set(settings.seeds) if settings.seeds is not None else None
-    params = settings.judge.params()  # the judge's settings (make_judge)
-    cache = AttackCache(Path(cache_dir) / "attacks")
+    """``{(block, kind, concept): outcome}`` of every attack block of the suite (``settings``:
+    block name -> ``spec.PromptAttack``, ``suite.prompt_attacks``), and ``{(kind, concept):
+    outcome}`` of ``attacks.prompt``, for every target the suite applies to. ``model_fps``: the
+    fingerprints an attack may key on (``unlearned``, ``text_encoder``)."""
     counter = counter if counter is not None else {}
     loaded: list = []
     out = {}
-    for target in targets:
-        if target.kind not in suite.applies_to:
-            continue
-        t0 = time.time()
-        try:  # a target this suite cannot judge is that target's error, not the whole suite's
-            judge = make_judge(suite, scorer, target, params, root)
-            idx = forget_items(suite, items, target, seeds)
-            if not idx:
-                raise HarnessError(f"suite {suite.id}: robustness: no forget prompts of {target.concept!r} with the attack seeds")
-        except HarnessError as e:
-            out[(target.kind, target.concept)] = {"error": str(e)}
-            continue
-        pre = judge([unl_imgs[i] for i in idx])
-        base_pre = judge([base_imgs[i] for i in idx])
-        its = [Item(i, unl_jobs[i], base_jobs[i].key(), base_imgs[i]) for i in idx]
-        fp = model_fps[getattr(mod, "MODEL_KEY", "unlearned")]
-        keys = [item_key(mod.NAME, mod.VERSION, ap, fp, it, target.concept, judge.identity) for it in its]
-        recs: list[dict | None] = [None if p else cache.get(k) for p, k in zip(pre, keys)]
-        todo = [j for j, (p, r) in enumerate(zip(pre, recs)) if not p and r is None]
-        before = counter.get("unet_calls", 0)
-        if todo and max(mod.budgets(ap)) > 0:
-            if not loaded:
-                loaded.append(unl_pipe())
-            extra = {}
-            if hasattr(mod, "concept_pairs"):  # Ring-A-Bell's concept vector: pairs from the suite's prompts (or params.pairs)
-                by_labels = {tuple(sorted(p.labels.items())): p.text for p, _ in items if p.labels}
-                extra["_pairs"] = mod.concept_pairs(ap, target.concept, target.kind, by_labels)
-                extra.update(_search_cache=cache, _te_fp=model_fps["text_encoder"])
-            made = mod.attack(loaded[0], [its[j] for j in todo], judge, {**ap, **extra}, progress, counter)
-            for j, rec in zip(todo, made):
+    for block, ps in settings.items():
+        mod = attack_module(ps.attack, suite.id)
+        for target in targets:
+            if target.kind not in suite.applies_to:
+                continue
+            res = _attack_target(mod, suite, ps, items, target, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, loaded, model_fps,
+                                 AttackCache(Path(cache_dir) / "attacks"), root, progress, counter)
+            out[(block, target.kind, target.concept)] = res
+            if block == "prompt":
+                out[(target.kind, target.concept)] = res
+    return out
+
+
+def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, loaded, model_fps,
+                   cache, root, progress, counter) -> dict:
+    ap = mod.params_of(settings.params)
+    seeds = set(settings.seeds) if settings.seeds is not None else None
+    params = settings.judge.params()  # the judge's settings (make_judge)
+    t0 = time.time()
+    try:  # a target this suite cannot judge is that target's error, not the whole suite's
+        judge = make_judge(suite, scorer, target, params, root)
+        idx = forget_items(suite, items, target, seeds)
+        if not idx:
+            raise HarnessError(f"suite {suite.id}: robustness: no forget prompts of {target.concept!r} with the attack seeds")
+    except HarnessError as e:
+        return {"error": str(e)}
+    pre = judge([unl_imgs[i] for i in idx])
+    base_pre = judge([base_imgs[i] for i in idx])
+    its = [Item(i, unl_jobs[i], base_jobs[i].key(), base_imgs[i]) for i in idx]
+    fp = model_fps[getattr(mod, "MODEL_KEY", "unlearned")]
+    kp = mod.key_params(ap, its) if hasattr(mod, "key_params") else ap  # textual inversion: + its training set
+    keys = [item_key(mod.NAME, mod.VERSION, kp, fp, it, target.concept, judge.identity) for it in its]
+    recs: list[dict | None] = [None if p else cache.get(k) for p, k in zip(pre, keys)]
+    todo = [j for j, (p, r) in enumerate(zip(pre, recs)) if not p and r is None]
+    before = counter.get("unet_calls", 0)
+    if todo and max(mod.budgets(ap)) > 0:
+        if not loaded:
+            loaded.append(unl_pipe())
+        extra = {}
+        if hasattr(mod, "concept_pairs"):  # Ring-A-Bell's concept vector: pairs from the suite's prompts (or params.pairs)
+            by_labels = {tuple(sorted(p.labels.items())): p.text for p, _ in items if p.labels}
+            extra["_pairs"] = mod.concept_pairs(ap, target.concept, target.kind, by_labels)
+            extra.update(_search_cache=cache, _te_fp=model_fps["text_encoder"])
+        if hasattr(mod, "key_params"):  # textual inversion: one embedding learned on every forget item's base image
+            extra.update(_train=its, _concept=target.concept, _kind=target.kind, _cache=cache, _fp=fp)
+
+        def done(j, rec):  # each item's record is written as soon as it is final: an interrupted attack keeps it
+            cache.put(keys[todo[j]], rec)
+            recs[todo[j]] = rec
+
+        made = mod.attack(loaded[0], [its[j] for j in todo], judge, {**ap, **extra}, progress, counter, on_record=done)
+        for j, rec in zip(todo, made):
+            if recs[j] is None:
                 cache.put(keys[j], rec)
                 recs[j] = rec
-        elif todo:  # budget 0: nothing to search, nothing to cache
-            for j in todo:
-                recs[j] = {"success": False, "success_at": None, "budget_used": 0, "prompt": its[j].job.prompt, "token_ids": []}
-        success_at = [0 if p else (r["success_at"] if r and r.get("success") else None) for p, r in zip(pre, recs)]
-        b = mod.budgets(ap)
-        curve = asr_curve(pre, success_at, b)
-        out[(target.kind, target.concept)] = {
-            "attack": mod.NAME, "attack_version": mod.VERSION, "params": ap, "budget": max(b), "budget_unit": mod.BUDGET_UNIT,
-            "attack_seeds": sorted(seeds) if seeds is not None else None, "judge": judge.identity,
-            "items": len(idx), "pre": pre, "base_pre": base_pre, "success_at": success_at, "asr_curve": curve,
-            "attacked": len(todo), "attacked_items": [[its[j].job.prompt, its[j].job.seed] for j in todo], "cached": sum(1 for p, r in zip(pre, recs) if not p) - len(todo),
-            "unet_calls": counter.get("unet_calls", 0) - before, "seconds": round(time.time() - t0, 2),
-            "seconds_per_attacked_item": round(float(np.mean([r["seconds"] for j, r in enumerate(recs) if j in set(todo) and "seconds" in r])), 3) if todo and max(b) > 0 else None,
-            "examples": [{"prompt": its[j].job.prompt, "seed": its[j].job.seed, "adversarial_prompt": r.get("prompt"), "success_at": r.get("success_at")}
-                         for j, r in enumerate(recs) if r and r.get("success")][:8],
-        }
-    return out
+    elif todo:  # budget 0: nothing to search, nothing to cache
+        for j in todo:
+            recs[j] = {"success": False, "success_at": None, "budget_used": 0, "prompt": its[j].job.prompt, "token_ids": []}
+    success_at = [0 if p else (r["success_at"] if r and r.get("success") else None) for p, r in zip(pre, recs)]
+    b = mod.budgets(ap)
+    curve = asr_curve(pre, success_at, b)
+    return {
+        "attack": mod.NAME, "attack_version": mod.VERSION, "params": ap, "budget": max(b), "budget_unit": mod.BUDGET_UNIT,
+        "attack_seeds": sorted(seeds) if seeds is not None else None, "judge": judge.identity,
+        "items": len(idx), "pre": pre, "base_pre": base_pre, "success_at": success_at, "asr_curve": curve,
+        "attacked": len(todo), "attacked_items": [[its[j].job.prompt, its[j].job.seed] for j in todo], "cached": sum(1 for p, r in zip(pre, recs) if not p) - len(todo),
+        "unet_calls": counter.get("unet_calls", 0) - before, "seconds": round(time.time() - t0, 2),
+        "seconds_per_attacked_item": round(float(np.mean([r["seconds"] for j, r in enumerate(recs) if j in set(todo) and "seconds" in r])), 3) if todo and max(b) > 0 else None,
+        "examples": [{"prompt": its[j].job.prompt, "seed": its[j].job.seed, "adversarial_prompt": r.get("prompt"), "success_at": r.get("success_at")}
+                     for j, r in enumerate(recs) if r and r.get("success")][:8],
+    }

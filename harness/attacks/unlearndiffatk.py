@@ -88,17 +88,19 @@ def _ste():
     return STE
 
 
-def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, counter: dict | None = None) -> list[dict]:
+def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, counter: dict | None = None, on_record=None) -> list[dict]:
     """One record per item (see ``common``). ``pipe`` is the unlearned pipeline; ``judge(images)
-    -> list[bool]``; ``counter["unet_calls"]`` counts UNet evaluations."""
+    -> list[bool]``; ``counter["unet_calls"]`` counts UNet evaluations; ``on_record(i, rec)`` is
+    called as soon as item i's record is final (its first success, or the end of its batch)."""
     p = params_of(params)
     out: list[dict] = []
     for s in range(0, len(items), p["batch_size"]):
-        out += _attack_batch(pipe, items[s : s + p["batch_size"]], judge, p, progress, counter if counter is not None else {})
+        done = None if on_record is None else (lambda i, rec, s=s: on_record(s + i, rec))
+        out += _attack_batch(pipe, items[s : s + p["batch_size"]], judge, p, progress, counter if counter is not None else {}, done)
     return out
 
 
-def _attack_batch(pipe, items: list[Item], judge, p: dict, progress: bool, counter: dict) -> list[dict]:
+def _attack_batch(pipe, items: list[Item], judge, p: dict, progress: bool, counter: dict, on_record=None) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
@@ -123,6 +125,13 @@ def _attack_batch(pipe, items: list[Item], judge, p: dict, progress: bool, count
     done = [False] * n
     recs = [{"success": False, "success_at": None, "budget_used": 0, "prompt": it.job.prompt, "token_ids": [], "losses": []} for it in items]
     steps = sampled_timesteps(p["rounds"], p["timesteps"])
+
+    def finish(i):
+        recs[i]["seconds"] = round((time.time() - t0) / max(1, n), 3)
+        recs[i]["timesteps"] = steps[: len(recs[i]["losses"])]
+        if on_record is not None:
+            on_record(i, recs[i])
+
     bar = tqdm(total=len(steps) * p["iterations"], desc=f"{NAME} x{n}", unit="it", disable=not progress, leave=False)
     for r, t in enumerate(steps):
         act = [i for i in range(n) if not done[i]]
@@ -166,9 +175,9 @@ def _attack_batch(pipe, items: list[Item], judge, p: dict, progress: bool, count
             if hit[j]:
                 rec.update(success=True, success_at=used)
                 done[i] = True
+                finish(i)
     bar.close()
-    secs = (time.time() - t0) / max(1, n)
-    for rec in recs:
-        rec["seconds"] = round(secs, 3)
-        rec["timesteps"] = steps[: len(rec["losses"])]
+    for i in range(n):
+        if not done[i]:
+            finish(i)
     return recs

@@ -34,7 +34,8 @@ class MetricInfo:
     version: str = "1"
     needs_images: bool = True  # False: computed from the submission alone (no generation)
     attack: bool = False  # True: needs the partial-diffusion attacked images too (suite's attacks.partial_diffusion)
-    prompt_attack: bool = False  # True: needs a prompt attack's outcome (suite's attacks.prompt; harness.attacks.runner)
+    prompt_attack: bool = False  # True: needs a prompt attack's outcome (harness.attacks.runner)
+    attack_block: Literal["prompt", "inversion"] = "prompt"  # which of the suite's attacks blocks it reads
     params: type[MetricParams] = MetricParams  # the suite's params for it, typed (unknown keys refused)
     needs_scorer: bool = False  # True: needs the suite's scorer (classifier)
     role: Literal["erasure", "retention", "quality", "efficiency", "robustness"] = "retention"

@@ -288,6 +288,7 @@ class Attacks(Strict):
     """Attack settings, one block per kind of attack (read by every metric of that kind)."""
 
     prompt: PromptAttack | None = None
+    inversion: PromptAttack | None = Field(default=None, description="the textual-inversion attack (attack: ti) that ti_asr reads")
     partial_diffusion: PartialDiffusionAttack | None = None
 
 
@@ -317,8 +318,9 @@ class Suite(Strict):
     def _attacks_used(self):
         from ..metrics import info
 
-        used = {"prompt": any(info(m.name).prompt_attack for m in self.metrics), "partial_diffusion": any(info(m.name).attack for m in self.metrics)}
-        for kind in ("prompt", "partial_diffusion"):
+        used = {b: any(info(m.name).prompt_attack and info(m.name).attack_block == b for m in self.metrics) for b in ("prompt", "inversion")}
+        used["partial_diffusion"] = any(info(m.name).attack for m in self.metrics)
+        for kind in ("prompt", "inversion", "partial_diffusion"):
             if self.attacks is not None and getattr(self.attacks, kind) is not None and not used[kind]:
                 raise ValueError(f"attacks.{kind}: no metric of this suite reads it")
         return self
@@ -327,6 +329,20 @@ class Suite(Strict):
     def prompt_attack(self) -> PromptAttack:
         """The prompt attack's settings (defaults where the suite gives none)."""
         return self.attacks.prompt if self.attacks and self.attacks.prompt else PromptAttack()
+
+    @property
+    def prompt_attacks(self) -> dict[str, PromptAttack]:
+        """block name -> settings of every prompt-attack block some metric of the suite reads
+        (``prompt``, ``inversion``; defaults where the suite gives none)."""
+        from ..metrics import info
+
+        blocks = {info(m.name).attack_block for m in self.metrics if info(m.name).prompt_attack}
+        out = {}
+        if "prompt" in blocks:
+            out["prompt"] = self.prompt_attack
+        if "inversion" in blocks:
+            out["inversion"] = self.attacks.inversion if self.attacks and self.attacks.inversion else PromptAttack(attack="ti")
+        return out
 
     @property
     def partial_diffusion(self) -> PartialDiffusionAttack:
