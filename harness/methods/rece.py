@@ -47,14 +47,16 @@ PRESETS: dict[str, dict] = {
     # README): 1 epoch, reg 1e-3, on top of a UCE paper-era (tail-token) edit with lamb 0.5
     "paper": {"rounds": 1, "regular_scale": 1e-3, "lamb": 0.1, "erase_scale": 1.0, "preserve_scale": 0.1,
               "uce_token_positions": "tail", "uce_erase_scale": 1.0, "uce_preserve_scale": None, "uce_lamb": 0.5},
-    # the authors' nudity / I2P setting (scripts/nudity.sh): 3 epochs, reg 0.1
-    "paper-nudity": {"rounds": 3, "regular_scale": 0.1, "lamb": 0.1, "erase_scale": 1.0, "preserve_scale": 0.1,
-                     "uce_token_positions": "tail", "uce_erase_scale": 1.0, "uce_preserve_scale": None, "uce_lamb": 0.5},
     # the toy world: the authors' style/object round settings on top of the committed toy UCE
     # edit (all-token), so the toy RECE checkpoint is the toy UCE checkpoint plus RECE's rounds
     "toy": {"rounds": 1, "regular_scale": 1e-3, "lamb": 0.1, "erase_scale": 1.0, "preserve_scale": 0.1,
             "uce_token_positions": "all", "uce_erase_scale": 1.0, "uce_preserve_scale": 1.0, "uce_lamb": 0.5},
 }
+
+# The authors' nudity / I2P setting (scripts/nudity.sh, README): the paper preset with 3 epochs and
+# reg 0.1, i.e. `unlearn erase rece --preset paper --param rounds=3 --param regular_scale=0.1`
+# (the CLI's --preset names only paper and toy).
+PAPER_NUDITY: dict = {"rounds": 3, "regular_scale": 0.1}
 
 
 def display_name(params: dict) -> str:
