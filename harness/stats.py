@@ -243,19 +243,34 @@ def jackknife_t(theta0: float, replicates: np.ndarray, level: float = LEVEL, low
     return lo, hi, se
 
 
+def jackknife_units(prompts: list[str], seeds: list[int], min_clusters: int = MIN_SET_CLUSTERS) -> tuple[list[str], str]:
+    """The units a set statistic's jackknife leaves out: the seeds when every prompt was drawn
+    at the same >= ``min_clusters`` seeds (the prompt set is then fixed and matched by the
+    reference; each seed is an independent draw of the whole set, so "delete one seed" keeps
+    the composition), else the prompts (one or few seeds per prompt: prompts are the sample)."""
+    per: dict[str, set] = {}
+    for p, s in zip(prompts, seeds):
+        per.setdefault(p, set()).add(s)
+    sets = {frozenset(v) for v in per.values()}
+    if len(sets) == 1 and len(next(iter(sets))) >= min_clusters and len(prompts) == len(per) * len(next(iter(sets))):
+        return [f"seed {s}" for s in seeds], "seed"
+    return list(prompts), "prompt"
+
+
 def set_intervals(stat: Callable[[np.ndarray], float], base_stat: Callable[[np.ndarray], float] | None, clusters: list[str], threshold=None,
                   level: float = LEVEL, lower: float | None = None, min_clusters: int = MIN_SET_CLUSTERS,
                   method: str = "cluster-jackknife-t (delete one prompt, generated set)") -> dict:
-    """Intervals of a set statistic (FID, KID): the delete-one-prompt jackknife. ``stat(idx)``
-    recomputes the statistic on the generated items ``idx``; replicate j leaves out every item
-    of prompt j (for both models: the same items, so ``delta_ci`` and ``margin_ci`` are paired);
+    """Intervals of a set statistic (FID, KID): the delete-one-cluster jackknife (clusters:
+    prompts, or seeds as ``jackknife_units`` chooses). ``stat(idx)`` recomputes the statistic on
+    the generated items ``idx``; replicate j leaves out every item of cluster j (for both
+    models: the same items, so ``delta_ci`` and ``margin_ci`` are paired);
     the interval is value -/+ t_{C-1} x jackknife standard error (docs/statistics.md: why not
     the bootstrap). No duplicated images, so no resampling bias to correct. ``lower`` cuts the
     interval at the statistic's floor (FID >= 0). Fewer than ``min_clusters`` prompts: ci null."""
     keys, inv = np.unique(np.asarray(clusters), return_inverse=True)
     c = len(keys)
     if c < min_clusters:
-        why = f"{c} prompt(s): the jackknife interval of a set statistic needs at least {min_clusters}"
+        why = f"{c} cluster(s): the jackknife interval of a set statistic needs at least {min_clusters} (prompts or seeds)"
         return {"ci": None, "delta_ci": None, "ci_reason": why}
     every = np.arange(len(clusters))
     u0 = stat(every)

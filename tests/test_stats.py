@@ -374,3 +374,45 @@ def test_fid_jackknife_covers_the_expected_fid_at_toy_size():
         widths.append(ci["high"] - ci["low"])
     assert 0.90 <= hits / 200 <= 0.995, hits
     assert 0.7 * spread < np.median(widths) < 1.6 * spread, (np.median(widths), spread)
+
+
+def test_set_statistic_jackknife_units():
+    prompts = [f"p{i // 8}" for i in range(160)]
+    seeds = [i % 8 for i in range(160)]
+    groups, unit = stats.jackknife_units(prompts, seeds)
+    assert unit == "seed" and len(set(groups)) == 8 and groups[0] == groups[8] != groups[1]
+    assert stats.jackknife_units(prompts[:80], [i % 4 for i in range(80)]) == (prompts[:80], "prompt")  # 4 seeds: too few
+    ragged = seeds[:-1] + [9]  # one prompt at another seed: the seeds are not a shared design
+    assert stats.jackknife_units(prompts, ragged)[1] == "prompt"
+
+
+def test_fid_seed_jackknife_covers_with_the_prompts_fixed():
+    """The toy-fid design: a fixed, fully enumerated prompt set matched by the reference, 8 seeds;
+    only the seeds are random. Deleting one seed of every prompt keeps the composition; the
+    interval covers E[FID_n] over new seeds and is far narrower than the prompt jackknife's."""
+    from harness.metrics import fid
+
+    rng = np.random.default_rng(11)
+    d, n_p, n_s = 4, 20, 8
+    mu = rng.normal(size=(n_p, 1, d)) * 0.8
+    ref = (mu + 0.6 * rng.normal(size=(n_p, 25, d))).reshape(-1, d)
+
+    def draw():
+        return (mu + 0.6 * rng.normal(size=(n_p, n_s, d))).reshape(-1, d)
+
+    truth = np.array([fid.fid_from_features(draw(), ref) for _ in range(400)])
+    target = truth.mean()
+    prompts = [f"p{i // n_s}" for i in range(n_p * n_s)]
+    units, unit = stats.jackknife_units(prompts, [i % n_s for i in range(n_p * n_s)])
+    assert unit == "seed"
+    hits, w_seed, w_prompt = 0, [], []
+    for _ in range(200):
+        x = draw()
+        ci = stats.set_intervals(lambda j: fid.fid_from_features(x[j], ref), None, units, lower=0.0)["ci"]
+        hits += ci["low"] <= target <= ci["high"]
+        w_seed.append(ci["high"] - ci["low"])
+        if len(w_prompt) < 20:
+            cp = stats.set_intervals(lambda j: fid.fid_from_features(x[j], ref), None, prompts, lower=0.0)["ci"]
+            w_prompt.append(cp["high"] - cp["low"])
+    assert 0.90 <= hits / 200 <= 0.995, hits
+    assert np.median(w_seed) < 0.7 * np.median(w_prompt), (np.median(w_seed), np.median(w_prompt))
