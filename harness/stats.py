@@ -227,33 +227,68 @@ def intervals(scores: Scores, threshold=None, resamples: int = RESAMPLES, seed: 
     return out
 
 
+MIN_SET_CLUSTERS = 5  # below this many prompts a set statistic gets ci: null (t with < 4 df is not an interval)
+
+
+def jackknife_t(theta0: float, replicates: np.ndarray, level: float = LEVEL, lower: float | None = None) -> tuple[float, float, float]:
+    """(low, high, se) of the delete-one-cluster jackknife: se^2 = (C - 1) / C * sum (theta_(-j) -
+    mean)^2, interval theta0 -/+ t_{C-1} se, cut at ``lower`` (the parameter's floor, FID >= 0)."""
+    from scipy.stats import t as student_t
+
+    c = len(replicates)
+    se = float(np.sqrt((c - 1) / c * ((replicates - replicates.mean()) ** 2).sum()))
+    half = float(student_t.ppf(0.5 + level / 2, c - 1)) * se
+    lo, hi = theta0 - half, theta0 + half
+    if lower is not None:
+        lo, hi = max(lo, lower), max(hi, lower)
+    return lo, hi, se
+
+
+def jackknife_units(prompts: list[str], seeds: list[int], min_clusters: int = MIN_SET_CLUSTERS) -> tuple[list[str], str]:
+    """The units a set statistic's jackknife leaves out: the seeds when every prompt was drawn
+    at the same >= ``min_clusters`` seeds (the prompt set is then fixed and matched by the
+    reference; each seed is an independent draw of the whole set, so "delete one seed" keeps
+    the composition), else the prompts (one or few seeds per prompt: prompts are the sample)."""
+    per: dict[str, set] = {}
+    for p, s in zip(prompts, seeds):
+        per.setdefault(p, set()).add(s)
+    sets = {frozenset(v) for v in per.values()}
+    if len(sets) == 1 and len(next(iter(sets))) >= min_clusters and len(prompts) == len(per) * len(next(iter(sets))):
+        return [f"seed {s}" for s in seeds], "seed"
+    return list(prompts), "prompt"
+
+
 def set_intervals(stat: Callable[[np.ndarray], float], base_stat: Callable[[np.ndarray], float] | None, clusters: list[str], threshold=None,
-                  resamples: int = 200, seed: int = SEED, level: float = LEVEL, method: str = "cluster-bootstrap-percentile, bias-shifted (generated set)") -> dict:
-    """Intervals of a set statistic (FID, KID): each resample is an index list of the generated
-    items (whole prompts drawn with replacement), used for both models; ``stat(idx)`` recomputes
-    the statistic on those items. Duplicated images bias FID / KID upward (a resample has fewer
-    distinct images), so each bootstrap distribution is shifted by its bias (median of the
-    resamples - the full-set value) before its percentiles are read."""
-    rng = np.random.default_rng(seed)
-    w = cluster_weights(clusters, resamples, rng).astype(int)
-    u_s, b_s = np.empty(resamples), np.empty(resamples) if base_stat else None
-    for r in range(resamples):
-        idx = np.repeat(np.arange(w.shape[1]), w[r])
-        u_s[r] = stat(idx)
-        if base_stat:
-            b_s[r] = base_stat(idx)
-    n_clusters = len(set(clusters))
+                  level: float = LEVEL, lower: float | None = None, min_clusters: int = MIN_SET_CLUSTERS,
+                  method: str = "cluster-jackknife-t (delete one prompt, generated set)") -> dict:
+    """Intervals of a set statistic (FID, KID): the delete-one-cluster jackknife (clusters:
+    prompts, or seeds as ``jackknife_units`` chooses). ``stat(idx)`` recomputes the statistic on
+    the generated items ``idx``; replicate j leaves out every item of cluster j (for both
+    models: the same items, so ``delta_ci`` and ``margin_ci`` are paired);
+    the interval is value -/+ t_{C-1} x jackknife standard error (docs/statistics.md: why not
+    the bootstrap). No duplicated images, so no resampling bias to correct. ``lower`` cuts the
+    interval at the statistic's floor (FID >= 0). Fewer than ``min_clusters`` prompts: ci null."""
+    keys, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    c = len(keys)
+    if c < min_clusters:
+        why = f"{c} cluster(s): the jackknife interval of a set statistic needs at least {min_clusters} (prompts or seeds)"
+        return {"ci": None, "delta_ci": None, "ci_reason": why}
     every = np.arange(len(clusters))
     u0 = stat(every)
-    u_s = u_s - (np.median(u_s) - u0)
-    if b_s is not None:
-        b0 = base_stat(every)
-        b_s = b_s - (np.median(b_s) - b0)
-    out = {"ci": _ci(*percentile(u_s, level), method, n_clusters, resamples, seed, level, n_items=len(clusters))}
-    if b_s is not None:
-        out["delta_ci"] = _ci(*percentile(u_s - b_s, level), method, n_clusters, resamples, seed, level)
-    if threshold is not None and (not threshold.relative or b_s is not None):
-        out["margin_ci"] = _ci(*percentile(margin_of(threshold, u_s, b_s), level), method, n_clusters, resamples, seed, level)
+    u_j = np.array([stat(np.flatnonzero(inv != j)) for j in range(c)])
+    b0 = base_stat(every) if base_stat else None
+    b_j = np.array([base_stat(np.flatnonzero(inv != j)) for j in range(c)]) if base_stat else None
+
+    def ci(theta0, reps, floor=None, **extra):
+        lo, hi, se = jackknife_t(theta0, reps, level, floor)
+        return _ci(lo, hi, method, c, c, None, level, se=se, **extra)
+
+    out = {"ci": ci(u0, u_j, lower, n_items=len(clusters))}
+    if b_j is not None:
+        out["delta_ci"] = ci(u0 - b0, u_j - b_j)
+    if threshold is not None and (not threshold.relative or b_j is not None):
+        out["margin_ci"] = ci(float(margin_of(threshold, np.array([u0]), None if b0 is None else np.array([b0]))[0]),
+                              margin_of(threshold, u_j, b_j))
     return out
 
 

@@ -309,7 +309,7 @@ def test_metrics_without_per_item_scores_say_why():
     assert stats.uncertainty(Measurement(1.0, None))["ci_reason"]
 
 
-def test_fid_interval_resamples_the_generated_set():
+def test_fid_interval_is_the_paired_prompt_jackknife():
     from harness.metrics import fid
 
     rng = np.random.default_rng(12)
@@ -317,8 +317,103 @@ def test_fid_interval_resamples_the_generated_set():
     a, b = rng.normal(size=(60, 4)), rng.normal(0.5, size=(60, 4))
     clusters = [f"p{i // 3}" for i in range(60)]
     out = stats.set_intervals(lambda j: fid.fid_from_features(a[j], ref), lambda j: fid.fid_from_features(b[j], ref), clusters,
-                              Threshold.parse("<= 2 * base"), resamples=50)
+                              Threshold.parse("<= 2 * base"), lower=0.0)
     v = fid.fid_from_features(a, ref)
-    assert out["ci"]["low"] < out["ci"]["high"] and out["ci"]["resamples"] == 50 and out["ci"]["n_clusters"] == 20
-    assert out["delta_ci"]["high"] < 0  # a is nearer the reference than b, in every draw's pairing
-    assert np.isfinite(v)
+    assert out["ci"]["method"].startswith("cluster-jackknife-t") and out["ci"]["n_clusters"] == 20 and out["ci"]["resamples"] == 20
+    assert 0 <= out["ci"]["low"] < v < out["ci"]["high"]
+    assert out["delta_ci"]["high"] < 0  # a is nearer the reference than b, with every prompt left out
+    # the margin's interval is centred on value - 2 x base, as the verdict reads it
+    m = v - 2 * fid.fid_from_features(b, ref)
+    assert out["margin_ci"]["low"] < m < out["margin_ci"]["high"]
+    again = stats.set_intervals(lambda j: fid.fid_from_features(a[j], ref), lambda j: fid.fid_from_features(b[j], ref), clusters,
+                                Threshold.parse("<= 2 * base"), lower=0.0)
+    assert again == out  # no random draw: the same inputs give the same interval
+
+
+def test_fid_interval_known_answers_identical_sets():
+    from harness.metrics import fid
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(80, 6))
+    clusters = [f"p{i // 4}" for i in range(80)]
+    # identical models: delta exactly [0, 0]
+    out = stats.set_intervals(lambda j: fid.fid_from_features(a[j], a), lambda j: fid.fid_from_features(a[j], a), clusters, lower=0.0)
+    assert out["delta_ci"]["low"] == out["delta_ci"]["high"] == 0.0
+    # a set against itself: FID 0, the interval contains 0, is not negative, and is far narrower
+    # than the distance to a visibly different set
+    assert abs(fid.fid_from_features(a, a)) < 1e-6
+    ci = out["ci"]
+    far = fid.fid_from_features(a + 1.0, a)
+    assert ci["low"] == 0.0 and 0 < ci["high"] < 0.1 * far
+    # fewer prompts than the minimum: no interval, and the reason
+    few = stats.set_intervals(lambda j: fid.fid_from_features(a[j], a), None, [f"p{i // 20}" for i in range(80)])
+    assert few["ci"] is None and "at least 5" in few["ci_reason"]
+
+
+def test_fid_jackknife_covers_the_expected_fid_at_toy_size():
+    """Coverage, measured: prompts with their own mean, 8 seeds each, 20 prompts (toy-fid's
+    retain set shape), a fixed reference. The target is E[FID_n] (FID at this set size, the
+    quantity two runs of a suite compare); the old bias-shifted bootstrap was 3-4x too wide here."""
+    from harness.metrics import fid
+
+    rng = np.random.default_rng(7)
+    d, n_p, n_s = 4, 20, 8
+    ref = rng.normal(size=(500, d)) * 1.2
+
+    def draw():
+        mu = rng.normal(size=(n_p, 1, d)) * 0.8
+        return (mu + 0.6 * rng.normal(size=(n_p, n_s, d))).reshape(-1, d)
+
+    truth = np.array([fid.fid_from_features(draw(), ref) for _ in range(400)])
+    target, spread = truth.mean(), np.quantile(truth, 0.975) - np.quantile(truth, 0.025)
+    clusters = [f"p{i // n_s}" for i in range(n_p * n_s)]
+    hits, widths = 0, []
+    for _ in range(200):
+        x = draw()
+        ci = stats.set_intervals(lambda j: fid.fid_from_features(x[j], ref), None, clusters, lower=0.0)["ci"]
+        hits += ci["low"] <= target <= ci["high"]
+        widths.append(ci["high"] - ci["low"])
+    assert 0.90 <= hits / 200 <= 0.995, hits
+    assert 0.7 * spread < np.median(widths) < 1.6 * spread, (np.median(widths), spread)
+
+
+def test_set_statistic_jackknife_units():
+    prompts = [f"p{i // 8}" for i in range(160)]
+    seeds = [i % 8 for i in range(160)]
+    groups, unit = stats.jackknife_units(prompts, seeds)
+    assert unit == "seed" and len(set(groups)) == 8 and groups[0] == groups[8] != groups[1]
+    assert stats.jackknife_units(prompts[:80], [i % 4 for i in range(80)]) == (prompts[:80], "prompt")  # 4 seeds: too few
+    ragged = seeds[:-1] + [9]  # one prompt at another seed: the seeds are not a shared design
+    assert stats.jackknife_units(prompts, ragged)[1] == "prompt"
+
+
+def test_fid_seed_jackknife_covers_with_the_prompts_fixed():
+    """The toy-fid design: a fixed, fully enumerated prompt set matched by the reference, 8 seeds;
+    only the seeds are random. Deleting one seed of every prompt keeps the composition; the
+    interval covers E[FID_n] over new seeds and is far narrower than the prompt jackknife's."""
+    from harness.metrics import fid
+
+    rng = np.random.default_rng(11)
+    d, n_p, n_s = 4, 20, 8
+    mu = rng.normal(size=(n_p, 1, d)) * 0.8
+    ref = (mu + 0.6 * rng.normal(size=(n_p, 25, d))).reshape(-1, d)
+
+    def draw():
+        return (mu + 0.6 * rng.normal(size=(n_p, n_s, d))).reshape(-1, d)
+
+    truth = np.array([fid.fid_from_features(draw(), ref) for _ in range(400)])
+    target = truth.mean()
+    prompts = [f"p{i // n_s}" for i in range(n_p * n_s)]
+    units, unit = stats.jackknife_units(prompts, [i % n_s for i in range(n_p * n_s)])
+    assert unit == "seed"
+    hits, w_seed, w_prompt = 0, [], []
+    for _ in range(200):
+        x = draw()
+        ci = stats.set_intervals(lambda j: fid.fid_from_features(x[j], ref), None, units, lower=0.0)["ci"]
+        hits += ci["low"] <= target <= ci["high"]
+        w_seed.append(ci["high"] - ci["low"])
+        if len(w_prompt) < 20:
+            cp = stats.set_intervals(lambda j: fid.fid_from_features(x[j], ref), None, prompts, lower=0.0)["ci"]
+            w_prompt.append(cp["high"] - cp["low"])
+    assert 0.90 <= hits / 200 <= 0.995, hits
+    assert np.median(w_seed) < 0.7 * np.median(w_prompt), (np.median(w_seed), np.median(w_prompt))

@@ -19,13 +19,15 @@ from ..errors import HarnessError
 from .common import ConceptPrompts, check_concept_tokens, for_toy_world
 
 METHODS = {"uce": "harness.methods.uce", "esd": "harness.methods.esd",
-           "fmn": "harness.methods.fmn", "ca": "harness.methods.ca", "salun": "harness.methods.salun"}
+           "fmn": "harness.methods.fmn", "ca": "harness.methods.ca", "salun": "harness.methods.salun",
+           "rece": "harness.methods.rece"}
 PAPERS = {
     "uce": "https://arxiv.org/abs/2308.14761",
     "esd": "https://arxiv.org/abs/2303.07345",
     "fmn": "https://arxiv.org/abs/2303.17591",
     "ca": "https://arxiv.org/abs/2303.13516",
     "salun": "https://arxiv.org/abs/2310.12508",
+    "rece": "https://arxiv.org/abs/2407.12383",
 }
 
 

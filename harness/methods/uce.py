@@ -124,11 +124,19 @@ def erase(
         raise ValueError(f"token_positions must be one of {', '.join(TOKEN_POSITIONS)}, not {token_positions!r}")
     preserve_scale = resolve({"preserve_scale": preserve_scale, "token_positions": token_positions}, concepts)["preserve_scale"]
     c, a, p = (x.cpu() for x in rows(pipe, concepts, token_positions))
+    return edit_kv(pipe.unet, c, a, p, erase_scale, preserve_scale, lamb)
+
+
+@torch.no_grad()
+def edit_kv(unet, c: torch.Tensor, a: torch.Tensor, p: torch.Tensor, erase_scale: float, preserve_scale: float, lamb: float) -> dict[str, torch.Tensor]:
+    """The closed form above on every cross-attention K/V projection of ``unet``, in place, with
+    rows c (erased inputs), a (anchor inputs, mapped by the current W) and p (preserved inputs),
+    float64 on the CPU; returns the new weights by UNet state-dict name (RECE reuses this)."""
     d = c.shape[1]
     gram = lamb * torch.eye(d, dtype=torch.float64) + erase_scale * c.T @ c + preserve_scale * p.T @ p
     gram_inv = torch.linalg.inv(gram)
     changed: dict[str, torch.Tensor] = {}
-    for name, lin in cross_attention_kv(pipe.unet).items():
+    for name, lin in cross_attention_kv(unet).items():
         w = lin.weight.double().cpu()
         rhs = lamb * w + erase_scale * (w @ a.T) @ c + preserve_scale * (w @ p.T) @ p
         new = (rhs @ gram_inv).to(device=lin.weight.device, dtype=lin.weight.dtype)

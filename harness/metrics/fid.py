@@ -141,12 +141,14 @@ def compute(name: str, run, target, params) -> Measurement:
     value, base = of(f_unl), of(f_base)
 
     def resample(threshold):
-        """The generated set's sampling noise: whole prompts redrawn (the same draw for both
-        models), the features recomputed into the statistic; the reference set held fixed."""
-        from ..stats import prompt_key, set_intervals
+        """The generated set's sampling noise: the delete-one-cluster jackknife (one seed of
+        every prompt left out in turn when all prompts share >= 5 seeds, else one prompt; the
+        same items for both models), the features recomputed into the statistic; the reference
+        set held fixed. FID's interval is cut at 0; KID (unbiased) may go below."""
+        from ..stats import jackknife_units, prompt_key, set_intervals
 
-        clusters = [prompt_key(run.items[i][0].text) for i in idx]
-        return set_intervals(lambda j: of(f_unl[j]), lambda j: of(f_base[j]), clusters, threshold,
-                             resamples=p.bootstrap_resamples or 200, seed=p.bootstrap_seed or 0)
+        clusters, unit = jackknife_units([prompt_key(run.items[i][0].text) for i in idx], [run.items[i][1] for i in idx])
+        return set_intervals(lambda j: of(f_unl[j]), lambda j: of(f_base[j]), clusters, threshold, lower=0.0 if name == "fid" else None,
+                             method=f"cluster-jackknife-t (delete one {unit}{' of every prompt' if unit == 'seed' else ''}, generated set)")
 
     return Measurement(value, base, {"mode": "clean", **what, "reference_sha256": ref_sha, "images": int(len(idx))}, resample=resample)

@@ -24,7 +24,7 @@ PARAMS = {
 TARGETS = {"style": "striped", "object": "triangle"}
 CODE = {"uce": "https://github.com/rohitgandikota/unified-concept-editing", "esd": "https://github.com/rohitgandikota/erasing",
         "fmn": "https://github.com/SHI-Labs/Forget-Me-Not", "ca": "https://github.com/nupurkmr9/concept-ablation",
-        "salun": "https://github.com/OPTML-Group/Unlearn-Saliency"}
+        "salun": "https://github.com/OPTML-Group/Unlearn-Saliency", "rece": "https://github.com/CharlesGong12/RECE"}
 
 
 def make_checkpoints(root: Path, methods=("uce", "esd"), force: bool = False) -> list[Path]:
