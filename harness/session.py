@@ -74,8 +74,8 @@ def results_path(text: str) -> str:
 def positive_count(text: str) -> int:
     try:
         n = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
+    except ValueError:  # argparse's own words for type=int
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
     if n < 1:
         raise ValueError(f"{n} is not a positive count")
     return n
