@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from harness.generate import ImageCache, Job, generate
@@ -29,13 +28,6 @@ print(rep["generated"], rep["cached"])
 
 def _jobs(n_seeds):
     return [Job(p, "", s, "ddim", 10, 3.0, 32, 32, 0.0, "float32", "m") for p in PROMPTS for s in range(n_seeds)]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_pipe_factory):
-    d = tmp_path_factory.mktemp("tiny") / "pipe"
-    tiny_pipe_factory(seed=5).save_pretrained(d)
-    return d
 
 
 def _start(tiny_dir, cache, n_seeds):

@@ -2,64 +2,20 @@
 
 import json
 import shutil
-import textwrap
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from fixtures import KEY, local_project, mini_suite, submission
 
 from harness.hashing import sha256_file, sha256_tree
 
-KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-
-SUITE = """\
-id: mini
-version: "1.0"
-applies_to: [style, object]
-prompts:
-  template:
-    template: "A {object} image in {style} style."
-    values: {object: [circle, square], style: [striped, solid]}
-generation: {scheduler: ddim, steps: 2, guidance: 3.0, seeds: [0, 1], batch_size: 4}
-scorer: {backend: toy}
-metrics:
-  - {name: ua, threshold: ">= 1.01"}
-  - {name: ira, threshold: ">= 0.0 * base"}
-  - {name: cra, threshold: "<= base + 1"}
-smoke: {max_prompts: 1, seeds: [0]}
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from harness.toy.model import build_pipeline
-
-    d = tmp_path_factory.mktemp("base") / "base"
-    build_pipeline(seed=3, unet=dict(block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=64, attention_head_dim=8)).save_pretrained(d)
-    return d
-
-
-def submission(ckpt_kind="unet", ckpt_path="ckpt/unet.safetensors", sha=None, name="tiny-uce", extra=""):
-    return textwrap.dedent(f"""\
-        name: {name}
-        method: {{name: uce, params: {{erase_scale: 1.0}}}}
-        base_model: {{local_dir: base}}
-        checkpoint: {{kind: {ckpt_kind}, path: {ckpt_path}, sha256: "{sha}"}}
-        targets: [{{concept: striped, kind: style}}]
-        suites: [mini]
-        """) + extra
+SUITE = mini_suite('name: ua, threshold: ">= 1.01"', 'name: ira, threshold: ">= 0.0 * base"', 'name: cra, threshold: "<= base + 1"')
 
 
 @pytest.fixture
 def project(pytester, tiny_base):
     """A repository with a base pipeline, a suite, a checkpoint and a submission."""
-    shutil.copytree(tiny_base, pytester.path / "base")
-    (pytester.path / "suites").mkdir()
-    (pytester.path / "suites" / "mini.yaml").write_text(SUITE)
-    (pytester.path / "ckpt").mkdir()
-    save_file({KEY: torch.randn(32, 64, generator=torch.Generator().manual_seed(0))}, pytester.path / "ckpt" / "unet.safetensors")
-    sha = sha256_file(pytester.path / "ckpt" / "unet.safetensors")
-    (pytester.path / "sub.yaml").write_text(submission(sha=sha))
+    local_project(pytester.path, tiny_base, SUITE)
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
     return pytester
 
@@ -112,7 +68,7 @@ def test_cases_verdicts_summary_and_results_json(project):
 
 def test_base_as_its_own_unlearned_model_matches_base_exactly(project):
     shutil.copytree(project.path / "base", project.path / "same")
-    (project.path / "sub.yaml").write_text(submission("pipeline", "same", sha256_tree(project.path / "same")))
+    (project.path / "sub.yaml").write_text(submission(sha256_tree(project.path / "same"), kind="pipeline", path="same"))
     run(project, "--unlearn-submission", "sub.yaml")
     data = only_json(project)
     assert all(m["value"] == m["base_value"] for m in data["metrics"])
@@ -234,7 +190,7 @@ def test_bad_submission_and_suite_files_are_one_line_errors(project, mutate, nee
 def test_pickle_checkpoint_is_refused_unless_allowed(project):
     torch.save({KEY: torch.zeros(32, 64)}, project.path / "ckpt" / "u.pt")
     sha = sha256_file(project.path / "ckpt" / "u.pt")
-    (project.path / "sub.yaml").write_text(submission(ckpt_path="ckpt/u.pt", sha=sha))
+    (project.path / "sub.yaml").write_text(submission(sha, path="ckpt/u.pt"))
     _usage_error(project.runpytest("--unlearn-submission", "sub.yaml"), "sub.yaml: checkpoint: u.pt is a pickle format")
     run(project, "--unlearn-submission", "sub.yaml", "--unlearn-allow-pickle").assert_outcomes(passed=2, failed=1)
 
