@@ -139,6 +139,19 @@ def test_bad_option_values_fail_at_start_up(project, args, needles):
     _usage_error(r, *needles)
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["--unlearn-device", "gpu9"], ["--unlearn-device: 'gpu9' is not one of auto, cpu, mps, cuda, cuda:N"]),
+    (["--unlearn-executor", "gpu"], ["--unlearn-executor: 'gpu' is not one of local, ray"]),
+    (["--unlearn-ray-address", "not an address"], ["--unlearn-ray-address: 'not an address' is not auto, local"]),
+    (["--unlearn-results", " "], ["--unlearn-results: empty path"]),
+])
+def test_option_values_are_parsed_when_pytest_reads_its_command_line(pytester, args, needles):
+    """The session's type= parsers (harness.session, shared with the CLI): a malformed value is
+    the same one-line usage error, with or without --unlearn-submission."""
+    pytester.makepyfile(test_plain="def test_a():\n    assert True\n")
+    _usage_error(pytester.runpytest(*args), *needles)
+
+
 def _edit_sub(old, new):
     return lambda p: (p / "sub.yaml").write_text((p / "sub.yaml").read_text().replace(old, new, 1))
 
