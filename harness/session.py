@@ -128,6 +128,20 @@ class Session:
                 self.records.append(json.loads(value))
 
 
+def probe_writable(folder: Path) -> None:
+    """Make ``folder`` and write and remove a file in it, or raise the OSError. The probe file's
+    name is this process's own: with one fixed name, two processes starting at once (the xdist
+    workers of one run, two runs on one cache) removed each other's probe, and the one that lost
+    the race refused a writable cache (the ``replacing crashed worker`` of issue 18)."""
+    import os
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def start(config) -> Session:
     """The session of a pytest run given ``--unlearn-submission``: the options that depend on each
     other or on the files, and every check ``unlearn check`` makes, each a one-line usage error."""
@@ -163,10 +177,7 @@ def start(config) -> Session:
             raise _usage("--unlearn-executor ray: Ray spreads the work itself; run without -n (pytest-xdist)")
     cache = cache_dir(root, config.getoption("unlearn_cache"))
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        probe = cache / ".write-probe"
-        probe.write_text("")
-        probe.unlink()
+        probe_writable(cache)
     except OSError as e:
         raise _usage(f"--unlearn-cache: {cache} is not a writable folder ({e.strerror})") from None
     try:  # submission sets (submissions/uce.yaml) stand for their members; a missing path suggests names

@@ -1,4 +1,6 @@
-"""Shared test set-up: offline always, one thread per xdist worker, toy models loaded once."""
+"""Shared test set-up: offline always, one thread per xdist worker, toy models loaded once, and
+the fixtures several modules use (tiny pipelines, ``one_thread``); the builders they share (the
+mini suite, submissions, checkpoints, a small repository) are in ``tests/fixtures``."""
 
 import os
 

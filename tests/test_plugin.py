@@ -260,3 +260,33 @@ def test_an_inconclusive_verdict_is_a_skip_and_fails_under_strict(project):
     r = run(project, "--unlearn-submission", "sub.yaml", "--unlearn-strict")
     r.assert_outcomes(failed=3)
     r.stdout.fnmatch_lines(["*inconclusive: IRA*(--unlearn-strict)*"])
+
+
+def _probe_many(cache, n, q):
+    from harness.session import probe_writable
+
+    bad = 0
+    for _ in range(n):
+        try:
+            probe_writable(cache)
+        except OSError:
+            bad += 1
+    q.put(bad)
+
+
+def test_concurrent_start_ups_on_one_cache_never_refuse_it(tmp_path):
+    """Two processes starting at once (the xdist workers of one run) each probe the cache. With
+    one fixed probe name they removed each other's probe file and the loser refused a writable
+    cache: a worker's start-up usage error, which pytest-xdist reports as ``replacing crashed
+    worker gw1`` (issue 18). Measured before the fix: 16 refusals in 2 x 2000 start-ups."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_probe_many, args=(tmp_path / "cache", 2000, q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [q.get(timeout=10), q.get(timeout=10)] == [0, 0]
+    assert list((tmp_path / "cache").iterdir()) == []  # no probe left behind
