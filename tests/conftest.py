@@ -1,4 +1,6 @@
-"""Shared test set-up: offline always, one thread per xdist worker, toy models loaded once."""
+"""Shared test set-up: offline always, one thread per xdist worker, toy models loaded once, and
+the fixtures several modules use (tiny pipelines, ``one_thread``); the builders they share (the
+mini suite, submissions, checkpoints, a small repository) are in ``tests/fixtures``."""
 
 import os
 
@@ -40,3 +42,33 @@ def tiny_pipe_factory():
     from harness.toy.model import build_pipeline
 
     return build_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A tiny pipeline folder (UNet ``fixtures.TINY_UNET``, seed 3) for pytester repositories."""
+    from fixtures import TINY_UNET
+
+    from harness.toy.model import build_pipeline
+
+    d = tmp_path_factory.mktemp("base") / "base"
+    build_pipeline(seed=3, unet=TINY_UNET).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_pipe_factory):
+    """A tiny random pipeline (``tiny_pipe_factory``, seed 7) saved as a diffusers folder."""
+    d = tmp_path_factory.mktemp("tiny") / "pipe"
+    tiny_pipe_factory(seed=7).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module (the machine is shared; as in a Ray task given 1 CPU).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,15 +5,16 @@ process (the code the console script runs); a few run the real ``unlearn`` conso
 """
 
 import contextlib
+import functools
 import io
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from fixtures import KEY, mini_suite, submission
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
@@ -21,25 +22,9 @@ from safetensors.torch import save_file
 from harness.cli import main
 from harness.hashing import sha256_file
 
-KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"  # (64, 64) in the toy UNet
 UNLEARN = Path(sys.executable).with_name("unlearn")
 
-SUITE = """\
-id: mini
-version: "1.0"
-applies_to: [style, object]
-world: toy
-prompts:
-  template:
-    template: "A {object} image in {style} style."
-    values: {object: [circle, square], style: [striped, solid]}
-generation: {scheduler: ddim, steps: 2, guidance: 3.0, seeds: [0, 1], batch_size: 4}
-scorer: {backend: toy}
-metrics:
-  - {name: ua, threshold: ">= 0.8"}
-  - {name: ira, threshold: ">= 0.8 * base"}
-smoke: {max_prompts: 1, seeds: [0]}
-"""
+SUITE = mini_suite('name: ua, threshold: ">= 0.8"', 'name: ira, threshold: ">= 0.8 * base"', world="toy")
 
 EFFICIENCY = """\
 id: eff
@@ -51,16 +36,8 @@ metrics:
 """
 
 
-def submission(sha: str, path: str = "ckpt/unet.safetensors", kind: str = "unet") -> str:
-    return textwrap.dedent(f"""\
-        name: tiny-uce
-        method: {{name: uce, params: {{erase_scale: 1.0}}}}
-        base_model: {{builtin: toy}}
-        checkpoint: {{kind: {kind}, path: {path}, sha256: "{sha}"}}
-        targets: [{{concept: striped, kind: style}}]
-        suites: [mini, eff]
-        method_record: ckpt/method.json
-        """)
+# the toy base, the mini suite and an efficiency suite, the method record beside the checkpoint
+toy_submission = functools.partial(submission, base="{builtin: toy}", suites="[mini, eff]", extra="method_record: ckpt/method.json\n")
 
 
 @pytest.fixture
@@ -72,7 +49,7 @@ def repo(tmp_path, monkeypatch):
     (tmp_path / "ckpt").mkdir()
     save_file({KEY: torch.zeros(64, 64)}, tmp_path / "ckpt" / "unet.safetensors")
     (tmp_path / "ckpt" / "method.json").write_text('{"efficiency": {"time_s": 0.1}}')
-    (tmp_path / "sub.yaml").write_text(submission(sha256_file(tmp_path / "ckpt" / "unet.safetensors")))
+    (tmp_path / "sub.yaml").write_text(toy_submission(sha256_file(tmp_path / "ckpt" / "unet.safetensors")))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -135,21 +112,21 @@ def checkpoint(name: str, write, kind: str = "unet"):
         p = root / "ckpt" / name
         write(p)
         sha = sha256_file(p) if p.is_file() else "0" * 64
-        (root / "sub.yaml").write_text(submission(sha, f"ckpt/{name}", kind))
+        (root / "sub.yaml").write_text(toy_submission(sha, path=f"ckpt/{name}", kind=kind))
     return f
 
 
 def pinned_sub(path: str):
     """The submission pointing at ``path`` (sha256 of the good checkpoint)."""
     def f(root: Path):
-        (root / "sub.yaml").write_text(submission(sha256_file(root / "ckpt" / "unet.safetensors"), path))
+        (root / "sub.yaml").write_text(toy_submission(sha256_file(root / "ckpt" / "unet.safetensors"), path=path))
     return f
 
 
 def pinned_sha(change):
     """The good checkpoint, its sha256 written as ``change(sha256)``."""
     def f(root: Path):
-        (root / "sub.yaml").write_text(submission(change(sha256_file(root / "ckpt" / "unet.safetensors"))))
+        (root / "sub.yaml").write_text(toy_submission(change(sha256_file(root / "ckpt" / "unet.safetensors"))))
     return f
 
 

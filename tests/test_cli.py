@@ -178,3 +178,56 @@ def test_compare_of_files_without_intervals_keeps_the_tolerance_rule(tmp_path):
     worse.write_text(json.dumps(_result([0.8, 1.0])))
     r = unlearn("compare", str(worse), str(base))
     assert r.returncode == 1 and "REGRESSED  (no interval: tolerance alone)" in r.stdout
+
+
+def _every_parser(p):
+    import argparse
+
+    yield p
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                yield from _every_parser(sp)
+
+
+def test_every_help_page_renders():
+    """``unlearn --help`` and the help of every command and sub-command (a stray ``%`` in a help
+    text once made ``unlearn --help`` a traceback)."""
+    from harness.cli import parser
+
+    pages = [p.format_help() for p in _every_parser(parser())]
+    assert len(pages) > 20 and all("usage: unlearn" in h for h in pages)
+    r = unlearn("--help")
+    assert r.returncode == 0 and "80% power" in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, line", [
+    (["erase", "uce", "--base", "b", "--concept", "c", "--out", "o", "--device", "gpu9"],
+     "unlearn: error: --device: 'gpu9' is not one of auto, cpu, mps, cuda, cuda:N"),
+    (["regress", "--method-seeds", "0"], "unlearn: error: --method-seeds: 0 is not a positive count"),
+    (["regress", "--method-seeds", "x"], "unlearn regress: error: argument --method-seeds: invalid int value: 'x' (see --help)"),
+    (["erase", "uce", "--base", "b", "--concept", "c", "--out", "o", "--param", "steps"],
+     "unlearn erase: error: argument --param: --param 'steps': expected KEY=VALUE (see --help)"),
+])
+def test_option_parsers_give_one_line(args, line, capsys):
+    """The ``type=`` parsers of harness.session (shared with the pytest plugin): one line, exit 2."""
+    from harness.cli import main
+
+    import contextlib
+
+    with pytest.raises(SystemExit) if "argument" in line else contextlib.nullcontext():
+        assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+
+
+def test_session_parsers_name_their_option():
+    from harness import session
+
+    assert session.device("cuda:1") == "cuda:1" and session.executor("ray") == "ray"
+    assert session.ray_address("ray://h:1") == "ray://h:1" and session.positive_count("3") == 3
+    assert session.param("steps=400") == ("steps", 400) and session.param("w=a=b") == ("w", "a=b")
+    for flag, parse, text in [("--unlearn-device", session.device, "gpu9"), ("--unlearn-executor", session.executor, "gpu"),
+                              ("--unlearn-ray-address", session.ray_address, "not an address"), ("--unlearn-results", session.results_path, " ")]:
+        with pytest.raises(session.OptionError) as e:
+            session.typed(flag, parse)(text)
+        assert str(e.value).startswith(f"{flag}: ") and "\n" not in str(e.value)

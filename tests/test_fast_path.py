@@ -18,12 +18,7 @@ JOBS = [Job(f"A {o} image in {s} style.", "", seed, "ddim", 3, 5.0, 32, 32, 0.0,
         for o in ("ring", "cross", "square") for s in ("solid", "striped") for seed in (0, 1)]  # 12 jobs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: one thread is far faster than two oversubscribed
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: the machine is shared
 
 
 def oom_above(k, calls):

@@ -75,13 +75,6 @@ def _erase(*args, cwd):
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1"})
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_pipe_factory):
-    d = tmp_path_factory.mktemp("tiny") / "pipe"
-    tiny_pipe_factory(seed=7).save_pretrained(d)
-    return d
-
-
 def test_erase_command_writes_changed_tensors_and_method_json(tiny_dir, tmp_path):
     r = _erase("uce", "--base", str(tiny_dir), "--concept", "striped", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -158,13 +158,6 @@ def _erase(*args, cwd):
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1", "PYTHONPATH": str(ROOT)})
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_pipe_factory):
-    d = tmp_path_factory.mktemp("tiny") / "pipe"
-    tiny_pipe_factory(seed=7).save_pretrained(d)
-    return d
-
-
 def test_erase_command_records_preset_and_full_params(tiny_dir, tmp_path):
     args = [f"{k}={v}" for k, v in FAST["ca"].items()]
     r = _erase("ca", "--base", str(tiny_dir), "--concept", "striped", "--out", str(tmp_path / "out"), "--preset", "toy",

@@ -2,64 +2,20 @@
 
 import json
 import shutil
-import textwrap
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from fixtures import KEY, local_project, mini_suite, submission
 
 from harness.hashing import sha256_file, sha256_tree
 
-KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-
-SUITE = """\
-id: mini
-version: "1.0"
-applies_to: [style, object]
-prompts:
-  template:
-    template: "A {object} image in {style} style."
-    values: {object: [circle, square], style: [striped, solid]}
-generation: {scheduler: ddim, steps: 2, guidance: 3.0, seeds: [0, 1], batch_size: 4}
-scorer: {backend: toy}
-metrics:
-  - {name: ua, threshold: ">= 1.01"}
-  - {name: ira, threshold: ">= 0.0 * base"}
-  - {name: cra, threshold: "<= base + 1"}
-smoke: {max_prompts: 1, seeds: [0]}
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from harness.toy.model import build_pipeline
-
-    d = tmp_path_factory.mktemp("base") / "base"
-    build_pipeline(seed=3, unet=dict(block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=64, attention_head_dim=8)).save_pretrained(d)
-    return d
-
-
-def submission(ckpt_kind="unet", ckpt_path="ckpt/unet.safetensors", sha=None, name="tiny-uce", extra=""):
-    return textwrap.dedent(f"""\
-        name: {name}
-        method: {{name: uce, params: {{erase_scale: 1.0}}}}
-        base_model: {{local_dir: base}}
-        checkpoint: {{kind: {ckpt_kind}, path: {ckpt_path}, sha256: "{sha}"}}
-        targets: [{{concept: striped, kind: style}}]
-        suites: [mini]
-        """) + extra
+SUITE = mini_suite('name: ua, threshold: ">= 1.01"', 'name: ira, threshold: ">= 0.0 * base"', 'name: cra, threshold: "<= base + 1"')
 
 
 @pytest.fixture
 def project(pytester, tiny_base):
     """A repository with a base pipeline, a suite, a checkpoint and a submission."""
-    shutil.copytree(tiny_base, pytester.path / "base")
-    (pytester.path / "suites").mkdir()
-    (pytester.path / "suites" / "mini.yaml").write_text(SUITE)
-    (pytester.path / "ckpt").mkdir()
-    save_file({KEY: torch.randn(32, 64, generator=torch.Generator().manual_seed(0))}, pytester.path / "ckpt" / "unet.safetensors")
-    sha = sha256_file(pytester.path / "ckpt" / "unet.safetensors")
-    (pytester.path / "sub.yaml").write_text(submission(sha=sha))
+    local_project(pytester.path, tiny_base, SUITE)
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
     return pytester
 
@@ -112,7 +68,7 @@ def test_cases_verdicts_summary_and_results_json(project):
 
 def test_base_as_its_own_unlearned_model_matches_base_exactly(project):
     shutil.copytree(project.path / "base", project.path / "same")
-    (project.path / "sub.yaml").write_text(submission("pipeline", "same", sha256_tree(project.path / "same")))
+    (project.path / "sub.yaml").write_text(submission(sha256_tree(project.path / "same"), kind="pipeline", path="same"))
     run(project, "--unlearn-submission", "sub.yaml")
     data = only_json(project)
     assert all(m["value"] == m["base_value"] for m in data["metrics"])
@@ -183,6 +139,19 @@ def test_bad_option_values_fail_at_start_up(project, args, needles):
     _usage_error(r, *needles)
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["--unlearn-device", "gpu9"], ["--unlearn-device: 'gpu9' is not one of auto, cpu, mps, cuda, cuda:N"]),
+    (["--unlearn-executor", "gpu"], ["--unlearn-executor: 'gpu' is not one of local, ray"]),
+    (["--unlearn-ray-address", "not an address"], ["--unlearn-ray-address: 'not an address' is not auto, local"]),
+    (["--unlearn-results", " "], ["--unlearn-results: empty path"]),
+])
+def test_option_values_are_parsed_when_pytest_reads_its_command_line(pytester, args, needles):
+    """The session's type= parsers (harness.session, shared with the CLI): a malformed value is
+    the same one-line usage error, with or without --unlearn-submission."""
+    pytester.makepyfile(test_plain="def test_a():\n    assert True\n")
+    _usage_error(pytester.runpytest(*args), *needles)
+
+
 def _edit_sub(old, new):
     return lambda p: (p / "sub.yaml").write_text((p / "sub.yaml").read_text().replace(old, new, 1))
 
@@ -234,7 +203,7 @@ def test_bad_submission_and_suite_files_are_one_line_errors(project, mutate, nee
 def test_pickle_checkpoint_is_refused_unless_allowed(project):
     torch.save({KEY: torch.zeros(32, 64)}, project.path / "ckpt" / "u.pt")
     sha = sha256_file(project.path / "ckpt" / "u.pt")
-    (project.path / "sub.yaml").write_text(submission(ckpt_path="ckpt/u.pt", sha=sha))
+    (project.path / "sub.yaml").write_text(submission(sha, path="ckpt/u.pt"))
     _usage_error(project.runpytest("--unlearn-submission", "sub.yaml"), "sub.yaml: checkpoint: u.pt is a pickle format")
     run(project, "--unlearn-submission", "sub.yaml", "--unlearn-allow-pickle").assert_outcomes(passed=2, failed=1)
 
@@ -292,3 +261,33 @@ def test_an_inconclusive_verdict_is_a_skip_and_fails_under_strict(project):
     r = run(project, "--unlearn-submission", "sub.yaml", "--unlearn-strict")
     r.assert_outcomes(failed=3)
     r.stdout.fnmatch_lines(["*inconclusive: IRA*(--unlearn-strict)*"])
+
+
+def _probe_many(cache, n, q):
+    from harness.session import probe_writable
+
+    bad = 0
+    for _ in range(n):
+        try:
+            probe_writable(cache)
+        except OSError:
+            bad += 1
+    q.put(bad)
+
+
+def test_concurrent_start_ups_on_one_cache_never_refuse_it(tmp_path):
+    """Two processes starting at once (the xdist workers of one run) each probe the cache. With
+    one fixed probe name they removed each other's probe file and the loser refused a writable
+    cache: a worker's start-up usage error, which pytest-xdist reports as ``replacing crashed
+    worker gw1`` (issue 18). Measured before the fix: 16 refusals in 2 x 2000 start-ups."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_probe_many, args=(tmp_path / "cache", 2000, q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [q.get(timeout=10), q.get(timeout=10)] == [0, 0]
+    assert list((tmp_path / "cache").iterdir()) == []  # no probe left behind

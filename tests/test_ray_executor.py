@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 ray = pytest.importorskip("ray")
 
@@ -44,12 +43,7 @@ def ray_local():
         os.environ["PYTHONPATH"] = old
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a Ray task given 1 CPU
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: as in a Ray task given 1 CPU
 
 
 @pytest.fixture(scope="module")

@@ -10,62 +10,22 @@ import re
 import shutil
 import stat
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from fixtures import KEY, local_project, mini_suite
 from safetensors.torch import save_file
 
 from harness.cli import main
 from harness.hashing import sha256_file, sha256_tree
 
-KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
 EVIL = '<script>alert(1)</script>'
-SUITE = textwrap.dedent("""\
-    id: mini
-    version: "1.0"
-    applies_to: [style, object]
-    prompts:
-      template:
-        template: "A {object} image in {style} style."
-        values: {object: [circle, square], style: [striped, solid]}
-    generation: {scheduler: ddim, steps: 2, guidance: 3.0, seeds: [0, 1], batch_size: 4}
-    scorer: {backend: toy}
-    metrics:
-      - {name: ua, threshold: ">= 0.0", tolerance: 0.1}
-      - {name: ira, threshold: ">= 0.0 * base", tolerance: 0.1}
-    smoke: {max_prompts: 1, seeds: [0]}
-    """)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from harness.toy.model import build_pipeline
-
-    d = tmp_path_factory.mktemp("base") / "base"
-    build_pipeline(seed=3, unet=dict(block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=64, attention_head_dim=8)).save_pretrained(d)
-    return d
+SUITE = mini_suite('name: ua, threshold: ">= 0.0", tolerance: 0.1', 'name: ira, threshold: ">= 0.0 * base", tolerance: 0.1')
 
 
 @pytest.fixture
 def project(pytester, tiny_base, monkeypatch):
-    root = pytester.path
-    shutil.copytree(tiny_base, root / "base")
-    (root / "suites").mkdir()
-    (root / "suites" / "mini.yaml").write_text(SUITE)
-    (root / "ckpt").mkdir()
-    save_file({KEY: torch.randn(32, 64, generator=torch.Generator().manual_seed(0))}, root / "ckpt" / "unet.safetensors")
-    sha = sha256_file(root / "ckpt" / "unet.safetensors")
-    (root / "submissions").mkdir()
-    (root / "submissions" / "mine.yaml").write_text(textwrap.dedent(f"""\
-        name: mine
-        method: {{name: "{EVIL}"}}
-        base_model: {{local_dir: base}}
-        checkpoint: {{kind: unet, path: ckpt/unet.safetensors, sha256: "{sha}"}}
-        targets: [{{concept: striped, kind: style}}]
-        suites: [mini]
-        """))
+    root = local_project(pytester.path, tiny_base, SUITE, "submissions/mine.yaml", name="mine", method=f'{{name: "{EVIL}"}}')
     pytester.makeini("[pytest]\n")
     monkeypatch.chdir(root)
     return pytester

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fixtures import local_project, mini_suite, unet_checkpoint
 from safetensors.torch import save_file
 
 from harness.cli import main
@@ -19,17 +20,6 @@ from harness.hashing import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 REV = "0123456789abcdef0123456789abcdef01234567"
-KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-TINY_UNET = dict(block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=64, attention_head_dim=8)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from harness.toy.model import build_pipeline
-
-    d = tmp_path_factory.mktemp("base") / "base"
-    build_pipeline(seed=3, unet=TINY_UNET).save_pretrained(d)
-    return d
 
 
 def contributing_example() -> dict:
@@ -74,8 +64,7 @@ def hub_project(pytester, tiny_base, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(root)
     ck = root / "unet.safetensors"
-    save_file({KEY: torch.randn(32, 64, generator=torch.Generator().manual_seed(0))}, ck)
-    sha = sha256_file(ck)
+    sha = unet_checkpoint(ck)
     (root / "cache" / "downloads" / sha).mkdir(parents=True)
     shutil.move(ck, root / "cache" / "downloads" / sha / "unet.safetensors")
     sub = contributing_example()
@@ -129,35 +118,8 @@ def test_hub_base_missing_from_the_cache_offline_is_one_line(hub_project, capsys
 
 
 def _local_project(pytester, tiny_base, suite_text=None):
-    root = pytester.path
-    shutil.copytree(tiny_base, root / "base")
-    (root / "suites").mkdir()
-    (root / "suites" / "mini.yaml").write_text(suite_text or textwrap.dedent("""\
-        id: mini
-        version: "1.0"
-        applies_to: [style, object]
-        prompts:
-          template:
-            template: "A {object} image in {style} style."
-            values: {object: [circle, square], style: [striped, solid]}
-        generation: {scheduler: ddim, steps: 2, guidance: 3.0, seeds: [0, 1], batch_size: 4}
-        scorer: {backend: toy}
-        metrics:
-          - {name: ua, threshold: ">= 1.01"}
-          - {name: ira, threshold: ">= 0.0 * base"}
-        smoke: {max_prompts: 1, seeds: [0]}
-        """))
-    (root / "ckpt").mkdir()
-    save_file({KEY: torch.randn(32, 64, generator=torch.Generator().manual_seed(0))}, root / "ckpt" / "unet.safetensors")
-    sha = sha256_file(root / "ckpt" / "unet.safetensors")
-    (root / "sub.yaml").write_text(textwrap.dedent(f"""\
-        name: tiny
-        method: {{name: uce}}
-        base_model: {{local_dir: base}}
-        checkpoint: {{kind: unet, path: ckpt/unet.safetensors, sha256: "{sha}"}}
-        targets: [{{concept: striped, kind: style}}]
-        suites: [mini]
-        """))
+    suite = suite_text or mini_suite('name: ua, threshold: ">= 1.01"', 'name: ira, threshold: ">= 0.0 * base"')
+    root = local_project(pytester.path, tiny_base, suite, name="tiny", method="{name: uce}")
     pytester.makeini("[pytest]\n")
     return root
 

@@ -1,0 +1,138 @@
+"""``unlearn toy ...`` (the toy concept world: training, grids, quality, reference checkpoints)
+and ``unlearn erase`` (a reference unlearning method on a pipeline folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import HarnessError
+from .session import device, param, typed
+from .threads import apply as _threads  # UNLEARN_THREADS, else the cores left free by the machine's load
+
+
+def cmd_toy_train_classifier(a) -> int:
+    from .toy.train import train_classifier
+
+    _threads()
+    print(json.dumps({"heldout_accuracy": train_classifier(a.out, steps=a.steps, seed=a.seed)}))
+    return 0
+
+
+def cmd_toy_train_model(a) -> int:
+    from .toy.train import train_model
+
+    _threads()
+    print(json.dumps(train_model(a.out, vae_steps=a.vae_steps, unet_steps=a.unet_steps, seed=a.seed), indent=2))
+    return 0
+
+
+def cmd_toy_grid(a) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .toy import world
+    from .toy.model import load_pipeline
+    from .toy.quality import generate_grid
+
+    _threads()
+    if not (Path(a.model) / "model_index.json").is_file():
+        raise HarnessError(f"--model {a.model}: no diffusers pipeline there (model_index.json missing)")
+    pipe = load_pipeline(a.model)
+    seeds = list(range(a.seeds))
+    imgs, _ = generate_grid(pipe, seeds, a.steps, a.guidance)
+    n_p = len(world.all_prompts())
+    imgs = np.pad(imgs.reshape(n_p, len(seeds), 32, 32, 3), ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=255)
+    grid = imgs.transpose(0, 2, 1, 3, 4).reshape(n_p * 34, len(seeds) * 34, 3)
+    Image.fromarray(grid).resize((grid.shape[1] * a.zoom, grid.shape[0] * a.zoom), Image.NEAREST).save(a.out)
+    print(f"wrote {a.out}: {n_p} prompts (rows: objects outer, styles inner: {', '.join(world.STYLES)}) x {len(seeds)} seeds")
+    return 0
+
+
+def cmd_toy_quality(a) -> int:
+    from .toy.quality import report
+
+    _threads()
+    print(json.dumps(report(seeds=a.seeds, steps=a.steps, guidance=a.guidance, scheduler=a.scheduler), indent=2))
+    return 0
+
+
+def cmd_toy_checkpoints(a) -> int:
+    from .methods import METHODS
+    from .toy.submissions import make_checkpoints, write_submissions
+
+    _threads()
+    root = Path(a.root).resolve()
+    for d in make_checkpoints(root, tuple(a.method or sorted(METHODS)), force=a.force):
+        print(f"checkpoint {d.relative_to(root)}")
+    for p in write_submissions(root):
+        print(f"wrote {p.relative_to(root)}")
+    return 0
+
+
+def cmd_erase(a) -> int:
+    from .estimate import resolve_device
+    from .methods import run_erase
+
+    _threads()
+    rec = run_erase(a.method, a.base, a.concept, a.out, anchor=a.anchor, world=a.world, force=a.force,
+                    allow_subword=a.allow_subword, device=resolve_device(a.device), params=dict(a.param or []), preset=a.preset)
+    e = rec["efficiency"]
+    print(f"wrote {a.out}: {rec['checkpoint']['tensors']} tensors, {e['storage_bytes']} bytes, {e['time_s']:.2f} s, sha256 {rec['checkpoint']['sha256']}")
+    return 0
+
+
+def add(sub) -> None:
+    """The ``toy`` and ``erase`` commands, in ``unlearn --help`` order."""
+    from .methods import METHODS
+    from .toy.classifier import DEFAULT_DIR as CLF
+    from .toy.model import DEFAULT_DIR as PIPE
+
+    toy = sub.add_parser("toy", help="the toy concept world").add_subparsers(dest="toy_cmd", required=True)
+    t = toy.add_parser("train-classifier", help="train the toy classifier from scratch (a few minutes)")
+    t.add_argument("--out", default=str(CLF))
+    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_toy_train_classifier)
+    t = toy.add_parser("train-model", help="train the toy text-to-image pipeline from scratch (about 45 minutes on 2 cores)")
+    t.add_argument("--out", default=str(PIPE))
+    t.add_argument("--vae-steps", type=int, default=1500)
+    t.add_argument("--unet-steps", type=int, default=5000)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_toy_train_model)
+    t = toy.add_parser("grid", help="write a prompt x seed grid of generations")
+    t.add_argument("--out", required=True)
+    t.add_argument("--model", default=str(PIPE))
+    t.add_argument("--seeds", type=int, default=8)
+    t.add_argument("--steps", type=int, default=20)
+    t.add_argument("--guidance", type=float, default=5.0)
+    t.add_argument("--zoom", type=int, default=3)
+    t.set_defaults(func=cmd_toy_grid)
+    t = toy.add_parser("quality", help="measure classifier accuracy, prompt fidelity and speed")
+    t.add_argument("--seeds", type=int, default=8)
+    t.add_argument("--steps", type=int, default=20)
+    t.add_argument("--guidance", type=float, default=5.0)
+    t.add_argument("--scheduler", default="ddim")
+    t.set_defaults(func=cmd_toy_quality)
+
+    t = toy.add_parser("checkpoints", help="(re)make the reference methods' toy checkpoints and submission YAMLs")
+    t.add_argument("--root", default=".", help="repository root")
+    t.add_argument("--method", action="append", choices=sorted(METHODS), help="only these methods (repeatable)")
+    t.add_argument("--force", action="store_true", help="re-run methods whose checkpoint exists")
+    t.set_defaults(func=cmd_toy_checkpoints)
+
+    e = sub.add_parser("erase", help="run a reference unlearning method; writes the changed tensors + method.json")
+    e.add_argument("method", choices=sorted(METHODS))
+    e.add_argument("--base", required=True, help="diffusers pipeline folder")
+    e.add_argument("--concept", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--anchor", default=None, help="concept the erased one is mapped to (UCE); default: another concept of its kind (toy)")
+    e.add_argument("--world", choices=["toy", "generic"], default="toy", help="prompt contexts: the toy world's template, or the bare concept")
+    e.add_argument("--param", action="append", type=param, metavar="KEY=VALUE", help="method parameter (repeatable), e.g. steps=400")
+    e.add_argument("--device", default="cpu", type=typed("--device", device))
+    e.add_argument("--preset", choices=["paper", "toy"], default=None,
+                   help="the method's parameter set: paper (the authors' published settings) or toy (tuned on the toy world); "
+                        "default: toy on the builtin toy world, else paper; --param values override it")
+    e.add_argument("--force", action="store_true", help="overwrite --out")
+    e.add_argument("--allow-subword", action="store_true", help="allow a concept word that is not a single token")
+    e.set_defaults(func=cmd_erase)
