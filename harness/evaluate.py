@@ -15,7 +15,7 @@ from pathlib import Path
 from . import metrics
 from . import stats as uncertainty  # harness.stats: intervals, verdicts ('stats' names the run's RunStats below)
 from .errors import HarnessError
-from .hub import suite_pins
+from .pins import suite_pins
 from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from .hashing import sha256_file, sha256_json
 from .models import PipelineRecipe, Placement, apply_checkpoint, checkpoint_file, load_base, model_fingerprints
@@ -424,7 +424,7 @@ class Evaluator:
                              if stats.attention else {"attention": None, "channels_last": None, "compiled": None})},  # None: no model loaded
                 "batching": {"batch_size": min(g.batch_size, stats.batch_cap or g.batch_size), "oom_backoffs": stats.oom_backoffs},
                 "scorer": scorer.identity if scorer else None,
-                "pins": suite_pins(suite),  # every file the suite named, source#sha256 (harness/hub.py; the leaderboard compares them)
+                "pins": suite_pins(suite),  # every file the suite named, source#sha256 (harness/pins.py; the leaderboard compares them)
                 "models": {"base": base_fp, "unlearned": unl_fp},
                 "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
                 "samples": sample_pairs(items, base_jobs, unl_jobs, sub.targets, self.cache) if base_jobs else [],

@@ -26,7 +26,7 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
 def _https(url: str) -> str:
-    from .hub import check_url
+    from .fetch import check_url
 
     try:
         return check_url(url, "url")
@@ -34,7 +34,7 @@ def _https(url: str) -> str:
         raise ValueError(str(e).removeprefix("url: ")) from None
 
 
-# https only (plain http to 127.0.0.1 only under the tests' explicit allowance: hub.check_url)
+# https only (plain http to 127.0.0.1 only under the tests' explicit allowance: fetch.check_url)
 HTTPS_URL = Annotated[str, AfterValidator(_https), Field(json_schema_extra={"pattern": "^https://"})]
 
 
@@ -529,7 +529,7 @@ def _with_includes(path: Path, data: dict, depth: int = 0) -> dict:
 
 
 def load_suite(path: str | Path) -> Suite:
-    from .hub import apply_lock
+    from .pins import apply_lock
 
     p = Path(path)
     data = apply_lock(p, _with_includes(p, read_yaml(p)))
