@@ -8,6 +8,7 @@ stopped.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import HarnessError
@@ -44,6 +45,12 @@ def _suite_file(arg: str, root: Path) -> Path | None:
     return cand if cand.is_file() else None
 
 
+def _suite_items(path: Path, sid: str) -> list[Item]:
+    """Every file a suite names (and the files loaded beside them), keyed ``<suite id>:<place>``."""
+    data = _raw_suite(path)
+    return [replace(it, key=f"{sid}:{it.key}") for it in items_of(data) + companions(data)]
+
+
 def targets(arg: str, root: Path) -> tuple[str, list[Item]]:
     """What ``unlearn fetch ARG`` gets: a suite (id or file), a submission file (its base model,
     its checkpoint URL and its suites' files), ``hub:REPO@COMMIT[:FILE]`` or an https URL."""
@@ -68,16 +75,14 @@ def targets(arg: str, root: Path) -> tuple[str, list[Item]]:
     data = read_yaml(p)
     if is_suite_file(data):
         _raw_suite(p, validate=True)
-        return str(p), [Item(f"{p.stem}:{it.key}", it.kind, it.source, it.sha256, it.repo, it.revision, it.filename, it.subfolder, it.repo_type, it.url, it.path)
-                        for it in items_of(_raw_suite(p)) + companions(_raw_suite(p))]
+        return str(p), _suite_items(p, p.stem)
     from .evaluate import resolve_suites, suite_path
 
     sub = load_submission(p)
     out = submission_items(sub)
     for sid in resolve_suites(sub, root):
         sp = suite_path(root, sid)
-        out += [Item(f"{sid}:{it.key}", it.kind, it.source, it.sha256, it.repo, it.revision, it.filename, it.subfolder, it.repo_type, it.url, it.path)
-                for it in items_of(_raw_suite(sp)) + companions(_raw_suite(sp))]
+        out += _suite_items(sp, sid)
     return str(p), out
 
 
