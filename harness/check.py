@@ -42,7 +42,8 @@ def base_shapes(sub: Submission, root: Path, component: str) -> dict[str, tuple[
     file is the error; online and not cached yet: None, shapes not compared)."""
     d = base_dir(sub.base_model, root)
     if d is None:
-        from .hub import offline, pipeline_snapshot
+        from .fetch import offline
+        from .hub import pipeline_snapshot
 
         try:
             d = pipeline_snapshot(sub.base_model.hub_id, sub.base_model.revision, download=False)
@@ -261,7 +262,8 @@ def check_hub_model(repo_id: str, revision: str | None, what: str, kind: str = "
     run uses), or refused when the run is offline, naming the missing file and the
     ``unlearn fetch`` command that gets it (the run would otherwise fail at load time, once per
     case)."""
-    from .hub import model_snapshot, offline, pipeline_snapshot
+    from .fetch import offline
+    from .hub import model_snapshot, pipeline_snapshot
 
     at = f"{repo_id}@{revision[:12]}" if revision else repo_id
     if not revision:

@@ -81,9 +81,9 @@ def cmd_check(a) -> int:
 
 
 def cmd_fetch(a) -> int:
-    """Download (or find) and verify every file a suite or submission names (harness/hub.py)."""
+    """Download (or find) and verify every file a suite or submission names (harness/pinning.py)."""
     from .fsutil import cache_dir
-    from .hub import fetch_all
+    from .pinning import fetch_all
 
     root = Path(a.root)
     for target in a.targets:
@@ -95,7 +95,7 @@ def cmd_fetch(a) -> int:
 def cmd_pin(a) -> int:
     """Write suites/locks/<id>.lock.yaml: the sha256 of every file the suite names."""
     from .fsutil import cache_dir
-    from .hub import pin_suite
+    from .pinning import pin_suite
 
     root = Path(a.root)
     for suite in a.suites:

@@ -21,11 +21,11 @@ from pathlib import Path
 from . import metrics, plan
 from . import stats as uncertainty  # harness.stats: intervals, verdicts ('stats' names the run's RunStats below)
 from .errors import HarnessError
-from .hub import suite_pins
+from .pins import suite_pins
 from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from .hashing import sha256_file, sha256_json
 from .models import PipelineRecipe, Pipelines, Placement, checkpoint_file, model_fingerprints
-from .plan import resolve_suites, suite_path  # noqa: F401 - resolve_suites: still imported from here by harness/hub.py
+from .plan import suite_path
 from .spec import Prompt, Submission, Suite, TargetSpec, load_suite
 from .fidelity import choices as fidelity_choices
 
@@ -280,7 +280,7 @@ class Evaluator:
                              if stats.attention else {"attention": None, "channels_last": None, "compiled": None})},  # None: no model loaded
                 "batching": {"batch_size": min(g.batch_size, stats.batch_cap or g.batch_size), "oom_backoffs": stats.oom_backoffs},
                 "scorer": scorer.identity if scorer else None,
-                "pins": suite_pins(suite),  # every file the suite named, source#sha256 (harness/hub.py; the leaderboard compares them)
+                "pins": suite_pins(suite),  # every file the suite named, source#sha256 (harness/pins.py; the leaderboard compares them)
                 "models": {"base": base_fp, "unlearned": unl_fp},
                 "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
                 "samples": sample_pairs(items, base_jobs, unl_jobs, sub.targets, self.cache) if base_jobs else [],

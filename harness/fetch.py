@@ -1,16 +1,31 @@
-"""Files named by https URL + sha256 (checkpoints, prompt sets): downloaded once into the
-cache at run time, verified, never committed. Offline runs (HF_HUB_OFFLINE=1 or
-UNLEARN_OFFLINE=1) use the cache only.
+"""The one downloader: files named by URL (checkpoints, prompt CSVs) into the harness cache, and
+the limits every download keeps, hub files included (``harness/hub.py`` reads them here).
 
-Every download is limited (docs/security.md): https only, to a host on the allow-list
-(``$UNLEARN_DOWNLOAD_HOSTS``, comma-separated, replaces ``DEFAULT_HOSTS``; a leading ``.``
-allows a domain's subdomains), with a connect / read timeout (``$UNLEARN_DOWNLOAD_TIMEOUT``
-seconds, default 60) and a size cap (``$UNLEARN_DOWNLOAD_MAX_BYTES``, default 20 GiB) checked
-while reading, so a server that never answers or never stops cannot hang or fill a run.
+Layout: ``<cache>/downloads/<sha256>/<name>`` (content-addressed: the run looks there);
+``downloads/partial/`` holds unfinished ``.part`` files, continued with a Range request on the
+next try; ``downloads/by-url/<sha256 of the URL>`` remembers which file an unpinned URL gave
+(``unlearn fetch`` before ``unlearn pin``). A file reaches its place only whole and verified
+(renamed from its ``.part``), so a reader never sees half of one.
+
+Limits (docs/security.md), read by ``limits()`` and nowhere else:
+- https only, no whitespace / control characters, no credentials in the URL, and where bytes are
+  fetched a host on the allow-list (``$UNLEARN_DOWNLOAD_HOSTS``, comma-separated, replaces
+  ``DEFAULT_HOSTS``; a leading ``.`` allows a domain's subdomains). Plain http to 127.0.0.1 /
+  localhost only under ``UNLEARN_TEST_ALLOW_LOOPBACK_HTTP=1`` (the tests' stand-in servers);
+- a connect / read timeout (``$UNLEARN_DOWNLOAD_TIMEOUT`` seconds, default 60);
+- a size cap (``$UNLEARN_DOWNLOAD_MAX_BYTES``; ``$UNLEARN_MAX_DOWNLOAD_BYTES`` is read as the
+  same setting; default 20 GiB for one file or one hub snapshot), checked against the announced
+  length and again while reading, so a server that never answers or never stops cannot hang or
+  fill a run;
+- a pinned sha256 checked before the file is kept; a mismatch removes it.
+Offline (``HF_HUB_OFFLINE`` or ``UNLEARN_OFFLINE`` set to 1 / true / yes / on) nothing is
+downloaded: a missing file is one line naming it. Every failure is one line naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import re
 import urllib.error
@@ -21,9 +36,39 @@ from urllib.parse import urlsplit
 from .errors import HarnessError
 from .hashing import sha256_file
 
+PLACEHOLDER = "0" * 64  # the sha256 of a file not pinned yet (suites carry it until `unlearn pin`)
+LOOPBACK_ENV = "UNLEARN_TEST_ALLOW_LOOPBACK_HTTP"
 DEFAULT_HOSTS = ("huggingface.co", ".huggingface.co", ".hf.co", "github.com", "objects.githubusercontent.com",
                  "raw.githubusercontent.com", "zenodo.org", ".zenodo.org")
-_CHUNK = 1 << 20
+DEFAULT_MAX_BYTES = 20 << 30
+_CHUNK = 1 << 16
+
+
+def offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "UNLEARN_OFFLINE"))
+
+
+def limits() -> tuple[float, int]:
+    """(timeout in seconds, size cap in bytes) from the environment; a bad value is one line."""
+    cap = os.environ.get("UNLEARN_DOWNLOAD_MAX_BYTES") or os.environ.get("UNLEARN_MAX_DOWNLOAD_BYTES") or DEFAULT_MAX_BYTES
+    try:
+        return float(os.environ.get("UNLEARN_DOWNLOAD_TIMEOUT", 60)), int(cap)
+    except ValueError:
+        raise HarnessError("UNLEARN_DOWNLOAD_TIMEOUT / UNLEARN_DOWNLOAD_MAX_BYTES: not a number") from None
+
+
+def timeout_s() -> float:
+    return limits()[0]
+
+
+def max_bytes() -> int:
+    return limits()[1]
+
+
+def check_size(size: int | None, what: str, name: str) -> None:
+    """Refuse a file (or a snapshot's total) over the size cap."""
+    if size is not None and size > max_bytes():
+        raise HarnessError(f"{what}: {name} is {size} bytes, over the download cap of {max_bytes()} (UNLEARN_DOWNLOAD_MAX_BYTES)")
 
 
 def allowed_hosts() -> tuple[str, ...]:
@@ -31,74 +76,104 @@ def allowed_hosts() -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in env.split(",") if h.strip()) if env else DEFAULT_HOSTS
 
 
-def _limits() -> tuple[float, int]:
-    try:
-        return float(os.environ.get("UNLEARN_DOWNLOAD_TIMEOUT", 60)), int(os.environ.get("UNLEARN_DOWNLOAD_MAX_BYTES", 20 << 30))
-    except ValueError:
-        raise HarnessError("UNLEARN_DOWNLOAD_TIMEOUT / UNLEARN_DOWNLOAD_MAX_BYTES: not a number") from None
-
-
-def check_url(url: str, what: str, host_list: bool = True) -> str:
-    """The URL's host, or a one-line error: https, no whitespace or control characters, a valid
-    port, a host on the allow-list."""
+def check_url(url: str, what: str, host_list: bool = False) -> str:
+    """The URL itself, or a one-line error: https with a host, no whitespace or control
+    characters, a valid port, no credentials; with ``host_list`` a host on the allow-list."""
     if not isinstance(url, str) or re.search(r"[\x00-\x20\x7f]", url):
         raise HarnessError(f"{what}: {url!r:.120} contains whitespace or control characters")
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 (raises for a port out of range)
         host = (parts.hostname or "").lower()
     except ValueError as e:
         raise HarnessError(f"{what}: {url!r:.120} is not a valid URL ({e})") from None
-    from .hub import LOOPBACK_ENV
-
     if parts.scheme == "http" and host in ("127.0.0.1", "localhost") and os.environ.get(LOOPBACK_ENV) == "1":
-        return host  # the tests' stand-in servers only: an explicit, test-only allowance (harness.hub)
+        return url  # the tests' stand-in servers only: an explicit, test-only allowance
     if parts.scheme != "https" or not host:
-        raise HarnessError(f"{what}: {url!r:.120} is not an https URL with a host")
+        raise HarnessError(f"{what}: {url!r:.120} is not an https URL")
     if parts.username or parts.password:
         raise HarnessError(f"{what}: {url!r:.120} carries credentials")
-    ok = not host_list or any(host == h or (h.startswith(".") and host.endswith(h)) for h in allowed_hosts())
-    if not ok:
+    if host_list and not any(host == h or (h.startswith(".") and host.endswith(h)) for h in allowed_hosts()):
         raise HarnessError(f"{what}: host {host!r} is not on the download allow-list ({', '.join(allowed_hosts())}; $UNLEARN_DOWNLOAD_HOSTS sets it)")
-    del port
-    return host
+    return url
 
 
-def _download(url: str, part: Path, what: str) -> None:
-    timeout, cap = _limits()
+def file_name(url: str) -> str:
+    """The last path segment of the URL as a safe file name (``download`` if it has none)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(urlsplit(url).path).name)[:100].lstrip(".") or "download"
+
+
+def progress_bar(progress: bool, total, initial, name):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=name, disable=not progress, leave=False)
+
+
+def fetch(url: str, sha256: str | None, cache_dir: Path, what: str, progress: bool = False) -> Path:
+    """The file behind ``url`` in ``<cache>/downloads/<sha256>/<name>``: from the cache when a
+    verified copy is there, else downloaded (resuming a ``.part`` file) within the limits above.
+    ``sha256`` None / placeholder: the file is kept under the sha256 it has (``unlearn pin``)."""
+    check_url(url, what)  # also offline: a bad URL is a bad input whether or not it is fetched
+    name = file_name(url)
+    downloads = Path(cache_dir) / "downloads"
+    pinned = bool(sha256) and sha256 != PLACEHOLDER
+    url_key = hashlib.sha256(url.encode()).hexdigest()
+    seen = downloads / "by-url" / url_key
+    if not pinned and seen.is_file():  # not pinned yet: the file this URL gave last time
+        sha256 = seen.read_text().strip()
+    if sha256 and sha256 != PLACEHOLDER:
+        local = downloads / sha256 / name
+        if local.is_file():
+            if sha256_file(local) == sha256:
+                return local
+            local.unlink()  # a damaged copy in a content-addressed place: fetched again
+    if offline():
+        raise HarnessError(f"{what}: {url} is not cached and this run is offline; get it with: unlearn fetch {url}")
+    check_url(url, what, host_list=True)  # the host list matters where bytes are fetched
+    part = downloads / "partial" / (url_key[:24] + "-" + name + ".part")
+    _download(url, part, what, progress, name)
+    got = sha256_file(part)
+    if pinned and got != sha256:
+        part.unlink(missing_ok=True)
+        raise HarnessError(f"{what}: {url} has sha256 {got}, expected {sha256}")
+    from .fsutil import atomic_write
+
+    local = downloads / got / name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    part.replace(local)  # same file system: the whole, verified file appears at once
+    atomic_write(seen, (got + "\n").encode())
+    return local
+
+
+def _download(url: str, part: Path, what: str, progress: bool, name: str) -> None:
+    """``url`` into ``part``, continuing what it holds with a Range request. A transfer that
+    stops keeps ``part`` for the next try; one over the cap removes it."""
+    timeout, cap = limits()
+    part.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(part, "wb") as f:  # noqa: S310 (https checked)
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (scheme checked by check_url)
+            if have and r.status != 206:
+                have = 0  # the server ignored the range: start again
             length = r.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > cap:
-                raise HarnessError(f"{what}: {url} is {int(length)} bytes, more than the cap of {cap}")
-            n = 0
-            while chunk := r.read(_CHUNK):
-                n += len(chunk)
-                if n > cap:
-                    raise HarnessError(f"{what}: {url} sent more than the cap of {cap} bytes")
-                f.write(chunk)
+            total = int(length) + have if length and length.isdigit() else None
+            check_size(total, what, url)
+            bar = progress_bar(progress, total, have, name)
+            with open(part, "ab" if have else "wb") as f:
+                n = have
+                while chunk := r.read(_CHUNK):
+                    n += len(chunk)
+                    if n > cap:
+                        raise HarnessError(f"{what}: {url} sent more than the download cap of {cap} bytes (UNLEARN_DOWNLOAD_MAX_BYTES)")
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            bar.close()
     except HarnessError:
         part.unlink(missing_ok=True)
         raise
-    except (OSError, ValueError, urllib.error.URLError) as e:  # timeouts are OSError too
-        part.unlink(missing_ok=True)
-        raise HarnessError(f"{what}: could not download {url}: {' '.join(str(getattr(e, 'reason', e)).split())[:200]}") from None
-
-
-def fetch(url: str, sha256: str, cache_dir: Path, what: str) -> Path:
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urlsplit(url).path if isinstance(url, str) else "").name)[:100].lstrip(".") or "download"
-    local = Path(cache_dir) / "downloads" / sha256 / name
-    check_url(url, what, host_list=False)  # also offline: a bad URL is a bad input whether or not it is fetched
-    if not local.exists():
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("UNLEARN_OFFLINE") == "1":
-            raise HarnessError(f"{what}: {url} is not cached and this run is offline")
-        check_url(url, what)  # the host list matters where bytes are fetched (a cached file is pinned by sha256)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        part = local.with_name(local.name + ".part")
-        _download(url, part, what)
-        got = sha256_file(part)
-        if got != sha256:
-            part.unlink(missing_ok=True)
-            raise HarnessError(f"{what}: {url} has sha256 {got}, expected {sha256}")
-        part.replace(local)
-    return local
+    except (OSError, ValueError, http.client.HTTPException, urllib.error.URLError) as e:  # timeouts are OSError too
+        detail = " ".join(str(getattr(e, "reason", e)).split())[:200] or "no detail"
+        raise HarnessError(f"{what}: could not download {url} ({type(e).__name__}: {detail}); run the command again to resume") from None
+    if total is not None and part.stat().st_size != total:
+        raise HarnessError(f"{what}: {url}: the download stopped at {part.stat().st_size} of {total} bytes; run the command again to resume")

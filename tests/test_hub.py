@@ -232,7 +232,7 @@ def write_submission(root, name, base):
 
 def test_hub_base_and_hub_scorer_run_offline_from_the_cache_with_the_builtin_images(hub, tmp_path, capsys, monkeypatch):
     from harness.evaluate import Evaluator
-    from harness.hub import pins_problem, suite_pins
+    from harness.pins import pins_problem, suite_pins
     from harness.spec import load_submission, load_suite
 
     root, rev, url = repo_root(tmp_path, hub)
@@ -397,7 +397,7 @@ def _as_hub_toy(m: dict, root: Path) -> dict:
 
 def test_the_leaderboard_skips_a_real_result_whose_pins_are_not_the_suites(hub, tmp_path, capsys, monkeypatch):
     from harness.site import load as leaderboard
-    from harness.hub import suite_pins
+    from harness.pins import suite_pins
     from harness.spec import load_suite
 
     root, rev, url = repo_root(tmp_path, hub)

@@ -26,14 +26,11 @@ images generated in code rather than from their prompt files.
 
 from __future__ import annotations
 
-import random
-
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .common import ConceptPrompts, text_embeddings
-from .finetune import base_latents, changed_tensors, noisy, snapshot, trainable
+from .finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
 PRESETS: dict[str, dict] = {
     "paper": {"steps": 100, "lr": 1.6e-5, "batch": 8, "train": "kv", "weight_decay": 0.01, "max_grad_norm": 1.0,
@@ -69,9 +66,7 @@ def erase(
 ) -> dict[str, torch.Tensor]:
     """Fine-tune the UNet in place (``train``: "kv", "xattn", "attn" or "full"); return the
     changed tensors."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    g = torch.Generator().manual_seed(seed + 1)
+    rng, g = seeded(seed)
     anchors = [p for cp in concepts for p in cp.anchored()]
     targets = [p for cp in concepts for p in cp.erased()]  # same template order: targets[i] <-> anchors[i]
     x0, which = base_latents(pipe, anchors, n_images, sample_steps, sample_guidance, seed)
@@ -79,22 +74,14 @@ def erase(
     unet = pipe.unet
     params = trainable(unet, train)
     before = snapshot(params)
-    opt = torch.optim.AdamW(params.values(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
-    history = history if history is not None else []
-    unet.train()
-    try:
-        bar = tqdm(range(steps), desc="ca", unit="step", disable=not progress)
-        for _ in bar:
-            pick = [rng.randrange(len(x0)) for _ in range(batch)]
-            rows = [which[i] for i in pick]
-            x_t, t, _noise = noisy(pipe, x0[pick], g)
-            loss = ca_loss(unet, x_t, t, emb_c[rows], emb_a[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
-            opt.step()
-            history.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.5f}")
-    finally:
-        unet.eval().requires_grad_(False)
+    opt = adamw(params, lr, weight_decay)
+
+    def step_loss(_step):
+        pick = [rng.randrange(len(x0)) for _ in range(batch)]
+        rows = [which[i] for i in pick]
+        x_t, t, _noise = noisy(pipe, x0[pick], g)
+        return ca_loss(unet, x_t, t, emb_c[rows], emb_a[rows])
+
+    fit(unet, params, opt, step_loss, steps, desc="ca", progress=progress, history=history, max_grad_norm=max_grad_norm,
+        loss_format=".5f")
     return changed_tensors(params, before)

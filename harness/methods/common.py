@@ -1,5 +1,5 @@
 """What every reference unlearning method shares: prompts for a concept, text embeddings,
-the cross-attention parameters, and the check that a concept word is a known token."""
+the cross-attention projections, and the check that a concept word is a known token."""
 
 from __future__ import annotations
 
@@ -81,7 +81,3 @@ def cross_attention_kv(unet) -> dict[str, torch.nn.Linear]:
         if isinstance(mod, torch.nn.Linear) and (name.endswith("attn2.to_k") or name.endswith("attn2.to_v"))
     }
 
-
-def cross_attention_params(unet) -> dict[str, torch.nn.Parameter]:
-    """Every parameter of the cross-attention layers (ESD-x trains these and nothing else)."""
-    return {n: p for n, p in unet.named_parameters() if ".attn2." in n}

@@ -13,13 +13,12 @@ training sees the states the erased model itself visits.
 from __future__ import annotations
 
 import copy
-import random
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .common import ConceptPrompts, cross_attention_params, text_embeddings
+from .common import ConceptPrompts, text_embeddings
+from .finetune import fit, seeded, trainable
 
 PRESETS = {
     # The paper's settings as its code runs them (rohitgandikota/erasing, CompVis script
@@ -76,33 +75,21 @@ def erase(
     """Fine-tune the UNet's cross-attention in place; return the changed tensors.
 
     The loss of every step is appended to ``history`` when one is given (reports, tests)."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    g = torch.Generator().manual_seed(seed)
+    rng, g = seeded(seed, generator_offset=0)
     unet = pipe.unet
     frozen = copy.deepcopy(unet).eval().requires_grad_(False)
-    unet.requires_grad_(False)
-    params = cross_attention_params(unet)
-    for p in params.values():
-        p.requires_grad_(True)
+    params = trainable(unet, "xattn")
     opt = torch.optim.Adam(params.values(), lr=lr)
     prompts = [p for cp in concepts for p in cp.erased()]
     emb_0_one = text_embeddings(pipe, [""])
-    history = history if history is not None else []
-    unet.train()
-    bar = tqdm(range(steps), desc="esd", unit="step", disable=not progress)
-    for step in bar:
+
+    def step_loss(_step):
         chosen = [rng.choice(prompts) for _ in range(batch)]
         emb_c = text_embeddings(pipe, chosen)
         emb_0 = emb_0_one.expand_as(emb_c)
         stop = rng.randrange(sample_steps)
         x_t, t = _sample_until(pipe, emb_c, emb_0, sample_steps, stop, sample_guidance, g)
-        loss = esd_loss(unet, frozen, x_t, t, emb_c, emb_0, eta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    unet.eval().requires_grad_(False)
+        return esd_loss(unet, frozen, x_t, t, emb_c, emb_0, eta)
+
+    fit(unet, params, opt, step_loss, steps, desc="esd", progress=progress, history=history, postfix_every=10)
     return {n: p.detach().cpu().clone() for n, p in params.items()}

@@ -1,5 +1,6 @@
-"""What the fine-tuning reference methods (FMN, CA, SalUn) share: training images made by the
-base model, the forward diffusion, the choice of trained parameters, and the changed tensors.
+"""What the fine-tuning reference methods (ESD, FMN, CA, SalUn) share: the seeded random
+sources, training images made by the base model, the forward diffusion, the choice of trained
+parameters, the training loop itself (``fit``) and the changed tensors.
 
 The authors train on images (real ones, or images their base model generated for a prompt). Here
 every method draws its images from the base pipeline it is given (DDIM, classifier-free guidance,
@@ -11,10 +12,21 @@ latent is what encoding its decoded pixels would approximately give back).
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable, Iterable
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import HarnessError
+
+
+def seeded(seed: int, generator_offset: int = 1) -> tuple[random.Random, torch.Generator]:
+    """Seed torch's global generator with ``seed``; return the Python RNG that picks prompts and
+    batches (``seed``) and the torch generator of the training noise (``seed + generator_offset``;
+    ESD uses offset 0, the others 1, as their committed checkpoints were made)."""
+    torch.manual_seed(seed)
+    return random.Random(seed), torch.Generator().manual_seed(seed + generator_offset)
 
 
 @torch.no_grad()
@@ -65,6 +77,48 @@ def trainable(unet, which: str) -> dict[str, torch.nn.Parameter]:
     for p in chosen.values():
         p.requires_grad_(True)
     return chosen
+
+
+def adamw(params: dict[str, torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """The optimizer FMN and CA train with, as the authors' code sets it up: AdamW, betas
+    (0.9, 0.999), eps 1e-8, the given weight decay, a constant learning rate."""
+    return torch.optim.AdamW(params.values(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
+
+
+def fit(unet, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer, loss_fn: Callable[[object], torch.Tensor],
+        steps: int, *, batches: Iterable | None = None, desc: str, progress: bool = True, history: list[float] | None = None,
+        max_grad_norm: float | None = None, grad_masks: dict[str, torch.Tensor] | None = None,
+        postfix_every: int = 1, loss_format: str = ".4f") -> list[float]:
+    """The one training loop of the fine-tuning methods: for each batch (``batches``, drawn
+    lazily, else the step index ``0 .. steps-1``), ``loss = loss_fn(batch)``, backward, the
+    gradients multiplied by ``grad_masks`` (SalUn) and clipped to ``max_grad_norm`` (FMN, CA)
+    where given, one optimizer step. Every step's loss is appended to ``history`` (returned);
+    a progress bar shows it. The UNet is in train mode during the loop and frozen in eval mode
+    after it, also when a step fails."""
+    history = history if history is not None else []
+    unet.train()
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
+    try:
+        for i, batch in enumerate(range(steps) if batches is None else batches):
+            loss = loss_fn(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_masks is not None:
+                for n, p in params.items():
+                    if p.grad is not None:
+                        p.grad *= grad_masks[n]
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
+            opt.step()
+            value = loss.item()
+            history.append(value)
+            bar.update(1)
+            if i % postfix_every == 0:
+                bar.set_postfix(loss=f"{value:{loss_format}}")
+    finally:
+        bar.close()
+        unet.eval().requires_grad_(False)
+    return history
 
 
 def changed_tensors(params: dict[str, torch.nn.Parameter], before: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

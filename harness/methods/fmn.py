@@ -24,13 +24,10 @@ heads (the authors' mask layout is only right for their batch of 1).
 
 from __future__ import annotations
 
-import random
-
 import torch
-from tqdm.auto import tqdm
 
 from .common import ConceptPrompts, text_embeddings
-from .finetune import base_latents, changed_tensors, noisy, snapshot, trainable
+from .finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
 # Authors' settings (configs/attn.yaml) and the toy world's (README sweep; 16-token prompts,
 # 1.7M-parameter UNet: lr 2e-6 for 35 steps moves nothing there).
@@ -120,9 +117,7 @@ def erase(
     history: list[float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Fine-tune the UNet in place (``train``: "full" or "xattn"); return the changed tensors."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    g = torch.Generator().manual_seed(seed + 1)
+    rng, g = seeded(seed)
     prompts = [p for cp in concepts for p in cp.erased()]
     words = [cp.concept for cp in concepts for _ in cp.erased()]
     x0, which = base_latents(pipe, prompts, n_images, sample_steps, sample_guidance, seed)
@@ -131,24 +126,17 @@ def erase(
     unet = pipe.unet
     params = trainable(unet, train)
     before = snapshot(params)
-    opt = torch.optim.AdamW(params.values(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
+    opt = adamw(params, lr, weight_decay)
     probe, original = install_probe(unet)
-    history = history if history is not None else []
-    unet.train()
+
+    def step_loss(_step):
+        pick = [rng.randrange(len(x0)) for _ in range(batch)]
+        x_t, t, _noise = noisy(pipe, x0[pick], g)
+        rows = [which[i] for i in pick]
+        return fmn_loss(unet, probe, x_t, t, emb_all[rows], pos_all[rows])
+
     try:
-        bar = tqdm(range(steps), desc="fmn", unit="step", disable=not progress)
-        for _ in bar:
-            pick = [rng.randrange(len(x0)) for _ in range(batch)]
-            x_t, t, _noise = noisy(pipe, x0[pick], g)
-            rows = [which[i] for i in pick]
-            loss = fmn_loss(unet, probe, x_t, t, emb_all[rows], pos_all[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
-            opt.step()
-            history.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        fit(unet, params, opt, step_loss, steps, desc="fmn", progress=progress, history=history, max_grad_norm=max_grad_norm)
     finally:
         unet.set_attn_processor(original)
-        unet.eval().requires_grad_(False)
     return changed_tensors(params, before)

@@ -28,14 +28,11 @@ are the base model's generations (the authors use Imagenette photos), and the nu
 
 from __future__ import annotations
 
-import random
-
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .common import ConceptPrompts, text_embeddings
-from .finetune import base_latents, changed_tensors, epochs_to_steps, noisy, snapshot, trainable
+from .finetune import base_latents, changed_tensors, epochs_to_steps, fit, noisy, seeded, snapshot, trainable
 
 PRESETS: dict[str, dict] = {
     "paper": {"epochs": 5, "lr": 1e-5, "batch": 8, "alpha": 0.5, "threshold": 0.5, "mask_guidance": 7.5,
@@ -101,9 +98,7 @@ def erase(
     history: list[float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Saliency mask, then masked fine-tuning of the UNet in place; return the changed tensors."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    g = torch.Generator().manual_seed(seed + 1)
+    rng, g = seeded(seed)
     forget = [p for cp in concepts for p in cp.erased()]
     pseudo = [p for cp in concepts for p in cp.anchored()]  # forget[i] <-> pseudo[i], same context
     remain = [p for cp in concepts for p in cp.anchored() + cp.preserved()]
@@ -118,32 +113,22 @@ def erase(
     rng.shuffle(order)
     masks = saliency_mask(unet, params, pipe, xf[order], emb_f[[wf[i] for i in order]], emb_0, batch, mask_guidance, threshold, g)
     opt = torch.optim.Adam(params.values(), lr=lr)
-    history = history if history is not None else []
-    steps = epochs_to_steps(len(xf), batch, epochs)
-    unet.train()
-    try:
-        bar = tqdm(total=steps, desc="salun", unit="step", disable=not progress)
+
+    def batches():  # epochs of the shuffled forget set, drawn lazily (the shuffle is part of the RNG order)
         for _ in range(epochs):
             rng.shuffle(order)
             for s in range(0, len(order), batch):
-                pick = order[s : s + batch]
-                rpick = [rng.randrange(len(xr)) for _ in pick]
-                x_t, t, _ = noisy(pipe, xf[pick], g)
-                rows = [wf[i] for i in pick]
-                lf = forget_loss(unet, x_t, t, emb_f[rows], emb_p[rows])
-                xr_t, tr, eps_r = noisy(pipe, xr[rpick], g)
-                lr_ = F.mse_loss(unet(xr_t, tr, encoder_hidden_states=emb_r[[wr[i] for i in rpick]]).sample, eps_r)
-                loss = lf + alpha * lr_
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for n, p in params.items():
-                    if p.grad is not None:
-                        p.grad *= masks[n]
-                opt.step()
-                history.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        bar.close()
-    finally:
-        unet.eval().requires_grad_(False)
+                yield order[s : s + batch]
+
+    def step_loss(pick):
+        rpick = [rng.randrange(len(xr)) for _ in pick]
+        x_t, t, _ = noisy(pipe, xf[pick], g)
+        rows = [wf[i] for i in pick]
+        lf = forget_loss(unet, x_t, t, emb_f[rows], emb_p[rows])
+        xr_t, tr, eps_r = noisy(pipe, xr[rpick], g)
+        lr_ = F.mse_loss(unet(xr_t, tr, encoder_hidden_states=emb_r[[wr[i] for i in rpick]]).sample, eps_r)
+        return lf + alpha * lr_
+
+    fit(unet, params, opt, step_loss, epochs_to_steps(len(xf), batch, epochs), batches=batches(), desc="salun", progress=progress,
+        history=history, grad_masks=masks)
     return changed_tensors(params, before)

@@ -69,7 +69,7 @@ def load_runs(results: Path, report: Report = to_stderr, require_attestation: bo
         except (ValueError, OSError, HarnessError, RecursionError) as e:
             report(f"skipped {p}: {one_line(e)}")
             continue
-        from ..hub import pins_problem  # a real result counts only with the suite's own pins
+        from ..pins import pins_problem  # a real result counts only with the suite's own pins
 
         if (why := pins_problem(data, ROOT)) is not None:
             report(f"skipped {p}: {why}")

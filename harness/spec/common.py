@@ -18,7 +18,7 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
 def _https(url: str) -> str:
-    from ..hub import check_url
+    from ..fetch import check_url
 
     try:
         return check_url(url, "url")
@@ -26,7 +26,7 @@ def _https(url: str) -> str:
         raise ValueError(str(e).removeprefix("url: ")) from None
 
 
-# https only (plain http to 127.0.0.1 only under the tests' explicit allowance: hub.check_url)
+# https only (plain http to 127.0.0.1 only under the tests' explicit allowance: fetch.check_url)
 HTTPS_URL = Annotated[str, AfterValidator(_https), Field(json_schema_extra={"pattern": "^https://"})]
 
 

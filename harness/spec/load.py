@@ -36,7 +36,7 @@ def _with_includes(path: Path, data: dict, depth: int = 0) -> dict:
 
 
 def load_suite(path: str | Path) -> Suite:
-    from ..hub import apply_lock
+    from ..pins import apply_lock
 
     p = Path(path)
     data = apply_lock(p, _with_includes(p, read_yaml(p)))
