@@ -55,8 +55,12 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path, seed: int 
         raise HarnessError(f"{sub['method_record']}: base {record['base']['path']!r} is not the toy world's")
     ck_dir = out / "checkpoints" / (sub["name"] if seed is None else f"{sub['name']}-seed{seed}")
     params = record["params"] if seed is None else {**record["params"], "seed": seed}
+    from .toy.submissions import TOY_THREADS
+
+    # the thread count the checkpoint was made with (older records: the toy checkpoints' one thread)
+    threads = (record.get("efficiency") or {}).get("threads") or TOY_THREADS
     new = run_erase(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record.get("anchor"),
-                    world="toy", force=True, params=params, preset=record.get("preset"))
+                    world="toy", force=True, params=params, preset=record.get("preset"), threads=threads)
     ck = ck_dir / new["checkpoint"]["file"]
     new_sub = dict(sub)
     new_sub["checkpoint"] = {**sub["checkpoint"], "path": str(ck.relative_to(root)), "sha256": sha256_file(ck)}

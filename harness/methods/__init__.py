@@ -85,12 +85,16 @@ def run_erase(
     device: str = "cpu",
     params: dict | None = None,
     preset: str | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Erase ``concept`` from the pipeline at ``base`` with ``method``; write ``out``.
 
     A method with ``PRESETS`` starts from ``PRESETS[preset]`` (``toy`` on the builtin toy base,
     else ``paper``, when none is named);
-    explicit ``params`` override it; method.json records the preset and every parameter used."""
+    explicit ``params`` override it; method.json records the preset and every parameter used.
+    ``threads``: torch's intra-op threads for the erasure (restored after; None: as set). Float
+    reductions differ with the thread count, so a method re-made bitwise needs the count it was
+    made with: method.json records it (``efficiency.threads``) beside wall and CPU seconds."""
     import torch
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
@@ -123,9 +127,16 @@ def run_erase(
         params = mod.resolve(params, [prompts])
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    changed = mod.erase(pipe, [prompts], **params)
-    seconds = time.perf_counter() - t0
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        used_threads = torch.get_num_threads()
+        t0, c0 = time.perf_counter(), time.process_time()
+        changed = mod.erase(pipe, [prompts], **params)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        torch.set_num_threads(before)
     peak, peak_how = _peak_memory_bytes(device)
 
     tmp = out.with_name(out.name + ".tmp")
@@ -147,6 +158,8 @@ def run_erase(
         "base": {"path": str(base), "sha256": sha256_tree(base)},
         "efficiency": {
             "time_s": round(seconds, 3),
+            "cpu_s": round(cpu_seconds, 3),  # process CPU time: what the wall time is under a machine's load
+            "threads": used_threads,
             "peak_memory_bytes": peak,
             "peak_memory_measure": peak_how,
             "storage_bytes": storage,

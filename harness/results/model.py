@@ -81,8 +81,8 @@ class Interval(Record):
     high: Number = Field(description="upper end")
     level: Number | None = Field(None, description="confidence level, 0.95")
     method: str | None = Field(None, description="`cluster-bootstrap-percentile` (prompts drawn with replacement), `wilson` (proportions, on the "
-                               "effective size: then `n_effective`, and `resamples`, `seed` null) or `cluster-bootstrap-percentile, bias-shifted "
-                               "(generated set)` (FID / KID)")
+                               "effective size: then `n_effective`, and `resamples`, `seed` null) or `cluster-jackknife-t (delete one seed of every "
+                               "prompt | prompt, generated set)` (FID / KID; older files: `cluster-bootstrap-percentile, bias-shifted`)")
 
 
 class MetricRecord(Record):

@@ -27,6 +27,9 @@ CODE = {"uce": "https://github.com/rohitgandikota/unified-concept-editing", "esd
         "salun": "https://github.com/OPTML-Group/Unlearn-Saliency", "rece": "https://github.com/CharlesGong12/RECE"}
 
 
+TOY_THREADS = 1  # torch threads of `unlearn toy checkpoints` and of `unlearn regress` re-making them
+
+
 def make_checkpoints(root: Path, methods=("uce", "esd"), force: bool = False) -> list[Path]:
     out = []
     for method in methods:
@@ -35,7 +38,9 @@ def make_checkpoints(root: Path, methods=("uce", "esd"), force: bool = False) ->
             if d.exists() and not force:
                 out.append(d)
                 continue
-            run_erase(method, PIPE_DIR, concept, d, force=True, params=PARAMS.get(method), preset="toy")
+            # one thread: the committed checkpoints are re-made bitwise only at the thread count they
+            # were made with (float reductions), whatever the machine's load would choose
+            run_erase(method, PIPE_DIR, concept, d, force=True, params=PARAMS.get(method), preset="toy", threads=TOY_THREADS)
             rec = json.loads((d / "method.json").read_text())
             rec["base"]["path"] = "builtin:toy"  # not a machine-specific path
             (d / "method.json").write_text(json.dumps(rec, indent=2) + "\n")

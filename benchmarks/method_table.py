@@ -1,0 +1,78 @@
+"""The README's UnlearnCanvas-shaped table of every hosted method, from results files.
+
+    python benchmarks/method_table.py leaderboard/results
+
+One row per method (the toy submissions ``toy-<method>-style`` / ``toy-<method>-object``, and
+``toy-base``, the no-erasure control): style and object UA / IRA / CRA (toy-canvas), FID,
+Integrity and CCS-forget of the style target, Pre-ASR -> ASR (UnlearnDiffAtk) and the TI ASR
+of the object target (toy-robustness), erase time (wall and CPU) / peak memory / storage from
+the results' efficiency block. Values are the harness's; "-" where a file or record is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+METHODS = [("base", "none (control)"), ("uce", "UCE"), ("esd", "ESD-x"), ("fmn", "FMN"), ("ca", "CA"), ("salun", "SalUn"), ("rece", "RECE")]
+
+
+def load(folder: Path, name: str) -> dict | None:
+    p = folder / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def metric(doc: dict | None, suite: str, name: str, target: str | None = None) -> dict | None:
+    for m in (doc or {}).get("metrics", []):
+        if m["suite"] == suite and m["metric"] == name and (target is None or m["target"] == target) and m.get("value") is not None:
+            return m
+    return None
+
+
+def f(m: dict | None, digits: int = 3) -> str:
+    return "-" if m is None else f"{m['value']:.{digits}f}"
+
+
+def efficiency(doc: dict | None) -> tuple[str, str, str]:
+    e = (doc or {}).get("efficiency") or {}
+    t, mem, st = (e.get(k, {}).get("value") for k in ("time_s", "peak_memory_bytes", "storage_bytes"))
+    return ("-" if t is None else f"{t:.2f} s", "-" if mem is None else f"{mem / 1e9:.2f} GB", "-" if st is None else f"{st / 1e3:.0f} kB")
+
+
+def cpu_s(doc: dict | None, root: Path) -> str:
+    rec = ((doc or {}).get("submission") or {}).get("method_record")
+    p = root / rec if rec else None
+    if not p or not p.is_file():
+        return "-"
+    c = json.loads(p.read_text()).get("efficiency", {}).get("cpu_s")
+    return "-" if c is None else f"{c:.1f} s"
+
+
+def main(folder: str) -> None:
+    folder = Path(folder)
+    root = folder.resolve().parents[1]
+    print("| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA | FID (style) | Integrity (style) "
+          "| CCS-forget (style) | object Pre-ASR -> ASR | object TI ASR | erase wall (CPU) style / object | peak memory | storage |")
+    print("| " + " | ".join(["---"] * 15) + " |")
+    for key, label in METHODS:
+        if key == "base":
+            st = ob = load(folder, "toy-base")
+        else:
+            st, ob = load(folder, f"toy-{key}-style"), load(folder, f"toy-{key}-object")
+        if st is None and ob is None:
+            continue
+        row = [label]
+        row += [f(metric(st, "toy-canvas", m, "striped")) for m in ("ua", "ira", "cra")]
+        row += [f(metric(ob, "toy-canvas", m, "triangle")) for m in ("ua", "ira", "cra")]
+        row += [f(metric(st, "toy-fid", "fid", "striped"), 2), f(metric(st, "toy-integrity", "integrity", "striped")),
+                f(metric(st, "toy-concealment", "ccs_forget", "striped"))]
+        pre, asr = metric(ob, "toy-robustness", "pre_asr", "triangle"), metric(ob, "toy-robustness", "asr", "triangle")
+        row += [f"{f(pre, 2)} -> {f(asr, 2)}", f(metric(ob, "toy-robustness", "ti_asr", "triangle"), 2)]
+        (ts, mem, sto), (to, _, _) = efficiency(st), efficiency(ob)
+        row += [f"{ts} ({cpu_s(st, root)}) / {to} ({cpu_s(ob, root)})" if key != "base" else "0", mem if key != "base" else "0", sto]
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "leaderboard/results")
