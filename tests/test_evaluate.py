@@ -108,7 +108,8 @@ def test_library_versions_name_the_libraries_a_result_depends_on():
 
 CONCEAL = SUITE.replace("id: mini", "id: conceal").replace(
     '  - {name: ua, threshold: ">= 0.8"}\n  - {name: ira, threshold: ">= 0.8 * base"}\n',
-    "  - {name: ccs_forget, params: {psi: [0.5, 0.25], attack_seeds: [0], separator_steps: 5}}\n")
+    "  - {name: ccs_forget, params: {separator_steps: 5}}\n"
+    "attacks:\n  partial_diffusion: {psi: [0.5, 0.25], seeds: [0]}\n")
 
 
 def test_the_partial_diffusion_attack_loads_the_pair_once_for_its_grid(repo, loads):

@@ -175,7 +175,6 @@ def test_the_attack_grid_and_its_jobs(uce_style):
     jobs = plan.attack_jobs(grid, base, "b", "u", 0.35)
     assert [j.model for j in jobs] == ["partial-diffusion:b->u@psi=0.35"] * 50
     assert [j.seed for j in jobs] == [base[i].seed for i in grid.chosen]
-    # no attack_seeds: the suite's first two seeds; no psi: the default grid
-    m0 = s.metrics[0].model_copy(update={"params": {}})
-    bare = plan.attack_grid(s.model_copy(update={"metrics": [m0, *s.metrics[1:]]}), [(Prompt(text="a"), 5), (Prompt(text="a"), 3), (Prompt(text="a"), 9)])
+    # no attacks.partial_diffusion block: the suite's first two seeds, the default psi grid
+    bare = plan.attack_grid(s.model_copy(update={"attacks": None}), [(Prompt(text="a"), 5), (Prompt(text="a"), 3), (Prompt(text="a"), 9)])
     assert bare.psis == plan.DEFAULT_PSI and bare.seeds == (3, 5) and bare.chosen == (0, 1)

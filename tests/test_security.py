@@ -24,8 +24,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_bad_inputs import KEY, assert_one_line, check, repo, submission  # noqa: F401 (repo is a fixture)
+from test_bad_inputs import KEY, assert_one_line, check, repo, toy_submission  # noqa: F401 (repo is a fixture)
 from test_leaderboard import result as site_doc
+
+
+def submission(sha: str, path: str = "ckpt/unet.safetensors", kind: str = "unet") -> str:
+    """test_bad_inputs' repository submission (the toy base, suites mini + eff, the method record)."""
+    return toy_submission(sha, path=path, kind=kind)
 
 from harness.cli import main
 from harness.errors import HarnessError

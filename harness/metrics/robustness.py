@@ -36,14 +36,14 @@ class Params(MetricParams):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data):
-        if isinstance(data, dict):
+        if isinstance(data, dict) and data:  # (no params: nothing to check, no attack code loaded)
             from ..attacks.runner import attacks
 
             old = {"attack", "attack_seeds", "judge", "threshold", "classes", "weights"}.union(*(getattr(m, "DEFAULTS", {}) for m in attacks().values()))
             for k in data:
                 if k in old:  # where attack settings were read from before the attacks block
-                    raise ValueError(f"params.{k}: attack settings moved to the suite's attacks.prompt (or attacks.inversion) block "
-                                     "(attack, seeds, judge, params: see suites/toy-robustness.yaml)")
+                    raise ValueError(f"params.{k}: attack settings moved to the suite's attacks.prompt block (attacks.inversion for ti_asr; "
+                                     "attack, seeds, judge, params: see suites/toy-robustness.yaml)")
         return data
 
 
