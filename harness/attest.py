@@ -50,7 +50,7 @@ def current_thresholds(root: Path) -> dict[tuple[str, str], str | None]:
     out: dict[tuple[str, str], str | None] = {}
     for f in sorted(Path(root, "suites").glob("*.yaml")):
         try:
-            s = load_suite(f)
+            s = load_suite(f, attack_code=False)  # thresholds only: no attack code loaded
         except HarnessError:
             continue
         for m in s.metrics:

@@ -187,7 +187,7 @@ def pins_problem(data: dict, root: Path) -> str | None:
         if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", sid) or not p.is_file():
             continue
         try:
-            suite = load_suite(p)
+            suite = load_suite(p, attack_code=False)  # pins only: no attack code loaded
         except HarnessError:
             continue
         if suite.world != "real":
