@@ -2,6 +2,7 @@
 presets (paper vs toy) and what ``unlearn erase`` records (issue 11)."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,18 @@ def test_erase_on_a_real_base_defaults_to_the_papers_uce_and_records_params(tiny
     assert on_disk["params"] == rec["params"] and on_disk["preset"] == "paper"
     rec = run_erase("uce", base, "striped", tmp_path / "out2", world="generic", params={"token_positions": "tail"})
     assert rec["params"]["preserve_scale"] == 1.0  # the preserved set is just '': max(0.1, 1/1)
+
+
+def test_erase_runs_at_the_thread_count_asked_records_it_and_restores_the_callers():
+    """Float reductions differ with torch's thread count, so a re-made checkpoint is bitwise the
+    committed one only at the count it was made with: run_erase sets it for the erasure, records
+    it with the CPU seconds in method.json, and leaves the caller's count as it was."""
+    import torch
+
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1
+    rec = run_erase("uce", TOY_PIPELINE, "striped", Path(tempfile.mkdtemp()) / "out", threads=want)
+    assert rec["efficiency"]["threads"] == want and rec["efficiency"]["cpu_s"] >= 0
+    assert torch.get_num_threads() == before
+    committed = json.loads((ROOT / "submissions" / "checkpoints" / "uce-style-striped" / "method.json").read_text())
+    assert committed["efficiency"]["threads"] == 1  # the toy checkpoints: one thread (harness.toy.submissions.TOY_THREADS)

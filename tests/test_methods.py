@@ -102,3 +102,19 @@ def test_erase_command_one_line_errors(tiny_dir, tmp_path, args, message):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("unlearn: error: ") and message in lines[0], r.stderr
+
+
+def test_peak_memory_of_an_erasure_is_not_charged_an_earlier_peak_of_the_process():
+    """``unlearn toy checkpoints`` erases several times in one process: each method.json's peak
+    is its own (VmHWM reset before the erasure where Linux allows), not the process's maximum."""
+    import numpy as np
+
+    from harness.methods import _peak_memory_bytes, _reset_peak_rss
+
+    big = np.ones(400_000_000 // 8)  # an earlier, larger peak of this process (~400 MB touched)
+    del big
+    process_peak, _ = _peak_memory_bytes("cpu")
+    if not _reset_peak_rss():
+        pytest.skip("no /proc/self/clear_refs here: the process's max RSS is what can be measured")
+    own_peak, how = _peak_memory_bytes("cpu", reset=True)
+    assert "VmHWM" in how and own_peak < process_peak - 200_000_000
