@@ -18,7 +18,7 @@ from .submission import BaseModelSpec, CheckpointSpec, EfficiencySpec, MethodSpe
 from .suite import (THRESHOLD, Attacks, CsvPrompts, GenerationSettings, JudgeSpec, MetricSpec, PartialDiffusionAttack, PromptAttack,
                     PromptSet, ScorerSpec, SmokeSpec, Suite, TemplatePrompts, Threshold)
 from .yamlio import (MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, SpecErrors, _format_validation, _SafeUniqueLoader,
-                     load_model, read_yaml)
+                     validate_yaml_file, read_yaml)
 
 
 __all__ = [
@@ -27,6 +27,6 @@ __all__ = [
     "MAX_PROMPT_CHARS", "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MethodSpec", "MetricSpec",
     "PartialDiffusionAttack", "Prompt", "PromptAttack", "PromptSet", "ScorerSpec", "SmokeSpec", "SpecErrors", "Strict",
     "Submission", "Suite", "TargetSpec", "TemplatePrompts", "Threshold", "WeightsFile", "_SafeUniqueLoader",
-    "_format_validation", "_with_includes", "expand_prompts", "inside", "is_suite_file", "load_model", "load_submission",
+    "_format_validation", "_with_includes", "expand_prompts", "inside", "is_suite_file", "validate_yaml_file", "load_submission",
     "load_suite", "one_line_error", "pinned_file", "read_yaml",
 ]

@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from .submission import Submission
 from .suite import Suite
-from .yamlio import SpecErrors, _format_validation, load_model, read_yaml
+from .yamlio import SpecErrors, _format_validation, validate_yaml_file, read_yaml
 
 def load_submission(path: str | Path) -> Submission:
-    return load_model(Submission, path)
+    return validate_yaml_file(Submission, path)
 
 
 def _with_includes(path: Path, data: dict, depth: int = 0) -> dict:

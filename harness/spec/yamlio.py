@@ -125,7 +125,9 @@ class SpecErrors(HarnessError):
         super().__init__("\n".join(lines))
 
 
-def load_model(cls, path: str | Path):
+def validate_yaml_file(cls, path: str | Path):
+    """The YAML file at ``path`` (safe loader) validated as the pydantic model ``cls``; every
+    problem one line naming the file and field (``SpecErrors``)."""
     p = Path(path)
     data = read_yaml(p)
     try:
