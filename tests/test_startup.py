@@ -285,6 +285,44 @@ def test_threads_follow_the_load_workers_and_the_override(monkeypatch):
     assert threads.choose(workers=2, load=30.0) == (5, "UNLEARN_THREADS")
 
 
+def test_the_load_is_the_other_processes_cpu_now_not_this_ones(monkeypatch):
+    """``threads.others_load``: the busy share of this process's cores over the sample, less this
+    process's own CPU time; the 1-minute load average (which counts this process's own start-up
+    and whatever ran before it) only where /proc/stat is missing."""
+    from harness import threads
+
+    monkeypatch.delenv("UNLEARN_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_SAMPLED", None)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
+    clock = {"t": 100.0}  # time passes in the sample's sleep only
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads.time, "sleep", lambda s: clock.update(t=clock["t"] + s))
+    jiffies = iter([(1000, 5000), (1075, 5100)])  # 75 of 100 core-jiffies busy: 1.5 of 2 cores
+    monkeypatch.setattr(threads, "_cpu_times", lambda cpus: next(jiffies))
+    own = iter([(10.0, 1.0), (10.2, 1.1)])  # this process used 0.3 CPU-s in the 0.3 s sample: one core of the 1.5
+    monkeypatch.setattr(threads.os, "times", lambda: next(own))
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # not read
+    assert threads.others_load() == pytest.approx(0.5)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    assert threads.choose(workers=1) == (2, "2 core(s), 1 worker(s), other processes' load 0.5")  # the memoised sample
+    # no /proc/stat: the load average
+    monkeypatch.setattr(threads, "_SAMPLED", None)
+    monkeypatch.setattr(threads, "_cpu_times", lambda cpus: None)
+    monkeypatch.setattr(threads.os, "times", lambda: (0.0, 0.0))
+    assert threads.choose(workers=1) == (1, "2 core(s), 1 worker(s), load average 9.0")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/stat"), reason="Linux /proc/stat")
+def test_proc_stat_is_read_for_this_process_cores():
+    import os
+
+    from harness import threads
+
+    busy, total = threads._cpu_times(set(os.sched_getaffinity(0)))
+    assert 0 <= busy <= total and total > 0
+    assert threads._cpu_times({10**6}) is None  # a core this machine lacks: nothing read
+
+
 def test_estimate_uses_the_speed_measured_on_this_device(tmp_path):
     from harness import estimate
 
