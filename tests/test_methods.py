@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from harness.methods import esd, uce
+from harness.methods import METHODS, esd, uce
 from harness.methods.common import cross_attention_kv, for_toy_world, text_embeddings
 
 
@@ -85,23 +85,37 @@ def test_erase_command_writes_changed_tensors_and_method_json(tiny_dir, tmp_path
     assert eff["time_s"] > 0 and eff["peak_memory_bytes"] > 10 * 2**20
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--concept", "zebra"], "concept word 'zebra' is not a single token"),
-        (["--concept", "striped", "--base", "/nonexistent"], "--base /nonexistent: no diffusers pipeline there"),
-        (["--concept", "striped", "--out", "EXISTING"], "exists; pass --force"),
-    ],
-)
-def test_erase_command_one_line_errors(tiny_dir, tmp_path, args, message):
+GENERIC_ERRORS = [
+    (["--concept", "zebra"], "concept word 'zebra' is not a single token"),
+    (["--concept", "striped", "--base", "/nonexistent"], "--base /nonexistent: no diffusers pipeline there"),
+    (["--concept", "striped", "--out", "EXISTING"], "exists; pass --force"),
+]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("args, message", GENERIC_ERRORS, ids=["subword-concept", "missing-base", "existing-out"])
+def test_erase_command_one_line_errors_for_every_method(tiny_dir, tmp_path, monkeypatch, capsys, method, args, message):
+    """The inputs every method's ``unlearn erase`` refuses the same way (``run_erase``'s checks),
+    in this process (``cli.main``: what the console script runs); one subprocess below shows the
+    exit code and the one stderr line of the real command."""
+    from harness import cli
+
     (tmp_path / "EXISTING").mkdir()
     base = ["--base", str(tiny_dir)] if "--base" not in args else []
     out = ["--out", str(tmp_path / "new")] if "--out" not in args else []
     args = [str(tmp_path / "EXISTING") if a == "EXISTING" else a for a in args]
-    r = _erase("uce", *base, *out, *args, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["erase", method, *base, *out, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unlearn: error: ") and message in err[0], err
+    assert not (tmp_path / "new").exists() and not any((tmp_path / "EXISTING").iterdir())
+
+
+def test_erase_command_one_line_error_as_a_process(tiny_dir, tmp_path):
+    r = _erase("uce", "--base", str(tiny_dir), "--concept", "zebra", "--out", str(tmp_path / "new"), cwd=tmp_path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("unlearn: error: ") and message in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith("unlearn: error: ") and "concept word 'zebra' is not a single token" in lines[0], r.stderr
 
 
 def test_peak_memory_of_an_erasure_is_not_charged_an_earlier_peak_of_the_process():
