@@ -85,8 +85,8 @@ def cmd_erase(a) -> int:
 def add(sub) -> None:
     """The ``toy`` and ``erase`` commands, in ``unlearn --help`` order."""
     from .methods import METHODS
-    from .toy.classifier import DEFAULT_DIR as CLF
-    from .toy.model import DEFAULT_DIR as PIPE
+    from .toy.paths import CLASSIFIER_DIR as CLF
+    from .toy.paths import PIPELINE_DIR as PIPE
 
     toy = sub.add_parser("toy", help="the toy concept world").add_subparsers(dest="toy_cmd", required=True)
     t = toy.add_parser("train-classifier", help="train the toy classifier from scratch (a few minutes)")

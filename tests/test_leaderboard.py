@@ -506,6 +506,16 @@ def test_the_site_imports_no_generation_evaluation_model_or_test_code(fixture_re
                 continue
             hit = [n for n in names if any(n == x or n.startswith(x + ".") for x in NOT_IN_THE_SITE)]
             assert not hit, f"{f.name}:{node.lineno} imports {hit}"
+    # 3. the command (`unlearn leaderboard build`): its parser names every command's options, and
+    # still loads no deep-learning library (the methods' registry and the toy paths are light)
+    code = ("import sys, json; from harness import cli; "
+            f"rc = cli.main(['leaderboard', 'build', '--results', {str(res)!r}, '--out', {str(tmp_path / 'site2')!r}]); "
+            "print(json.dumps([rc, sorted(sys.modules)]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    rc, loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rc == 0 and (tmp_path / "site2" / "index.html").is_file(), r.stderr
+    heavy = [m for m in loaded if m.split(".")[0] in ("torch", "diffusers", "transformers", "pytest", "_pytest")]
+    assert heavy == [], heavy
 
 
 def test_image_cache_finds_a_png_by_its_sha256(tmp_path):

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 from ..errors import HarnessError
-from .common import ConceptPrompts, check_concept_tokens, for_toy_world
+
+# The method modules (and .common, which imports torch) load on use: the CLI's parser reads
+# METHODS for its choices, and `unlearn leaderboard build` must not pay for torch.
 
 METHODS = {"uce": "harness.methods.uce", "esd": "harness.methods.esd",
            "fmn": "harness.methods.fmn", "ca": "harness.methods.ca", "salun": "harness.methods.salun",
@@ -117,6 +119,7 @@ def run_erase(
 
     from ..hashing import sha256_file, sha256_tree
     from ..models import quiet_loading
+    from .common import ConceptPrompts, check_concept_tokens, for_toy_world
 
     mod = get_method(method)
     base, out = Path(base), Path(out)

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .paths import CLASSIFIER_DIR
 from .world import OBJECTS, STYLES
 
-DEFAULT_DIR = Path(__file__).parent / "assets" / "classifier"
+DEFAULT_DIR = CLASSIFIER_DIR
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from .paths import PIPELINE_DIR
 from .tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer
 
-DEFAULT_DIR = Path(__file__).parent / "assets" / "pipeline"
+DEFAULT_DIR = PIPELINE_DIR
 
 # SD-1.x's noise schedule: the prototype found the DDPM linear schedule made samples drift.
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
