@@ -177,7 +177,7 @@ def spread_of(root: Path, out: Path, name: str, sub: dict, base: dict, record: d
     import json
 
     seed0 = int(record["params"].get("seed", 0))
-    runs = [first]
+    runs, seeds, failed = [first], [seed0], []
     for k in range(1, n):
         s = remake_checkpoint(root, sub, record, out, seed=seed0 + k)
         f = out / "submissions" / f"{name}-seed{seed0 + k}.yaml"
@@ -188,8 +188,13 @@ def spread_of(root: Path, out: Path, name: str, sub: dict, base: dict, record: d
         run_harness(root, [f], res, cache=out / "cache", extra=pytest_args, log=out / "logs" / f"{s['name']}.log")
         if res.is_file():
             runs.append(load_result(res))
+            seeds.append(seed0 + k)
+        else:  # its run wrote no results: the spread is over the seeds that did
+            failed.append(seed0 + k)
     rows = method_spread(runs)
-    print(f"\n== {name}: spread over {len(runs)} training seeds ({seed0}..{seed0 + n - 1})")
+    print(f"\n== {name}: spread over {len(runs)} training seeds ({', '.join(map(str, seeds))})"
+          + (f"; no results from seed(s) {', '.join(map(str, failed))} (logs in {out / 'logs'})" if failed else ""))
     print(format_spread(rows), flush=True)
-    (out / "results" / f"{name}.method-seeds.json").write_text(json.dumps({"submission": name, "seeds": list(range(seed0, seed0 + n)), "spread": rows}, indent=1) + "\n")
+    (out / "results" / f"{name}.method-seeds.json").write_text(
+        json.dumps({"submission": name, "seeds": seeds, "failed_seeds": failed, "spread": rows}, indent=1) + "\n")
     return rows

@@ -74,3 +74,29 @@ def test_method_spread_over_training_seeds_known_answer():
     assert (row["metric"], row["mean"], row["min"], row["max"]) == ("UA", pytest.approx(0.7), 0.5, 0.9)
     assert row["sd"] == pytest.approx(0.2) and row["values"] == [0.5, 0.7, 0.9]
     assert "0.2000" in format_spread([row])
+
+
+def test_method_seed_spread_records_only_the_seeds_that_produced_results(tmp_path, monkeypatch, capsys):
+    """A re-trained seed whose run wrote no results is named as failed, not counted among the
+    seeds of the spread (the site checks ``len(values) <= len(seeds)``)."""
+    from harness import regression
+
+    def run(value):
+        return {"metrics": [{"suite": "toy-canvas", "metric": "ua", "label": "UA", "target": "striped", "value": value}]}
+
+    monkeypatch.setattr(regression, "remake_checkpoint", lambda root, sub, record, out, seed: {"name": "x", "checkpoint": {"seed": seed}})
+
+    def fake_harness(root, files, res, **kw):  # seed 6's run fails (writes nothing)
+        if "seed6" not in res.name:
+            res.write_text(json.dumps(run(0.5 + 0.1 * int(res.stem[-1]))))
+
+    monkeypatch.setattr(regression, "run_harness", fake_harness)
+    monkeypatch.setattr(regression, "load_result", lambda path: json.loads(path.read_text()))  # the schema is tested elsewhere
+    for d in ("submissions", "results", "logs"):
+        (tmp_path / d).mkdir()
+    rows = regression.spread_of(ROOT, tmp_path, "toy-x", {}, {}, {"params": {"seed": 4}}, 4, [], run(0.9))
+    doc = json.loads((tmp_path / "results" / "toy-x.method-seeds.json").read_text())
+    assert doc["seeds"] == [4, 5, 7] and doc["failed_seeds"] == [6]
+    assert rows[0]["values"] == [0.9, pytest.approx(1.0), pytest.approx(1.2)]
+    out = capsys.readouterr().out
+    assert "spread over 3 training seeds (4, 5, 7); no results from seed(s) 6" in out
