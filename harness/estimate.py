@@ -2,12 +2,18 @@
 
 The images: each suite's jobs as the evaluator builds them (same prompts, smoke subset, seeds,
 steps, size, model fingerprints), minus those already in the image cache, plus the attack
-images of CRS / CCS (counted as still to make). The speed: seconds per image per denoising
-step, measured by every run on this machine and kept per device in ``<cache>/speed.json``
-(key: device, threads, image size), so the second run's estimate is the first run's measured
-speed. Scoring time per suite is kept the same way. Without a measurement for this device the
-estimate scales the README's toy figure (100 32x32 images x 20 steps in 18 s on 2 CPU cores)
-by pixels and says it is a guess.
+images of CRS / CCS (counted as still to make), plus the prompt attacks (UnlearnDiffAtk,
+Ring-A-Bell, textual inversion): every forget item of the attack seeds, at the full budget, for
+each target (an upper bound: an item the model already shows, or one that succeeds early, costs
+less), counted as still to run when some unlearned image of the suite is not cached (their
+records are keyed by the model; a warm re-run has them). The speed: seconds per image per
+denoising step, and seconds per attacked item per budget unit (iteration, generation, step) of
+each attack, measured by every run on this machine and kept per device in
+``<cache>/speed.json`` (key: device, threads, image size), so the second run's estimate is the
+first run's measured speed. Scoring time per suite (less its generation and attacks) is kept the
+same way. Without a measurement for this device the estimate uses the figures of a cold ``make
+demo`` on an idle 2-core CPU (``GUESS_S_PER_STEP_PIXEL``, each attack module's
+``GUESS_S_PER_ITEM_UNIT``), scaled by pixels, and says it is a guess.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from pathlib import Path
 
 from .fsutil import atomic_write
 
-GUESS_S_PER_STEP_PIXEL = 18.0 / (100 * 20 * 32 * 32)  # README: toy world, 2 CPU cores
+# A cold `make demo` (README "Speed of the harness"), idle 2-core CPU, 2 threads: 1,000 32x32
+# images x 20 steps in 471 s of generation; with 1 thread (the same machine) about 1.4x slower.
+GUESS_S_PER_STEP_PIXEL = 471.0 / (1000 * 20 * 32 * 32)
+GUESS_ONE_THREAD = 1.4
 
 
 def device_key(device: str, threads: int | None = None) -> str:
@@ -82,7 +91,35 @@ def seconds_per_step(cache_dir: Path, device: str, height: int, width: int) -> t
         if k.startswith(prefix) and isinstance(v, dict) and v.get("per_unit"):
             h, w = (int(x) for x in k[len(prefix):].split("x"))
             return float(v["per_unit"]) * (height * width) / (h * w), "scaled from another size on this device"
-    return GUESS_S_PER_STEP_PIXEL * height * width, "a guess: no run measured on this device yet"
+    return GUESS_S_PER_STEP_PIXEL * height * width * _thread_factor(device), GUESS
+
+
+GUESS = "a guess: no run measured on this device yet"
+
+
+def _thread_factor(device: str) -> float:
+    return GUESS_ONE_THREAD if device.endswith("/1t") else 1.0
+
+
+def attack_key(device: str, attack: str, height: int, width: int) -> str:
+    return f"attack|{device}|{attack}|{height}x{width}"
+
+
+def seconds_per_item_unit(cache_dir: Path, device: str, attack: str, height: int, width: int) -> tuple[float, str]:
+    """(seconds per attacked item per budget unit, source) of one attack, as ``seconds_per_step``."""
+    data = load(cache_dir)
+    exact = data.get(attack_key(device, attack, height, width))
+    if isinstance(exact, dict) and exact.get("per_unit"):
+        return float(exact["per_unit"]), "measured on this device"
+    prefix = f"attack|{device}|{attack}|"
+    for k, v in data.items():
+        if k.startswith(prefix) and isinstance(v, dict) and v.get("per_unit"):
+            h, w = (int(x) for x in k[len(prefix):].split("x"))
+            return float(v["per_unit"]) * (height * width) / (h * w), "scaled from another size on this device"
+    from .attacks.runner import attacks
+
+    guess = getattr(attacks().get(attack), "GUESS_S_PER_ITEM_UNIT", 0.1)  # 0.1: an order of magnitude (Ring-A-Bell: no figure)
+    return guess * (height * width) / (32 * 32) * _thread_factor(device), GUESS
 
 
 @dataclass
@@ -96,6 +133,7 @@ class SuitePlan:
     keys: frozenset = frozenset()  # job keys of every image (suites sharing prompts share images)
     missing: frozenset = frozenset()  # job keys not in the cache (attack images: not counted here)
     attack_to_make: int = 0
+    prompt_attacks: tuple = ()  # (attack, items, budget) still to run, one per target and block
 
 
 def plan(sub_path: str, sub, suites: dict, root: Path, cache_dir: Path, device: str = "auto", smoke: bool = False,
@@ -131,9 +169,29 @@ def plan(sub_path: str, sub, suites: dict, root: Path, cache_dir: Path, device: 
             attack_cached = sum(1 for psi in grid.psis for j in run_plan.attack_jobs(grid, base_jobs, base_fp, unl_fp, psi) if cache.png_sha256(j))
         j0 = jobs[0] if jobs else None
         total = len(keys) + attack
+        unl_missing = any(j.key() in missing for j in jobs[len(base_jobs):])
         out.append(SuitePlan(sid, total, total - cached - attack_cached, j0.steps if j0 else 0, j0.height if j0 else 0, j0.width if j0 else 0,
-                             frozenset(keys), frozenset(missing), attack - attack_cached))
+                             frozenset(keys), frozenset(missing), attack - attack_cached,
+                             prompt_attack_work(suite, items, sub.targets) if unl_missing else ()))
     return out
+
+
+def prompt_attack_work(suite, items, targets) -> tuple:
+    """(attack, items, budget) of each prompt-attack block and target of the suite (all forget
+    items of the attack seeds, at the full budget)."""
+    from .attacks.runner import attack_module, forget_items
+
+    out = []
+    for block, ps in suite.prompt_attacks.items():
+        mod = attack_module(ps.attack, suite.id)
+        budget = max(mod.budgets(mod.params_of(ps.params)))
+        seeds = set(ps.seeds) if ps.seeds is not None else None
+        for t in targets:
+            if t.kind in suite.applies_to and budget > 0:
+                n = len(forget_items(suite, items, t, seeds))
+                if n:
+                    out.append((mod.NAME, n, budget))
+    return tuple(out)
 
 
 def seconds(plans: list[SuitePlan], cache_dir: Path, device: str) -> tuple[float, str]:
@@ -150,10 +208,14 @@ def seconds(plans: list[SuitePlan], cache_dir: Path, device: str) -> tuple[float
             per, src = seconds_per_step(cache_dir, device, p.height, p.width)
             total += per * make * p.steps
             sources.append(src)
+        for attack, n, budget in p.prompt_attacks:
+            per, src = seconds_per_item_unit(cache_dir, device, attack, p.height, p.width)
+            total += per * n * budget
+            sources.append(src)
         score = data.get(f"score|{device}|{p.suite}")
         if isinstance(score, dict) and score.get("per_unit"):
             total += float(score["per_unit"])
-    order = ["a guess: no run measured on this device yet", "scaled from another size on this device", "measured on this device"]
+    order = [GUESS, "scaled from another size on this device", "measured on this device"]
     source = min(sources, key=order.index) if sources else "measured on this device"
     return total, source
 
@@ -165,6 +227,27 @@ def counts(plans: list[SuitePlan]) -> tuple[int, int]:
     attack_make = sum(p.attack_to_make for p in plans)
     attack_all = sum(p.images - len(p.keys) for p in plans)
     return len(missing) + attack_make, len(keys) - len(missing) + attack_all - attack_make
+
+
+def note_attacks(cache_dir: Path, device: str, result: dict) -> float:
+    """Note each prompt attack of a suite result (its metrics' details: attack, attacked items,
+    budget, seconds) as seconds per attacked item per budget unit; returns the seconds noted
+    (the suite's scoring time is the rest)."""
+    seen, total = set(), 0.0
+    gen = (result.get("suite") or {}).get("generation") or {}
+    h, w = gen.get("height"), gen.get("width")
+    for r in result.get("metrics", []):
+        d = r.get("details") or {}
+        if not all(k in d for k in ("attack", "attacked", "budget", "seconds")) or not (h and w):
+            continue
+        key = (r.get("target"), d["attack"], json.dumps(d.get("params"), sort_keys=True))  # pre_asr and asr share one attack
+        if key in seen:
+            continue
+        seen.add(key)
+        total += float(d["seconds"] or 0)
+        if d["attacked"] and d["budget"]:
+            note(cache_dir, attack_key(device, d["attack"], h, w), float(d["seconds"]), d["attacked"] * d["budget"])
+    return total
 
 
 def fmt_duration(s: float) -> str:
@@ -182,7 +265,9 @@ def summary_line(plans: list[SuitePlan], cache_dir: Path, device: str, parallel:
     make, have = counts(plans)
     secs, source = seconds(plans, cache_dir, device)
     split = f" over {parallel} workers" if parallel > 1 else ""
-    return f"estimate: {make} image(s) to make, {have} cached; about {fmt_duration(secs / parallel)}{split} on {device} ({source})"
+    attacked = sum(n for p in plans for _, n, _ in p.prompt_attacks)
+    att = f" and {attacked} prompt-attack item(s)" if attacked else ""
+    return f"estimate: {make} image(s) to make{att}, {have} cached; about {fmt_duration(secs / parallel)}{split} on {device} ({source})"
 
 
 def resolve_device(device: str) -> str:

@@ -285,6 +285,39 @@ def test_threads_follow_the_load_workers_and_the_override(monkeypatch):
     assert threads.choose(workers=2, load=30.0) == (5, "UNLEARN_THREADS")
 
 
+def test_estimate_counts_the_prompt_attacks_and_learns_their_speed(tmp_path, monkeypatch):
+    """toy-robustness cold: UnlearnDiffAtk on 10 forget items x 80 iterations and textual
+    inversion on 5 x 100 steps per target, at the attack modules' guesses; a finished run's
+    attack seconds become this device's figure (and leave the suite's scoring time); a suite
+    whose unlearned images are cached has its attacks counted as done."""
+    from harness import estimate
+    from harness.attacks import ti, unlearndiffatk
+    from harness.generate import ImageCache
+    from harness.spec import load_submission, load_suite
+
+    sub = load_submission(str(REPO / "submissions" / "toy-uce-object.yaml"))
+    suites = {"toy-robustness": load_suite(REPO / "suites" / "toy-robustness.yaml")}
+    (p,) = estimate.plan("x.yaml", sub, suites, REPO, tmp_path)
+    assert p.prompt_attacks == (("unlearndiffatk", 10, 80), ("ti", 5, 100))
+    gen = 400 * 20 * estimate.GUESS_S_PER_STEP_PIXEL * 32 * 32
+    secs, src = estimate.seconds([p], tmp_path, "cpu/2t")
+    assert src.startswith("a guess") and secs == pytest.approx(gen + 10 * 80 * unlearndiffatk.GUESS_S_PER_ITEM_UNIT + 5 * 100 * ti.GUESS_S_PER_ITEM_UNIT)
+    assert "400 image(s) to make and 15 prompt-attack item(s)" in estimate.summary_line([p], tmp_path, "cpu/2t")
+    # what a run measured: its details (pre_asr and asr share one attack, counted once)
+    d = {"attack": "unlearndiffatk", "attacked": 10, "budget": 80, "seconds": 40.0, "params": {"k": 5}}
+    result = {"suite": {"generation": {"height": 32, "width": 32}},
+              "metrics": [{"metric": m, "target": "triangle", "details": d} for m in ("pre_asr", "asr")]
+              + [{"metric": "ti_asr", "target": "triangle", "details": {"attack": "ti", "attacked": 5, "budget": 100, "seconds": 10.0, "params": {}}},
+                 {"metric": "ua", "target": "triangle", "details": {}}]}
+    assert estimate.note_attacks(tmp_path, "cpu/2t", result) == 50.0
+    assert estimate.seconds_per_item_unit(tmp_path, "cpu/2t", "unlearndiffatk", 32, 32) == (pytest.approx(0.05), "measured on this device")
+    assert estimate.seconds_per_item_unit(tmp_path, "cpu/2t", "ti", 64, 64) == (pytest.approx(0.02 * 4), "scaled from another size on this device")
+    # warm: every unlearned image cached, the attack records with them
+    monkeypatch.setattr(ImageCache, "png_sha256", lambda self, job: "f" * 64)
+    (warm,) = estimate.plan("x.yaml", sub, suites, REPO, tmp_path)
+    assert warm.prompt_attacks == () and warm.to_make == 0
+
+
 def test_the_load_is_the_other_processes_cpu_now_not_this_ones(monkeypatch):
     """``threads.others_load``: the busy share of this process's cores over the sample, less this
     process's own CPU time; the 1-minute load average (which counts this process's own start-up
@@ -328,7 +361,8 @@ def test_estimate_uses_the_speed_measured_on_this_device(tmp_path):
 
     plan = [estimate.SuitePlan("s", 2, 2, 20, 32, 32, frozenset({"a", "b"}), frozenset({"a", "b"}), 0)]
     secs, src = estimate.seconds(plan, tmp_path, "cpu/1t")
-    assert src.startswith("a guess") and secs == pytest.approx(2 * 20 * estimate.GUESS_S_PER_STEP_PIXEL * 32 * 32)
+    assert src.startswith("a guess") and secs == pytest.approx(2 * 20 * estimate.GUESS_S_PER_STEP_PIXEL * 32 * 32 * estimate.GUESS_ONE_THREAD)
+    assert estimate.seconds(plan, tmp_path, "cpu/2t")[0] == pytest.approx(2 * 20 * estimate.GUESS_S_PER_STEP_PIXEL * 32 * 32)
     estimate.note(tmp_path, estimate.gen_key("cpu/1t", 32, 32), 8.0, 40)  # 0.2 s per image-step
     estimate.note(tmp_path, "score|cpu/1t|s", 3.0, 1)
     secs, src = estimate.seconds(plan, tmp_path, "cpu/1t")
