@@ -174,10 +174,11 @@ class Evaluator:
                 rep["generation_seconds"] = round(rep.get("generation_seconds", 0) + g_s, 3)
         return out, rep
 
-    def _prompt_attacks(self, suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp):
-        """Prompt attacks (UnlearnDiffAtk, Ring-A-Bell) for the suite's robustness metrics
-        (attack and budget from the suite's ``attacks.prompt``); found prompts are cached in
-        ``<cache>/attacks/`` (``harness.attacks.runner``)."""
+    def _prompt_attacks(self, suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp, recipe, stats):
+        """Prompt attacks (UnlearnDiffAtk, Ring-A-Bell, textual inversion) for the suite's
+        robustness metrics (the suite's ``attacks`` blocks); found prompts are cached in
+        ``<cache>/attacks/`` (``harness.attacks.runner``). With the Ray executor the attacked
+        prompts run as Ray tasks (``recipe``: the unlearned model's, loaded by each worker)."""
         specs = [m for m in suite.metrics if metrics.info(m.name).prompt_attack]
         if not specs:
             return {}
@@ -185,8 +186,9 @@ class Evaluator:
         from .attacks.common import text_encoder_fingerprint
 
         fps = {"unlearned": unl_fp, "text_encoder": text_encoder_fingerprint(sub, base_fp, unl_fp)}
+        remote = (self.executor, recipe, stats) if hasattr(self.executor, "run_attack") else None
         return run_prompt_attacks(suite, suite.prompt_attacks, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, fps,
-                                  self.cache_dir, self.root, self.progress, self.attack_counter)
+                                  self.cache_dir, self.root, self.progress, self.attack_counter, remote)
 
     def run(self, sub_path: str, sub: Submission, suite_id: str) -> dict:
         """The suite's record: provenance + one metric record per (metric, target)."""
@@ -226,7 +228,8 @@ class Evaluator:
             scorer = load_scorer(suite.scorer, self.root, score_device) if suite.scorer else None
             attacked, attack_rep = self._attack(suite, items, base_jobs, base_fp, unl_fp, recipe, pipes, stats)
             unl_pipe = partial(pipes.load, recipe.of("unlearned"))  # the prompt attacks load it only for a missing attack
-            prompt_attacks = self._prompt_attacks(suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp)
+            prompt_attacks = self._prompt_attacks(suite, items, sub, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, base_fp, unl_fp,
+                                                  recipe.of("unlearned"), stats)
         else:  # metrics of the submission alone (efficiency): nothing to generate
             base_jobs, base_imgs, unl_imgs, scorer = [], [], [], None
             base_rep = unl_rep = {"generated": 0, "cached": 0, "flagged": []}

@@ -180,12 +180,15 @@ class Progress:
             tr.write_line(line)
             tr.flush()
 
-    def bar(self, desc: str, jobs: list):
+    def bar(self, desc: str, jobs: list, unit: str = "images"):
+        """A phase's line: ``unit`` "images" (generation: its speed is noted for estimates) or
+        another count (the prompt attacks' items: shown, not noted)."""
         import time
 
         from . import estimate
 
         owner = self
+        images = unit == "images"
         if self.device is None:
             self.device = estimate.device_key(estimate.resolve_device(self.state.device))
 
@@ -194,8 +197,10 @@ class Progress:
                 self.t0 = self.last = time.perf_counter()
                 self.first = None  # (time, done) after the first batch: the rate excludes loading
                 self.done, self.total = 0, len(jobs)
-                self.steps = jobs[0].steps if jobs else 0
-                self.size = (jobs[0].height, jobs[0].width) if jobs else (0, 0)
+                self.steps = jobs[0].steps if jobs and images else 0
+                self.size = (jobs[0].height, jobs[0].width) if jobs and images else (0, 0)
+                if not images and self.total:  # an attack's items finish late: say it started
+                    owner._write(f"unlearn: {desc}: attacking {self.total} {unit}")
 
             def update(self, n: int) -> None:
                 now = time.perf_counter()
@@ -214,17 +219,22 @@ class Progress:
                     left = f", about {estimate.fmt_duration((self.total - self.done) / rate)} left"
                 elif self.done < self.total and self.done:
                     left = f", about {estimate.fmt_duration(el / self.done * (self.total - self.done))} left"
-                speed = f"{self.done / el:.1f} img/s" if el > 0 and self.done else "loading"
-                return f"unlearn: {desc}: {self.done}/{self.total} images ({speed}, {estimate.fmt_duration(el)}{left})"
+                if images:
+                    speed = f"{self.done / el:.1f} img/s" if el > 0 and self.done else "loading"
+                else:
+                    speed = f"{el / self.done:.1f} s per item" if self.done else "running"
+                return f"unlearn: {desc}: {self.done}/{self.total} {unit} ({speed}, {estimate.fmt_duration(el)}{left})"
 
             def close(self) -> None:
                 if not self.total:
                     return
                 now = time.perf_counter()
                 el = now - self.t0
+                owner._write(self.line(now))
+                if not images:
+                    return
                 suite = desc.split(" ")[0]
                 owner.generation_s[suite] = owner.generation_s.get(suite, 0.0) + el
-                owner._write(self.line(now))
                 if self.done:
                     estimate.note(owner.state.cache, estimate.gen_key(owner.device, *self.size), el, self.done * self.steps)
 

@@ -12,12 +12,21 @@ needs the harness installed in the same environment.
 A task that fails is retried: Ray's ``max_retries`` covers a dead worker or node, and
 ``retry_exceptions=True`` with the same bound covers an exception in the task. The attempts
 that were retried are counted (from each successful task's attempt number) and recorded.
+
+The prompt attacks of a suite (``harness.attacks.runner``) run as Ray tasks the same way
+(``run_attack``): one task per attacked prompt (its seeds together; a textual inversion, whose
+one embedding is learned on every forget item, is one task per target). A task loads the
+unlearned pipeline from its recipe and the suite's scorer as the judge, runs the attack module
+on its items with the local code, and writes each item's record into the shared attack cache
+as soon as it is final. The worker's judge must be the driver's (same identity: scorer weights
+sha256, threshold), since the records are keyed by it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 from .errors import HarnessError
 
@@ -25,6 +34,8 @@ MAX_RETRIES = 2
 
 _REMOTE = None  # the Ray remote function, made once per process
 _LOADED: tuple | None = None  # worker side: (recipe, pipeline) of the last task
+_REMOTE_ATTACK = None  # the Ray remote function of the prompt attacks
+_SCORER: tuple | None = None  # worker side: (key, scorer) of the last attack task's judge
 
 
 def available() -> bool:
@@ -83,6 +94,46 @@ def _task(recipe, jobs, cache_root: str, batch_size: int, runner) -> dict:
             flags.append(store(cache, job, r, saved_form(job, im)))
     return {"flags": flags, "attempt": attempt, "oom_backoffs": stats.oom_backoffs, "batch_cap": stats.batch_cap,
             "pipeline": describe_pipeline(pipe), "node": ctx.get_node_id()}
+
+
+def _scorer(suite, root: str, device: str):
+    """Worker side: the suite's scorer, loaded once per worker process and (scorer, device)."""
+    global _SCORER
+    if suite.scorer is None:
+        return None
+    key = (suite.scorer.model_dump_json(), root, device)
+    if _SCORER is None or _SCORER[0] != key:
+        from .metrics.classifiers import load_scorer
+
+        _SCORER = None
+        _SCORER = (key, load_scorer(suite.scorer, Path(root), device))
+    return _SCORER[1]
+
+
+def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suite, target, judge_params: dict, root: str, cache_root: str) -> dict:
+    """One prompt's attack (or one target's, textual inversion), run on a Ray worker; each
+    item's record goes into the shared attack cache as soon as it is final."""
+    import ray
+    import torch
+
+    from .attacks.common import AttackCache
+    from .attacks.judge import make_judge
+    from .attacks.runner import attacks
+    from .models import describe_pipeline
+
+    attempt = _attempt()
+    ctx = ray.get_runtime_context()
+    if recipe.placement.device == "cpu":
+        cpus = ctx.get_assigned_resources().get("CPU")
+        if cpus:
+            torch.set_num_threads(max(1, int(cpus)))
+    pipe = _pipeline(recipe)
+    judge = make_judge(suite, _scorer(suite, root, recipe.placement.device), target, judge_params, root)
+    cache = AttackCache(cache_root)
+    counter: dict = {}
+    recs = attacks()[attack].attack(pipe, items, judge, params, False, counter, on_record=lambda i, rec: cache.put(keys[i], rec))
+    return {"records": recs, "counter": counter, "attempt": attempt, "node": ctx.get_node_id(),
+            "judge": judge.identity, "pipeline": describe_pipeline(pipe)}
 
 
 class RayExecutor:
@@ -179,6 +230,60 @@ class RayExecutor:
             cause = getattr(e, "cause", None) or e
             raise HarnessError(f"a Ray generation task failed after {self.max_retries} retries: {type(cause).__name__}: {cause}") from None
         finally:
+            for ref in pending:
+                ray.cancel(ref)
+        return out
+
+
+    def run_attack(self, recipe, attack: str, units: list[list[int]], items, keys: list[str], params: dict, suite, target, judge_params: dict,
+                   root, cache_root, judge_identity: dict, stats, counter: dict, on_record=None, progress: bool = True) -> list[dict]:
+        """The records of the attacked ``items`` (one per item, in order), each ``units`` entry
+        (item indices: one prompt's seeds, or a whole target) one Ray task. ``on_record(i, rec)``
+        as each task's records come back; the tasks' counts (UNet calls) are added to
+        ``counter``, tasks and their retries to ``stats``."""
+        from tqdm.auto import tqdm
+
+        from .models import PipelineRecipe
+
+        if not isinstance(recipe, PipelineRecipe):
+            raise HarnessError(f"the ray executor needs a PipelineRecipe to load the model on its workers (got {type(recipe).__name__})")
+        ray = self._connect()
+        global _REMOTE_ATTACK
+        if _REMOTE_ATTACK is None:
+            _REMOTE_ATTACK = ray.remote(_attack_task)
+        resources = {"num_gpus": 1} if recipe.placement.device.startswith("cuda") else {"num_cpus": 1}
+        task = _REMOTE_ATTACK.options(max_retries=self.max_retries, retry_exceptions=True, **resources)
+        root, cache_root = str(Path(root).resolve()), str(Path(cache_root).resolve())
+        recipe_ref = ray.put(recipe)
+        pending = {task.remote(recipe_ref, attack, [items[i] for i in u], [keys[i] for i in u], params, suite, target, judge_params, root, cache_root): u
+                   for u in units}
+        out: list = [None] * len(items)
+        bar = tqdm(total=len(units), desc=f"{attack} (ray tasks)", unit="task", disable=not progress, leave=False)
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    unit = pending.pop(ref)
+                    res = ray.get(ref)
+                    if res["judge"] != judge_identity:
+                        raise HarnessError(f"a Ray attack task judged with {res['judge']} but this run's judge is {judge_identity} "
+                                           "(every node needs the same scorer files)")
+                    stats.tasks += 1
+                    stats.retries += res["attempt"]
+                    stats.nodes.add(res["node"])
+                    stats.note_pipeline(res["pipeline"])
+                    for k, n in res["counter"].items():  # UNet calls (and textual inversion's steps) the task made
+                        counter[k] = counter.get(k, 0) + n
+                    for i, rec in zip(unit, res["records"]):
+                        out[i] = rec
+                        if on_record is not None:
+                            on_record(i, rec)
+                    bar.update(1)
+        except ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None) or e
+            raise HarnessError(f"a Ray attack task ({attack}) failed after {self.max_retries} retries: {type(cause).__name__}: {cause}") from None
+        finally:
+            bar.close()
             for ref in pending:
                 ray.cancel(ref)
         return out

@@ -10,6 +10,7 @@ import torch
 
 from harness.attacks import common, ringabell, ti, unlearndiffatk
 from harness.generate import Job, run_batch
+from fixtures import robust_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,30 +130,12 @@ def test_ringabell_deterministic_and_moves_toward_target(toy_pipe):
 
 
 # ---------------------------------------------------------------------------- through the evaluator
-def _suite(params, seeds=(0, 1), extra=()):
-    """A toy suite whose ``attacks.prompt`` block is ``params`` (``attack`` + the attack's own);
-    ``extra``: more metrics, as ``{"name", "params"}`` where a ti_asr's params (``attack`` + its
-    own) become the ``attacks.inversion`` block."""
-    from harness.spec import Suite
-
-    params = dict(params)
-    return Suite.model_validate({
-        "id": "t-robust", "version": "1", "applies_to": ["style", "object"], "world": "toy",
-        "prompts": {"template": {"template": "A {object} image in {style} style.", "values": {"object": ["circle", "triangle"], "style": ["striped", "solid"]}}},
-        "generation": {"scheduler": "ddim", "steps": 6, "guidance": 5.0, "seeds": list(seeds), "batch_size": 50},
-        "scorer": {"backend": "toy"},
-        "metrics": [{"name": "pre_asr"}, {"name": "asr"}, *({"name": m["name"]} for m in extra)],
-        "attacks": {"prompt": {"attack": params.pop("attack"), "params": params},
-                    **{"inversion": {"attack": p.pop("attack"), "params": p} for p in (dict(m["params"]) for m in extra if m["name"] == "ti_asr")}},
-    })
-
-
 def _evaluate(sub_file, params, cache, monkeypatch=None, extra=()):
     from harness.evaluate import Evaluator
     from harness.spec import load_submission
 
     ev = Evaluator(ROOT, cache, device="cpu", progress=False)
-    ev._suites["t-robust"], ev._suite_sha["t-robust"] = _suite(params, extra=extra), "0" * 64
+    ev._suites["t-robust"], ev._suite_sha["t-robust"] = robust_suite(params, extra=extra), "0" * 64
     calls = {"n": 0}
     if monkeypatch is not None:
         from diffusers import UNet2DConditionModel

@@ -291,3 +291,18 @@ def test_concurrent_start_ups_on_one_cache_never_refuse_it(tmp_path):
         p.join(timeout=300)
     assert [q.get(timeout=10), q.get(timeout=10)] == [0, 0]
     assert list((tmp_path / "cache").iterdir()) == []  # no probe left behind
+
+
+def test_progress_lines_show_without_dash_s_and_go_under_q(pytester, tiny_base):
+    """Each generation phase and each prompt attack prints its line through the terminal
+    reporter (output capture suspended), so a plain run shows them; ``-q`` silences them."""
+    suite = mini_suite("name: pre_asr", "name: asr") + "attacks:\n  prompt: {attack: unlearndiffatk, params: {k: 2, rounds: 2, iterations: 2}}\n"
+    local_project(pytester.path, tiny_base, suite)
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    r = run(pytester, "--unlearn-submission", "sub.yaml", "--unlearn-smoke")
+    out = r.stdout.str()
+    assert "unlearn: mini base: 2/2 images (" in out and "unlearn: mini unlearned: 2/2 images (" in out, out
+    assert "unlearn: mini unlearndiffatk striped: attacking 1 item(s)" in out, out
+    assert "unlearn: mini unlearndiffatk striped: 1/1 item(s) (" in out and " s per item, " in out, out
+    quiet = run(pytester, "--unlearn-submission", "sub.yaml", "--unlearn-smoke", "-q", "--unlearn-cache", str(pytester.path / "cache2")).stdout.str()
+    assert "unlearn: mini" not in quiet and "images (" not in quiet

@@ -185,3 +185,64 @@ def test_ray_not_installed_is_a_one_line_usage_error(toy_project, monkeypatch):
     monkeypatch.setattr(harness.ray_executor, "available", lambda: False)
     r = toy_project.runpytest("--unlearn-submission", "submissions/toy-uce-style.yaml", "--unlearn-executor", "ray")
     _one_line_usage_error(r, "--unlearn-executor ray: ray is not installed", "unlearn-harness[ray]")
+
+
+# ----------------------------------------------------------------------------- prompt attacks as Ray tasks
+UDA = {"attack": "unlearndiffatk", "rounds": 2, "iterations": 3, "k": 3}
+TI = [{"name": "ti_asr", "params": {"attack": "ti", "steps": 4, "batch_size": 2, "checkpoints": 2}}]
+
+
+def _attack_run(cache, executor=None):
+    """toy-uce-object on a small attack suite (UnlearnDiffAtk and textual inversion): the
+    triangle's records and the suite record."""
+    from fixtures import robust_suite
+
+    from harness.evaluate import Evaluator
+    from harness.spec import load_submission
+
+    ev = Evaluator(ROOT, cache, device="cpu", progress=False, executor=executor)
+    ev._suites["t-robust"], ev._suite_sha["t-robust"] = robust_suite(UDA, extra=TI), "0" * 64
+    sub_path = str(ROOT / "submissions" / "toy-uce-object.yaml")
+    res = ev.run(sub_path, load_submission(sub_path), "t-robust")
+    assert all(r["verdict"] != "error" for r in res["metrics"]), [r.get("error") for r in res["metrics"]]
+    return {r["metric"]: r for r in res["metrics"]}, res["suite"], ev
+
+
+def _attack_records(cache: Path) -> dict:
+    return {p.name: json.loads(p.read_text()) for p in sorted((cache / "attacks").rglob("*.json"))}
+
+
+def test_prompt_attacks_as_ray_tasks_one_per_prompt_give_the_local_records(ray_local, tmp_path):
+    local, _, ev_l = _attack_run(tmp_path / "local")
+    remote, suite, ev_r = _attack_run(tmp_path / "ray", RayExecutor())
+    for m in ("pre_asr", "asr", "ti_asr"):
+        a, b = local[m]["details"], remote[m]["details"]
+        assert (remote[m]["value"], remote[m]["base_value"]) == (local[m]["value"], local[m]["base_value"])
+        assert b["asr_curve"] == a["asr_curve"] and b["attacked_items"] == a["attacked_items"] and b["examples"] == a["examples"]
+        # UNet calls count batched forward passes: one task per prompt makes more, smaller ones
+        assert (b["unet_calls"] >= a["unet_calls"] > 0 if m == "asr" else b["unet_calls"] == a["unet_calls"] > 0) or m == "pre_asr"
+    uda, ti = remote["asr"]["details"], remote["ti_asr"]["details"]
+    assert uda["attacked"] > 0 and ti["attacked"] > 0  # the erased triangle: both attacks ran
+    # the found prompts / embeddings in the attack cache: the same records, key for key (timings aside)
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    la, ra = _attack_records(tmp_path / "local"), _attack_records(tmp_path / "ray")
+    assert la.keys() == ra.keys() and all(strip(la[k]) == strip(ra[k]) for k in la)
+    # one Ray task per attacked prompt (UnlearnDiffAtk), one per target (textual inversion), beside
+    # the two generation tasks (base, unlearned: one batch each)
+    prompts = {p for p, _ in uda["attacked_items"]}
+    assert suite["executor"]["name"] == "ray" and suite["executor"]["tasks"] == 2 + len(prompts) + 1
+    assert ev_r.attack_counter["ti_steps"] == ev_l.attack_counter["ti_steps"] == 4
+    # a re-run through Ray submits nothing: images and attack records are cached
+    again, suite2, ev2 = _attack_run(tmp_path / "ray", RayExecutor())
+    assert suite2["executor"]["tasks"] == 0 and ev2.attack_counter.get("unet_calls", 0) == 0
+    assert again["asr"]["details"]["asr_curve"] == uda["asr_curve"] and again["asr"]["details"]["cached"] == uda["attacked"]
+
+
+def test_task_units_group_an_attacks_items_by_prompt_or_by_target():
+    from harness.attacks import ti, unlearndiffatk
+    from harness.attacks.common import Item
+    from harness.attacks.runner import task_units
+
+    items = [Item(i, Job(p, "", s, "ddim", 4, 5.0, 32, 32, 0.0, "float32", "x"), "k") for i, (p, s) in enumerate([("a", 0), ("b", 0), ("a", 1), ("c", 2)])]
+    assert task_units(unlearndiffatk, items) == [[0, 2], [1], [3]]
+    assert task_units(ti, items) == [[0, 1, 2, 3]] and task_units(ti, []) == []

@@ -12,6 +12,11 @@ cache and only the missing ones run, batched, with the unlearned pipeline loaded
 item's record goes to the cache as soon as the attack calls it final (``on_record``), so an
 interrupted run keeps every finished item.
 
+With the Ray executor (``remote``) the missing items run as Ray tasks instead, one per attacked
+prompt (an attack module's ``UNIT = "target"`` makes it one per target: textual inversion learns
+one embedding on every forget item), each on a worker that loads the unlearned model and the
+judge itself (``ray_executor.run_attack``); the records are the same as here.
+
 A suite may hold both blocks; outcomes are keyed ``(kind, concept)`` for ``attacks.prompt`` and
 ``(block, kind, concept)`` for every block (``("inversion", kind, concept)``).
 """
@@ -40,6 +45,18 @@ def attack_module(name: str, suite_id: str):
     return mods[name]
 
 
+def task_units(mod, items: list[Item]) -> list[list[int]]:
+    """Which of the items one remote task attacks together: the seeds of one prompt (the
+    attack's items are independent: each draws from its own generator), or every item when the
+    attack learns one thing for the target (``UNIT = "target"``)."""
+    if getattr(mod, "UNIT", "prompt") == "target":
+        return [list(range(len(items)))] if items else []
+    by: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by.setdefault(it.job.prompt, []).append(i)
+    return list(by.values())
+
+
 def forget_items(suite, items, target, seeds) -> list[int]:
     out = []
     for i, (p, s) in enumerate(items):
@@ -51,11 +68,13 @@ def forget_items(suite, items, target, seeds) -> list[int]:
 
 
 def run_prompt_attacks(suite, settings: dict, items, targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, model_fps: dict,
-                       cache_dir: Path, root: Path, progress: bool = True, counter: dict | None = None) -> dict:
+                       cache_dir: Path, root: Path, progress: bool = True, counter: dict | None = None, remote=None) -> dict:
     """``{(block, kind, concept): outcome}`` of every attack block of the suite (``settings``:
     block name -> ``spec.PromptAttack``, ``suite.prompt_attacks``), and ``{(kind, concept):
     outcome}`` of ``attacks.prompt``, for every target the suite applies to. ``model_fps``: the
-    fingerprints an attack may key on (``unlearned``, ``text_encoder``)."""
+    fingerprints an attack may key on (``unlearned``, ``text_encoder``). ``remote``: ``(executor,
+    recipe, stats)`` to run the attacks as tasks (the Ray executor, the unlearned model's
+    ``PipelineRecipe``, the suite's ``RunStats``); None runs them here."""
     counter = counter if counter is not None else {}
     loaded: list = []
     out = {}
@@ -65,7 +84,7 @@ def run_prompt_attacks(suite, settings: dict, items, targets, base_jobs, unl_job
             if target.kind not in suite.applies_to:
                 continue
             res = _attack_target(mod, suite, ps, items, target, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, loaded, model_fps,
-                                 AttackCache(Path(cache_dir) / "attacks"), root, progress, counter)
+                                 AttackCache((Path(cache_dir) / "attacks").resolve()), root, progress, counter, remote)
             out[(block, target.kind, target.concept)] = res
             if block == "prompt":
                 out[(target.kind, target.concept)] = res
@@ -73,7 +92,7 @@ def run_prompt_attacks(suite, settings: dict, items, targets, base_jobs, unl_job
 
 
 def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, loaded, model_fps,
-                   cache, root, progress, counter) -> dict:
+                   cache, root, progress, counter, remote=None) -> dict:
     ap = mod.params_of(settings.params)
     seeds = set(settings.seeds) if settings.seeds is not None else None
     params = settings.judge.params()  # the judge's settings (make_judge)
@@ -95,7 +114,7 @@ def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, bas
     todo = [j for j, (p, r) in enumerate(zip(pre, recs)) if not p and r is None]
     before = counter.get("unet_calls", 0)
     if todo and max(mod.budgets(ap)) > 0:
-        if not loaded:
+        if not loaded and remote is None:
             loaded.append(unl_pipe())
         extra = {}
         if hasattr(mod, "concept_pairs"):  # Ring-A-Bell's concept vector: pairs from the suite's prompts (or params.pairs)
@@ -105,11 +124,27 @@ def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, bas
         if hasattr(mod, "key_params"):  # textual inversion: one embedding learned on every forget item's base image
             extra.update(_train=its, _concept=target.concept, _kind=target.kind, _cache=cache, _fp=fp)
 
+        # the caller's progress line (the pytest plugin's): items done of the attacked ones; tqdm bars otherwise
+        line = progress(f"{suite.id} {mod.NAME} {target.concept}", [its[j] for j in todo], unit="item(s)") if callable(progress) else None
+
         def done(j, rec):  # each item's record is written as soon as it is final: an interrupted attack keeps it
             cache.put(keys[todo[j]], rec)
             recs[todo[j]] = rec
+            if line is not None:
+                line.update(1)
 
-        made = mod.attack(loaded[0], [its[j] for j in todo], judge, {**ap, **extra}, progress, counter, on_record=done)
+        attacked = [its[j] for j in todo]
+        bars = bool(progress) and line is None
+        try:
+            if remote is not None:
+                executor, recipe, stats = remote
+                made = executor.run_attack(recipe, mod.NAME, task_units(mod, attacked), attacked, [keys[j] for j in todo], {**ap, **extra}, suite,
+                                           target, params, root, cache.root, judge.identity, stats, counter, on_record=done, progress=bars)
+            else:
+                made = mod.attack(loaded[0], attacked, judge, {**ap, **extra}, bars, counter, on_record=done)
+        finally:
+            if line is not None:
+                line.close()
         for j, rec in zip(todo, made):
             if recs[j] is None:
                 cache.put(keys[j], rec)
