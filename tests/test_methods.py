@@ -132,3 +132,21 @@ def test_peak_memory_of_an_erasure_is_not_charged_an_earlier_peak_of_the_process
         pytest.skip("no /proc/self/clear_refs here: the process's max RSS is what can be measured")
     own_peak, how = _peak_memory_bytes("cpu", reset=True)
     assert "VmHWM" in how and own_peak < process_peak - 200_000_000
+
+
+def test_toy_checkpoints_measure_each_erasure_in_its_own_process(tmp_path):
+    """``unlearn toy checkpoints`` erases each (method, target) in a fresh process, so a method's
+    peak memory is never what this process (or an earlier erasure) already held: here this process
+    holds 2 GB while UCE's two toy erasures (about 0.9 GB each) are made."""
+    import numpy as np
+
+    from harness.toy.submissions import make_checkpoints
+
+    held = np.ones(2 * 2**30 // 8)  # 2 GB resident in this process
+    made = make_checkpoints(tmp_path, methods=("uce",), force=True)
+    assert [d.name for d in made] == ["uce-style-striped", "uce-object-triangle"]
+    for d in made:
+        eff = json.loads((d / "method.json").read_text())["efficiency"]
+        assert 100 * 2**20 < eff["peak_memory_bytes"] < 1.5 * 2**30, eff
+        assert eff["threads"] == 1
+    del held
