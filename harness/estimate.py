@@ -81,7 +81,8 @@ def gen_key(device: str, height: int, width: int) -> str:
 
 def seconds_per_step(cache_dir: Path, device: str, height: int, width: int) -> tuple[float, str]:
     """(seconds per image per step, source): this device at this size, else this device at
-    another size scaled by pixels, else the README's toy figure scaled by pixels (a guess)."""
+    another size scaled by pixels, else the cold ``make demo`` figure scaled by pixels (x1.4 at
+    one thread; a guess)."""
     data = load(cache_dir)
     exact = data.get(gen_key(device, height, width))
     if isinstance(exact, dict) and exact.get("per_unit"):
@@ -231,8 +232,8 @@ def counts(plans: list[SuitePlan]) -> tuple[int, int]:
 
 def note_attacks(cache_dir: Path, device: str, result: dict) -> float:
     """Note each prompt attack of a suite result (its metrics' details: attack, attacked items,
-    budget, seconds) as seconds per attacked item per budget unit; returns the seconds noted
-    (the suite's scoring time is the rest)."""
+    budget, seconds) as seconds per attacked item per budget unit; returns the attacks' seconds
+    (the suite's scoring time is the rest). ``cache_dir`` None: count them, note nothing."""
     seen, total = set(), 0.0
     gen = (result.get("suite") or {}).get("generation") or {}
     h, w = gen.get("height"), gen.get("width")
@@ -240,12 +241,12 @@ def note_attacks(cache_dir: Path, device: str, result: dict) -> float:
         d = r.get("details") or {}
         if not all(k in d for k in ("attack", "attacked", "budget", "seconds")) or not (h and w):
             continue
-        key = (r.get("target"), d["attack"], json.dumps(d.get("params"), sort_keys=True))  # pre_asr and asr share one attack
+        key = (r.get("target"), d["attack"], json.dumps([d.get("params"), d.get("attack_seeds")], sort_keys=True))  # pre_asr and asr share one
         if key in seen:
             continue
         seen.add(key)
         total += float(d["seconds"] or 0)
-        if d["attacked"] and d["budget"]:
+        if d["attacked"] and d["budget"] and cache_dir is not None:
             note(cache_dir, attack_key(device, d["attack"], h, w), float(d["seconds"]), d["attacked"] * d["budget"])
     return total
 

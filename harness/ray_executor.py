@@ -7,7 +7,8 @@ its next task), makes the images with the same ``run_chunks`` as the local path 
 out-of-memory back-off included), and writes them into the content-addressed image cache; the
 driver then reads every image back from the cache, its PNG checked against the sidecar's
 sha256. So the cache must be a folder every Ray node sees (a shared filesystem), and every node
-needs the harness installed in the same environment.
+needs the harness installed in the same environment; the prompt attacks (below) also read the
+repository (the suite's scorer and judge weights) at the driver's absolute path on every node.
 
 A task that fails is retried: Ray's ``max_retries`` covers a dead worker or node, and
 ``retry_exceptions=True`` with the same bound covers an exception in the task. The attempts
@@ -110,9 +111,12 @@ def _scorer(suite, root: str, device: str):
     return _SCORER[1]
 
 
-def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suite, target, judge_params: dict, root: str, cache_root: str) -> dict:
+def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suite, target, judge_params: dict, root: str, cache_root: str,
+                 judge_identity: dict) -> dict:
     """One prompt's attack (or one target's, textual inversion), run on a Ray worker; each
-    item's record goes into the shared attack cache as soon as it is final."""
+    item's record goes into the shared attack cache as soon as it is final. The judge is made
+    (and compared with the driver's, whose identity keys the records) before anything is
+    attacked or written: a node with other scorer files returns ``judge_mismatch``, not retried."""
     import ray
     import torch
 
@@ -127,8 +131,10 @@ def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suit
         cpus = ctx.get_assigned_resources().get("CPU")
         if cpus:
             torch.set_num_threads(max(1, int(cpus)))
+    judge = make_judge(suite, _scorer(suite, root, recipe.placement.device), target, judge_params, Path(root))
+    if judge.identity != judge_identity:
+        return {"judge_mismatch": judge.identity, "node": ctx.get_node_id()}
     pipe = _pipeline(recipe)
-    judge = make_judge(suite, _scorer(suite, root, recipe.placement.device), target, judge_params, root)
     cache = AttackCache(cache_root)
     counter: dict = {}
     recs = attacks()[attack].attack(pipe, items, judge, params, False, counter, on_record=lambda i, rec: cache.put(keys[i], rec))
@@ -255,8 +261,8 @@ class RayExecutor:
         task = _REMOTE_ATTACK.options(max_retries=self.max_retries, retry_exceptions=True, **resources)
         root, cache_root = str(Path(root).resolve()), str(Path(cache_root).resolve())
         recipe_ref = ray.put(recipe)
-        pending = {task.remote(recipe_ref, attack, [items[i] for i in u], [keys[i] for i in u], params, suite, target, judge_params, root, cache_root): u
-                   for u in units}
+        pending = {task.remote(recipe_ref, attack, [items[i] for i in u], [keys[i] for i in u], params, suite, target, judge_params, root, cache_root,
+                               judge_identity): u for u in units}
         out: list = [None] * len(items)
         bar = tqdm(total=len(units), desc=f"{attack} (ray tasks)", unit="task", disable=not progress, leave=False)
         try:
@@ -265,9 +271,9 @@ class RayExecutor:
                 for ref in done:
                     unit = pending.pop(ref)
                     res = ray.get(ref)
-                    if res["judge"] != judge_identity:
-                        raise HarnessError(f"a Ray attack task judged with {res['judge']} but this run's judge is {judge_identity} "
-                                           "(every node needs the same scorer files)")
+                    if "judge_mismatch" in res:
+                        raise HarnessError(f"a Ray attack task's judge on node {res['node']} is {res['judge_mismatch']}, this run's is {judge_identity} "
+                                           "(every node needs the same scorer files; nothing was attacked there)")
                     stats.tasks += 1
                     stats.retries += res["attempt"]
                     stats.nodes.add(res["node"])

@@ -44,14 +44,17 @@ def _cpu_times(cpus: set[int]) -> tuple[int, int] | None:
         return None
     busy = total = 0
     seen = 0
-    for line in lines:
-        name, *vals = line.split()
-        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
-            continue
-        v = [int(x) for x in vals[:8]]  # user nice system idle iowait irq softirq steal
-        total += sum(v)
-        busy += sum(v) - v[3] - v[4]
-        seen += 1
+    try:
+        for line in lines:
+            name, *vals = line.split() or [""]
+            if not name.startswith("cpu") or not name[3:].isdigit() or int(name[3:]) not in cpus:
+                continue
+            v = [int(x) for x in vals[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(v)
+            busy += sum(v) - v[3] - v[4]
+            seen += 1
+    except (ValueError, IndexError):  # a /proc/stat of another shape (a sandbox): the load average instead
+        return None
     return (busy, total) if seen else None
 
 

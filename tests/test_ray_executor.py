@@ -246,3 +246,29 @@ def test_task_units_group_an_attacks_items_by_prompt_or_by_target():
     items = [Item(i, Job(p, "", s, "ddim", 4, 5.0, 32, 32, 0.0, "float32", "x"), "k") for i, (p, s) in enumerate([("a", 0), ("b", 0), ("a", 1), ("c", 2)])]
     assert task_units(unlearndiffatk, items) == [[0, 2], [1], [3]]
     assert task_units(ti, items) == [[0, 1, 2, 3]] and task_units(ti, []) == []
+
+
+def _task_args(tmp_path, judge_params, identity):
+    from fixtures import robust_suite
+
+    from harness.spec import TargetSpec
+
+    suite = robust_suite(UDA)
+    target = TargetSpec(kind="object", concept="triangle")
+    never = PipelineRecipe(str(ROOT), BaseModelSpec(builtin="toy"), Placement.choose("cpu"), "unlearned")  # no checkpoint: loading it would fail
+    return (never, "unlearndiffatk", [], [], {}, suite, target, judge_params, str(ROOT), str(tmp_path / "attacks"), identity)
+
+
+def test_an_attack_task_checks_its_judge_before_it_loads_or_writes_anything(ray_local, tmp_path):
+    """A worker whose judge differs from the driver's (other scorer files) attacks nothing and
+    writes nothing under the driver's keys; a judge that needs files (ResNet-50 weights) is made
+    from the repository path given as text, its missing file a one-line HarnessError."""
+    from harness.ray_executor import _attack_task
+
+    task = ray.remote(_attack_task).options(max_retries=0, num_cpus=1)
+    res = ray.get(task.remote(*_task_args(tmp_path, {}, {"judge": "classifier", "scorer": {"id": "another"}})))
+    assert res["judge_mismatch"]["judge"] == "classifier" and not (tmp_path / "attacks").exists()
+    weights = {"judge": "resnet50", "classes": {"triangle": 1}, "weights": {"path": "no/such/weights.pt", "sha256": "0" * 64}}
+    with pytest.raises(ray.exceptions.RayTaskError) as e:
+        ray.get(task.remote(*_task_args(tmp_path, weights, {})))
+    assert isinstance(e.value.cause, HarnessError) and "no/such/weights.pt" in str(e.value.cause), e.value.cause

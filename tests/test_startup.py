@@ -345,6 +345,19 @@ def test_the_load_is_the_other_processes_cpu_now_not_this_ones(monkeypatch):
     assert threads.choose(workers=1) == (1, "2 core(s), 1 worker(s), load average 9.0")
 
 
+def test_a_proc_stat_of_another_shape_falls_back_to_the_load_average(monkeypatch):
+    import io
+
+    from harness import threads
+
+    for text in ("cpu  1 2 3 4 5 6 7 8\n\ncpu0 1 2 3 4 5 6 7 8\n", "cpu0 a b c\n", "cpuX 1 2 3 4 5\n", "cpu0 1 2\n"):
+        monkeypatch.setattr(threads, "open", lambda path, t=text: io.StringIO(t), raising=False)
+        got = threads._cpu_times({0})
+        assert got is None or got == (1 + 2 + 3 + 6 + 7 + 8, 36), (text, got)
+    monkeypatch.setattr(threads, "open", lambda path: io.StringIO("cpu0 a b c\n"), raising=False)
+    assert threads._cpu_times({0}) is None
+
+
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/stat"), reason="Linux /proc/stat")
 def test_proc_stat_is_read_for_this_process_cores():
     import os
