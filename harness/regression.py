@@ -48,7 +48,7 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path, seed: int 
     submission dict pointing at the new checkpoint. ``seed`` replaces the recorded training
     seed (``--method-seeds``: the method's own variance)."""
     from .hashing import sha256_file
-    from .methods import run_erase
+    from .methods import run_erase_isolated
     from .toy.model import DEFAULT_DIR
 
     if record["base"]["path"] not in ("builtin:toy", str(DEFAULT_DIR)):
@@ -59,7 +59,7 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path, seed: int 
 
     # the thread count the checkpoint was made with (older records: the toy checkpoints' one thread)
     threads = (record.get("efficiency") or {}).get("threads") or TOY_THREADS
-    new = run_erase(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record.get("anchor"),
+    new = run_erase_isolated(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record.get("anchor"),
                     world="toy", force=True, params=params, preset=record.get("preset"), threads=threads)
     ck = ck_dir / new["checkpoint"]["file"]
     new_sub = dict(sub)

@@ -6,16 +6,12 @@ the negative control (the unchanged base as its "unlearned" model)."""
 from __future__ import annotations
 
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import yaml
 
-from ..errors import HarnessError
 from ..hashing import sha256_tree
-from ..methods import PAPERS, run_erase
+from ..methods import PAPERS, run_erase_isolated
 from .model import DEFAULT_DIR as PIPE_DIR
 
 # method -> (parameters used for the committed checkpoints) on top of each method's "toy" preset,
@@ -46,12 +42,7 @@ def make_checkpoints(root: Path, methods=("uce", "esd"), force: bool = False) ->
             # were made with (float reductions), whatever the machine's load would choose. Each
             # erasure in a fresh process: its peak memory is its own (in one process, memory an earlier
             # erasure left with the allocator counted: RECE after SalUn 1.25 GB, alone 0.91 GB)
-            try:
-                with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    pool.submit(run_erase, method, PIPE_DIR, concept, d, force=True, params=PARAMS.get(method), preset="toy",
-                                threads=TOY_THREADS).result()
-            except BrokenProcessPool:
-                raise HarnessError(f"toy checkpoints: the process erasing {concept!r} with {method} died (out of memory?)") from None
+            run_erase_isolated(method, PIPE_DIR, concept, d, force=True, params=PARAMS.get(method), preset="toy", threads=TOY_THREADS)
             rec = json.loads((d / "method.json").read_text())
             rec["base"]["path"] = "builtin:toy"  # not a machine-specific path
             (d / "method.json").write_text(json.dumps(rec, indent=2) + "\n")
