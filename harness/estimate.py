@@ -79,19 +79,30 @@ def gen_key(device: str, height: int, width: int) -> str:
     return f"gen|{device}|{height}x{width}"
 
 
+def _measured(cache_dir: Path, prefix: str, height: int, width: int) -> tuple[float, str] | None:
+    """The figure kept under ``prefix + "HxW"``: at this size, else at another size scaled by
+    pixels; None when this device has none."""
+    data = load(cache_dir)
+    exact = data.get(f"{prefix}{height}x{width}")
+    if isinstance(exact, dict) and exact.get("per_unit"):
+        return float(exact["per_unit"]), "measured on this device"
+    for k, v in data.items():
+        if k.startswith(prefix) and isinstance(v, dict) and v.get("per_unit"):
+            try:
+                h, w = (int(x) for x in k[len(prefix):].split("x"))
+            except ValueError:  # another key sharing the prefix
+                continue
+            return float(v["per_unit"]) * (height * width) / (h * w), "scaled from another size on this device"
+    return None
+
+
 def seconds_per_step(cache_dir: Path, device: str, height: int, width: int) -> tuple[float, str]:
     """(seconds per image per step, source): this device at this size, else this device at
     another size scaled by pixels, else the cold ``make demo`` figure scaled by pixels (x1.4 at
     one thread; a guess)."""
-    data = load(cache_dir)
-    exact = data.get(gen_key(device, height, width))
-    if isinstance(exact, dict) and exact.get("per_unit"):
-        return float(exact["per_unit"]), "measured on this device"
-    prefix = f"gen|{device}|"
-    for k, v in data.items():
-        if k.startswith(prefix) and isinstance(v, dict) and v.get("per_unit"):
-            h, w = (int(x) for x in k[len(prefix):].split("x"))
-            return float(v["per_unit"]) * (height * width) / (h * w), "scaled from another size on this device"
+    got = _measured(cache_dir, f"gen|{device}|", height, width)
+    if got is not None:
+        return got
     return GUESS_S_PER_STEP_PIXEL * height * width * _thread_factor(device), GUESS
 
 
@@ -108,15 +119,9 @@ def attack_key(device: str, attack: str, height: int, width: int) -> str:
 
 def seconds_per_item_unit(cache_dir: Path, device: str, attack: str, height: int, width: int) -> tuple[float, str]:
     """(seconds per attacked item per budget unit, source) of one attack, as ``seconds_per_step``."""
-    data = load(cache_dir)
-    exact = data.get(attack_key(device, attack, height, width))
-    if isinstance(exact, dict) and exact.get("per_unit"):
-        return float(exact["per_unit"]), "measured on this device"
-    prefix = f"attack|{device}|{attack}|"
-    for k, v in data.items():
-        if k.startswith(prefix) and isinstance(v, dict) and v.get("per_unit"):
-            h, w = (int(x) for x in k[len(prefix):].split("x"))
-            return float(v["per_unit"]) * (height * width) / (h * w), "scaled from another size on this device"
+    got = _measured(cache_dir, f"attack|{device}|{attack}|", height, width)
+    if got is not None:
+        return got
     from .attacks.runner import attacks
 
     guess = getattr(attacks().get(attack), "GUESS_S_PER_ITEM_UNIT", 0.1)  # 0.1: an order of magnitude (Ring-A-Bell: no figure)

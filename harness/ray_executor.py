@@ -33,9 +33,8 @@ from .errors import HarnessError
 
 MAX_RETRIES = 2
 
-_REMOTE = None  # the Ray remote function, made once per process
+_REMOTES: dict = {}  # task function name -> its Ray remote function, made once per process
 _LOADED: tuple | None = None  # worker side: (recipe, pipeline) of the last task
-_REMOTE_ATTACK = None  # the Ray remote function of the prompt attacks
 _SCORER: tuple | None = None  # worker side: (key, scorer) of the last attack task's judge
 
 
@@ -186,6 +185,18 @@ class RayExecutor:
                 device = "cuda"  # Ray gives each task its GPU (CUDA_VISIBLE_DEVICES)
         return Placement.choose(device, dtype, compile, local=False)
 
+    def _task(self, fn, recipe):
+        """(ray, the remote ``fn`` with this executor's retries and one GPU or CPU per task)."""
+        from .models import PipelineRecipe
+
+        if not isinstance(recipe, PipelineRecipe):
+            raise HarnessError(f"the ray executor needs a PipelineRecipe to load the model on its workers (got {type(recipe).__name__})")
+        ray = self._connect()
+        if fn.__name__ not in _REMOTES:
+            _REMOTES[fn.__name__] = ray.remote(fn)
+        resources = {"num_gpus": 1} if recipe.placement.device.startswith("cuda") else {"num_cpus": 1}
+        return ray, _REMOTES[fn.__name__].options(max_retries=self.max_retries, retry_exceptions=True, **resources)
+
     def record(self, stats) -> dict:
         return {"name": self.name, "address": self.address, "tasks": stats.tasks, "retries": stats.retries,
                 "nodes": len(stats.nodes), "max_retries": self.max_retries}
@@ -195,19 +206,11 @@ class RayExecutor:
         image read back from the cache. ``recipe``: what each worker loads (``pipelines``, this
         process's loaded models, is not used: nothing loads here)."""
         from .generate import group_indices
-        from .models import PipelineRecipe
 
         out: dict = {}
         if not jobs:
             return out
-        if not isinstance(recipe, PipelineRecipe):
-            raise HarnessError(f"the ray executor needs a PipelineRecipe to load the model on its workers (got {type(recipe).__name__})")
-        ray = self._connect()
-        global _REMOTE
-        if _REMOTE is None:
-            _REMOTE = ray.remote(_task)
-        resources = {"num_gpus": 1} if recipe.placement.device.startswith("cuda") else {"num_cpus": 1}
-        task = _REMOTE.options(max_retries=self.max_retries, retry_exceptions=True, **resources)
+        ray, task = self._task(_task, recipe)
         size = max(1, min(batch_size, stats.batch_cap or batch_size))
         chunks = [idxs[s : s + size] for idxs in group_indices(jobs) for s in range(0, len(idxs), size)]
         root = str(cache.root.resolve())
@@ -249,16 +252,7 @@ class RayExecutor:
         ``counter``, tasks and their retries to ``stats``."""
         from tqdm.auto import tqdm
 
-        from .models import PipelineRecipe
-
-        if not isinstance(recipe, PipelineRecipe):
-            raise HarnessError(f"the ray executor needs a PipelineRecipe to load the model on its workers (got {type(recipe).__name__})")
-        ray = self._connect()
-        global _REMOTE_ATTACK
-        if _REMOTE_ATTACK is None:
-            _REMOTE_ATTACK = ray.remote(_attack_task)
-        resources = {"num_gpus": 1} if recipe.placement.device.startswith("cuda") else {"num_cpus": 1}
-        task = _REMOTE_ATTACK.options(max_retries=self.max_retries, retry_exceptions=True, **resources)
+        ray, task = self._task(_attack_task, recipe)
         root, cache_root = str(Path(root).resolve()), str(Path(cache_root).resolve())
         recipe_ref = ray.put(recipe)
         pending = {task.remote(recipe_ref, attack, [items[i] for i in u], [keys[i] for i in u], params, suite, target, judge_params, root, cache_root,
