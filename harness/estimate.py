@@ -30,6 +30,7 @@ from .fsutil import atomic_write
 # images x 20 steps in 471 s of generation; with 1 thread (the same machine) about 1.4x slower.
 GUESS_S_PER_STEP_PIXEL = 471.0 / (1000 * 20 * 32 * 32)
 GUESS_ONE_THREAD = 1.4
+GUESS = "a guess: no run measured on this device yet"
 
 
 def device_key(device: str, threads: int | None = None) -> str:
@@ -104,9 +105,6 @@ def seconds_per_step(cache_dir: Path, device: str, height: int, width: int) -> t
     if got is not None:
         return got
     return GUESS_S_PER_STEP_PIXEL * height * width * _thread_factor(device), GUESS
-
-
-GUESS = "a guess: no run measured on this device yet"
 
 
 def _thread_factor(device: str) -> float:

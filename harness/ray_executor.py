@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import closing
 from pathlib import Path
 
 from .errors import HarnessError
@@ -71,20 +72,26 @@ def _attempt() -> int:
         return 0
 
 
-def _task(recipe, jobs, cache_root: str, batch_size: int, runner) -> dict:
-    """One chunk of jobs, run on a Ray worker; the images go into the shared cache."""
+def _start(recipe):
+    """Worker side, at a task's start: (its attempt number, Ray's runtime context), torch given
+    as many threads as CPUs Ray gave the task (on CPU)."""
     import ray
     import torch
 
-    from .generate import ImageCache, RunStats, run_chunks, saved_form, store
-    from .models import describe_pipeline
-
-    attempt = _attempt()
     ctx = ray.get_runtime_context()
-    if recipe.placement.device == "cpu":  # as many threads as CPUs Ray gave the task
+    if recipe.placement.device == "cpu":
         cpus = ctx.get_assigned_resources().get("CPU")
         if cpus:
             torch.set_num_threads(max(1, int(cpus)))
+    return _attempt(), ctx
+
+
+def _task(recipe, jobs, cache_root: str, batch_size: int, runner) -> dict:
+    """One chunk of jobs, run on a Ray worker; the images go into the shared cache."""
+    from .generate import ImageCache, RunStats, run_chunks, saved_form, store
+    from .models import describe_pipeline
+
+    attempt, ctx = _start(recipe)
     pipe = _pipeline(recipe)
     cache = ImageCache(cache_root)
     stats = RunStats()
@@ -116,20 +123,12 @@ def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suit
     item's record goes into the shared attack cache as soon as it is final. The judge is made
     (and compared with the driver's, whose identity keys the records) before anything is
     attacked or written: a node with other scorer files returns ``judge_mismatch``, not retried."""
-    import ray
-    import torch
-
     from .attacks.common import AttackCache
     from .attacks.judge import make_judge
     from .attacks.runner import attacks
     from .models import describe_pipeline
 
-    attempt = _attempt()
-    ctx = ray.get_runtime_context()
-    if recipe.placement.device == "cpu":
-        cpus = ctx.get_assigned_resources().get("CPU")
-        if cpus:
-            torch.set_num_threads(max(1, int(cpus)))
+    attempt, ctx = _start(recipe)
     judge = make_judge(suite, _scorer(suite, root, recipe.placement.device), target, judge_params, Path(root))
     if judge.identity != judge_identity:
         return {"judge_mismatch": judge.identity, "node": ctx.get_node_id()}
@@ -137,8 +136,7 @@ def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suit
     cache = AttackCache(cache_root)
     counter: dict = {}
     recs = attacks()[attack].attack(pipe, items, judge, params, False, counter, on_record=lambda i, rec: cache.put(keys[i], rec))
-    return {"records": recs, "counter": counter, "attempt": attempt, "node": ctx.get_node_id(),
-            "judge": judge.identity, "pipeline": describe_pipeline(pipe)}
+    return {"records": recs, "counter": counter, "attempt": attempt, "node": ctx.get_node_id(), "pipeline": describe_pipeline(pipe)}
 
 
 class RayExecutor:
@@ -197,6 +195,31 @@ class RayExecutor:
         resources = {"num_gpus": 1} if recipe.placement.device.startswith("cuda") else {"num_cpus": 1}
         return ray, _REMOTES[fn.__name__].options(max_retries=self.max_retries, retry_exceptions=True, **resources)
 
+    def _finished(self, ray, pending: dict, what: str):
+        """(unit, result) of each task of ``pending`` (ref -> unit) as it finishes; a task that
+        failed every attempt is a one-line HarnessError; whatever is left is cancelled when the
+        caller stops (use with ``contextlib.closing``)."""
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    unit = pending.pop(ref)
+                    yield unit, ray.get(ref)
+        except ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None) or e
+            raise HarnessError(f"a Ray {what} task failed after {self.max_retries} retries: {type(cause).__name__}: {cause}") from None
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+
+    @staticmethod
+    def _count(stats, res: dict) -> None:
+        """A finished task in the suite's stats: tasks, retried attempts, nodes, pipelines."""
+        stats.tasks += 1
+        stats.retries += res["attempt"]
+        stats.nodes.add(res["node"])
+        stats.note_pipeline(res["pipeline"])
+
     def record(self, stats) -> dict:
         return {"name": self.name, "address": self.address, "tasks": stats.tasks, "retries": stats.retries,
                 "nodes": len(stats.nodes), "max_retries": self.max_retries}
@@ -215,34 +238,20 @@ class RayExecutor:
         chunks = [idxs[s : s + size] for idxs in group_indices(jobs) for s in range(0, len(idxs), size)]
         root = str(cache.root.resolve())
         pending = {task.remote(recipe, [jobs[i] for i in c], root, size, runner): c for c in chunks}
-        try:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    chunk = pending.pop(ref)
-                    res = ray.get(ref)
-                    stats.tasks += 1
-                    stats.retries += res["attempt"]
-                    stats.oom_backoffs += res["oom_backoffs"]
-                    if res["batch_cap"]:
-                        stats.batch_cap = min(stats.batch_cap or res["batch_cap"], res["batch_cap"])
-                    stats.note_pipeline(res["pipeline"])
-                    stats.nodes.add(res["node"])
-                    for i, flags in zip(chunk, res["flags"]):
-                        got = cache.get(jobs[i])
-                        if got is None:
-                            raise HarnessError(f"a Ray task wrote an image the driver cannot read back from the cache {cache.root} "
-                                               "(the cache must be on a filesystem every Ray node shares)")
-                        out[i] = (got[0], flags)
-                    advance(len(chunk))
-        except ray.exceptions.RayError as e:
-            cause = getattr(e, "cause", None) or e
-            raise HarnessError(f"a Ray generation task failed after {self.max_retries} retries: {type(cause).__name__}: {cause}") from None
-        finally:
-            for ref in pending:
-                ray.cancel(ref)
+        with closing(self._finished(ray, pending, "generation")) as finished:
+            for chunk, res in finished:
+                self._count(stats, res)
+                stats.oom_backoffs += res["oom_backoffs"]
+                if res["batch_cap"]:
+                    stats.batch_cap = min(stats.batch_cap or res["batch_cap"], res["batch_cap"])
+                for i, flags in zip(chunk, res["flags"]):
+                    got = cache.get(jobs[i])
+                    if got is None:
+                        raise HarnessError(f"a Ray task wrote an image the driver cannot read back from the cache {cache.root} "
+                                           "(the cache must be on a filesystem every Ray node shares)")
+                    out[i] = (got[0], flags)
+                advance(len(chunk))
         return out
-
 
     def run_attack(self, recipe, attack: str, units: list[list[int]], items, keys: list[str], params: dict, suite, target, judge_params: dict,
                    root, cache_root, judge_identity: dict, stats, counter: dict, on_record=None, progress: bool = True) -> list[dict]:
@@ -259,33 +268,19 @@ class RayExecutor:
                                judge_identity): u for u in units}
         out: list = [None] * len(items)
         bar = tqdm(total=len(units), desc=f"{attack} (ray tasks)", unit="task", disable=not progress, leave=False)
-        try:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    unit = pending.pop(ref)
-                    res = ray.get(ref)
-                    if "judge_mismatch" in res:
-                        raise HarnessError(f"a Ray attack task's judge on node {res['node']} is {res['judge_mismatch']}, this run's is {judge_identity} "
-                                           "(every node needs the same scorer files; nothing was attacked there)")
-                    stats.tasks += 1
-                    stats.retries += res["attempt"]
-                    stats.nodes.add(res["node"])
-                    stats.note_pipeline(res["pipeline"])
-                    for k, n in res["counter"].items():  # UNet calls (and textual inversion's steps) the task made
-                        counter[k] = counter.get(k, 0) + n
-                    for i, rec in zip(unit, res["records"]):
-                        out[i] = rec
-                        if on_record is not None:
-                            on_record(i, rec)
-                    bar.update(1)
-        except ray.exceptions.RayError as e:
-            cause = getattr(e, "cause", None) or e
-            raise HarnessError(f"a Ray attack task ({attack}) failed after {self.max_retries} retries: {type(cause).__name__}: {cause}") from None
-        finally:
-            bar.close()
-            for ref in pending:
-                ray.cancel(ref)
+        with closing(self._finished(ray, pending, f"attack ({attack})")) as finished, bar:
+            for unit, res in finished:
+                if "judge_mismatch" in res:
+                    raise HarnessError(f"a Ray attack task's judge on node {res['node']} is {res['judge_mismatch']}, this run's is {judge_identity} "
+                                       "(every node needs the same scorer files; nothing was attacked there)")
+                self._count(stats, res)
+                for k, n in res["counter"].items():  # UNet calls (and textual inversion's steps) the task made
+                    counter[k] = counter.get(k, 0) + n
+                for i, rec in zip(unit, res["records"]):
+                    out[i] = rec
+                    if on_record is not None:
+                        on_record(i, rec)
+                bar.update(1)
         return out
 
 

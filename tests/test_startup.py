@@ -350,12 +350,11 @@ def test_a_proc_stat_of_another_shape_falls_back_to_the_load_average(monkeypatch
 
     from harness import threads
 
-    for text in ("cpu  1 2 3 4 5 6 7 8\n\ncpu0 1 2 3 4 5 6 7 8\n", "cpu0 a b c\n", "cpuX 1 2 3 4 5\n", "cpu0 1 2\n"):
+    cases = {"cpu  1 2 3 4 5 6 7 8\n\ncpu0 1 2 3 4 5 6 7 8\n": (1 + 2 + 3 + 6 + 7 + 8, 36),  # a blank line: skipped
+             "cpu0 a b c\n": None, "cpuX 1 2 3 4 5\n": None, "cpu0 1 2\n": None}  # malformed: the load average instead
+    for text, want in cases.items():
         monkeypatch.setattr(threads, "open", lambda path, t=text: io.StringIO(t), raising=False)
-        got = threads._cpu_times({0})
-        assert got is None or got == (1 + 2 + 3 + 6 + 7 + 8, 36), (text, got)
-    monkeypatch.setattr(threads, "open", lambda path: io.StringIO("cpu0 a b c\n"), raising=False)
-    assert threads._cpu_times({0}) is None
+        assert threads._cpu_times({0}) == want, text
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/stat"), reason="Linux /proc/stat")
