@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from .errors import HarnessError
-from .session import device, param, typed
+from .session import device, param, positive_count, typed
 from .threads import apply as _threads  # UNLEARN_THREADS, else the cores left free by the machine's load
 
 
@@ -70,15 +70,54 @@ def cmd_toy_checkpoints(a) -> int:
     return 0
 
 
+def erase_repeated(repeats: int, method: str, base, concept: str, out, **kw) -> dict:
+    """``run_erase`` ``repeats`` times, each in a fresh process (its peak memory its own,
+    ``run_erase_isolated``): the first writes ``out``, the others a scratch folder beside it that
+    is removed. method.json's efficiency then holds the mean time / peak memory and ``repeats``:
+    ``n``, every run's ``time_s``, ``cpu_s``, ``peak_memory_bytes`` and ``same_checkpoint``
+    (every run wrote the same tensors, by sha256)."""
+    import shutil
+    import tempfile
+
+    from .methods import run_erase_isolated
+
+    out = Path(out)
+    recs = [run_erase_isolated(method, base, concept, out, **kw)]
+    scratch = Path(tempfile.mkdtemp(prefix=".repeat-", dir=out.parent))
+    try:
+        for r in range(1, repeats):
+            recs.append(run_erase_isolated(method, base, concept, scratch / f"run{r}", **{**kw, "force": True}))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    rec = recs[0]
+    runs = {k: [x["efficiency"][k] for x in recs] for k in ("time_s", "cpu_s", "peak_memory_bytes")}
+    eff = rec["efficiency"]
+    eff.update(time_s=round(sum(runs["time_s"]) / repeats, 3), cpu_s=round(sum(runs["cpu_s"]) / repeats, 3),
+               peak_memory_bytes=int(round(sum(runs["peak_memory_bytes"]) / repeats)),
+               repeats={"n": repeats, **runs, "same_checkpoint": len({x["checkpoint"]["sha256"] for x in recs}) == 1})
+    (out / "method.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return rec
+
+
 def cmd_erase(a) -> int:
     from .estimate import resolve_device
     from .methods import run_erase
 
     _threads()
-    rec = run_erase(a.method, a.base, a.concept, a.out, anchor=a.anchor, world=a.world, force=a.force,
-                    allow_subword=a.allow_subword, device=resolve_device(a.device), params=dict(a.param or []), preset=a.preset)
+    kw = dict(anchor=a.anchor, world=a.world, force=a.force, allow_subword=a.allow_subword, device=resolve_device(a.device),
+              params=dict(a.param or []), preset=a.preset)
+    if a.repeats > 1:
+        import torch
+
+        rec = erase_repeated(a.repeats, a.method, a.base, a.concept, a.out, threads=torch.get_num_threads(), **kw)
+    else:
+        rec = run_erase(a.method, a.base, a.concept, a.out, **kw)
     e = rec["efficiency"]
-    print(f"wrote {a.out}: {rec['checkpoint']['tensors']} tensors, {e['storage_bytes']} bytes, {e['time_s']:.2f} s, sha256 {rec['checkpoint']['sha256']}")
+    spread = ""
+    if "repeats" in e:
+        t = e["repeats"]["time_s"]
+        spread = f" (mean of {len(t)} runs, {min(t):.2f}-{max(t):.2f} s{'' if e['repeats']['same_checkpoint'] else '; the runs wrote different tensors'})"
+    print(f"wrote {a.out}: {rec['checkpoint']['tensors']} tensors, {e['storage_bytes']} bytes, {e['time_s']:.2f} s{spread}, sha256 {rec['checkpoint']['sha256']}")
     return 0
 
 
@@ -133,6 +172,9 @@ def add(sub) -> None:
     e.add_argument("--preset", choices=["paper", "toy"], default=None,
                    help="the method's parameter set: paper (the authors' published settings) or toy (tuned on the toy world); "
                         "default: toy on the builtin toy world, else paper; --param values override it")
+    e.add_argument("--repeats", type=typed("--repeats", positive_count), default=1, metavar="N",
+                   help="run the erasure N times, each in a fresh process; method.json records every run's time and peak memory "
+                        "and the results give their mean with a 95%% interval (default 1: a single run)")
     e.add_argument("--force", action="store_true", help="overwrite --out")
     e.add_argument("--allow-subword", action="store_true", help="allow a concept word that is not a single token")
     e.set_defaults(func=cmd_erase)

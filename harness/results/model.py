@@ -246,6 +246,8 @@ class EfficiencyFigure(Record):
     source: str = Field(description="`measured` or `declared`")
     how: str | None = Field(None, description="how it was measured (wall clock of `unlearn erase`, the peak-memory measure)")
     device: str | None = Field(None, description="the device it was measured or declared on")
+    runs: list[Number] | None = Field(None, description="every run's figure when the erasure was measured in N >= 2 repeats (`unlearn erase "
+                                      "--repeats N`); the metric is then their mean with a t interval; absent: a single run")
 
 
 class ResultsFile(Record):
