@@ -205,6 +205,7 @@ def test_every_help_page_renders():
     (["erase", "uce", "--base", "b", "--concept", "c", "--out", "o", "--device", "gpu9"],
      "unlearn: error: --device: 'gpu9' is not one of auto, cpu, mps, cuda, cuda:N"),
     (["regress", "--method-seeds", "0"], "unlearn: error: --method-seeds: 0 is not a positive count"),
+    (["erase", "uce", "--base", "b", "--concept", "c", "--out", "o", "--repeats", "0"], "unlearn: error: --repeats: 0 is not a positive count"),
     (["regress", "--method-seeds", "x"], "unlearn regress: error: argument --method-seeds: invalid int value: 'x' (see --help)"),
     (["erase", "uce", "--base", "b", "--concept", "c", "--out", "o", "--param", "steps"],
      "unlearn erase: error: argument --param: --param 'steps': expected KEY=VALUE (see --help)"),
