@@ -677,14 +677,14 @@ def test_asr_curves_draw_only_numeric_points_and_carry_the_target_kind():
 
 def _robustness_result():
     """toy-uce-like: UA passes, textual inversion regains the object on every attacked item
-    (ASR (TI) 1.0 against `<= 0.5 * base`: fail), the erase time a single run."""
+    (ASR (TI) 1.0 against `<= 0.5 * base`: fail; a suite of its own, so the reader takes the record's threshold), the erase time a single run."""
     data = result("toy-uce-object", target=("triangle", "object"))
-    ti = metric("toy-robustness", "ti_asr", "ASR (TI)", "triangle", "object", 1.0, 1.0, "<= 0.5 * base", higher=False)
+    ti = metric("t-robustness", "ti_asr", "ASR (TI)", "triangle", "object", 1.0, 1.0, "<= 0.5 * base", higher=False)
     ti["details"] = {"attack": "ti", "items": 5, "pre_asr": 0.0, "asr_curve": [{"budget": 0, "asr": 0.0}, {"budget": 100, "asr": 1.0}]}
     t = metric("toy-efficiency", "erase_time_s", "Erase-time-s", "triangle", "object", 0.035, None, higher=False)
     t.update(ci=None, ci_reason="single run: one measurement of the erasure run")
     data["metrics"] += [ti, t]
-    data["suites"] += [{"id": "toy-robustness", "samples": []}, {"id": "toy-efficiency", "samples": []}]
+    data["suites"] += [{"id": "t-robustness", "samples": []}, {"id": "toy-efficiency", "samples": []}]
     return data
 
 

@@ -74,15 +74,16 @@ class Record(BaseModel):
 class Interval(Record):
     """A 95% interval (`harness/stats.py`): `ci`, `delta_ci` and `margin_ci` of a metric
     record. Other fields it may carry: `n_clusters`, `resamples`, `seed`, `n_items`,
-    `n_effective` (Wilson intervals), `note` (what it leaves out, e.g. CCS: the separator's
-    variance)."""
+    `n_effective` (Wilson intervals), `se` (jackknife), `sd`, `min`, `max` (repeated runs),
+    `note` (what it leaves out, e.g. CCS / CRS: the separator's variance)."""
 
     low: Number = Field(description="lower end")
     high: Number = Field(description="upper end")
     level: Number | None = Field(None, description="confidence level, 0.95")
     method: str | None = Field(None, description="`cluster-bootstrap-percentile` (prompts drawn with replacement), `wilson` (proportions, on the "
                                "effective size: then `n_effective`, and `resamples`, `seed` null) or `cluster-jackknife-t (delete one seed of every "
-                               "prompt | prompt, generated set)` (FID / KID; older files: `cluster-bootstrap-percentile, bias-shifted`)")
+                               "prompt | prompt, generated set)` (FID / KID, density / coverage; older files: `cluster-bootstrap-percentile, bias-shifted`) "
+                               "or `t over N repeated runs (...)` (efficiency figures of `unlearn erase --repeats N`)")
 
 
 class MetricRecord(Record):
@@ -109,7 +110,8 @@ class MetricRecord(Record):
                                       "null without a base value or interval")
     margin_ci: Interval | None = Field(None, description="95% interval of `value - bound(base)` (paired), the interval the verdict reads; "
                                        "records with a threshold and an interval")
-    ci_reason: str | None = Field(None, description="why `ci` is null (CRS, efficiency figures, ...)")
+    ci_reason: str | None = Field(None, description="why `ci` is null; it opens with a short tag the tables show in the interval's place "
+                                  "(`single run: ...`, `exact: ...`, `declared: ...`, `too few clusters: ...`)")
     scores: dict[str, Any] | None = Field(None, description="per-item scores behind the value, for the regression gate's paired test and the "
                                           "leaderboard's rank bootstrap: `keys` (`<sha256[:12] of the prompt>:<seed>` per item), `unlearned`, "
                                           "`base` (or null), `groups` (class per item for means over classes, or null), `binary` (a proportion); "
