@@ -66,7 +66,7 @@ METRICS = {
     "ti_asr": MetricInfo("ASR (TI)", False, "ASR under textual inversion on the erased model (CCE): the suite's attacks.inversion block",
                          prompt_attack=True, attack_block="inversion", params=Params, role="robustness"),
     "asr_worst": MetricInfo("ASR (worst)", False, "the highest ASR across the suite's attacks (every attacks block), each on its own items",
-                            prompt_attack=True, params=Params, role="robustness"),
+                            prompt_attack=True, attack_block="every", params=Params, role="robustness"),
 }
 ATTACK_NAMES = {"unlearndiffatk": "UnlearnDiffAtk", "ringabell": "Ring-A-Bell", "ti": "TI"}
 
@@ -80,7 +80,7 @@ def item_successes(out: dict, budget: float | None = None) -> np.ndarray:
 def _outcome(run, block: str, target) -> dict:
     out = run.prompt_attacks.get((block, target.kind, target.concept))
     if out is None:
-        raise HarnessError(f"suite {run.suite.id}: {METRICS['asr'].label if block == 'prompt' else 'ASR (TI)'}: no prompt attack ran for {target.concept!r}")
+        raise HarnessError(f"suite {run.suite.id}: attacks.{block}: no prompt attack ran for {target.concept!r}")
     if "error" in out:
         raise HarnessError(out["error"])
     return out

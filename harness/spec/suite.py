@@ -320,7 +320,7 @@ class Suite(Strict):
     def _attacks_used(self):
         from ..metrics import info
 
-        used = {b: any(info(m.name).prompt_attack and info(m.name).attack_block == b for m in self.metrics) for b in ("prompt", "inversion")}
+        used = {b: any(info(m.name).prompt_attack and info(m.name).attack_block in (b, "every") for m in self.metrics) for b in ("prompt", "inversion")}
         used["partial_diffusion"] = any(info(m.name).attack for m in self.metrics)
         for kind in ("prompt", "inversion", "partial_diffusion"):
             if self.attacks is not None and getattr(self.attacks, kind) is not None and not used[kind]:
@@ -339,6 +339,8 @@ class Suite(Strict):
         from ..metrics import info
 
         blocks = {info(m.name).attack_block for m in self.metrics if info(m.name).prompt_attack}
+        if "every" in blocks:  # the worst case across attacks (asr_worst): every block the suite gives, else the prompt attack
+            blocks |= {"prompt"} | ({"inversion"} if self.attacks and self.attacks.inversion else set())
         out = {}
         if "prompt" in blocks:
             out["prompt"] = self.prompt_attack
