@@ -673,6 +673,14 @@ def test_asr_curves_draw_only_numeric_points_and_carry_the_target_kind():
     svg = asr_curve_svg(cs)
     ET.fromstring(svg)
     assert svg.count('<polyline') == 2 and svg.count('data-kind="style"') == 3 and svg.count('data-kind="object"') == 3  # line, base line, legend
+    assert "ci-bar" not in svg  # no point carries an interval
+    good["asr_curve"] = [{"budget": 0, "asr": 0.2, "low": 0.06, "high": 0.51}, {"budget": 10, "asr": 0.6, "low": "x", "high": 0.9},
+                         {"budget": 20, "asr": 0.6, "low": 0.7, "high": 0.5}]  # an interval each: one good, one not a number, one reversed
+    cs = curves(pd.DataFrame([row("a", "style", good)]))
+    assert cs[0]["bars"] == [(0.0, 0.06, 0.51)]
+    svg = asr_curve_svg(cs)
+    ET.fromstring(svg)
+    assert svg.count('class="ci-bar"') == 1 and "95% interval [0.06, 0.51]" in svg
 
 
 def _robustness_result():
