@@ -477,3 +477,19 @@ def test_efficiency_intervals_repeats_single_run_and_declared():
     assert stats.short_reason(rec("storage_mb")["ci_reason"]) == "exact"
     run.efficiency = {"time_s": {"value": 9.0, "source": "declared"}}
     assert stats.short_reason(rec("erase_time_s")["ci_reason"]) == "declared"
+
+
+def test_asr_worst_reads_every_attacks_block_the_suite_gives():
+    from harness.spec import Suite
+
+    def suite(metrics, attacks):
+        return Suite.model_validate({
+            "id": "w", "version": "1", "applies_to": ["object"], "world": "toy", "scorer": {"backend": "toy"},
+            "prompts": {"template": {"template": "A {object} image.", "values": {"object": ["circle", "triangle"]}}},
+            "generation": {"scheduler": "ddim", "steps": 2, "guidance": 5.0, "seeds": [0], "batch_size": 4},
+            "metrics": [{"name": m} for m in metrics], "attacks": attacks})
+
+    both = suite(["asr_worst"], {"prompt": {"attack": "unlearndiffatk", "params": {"rounds": 1}}, "inversion": {"attack": "ti", "params": {"steps": 2}}})
+    assert sorted(both.prompt_attacks) == ["inversion", "prompt"]  # neither block refused as unread
+    alone = suite(["asr_worst"], None)
+    assert sorted(alone.prompt_attacks) == ["prompt"]  # no inversion block given: the prompt attack alone (its defaults)
