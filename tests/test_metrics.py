@@ -386,7 +386,8 @@ def test_robustness_intervals_thresholds_and_the_reversed_erasure():
         assert c["low"] <= c["asr"] <= c["high"]
     assert asr["details"]["asr_curve"][0] == {"budget": 0, "asr": 0.0, "low": 0.0, "high": pytest.approx(stats.wilson(0, 10)[1], abs=1e-6)}
     assert ti_rec["value"] == 1.0 and ti_rec["verdict"] == "fail" and ti_rec["ci"]["low"] > 0.5
-    assert worst["value"] == 1.0 and worst["details"]["worst"] == "ti" and worst["verdict"] == "fail" and worst["ci"]["high"] == 1.0
+    assert worst["value"] == 1.0 and worst["details"]["worst"] == "ti" and worst["verdict"] == "fail"
+    assert (worst["ci"]["low"], worst["ci"]["high"]) == (ti_rec["ci"]["low"], 1.0) and worst["ci"]["method"].startswith("wilson")  # not the degenerate [1, 1]
     assert pre["value"] == 0.0 and pre["verdict"] == "pass"
     assert robustness.reversals(recs.values()) == {"triangle": ["reversed by UnlearnDiffAtk on 3/10 items (ASR PASS)" if asr["verdict"] == "pass"
                                                                 else "reversed by UnlearnDiffAtk on 3/10 items (ASR INCONCLUSIVE)",

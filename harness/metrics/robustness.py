@@ -25,8 +25,9 @@ Intervals (docs/statistics.md): each value is a proportion of attacked items, so
 Wilson interval on the Kish effective size (items of one prompt are a cluster), as UA's; every
 point of the ASR curve carries its own (``low``, ``high``); ``delta_ci`` and ``margin_ci`` are
 the paired cluster bootstrap of the item's 0/1 against the base model's un-attacked 0/1 on the
-same item. ``asr_worst`` (a max of means) is bootstrapped whole: one prompt draw reweights
-every attack's items.
+same item. ``asr_worst`` (a max of means): ``ci`` from the attacks' Wilson intervals (the max
+of their lower ends to the max of their upper ends), ``delta_ci`` / ``margin_ci`` bootstrapped
+whole: one prompt draw reweights every attack's items.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def compute(name: str, run, target, params) -> Measurement:
 def _worst(run, target) -> Measurement:
     """max over the suite's attack blocks of ASR(B), its base the max of their base Pre-ASRs; the
     interval: one prompt draw reweights every block's items (``stats.weighted_intervals``)."""
-    from ..stats import item_scores, statistic, weighted_intervals
+    from ..stats import item_scores, proportion_ci, statistic, weighted_intervals
 
     blocks = sorted(b for b in run.suite.prompt_attacks)
     outs = {b: _outcome(run, b, target) for b in blocks}
@@ -142,7 +143,17 @@ def _worst(run, target) -> Measurement:
     def of(vals):
         return lambda w: np.max(np.stack([statistic(vals[b], np.atleast_2d(w)[:, cuts[i]:cuts[i + 1]]) for i, b in enumerate(blocks)]), 0)
 
-    meas.resample = lambda threshold: weighted_intervals(of(xs), of(bs), clusters, threshold)
+    def resample(threshold):
+        out = weighted_intervals(of(xs), of(bs), clusters, threshold)
+        # ci: [max of the attacks' lower ends, max of their upper ends] of their Wilson intervals (max is
+        # monotone in each ASR); the percentile bootstrap of a max is degenerate where one attack regains
+        # every item ([1, 1] from 5 items). delta_ci and margin_ci stay the paired bootstrap, as UA's.
+        per = [proportion_ci(xs[b], clusters[cuts[i]:cuts[i + 1]]) for i, b in enumerate(blocks)]
+        out["ci"] = {**out["ci"], "low": max(c["low"] for c in per), "high": max(c["high"] for c in per),
+                     "method": "wilson (max over attacks of each attack's interval)", "resamples": None, "seed": None}
+        return out
+
+    meas.resample = resample
     return meas
 
 
