@@ -428,7 +428,7 @@ def test_fid_seed_jackknife_covers_with_the_prompts_fixed():
 def test_asr_wilson_interval_covers_p_on_simulated_bernoulli_items():
     """The interval an ASR record carries (Wilson on the effective size of 0/1 attacked items,
     clustered by prompt: ``intervals`` of a binary ``Scores``) covers the true rate in 93-97% of
-    1,000 simulated sets of 25 prompts x 2 attack seeds of Bernoulli(0.3) items (measured 0.955)."""
+    1,000 simulated sets of 25 prompts x 2 attack seeds of Bernoulli(0.3) items (measured 0.960)."""
     rng = np.random.default_rng(3)
     clusters, p, hits = [f"p{i // 2}" for i in range(50)], 0.3, 0
     for _ in range(1000):
