@@ -103,6 +103,9 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
         raise HarnessError(f"{baselines}: no baseline results (*.json)")
     if not out.is_relative_to(root):
         raise HarnessError(f"--out {out}: must be inside the repository {root}")
+    from .fsutil import claim_dir
+
+    claim_dir(out, "--out", "unlearn regress")  # new, empty, or an earlier regress's: nothing else is replaced
     (out / "submissions").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     # From scratch, outside the checkout: a cached image would hide a change in generation, and a

@@ -116,6 +116,8 @@ def check_model_folder(path: Path, what: str, allow_pickle: bool) -> None:
         for k, v in data.items():
             if k.startswith("_"):
                 continue
+            if k == "safety_checker" and isinstance(v, list) and v[:1] == ["stable_diffusion"]:
+                continue  # diffusers' own pipeline module (Stable Diffusion's model_index.json names it); never loaded: safety_checker=None
             if isinstance(v, list) and v and v[0] is not None and v[0] not in LIBRARIES:
                 raise HarnessError(f"{what}: model_index.json: {k}: library {str(v[0])[:40]!r} is not one of {', '.join(sorted(LIBRARIES))}")
     check_configs(path, what)
