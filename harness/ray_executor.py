@@ -139,6 +139,36 @@ def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suit
     return {"records": recs, "counter": counter, "attempt": attempt, "node": ctx.get_node_id(), "pipeline": describe_pipeline(pipe)}
 
 
+def probe_address(address: str | None) -> None:
+    """A ``HOST:PORT`` / ``ray://HOST:PORT`` address must accept a TCP connection within
+    ``$UNLEARN_RAY_CONNECT_TIMEOUT`` seconds (default 20) before Ray is asked to connect (Ray
+    retries a dead address for minutes); ``auto`` / ``local`` / none are left to Ray."""
+    import math
+    import re
+    import socket
+
+    if not address:
+        return
+    m = re.fullmatch(r"(?:ray://)?\[?([\w.:-]+?)\]?:(\d{1,5})", address)
+    if not m:
+        return
+    raw = os.environ.get("UNLEARN_RAY_CONNECT_TIMEOUT", "20")
+    try:
+        limit = float(raw)
+    except ValueError:
+        limit = float("nan")
+    if not math.isfinite(limit) or not 0 < limit <= 3600:
+        raise HarnessError(f"UNLEARN_RAY_CONNECT_TIMEOUT: {raw[:40]!r} is not a number of seconds from 0 to 3600")
+    host, port = m.group(1), int(m.group(2))
+    if not 0 < port < 65536:
+        raise HarnessError(f"--unlearn-ray-address {address}: port {port} is out of range")
+    try:
+        socket.create_connection((host, port), timeout=limit).close()
+    except OSError as e:
+        raise HarnessError(f"--unlearn-executor ray: nothing answers at {address} within {limit:g} s "
+                           f"({e.strerror or type(e).__name__}); is the Ray cluster up? (UNLEARN_RAY_CONNECT_TIMEOUT)") from None
+
+
 class RayExecutor:
     """Runs generation chunks as Ray tasks. ``address``: a Ray cluster (``auto``,
     ``HOST:PORT``, ``ray://HOST:PORT``); None uses ``RAY_ADDRESS`` if set, else starts a local
@@ -155,10 +185,20 @@ class RayExecutor:
         import ray
 
         if not ray.is_initialized():
+            probe_address(self.address)
+            import signal
+            import threading
+
+            main = threading.current_thread() is threading.main_thread()
+            old = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None  # a TERM while Ray connects ends the run at once
             try:
                 ray.init(address=self.address, include_dashboard=False, configure_logging=False, log_to_driver=False)
             except Exception as e:  # Ray raises several types for a bad or unreachable address
-                raise HarnessError(f"--unlearn-executor ray: could not connect to Ray at {self.address or 'a new local instance'}: {e}") from None
+                raise HarnessError(f"--unlearn-executor ray: could not connect to Ray at {self.address or 'a new local instance'}: "
+                                   f"{' '.join(str(e).split())[:200]}") from None
+            finally:
+                if main and old is not None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                    signal.signal(signal.SIGTERM, old)
             self._started = True
         return ray
 

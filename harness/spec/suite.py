@@ -271,7 +271,45 @@ class PromptAttack(Strict):
         extra = sorted(set(self.params) - set(known)) if known is not None else []
         if extra:
             raise ValueError(f"params.{extra[0]}: not a parameter of {self.attack} ({', '.join(known)})")
+        for k, v in self.params.items():
+            problem = attack_param_problem(k, v, (known or {}).get(k))
+            if problem:
+                raise ValueError(f"params.{k}: {str(v)[:40]!r} {problem}")
         return self
+
+
+# An attack parameter's type and range, by name (every attack's DEFAULTS use these names); a
+# name not listed here takes its default's type, finite and within +-1e9.
+ATTACK_PARAMS: dict[str, tuple[type, float, float]] = {
+    "population": (int, 1, 100_000), "generations": (int, 0, 1_000_000), "length": (int, 1, 75), "eval_every": (int, 1, 1_000_000),
+    "seed": (int, 0, 2**63 - 1), "steps": (int, 0, 1_000_000), "batch_size": (int, 1, 1024), "checkpoints": (int, 1, 1000),
+    "k": (int, 1, 75), "iterations": (int, 0, 1_000_000), "rounds": (int, 0, 100_000), "timesteps": (int, 1, 10_000),
+    "mutation": (float, 0, 1), "crossover": (float, 0, 1), "flip": (float, 0, 1), "beta1": (float, 0, 1), "beta2": (float, 0, 1),
+    "eps": (float, 0, 1), "lr": (float, 0, 1000), "weight_decay": (float, 0, 1000), "strength": (float, 0, 1000),
+}
+
+
+def attack_param_problem(name: str, v, default) -> str | None:
+    """Why ``v`` is not a valid value of attack parameter ``name`` (None: it is)."""
+    import math
+
+    if name == "pairs":
+        ok = v is None or (isinstance(v, list) and len(v) <= 10_000 and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) and 0 < len(x) <= 1000 for x in p) for p in v))
+        return None if ok else "is not a list of [prompt, prompt] pairs"
+    if name == "init_token":
+        return None if v is None or (isinstance(v, str) and 0 < len(v) <= 100) else "is not a word of up to 100 characters"
+    kind, lo, hi = ATTACK_PARAMS.get(name, (type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else None, -1e9, 1e9))
+    if kind is None:
+        return None if v is None or isinstance(v, (str, int, float, bool, list)) else "is not a plain value"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+        return f"is not {'a whole number' if kind is int else 'a number'}"
+    try:
+        if not math.isfinite(float(v)) or not lo <= v <= hi:
+            return f"is outside {lo:g}..{hi:g}"
+    except OverflowError:
+        return f"is outside {lo:g}..{hi:g}"
+    return None
 
 
 PSI = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
