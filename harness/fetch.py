@@ -12,7 +12,11 @@ Limits (docs/security.md), read by ``limits()`` and nowhere else:
   fetched a host on the allow-list (``$UNLEARN_DOWNLOAD_HOSTS``, comma-separated, replaces
   ``DEFAULT_HOSTS``; a leading ``.`` allows a domain's subdomains). Plain http to 127.0.0.1 /
   localhost only under ``UNLEARN_TEST_ALLOW_LOOPBACK_HTTP=1`` (the tests' stand-in servers);
-- a connect / read timeout (``$UNLEARN_DOWNLOAD_TIMEOUT`` seconds, default 60);
+- every redirect target checked by the same rule before it is followed (at most 5);
+- a connect / read timeout (``$UNLEARN_DOWNLOAD_TIMEOUT`` seconds, default 60), the response
+  started within one timeout, a deadline per file (``$UNLEARN_DOWNLOAD_DEADLINE``, 6 h) and a
+  minimum average rate (``$UNLEARN_DOWNLOAD_MIN_RATE``, 16 KiB/s): a watchdog shuts the socket
+  down, so a server trickling bytes cannot hold a run; every setting finite and in range;
 - a size cap (``$UNLEARN_DOWNLOAD_MAX_BYTES``; ``$UNLEARN_MAX_DOWNLOAD_BYTES`` is read as the
   same setting; default 20 GiB for one file or one hub snapshot), checked against the announced
   length and again while reading, so a server that never answers or never stops cannot hang or
