@@ -651,3 +651,20 @@ def test_non_finite_figures_in_a_method_json_are_refused_in_one_line(repo, value
     (repo / "ckpt" / "method.json").write_text('{"efficiency": {"time_s": %s}}' % value)
     rc, _, err = check()
     assert_one_line(rc, err, "method_record", "efficiency.time_s")
+
+
+@pytest.mark.parametrize("base_model, badge", [({"label": "hub:someone/sd-<b>copy</b>@" + REV, "suite_base": False}, True),
+                                               ({"label": "builtin:toy", "suite_base": True}, False), (None, False)])
+def test_the_board_says_when_a_number_is_not_against_the_suites_base(tmp_path, base_model, badge):
+    from test_leaderboard import build, page_of, result
+
+    res = tmp_path / "results"
+    res.mkdir()
+    doc = result("toy-uce-style")
+    if base_model is not None:
+        doc["suites"][0]["base_model"] = base_model
+    (res / "toy-uce-style.json").write_text(json.dumps(doc))
+    counts, lines = build(res, tmp_path / "site")
+    page = page_of(tmp_path / "site", "toy-uce-style")
+    assert ("not the suite's base: hub:someone/sd-&lt;b&gt;copy&lt;/b&gt;@" in page) is badge, lines
+    assert "<b>copy</b>" not in page
