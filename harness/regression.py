@@ -60,6 +60,8 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path, seed: int 
 
     # the thread count the checkpoint was made with (older records: the toy checkpoints' one thread)
     threads = (record.get("efficiency") or {}).get("threads") or TOY_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:  # a PR's method.json: bounded
+        raise HarnessError(f"{sub['method_record']}: efficiency.threads: {str(threads)[:40]!r} is not a thread count from 1 to 256")
     new = run_erase_isolated(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record.get("anchor"),
                     world="toy", force=True, params=params, preset=record.get("preset"), threads=threads)
     ck = ck_dir / new["checkpoint"]["file"]

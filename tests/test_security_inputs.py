@@ -668,3 +668,16 @@ def test_the_board_says_when_a_number_is_not_against_the_suites_base(tmp_path, b
     page = page_of(tmp_path / "site", "toy-uce-style")
     assert ("not the suite's base: hub:someone/sd-&lt;b&gt;copy&lt;/b&gt;@" in page) is badge, lines
     assert "<b>copy</b>" not in page
+
+
+@pytest.mark.parametrize("params, needle", [({"steps": 10**9}, "--param steps: '1000000000' is outside"), ({"steps": "300"}, "is not a whole number"),
+                                            ({"steps": 3.5}, "is not a whole number"), ({"lr": float("inf")}, "--param lr: 'inf' is outside"),
+                                            ({"lr": "fast"}, "is not a number"), ({"steps": True}, "is not a whole number")])
+def test_step_counts_from_a_method_json_are_bounded(params, needle):
+    """`unlearn regress` re-runs a method with the params of a submission's method.json (a PR's file)."""
+    from harness.methods import get_method, preset_params
+    from harness.models import TOY_PIPELINE
+
+    with pytest.raises(HarnessError, match=needle.replace("(", r"\(")):
+        preset_params(get_method("esd"), "esd", None, TOY_PIPELINE, params)
+    assert preset_params(get_method("esd"), "esd", None, TOY_PIPELINE, {"steps": 3, "lr": 1e-4})[1]["steps"] == 3
