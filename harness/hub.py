@@ -151,8 +151,8 @@ def _guarded_client():
             self.inner.close()
 
     class Guard(httpx2.BaseTransport):
-        def __init__(self):
-            self.inner = httpx2.HTTPTransport()
+        def __init__(self, inner):
+            self.inner = inner
 
         def handle_request(self, request):
             check_url(str(request.url), "hub download", host_list=True)
@@ -163,8 +163,11 @@ def _guarded_client():
         def close(self):
             self.inner.close()
 
-    return httpx2.Client(transport=Guard(), event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True,
-                         timeout=httpx2.Timeout(timeout_s()))
+    client = httpx2.Client(event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True, timeout=httpx2.Timeout(timeout_s()))
+    # the client's own transports (proxies from the environment included), each behind the guard
+    client._transport = Guard(client._transport)
+    client._mounts = {k: (Guard(v) if v is not None else None) for k, v in client._mounts.items()}
+    return client
 
 
 def _allow_network():

@@ -681,3 +681,25 @@ def test_step_counts_from_a_method_json_are_bounded(params, needle):
     with pytest.raises(HarnessError, match=needle.replace("(", r"\(")):
         preset_params(get_method("esd"), "esd", None, TOY_PIPELINE, params)
     assert preset_params(get_method("esd"), "esd", None, TOY_PIPELINE, {"steps": 3, "lr": 1e-4})[1]["steps"] == 3
+
+
+@pytest.mark.parametrize("path, needle", [("/to-http-other", "is not an https URL"), ("/to-foreign", "not on the download allow-list")])
+def test_hub_requests_and_their_redirects_keep_the_rule(hostile, path, needle):
+    from harness.hub import _guarded_client
+
+    client = _guarded_client()
+    with pytest.raises(HarnessError, match=needle):
+        client.get(hostile.url(path))
+    assert client.get(hostile.url("/to-self")).content == BODY
+
+
+def test_hub_bytes_count_against_the_cap_as_they_arrive(hostile, monkeypatch):
+    from harness import hub
+
+    monkeypatch.setenv("UNLEARN_DOWNLOAD_MAX_BYTES", "100000")
+    hub._BUDGET.append(hub._Budget("scorer", "x"))
+    try:
+        with pytest.raises(HarnessError, match="more than the download cap of 100000"):
+            hub._guarded_client().get(hostile.url("/no-length"))
+    finally:
+        hub._BUDGET.pop()
