@@ -703,3 +703,25 @@ def test_hub_bytes_count_against_the_cap_as_they_arrive(hostile, monkeypatch):
             hub._guarded_client().get(hostile.url("/no-length"))
     finally:
         hub._BUDGET.pop()
+
+
+RAY_HANG = ("import time, harness.ray_executor as r\n"
+            "with r._connect_deadline('127.0.0.1:1'):\n"
+            "    print('connecting', flush=True)\n"
+            "    for _ in range(200): time.sleep(0.05)  # stands in for ray.init holding the main thread\n"
+            "print('not reached')\n")
+
+
+@pytest.mark.parametrize("how, rc, needle", [("deadline", 2, "could not connect to Ray at 127.0.0.1:1 within 1 s"),
+                                             ("sigterm", 128 + 15, "stopped by signal 15 while connecting to Ray")])
+def test_connecting_to_ray_has_a_deadline_and_obeys_sigterm(how, rc, needle):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNLEARN_RAY_INIT_TIMEOUT": "1" if how == "deadline" else "30"}
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-c", RAY_HANG], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "connecting"
+    if how == "sigterm":
+        p.send_signal(15)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == rc, err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err and "not reached" not in out
+    assert time.monotonic() - t0 < 8
