@@ -540,7 +540,7 @@ def test_a_dead_ray_address_is_refused_within_its_deadline(monkeypatch):
     probe_address("auto")  # left to Ray
 
 
-def test_a_dead_ray_address_ends_pytest_in_one_line(tmp_path):
+def test_the_ray_executor_refuses_a_dead_address_in_one_line():
     pytest.importorskip("ray")
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
