@@ -195,7 +195,7 @@ def spread_of(root: Path, out: Path, name: str, sub: dict, base: dict, record: d
         res = out / "results" / f"{s['name']}.json"
         res.unlink(missing_ok=True)
         run_harness(root, [f], res, cache=out / "cache", extra=pytest_args, log=out / "logs" / f"{s['name']}.log",
-                    env_extra={MEASURED_ENV: str(root / s["method_record"])})
+                    env_extra={MEASURED_ENV: str(root / s["method_record"])} if s.get("method_record") else None)
         if res.is_file():
             runs.append(load_result(res))
             seeds.append(seed0 + k)
