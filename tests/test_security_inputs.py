@@ -726,3 +726,19 @@ def test_connecting_to_ray_has_a_deadline_and_obeys_sigterm(how, rc, needle):
     assert p.returncode == rc, err
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err and "not reached" not in out
     assert time.monotonic() - t0 < 8
+
+
+@pytest.mark.parametrize("args, needle", [(["erase", "uce", "--base", "{toy}", "--concept", "striped", "--out", "{notes}", "--force"],
+                                           "is not a folder `unlearn erase` wrote"),
+                                          (["erase", "uce", "--base", "{toy}", "--concept", "striped", "--out", "{notes}/a.md", "--force"],
+                                           "is not a folder `unlearn erase` wrote"),
+                                          (["toy", "train-model", "--out", "{notes}", "--unet-steps", "1"], "is not a toy pipeline")])
+def test_commands_with_force_or_a_default_out_replace_only_their_own(tmp_path, args, needle):
+    from harness.models import TOY_PIPELINE
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("mine")
+    rc, _, err = cli(*[a.format(toy=TOY_PIPELINE, notes=notes) for a in args])
+    assert_one_line(rc, err, needle)
+    assert (notes / "a.md").read_text() == "mine"

@@ -170,6 +170,9 @@ def run_erase(
         raise HarnessError(f"--base {base}: no diffusers pipeline there (model_index.json missing)")
     if out.exists() and not force:
         raise HarnessError(f"--out {out} exists; pass --force to overwrite it")
+    if out.is_symlink() or (out.exists() and not (out.is_dir() and (out / "method.json").is_file())):
+        # --force replaces only an earlier erase's output folder, never another folder or file
+        raise HarnessError(f"--out {out}: is not a folder `unlearn erase` wrote (no method.json in it); --force replaces only those")
     quiet_loading()
     # Check the words with the tokenizer alone, before the models load.
     tokenizer = CLIPTokenizer.from_pretrained(str(base / "tokenizer"))
