@@ -112,6 +112,14 @@ def test_erase_repeats_record_every_run_and_the_results_give_their_interval(tiny
     meas = efficiency.compute("erase_time_s", type("R", (), {"efficiency": {"time_s": figure}})(), None, {})
     ci = stats.uncertainty(meas, None)["ci"]
     assert ci["method"].startswith("t over 2 repeated runs") and ci["low"] <= min(reps["time_s"]) and max(reps["time_s"]) <= ci["high"]
+    from harness.errors import HarnessError
+
+    doc = json.loads((tmp_path / "out" / "method.json").read_text())
+    for bad in ("x", [], ["1"], [-1.0], [1.0] * 1001):
+        doc["efficiency"]["repeats"]["time_s"] = bad
+        (tmp_path / "out" / "method.json").write_text(json.dumps(doc))
+        with pytest.raises(HarnessError, match=r"^method_record: out/method.json: efficiency.repeats.time_s: not a list of 1-1000 non-negative numbers$"):
+            load_method_record(tmp_path, "out/method.json")
 
 
 GENERIC_ERRORS = [

@@ -57,8 +57,8 @@ def load_method_record(root: Path, rel: str) -> dict:
             raise HarnessError(f"method_record: {rel}: efficiency.repeats: not an object")
         for k in ("time_s", "peak_memory_bytes"):
             v = reps.get(k)
-            if v is not None and not (isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in v)):
-                raise HarnessError(f"method_record: {rel}: efficiency.repeats.{k}: not a list of non-negative numbers")
+            if v is not None and not (isinstance(v, list) and 0 < len(v) <= 1000 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in v)):
+                raise HarnessError(f"method_record: {rel}: efficiency.repeats.{k}: not a list of 1-1000 non-negative numbers")
     for k in ("device", "peak_memory_measure"):
         v = rec["efficiency"].get(k)
         if v is not None and not isinstance(v, str):
