@@ -15,7 +15,7 @@ and prints, for every setting, max |d| and the relative Frobenius norm ||a - b||
 (:func:`harness.reproduce.compare_tensors`). The tolerances in ``harness/reproduce.py`` are
 chosen from what this prints (with a margin): run it on a new kind of machine and compare.
 
-    python benchmarks/repro_tolerance.py [--caps default,avx2,avx512] [--threads 1,2] [--fine-tuned]
+    python benchmarks/repro_tolerance.py [--caps default,avx2,avx512] [--threads 1,2] [--fine-tuned] [--only CASES]
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def main() -> int:
     ap.add_argument("--caps", default="default,avx2,avx512")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--fine-tuned", action="store_true", help="also the toy ESD-x style checkpoint (slow)")
+    ap.add_argument("--only", help="comma-separated cases (e.g. toy:esd/striped,salun-full)")
     ap.add_argument("--json", type=Path, help="write every row here")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
@@ -80,6 +81,8 @@ def main() -> int:
     whats = ["toy:uce/striped", "toy:uce/triangle", "toy:rece/striped", "toy:rece/triangle", *CASES]
     if args.fine_tuned:
         whats.append("toy:esd/striped")
+    if args.only:
+        whats = args.only.split(",")
     rows = []
     for cap in args.caps.split(","):
         for threads in (int(t) for t in args.threads.split(",")):
