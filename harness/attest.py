@@ -101,7 +101,7 @@ def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) 
 # ----------------------------------------------------------------------------- attestation
 def _digest(files: dict[str, str], key: str) -> str:
     body = json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
-    return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.new(key.encode("utf-8", "surrogateescape"), body, hashlib.sha256).hexdigest()  # any key: non-ASCII, undecodable bytes
 
 
 def write_manifest(folder: Path, made_by: str) -> Path:
@@ -141,7 +141,7 @@ def read_manifest(folder: Path) -> dict[str, str] | None:
     key = os.environ.get(KEY_ENV)
     if key:
         got = doc.get("hmac_sha256")
-        if not isinstance(got, str) or not hmac.compare_digest(got, _digest(files, key)):
+        if not isinstance(got, str) or not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), _digest(files, key).encode()):  # bytes: a non-ASCII value is a mismatch, not a TypeError
             raise HarnessError(f"{path}: hmac_sha256: does not verify with ${KEY_ENV} (the manifest was not made by a trusted run)")
     return files
 

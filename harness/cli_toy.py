@@ -22,6 +22,10 @@ def cmd_toy_train_classifier(a) -> int:
 def cmd_toy_train_model(a) -> int:
     from .toy.train import train_model
 
+    out = Path(a.out)
+    if out.is_symlink() or (out.exists() and not (out.is_dir() and (out / "training.json").is_file())):
+        # the training replaces --out with each snapshot: only a pipeline this command wrote (its training.json there)
+        raise HarnessError(f"--out {out}: exists and is not a toy pipeline `unlearn toy train-model` wrote (no training.json); give a new folder")
     _threads()
     print(json.dumps(train_model(a.out, vae_steps=a.vae_steps, unet_steps=a.unet_steps, seed=a.seed), indent=2))
     return 0

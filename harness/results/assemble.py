@@ -61,9 +61,29 @@ def load_method_record(root: Path, rel: str) -> dict:
     return rec
 
 
+MEASURED_ENV = "UNLEARN_MEASURED_METHOD_RECORDS"
+
+
+def measured_by_harness(root: Path, rel: str) -> bool:
+    """A method.json the harness itself wrote in this run's parent process (``unlearn regress``
+    re-makes a checkpoint with ``unlearn erase`` and names the file in
+    ``$UNLEARN_MEASURED_METHOD_RECORDS``, paths separated by ``os.pathsep``). Any other
+    method.json (a pull request's, hand-written or not) is the submitter's word: its figures are
+    recorded as declared."""
+    import os
+
+    listed = [p for p in os.environ.get(MEASURED_ENV, "").split(os.pathsep) if p]
+    try:
+        mine = inside(root, rel, "method_record").resolve()
+        return any(Path(p).resolve() == mine for p in listed)
+    except (HarnessError, OSError, ValueError):
+        return False
+
+
 def efficiency(sub: Submission, root: Path) -> dict:
     """Storage measured from the checkpoint files; time / memory from ``unlearn erase``'s
-    method.json (measured) or the submission (declared)."""
+    method.json (measured only where the harness wrote it in this run: ``measured_by_harness``;
+    else declared) or the submission (declared)."""
     out: dict = {}
     if sub.checkpoint.path:
         p = inside(root, sub.checkpoint.path, "checkpoint.path")
@@ -73,9 +93,14 @@ def efficiency(sub: Submission, root: Path) -> dict:
     if sub.method_record:
         rec = load_method_record(root, sub.method_record)["efficiency"]
         if rec:
+            measured = measured_by_harness(root, sub.method_record)
             for k in ("time_s", "peak_memory_bytes"):
                 if k in rec:
-                    out[k] = {"value": rec[k], "source": "measured", "how": rec.get("peak_memory_measure") if k == "peak_memory_bytes" else "wall clock of unlearn erase", "device": rec.get("device")}
+                    how = rec.get("peak_memory_measure") if k == "peak_memory_bytes" else "wall clock of unlearn erase"
+                    out[k] = {"value": rec[k], "source": "measured" if measured else "declared",
+                              "how": how if measured else f"method.json as committed ({str(how)[:80] if how else 'no method given'}); "
+                                                          "not measured by the harness run that made this file",
+                              "device": str(rec.get("device"))[:80] if rec.get("device") is not None else None}
     if sub.efficiency:
         declared = {"time_s": "time_s", "peak_memory_gb": "peak_memory_gb", "storage_gb": "storage_gb"}
         for k, v in sub.efficiency.model_dump(exclude_none=True).items():

@@ -170,6 +170,9 @@ class SuiteRecord(Record):
                                         "leaderboard accepts a result of a `world: real` suite only when these equal the pins of the suite in its checkout")
     models: dict[str, Any] | None = Field(None, description="`base`, `unlearned`: fingerprints of the weights (folder sha256, hub id@commit, plus "
                                           "checkpoint sha256); they key the image cache")
+    base_model: dict[str, Any] | None = Field(None, description="the base the numbers are against: `label` (`builtin:toy`, `hub:ID@COMMIT`, "
+                                              "`local:FOLDER`), `suite_base` (true: a base the suite is defined on; false: another base "
+                                              "its `other_bases` allows) and `suite_bases` (the suite's own)")
     images: dict[str, Any] | None = Field(None, description="`base`, `unlearned` (and `attack`): `generated` / `cached` counts and `flagged` images "
                                           "(non-finite output, constant image)")
     samples: list[Sample] = Field([], description="up to 8 matched image pairs: one per prompt at its first seed, prompts naming a target first "

@@ -156,7 +156,17 @@ def suite_meta(s: dict) -> dict:
             "scorer_id": scorer.get("id") if isinstance(scorer, dict) else scorer,
             "scorer_sha256": scorer.get("sha256") if isinstance(scorer, dict) else None,
             "models": {"base": models.get("base"), "unlearned": models.get("unlearned")}, "images": images,
+            "base_model": _base_model(s.get("base_model")),
             "seconds": s.get("seconds"), "generation_seconds": generation_seconds(s), "error": s.get("error")}
+
+
+def _base_model(b) -> dict | None:
+    """Which base a suite's numbers are against (``suites[].base_model``), as the page shows it:
+    the label (200 characters at most) and whether the suite is defined on it (None: older file)."""
+    if not isinstance(b, dict):
+        return None
+    label = b.get("label")
+    return {"label": str(label)[:200] if label is not None else None, "suite_base": b.get("suite_base") if isinstance(b.get("suite_base"), bool) else None}
 
 
 def submission_page(run: Run, others: list[Run], df, images_ok: set[str]) -> dict:
