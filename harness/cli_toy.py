@@ -103,6 +103,40 @@ def erase_repeated(repeats: int, method: str, base, concept: str, out, **kw) -> 
     return rec
 
 
+def cmd_toy_reproduce(a) -> int:
+    """Re-make committed toy checkpoints here and compare them with the committed ones by
+    harness.reproduce's rule: how this machine's float output relates to the committed files."""
+    import tempfile
+
+    from .methods import METHODS, run_erase_isolated
+    from .reproduce import compare_checkpoint, fingerprint, platform_differences
+    from .toy.paths import PIPELINE_DIR
+
+    root = Path(a.root).resolve()
+    dirs = sorted(d for d in (root / "submissions" / "checkpoints").glob("*-*-*") if (d / "method.json").is_file())
+    wanted = set(a.method or ("uce", "rece"))  # the closed-form ones: seconds; fine-tuned ones take minutes each
+    dirs = [d for d in dirs if json.loads((d / "method.json").read_text()).get("method") in wanted]
+    if not dirs:
+        raise HarnessError(f"no committed toy checkpoints of {', '.join(sorted(wanted))} under {root / 'submissions' / 'checkpoints'}")
+    bad = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in dirs:
+            rec = json.loads((d / "method.json").read_text())
+            threads = (rec.get("efficiency") or {}).get("threads") or 1
+            here = fingerprint(threads=threads)
+            if rec["method"] not in METHODS:
+                raise HarnessError(f"{d / 'method.json'}: method: {rec['method']!r} is not a registered method")
+            out = Path(tmp) / d.name
+            run_erase_isolated(rec["method"], PIPELINE_DIR, rec["concept"], out, anchor=rec.get("anchor"), world="toy", force=True,
+                               params=rec["params"], preset=rec.get("preset"), threads=threads)
+            c = compare_checkpoint(out, d, current=here)
+            bad += not c.ok
+            where = "same platform" if c.same_platform else "another platform: " + "; ".join(platform_differences(rec.get("platform"), here))
+            print(f"{d.relative_to(root)}: {c.line()} [{where}]", flush=True)
+    print(f"{len(dirs) - bad} of {len(dirs)} re-made checkpoints reproduce the committed ones" + (f"; {bad} differ" if bad else ""))
+    return 1 if bad else 0
+
+
 def cmd_erase(a) -> int:
     from .estimate import resolve_device
     from .methods import run_erase
@@ -163,6 +197,12 @@ def add(sub) -> None:
     t.add_argument("--method", action="append", choices=sorted(METHODS), help="only these methods (repeatable)")
     t.add_argument("--force", action="store_true", help="re-run methods whose checkpoint exists")
     t.set_defaults(func=cmd_toy_checkpoints)
+
+    t = toy.add_parser("reproduce", help="re-make committed toy checkpoints here and compare them with the committed ones "
+                                         "(bitwise on the same platform, else within the method's tolerance)")
+    t.add_argument("--root", default=".", help="repository root")
+    t.add_argument("--method", action="append", choices=sorted(METHODS), help="only these methods (repeatable; default: uce, rece)")
+    t.set_defaults(func=cmd_toy_reproduce)
 
     e = sub.add_parser("erase", help="run a reference unlearning method; writes the changed tensors + method.json")
     e.add_argument("method", choices=sorted(METHODS))

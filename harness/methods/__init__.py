@@ -161,6 +161,7 @@ def run_erase(
 
     from ..hashing import sha256_file, sha256_tree
     from ..models import quiet_loading
+    from ..reproduce import fingerprint
     from .common import ConceptPrompts, check_concept_tokens, for_toy_world
 
     mod = get_method(method)
@@ -230,6 +231,9 @@ def run_erase(
             "measured": True,
         },
         "versions": {"torch": torch.__version__},
+        # where the tensors were made: a re-made checkpoint is bitwise this one only there
+        # (harness.reproduce); elsewhere equal within the method's tolerance
+        "platform": fingerprint(device, threads=used_threads),
     }
     (tmp / "method.json").write_text(json.dumps(record, indent=2) + "\n")
     if out.exists():

@@ -125,6 +125,7 @@ def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict],
     """The results file of one submission's run; ``devices`` (``environment.device``) and
     ``smoke`` are set when given (the plugin gives both)."""
     from .. import __version__
+    from ..reproduce import fingerprint
 
     path = Path(sub_path)
     doc = ResultsFile(
@@ -134,7 +135,8 @@ def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict],
         finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         complete=complete,
         submission={"file": str(path), "file_sha256": sha256_file(path) if path.is_file() else None, **sub.model_dump(mode="json")},
-        environment={"platform": platform.platform(), "libraries": versions, **({"device": devices} if devices is not None else {})},
+        environment={"platform": platform.platform(), "libraries": versions, **({"device": devices} if devices is not None else {}),
+                     "fingerprint": fingerprint(device=(devices or ["cpu"])[0])},
         efficiency=efficiency(sub, root),
         suites=[s["suite"] for s in suite_results],
         metrics=[r for s in suite_results for r in s["metrics"]],

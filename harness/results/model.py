@@ -240,6 +240,10 @@ class Environment(Record):
     platform: str | None = Field(None, description="OS string")
     libraries: dict[str, str] = Field({}, description="versions of python, torch, diffusers, transformers, ...")
     device: list[str] | None = Field(None, description="devices the suites ran on")
+    fingerprint: dict[str, Any] | None = Field(
+        None, description="where the float output was made (`harness.reproduce.fingerprint`): library versions, machine, CPU model "
+                          "and instruction set, BLAS / oneDNN builds, torch threads, deterministic flag, device, GPU and CUDA; "
+                          "values are bitwise reproducible only where it is equal")
 
 
 class EfficiencyFigure(Record):
