@@ -646,7 +646,7 @@ def test_a_spread_files_own_statistics_are_not_trusted(tmp_path):
 
 def test_the_build_is_byte_for_byte_deterministic(fixture_results, tmp_path):
     """The same results give the same site: every page, figure and download (the figures are
-    hand-written SVG for this reason among others: README, "Leaderboard")."""
+    hand-written SVG for this reason among others: docs/leaderboard.md)."""
     res, _ = fixture_results
     build(res, tmp_path / "one")
     build(res, tmp_path / "two")
