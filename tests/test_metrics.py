@@ -387,7 +387,9 @@ def test_robustness_intervals_thresholds_and_the_reversed_erasure():
     assert asr["details"]["asr_curve"][0] == {"budget": 0, "asr": 0.0, "low": 0.0, "high": pytest.approx(stats.wilson(0, 10)[1], abs=1e-6)}
     assert ti_rec["value"] == 1.0 and ti_rec["verdict"] == "fail" and ti_rec["ci"]["low"] > 0.5
     assert worst["value"] == 1.0 and worst["details"]["worst"] == "ti" and worst["verdict"] == "fail"
-    assert (worst["ci"]["low"], worst["ci"]["high"]) == (ti_rec["ci"]["low"], 1.0) and worst["ci"]["method"].startswith("wilson")  # not the degenerate [1, 1]
+    # not the degenerate [1, 1]: the attacks' Wilson intervals at 1 - 0.05 / 2 each (Bonferroni), max of the ends
+    assert worst["ci"]["high"] == 1.0 and worst["ci"]["method"].startswith("wilson") and "level 0.975" in worst["ci"]["method"]
+    assert worst["ci"]["low"] < ti_rec["ci"]["low"] and worst["ci"]["low"] == pytest.approx(stats.wilson(10, 10, 0.975)[0])  # TI: 10 of 10
     assert pre["value"] == 0.0 and pre["verdict"] == "pass"
     assert robustness.reversals(recs.values()) == {"triangle": ["reversed by UnlearnDiffAtk on 3/10 items (ASR PASS)" if asr["verdict"] == "pass"
                                                                 else "reversed by UnlearnDiffAtk on 3/10 items (ASR INCONCLUSIVE)",
@@ -520,3 +522,5 @@ def test_asr_worst_reads_every_attacks_block_the_suite_gives():
     assert sorted(both.prompt_attacks) == ["inversion", "prompt"]  # neither block refused as unread
     alone = suite(["asr_worst"], None)
     assert sorted(alone.prompt_attacks) == ["prompt"]  # no inversion block given: the prompt attack alone (its defaults)
+    only_ti = suite(["asr_worst"], {"inversion": {"attack": "ti", "params": {"steps": 2}}})
+    assert sorted(only_ti.prompt_attacks) == ["inversion"]  # no prompt attack the suite did not ask for
