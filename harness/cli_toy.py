@@ -74,35 +74,6 @@ def cmd_toy_checkpoints(a) -> int:
     return 0
 
 
-def erase_repeated(repeats: int, method: str, base, concept: str, out, **kw) -> dict:
-    """``run_erase`` ``repeats`` times, each in a fresh process (its peak memory its own,
-    ``run_erase_isolated``): the first writes ``out``, the others a scratch folder beside it that
-    is removed. method.json's efficiency then holds the mean time / peak memory and ``repeats``:
-    ``n``, every run's ``time_s``, ``cpu_s``, ``peak_memory_bytes`` and ``same_checkpoint``
-    (every run wrote the same tensors, by sha256)."""
-    import shutil
-    import tempfile
-
-    from .methods import run_erase_isolated
-
-    out = Path(out)
-    recs = [run_erase_isolated(method, base, concept, out, **kw)]
-    scratch = Path(tempfile.mkdtemp(prefix=".repeat-", dir=out.parent))
-    try:
-        for r in range(1, repeats):
-            recs.append(run_erase_isolated(method, base, concept, scratch / f"run{r}", **{**kw, "force": True}))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    rec = recs[0]
-    runs = {k: [x["efficiency"][k] for x in recs] for k in ("time_s", "cpu_s", "peak_memory_bytes")}
-    eff = rec["efficiency"]
-    eff.update(time_s=round(sum(runs["time_s"]) / repeats, 3), cpu_s=round(sum(runs["cpu_s"]) / repeats, 3),
-               peak_memory_bytes=int(round(sum(runs["peak_memory_bytes"]) / repeats)),
-               repeats={"n": repeats, **runs, "same_checkpoint": len({x["checkpoint"]["sha256"] for x in recs}) == 1})
-    (out / "method.json").write_text(json.dumps(rec, indent=2) + "\n")
-    return rec
-
-
 def cmd_toy_reproduce(a) -> int:
     """Re-make committed toy checkpoints here and compare them with the committed ones by
     harness.reproduce's rule: how this machine's float output relates to the committed files."""
@@ -112,17 +83,23 @@ def cmd_toy_reproduce(a) -> int:
     from .reproduce import compare_checkpoint, fingerprint, platform_differences
     from .toy.paths import PIPELINE_DIR
 
+    from .regression import method_record
+
     root = Path(a.root).resolve()
-    dirs = sorted(d for d in (root / "submissions" / "checkpoints").glob("*-*-*") if (d / "method.json").is_file())
     wanted = set(a.method or ("uce", "rece"))  # the closed-form ones: seconds; fine-tuned ones take minutes each
-    dirs = [d for d in dirs if json.loads((d / "method.json").read_text()).get("method") in wanted]
-    if not dirs:
+    records = []
+    for d in sorted((root / "submissions" / "checkpoints").glob("*-*-*")):
+        if (d / "method.json").is_file() and not (d / "method.json").is_symlink():
+            rec = method_record(root, str((d / "method.json").relative_to(root)))  # a one-line error for a bad record
+            if rec["method"] in wanted:
+                records.append((d, rec))
+    if not records:
         raise HarnessError(f"no committed toy checkpoints of {', '.join(sorted(wanted))} under {root / 'submissions' / 'checkpoints'}")
     bad = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for d in dirs:
-            rec = json.loads((d / "method.json").read_text())
-            threads = (rec.get("efficiency") or {}).get("threads") or 1
+        for d, rec in records:
+            threads = rec["efficiency"].get("threads")
+            threads = threads if isinstance(threads, int) and 1 <= threads <= 256 else 1
             here = fingerprint(threads=threads)
             if rec["method"] not in METHODS:
                 raise HarnessError(f"{d / 'method.json'}: method: {rec['method']!r} is not a registered method")
@@ -133,7 +110,7 @@ def cmd_toy_reproduce(a) -> int:
             bad += not c.ok
             where = "same platform" if c.same_platform else "another platform: " + "; ".join(platform_differences(rec.get("platform"), here))
             print(f"{d.relative_to(root)}: {c.line()} [{where}]", flush=True)
-    print(f"{len(dirs) - bad} of {len(dirs)} re-made checkpoints reproduce the committed ones" + (f"; {bad} differ" if bad else ""))
+    print(f"{len(records) - bad} of {len(records)} re-made checkpoints reproduce the committed ones" + (f"; {bad} differ" if bad else ""))
     return 1 if bad else 0
 
 
@@ -146,6 +123,8 @@ def cmd_erase(a) -> int:
               params=dict(a.param or []), preset=a.preset)
     if a.repeats > 1:
         import torch
+
+        from .methods import erase_repeated
 
         rec = erase_repeated(a.repeats, a.method, a.base, a.concept, a.out, threads=torch.get_num_threads(), **kw)
     else:

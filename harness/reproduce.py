@@ -282,21 +282,43 @@ def compare_images(made, ref, max_pixel: int = 2, same: bool | None = None) -> C
     return Comparison("within tolerance" if ok else "differs", False, float(d), float(np.abs(a - b).mean()), tol, same)
 
 
+def _checkpoint_record(folder) -> tuple[dict, str]:
+    """A folder's ``method.json`` and its tensor file's name, or a one-line error."""
+    import json
+    import re
+    from pathlib import Path
+
+    from .errors import HarnessError
+
+    p = Path(folder) / "method.json"
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise HarnessError(f"{p}: not readable as JSON ({type(e).__name__})") from None
+    ck = rec.get("checkpoint") if isinstance(rec, dict) else None
+    name = ck.get("file") if isinstance(ck, dict) else None
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name) or ".." in name:
+        raise HarnessError(f"{p}: checkpoint.file: {str(name)[:60]!r} is not a plain file name")
+    if not (Path(folder) / name).is_file() or (Path(folder) / name).is_symlink():
+        raise HarnessError(f"{p}: checkpoint.file: {name} is not a regular file beside it")
+    return rec, name
+
+
 def compare_checkpoint(made_dir, committed_dir, method: str | None = None, current: dict | None = None) -> Comparison:
     """A re-made checkpoint folder of ``unlearn erase`` (``method.json`` + its tensor file)
     against a committed one: bitwise required where the committed ``method.json`` records the
     running platform (:func:`fingerprint` at the thread count it records), else the method's
-    tolerance (:func:`method_tolerance`)."""
-    import json
+    tolerance (:func:`method_tolerance`). A folder whose record is unreadable is a one-line
+    ``HarnessError``."""
     from pathlib import Path
 
     made_dir, committed_dir = Path(made_dir), Path(committed_dir)
-    rec = json.loads((committed_dir / "method.json").read_text())
-    made = json.loads((made_dir / "method.json").read_text())
-    recorded = rec.get("platform")
+    rec, name = _checkpoint_record(committed_dir)
+    made, made_name = _checkpoint_record(made_dir)
     if current is None:
-        threads = (made.get("efficiency") or {}).get("threads")
-        current = made.get("platform") or fingerprint(threads=threads)
-    same = same_platform(recorded, current)
-    name = rec["checkpoint"]["file"]
-    return compare_files(made_dir / made["checkpoint"]["file"], committed_dir / name, method_tolerance(method or rec["method"]), same)
+        eff = made.get("efficiency") if isinstance(made.get("efficiency"), dict) else {}
+        threads = eff.get("threads") if isinstance(eff.get("threads"), int) and eff.get("threads") > 0 else None
+        current = made.get("platform") if isinstance(made.get("platform"), dict) else fingerprint(threads=threads)
+    same = same_platform(rec.get("platform"), current)
+    m = method or rec.get("method")
+    return compare_files(made_dir / made_name, committed_dir / name, method_tolerance(m if isinstance(m, str) else ""), same)

@@ -104,3 +104,30 @@ def test_method_seed_spread_records_only_the_seeds_that_produced_results(tmp_pat
     assert rows[0]["values"] == [0.9, pytest.approx(1.0), pytest.approx(1.2)]
     out = capsys.readouterr().out
     assert "spread over 3 training seeds (4, 5, 7); no results from seed(s) 6" in out
+
+
+def test_a_record_made_with_repeats_is_remade_with_its_repeats_and_gets_their_spread(out, capsys):
+    """`unlearn erase --repeats N` records N runs; the gate re-makes such a checkpoint N times
+    (each in a fresh process), so the measured efficiency figures of its results carry the t
+    interval of their mean (harness.stats.repeats_interval); the tensors are the committed ones
+    within the closed-form tolerance."""
+    import yaml
+
+    from harness.regression import method_record, remake_checkpoint
+
+    sub = yaml.safe_load((ROOT / "submissions" / "toy-uce-style.yaml").read_text())
+    record = method_record(ROOT, sub["method_record"])
+    record["efficiency"]["repeats"] = {"n": 2}
+    new = remake_checkpoint(ROOT, sub, record, out)
+    made = json.loads((ROOT / new["method_record"]).read_text())
+    reps = made["efficiency"]["repeats"]
+    assert reps["n"] == 2 and len(reps["time_s"]) == 2 and reps["same_checkpoint"] is True
+    text = capsys.readouterr().out
+    assert "checkpoint identical to the committed one (bitwise)" in text or "checkpoint equal within tolerance" in text, text
+    record["efficiency"]["repeats"] = {"n": 0}
+    with pytest.raises(HarnessError, match="efficiency.repeats.n: '0' is not a count"):
+        remake_checkpoint(ROOT, sub, record, out)
+    record["efficiency"]["repeats"] = {"n": 2}
+    record["efficiency"]["threads"] = 0
+    with pytest.raises(HarnessError, match="efficiency.threads: '0' is not a thread count"):
+        remake_checkpoint(ROOT, sub, record, out)

@@ -130,6 +130,33 @@ def run_erase_isolated(*args, **kwargs) -> dict:
         raise HarnessError(f"the process erasing with {args[0] if args else kwargs.get('method')} died (out of memory?)") from None
 
 
+def erase_repeated(repeats: int, method: str, base, concept: str, out, **kw) -> dict:
+    """``run_erase`` ``repeats`` times, each in a fresh process (its peak memory its own,
+    ``run_erase_isolated``): the first writes ``out``, the others a scratch folder beside it that
+    is removed. method.json's efficiency then holds the mean time / peak memory and ``repeats``:
+    ``n``, every run's ``time_s``, ``cpu_s``, ``peak_memory_bytes`` and ``same_checkpoint``
+    (every run wrote the same tensors, by sha256)."""
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    recs = [run_erase_isolated(method, base, concept, out, **kw)]
+    scratch = Path(tempfile.mkdtemp(prefix=".repeat-", dir=out.parent))
+    try:
+        for r in range(1, repeats):
+            recs.append(run_erase_isolated(method, base, concept, scratch / f"run{r}", **{**kw, "force": True}))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    rec = recs[0]
+    runs = {k: [x["efficiency"][k] for x in recs] for k in ("time_s", "cpu_s", "peak_memory_bytes")}
+    eff = rec["efficiency"]
+    eff.update(time_s=round(sum(runs["time_s"]) / repeats, 3), cpu_s=round(sum(runs["cpu_s"]) / repeats, 3),
+               peak_memory_bytes=int(round(sum(runs["peak_memory_bytes"]) / repeats)),
+               repeats={"n": repeats, **runs, "same_checkpoint": len({x["checkpoint"]["sha256"] for x in recs}) == 1})
+    (out / "method.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return rec
+
+
 def run_erase(
     method: str,
     base: str | Path,
