@@ -59,6 +59,31 @@ def claim_dir(path: str | Path, what: str, command: str) -> Path:
     return p
 
 
+def remove_inside(owned: str | Path, target: str | Path) -> None:
+    """Remove ``target``, a path inside the folder ``owned`` that a command claimed
+    (:func:`claim_dir`), unless a component below ``owned`` is a symbolic link: a marked folder
+    is trusted for what it holds, never for where a link inside it points (``rmtree`` through a
+    linked parent would delete the link's target's files)."""
+    import shutil
+
+    owned, target = Path(owned), Path(target)
+    try:
+        rel = target.relative_to(owned)
+    except ValueError:
+        raise HarnessError(f"{target}: not inside {owned}; not removed") from None
+    p = owned
+    for part in rel.parts:
+        p = p / part
+        if p.is_symlink():
+            raise HarnessError(f"{p}: a symbolic link inside {owned}; not removed (remove it by hand)")
+        if not p.exists():
+            return
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+
+
 def default_mode(folder: bool = False) -> int:
     """The mode ``open()`` / ``mkdir()`` would give under the current umask (0644 / 0755 with
     the usual 022), for files made through ``mkstemp`` / ``mkdtemp`` (0600 / 0700), so that a

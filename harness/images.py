@@ -15,11 +15,10 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 from pathlib import Path
 
 from .errors import HarnessError
-from .fsutil import claim_dir, default_mode
+from .fsutil import claim_dir, default_mode, remove_inside
 from .generate import ImageCache, Job
 from .hashing import sha256_bytes, sha256_json
 
@@ -167,8 +166,7 @@ def cmd(a) -> int:
     result = load_result(a.results)
     root = Path(a.root) if a.root else find_root([a.results])
     out = claim_dir(a.out, "--out", "unlearn images")  # new, empty, or an earlier page: never a site or other files
-    if (out / "images").is_dir() and not (out / "images").is_symlink():
-        shutil.rmtree(out / "images")
+    remove_inside(out, out / "images")  # an earlier page's images (never through a link)
     n = write_page(result, out, root, cache_dir(root, a.cache), set(a.suite or ()) or None, a.results)
     print(f"wrote {out / 'index.html'}: {n['suites']} suite(s), {n['pairs']} matched pairs, {n['images']} images"
           + (f", {n['missing']} not in the cache (re-run the harness with the same cache to make them)" if n["missing"] else ""))

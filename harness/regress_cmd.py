@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import yaml
 
 from .compare import compare, format_rows, gate_failures, load_result
 from .errors import HarnessError
-from .fsutil import claim_dir
+from .fsutil import claim_dir, remove_inside
 from .hashing import sha256_file, sha256_tree
 from .rerun import run_harness
 from .spec import SpecErrors, inside, load_submission
@@ -77,7 +76,7 @@ def regress_own(root: Path, submission: str, method_cmd: str, out: Path, baselin
         raise HarnessError(f"--out {out.relative_to(root)}: holds (or is) the submission's checkpoint {sub.checkpoint.path}; give another folder")
     claim_dir(out, "--out", "unlearn regress")  # new, empty, or an earlier regress's: nothing else is deleted
     ck_dir = out / "checkpoints" / sub.name
-    shutil.rmtree(ck_dir, ignore_errors=True)  # inside the folder regress made
+    remove_inside(out, ck_dir)  # inside the folder regress made (never through a link)
     ck_dir.mkdir(parents=True)
     in_place = "{out}" not in method_cmd
     cmd = method_cmd.replace("{out}", shlex.quote(str(ck_dir)))  # a folder name is one word of the shell command, never code
@@ -107,7 +106,7 @@ def regress_own(root: Path, submission: str, method_cmd: str, out: Path, baselin
     result = out / "results" / f"{sub.name}.json"
     result.unlink(missing_ok=True)
     log = out / "logs" / f"{sub.name}.log"
-    shutil.rmtree(out / "cache", ignore_errors=True)
+    remove_inside(out, out / "cache")
     rc = run_harness(root, [new_sub], result, cache=out / "cache", extra=pytest_args, log=log)
     print(f"{sub.name}: evaluated (harness exit {rc}; log {log.relative_to(root)})", flush=True)
     if not result.is_file():

@@ -426,6 +426,32 @@ def test_claim_dir_marks_what_it_makes_and_refuses_the_rest(tmp_path):
         claim_dir(tmp_path / "file", "--out", "unlearn images")
 
 
+def test_a_claimed_folder_is_never_emptied_through_a_link_inside_it(tmp_path):
+    """A folder marked by a command is trusted for what it holds, not for where a link in it
+    points: ``remove_inside`` refuses a linked component (a linked parent or the target itself)
+    and leaves the link's target whole; a plain child is removed."""
+    from harness.fsutil import claim_dir, remove_inside
+
+    victim = tmp_path / "victim"
+    (victim / "mine").mkdir(parents=True)
+    (victim / "mine" / "keep.txt").write_text("keep")
+    out = claim_dir(tmp_path / "out", "--out", "unlearn regress")
+    (out / "checkpoints").symlink_to(victim)  # out/checkpoints/mine is victim/mine through the link
+    with pytest.raises(HarnessError, match="symbolic link inside") as e:
+        remove_inside(out, out / "checkpoints" / "mine")
+    assert "\n" not in str(e.value) and (victim / "mine" / "keep.txt").read_text() == "keep"
+    (out / "images").symlink_to(victim / "mine")
+    with pytest.raises(HarnessError, match="symbolic link inside"):
+        remove_inside(out, out / "images")
+    assert (victim / "mine" / "keep.txt").is_file()
+    (out / "cache" / "x").mkdir(parents=True)
+    remove_inside(out, out / "cache")
+    assert not (out / "cache").exists()
+    remove_inside(out, out / "absent")  # nothing there: nothing to do
+    with pytest.raises(HarnessError, match="not inside"):
+        remove_inside(out, victim)
+
+
 def test_convert_does_not_overwrite_a_file_it_did_not_write(tmp_path):
     src = tmp_path / "w.pt"
     torch.save({"w": torch.ones(2)}, src)
