@@ -143,7 +143,6 @@ def probe_address(address: str | None) -> None:
     """A ``HOST:PORT`` / ``ray://HOST:PORT`` address must accept a TCP connection within
     ``$UNLEARN_RAY_CONNECT_TIMEOUT`` seconds (default 20) before Ray is asked to connect (Ray
     retries a dead address for minutes); ``auto`` / ``local`` / none are left to Ray."""
-    import math
     import re
     import socket
 
@@ -152,13 +151,7 @@ def probe_address(address: str | None) -> None:
     m = re.fullmatch(r"(?:ray://)?\[?([\w.:-]+?)\]?:(\d{1,5})", address)
     if not m:
         return
-    raw = os.environ.get("UNLEARN_RAY_CONNECT_TIMEOUT", "20")
-    try:
-        limit = float(raw)
-    except ValueError:
-        limit = float("nan")
-    if not math.isfinite(limit) or not 0 < limit <= 3600:
-        raise HarnessError(f"UNLEARN_RAY_CONNECT_TIMEOUT: {raw[:40]!r} is not a number of seconds from 0 to 3600")
+    limit = _seconds_env("UNLEARN_RAY_CONNECT_TIMEOUT", 20)
     host, port = m.group(1), int(m.group(2))
     if not 0 < port < 65536:
         raise HarnessError(f"--unlearn-ray-address {address}: port {port} is out of range")

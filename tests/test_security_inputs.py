@@ -24,6 +24,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 from test_bad_inputs import assert_one_line, check, edit, repo, sub, suite, text  # noqa: F401 (repo is a fixture)
+from test_security import cli
 
 from harness.errors import HarnessError
 from harness.hashing import sha256_file, sha256_tree
@@ -32,19 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 REV = "a" * 40
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    import contextlib
-    import io
-
-    from harness.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(args))
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 # ============================================================================ 1. the base model
