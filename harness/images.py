@@ -24,6 +24,7 @@ from .generate import ImageCache, Job
 from .hashing import sha256_bytes, sha256_json
 
 CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
+SUITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")  # spec.common.SLUG without a ".." or a path
 
 
 def names_target(prompt, concepts: set[str]) -> bool:
@@ -40,7 +41,12 @@ def suite_jobs(result: dict, srec: dict, root: Path, cache_dir: Path) -> list[tu
     from .spec import TargetSpec, expand_prompts, load_suite
 
     sid = srec.get("id")
+    if not isinstance(sid, str) or not SUITE_ID.match(sid):  # a results file's text never walks out of suites/
+        raise HarnessError(f"suites.id: {str(sid)[:80]!r} is not a suite id (letters, digits, . _ -)")
     path = suite_path(root, sid)
+    folder = (Path(root) / "suites").resolve()
+    if path.is_symlink() or path.resolve().parent != folder:
+        raise HarnessError(f"suite {sid}: {path} is not a file of {folder}")
     if not path.is_file():
         raise HarnessError(f"suite {sid}: no file {path} to rebuild its prompts from")
     suite = load_suite(path)
@@ -171,7 +177,10 @@ def cmd(a) -> int:
         raise HarnessError(f"--out {out}: a folder with other files in it; give an empty or new folder")
     if (out / "images").is_dir():
         shutil.rmtree(out / "images")
-    n = write_page(result, out, root, cache_dir(root, a.cache), set(a.suite or ()) or None, a.results)
+    try:
+        n = write_page(result, out, root, cache_dir(root, a.cache), set(a.suite or ()) or None, a.results)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:  # a recorded field of the wrong kind: one line
+        raise HarnessError(f"{a.results}: suites: a recorded generation setting cannot be used ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     print(f"wrote {out / 'index.html'}: {n['suites']} suite(s), {n['pairs']} matched pairs, {n['images']} images"
           + (f", {n['missing']} not in the cache (re-run the harness with the same cache to make them)" if n["missing"] else ""))
     return 0

@@ -84,6 +84,87 @@ def _submission_of(root: Path, head: str, path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _is_yaml(path: str) -> bool:
+    return path.endswith((".yaml", ".yml"))
+
+
+def entries(root: Path, rev: str, modes: dict[str, str]) -> dict[str, dict]:
+    """path -> document of every submission file of ``rev``: the YAMLs directly in
+    ``submissions/`` that are not sets, and every member a set there lists (a member may sit
+    deeper, e.g. under ``submissions/checkpoints/``: it is evaluated, so it is an entry)."""
+    from .bundle import is_set
+
+    out: dict[str, dict] = {}
+    top = sorted(p for p, m in modes.items() if PurePosixPath(p).parent == PurePosixPath("submissions") and _is_yaml(p))
+    members: list[str] = []
+    for p in top:
+        d = _submission_of(root, rev, p)
+        if d is None:
+            out[p] = {}
+        elif is_set(d):
+            ms = d.get("submissions")
+            members += [str(PurePosixPath(m)) for m in ms if isinstance(m, str)] if isinstance(ms, list) else []
+        else:
+            out[p] = d
+    for m in members:
+        if m in out or m not in modes or not m.startswith(ALLOWED_PREFIX):
+            continue  # a member outside submissions/ or missing: `unlearn validate` refuses the set
+        d = _submission_of(root, rev, m)
+        out[m] = {} if d is None or is_set(d) else d
+    return out
+
+
+def refuse_case_collisions(modes: dict[str, str], changed: set[str]) -> None:
+    """Two paths (files or folders) of the tree that differ only in case, one of them changed:
+    on a case-insensitive file system one would overwrite the other."""
+    seen: dict[str, str] = {}
+    hit: list[tuple[str, str]] = []
+    for path in sorted(modes):
+        parts = PurePosixPath(path).parts
+        for i in range(1, len(parts) + 1):
+            p = "/".join(parts[:i])
+            k = p.casefold()
+            if k in seen and seen[k] != p:
+                hit.append((seen[k], p))
+            seen.setdefault(k, p)
+    for a, b in hit:
+        if any(c == x or c.startswith(x + "/") for c in changed for x in (a, b)):
+            raise HarnessError(f"{b}: differs from {a} only in case (refused: on a case-insensitive file system one overwrites the other)")
+
+
+def refuse_lookalike_names(docs: dict[str, dict], changed: set[str]) -> None:
+    """The one name rule (``attest.name_key``, as the site folds names): two submission files of
+    the PR's tree whose names read as one (equal, or equal but for case, punctuation and
+    look-alike letters), one of them changed by the PR."""
+    from .attest import name_key
+
+    seen: dict[str, tuple[str, str]] = {}
+    for p in sorted(docs, key=lambda p: (p in changed, p)):  # unchanged (existing) entries first
+        if not isinstance(docs[p], dict):
+            continue
+        n = docs[p].get("name")
+        if not isinstance(n, str):
+            continue
+        k = name_key(n)
+        if k in seen and (p in changed or seen[k][0] in changed):
+            q, m = seen[k]
+            if m == n:
+                raise HarnessError(f"{p}: name: {n!r} is also the name of {q} (one results file per name)")
+            raise HarnessError(f"{p}: name: {n!r} reads as {m!r} of {q} (names are compared folded: case, punctuation, look-alike letters)")
+        seen.setdefault(k, (p, n))
+
+
+def refuse_removed_entries(before: dict[str, dict], after: dict[str, dict]) -> None:
+    """An entry of the base branch whose name no submission file of the PR gives any more: a
+    pull request may add and change entries, never take one off the board (a maintainer does).
+    A renamed file that keeps its name is not a removal."""
+    names = {d.get("name") for d in after.values()}
+    for p, d in sorted(before.items()):
+        n = d.get("name")
+        if isinstance(n, str) and n not in names:
+            raise HarnessError(f"{p}: the pull request removes the entry {n!r} (deleted or renamed away; only a maintainer removes an entry)")
+
+
 def pr_check(root: Path, base: str, head: str) -> list[str]:
     """The submission YAMLs to evaluate, or a HarnessError naming the first refused path."""
     root = Path(root)
@@ -101,20 +182,15 @@ def pr_check(root: Path, base: str, head: str) -> list[str]:
         why = forbidden_tracked(path)
         if why:
             raise HarnessError(f"{path}: tracked in the pull request, but {why}")
-    subs = sorted(p for p, m in modes.items() if PurePosixPath(p).parent == PurePosixPath("submissions") and p.endswith((".yaml", ".yml")))
-    names: dict[str, str] = {}
-    docs: dict[str, dict] = {}
-    for p in subs:
-        d = _submission_of(root, head, p)
-        if d is None:
-            continue
-        docs[p] = d
-        n = d.get("name")
-        if isinstance(n, str):
-            if n in names:
-                raise HarnessError(f"{p}: name: {n!r} is also the name of {names[n]} (one results file per name)")
-            names[n] = p
     changed = {p for _, p in changes}
+    refuse_case_collisions(modes, changed)
+    docs = entries(root, head, modes)
+    subs = sorted(docs)
+    fork = _git(root, "merge-base", base, head).decode().strip()
+    refuse_removed_entries(entries(root, fork, tree(root, fork)), docs)  # what the PR itself took away
+    existing = entries(root, base, tree(root, base))  # the board now, newer entries of the base included
+    deleted = {p for st, p in changes if st == "D"}
+    refuse_lookalike_names({**{f"{p} (base branch)": d for p, d in existing.items() if p not in docs and p not in deleted}, **docs}, changed)
 
     def touched(ref: str) -> bool:  # a changed file is the ref, inside it, or beside it
         ref = ref.strip("/")
@@ -123,7 +199,7 @@ def pr_check(root: Path, base: str, head: str) -> list[str]:
 
     todo = []
     for p in subs:
-        d = docs.get(p) or {}
+        d = docs[p]
         ck = d.get("checkpoint") if isinstance(d.get("checkpoint"), dict) else {}
         refs = [str(ck.get("path") or ""), str(d.get("method_record") or "")]
         if p in changed or any(touched(r) for r in refs if r.startswith(ALLOWED_PREFIX + "checkpoints/")):
