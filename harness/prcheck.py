@@ -127,9 +127,11 @@ def refuse_case_collisions(modes: dict[str, str], changed: set[str]) -> None:
             if k in seen and seen[k] != p:
                 hit.append((seen[k], p))
             seen.setdefault(k, p)
+    touches = lambda x: any(c == x or c.startswith(x + "/") for c in changed)
     for a, b in hit:
-        if any(c == x or c.startswith(x + "/") for c in changed for x in (a, b)):
-            raise HarnessError(f"{b}: differs from {a} only in case (refused: on a case-insensitive file system one overwrites the other)")
+        if touches(a) or touches(b):
+            new, old = (a, b) if touches(a) and not touches(b) else (b, a)
+            raise HarnessError(f"{new}: differs from {old} only in case (refused: on a case-insensitive file system one overwrites the other)")
 
 
 def refuse_lookalike_names(docs: dict[str, dict], changed: set[str]) -> None:

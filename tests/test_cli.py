@@ -118,7 +118,7 @@ def test_compare_shows_but_does_not_gate_metrics_without_a_tolerance(tmp_path):
 
 def test_summary_is_markdown_with_stranger_text_escaped(tmp_path):
     res = {**_doc(_result([0.9, 1.0])["metrics"], name="<script>alert(1)</script>|x", method="[a](javascript:x)"),
-           "summary": {"pass": 1, "fail": 1}}
+           "summary": {"pass": 2, "fail": 0}}  # the counts of its records (readers check them)
     f = tmp_path / "r.json"
     f.write_text(json.dumps(res))
     r = unlearn("summary", str(f))

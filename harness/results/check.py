@@ -31,6 +31,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "density": (0.0, MAX_ABS), "fid": (0.0, MAX_ABS), "kid": (-MAX_ABS, MAX_ABS),
     "erase_time_s": (0.0, MAX_ABS), "peak_memory_gb": (0.0, MAX_ABS), "storage_mb": (0.0, MAX_ABS),
 }
+# Metrics whose intervals are made from per-item scores (``stats.intervals``): a record of one of
+# them with an interval and without its scores is refused (an interval nobody can recompute).
+PER_ITEM = frozenset({"ua", "ira", "cra", "integrity", "integrity_forget", "mscore", "ccs_forget", "ccs_retain",
+                      "object_acc", "object_acc_others", "nudity_asr", "clip_score"})
 KEY_RE = re.compile(r"^[^:\s]{1,64}:[0-9]{1,19}$")  # <sha256[:12] of the prompt>:<seed>
 
 
@@ -127,6 +131,8 @@ def check_record(m: dict, where: str) -> None:
             raise ValueError(f"{where}.{k}: [{ci['low']:.6g}, {ci['high']:.6g}] does not hold its own point estimate {points[k]:.6g}")
     if m.get("scores") is not None:
         check_scores(m, where)
+    elif m["metric"] in PER_ITEM and any(m.get(k) is not None for k in ("ci", "delta_ci", "margin_ci")):
+        raise ValueError(f"{where}.scores: missing: a {m['metric']} interval is made from per-item scores, and this record has the interval without them")
 
 
 def check_scores(m: dict, where: str):
