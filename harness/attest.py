@@ -1,15 +1,19 @@
 """What a reader of results files re-derives instead of trusting (docs/security.md): verdicts
-recomputed from values and the current suites' thresholds, submission names restricted to
-printable ASCII and unique after normalisation, and the attestation manifest that says which
-results files a trusted run made.
+recomputed from values and the current suites' thresholds (and interval verdicts from the
+record's interval, checked against value, bound and per-item scores), the one name rule
+(``name_key``: case, punctuation and look-alike letters folded), and the attestation manifest
+that says which results files a trusted run made.
 
-The manifest, ``<results>/ATTESTATION.json``, lists the sha256 of every results file that
-``unlearn leaderboard refresh`` (or ``unlearn leaderboard attest``, run by a trusted workflow)
-wrote. With ``$UNLEARN_ATTEST_KEY`` set where it is written, it also carries an HMAC-SHA256 of
-that list, which ``leaderboard build`` verifies where the same key is set. A pull request can
-edit neither the files nor the manifest without failing ``unlearn pr-check`` (the submission
-workflow), and without the key it cannot make a valid HMAC. Residual risk: a maintainer who
-merges such an edit by hand, and, without the key, anyone with push rights to the base branch.
+The manifest, ``<results>/ATTESTATION.json`` (``unlearn-attestation/2``), has an entry per
+results file that ``unlearn leaderboard refresh`` wrote (or that ``unlearn leaderboard attest``,
+run by a trusted workflow, found): its sha256, the commit that made it and the run that wrote
+it, plus a ``sequence`` one above the previous manifest's. With ``$UNLEARN_ATTEST_KEY`` set
+where it is written, an HMAC-SHA256 covers all of it; ``leaderboard build --require-attestation``
+requires the key (unset or empty: an error), the HMAC and a sequence above every other signed
+version in git history (a replay). A pull request can edit neither the files nor the manifest
+without failing ``unlearn pr-check`` (the submission workflow), and without the key it cannot
+make a valid HMAC. Residual risk: a maintainer who merges such an edit by hand, and, without
+the key, anyone with push rights to the base branch.
 """
 
 from __future__ import annotations

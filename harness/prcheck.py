@@ -6,7 +6,10 @@ checkpoint folder, ``submissions/checkpoints/<name>/``). Refused, one line each 
 (exit 2): a change anywhere else (harness, suites, thresholds, baselines, workflows, tests); a
 tracked image cache, results or regression folder anywhere in the tree (``.unlearn-cache/``,
 ``results/``, ``.regression*``); a symbolic link or submodule among the changed paths; two
-submission YAMLs that give one ``name``. Renames are seen as a deletion plus an addition
+submission files whose names read as one (``attest.name_key``: case, punctuation, look-alike
+letters; set members included wherever they sit; entries of the base branch included); two
+paths that differ only in case; an entry of the fork point that no file gives any more (a
+removal is a maintainer's change). Renames are seen as a deletion plus an addition
 (``--no-renames``), so a renamed and edited submission is listed like a new one: nothing is
 filtered by change type. Prints the submission YAMLs to evaluate, one per line: those added or
 changed, and those whose checkpoint folder or method record changed.

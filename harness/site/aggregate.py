@@ -54,6 +54,13 @@ def records_frame(runs: list[Run], spreads: dict | None = None):
     return df, latest
 
 
+def records_of(df) -> list[dict]:
+    """``df.to_dict("records")`` (native Python values), column by column: pandas' own boxes
+    every cell one by one, ~10x slower on 100,000 records."""
+    cols = list(df.columns)
+    return [dict(zip(cols, vals)) for vals in zip(*(df[c].tolist() for c in cols))] if len(df) else []
+
+
 def interval_columns(m: dict) -> dict:
     ci = m.get("ci") if isinstance(m.get("ci"), dict) else None
     d = m.get("delta_ci") if isinstance(m.get("delta_ci"), dict) else None
@@ -132,7 +139,7 @@ def tradeoff_points(df) -> list[dict]:
     model's point per (suite, target)."""
     cur = df[df["latest"]]
     groups: dict[tuple, dict] = {}  # grouped in Python (a pandas group per target costs ~1 ms)
-    for r in cur.to_dict("records"):
+    for r in records_of(cur):
         groups.setdefault((r["suite"], r["submission"], r["target"]), {})[r["metric"]] = r
     pts = []
     for (sid, name, target) in sorted(groups):
@@ -184,7 +191,7 @@ def curves(df) -> list[dict]:
     the build."""
     out = []
     rows = df[(df["latest"]) & (df["metric"] == "asr")]
-    for r in rows.to_dict("records"):
+    for r in records_of(rows):
         d = r["_details"] if isinstance(r["_details"], dict) else {}
         curve = d.get("asr_curve") if isinstance(d.get("asr_curve"), list) else []
         pts = [(float(c["budget"]), float(c["asr"])) for c in curve

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import HarnessError
-from .aggregate import RECORD_COLUMNS, curves, records_frame, tradeoff_points
+from .aggregate import RECORD_COLUMNS, curves, records_frame, records_of, tradeoff_points
 from .figure import asr_curve_svg, markup, tradeoff_svg
 from .images import copy_images, images_dir
 from .load import ROOT, Report, Run, to_stderr, is_smoke, load_runs, load_spreads
@@ -120,7 +120,7 @@ def _column(r: dict, k: str):
 
 def _records_json(df) -> list[dict]:
     out = []
-    for r in df.to_dict("records"):
+    for r in records_of(df):
         rec = {k: json_value(_column(r, k)) for k in RECORD_COLUMNS}
         rec["details"] = json_value(na_to_none(r["_details"]))
         out.append(rec)
@@ -137,7 +137,7 @@ def _records_csv(df) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(RECORD_COLUMNS)
-    for r in df.to_dict("records"):
+    for r in records_of(df):
         row = []
         for k in RECORD_COLUMNS:
             v = _column(r, k)
