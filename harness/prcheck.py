@@ -17,6 +17,7 @@ changed, and those whose checkpoint folder or method record changed.
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -106,7 +107,7 @@ def entries(root: Path, rev: str, modes: dict[str, str]) -> dict[str, dict]:
             out[p] = {}
         elif is_set(d):
             ms = d.get("submissions")
-            members += [str(PurePosixPath(m)) for m in ms if isinstance(m, str)] if isinstance(ms, list) else []
+            members += [posixpath.normpath(m) for m in ms if isinstance(m, str) and m] if isinstance(ms, list) else []  # a/../b is b
         else:
             out[p] = d
     for m in members:
@@ -192,7 +193,8 @@ def pr_check(root: Path, base: str, head: str) -> list[str]:
     docs = entries(root, head, modes)
     subs = sorted(docs)
     fork = _git(root, "merge-base", base, head).decode().strip()
-    refuse_removed_entries(entries(root, fork, tree(root, fork)), docs)  # what the PR itself took away
+    before = entries(root, fork, tree(root, fork))
+    refuse_removed_entries(before, docs)  # what the PR itself took away
     existing = entries(root, base, tree(root, base))  # the board now, newer entries of the base included
     deleted = {p for st, p in changes if st == "D"}
     refuse_lookalike_names({**{f"{p} (base branch)": d for p, d in existing.items() if p not in docs and p not in deleted}, **docs}, changed)
@@ -207,6 +209,6 @@ def pr_check(root: Path, base: str, head: str) -> list[str]:
         d = docs[p]
         ck = d.get("checkpoint") if isinstance(d.get("checkpoint"), dict) else {}
         refs = [str(ck.get("path") or ""), str(d.get("method_record") or "")]
-        if p in changed or any(touched(r) for r in refs if r.startswith(ALLOWED_PREFIX + "checkpoints/")):
+        if p in changed or p not in before or any(touched(r) for r in refs if r.startswith(ALLOWED_PREFIX + "checkpoints/")):  # new: a set now lists it
             todo.append(p)
     return todo

@@ -74,10 +74,10 @@ def _write(r: Path, rel: str, text: str):
     p.write_text(text)
 
 
-def _set_with_member(name):
+def _set_with_member(name, listed="submissions/checkpoints/mine/member.yaml"):
     def f(r):
         _write(r, "submissions/checkpoints/mine/member.yaml", f"name: {name}\n")
-        _write(r, "submissions/mine-set.yaml", "submissions: [submissions/checkpoints/mine/member.yaml]\n")
+        _write(r, "submissions/mine-set.yaml", f"submissions: [{listed}]\n")
     return f
 
 
@@ -87,6 +87,7 @@ PR_NAMES = [  # (id, change, needle): each refused in one line
     ("ascii-look-alike-capital-i", lambda r: _write(r, "submissions/toy-y.yaml", "name: toy-x\n".replace("toy", "tIoy")), None),
     ("nested-set-member-same-name", _set_with_member("toy-x"), "submissions/checkpoints/mine/member.yaml: name: 'toy-x' is also the name of"),
     ("nested-set-member-look-alike", _set_with_member("TOY.X"), "submissions/checkpoints/mine/member.yaml: name: 'TOY.X' reads as"),
+    ("nested-set-member-dotted-path", _set_with_member("toy-x", "./submissions/checkpoints/../checkpoints/mine/member.yaml"), "member.yaml: name: 'toy-x' is also"),
     ("case-only-path", lambda r: _write(r, "submissions/TOY-X.yaml", "name: toy-other\n"), "submissions/TOY-X.yaml: differs from submissions/toy-x.yaml only in case"),
     ("case-only-folder", lambda r: _write(r, "submissions/Checkpoints/mine/unet.safetensors", "w"), "submissions/Checkpoints: differs from submissions/checkpoints only in case"),
     ("deletes-an-entry", lambda r: (r / "submissions" / "toy-x.yaml").unlink(), "removes the entry 'toy-x'"),
@@ -114,6 +115,9 @@ def test_pr_check_compares_with_entries_the_base_gained_since_and_passes_a_new_n
     head = _pr(r, lambda r: _write(r, "submissions/toy-new.yaml", "name: toy-new\n"))
     rc, out, err = cli("pr-check", "--root", str(r), "--base", git(r, "rev-parse", "main"), "--head", head)
     assert (rc, out.split()) == (0, ["submissions/toy-new.yaml"]), err
+    head = _pr(r, _set_with_member("toy-member"))  # a set member is an entry: evaluated
+    rc, out, err = cli("pr-check", "--root", str(r), "--base", git(r, "rev-parse", "main"), "--head", head)
+    assert rc == 0 and "submissions/checkpoints/mine/member.yaml" in out.split(), err  # (toy-x too: its checkpoint folder changed)
 
 
 def test_refresh_refuses_a_look_alike_of_an_existing_entry(tmp_path):

@@ -74,7 +74,7 @@ def attach_ranks(table: dict, sdf, metrics: list[dict], recs_of_rows: list[dict]
     for row in table["rows"]:
         r = ranks.get((row["submission"], row["target"]))
         if r is None:
-            row["rank"] = {"text": "–", "sort": "", "title": "no value"}
+            row["rank"] = {"text": "–", "sort": "", "title": "no value", "tied": False}
             continue
         span = f"{r['low']}" if r["low"] == r["high"] else f"{r['low']}–{r['high']}"
         row["rank"] = {"text": f"{r['rank']} [{span}]", "sort": repr(r["rank"] + (r["high"] - r["low"]) / 100), "tied": bool(r["tied_with"]),
@@ -225,7 +225,7 @@ def submission_page(run: Run, others: list[Run], df, images_ok: set[str]) -> dic
         "code": {"text": method.get("code_url"), "href": safe_url(method.get("code_url"))},
         "checkpoint": {"kind": ck.get("kind"), "path": ck.get("path"), "url": ck.get("url"), "href": safe_url(ck.get("url")), "sha256": ck.get("sha256")},
         "base_model": sub.get("base_model") or {}, "targets": sub["targets"],
-        "harness": d["harness"], "started": d.get("started"), "finished": d.get("finished"), "complete": d.get("complete", True),
+        "harness": {"version": None, "git_sha": None, **d["harness"]}, "started": d.get("started"), "finished": d.get("finished"), "complete": d.get("complete", True),
         "file": sub.get("file"), "file_sha256": sub.get("file_sha256"),
         "platform": env.get("platform"), "devices": env.get("device") or [], "libraries": libs,
         "efficiency": eff, "suites": suites, "grids": grids,
