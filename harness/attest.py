@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import unicodedata
@@ -150,7 +151,7 @@ def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) 
         if want in ("pass", "fail"):  # the interval verdict: the one the record's own interval gives
             margin = rec.get("margin_ci") if isinstance(rec.get("margin_ci"), dict) else None
             t = Threshold.parse(th)
-            why = interval_problem(rec, t, margin) if margin else None
+            why = interval_problem(rec, t, margin or {"low": math.nan, "high": math.nan})  # dropped: the scores still say
             if why:
                 raise ValueError(f"metrics.{i}.margin_ci: {why}")
             got = stats.verdict(t, rec["value"], rec.get("base_value"), margin).verdict
@@ -174,23 +175,30 @@ def interval_problem(rec: dict, threshold, margin: dict) -> str | None:
     from . import stats
     from .results.check import contains
 
-    point = float(rec["value"]) - float(threshold.bound(rec.get("base_value")))
-    if not contains(margin, point):
-        return f"[{margin['low']:.6g}, {margin['high']:.6g}] does not hold value - bound = {point:.6g}"
+    finite = all(isinstance(margin.get(k), (int, float)) and math.isfinite(margin[k]) for k in ("low", "high"))
+    if finite:  # (a non-finite one is no interval: the point estimate decides, stats.verdict)
+        point = float(rec["value"]) - float(threshold.bound(rec.get("base_value")))
+        if not contains(margin, point):
+            return f"[{margin['low']:.6g}, {margin['high']:.6g}] does not hold value - bound = {point:.6g}"
     scores = stats.Scores.from_record(rec["scores"]) if rec.get("scores") else None
     method = str(margin.get("method") or "")
-    if scores is None or method not in RECOMPUTED_METHODS:
+    if scores is None or (finite and method not in RECOMPUTED_METHODS):
         return None
     ref = margin if method != "wilson" else (rec.get("delta_ci") or {})
     resamples, seed = ref.get("resamples") or stats.RESAMPLES, ref.get("seed")
     if not isinstance(resamples, int) or not 1 <= resamples <= 20000 or not isinstance(seed if seed is not None else 0, int):
         return f"resamples {resamples!r} / seed {seed!r}: not a bootstrap this reader repeats"
     scores.binary = bool(rec["scores"].get("binary", False))
+    level = margin.get("level") if isinstance(margin.get("level"), float) and 0 < margin["level"] < 1 else stats.LEVEL
     try:
-        got = stats.intervals(scores, threshold, resamples, stats.SEED if seed is None else seed, float(margin.get("level") or stats.LEVEL),
+        got = stats.intervals(scores, threshold, resamples, stats.SEED if seed is None else seed, level,
                               "resample" if method.endswith("+seeds") else "keep").get("margin_ci")
     except (ValueError, ArithmeticError) as e:
         return f"cannot be recomputed from the scores ({e})"
+    if not finite:
+        if got is not None and math.isfinite(got["low"]) and math.isfinite(got["high"]):
+            return f"not finite, but its per-item scores give [{got['low']:.6g}, {got['high']:.6g}]"
+        return None
     if got is None:
         return "the per-item scores give no margin interval"
     if abs(got["low"] - margin["low"]) > 1e-3 or abs(got["high"] - margin["high"]) > 1e-3:
@@ -204,7 +212,11 @@ def attest_key(required: bool = False) -> bytes | None:
     non-ASCII key is a key), None when it is not set and not ``required``. Set but empty (what
     an unset secret expands to) is an error, never a silently unsigned manifest; unset where
     ``required`` is an error too."""
-    raw = os.environb.get(KEY_ENV.encode()) if os.supports_bytes_environ else os.environ.get(KEY_ENV, "").encode("utf-8", "surrogateescape") or None
+    if os.supports_bytes_environ:
+        raw = os.environb.get(KEY_ENV.encode())
+    else:
+        text = os.environ.get(KEY_ENV)
+        raw = None if text is None else text.encode("utf-8", "surrogateescape")
     if raw is None:
         if required:
             raise HarnessError(f"${KEY_ENV}: not set: --require-attestation needs the key to verify {MANIFEST} (the workflow passes it as a secret)")

@@ -340,6 +340,8 @@ def _absurd_scores(d):
 ITSELF = [  # (id, forged file, needle in the skip line)
     ("ua-0-pass-by-margin-ci", _tamper(_ua_zero_passes), "metrics.0.margin_ci: [0.1, 0.2] does not hold value - bound = -0.8"),
     ("margin-ci-narrowed-to-pass", _tamper(_narrow), "metrics.0.margin_ci"),
+    ("margin-ci-dropped-scores-kept", _tamper(lambda d: (_ua(d).update(margin_ci=None, verdict="pass"), _summary(d))), "metrics.0.margin_ci: not finite, but its per-item scores give"),
+    ("margin-ci-made-nan", _tamper(lambda d: (_ua(d)["margin_ci"].update(low=math.nan, high=math.nan), _ua(d).update(verdict="pass"), _summary(d))), "not finite, but"),
     ("interval-without-its-scores", _tamper(lambda d: (_ua(d).update(scores=None), _narrow(d))), "metrics.0.scores: missing"),
     ("scores-out-of-range", _tamper(_absurd_scores), "metrics.0.scores.unlearned"),
     ("scores-not-the-value", _tamper(lambda d: _ua(d)["scores"]["unlearned"].__setitem__(0, 0)), "the scores give"),

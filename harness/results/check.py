@@ -123,8 +123,8 @@ def check_record(m: dict, where: str) -> None:
     points = {"ci": v if _finite(v) else None, "delta_ci": v - b if _finite(v) and _finite(b) else None}
     for k in ("ci", "delta_ci", "margin_ci"):
         ci = m.get(k)
-        if ci is None:
-            continue
+        if ci is None or (isinstance(ci["low"], float) and isinstance(ci["high"], float) and math.isnan(ci["low"]) and math.isnan(ci["high"])):
+            continue  # none, or an interval the bootstrap could not make (no finite resample): nothing claimed
         if not (_finite(ci["low"]) and _finite(ci["high"])) or abs(ci["low"]) > MAX_ABS or abs(ci["high"]) > MAX_ABS or ci["low"] > ci["high"]:
             raise ValueError(f"{where}.{k}: [{ci['low']!r}, {ci['high']!r}] is not an interval of finite numbers")
         if points.get(k) is not None and not contains(ci, points[k]):
