@@ -349,7 +349,7 @@ def _read_doc(folder: Path, key: bytes | None, required: bool) -> dict | None:
         raise HarnessError(f"{path}: format: {doc['format']} signs file names and sha256 only (replayable); --require-attestation needs {FORMAT}: run `unlearn leaderboard attest` with ${KEY_ENV}")
     if key is not None:  # first: an edited manifest is "not signed", whatever else is wrong with it
         got = doc.get("hmac_sha256")
-        if not isinstance(got, str) or not hmac.compare_digest(got, _digest(doc, key)):
+        if not isinstance(got, str) or not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), _digest(doc, key).encode()):  # bytes: a non-ASCII value is a mismatch, not a TypeError
             raise HarnessError(f"{path}: hmac_sha256: does not verify with ${KEY_ENV} (the manifest was not made by a trusted run)")
     return _check_doc(doc, str(path))
 

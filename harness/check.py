@@ -322,16 +322,17 @@ def check_base(sub: Submission, root: Path) -> list[str]:
     return lines
 
 
-def _pins(obj, where: str):
-    """(field path, {path, sha256} mapping) of every pinned file in a suite's data."""
+def _pins(obj, where: str, parts: tuple = ()):
+    """(field path, its components, {path, sha256} mapping) of every pinned file in a suite's
+    data (components kept apart: a concept key may hold a ``.``)."""
     if isinstance(obj, dict):
         if isinstance(obj.get("sha256"), str):
-            yield where, obj
+            yield where, list(parts), obj
         for k, v in obj.items():
-            yield from _pins(v, f"{where}.{k}" if where else str(k))
+            yield from _pins(v, f"{where}.{k}" if where else str(k), (*parts, str(k)))
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            yield from _pins(v, f"{where}.{i}")
+            yield from _pins(v, f"{where}.{i}", (*parts, str(i)))
 
 
 def check_pins(sub: Submission, suite: Suite, root: Path) -> None:
@@ -345,8 +346,7 @@ def check_pins(sub: Submission, suite: Suite, root: Path) -> None:
     where = f"suite {suite.id}"
     concepts = {t.concept for t in sub.targets}
     data = suite.model_dump(mode="json")
-    for field, pin in _pins(data, ""):
-        parts = field.split(".")
+    for field, parts, pin in _pins(data, ""):
         if "references_by_concept" in parts:
             i = parts.index("references_by_concept")
             if len(parts) > i + 1 and parts[i + 1] not in concepts:

@@ -59,6 +59,8 @@ def cmd_check(a) -> int:
         try:
             sub, suites, lines = prepare(f, root, cache, a.allow_pickle, set(a.suite or ()) or None)
             lines.append(_estimate(f, sub, suites, root, cache, set(a.suite or ()) or None))
+            if getattr(a, "pr_minutes", None) is not None:
+                lines.append(_pr_limit(f, sub, suites, root, cache, set(a.suite or ()) or None, a.pr_minutes))
         except SpecErrors as e:  # each line starts with its file: the submission or a suite
             where = e.lines[0].split(": ", 1)[0]
             more = f" (and {len(e.lines) - 1} more: `unlearn validate {where}` lists them)" if len(e.lines) > 1 else ""
@@ -132,6 +134,40 @@ def _estimate(path, sub, suites, root, cache, only) -> str:
         return f"estimate: unavailable ({type(e).__name__})"
 
 
+def _pr_limit(path, sub, suites, root, cache, only, minutes: float) -> str:
+    """A pull request's run (``--pr-minutes``, the submission workflow): the smoke run's
+    estimate (``harness.estimate``, the device this check runs on) above ``minutes`` is refused
+    in one line, so a submission cannot make the CI run for hours; an estimate that cannot be
+    made is refused too (the run's size is then unknown)."""
+    from . import estimate
+    from .threads import choose
+
+    try:
+        plans = estimate.plan(str(path), sub, suites, root, cache, "auto", True, only)
+        secs, how = estimate.seconds(plans, cache, estimate.device_key(estimate.resolve_device("auto"), choose()[0]))
+    except HarnessError:
+        raise
+    except Exception as e:  # noqa: BLE001 (the estimate reads specs and the speed file; any failure means an unknown size)
+        raise HarnessError(f"--pr-minutes: the smoke run's time cannot be estimated ({type(e).__name__}); refused for a pull request") from None
+    if not secs <= minutes * 60:
+        raise HarnessError(f"--pr-minutes: the smoke run is estimated at {estimate.fmt_duration(secs)} ({how}), over the "
+                           f"pull-request limit of {minutes:g} minutes; make the checkpoint's suites or sizes smaller")
+    return f"pull-request limit: smoke run estimated at {estimate.fmt_duration(secs)}, within {minutes:g} minutes"
+
+
+def _minutes(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive, finite number of minutes")
+    return v
+
+
 def cmd_schema(a) -> int:
     from .spec import Submission, Suite
 
@@ -179,6 +215,8 @@ def add(sub) -> None:
     k.add_argument("--root", default=None, help="repository root (default: found like pytest's rootdir, the nearest folder up from the submission with pyproject.toml / pytest.ini / tox.ini / setup.cfg)")
     k.add_argument("--cache", default=None, help="download cache for checkpoints / prompt sets by URL (default .unlearn-cache in the root, or $UNLEARN_CACHE)")
     k.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin/.pt): only for files you trust")
+    k.add_argument("--pr-minutes", type=_minutes, default=None, metavar="M", help="a pull request's run (the submission workflow): "
+                   "refuse a submission whose smoke run is estimated above M minutes")
     k.set_defaults(func=cmd_check)
     f = sub.add_parser("fetch", help="download and verify every file a suite or submission names (hub files into the Hugging Face cache)")
     f.add_argument("targets", nargs="+", metavar="SUITE|SUBMISSION|hub:REPO@COMMIT[:FILE]|URL")

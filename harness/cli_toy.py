@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from .errors import HarnessError
-from .session import device, param, typed
+from .session import device, param, positive_count, typed
 from .threads import apply as _threads  # UNLEARN_THREADS, else the cores left free by the machine's load
 
 
@@ -22,6 +22,10 @@ def cmd_toy_train_classifier(a) -> int:
 def cmd_toy_train_model(a) -> int:
     from .toy.train import train_model
 
+    out = Path(a.out)
+    if out.is_symlink() or (out.exists() and not (out.is_dir() and (out / "training.json").is_file())):
+        # the training replaces --out with each snapshot: only a pipeline this command wrote (its training.json there)
+        raise HarnessError(f"--out {out}: exists and is not a toy pipeline `unlearn toy train-model` wrote (no training.json); give a new folder")
     _threads()
     print(json.dumps(train_model(a.out, vae_steps=a.vae_steps, unet_steps=a.unet_steps, seed=a.seed), indent=2))
     return 0
@@ -70,15 +74,88 @@ def cmd_toy_checkpoints(a) -> int:
     return 0
 
 
+def erase_repeated(repeats: int, method: str, base, concept: str, out, **kw) -> dict:
+    """``run_erase`` ``repeats`` times, each in a fresh process (its peak memory its own,
+    ``run_erase_isolated``): the first writes ``out``, the others a scratch folder beside it that
+    is removed. method.json's efficiency then holds the mean time / peak memory and ``repeats``:
+    ``n``, every run's ``time_s``, ``cpu_s``, ``peak_memory_bytes`` and ``same_checkpoint``
+    (every run wrote the same tensors, by sha256)."""
+    import shutil
+    import tempfile
+
+    from .methods import run_erase_isolated
+
+    out = Path(out)
+    recs = [run_erase_isolated(method, base, concept, out, **kw)]
+    scratch = Path(tempfile.mkdtemp(prefix=".repeat-", dir=out.parent))
+    try:
+        for r in range(1, repeats):
+            recs.append(run_erase_isolated(method, base, concept, scratch / f"run{r}", **{**kw, "force": True}))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    rec = recs[0]
+    runs = {k: [x["efficiency"][k] for x in recs] for k in ("time_s", "cpu_s", "peak_memory_bytes")}
+    eff = rec["efficiency"]
+    eff.update(time_s=round(sum(runs["time_s"]) / repeats, 3), cpu_s=round(sum(runs["cpu_s"]) / repeats, 3),
+               peak_memory_bytes=int(round(sum(runs["peak_memory_bytes"]) / repeats)),
+               repeats={"n": repeats, **runs, "same_checkpoint": len({x["checkpoint"]["sha256"] for x in recs}) == 1})
+    (out / "method.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return rec
+
+
+def cmd_toy_reproduce(a) -> int:
+    """Re-make committed toy checkpoints here and compare them with the committed ones by
+    harness.reproduce's rule: how this machine's float output relates to the committed files."""
+    import tempfile
+
+    from .methods import METHODS, run_erase_isolated
+    from .reproduce import compare_checkpoint, fingerprint, platform_differences
+    from .toy.paths import PIPELINE_DIR
+
+    root = Path(a.root).resolve()
+    dirs = sorted(d for d in (root / "submissions" / "checkpoints").glob("*-*-*") if (d / "method.json").is_file())
+    wanted = set(a.method or ("uce", "rece"))  # the closed-form ones: seconds; fine-tuned ones take minutes each
+    dirs = [d for d in dirs if json.loads((d / "method.json").read_text()).get("method") in wanted]
+    if not dirs:
+        raise HarnessError(f"no committed toy checkpoints of {', '.join(sorted(wanted))} under {root / 'submissions' / 'checkpoints'}")
+    bad = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in dirs:
+            rec = json.loads((d / "method.json").read_text())
+            threads = (rec.get("efficiency") or {}).get("threads") or 1
+            here = fingerprint(threads=threads)
+            if rec["method"] not in METHODS:
+                raise HarnessError(f"{d / 'method.json'}: method: {rec['method']!r} is not a registered method")
+            out = Path(tmp) / d.name
+            run_erase_isolated(rec["method"], PIPELINE_DIR, rec["concept"], out, anchor=rec.get("anchor"), world="toy", force=True,
+                               params=rec["params"], preset=rec.get("preset"), threads=threads)
+            c = compare_checkpoint(out, d, current=here)
+            bad += not c.ok
+            where = "same platform" if c.same_platform else "another platform: " + "; ".join(platform_differences(rec.get("platform"), here))
+            print(f"{d.relative_to(root)}: {c.line()} [{where}]", flush=True)
+    print(f"{len(dirs) - bad} of {len(dirs)} re-made checkpoints reproduce the committed ones" + (f"; {bad} differ" if bad else ""))
+    return 1 if bad else 0
+
+
 def cmd_erase(a) -> int:
     from .estimate import resolve_device
     from .methods import run_erase
 
     _threads()
-    rec = run_erase(a.method, a.base, a.concept, a.out, anchor=a.anchor, world=a.world, force=a.force,
-                    allow_subword=a.allow_subword, device=resolve_device(a.device), params=dict(a.param or []), preset=a.preset)
+    kw = dict(anchor=a.anchor, world=a.world, force=a.force, allow_subword=a.allow_subword, device=resolve_device(a.device),
+              params=dict(a.param or []), preset=a.preset)
+    if a.repeats > 1:
+        import torch
+
+        rec = erase_repeated(a.repeats, a.method, a.base, a.concept, a.out, threads=torch.get_num_threads(), **kw)
+    else:
+        rec = run_erase(a.method, a.base, a.concept, a.out, **kw)
     e = rec["efficiency"]
-    print(f"wrote {a.out}: {rec['checkpoint']['tensors']} tensors, {e['storage_bytes']} bytes, {e['time_s']:.2f} s, sha256 {rec['checkpoint']['sha256']}")
+    spread = ""
+    if "repeats" in e:
+        t = e["repeats"]["time_s"]
+        spread = f" (mean of {len(t)} runs, {min(t):.2f}-{max(t):.2f} s{'' if e['repeats']['same_checkpoint'] else '; the runs wrote different tensors'})"
+    print(f"wrote {a.out}: {rec['checkpoint']['tensors']} tensors, {e['storage_bytes']} bytes, {e['time_s']:.2f} s{spread}, sha256 {rec['checkpoint']['sha256']}")
     return 0
 
 
@@ -121,6 +198,12 @@ def add(sub) -> None:
     t.add_argument("--force", action="store_true", help="re-run methods whose checkpoint exists")
     t.set_defaults(func=cmd_toy_checkpoints)
 
+    t = toy.add_parser("reproduce", help="re-make committed toy checkpoints here and compare them with the committed ones "
+                                         "(bitwise on the same platform, else within the method's tolerance)")
+    t.add_argument("--root", default=".", help="repository root")
+    t.add_argument("--method", action="append", choices=sorted(METHODS), help="only these methods (repeatable; default: uce, rece)")
+    t.set_defaults(func=cmd_toy_reproduce)
+
     e = sub.add_parser("erase", help="run a reference unlearning method; writes the changed tensors + method.json")
     e.add_argument("method", choices=sorted(METHODS))
     e.add_argument("--base", required=True, help="diffusers pipeline folder")
@@ -133,6 +216,9 @@ def add(sub) -> None:
     e.add_argument("--preset", choices=["paper", "toy"], default=None,
                    help="the method's parameter set: paper (the authors' published settings) or toy (tuned on the toy world); "
                         "default: toy on the builtin toy world, else paper; --param values override it")
+    e.add_argument("--repeats", type=typed("--repeats", positive_count), default=1, metavar="N",
+                   help="run the erasure N times, each in a fresh process; method.json records every run's time and peak memory "
+                        "and the results give their mean with a 95%% interval (default 1: a single run)")
     e.add_argument("--force", action="store_true", help="overwrite --out")
     e.add_argument("--allow-subword", action="store_true", help="allow a concept word that is not a single token")
     e.set_defaults(func=cmd_erase)

@@ -77,10 +77,36 @@ def read_checkpoint(path: Path) -> tuple[dict, list[str]]:
         elif k.split(".")[0] in TRAINING_STATE or k.startswith("model_ema."):
             stripped.append(k)
         else:
+            _stored_size(path, k, v)
             out[k] = v
     if not out:
         raise HarnessError(f"{path.name}: holds no tensors")
     return out, stripped
+
+
+def _stored_size(path: Path, name: str, t) -> None:
+    """A tensor no larger than the bytes stored for it: a view with a zero or overlapping stride
+    (``torch.empty(1).expand(10**12)``) would need its whole logical size when made contiguous
+    and written; refused in one line instead of exhausting memory."""
+    try:
+        logical = t.numel() * t.element_size()
+        stored = t.untyped_storage().nbytes()
+    except Exception:  # noqa: BLE001 (a tensor whose storage cannot be read is not a plain stored tensor)
+        raise HarnessError(f"{path.name}: tensor {str(name)[:80]!r} has no readable storage") from None
+    if logical > stored:
+        raise HarnessError(f"{path.name}: tensor {str(name)[:80]!r} is a view of {logical} bytes over {stored} stored "
+                           "(a zero or overlapping stride); refused")
+
+
+def _made_by_convert(out: Path) -> bool:
+    """``out`` is a file this command wrote earlier (its safetensors metadata says so)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(out), framework="numpy") as f:
+            return "converted_from" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 (not a readable safetensors file: not ours)
+        return False
 
 
 def guess_kind(tensors: dict) -> str:
@@ -95,7 +121,12 @@ def to_diffusers(tensors: dict, kind: str, base: Path) -> dict:
         if any(k.startswith(LDM_UNET) for k in tensors):
             from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-            config = json.loads((base / "unet" / "config.json").read_text())
+            try:
+                config = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+                raise HarnessError(f"--base: unet/config.json of {base.name} is not a readable JSON config ({type(e).__name__})") from None
+            if not isinstance(config, dict):
+                raise HarnessError(f"--base: unet/config.json of {base.name} is not a JSON object")
             return convert_ldm_unet_checkpoint(tensors, config)
         return {k.removeprefix("unet."): v for k, v in tensors.items() if not k.startswith(("first_stage_model.", "cond_stage_model.", "text_encoder.", "vae."))}
     if any(k.startswith(LDM_TEXT) for k in tensors):
@@ -147,6 +178,9 @@ def base_folder(base: str, root: Path) -> Path:
     p = Path(base)
     if not (p / "model_index.json").is_file():
         raise HarnessError(f"--base {base}: not a diffusers pipeline folder (model_index.json missing), 'toy' or hub:REPO@COMMIT")
+    from .safefs import check_configs
+
+    check_configs(p, f"--base {base}")  # configs that parse, within a suite's bounds: one line, not a traceback
     return p
 
 
@@ -158,13 +192,21 @@ def convert(src: str | Path, out: str | Path, base: str = "toy", kind: str = "au
     out = Path(out)
     if out.suffix != ".safetensors":
         raise HarnessError(f"--out {out}: must end in .safetensors")
+    if out.is_symlink() or (out.exists() and not (out.is_file() and _made_by_convert(out))):
+        raise HarnessError(f"--out {out}: exists and was not written by `unlearn convert`; give a new file name")
     tensors, stripped = read_checkpoint(Path(src))
     if kind == "plain":  # scorer weights (UnlearnCanvas' ViT .pth, torchvision .pth): every tensor, names kept
         keep, same = {k: v.contiguous() for k, v in tensors.items()}, 0
     else:
         base_dir = base_folder(base, root)
         kind = guess_kind(tensors) if kind == "auto" else kind
-        named = to_diffusers(tensors, kind, base_dir)
+        try:
+            named = to_diffusers(tensors, kind, base_dir)
+        except HarnessError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:  # diffusers' conversion on a config or layout it does not expect
+            raise HarnessError(f"{Path(src).name}: cannot be converted with the base's {kind.replace('_', ' ')} config "
+                               f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e).strip() else 'no detail'})") from None
         if not named:
             raise HarnessError(f"{Path(src).name}: holds no {kind.replace('_', ' ')} tensors")
         keep, same = changed_tensors(named, base_dir / COMPONENT_FILES[kind], kind, atol)

@@ -25,7 +25,7 @@ from .pins import suite_pins
 from .generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from .hashing import sha256_file, sha256_json
 from .models import PipelineRecipe, Pipelines, Placement, checkpoint_file, model_fingerprints
-from .plan import suite_path
+from .plan import base_record, suite_path
 from .spec import Prompt, Submission, Suite, TargetSpec, load_suite
 from .fidelity import choices as fidelity_choices
 
@@ -285,6 +285,7 @@ class Evaluator:
                 "scorer": scorer.identity if scorer else None,
                 "pins": suite_pins(suite),  # every file the suite named, source#sha256 (harness/pins.py; the leaderboard compares them)
                 "models": {"base": base_fp, "unlearned": unl_fp},
+                "base_model": base_record(sub, suite),  # which base the numbers are against (plan.base_record)
                 "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
                 "samples": sample_pairs(items, base_jobs, unl_jobs, sub.targets, self.cache) if base_jobs else [],
                 "conventions": CONVENTIONS,

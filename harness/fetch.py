@@ -12,7 +12,11 @@ Limits (docs/security.md), read by ``limits()`` and nowhere else:
   fetched a host on the allow-list (``$UNLEARN_DOWNLOAD_HOSTS``, comma-separated, replaces
   ``DEFAULT_HOSTS``; a leading ``.`` allows a domain's subdomains). Plain http to 127.0.0.1 /
   localhost only under ``UNLEARN_TEST_ALLOW_LOOPBACK_HTTP=1`` (the tests' stand-in servers);
-- a connect / read timeout (``$UNLEARN_DOWNLOAD_TIMEOUT`` seconds, default 60);
+- every redirect target checked by the same rule before it is followed (at most 5);
+- a connect / read timeout (``$UNLEARN_DOWNLOAD_TIMEOUT`` seconds, default 60), the response
+  started within one timeout, a deadline per file (``$UNLEARN_DOWNLOAD_DEADLINE``, 6 h) and a
+  minimum average rate (``$UNLEARN_DOWNLOAD_MIN_RATE``, 16 KiB/s): a watchdog shuts the socket
+  down, so a server trickling bytes cannot hold a run; every setting finite and in range;
 - a size cap (``$UNLEARN_DOWNLOAD_MAX_BYTES``; ``$UNLEARN_MAX_DOWNLOAD_BYTES`` is read as the
   same setting; default 20 GiB for one file or one hub snapshot), checked against the announced
   length and again while reading, so a server that never answers or never stops cannot hang or
@@ -48,13 +52,41 @@ def offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "UNLEARN_OFFLINE"))
 
 
+DEFAULT_DEADLINE_S = 6 * 3600  # one file, start to end
+DEFAULT_MIN_RATE = 16 << 10  # bytes per second, averaged from the first byte on (after a grace of one timeout)
+MAX_TIMEOUT_S = 24 * 3600
+
+
+def _env_number(name: str, default, lo: float, hi: float, integer: bool = False):
+    """A positive, finite number from the environment (``inf``, ``nan``, ``-1``, ``1e999`` and
+    words refused in one line naming the variable)."""
+    import math
+
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        v = int(raw) if integer else float(raw)
+    except ValueError:
+        raise HarnessError(f"{name}: {raw[:40]!r} is not a number" + (" of bytes" if integer else "")) from None
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise HarnessError(f"{name}: {raw[:40]!r} is outside {lo:g}..{hi:g}")
+    return v
+
+
 def limits() -> tuple[float, int]:
     """(timeout in seconds, size cap in bytes) from the environment; a bad value is one line."""
-    cap = os.environ.get("UNLEARN_DOWNLOAD_MAX_BYTES") or os.environ.get("UNLEARN_MAX_DOWNLOAD_BYTES") or DEFAULT_MAX_BYTES
-    try:
-        return float(os.environ.get("UNLEARN_DOWNLOAD_TIMEOUT", 60)), int(cap)
-    except ValueError:
-        raise HarnessError("UNLEARN_DOWNLOAD_TIMEOUT / UNLEARN_DOWNLOAD_MAX_BYTES: not a number") from None
+    cap_name = "UNLEARN_DOWNLOAD_MAX_BYTES" if os.environ.get("UNLEARN_DOWNLOAD_MAX_BYTES") else "UNLEARN_MAX_DOWNLOAD_BYTES"
+    return (_env_number("UNLEARN_DOWNLOAD_TIMEOUT", 60.0, 0.001, MAX_TIMEOUT_S),
+            _env_number(cap_name, DEFAULT_MAX_BYTES, 1, 1 << 50, integer=True))
+
+
+def pace() -> tuple[float, float]:
+    """(overall deadline of one file in seconds, minimum average rate in bytes per second):
+    ``$UNLEARN_DOWNLOAD_DEADLINE`` (default 6 h), ``$UNLEARN_DOWNLOAD_MIN_RATE`` (default 16 KiB/s),
+    so a server that trickles bytes (one a second resets every read timeout) cannot hang a run."""
+    return (_env_number("UNLEARN_DOWNLOAD_DEADLINE", float(DEFAULT_DEADLINE_S), 0.001, 30 * 24 * 3600.0),
+            _env_number("UNLEARN_DOWNLOAD_MIN_RATE", float(DEFAULT_MIN_RATE), 0.0, 1e12))
 
 
 def timeout_s() -> float:
@@ -145,35 +177,122 @@ def fetch(url: str, sha256: str | None, cache_dir: Path, what: str, progress: bo
     return local
 
 
+class _Watch:
+    """A watchdog over one download's sockets: past ``deadline`` (monotonic seconds) it shuts
+    them down, which wakes a read blocked on a server that sends nothing or one byte at a time
+    (a socket timeout is per read, so it alone cannot bound a transfer)."""
+
+    def __init__(self, deadline: float):
+        import threading
+
+        self.deadline, self.socks, self.fired, self._stop = deadline, [], False, threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="unlearn-fetch-watch").start()
+
+    def _run(self):
+        import socket
+        import time
+
+        while not self._stop.wait(0.05):
+            if time.monotonic() > self.deadline:
+                self.fired = True
+                for sk in list(self.socks):
+                    try:
+                        sk.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                return
+
+    def stop(self):
+        self._stop.set()
+
+
+def _opener(watch: _Watch, what: str):
+    """urllib with every redirect target re-checked by ``check_url`` (https, no credentials, a
+    host on the allow-list; a plain-http or foreign target is refused, not followed), at most 5
+    redirects, and every connection's socket under the watchdog."""
+
+    def tracked(base):
+        class C(base):
+            def connect(self):
+                super().connect()
+                watch.socks.append(self.sock)
+        return C
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        max_redirections = 5
+
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            from urllib.parse import urljoin
+
+            check_url(urljoin(req.full_url, newurl), f"{what} (redirect)", host_list=True)
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(tracked(http.client.HTTPSConnection), req, context=self._context)
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(tracked(http.client.HTTPConnection), req)
+
+    return urllib.request.build_opener(Redirects, Https, Http)
+
+
 def _download(url: str, part: Path, what: str, progress: bool, name: str) -> None:
     """``url`` into ``part``, continuing what it holds with a Range request. A transfer that
-    stops keeps ``part`` for the next try; one over the cap removes it."""
+    stops keeps ``part`` for the next try; one over the cap removes it. Bounded in time three
+    ways: each read (the timeout), the response's start (connect, redirects and headers within
+    one timeout) and the whole file (the deadline, and the minimum average rate after a grace
+    of one timeout), so no server can hold a run."""
+    import time
+
     timeout, cap = limits()
+    deadline_s, min_rate = pace()
     part.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    t0 = time.monotonic()
+    watch = _Watch(t0 + min(timeout, deadline_s))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (scheme checked by check_url)
+        with _opener(watch, what).open(req, timeout=timeout) as r:
+            watch.deadline = t0 + deadline_s
+            final = r.geturl()
+            if final != url:
+                check_url(final, f"{what} (redirect)", host_list=True)
             if have and r.status != 206:
                 have = 0  # the server ignored the range: start again
             length = r.headers.get("Content-Length")
-            total = int(length) + have if length and length.isdigit() else None
+            total = int(length) + have if length and length.isdigit() and len(length) < 20 else None
             check_size(total, what, url)
             bar = progress_bar(progress, total, have, name)
+            t_body = time.monotonic()
             with open(part, "ab" if have else "wb") as f:
-                n = have
-                while chunk := r.read(_CHUNK):
+                n, got = have, 0
+                while chunk := r.read1(_CHUNK):
                     n += len(chunk)
+                    got += len(chunk)
                     if n > cap:
                         raise HarnessError(f"{what}: {url} sent more than the download cap of {cap} bytes (UNLEARN_DOWNLOAD_MAX_BYTES)")
                     f.write(chunk)
                     bar.update(len(chunk))
+                    elapsed = time.monotonic() - t_body
+                    if elapsed > timeout and got < min_rate * elapsed:
+                        raise OSError(f"slower than the minimum rate of {min_rate:g} bytes/s (UNLEARN_DOWNLOAD_MIN_RATE): "
+                                      f"{got} bytes in {elapsed:.0f} s")
+                    if time.monotonic() - t0 > deadline_s:
+                        raise OSError(f"past the deadline of {deadline_s:g} s (UNLEARN_DOWNLOAD_DEADLINE)")
             bar.close()
+        if watch.fired:
+            raise OSError(f"past the deadline of {deadline_s:g} s (UNLEARN_DOWNLOAD_DEADLINE) or the timeout of {timeout:g} s")
     except HarnessError:
         part.unlink(missing_ok=True)
         raise
-    except (OSError, ValueError, http.client.HTTPException, urllib.error.URLError) as e:  # timeouts are OSError too
+    except (OSError, ValueError, OverflowError, http.client.HTTPException, urllib.error.URLError) as e:  # timeouts are OSError too
+        if watch.fired:
+            e = OSError(f"no complete answer within the timeout of {timeout:g} s / the deadline of {deadline_s:g} s (UNLEARN_DOWNLOAD_DEADLINE)")
         detail = " ".join(str(getattr(e, "reason", e)).split())[:200] or "no detail"
         raise HarnessError(f"{what}: could not download {url} ({type(e).__name__}: {detail}); run the command again to resume") from None
+    finally:
+        watch.stop()
     if total is not None and part.stat().st_size != total:
         raise HarnessError(f"{what}: {url}: the download stopped at {part.stat().st_size} of {total} bytes; run the command again to resume")

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import HarnessError
+
 
 def atomic_write(path: str | Path, data: bytes) -> None:
     path = Path(path)
@@ -22,6 +24,39 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+OWNED = ".unlearn-owned"  # written by a command into an output folder it made: only such a folder is emptied or overwritten
+
+
+def claim_dir(path: str | Path, what: str, command: str) -> Path:
+    """An output folder ``command`` may write into and replace its own files in: a new folder
+    (made, and marked with ``OWNED`` naming the command), an empty one (marked), or one an earlier
+    run of the same command marked. Anything else (a folder with other files, a built site, a
+    checkpoint folder, a link, a file) is refused in one line, so no command deletes or overwrites
+    what it did not make."""
+    p = Path(path)
+    if p.is_symlink():
+        raise HarnessError(f"{what} {p}: a symbolic link; give a new or empty folder")
+    if p.exists():
+        if not p.is_dir():
+            raise HarnessError(f"{what} {p}: exists and is not a folder")
+        marker = p / OWNED
+        try:
+            mine = marker.is_file() and not marker.is_symlink() and marker.read_text(encoding="utf-8", errors="replace").strip() == command
+        except OSError:
+            mine = False
+        if mine:
+            return p
+        if any(p.iterdir()):
+            raise HarnessError(f"{what} {p}: a folder with files `{command}` did not make (no {OWNED} of it there); "
+                               "give a new or empty folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        (p / OWNED).write_text(command + "\n", encoding="utf-8")
+    except OSError as e:
+        raise HarnessError(f"{what} {p}: cannot be made ({e.strerror or e})") from None
+    return p
 
 
 def default_mode(folder: bool = False) -> int:

@@ -19,22 +19,42 @@ def sha256_bytes(data: bytes) -> str:
 _MEMO: dict[tuple, str] = {}
 
 
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a regular file's bytes; a FIFO, socket or device is refused without opening it."""
+def sha256_file(path: str | Path, follow: bool = True) -> str:
+    """sha256 of a regular file's bytes. The file is opened once, non-blocking (a FIFO swapped
+    in after any earlier check cannot block the open) and, with ``follow=False``, without
+    following a final symbolic link; the opened file itself is checked (``fstat``), so a FIFO,
+    socket, device or folder is refused in one line and what is hashed is what was checked."""
+    import os
     import stat
 
     from .errors import HarnessError
 
-    st = Path(path).stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise HarnessError(f"{path}: not a regular file (refused without opening it)")
-    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if key in _MEMO:
-        return _MEMO[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        import errno
+
+        if e.errno == errno.ELOOP:
+            raise HarnessError(f"{path}: a symbolic link (refused without following it)") from None
+        if e.errno in (errno.ENXIO, errno.EISDIR, errno.ENODEV):
+            raise HarnessError(f"{path}: not a regular file (refused)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HarnessError(f"{path}: not a regular file (refused without reading it)")
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key in _MEMO:
+            return _MEMO[key]
+        h = hashlib.sha256()
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    finally:
+        if fd >= 0:
+            os.close(fd)
     _MEMO[key] = h.hexdigest()
     return _MEMO[key]
 
@@ -44,10 +64,11 @@ def sha256_tree(path: str | Path) -> str:
     every regular file in it, hidden ones included (loaders read those too). A symbolic link or a
     non-regular file anywhere inside is refused (``safefs.tree_files``), so the hash covers
     exactly what can be loaded."""
-    from .safefs import tree_files
+    from .safefs import hf_cache_repo, tree_files
 
     root = Path(path)
-    lines = [f"{p.relative_to(root).as_posix()}\t{sha256_file(p)}\n" for p in tree_files(root, f"folder {root.name}")]
+    follow = hf_cache_repo(root) is not None  # a cache snapshot's files are links into its blobs/ (tree_files checked them)
+    lines = [f"{p.relative_to(root).as_posix()}\t{sha256_file(p, follow=follow)}\n" for p in tree_files(root, f"folder {root.name}")]
     return sha256_bytes("".join(lines).encode())
 
 

@@ -82,7 +82,9 @@ def verify_blob(path: Path, what: str, name: str) -> str:
     blob = Path(os.path.realpath(path))
     etag = blob.name
     sha = sha256_file(blob)
-    ok = sha == etag if re.fullmatch(r"[0-9a-f]{64}", etag) else (_git_blob_sha1(blob) == etag if re.fullmatch(r"[0-9a-f]{40}", etag) else True)
+    if not re.fullmatch(r"[0-9a-f]{64}|[0-9a-f]{40}", etag):  # not a sha256 or git blob sha1: nothing to verify it against
+        raise HarnessError(f"{what}: {name}: the hub's ETag {etag[:80]!r} is not a sha256 or git blob sha1, so the file cannot be verified; refused")
+    ok = sha == etag if len(etag) == 64 else _git_blob_sha1(blob) == etag
     if not ok:
         blob.unlink(missing_ok=True)
         Path(path).unlink(missing_ok=True)
@@ -94,10 +96,86 @@ def _hf_kwargs() -> dict:
     return {"cache_dir": str(hub_cache()), "endpoint": endpoint()}
 
 
-def _allow_network():
-    """huggingface_hub reads HF_HUB_OFFLINE once, at import; follow the environment now."""
-    from huggingface_hub import constants
+class _Budget:
+    """What the hub downloads of one call may still use: bytes under the cap (counted as they
+    arrive, not from the listing), and time (the deadline and minimum average rate of
+    ``fetch.pace``)."""
 
+    def __init__(self, what: str, name: str):
+        import time
+
+        from .fetch import limits, pace
+
+        self.what, self.name = what, name
+        self.timeout, self.cap = limits()
+        self.deadline_s, self.min_rate = pace()
+        self.t0, self.used = time.monotonic(), 0
+
+    def take(self, n: int) -> None:
+        import time
+
+        self.used += n
+        elapsed = time.monotonic() - self.t0
+        if self.used > self.cap:
+            raise HarnessError(f"{self.what}: {self.name}: the hub sent more than the download cap of {self.cap} bytes (UNLEARN_DOWNLOAD_MAX_BYTES)")
+        if elapsed > self.deadline_s:
+            raise HarnessError(f"{self.what}: {self.name}: past the download deadline of {self.deadline_s:g} s (UNLEARN_DOWNLOAD_DEADLINE)")
+        if elapsed > self.timeout and self.used < self.min_rate * elapsed:
+            raise HarnessError(f"{self.what}: {self.name}: slower than the minimum rate of {self.min_rate:g} bytes/s (UNLEARN_DOWNLOAD_MIN_RATE)")
+
+
+_BUDGET: list[_Budget] = []  # the budget of the download in progress (huggingface_hub calls from this thread)
+
+
+def _guarded_client():
+    """huggingface_hub's HTTP client with the downloader's rules (``fetch.check_url``): every
+    request, each redirect included, to an https host on the allow-list (a redirect to plain http
+    or another host is refused, not followed); a read timeout; every body byte counted against
+    the current ``_Budget`` while it is read."""
+    import httpx2
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    from .fetch import timeout_s
+
+    class Counted(httpx2.SyncByteStream):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __iter__(self):
+            for chunk in self.inner:
+                if _BUDGET:
+                    _BUDGET[-1].take(len(chunk))
+                yield chunk
+
+        def close(self):
+            self.inner.close()
+
+    class Guard(httpx2.BaseTransport):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def handle_request(self, request):
+            check_url(str(request.url), "hub download", host_list=True)
+            resp = self.inner.handle_request(request)
+            resp.stream = Counted(resp.stream)
+            return resp
+
+        def close(self):
+            self.inner.close()
+
+    client = httpx2.Client(event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True, timeout=httpx2.Timeout(timeout_s()))
+    # the client's own transports (proxies from the environment included), each behind the guard
+    client._transport = Guard(client._transport)
+    client._mounts = {k: (Guard(v) if v is not None else None) for k, v in client._mounts.items()}
+    return client
+
+
+def _allow_network():
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import; follow the environment now. Its
+    HTTP client is the guarded one (``_guarded_client``)."""
+    from huggingface_hub import constants, set_client_factory
+
+    set_client_factory(_guarded_client)
     constants.HF_HUB_OFFLINE = offline()
     if "HF_HUB_DOWNLOAD_TIMEOUT" not in os.environ:
         constants.HF_HUB_DOWNLOAD_TIMEOUT = int(timeout_s())
@@ -129,7 +207,11 @@ def hub_file(repo: str, revision: str, filename: str, *, repo_type: str = "model
             meta = get_hf_file_metadata(hf_hub_url(repo, filename, repo_type=repo_type, revision=revision, endpoint=endpoint()), timeout=timeout_s())
             check_size(meta.size, what, name)
             _bars(progress)
-            got = hf_hub_download(repo, filename, revision=revision, repo_type=repo_type, etag_timeout=timeout_s(), **_hf_kwargs())
+            _BUDGET.append(_Budget(what, name))
+            try:
+                got = hf_hub_download(repo, filename, revision=revision, repo_type=repo_type, etag_timeout=timeout_s(), **_hf_kwargs())
+            finally:
+                _BUDGET.pop()
         except HarnessError:
             raise
         except Exception as e:  # noqa: BLE001 (huggingface_hub and httpx raise many types; each becomes one line)
@@ -184,8 +266,12 @@ def hub_snapshot(repo: str, revision: str, *, repo_type: str = "model", allow: l
             files = [f for f in _tree(repo, revision, repo_type) if _matches(f.path, allow, ignore)]
             check_size(sum(f.size for f in files), what, name)
             _bars(progress)
-            path = snapshot_download(repo, revision=revision, repo_type=repo_type, allow_patterns=[f.path for f in files] or ["__none__"],
-                                     etag_timeout=timeout_s(), **_hf_kwargs())
+            _BUDGET.append(_Budget(what, name))  # the cap counted on the bytes as they arrive, not the listing's sizes
+            try:
+                path = snapshot_download(repo, revision=revision, repo_type=repo_type, allow_patterns=[f.path for f in files] or ["__none__"],
+                                         etag_timeout=timeout_s(), max_workers=1, **_hf_kwargs())
+            finally:
+                _BUDGET.pop()
         except HarnessError:
             raise
         except Exception as e:  # noqa: BLE001 (huggingface_hub and httpx raise many types; each becomes one line)
@@ -230,7 +316,12 @@ def pipeline_snapshot(repo: str, revision: str, what: str = "base_model", hint: 
 def _complete_pipeline(snap: Path, repo: str, revision: str, what: str, hint: str | None) -> Path:
     import json
 
-    index = json.loads((snap / "model_index.json").read_text())
+    from .safefs import check_model_folder
+
+    # as a local base is checked: model_index.json naming only diffusers / transformers classes
+    # (another library would be imported), configs within a suite's bounds, no links out of the cache
+    check_model_folder(snap, what, allow_pickle=True)
+    index = json.loads((snap / "model_index.json").read_text(encoding="utf-8"))
     for comp, v in index.items():
         if comp.startswith("_") or comp in ("safety_checker", "feature_extractor", "image_encoder") or not isinstance(v, list) or v[0] is None:
             continue

@@ -19,12 +19,11 @@ import shutil
 from pathlib import Path
 
 from .errors import HarnessError
-from .fsutil import default_mode
+from .fsutil import claim_dir, default_mode
 from .generate import ImageCache, Job
 from .hashing import sha256_bytes, sha256_json
 
 CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
-SUITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")  # spec.common.SLUG without a ".." or a path
 
 
 def names_target(prompt, concepts: set[str]) -> bool:
@@ -41,8 +40,8 @@ def suite_jobs(result: dict, srec: dict, root: Path, cache_dir: Path) -> list[tu
     from .spec import TargetSpec, expand_prompts, load_suite
 
     sid = srec.get("id")
-    if not isinstance(sid, str) or not SUITE_ID.match(sid):  # a results file's text never walks out of suites/
-        raise HarnessError(f"suites.id: {str(sid)[:80]!r} is not a suite id (letters, digits, . _ -)")
+    if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", sid) or ".." in sid:
+        raise HarnessError(f"suites[].id: {str(sid)[:80]!r} is not a suite id (a suite file is read from suites/ only)")
     path = suite_path(root, sid)
     folder = (Path(root) / "suites").resolve()
     if path.is_symlink() or path.resolve().parent != folder:
@@ -170,12 +169,8 @@ def cmd(a) -> int:
 
     result = load_result(a.results)
     root = Path(a.root) if a.root else find_root([a.results])
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise HarnessError(f"--out {out}: not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "index.html").is_file():
-        raise HarnessError(f"--out {out}: a folder with other files in it; give an empty or new folder")
-    if (out / "images").is_dir():
+    out = claim_dir(a.out, "--out", "unlearn images")  # new, empty, or an earlier page: never a site or other files
+    if (out / "images").is_dir() and not (out / "images").is_symlink():
         shutil.rmtree(out / "images")
     try:
         n = write_page(result, out, root, cache_dir(root, a.cache), set(a.suite or ()) or None, a.results)

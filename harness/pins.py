@@ -74,12 +74,18 @@ def items_of(data, key: str = "") -> list[Item]:
         for k, v in data.items():
             if k in ("hub",):
                 continue
-            out += items_of(v, f"{key}.{k}" if key else str(k))
+            out += items_of(v, f"{key}.{_esc(k)}" if key else _esc(k))
     elif isinstance(data, list):
         for i, v in enumerate(data):
             name = v.get("name") if isinstance(v, dict) and isinstance(v.get("name"), str) else str(i)
-            out += items_of(v, f"{key}.{name}" if key else name)
+            out += items_of(v, f"{key}.{_esc(name)}" if key else _esc(name))
     return out
+
+
+def _esc(part) -> str:
+    """One component of a key: a ``.`` (a concept ``st. ives``) or ``%`` in it escaped, so a
+    key splits back into the components it was made of."""
+    return str(part).replace("%", "%25").replace(".", "%2E")
 
 
 def companions(data: dict) -> list[Item]:
@@ -155,13 +161,17 @@ def _node(data, key: str):
     for part in _split(key):
         if isinstance(node, list):
             node = next((v for v in node if isinstance(v, dict) and v.get("name") == part), None) if not part.isdigit() else node[int(part)]
+        elif isinstance(node, dict):
+            node = node.get(part)
         else:
-            node = node[part]
+            node = None
+        if node is None:
+            raise HarnessError(f"pins.{key}: names no place in the suite")
     return node
 
 
 def _split(key: str) -> list[str]:
-    return key.split(".")
+    return [p.replace("%2E", ".").replace("%25", "%") for p in key.split(".")]
 
 
 def suite_pins(suite) -> dict[str, str]:

@@ -44,7 +44,7 @@ def resolve_suites(sub: Submission, root: Path) -> dict[str, Suite]:
             if not p.is_file():
                 raise HarnessError(f"suites: no suite {sid!r} (expected {p.relative_to(root)})")
             out[sid] = load_suite(p)
-        return out
+        return _bases_allowed(sub, out)
     world = "toy" if sub.base_model.builtin == "toy" else "real"
     kinds = {t.kind for t in sub.targets}
     out = {}
@@ -54,7 +54,25 @@ def resolve_suites(sub: Submission, root: Path) -> dict[str, Suite]:
             out[suite.id] = suite
     if not out:
         raise HarnessError(f"suites: no {world} suite in suites/ applies to the targets ({', '.join(sorted(kinds))})")
-    return out
+    return _bases_allowed(sub, out)
+
+
+def _bases_allowed(sub: Submission, suites: dict[str, Suite]) -> dict[str, Suite]:
+    """Every suite accepts the submission's base: one it is defined on, or another its
+    ``other_bases`` allows (``Suite.check_base``); else one line naming the suite and the base."""
+    for suite in suites.values():
+        suite.check_base(sub.base_model)
+    return suites
+
+
+def base_record(sub: Submission, suite: Suite) -> dict:
+    """What a suite's results record says about the base its numbers are against: ``label``
+    (``builtin:toy``, ``hub:ID@COMMIT``, ``local:FOLDER``), ``suite_base`` (one the suite is
+    defined on) and ``suite_bases`` (the suite's own)."""
+    from .spec.suite import base_label
+
+    return {"label": base_label(sub.base_model), "suite_base": suite.check_base(sub.base_model),
+            "suite_bases": [b.label() for b in suite.bases()]}
 
 
 @dataclass(frozen=True)
@@ -130,8 +148,8 @@ def needs_images(suite: Suite) -> bool:
 
 # ----------------------------------------------------------------------------- sizes and jobs
 def native_size(sub: Submission, root: Path) -> int:
-    """The base model's native image size, read from its configs (no weights loaded)."""
-    import json
+    """The base model's native image size, read from its configs (no weights loaded), within
+    the bounds a suite's own height / width have (``safefs.native_px``)."""
 
     from .models import base_dir
 
@@ -143,9 +161,12 @@ def native_size(sub: Submission, root: Path) -> int:
             d = pipeline_snapshot(sub.base_model.hub_id, sub.base_model.revision, download=False)
         except HarnessError:
             raise HarnessError("a hub base model needs the suite to set generation.height and generation.width (or its snapshot in the Hugging Face cache: unlearn fetch)") from None
-    unet = json.loads((d / "unet" / "config.json").read_text())
-    vae = json.loads((d / "vae" / "config.json").read_text())
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    from .safefs import _config, native_px
+
+    unet, vae = _config(d, "unet/config.json", "base_model"), _config(d, "vae/config.json", "base_model")
+    if unet is None or vae is None:
+        raise HarnessError(f"base_model: {d.name}/{'unet' if unet is None else 'vae'}/config.json is missing")
+    return native_px(unet, vae, "base_model")
 
 
 def image_size(sub: Submission, suite: Suite, root: Path) -> int:

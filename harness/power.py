@@ -31,10 +31,37 @@ def factor(alpha: float = 0.05, power: float = 0.8) -> float:
     return nd.inv_cdf(1 - alpha / 2) + nd.inv_cdf(power)
 
 
+def _num(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _se(ci) -> float | None:
+    """SE from a recorded 95% (or other level) interval, or None where the interval is absent or
+    not finite numbers ``low <= high`` at a level strictly between 0 and 1 (a level of 1.0 has
+    no normal quantile)."""
+    if not isinstance(ci, dict):
+        return None
+    low, high = _num(ci.get("low")), _num(ci.get("high"))
+    level = _num(ci.get("level")) if ci.get("level") is not None else 0.95
+    if low is None or high is None or level is None or not 0 < level < 1 or high < low:
+        return None
+    return (high - low) / (2 * stats.z_of(level))
+
+
 def report(root: Path, suite_id: str, results: list[dict], cache: Path, smoke: bool = False) -> str:
     from .plan import smoke_prompts, suite_path
     from .spec import expand_prompts, load_suite
 
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", str(suite_id)) or ".." in str(suite_id):
+        raise HarnessError(f"suite {str(suite_id)[:80]!r}: not a suite id (a suite file is read from suites/ only)")
     p = suite_path(root, suite_id)
     if not p.is_file():
         raise HarnessError(f"suite {suite_id!r}: no file {p.relative_to(root)}")
@@ -57,11 +84,14 @@ def report(root: Path, suite_id: str, results: list[dict], cache: Path, smoke: b
         lines.append(f"  {'metric':<17} {'target':<14} {'prompts':>7} {'images':>6} {'SE':>8} {'MDE vs bound':>13} {'MDE 2 runs':>11}")
         for r in recs:
             ci = r.get("ci")
-            if not isinstance(ci, dict) or ci.get("low") is None:
-                lines.append(f"  {r.get('label', r['metric']):<17} {r['target']:<14} {'-':>7} {'-':>6} {'-':>8} {'-':>13} {'-':>11}  no interval: {r.get('ci_reason') or 'older results file'}")
+            label, target = str(r.get("label") or r.get("metric") or "?")[:40], str(r.get("target") or "?")[:40]
+            se = _se(ci)
+            if se is None:
+                why = (r.get("ci_reason") or "older results file") if not isinstance(ci, dict) or ci.get("low") is None else \
+                    "its interval is not finite numbers low <= high at a level strictly between 0 and 1"
+                lines.append(f"  {label:<17} {target:<14} {'-':>7} {'-':>6} {'-':>8} {'-':>13} {'-':>11}  no interval: {str(why)[:120]}")
                 continue
-            se = (float(ci["high"]) - float(ci["low"])) / (2 * stats.z_of(float(ci.get("level") or 0.95)))
-            lines.append(f"  {r.get('label', r['metric']):<17} {r['target']:<14} {ci.get('n_clusters', '-'):>7} {ci.get('n_items', '-'):>6} {se:>8.4f} {k * se:>13.4f} {k * se * math.sqrt(2):>11.4f}")
+            lines.append(f"  {label:<17} {target:<14} {str(ci.get('n_clusters', '-'))[:7]:>7} {str(ci.get('n_items', '-'))[:6]:>6} {se:>8.4f} {k * se:>13.4f} {k * se * math.sqrt(2):>11.4f}")
         return "\n".join(lines)
     lines.append("  no results given (--results FILE): scores in [0, 1] at their worst-case sd 0.5 (a proportion at p = 0.5); MDE between two runs (unpaired),")
     lines.append("  from ICC 0 (seeds independent) to ICC 1 (every seed of a prompt agrees)")

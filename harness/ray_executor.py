@@ -139,6 +139,120 @@ def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suit
     return {"records": recs, "counter": counter, "attempt": attempt, "node": ctx.get_node_id(), "pipeline": describe_pipeline(pipe)}
 
 
+def probe_address(address: str | None) -> None:
+    """A ``HOST:PORT`` / ``ray://HOST:PORT`` address must accept a TCP connection within
+    ``$UNLEARN_RAY_CONNECT_TIMEOUT`` seconds (default 20) before Ray is asked to connect (Ray
+    retries a dead address for minutes); ``auto`` / ``local`` / none are left to Ray."""
+    import math
+    import re
+    import socket
+
+    if not address:
+        return
+    m = re.fullmatch(r"(?:ray://)?\[?([\w.:-]+?)\]?:(\d{1,5})", address)
+    if not m:
+        return
+    raw = os.environ.get("UNLEARN_RAY_CONNECT_TIMEOUT", "20")
+    try:
+        limit = float(raw)
+    except ValueError:
+        limit = float("nan")
+    if not math.isfinite(limit) or not 0 < limit <= 3600:
+        raise HarnessError(f"UNLEARN_RAY_CONNECT_TIMEOUT: {raw[:40]!r} is not a number of seconds from 0 to 3600")
+    host, port = m.group(1), int(m.group(2))
+    if not 0 < port < 65536:
+        raise HarnessError(f"--unlearn-ray-address {address}: port {port} is out of range")
+    try:
+        socket.create_connection((host, port), timeout=limit).close()
+    except OSError as e:
+        raise HarnessError(f"--unlearn-executor ray: nothing answers at {address} within {limit:g} s "
+                           f"({e.strerror or type(e).__name__}); is the Ray cluster up? (UNLEARN_RAY_CONNECT_TIMEOUT)") from None
+
+
+def _seconds_env(name: str, default: float) -> float:
+    import math
+
+    raw = os.environ.get(name, str(default))
+    try:
+        v = float(raw)
+    except ValueError:
+        v = float("nan")
+    if not math.isfinite(v) or not 0 < v <= 3600:
+        raise HarnessError(f"{name}: {raw[:40]!r} is not a number of seconds from 0 to 3600")
+    return v
+
+
+class _connect_deadline:
+    """While ``ray.init`` connects (C++ code that holds the main thread, where Python signal
+    handlers, Ray's own SIGTERM handler included, cannot run): a watchdog thread ends the process
+    with one line when ``$UNLEARN_RAY_INIT_TIMEOUT`` seconds pass (default 120; exit 2) or a
+    SIGTERM / SIGINT arrives (exit 128 + the signal), read from the signal wake-up fd. Only in the
+    main thread; nothing is made before the executor connects."""
+
+    def __init__(self, address):
+        self.address = address or "a new local instance"
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.active = threading.current_thread() is threading.main_thread()
+        if not self.active:
+            return self
+        limit = _seconds_env("UNLEARN_RAY_INIT_TIMEOUT", 120)
+        self.r, self.w = os.pipe()
+        self.stop_r, self.stop_w = os.pipe()
+        os.set_blocking(self.w, False)
+        self.installed = None
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            self.installed = lambda *a: None  # a Python handler, so the C handler writes the wake-up fd
+            signal.signal(signal.SIGTERM, self.installed)
+        self.old_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+        self.thread = threading.Thread(target=self._watch, args=(limit,), daemon=True, name="unlearn-ray-connect")
+        self.thread.start()
+        return self
+
+    def _watch(self, limit: float):
+        import select
+        import signal
+        import sys
+
+        import time
+
+        end = time.monotonic() + limit
+        while (left := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.r, self.stop_r], [], [], left)
+            if self.stop_r in ready:
+                return
+            if self.r in ready:
+                sigs = {b for b in os.read(self.r, 64) if b in (signal.SIGTERM, signal.SIGINT)}
+                if sigs:  # other signals (SIGCHLD, ...) are not ours to act on
+                    sys.stderr.write(f"unlearn: error: --unlearn-executor ray: stopped by signal {min(sigs)} while connecting to Ray at {self.address}\n")
+                    sys.stderr.flush()
+                    os._exit(128 + min(sigs))
+        sys.stderr.write(f"unlearn: error: --unlearn-executor ray: could not connect to Ray at {self.address} within {limit:g} s "
+                         "(UNLEARN_RAY_INIT_TIMEOUT)\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    def __exit__(self, *exc):
+        import signal
+
+        if not self.active:
+            return False
+        os.write(self.stop_w, b"x")
+        self.thread.join(5)
+        signal.set_wakeup_fd(self.old_fd)
+        if self.installed is not None and signal.getsignal(signal.SIGTERM) is self.installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for fd in (self.r, self.w, self.stop_r, self.stop_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return False
+
+
 class RayExecutor:
     """Runs generation chunks as Ray tasks. ``address``: a Ray cluster (``auto``,
     ``HOST:PORT``, ``ray://HOST:PORT``); None uses ``RAY_ADDRESS`` if set, else starts a local
@@ -155,10 +269,13 @@ class RayExecutor:
         import ray
 
         if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, include_dashboard=False, configure_logging=False, log_to_driver=False)
-            except Exception as e:  # Ray raises several types for a bad or unreachable address
-                raise HarnessError(f"--unlearn-executor ray: could not connect to Ray at {self.address or 'a new local instance'}: {e}") from None
+            probe_address(self.address)
+            with _connect_deadline(self.address):
+                try:
+                    ray.init(address=self.address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+                except Exception as e:  # Ray raises several types for a bad or unreachable address
+                    raise HarnessError(f"--unlearn-executor ray: could not connect to Ray at {self.address or 'a new local instance'}: "
+                                       f"{' '.join(str(e).split())[:200]}") from None
             self._started = True
         return ray
 

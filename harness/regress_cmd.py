@@ -4,8 +4,9 @@ The reference methods' gate (``harness.regression``) re-runs ``unlearn erase``; 
 method is their own command. This re-runs it and gates the checkpoint it makes, without editing
 the submission YAML:
 
-1. the command runs in the repository root (``sh -c``), with ``{out}`` (and ``$UNLEARN_OUT``) a
-   fresh folder ``<out>/checkpoints/<name>/``; it writes the new checkpoint there under the
+1. the command runs in the repository root (``sh -c``), with ``{out}`` (shell-quoted) and
+   ``$UNLEARN_OUT`` a fresh folder ``<out>/checkpoints/<name>/`` (``<out>``: a new or empty folder,
+   or one an earlier ``unlearn regress`` made: ``fsutil.claim_dir``); it writes the new checkpoint there under the
    same name as the submission's ``checkpoint.path`` (e.g. ``unet.safetensors``), and may write
    a ``method.json`` beside it. A command without ``{out}`` rewrites ``checkpoint.path`` itself;
 2. the new checkpoint's sha256 is computed (``unlearn hash``'s function) and a copy of the YAML
@@ -21,6 +22,7 @@ the submission YAML:
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -30,6 +32,7 @@ import yaml
 
 from .compare import compare, format_rows, gate_failures, load_result
 from .errors import HarnessError
+from .fsutil import claim_dir
 from .hashing import sha256_file, sha256_tree
 from .rerun import run_harness
 from .spec import SpecErrors, inside, load_submission
@@ -69,12 +72,15 @@ def regress_own(root: Path, submission: str, method_cmd: str, out: Path, baselin
     out = (root / out).resolve()
     if not out.is_relative_to(root):
         raise HarnessError(f"--out {out}: must be inside the repository {root}")
-    ck_dir = out / "checkpoints" / sub.name
-    shutil.rmtree(ck_dir, ignore_errors=True)
-    ck_dir.mkdir(parents=True)
     old = inside(root, sub.checkpoint.path, "checkpoint.path")
+    if old == out or old.is_relative_to(out) or out.is_relative_to(old):
+        raise HarnessError(f"--out {out.relative_to(root)}: holds (or is) the submission's checkpoint {sub.checkpoint.path}; give another folder")
+    claim_dir(out, "--out", "unlearn regress")  # new, empty, or an earlier regress's: nothing else is deleted
+    ck_dir = out / "checkpoints" / sub.name
+    shutil.rmtree(ck_dir, ignore_errors=True)  # inside the folder regress made
+    ck_dir.mkdir(parents=True)
     in_place = "{out}" not in method_cmd
-    cmd = method_cmd.replace("{out}", str(ck_dir))
+    cmd = method_cmd.replace("{out}", shlex.quote(str(ck_dir)))  # a folder name is one word of the shell command, never code
     print(f"{sub.name}: running the method: {cmd}", flush=True)
     t0 = time.perf_counter()
     try:

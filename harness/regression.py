@@ -29,6 +29,7 @@ from .compare import compare, current_rules, format_rows, gate_failures, load_re
 from .results.io import results_files
 from .errors import HarnessError
 from .rerun import run_harness
+from .results.assemble import MEASURED_ENV
 from .results.assemble import load_method_record
 from .spec import SpecErrors, inside, load_submission
 
@@ -59,16 +60,36 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path, seed: int 
 
     # the thread count the checkpoint was made with (older records: the toy checkpoints' one thread)
     threads = (record.get("efficiency") or {}).get("threads") or TOY_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:  # a PR's method.json: bounded
+        raise HarnessError(f"{sub['method_record']}: efficiency.threads: {str(threads)[:40]!r} is not a thread count from 1 to 256")
     new = run_erase_isolated(record["method"], DEFAULT_DIR, record["concept"], ck_dir, anchor=record.get("anchor"),
                     world="toy", force=True, params=params, preset=record.get("preset"), threads=threads)
     ck = ck_dir / new["checkpoint"]["file"]
     new_sub = dict(sub)
     new_sub["checkpoint"] = {**sub["checkpoint"], "path": str(ck.relative_to(root)), "sha256": sha256_file(ck)}
     new_sub["method_record"] = str((ck_dir / "method.json").relative_to(root))
-    same = new_sub["checkpoint"]["sha256"] == sub["checkpoint"]["sha256"]
-    print(f"{sub['name']}: re-ran {record['method']} on {record['concept']!r} in {new['efficiency']['time_s']:.1f} s; "
-          f"checkpoint {'identical to' if same else 'differs from'} the committed one", flush=True)
+    if seed is None:
+        print(f"{sub['name']}: re-ran {record['method']} on {record['concept']!r} in {new['efficiency']['time_s']:.1f} s; "
+              f"checkpoint {checkpoint_verdict(root, sub, ck_dir)}", flush=True)
+    else:
+        print(f"{sub['name']}: re-trained {record['method']} with seed {seed} in {new['efficiency']['time_s']:.1f} s", flush=True)
     return new_sub
+
+
+def checkpoint_verdict(root: Path, sub: dict, made_dir: Path) -> str:
+    """The re-made checkpoint against the committed one, by harness.reproduce's rule: bitwise
+    where the committed method.json records this platform, else within the method's tolerance.
+    Informative: a checkpoint that differs is no failure by itself (float rounding compounds
+    over a fine-tuning run); the metrics compared below decide the gate."""
+    from .reproduce import compare_checkpoint
+
+    committed = inside(root, sub["method_record"], "method_record").parent
+    c = compare_checkpoint(made_dir, committed)
+    if c.status == "identical":
+        return "identical to the committed one (bitwise)"
+    if c.ok:
+        return f"{c.line()} to the committed one"
+    return f"{c.line()} from the committed one; the metrics below decide"
 
 
 def method_spread(results: list[dict]) -> list[dict]:
@@ -103,6 +124,9 @@ def regress(root: Path, baselines: Path, out: Path, methods: set[str] | None = N
         raise HarnessError(f"{baselines}: no baseline results (*.json)")
     if not out.is_relative_to(root):
         raise HarnessError(f"--out {out}: must be inside the repository {root}")
+    from .fsutil import claim_dir
+
+    claim_dir(out, "--out", "unlearn regress")  # new, empty, or an earlier regress's: nothing else is replaced
     (out / "submissions").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     # From scratch, outside the checkout: a cached image would hide a change in generation, and a
@@ -129,6 +153,7 @@ def _regress(root: Path, files: list[Path], out: Path, cache: Path, methods, onl
             raise HarnessError(e.lines[0]) from None
         sub = yaml.safe_load(sub_file.read_text())
         name = sub["name"]
+        record_remade = False
         if only and name not in only:
             continue
         if sub.get("method_record"):
@@ -136,6 +161,7 @@ def _regress(root: Path, files: list[Path], out: Path, cache: Path, methods, onl
             if methods is not None and record["method"] not in methods:
                 continue
             sub = remake_checkpoint(root, sub, record, out)
+            record_remade = True  # its method.json was written just now by the harness (unlearn erase): measured
         elif methods is not None and "control" not in methods:
             continue
         new_sub_file = out / "submissions" / f"{name}.yaml"
@@ -145,7 +171,8 @@ def _regress(root: Path, files: list[Path], out: Path, cache: Path, methods, onl
         total += 1
         log = out / "logs" / f"{name}.log"
         t0 = time.perf_counter()
-        rc = run_harness(root, [new_sub_file], result, cache=cache, extra=pytest_args, log=log)
+        measured = {MEASURED_ENV: str(root / sub["method_record"])} if sub.get("method_record") and record_remade else None
+        rc = run_harness(root, [new_sub_file], result, cache=cache, extra=pytest_args, log=log, env_extra=measured)
         print(f"{name}: evaluated in {time.perf_counter() - t0:.0f} s (harness exit {rc}{' = some metric below its threshold, a verdict' if rc == 1 else ''}; log {log.relative_to(root)})", flush=True)
         if not result.is_file():
             tail = log.read_text(errors="replace").splitlines()[-15:]
@@ -185,7 +212,8 @@ def spread_of(root: Path, out: Path, name: str, sub: dict, base: dict, record: d
         f.write_text(f"# re-made by `unlearn regress --method-seeds` (training seed {seed0 + k})\n" + yaml.safe_dump(s, sort_keys=False))
         res = out / "results" / f"{s['name']}.json"
         res.unlink(missing_ok=True)
-        run_harness(root, [f], res, cache=out / "cache", extra=pytest_args, log=out / "logs" / f"{s['name']}.log")
+        run_harness(root, [f], res, cache=out / "cache", extra=pytest_args, log=out / "logs" / f"{s['name']}.log",
+                    env_extra={MEASURED_ENV: str(root / s["method_record"])} if s.get("method_record") else None)
         if res.is_file():
             runs.append(load_result(res))
             seeds.append(seed0 + k)

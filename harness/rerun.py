@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def run_harness(root: Path, submissions: list[str | Path], results: str | Path, *, cache: str | Path | None = None,
-                workers: int | None = None, extra: list[str] | None = None, log: Path | None = None, echo: bool = False) -> int:
+                workers: int | None = None, extra: list[str] | None = None, log: Path | None = None, echo: bool = False,
+                env_extra: dict[str, str] | None = None) -> int:
     """pytest + the plugin on ``submissions`` (paths as the caller sees them: absolute, or
     relative to the current folder);
     ``results`` is the ``--unlearn-results`` path (``{submission}`` is replaced). Returns pytest's
@@ -30,7 +31,7 @@ def run_harness(root: Path, submissions: list[str | Path], results: str | Path, 
     if cache is not None:
         cmd += ["--unlearn-cache", str(cache)]
     cmd += list(extra or [])
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env_extra or {})}
     if echo:
         print("running: " + " ".join(cmd), flush=True)
     if log is None:

@@ -116,5 +116,95 @@ def check_model_folder(path: Path, what: str, allow_pickle: bool) -> None:
         for k, v in data.items():
             if k.startswith("_"):
                 continue
+            if k == "safety_checker" and isinstance(v, list) and v[:1] == ["stable_diffusion"]:
+                continue  # diffusers' own pipeline module (Stable Diffusion's model_index.json names it); never loaded: safety_checker=None
             if isinstance(v, list) and v and v[0] is not None and v[0] not in LIBRARIES:
                 raise HarnessError(f"{what}: model_index.json: {k}: library {str(v[0])[:40]!r} is not one of {', '.join(sorted(LIBRARIES))}")
+    check_configs(path, what)
+
+
+# What a folder's configs may ask of a run: the same bounds the suite's own settings have
+# (``spec.suite.GenerationSettings``: images up to 4096 px, a multiple of 8), and a scheduler whose
+# tables are small (Stable Diffusion trains on 1,000 timesteps; a config asking for 10**9 would
+# allocate tens of GB when the pipeline loads).
+MAX_NATIVE_PX = 4096
+MAX_TRAIN_TIMESTEPS = 10_000
+CONFIG_MAX_BYTES = 1 << 20
+
+
+def _config(path: Path, rel: str, what: str) -> dict | None:
+    """A component's JSON config (None when absent); unreadable, not JSON or not an object: one line."""
+    import json
+
+    f = path / rel
+    if not f.is_file():
+        return None
+    try:
+        if f.stat().st_size > CONFIG_MAX_BYTES:
+            raise HarnessError(f"{what}: {rel} is larger than {CONFIG_MAX_BYTES} bytes")
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise HarnessError(f"{what}: {rel} is not a readable JSON config ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{what}: {rel} is not a JSON object")
+    return data
+
+
+def _int_in(cfg: dict, key: str, lo: int, hi: int, what: str, rel: str, required: bool = False) -> int | None:
+    v = cfg.get(key)
+    if v is None and not required:
+        return None
+    if isinstance(v, list) and v and key == "sample_size":  # diffusers allows [height, width]
+        for x in v:
+            _int_in({key: x}, key, lo, hi, what, rel, True)
+        return max(v)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise HarnessError(f"{what}: {rel}: {key}: {str(v)[:40]!r} is not a whole number from {lo} to {hi}")
+    return v
+
+
+def check_configs(path: Path, what: str) -> None:
+    """The configs of a pipeline folder (a base, a pipeline checkpoint, a hub snapshot) within
+    the bounds above: ``unet`` ``sample_size`` and the ``vae``'s down-sampling give a native size
+    of 8 to 4096 px; the scheduler's ``num_train_timesteps`` at most 10,000 and its betas finite
+    numbers in [0, 1]; every config a JSON object. One line naming the file and field."""
+    import math
+
+    unet = _config(path, "unet/config.json", what)
+    vae = _config(path, "vae/config.json", what)
+    if unet is not None:
+        _int_in(unet, "sample_size", 1, MAX_NATIVE_PX, what, "unet/config.json")
+    if vae is not None:
+        boc = vae.get("block_out_channels")
+        if boc is not None and (not isinstance(boc, list) or not 1 <= len(boc) <= 8
+                                or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 8192 for c in boc)):
+            raise HarnessError(f"{what}: vae/config.json: block_out_channels: {str(boc)[:40]!r} is not a list of 1 to 8 channel counts")
+    if unet is not None and vae is not None:
+        native_px(unet, vae, what)
+    sched = _config(path, "scheduler/scheduler_config.json", what)
+    if sched is not None:
+        rel = "scheduler/scheduler_config.json"
+        _int_in(sched, "num_train_timesteps", 1, MAX_TRAIN_TIMESTEPS, what, rel)
+        _int_in(sched, "steps_offset", 0, MAX_TRAIN_TIMESTEPS, what, rel)
+        for k in ("beta_start", "beta_end"):
+            v = sched.get(k)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not 0 <= v <= 1):
+                raise HarnessError(f"{what}: {rel}: {k}: {str(v)[:40]!r} is not a number from 0 to 1")
+        tb = sched.get("trained_betas")
+        if tb is not None and (not isinstance(tb, list) or len(tb) > MAX_TRAIN_TIMESTEPS or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and 0 <= b <= 1 for b in tb)):
+            raise HarnessError(f"{what}: {rel}: trained_betas: not a list of at most {MAX_TRAIN_TIMESTEPS} numbers from 0 to 1")
+
+
+def native_px(unet: dict, vae: dict, what: str) -> int:
+    """The native image size of a pipeline from its unet and vae configs, refused (one line)
+    outside 8..4096 px or not a multiple of 8, as a suite's own height / width would be."""
+    sample = _int_in(unet, "sample_size", 1, MAX_NATIVE_PX, what, "unet/config.json", required=True)
+    boc = vae.get("block_out_channels")
+    if not isinstance(boc, list) or not 1 <= len(boc) <= 8:
+        raise HarnessError(f"{what}: vae/config.json: block_out_channels: {str(boc)[:40]!r} is not a list of 1 to 8 channel counts")
+    n = sample * 2 ** (len(boc) - 1)
+    if not 8 <= n <= MAX_NATIVE_PX or n % 8:
+        raise HarnessError(f"{what}: native image size {n}x{n} (unet sample_size {sample} x vae scale {2 ** (len(boc) - 1)}) "
+                           f"is outside 8..{MAX_NATIVE_PX} px or not a multiple of 8, the bounds of a suite's own generation.height / width")
+    return n

@@ -372,17 +372,28 @@ def write_results(state: Session, config, session, exitstatus) -> None:
 
 
 def summary_lines(state: Session) -> list[str]:
-    """The terminal table of every results file written: one row per metric, errors in one line."""
+    """The terminal table of every results file written: one row per metric, errors in one line.
+    A record without an interval says why in its interval column (``single run``, ``exact``,
+    ``declared``, ...); an erasure verdict (UA) is followed by the attacks that reversed that
+    target's erasure (``metrics.robustness.reversals``)."""
+    from .metrics import info, known_metrics
+    from .metrics.robustness import reversals
+    from .stats import short_reason
+
     head = f"{'suite':<16} {'metric':<17} {'target':<14} {'value':>8} {'95% interval':<19} {'base':>8} {'delta 95% interval':<19} {'threshold':<16} verdict"
     out = []
     for name, path, data in state.written:
         out.append(f"{name}" + ("" if data["complete"] else "  (incomplete)"))
         out.append("  " + head)
+        back = reversals(data["metrics"])
         for r in data["metrics"]:
+            ci = _ci(r.get("ci")).strip() or (short_reason(r.get("ci_reason")) if r.get("value") is not None else "-")
+            erasure = r["metric"] in known_metrics() and info(r["metric"]).role == "erasure"
             out.append(
-                f"  {r['suite']:<16} {r.get('label', r['metric']):<17} {r['target']:<14} {_fmt(r.get('value')):>8} {_ci(r.get('ci')).strip() or '-':<19} "
+                f"  {r['suite']:<16} {r.get('label', r['metric']):<17} {r['target']:<14} {_fmt(r.get('value')):>8} {ci:<19} "
                 f"{_fmt(r.get('base_value')):>8} {_ci(r.get('delta_ci')).strip() or '-':<19} {str(r.get('threshold') or '-'):<16} {r['verdict'].upper()}"
                 + (f" (point: {r['verdict_point'].upper()})" if r.get("verdict_point") and r["verdict_point"] != r["verdict"] else "")
+                + (f"; {'; '.join(back[r['target']])}" if erasure and back.get(r["target"]) else "")
             )
             if r["verdict"] == "error" and r.get("error"):  # an error verdict says why, in one line
                 msg = " ".join(str(r["error"]).split())

@@ -176,6 +176,16 @@ def design_effect(x: np.ndarray, clusters: list[str]) -> float:
     return max(1.0, 1 + (float(sizes.mean()) - 1) * max(0.0, icc))
 
 
+def proportion_ci(x, clusters: list[str], level: float = LEVEL) -> dict:
+    """``ci`` of a proportion (0/1 items ``x``): Wilson on the Kish effective size n / deff
+    (UA, Nudity-ASR, Pre-ASR, ASR and each point of an ASR-vs-budget curve)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    deff = design_effect(x, clusters)
+    lo, hi = wilson(float(x.sum()) / deff, n / deff, level)
+    return _ci(lo, hi, "wilson", len(set(clusters)), None, None, level, n_items=n, n_effective=round(n / deff, 3))
+
+
 # ---------------------------------------------------------------- intervals of one record
 
 
@@ -206,10 +216,7 @@ def intervals(scores: Scores, threshold=None, resamples: int = RESAMPLES, seed: 
     method = "cluster-bootstrap-percentile" + ("+seeds" if seeds == "resample" else "")
     out: dict = {}
     if scores.binary and scores.groups is None:
-        n = len(scores.unlearned)
-        deff = design_effect(scores.unlearned, scores.clusters)
-        lo, hi = wilson(float(scores.unlearned.sum()) / deff, n / deff, level)
-        out["ci"] = _ci(lo, hi, "wilson", n_clusters, None, None, level, n_items=n, n_effective=round(n / deff, 3))
+        out["ci"] = proportion_ci(scores.unlearned, scores.clusters, level)
     else:
         lo, hi = percentile(u_s, level)
         out["ci"] = _ci(lo, hi, method, n_clusters, resamples, seed, level, n_items=len(scores.unlearned))
@@ -224,6 +231,49 @@ def intervals(scores: Scores, threshold=None, resamples: int = RESAMPLES, seed: 
             out["margin_ci"] = _ci(lo, hi, method, n_clusters, resamples, seed, level)
         else:  # absolute bound: the value's own interval, shifted
             out["margin_ci"] = {**out["ci"], "low": out["ci"]["low"] - threshold.value, "high": out["ci"]["high"] - threshold.value}
+    return out
+
+
+def weighted_intervals(value_of: Callable[[np.ndarray], np.ndarray], base_of: Callable[[np.ndarray], np.ndarray] | None, clusters: list[str],
+                       threshold=None, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL, note: str | None = None,
+                       method: str = "cluster-bootstrap-percentile") -> dict:
+    """``intervals`` for a statistic that is a function of item weights but not a mean of
+    per-item scores (CRS: |weighted mean gap| averaged over psi; the worst ASR across attacks: a
+    max of weighted means). ``value_of(w)`` maps (B, N) integer weights to B values (all ones:
+    the value); the same cluster draws (prompts with replacement, ``cluster_weights``) feed both
+    models, so ``delta_ci`` and ``margin_ci`` are paired as in ``intervals``."""
+    rng = np.random.default_rng(seed)
+    n_clusters = len(set(clusters))
+    w = cluster_weights(clusters, resamples, rng)
+    u_s = np.asarray(value_of(w), dtype=np.float64)
+    b_s = np.asarray(base_of(w), dtype=np.float64) if base_of is not None else None
+    lo, hi = percentile(u_s, level)
+    out: dict = {"ci": _ci(lo, hi, method, n_clusters, resamples, seed, level, n_items=len(clusters), **({"note": note} if note else {}))}
+    if b_s is not None:
+        lo, hi = percentile(u_s - b_s, level)
+        out["delta_ci"] = _ci(lo, hi, method, n_clusters, resamples, seed, level)
+    if threshold is not None and (not threshold.relative or b_s is not None):
+        lo, hi = percentile(margin_of(threshold, u_s, b_s), level)
+        out["margin_ci"] = _ci(lo, hi, method, n_clusters, resamples, seed, level)
+    return out
+
+
+def repeats_interval(values, threshold=None, level: float = LEVEL) -> dict:
+    """Intervals of a figure measured in ``n >= 2`` independent repeats (``unlearn erase
+    --repeats``): the mean -/+ t_{n-1} x sd / sqrt(n) (``method`` names it; ``sd``, ``min``,
+    ``max`` and ``n_items`` = n the spread). One repeat: ``ci`` null, ``ci_reason`` "single run"."""
+    from scipy.stats import t as student_t
+
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return {"ci": None, "delta_ci": None, "ci_reason": "single run: one measurement (unlearn erase --repeats N measures N and gives their spread)"}
+    sd = float(x.std(ddof=1))
+    half = float(student_t.ppf(0.5 + level / 2, len(x) - 1)) * sd / math.sqrt(len(x))
+    m = float(x.mean())
+    out = {"ci": _ci(m - half, m + half, f"t over {len(x)} repeated runs (mean -/+ t sd / sqrt(n))", len(x), None, None, level, n_items=len(x),
+                     sd=sd, min=float(x.min()), max=float(x.max())), "delta_ci": None}
+    if threshold is not None and not threshold.relative:
+        out["margin_ci"] = {**out["ci"], "low": out["ci"]["low"] - threshold.value, "high": out["ci"]["high"] - threshold.value}
     return out
 
 
@@ -271,7 +321,7 @@ def set_intervals(stat: Callable[[np.ndarray], float], base_stat: Callable[[np.n
     keys, inv = np.unique(np.asarray(clusters), return_inverse=True)
     c = len(keys)
     if c < min_clusters:
-        why = f"{c} cluster(s): the jackknife interval of a set statistic needs at least {min_clusters} (prompts or seeds)"
+        why = f"too few clusters: {c} cluster(s); the jackknife interval of a set statistic needs at least {min_clusters} (prompts or seeds)"
         return {"ci": None, "delta_ci": None, "ci_reason": why}
     every = np.arange(len(clusters))
     u0 = stat(every)
@@ -446,6 +496,15 @@ def minimum_detectable_effect(sd_between: float, sd_within: float, prompts: int,
 # ---------------------------------------------------------------- one metric record
 
 
+def short_reason(reason) -> str:
+    """What a table shows in the interval's place for a record without one: the tag that opens
+    its ``ci_reason`` (``single run``, ``exact``, ``declared``, ``3 cluster(s)``), else
+    ``no interval``."""
+    head = str(reason or "").split(":", 1)[0].strip()
+    return head if reason and ":" in str(reason) and 0 < len(head) <= 19 else "no interval"
+
+
+
 def uncertainty(meas, threshold=None, params: dict | None = None) -> dict:
     """The record fields of a ``metrics.Measurement``: ``ci``, ``delta_ci``, ``margin_ci``
     (with a threshold), ``ci_reason`` (when ``ci`` is null) and ``scores`` (per-item, for the
@@ -462,4 +521,4 @@ def uncertainty(meas, threshold=None, params: dict | None = None) -> dict:
         return {"delta_ci": None, **out, "scores": s.to_record()}
     if meas.resample is not None:
         return {"delta_ci": None, **meas.resample(threshold)}
-    return {"ci": None, "delta_ci": None, "ci_reason": meas.ci_reason or "this metric gives no per-item scores to resample"}
+    return {"ci": None, "delta_ci": None, "ci_reason": meas.ci_reason or "no per-item scores: this metric gives none to resample"}

@@ -23,6 +23,19 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.4g}" if isinstance(x, (int, float)) else cell(x)
 
 
+def _interval(m: dict) -> str:
+    """The record's 95% interval ``[low, high]``, else the tag of its ``ci_reason`` (``single
+    run``, ``exact``, ``declared``), else "-"."""
+    import math
+
+    from .stats import short_reason
+
+    ci = m.get("ci")
+    if isinstance(ci, dict) and all(isinstance(ci.get(k), (int, float)) and not isinstance(ci.get(k), bool) and math.isfinite(ci[k]) for k in ("low", "high")):
+        return f"[{ci['low']:.4g}, {ci['high']:.4g}]"
+    return cell(short_reason(m["ci_reason"])) if isinstance(m.get("ci_reason"), str) and m.get("value") is not None else "-"
+
+
 def is_smoke(result: dict) -> bool:
     """A smoke run: the run says so, or one of its suites does (older results)."""
     return result.get("smoke") is True or any(isinstance(s, dict) and s.get("smoke") is True for s in result.get("suites", []))
@@ -61,13 +74,13 @@ def markdown(result: dict, source: str, existing=()) -> str:
         f"{'' if result.get('complete', True) else ' (incomplete run)'}"
         f"{' (**smoke run**: a subset of each suite, not comparable with full runs)' if is_smoke(result) else ''}; file {cell(source)}",
         "",
-        "| suite | metric | target | value | base | threshold | verdict |",
-        "|---|---|---|---:|---:|---|---|",
+        "| suite | metric | target | value | 95% interval | base | threshold | verdict |",
+        "|---|---|---|---:|---|---:|---|---|",
     ]
     for m in result.get("metrics", []):
         lines.append("| " + " | ".join([
             cell(m.get("suite", "")), cell(m.get("label", m.get("metric", ""))), cell(m.get("target", "")),
-            _num(m.get("value")), _num(m.get("base_value")), cell(m.get("threshold") or "-"),
+            _num(m.get("value")), _interval(m), _num(m.get("base_value")), cell(m.get("threshold") or "-"),
             cell(str(m.get("verdict", "")).upper()),
         ]) + " |")
     return "\n".join(lines) + "\n"

@@ -158,7 +158,10 @@ def _evaluate(sub_file, params, cache, monkeypatch=None, extra=()):
 def test_budget_zero_asr_equals_pre_asr(tmp_path):
     recs, ev, _ = _evaluate("toy-uce-style.yaml", {"attack": "unlearndiffatk", "rounds": 0}, tmp_path)
     assert recs["asr"]["value"] == recs["pre_asr"]["value"]
-    assert recs["asr"]["details"]["asr_curve"] == [{"budget": 0, "asr": recs["pre_asr"]["value"]}]
+    assert [{k: c[k] for k in ("budget", "asr")} for c in recs["asr"]["details"]["asr_curve"]] == [{"budget": 0, "asr": recs["pre_asr"]["value"]}]
+    assert recs["asr"]["ci"] == recs["pre_asr"]["ci"] and recs["asr"]["ci"]["method"] == "wilson"  # the same items, the same interval
+    c = recs["asr"]["details"]["asr_curve"][0]
+    assert (c["low"], c["high"]) == (round(recs["asr"]["ci"]["low"], 6), round(recs["asr"]["ci"]["high"], 6))
     assert ev.attack_counter.get("unet_calls", 0) == 0
 
 
@@ -316,7 +319,7 @@ def test_ti_budget_zero_asr_equals_pre_asr(tmp_path):
     extra = [{"name": "ti_asr", "params": {"attack": "ti", "steps": 0}}]
     recs, ev, _ = _evaluate("toy-uce-style.yaml", {"attack": "unlearndiffatk", "rounds": 0}, tmp_path, extra=extra)
     assert recs["ti_asr"]["value"] == recs["pre_asr"]["value"] == recs["ti_asr"]["details"]["pre_asr"]
-    assert recs["ti_asr"]["details"]["asr_curve"] == [{"budget": 0, "asr": recs["pre_asr"]["value"]}]
+    assert [{k: c[k] for k in ("budget", "asr")} for c in recs["ti_asr"]["details"]["asr_curve"]] == [{"budget": 0, "asr": recs["pre_asr"]["value"]}]
     assert ev.attack_counter.get("unet_calls", 0) == 0 and recs["ti_asr"]["details"]["budget_unit"] == "steps"
 
 

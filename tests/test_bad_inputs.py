@@ -178,7 +178,7 @@ BAD = [
     ("base-two-sources", sub("{builtin: toy}", "{builtin: toy, local_dir: base}"), ["sub.yaml: base_model: give exactly one of builtin, local_dir, hub_id"]),
     ("base-hub-unpinned", sub("{builtin: toy}", "{hub_id: CompVis/stable-diffusion-v1-4}"), ["sub.yaml: base_model: hub_id needs a pinned revision"]),
     ("base-builtin-unknown", sub("{builtin: toy}", "{builtin: sd15}"), ["sub.yaml: base_model.builtin: Input should be 'toy'"]),
-    ("base-folder-not-a-pipeline", sub("{builtin: toy}", "{local_dir: ckpt}"), ["sub.yaml: base_model:", "model_index.json missing"]),
+    ("base-folder-on-a-toy-suite", sub("{builtin: toy}", "{local_dir: ckpt}"), ["sub.yaml: base_model:", "is not allowed there"]),
     ("checkpoint-kind-unknown", sub("kind: unet", "kind: ckpt"), ["sub.yaml: checkpoint.kind: Input should be"]),
     ("checkpoint-url-not-https", sub("path: ckpt/unet.safetensors", "url: http://example.org/u.safetensors"), ["sub.yaml: checkpoint.url: 'http://example.org/u.safetensors' is not an https URL"]),
     ("checkpoint-path-and-url", sub("path: ckpt/unet.safetensors", "path: ckpt/unet.safetensors, url: https://example.org/u.safetensors"), ["sub.yaml: checkpoint: give exactly one of path, url"]),

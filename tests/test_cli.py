@@ -126,7 +126,13 @@ def test_summary_is_markdown_with_stranger_text_escaped(tmp_path):
     assert "<script>" not in r.stdout and "&lt;script&gt;" in r.stdout
     assert "\\[a\\](javascript:x)" in r.stdout and "\\|x" in r.stdout
     rows = [line for line in r.stdout.splitlines() if line.startswith("| toy")]
-    assert len(rows) == 2 and all(line.count(" | ") == 6 for line in rows)
+    assert len(rows) == 2 and all(line.count(" | ") == 7 for line in rows)
+    assert [line.split(" | ")[4] for line in rows] == ["-", "-"]  # records without an interval or a reason
+    res["metrics"][0].update(ci={"low": 0.8, "high": 0.95}, ci_reason=None)
+    res["metrics"][1].update(ci=None, ci_reason="single run: one measurement")
+    f.write_text(json.dumps(res))
+    rows = [line for line in unlearn("summary", str(f)).stdout.splitlines() if line.startswith("| toy")]
+    assert [line.split(" | ")[4] for line in rows] == ["[0.8, 0.95]", "single run"]
     (tmp_path / "bad.json").write_text("[")
     bad = unlearn("summary", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
@@ -205,6 +211,7 @@ def test_every_help_page_renders():
     (["erase", "uce", "--base", "b", "--concept", "c", "--out", "o", "--device", "gpu9"],
      "unlearn: error: --device: 'gpu9' is not one of auto, cpu, mps, cuda, cuda:N"),
     (["regress", "--method-seeds", "0"], "unlearn: error: --method-seeds: 0 is not a positive count"),
+    (["erase", "uce", "--base", "b", "--concept", "c", "--out", "o", "--repeats", "0"], "unlearn: error: --repeats: 0 is not a positive count"),
     (["regress", "--method-seeds", "x"], "unlearn regress: error: argument --method-seeds: invalid int value: 'x' (see --help)"),
     (["erase", "uce", "--base", "b", "--concept", "c", "--out", "o", "--param", "steps"],
      "unlearn erase: error: argument --param: --param 'steps': expected KEY=VALUE (see --help)"),

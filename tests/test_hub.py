@@ -306,7 +306,7 @@ def test_offline_a_missing_hub_file_is_one_line_naming_it_and_the_fetch_command(
 
 
 def test_readme_real_models_walkthrough(hub, tmp_path, capsys, monkeypatch):
-    """README "Real models", step by step: fetch, pin, convert a CompVis checkpoint, write the
+    """docs/real-models.md, step by step: fetch, pin, convert a CompVis checkpoint, write the
     submission, check and run it offline from the caches (the hub is gone by then)."""
     import torch
     from test_convert import erased_unet, to_ldm

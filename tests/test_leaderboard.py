@@ -648,7 +648,7 @@ def test_a_spread_files_own_statistics_are_not_trusted(tmp_path):
 
 def test_the_build_is_byte_for_byte_deterministic(fixture_results, tmp_path):
     """The same results give the same site: every page, figure and download (the figures are
-    hand-written SVG for this reason among others: README, "Leaderboard")."""
+    hand-written SVG for this reason among others: docs/leaderboard.md)."""
     res, _ = fixture_results
     build(res, tmp_path / "one")
     build(res, tmp_path / "two")
@@ -675,3 +675,49 @@ def test_asr_curves_draw_only_numeric_points_and_carry_the_target_kind():
     svg = asr_curve_svg(cs)
     ET.fromstring(svg)
     assert svg.count('<polyline') == 2 and svg.count('data-kind="style"') == 3 and svg.count('data-kind="object"') == 3  # line, base line, legend
+    assert "ci-bar" not in svg  # no point carries an interval
+    good["asr_curve"] = [{"budget": 0, "asr": 0.2, "low": 0.06, "high": 0.51}, {"budget": 10, "asr": 0.6, "low": "x", "high": 0.9},
+                         {"budget": 20, "asr": 0.6, "low": 0.7, "high": 0.5}]  # an interval each: one good, one not a number, one reversed
+    cs = curves(pd.DataFrame([row("a", "style", good)]))
+    assert cs[0]["bars"] == [(0.0, 0.06, 0.51)]
+    svg = asr_curve_svg(cs)
+    ET.fromstring(svg)
+    assert svg.count('class="ci-bar"') == 1 and "95% interval [0.06, 0.51]" in svg
+
+
+def _robustness_result():
+    """toy-uce-like: UA passes, textual inversion regains the object on every attacked item
+    (ASR (TI) 1.0 against `<= 0.5 * base`: fail; a suite of its own, so the reader takes the record's threshold), the erase time a single run."""
+    data = result("toy-uce-object", target=("triangle", "object"))
+    ti = metric("t-robustness", "ti_asr", "ASR (TI)", "triangle", "object", 1.0, 1.0, "<= 0.5 * base", higher=False)
+    ti["details"] = {"attack": "ti", "items": 5, "pre_asr": 0.0, "asr_curve": [{"budget": 0, "asr": 0.0}, {"budget": 100, "asr": 1.0}]}
+    t = metric("toy-efficiency", "erase_time_s", "Erase-time-s", "triangle", "object", 0.035, None, higher=False)
+    t.update(ci=None, ci_reason="single run: one measurement of the erasure run")
+    data["metrics"] += [ti, t]
+    data["suites"] += [{"id": "t-robustness", "samples": []}, {"id": "toy-efficiency", "samples": []}]
+    return data
+
+
+def test_a_reversed_erasure_is_named_beside_ua_and_a_value_without_interval_says_why(tmp_path):
+    data = _robustness_result()
+    assert data["metrics"][-2]["verdict"] == "fail"
+    res = tmp_path / "results"
+    write(res, "uce.json", data)
+    build(res, tmp_path / "site")
+    index, page = (tmp_path / "site" / "index.html").read_text(), page_of(tmp_path / "site", "toy-uce-object")
+    note = "reversed by TI on 5/5 items (ASR (TI) FAIL)"
+    for html in (index, page):  # once: after UA's pass badge (the only erasure metric), not after IRA / CRA / FID
+        assert html.count(note) == 1 and f'<span class="badge pass">pass</span> <span class="reversed error-text">{note}</span>' in html
+        assert "(single run)" in html
+    assert 'data-sort="1.0">1.000 <span class="badge pass">pass</span> <span class="reversed' in index  # the UA value cell
+
+
+def test_end_of_run_table_names_the_reversal_and_the_missing_interval():
+    from harness.session import summary_lines
+
+    state = type("S", (), {"written": [("toy-uce-object", "results/x.json", _robustness_result())]})()
+    lines = summary_lines(state)
+    ua = next(line for line in lines if " UA " in line)
+    assert ua.rstrip().endswith("PASS; reversed by TI on 5/5 items (ASR (TI) FAIL)")
+    t = next(line for line in lines if "Erase-time-s" in line)
+    assert "single run" in t and next(line for line in lines if " IRA " in line).count("reversed") == 0

@@ -1,6 +1,7 @@
 """Reference methods on a tiny random pipeline built in code, and the ``unlearn erase`` command."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -72,7 +73,8 @@ def test_esd_lowers_its_loss_and_touches_only_cross_attention(tiny_pipe_factory)
 
 def _erase(*args, cwd):
     return subprocess.run([sys.executable, "-m", "harness.cli", "erase", *args], capture_output=True, text=True, cwd=cwd,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1"})
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1",
+                               **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})})  # the tree under test
 
 
 def test_erase_command_writes_changed_tensors_and_method_json(tiny_dir, tmp_path):
@@ -83,6 +85,41 @@ def test_erase_command_writes_changed_tensors_and_method_json(tiny_dir, tmp_path
     eff = rec["efficiency"]
     assert eff["storage_bytes"] == (tmp_path / "out" / "unet.safetensors").stat().st_size
     assert eff["time_s"] > 0 and eff["peak_memory_bytes"] > 10 * 2**20
+
+
+def test_erase_repeats_record_every_run_and_the_results_give_their_interval(tiny_dir, tmp_path, monkeypatch, capsys):
+    """``unlearn erase --repeats 2``: two erasures (each in its own spawned process; here in this
+    one, to keep the test fast); method.json holds their mean and every run's figures; the
+    results' efficiency figure carries the runs and the metric their t interval (one run would
+    say "single run")."""
+    from harness import cli, methods, stats
+    from harness.metrics import efficiency
+    from harness.results.assemble import load_method_record
+
+    calls = []
+    monkeypatch.setattr(methods, "run_erase_isolated", lambda *a, **k: calls.append(k.get("threads")) or methods.run_erase(*a, **k))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["erase", "uce", "--base", str(tiny_dir), "--concept", "striped", "--out", str(tmp_path / "out"), "--repeats", "2"]) == 0
+    assert len(calls) == 2 and all(isinstance(c, int) for c in calls)  # each run at the thread count of the command
+    assert "mean of 2 runs" in capsys.readouterr().out and sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the scratch runs removed
+    eff = json.loads((tmp_path / "out" / "method.json").read_text())["efficiency"]
+    reps = eff["repeats"]
+    assert reps["n"] == 2 and len(reps["time_s"]) == len(reps["peak_memory_bytes"]) == 2 and reps["same_checkpoint"] is True
+    assert eff["time_s"] == round(sum(reps["time_s"]) / 2, 3)
+    rec = load_method_record(tmp_path, "out/method.json")["efficiency"]
+    assert rec["repeats"]["time_s"] == reps["time_s"]
+    figure = {"value": eff["time_s"], "source": "measured", "runs": reps["time_s"]}
+    meas = efficiency.compute("erase_time_s", type("R", (), {"efficiency": {"time_s": figure}})(), None, {})
+    ci = stats.uncertainty(meas, None)["ci"]
+    assert ci["method"].startswith("t over 2 repeated runs") and ci["low"] <= min(reps["time_s"]) and max(reps["time_s"]) <= ci["high"]
+    from harness.errors import HarnessError
+
+    doc = json.loads((tmp_path / "out" / "method.json").read_text())
+    for bad in ("x", [], ["1"], [-1.0], [1.0] * 1001):
+        doc["efficiency"]["repeats"]["time_s"] = bad
+        (tmp_path / "out" / "method.json").write_text(json.dumps(doc))
+        with pytest.raises(HarnessError, match=r"^method_record: out/method.json: efficiency.repeats.time_s: not a list of 1-1000 non-negative numbers$"):
+            load_method_record(tmp_path, "out/method.json")
 
 
 GENERIC_ERRORS = [

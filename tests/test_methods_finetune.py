@@ -13,6 +13,8 @@ from harness.methods import ca, fmn, salun
 from harness.methods.common import for_toy_world, text_embeddings
 from harness.methods.finetune import base_latents, noisy
 
+import reference_outputs
+
 FAST = {
     "fmn": dict(steps=4, lr=1e-3, batch=2, n_images=4, sample_steps=2, sample_guidance=5.0),
     "ca": dict(steps=4, lr=1e-3, batch=2, n_images=4, sample_steps=2, sample_guidance=5.0),
@@ -136,45 +138,32 @@ def test_deterministic_with_a_seed(tiny_pipe_factory, method):
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters
 
 
-# sha256 over (name, bytes) of the tensors each method returned on the tiny pipeline (seed 16,
-# method seed 3, one torch thread), as the per-method loops made them before they became the one ``finetune.fit``:
-# the shared loop must change no bit of any method's result (the committed toy checkpoints were
-# re-made by the shared loop and matched their method.json sha256 too). A torch upgrade that
-# changes the kernels changes these; re-make them only from code whose loop did not change.
-GOLDEN = {
-    ("esd", "xattn"): "13bfa4cb0205b663912c41c8863958f38a97d9df5fa52ad5e7f2711e574ce2dd",
-    ("fmn", "xattn"): "91a938a3c1a8e607a4e304d540789e72d99309572a42bbacbb2cbfd80fcaf29c",
-    ("fmn", "full"): "5c9912b1dad66c8e407e865d51632ff707a4b67d34040f6f78e7c82e95b7a289",
-    ("ca", "kv"): "b97f52d55e2d9c3fdcccec59e76811e0711faf17b49756b398b81bdb0c29e4bc",
-    ("salun", "full"): "3ecc1d11b3944aff37e43e0aa77e05a490054673cd8a59543f8b3a6328a35e16",
-}
-GOLDEN_PARAMS = {
-    "esd": dict(steps=3, lr=1e-3, batch=2, sample_steps=3, sample_guidance=5.0),
-    "fmn": FAST["fmn"],
-    "ca": FAST["ca"],
-    "salun": {**FAST["salun"], "epochs": 2},
-}
 
+@pytest.mark.parametrize("case", sorted(reference_outputs.CASES))
+def test_the_shared_loop_reproduces_each_methods_reference_tensors(case):
+    """A few steps of each method through the one ``finetune.fit`` (tests/reference_outputs.py)
+    give the committed reference tensors: every tensor bitwise (the recorded digest) on the
+    platform that made them, else the committed ones within the case's stated tolerance."""
+    from safetensors.torch import load_file
 
-@pytest.mark.parametrize("method, train", sorted(GOLDEN))
-def test_the_shared_loop_reproduces_each_methods_tensors_bitwise(tiny_pipe_factory, method, train):
-    import hashlib
+    from harness.reproduce import compare_tensors, fingerprint, same_platform
 
-    from harness.methods import esd
-
-    mod = {**MODS, "esd": esd}[method]
-    params = {**GOLDEN_PARAMS[method], **({} if method == "esd" else {"train": train})}
+    doc = json.loads((reference_outputs.REFERENCE / "platform.json").read_text())
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the digests are of one-thread runs (the thread count changes the float sums)
+    torch.set_num_threads(reference_outputs.THREADS)  # the references are one-thread runs
     try:
-        out = mod.erase(tiny_pipe_factory(seed=16), [for_toy_world("striped")], **params, seed=3, progress=False)
+        out = reference_outputs.make(case)
+        here = fingerprint(threads=reference_outputs.THREADS)
     finally:
         torch.set_num_threads(threads)
-    h = hashlib.sha256()
-    for k in sorted(out):
-        h.update(k.encode())
-        h.update(out[k].contiguous().numpy().tobytes())
-    assert h.hexdigest() == GOLDEN[(method, train)]
+    ref = load_file(str(reference_outputs.REFERENCE / f"{case}.safetensors"))
+    assert set(ref) <= set(out)
+    same = same_platform(doc["platform"], here)
+    c = compare_tensors({k: out[k] for k in ref}, ref, reference_outputs.tolerance(case), same)
+    print(case, c.line())
+    assert c.ok, c.line()
+    if same:
+        assert reference_outputs.digest(out) == doc["sha256"][case]
 
 
 @pytest.mark.parametrize("method", ["fmn", "ca", "salun"])

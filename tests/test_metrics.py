@@ -337,3 +337,160 @@ def test_metric_params_are_typed():
         MetricSpec(name="ccs_forget", params={"psi": [0.5]})
     with pytest.raises(HarnessError, match="Integrity params: params.backend"):
         integrity.compute("integrity", None, None, {"backend": "alexnet"})
+
+
+# ---------------------------------------------------------------- robustness, CRS, density / coverage, efficiency: intervals
+
+
+def _attack_outcome(attack, pre, base_pre, success_at, budgets):
+    from harness.attacks.common import asr_curve
+
+    n = len(pre)
+    return {"attack": attack, "attack_version": "1", "params": {}, "budget": max(budgets), "budget_unit": "steps", "attack_seeds": [0, 1],
+            "judge": {}, "items": n, "item_index": list(range(n)), "pre": pre, "base_pre": base_pre, "success_at": success_at,
+            "asr_curve": asr_curve(pre, success_at, budgets), "attacked": 0, "attacked_items": [], "cached": 0, "unet_calls": 0,
+            "seconds": 0.0, "seconds_per_attacked_item": None, "examples": []}
+
+
+def _attack_run(outs: dict):
+    items = [(type("P", (), {"text": f"A triangle image in style {i // 2}."})(), i % 2) for i in range(10)]
+    suite = type("S", (), {"id": "synthetic", "prompt_attacks": {b: None for b in outs}})()
+    return type("R", (), {"prompt_attacks": {(b, "object", "triangle"): o for b, o in outs.items()}, "items": items, "suite": suite})()
+
+
+def test_robustness_intervals_thresholds_and_the_reversed_erasure():
+    """Pre-ASR / ASR / ASR (TI) / the worst case carry Wilson intervals (each point of the ASR
+    curve its own) and paired deltas against the base model's un-attacked items; an erasure
+    that textual inversion reverses on every item fails `<= 0.5 * base` and is named as reversed;
+    identical models' Pre-ASR delta is exactly 0."""
+    from harness import stats
+    from harness.metrics import info, robustness
+    from harness.spec import Threshold
+
+    t = TargetSpec(concept="triangle", kind="object")
+    uda = _attack_outcome("unlearndiffatk", [False] * 10, [True] * 10, [None] * 7 + [30, 60, 60], [0, 20, 40, 60])
+    ti = _attack_outcome("ti", [False] * 10, [True] * 10, [75] * 10, [0, 25, 50, 75, 100])
+    run = _attack_run({"prompt": uda, "inversion": ti})
+    th = Threshold.parse("<= 0.5 * base")
+    recs = {}
+    for name in ("pre_asr", "asr", "ti_asr", "asr_worst"):
+        meas = robustness.compute(name, run, t, {})
+        u = stats.uncertainty(meas, th)
+        recs[name] = {"metric": name, "target": "triangle", "label": info(name).label, "value": meas.value, "base_value": meas.base_value,
+                      "details": meas.details, **u, **stats.verdict(th, meas.value, meas.base_value, u.get("margin_ci")).fields()}
+    asr, ti_rec, worst, pre = recs["asr"], recs["ti_asr"], recs["asr_worst"], recs["pre_asr"]
+    assert asr["value"] == 0.3 and asr["ci"]["method"] == "wilson" and asr["ci"]["low"] < 0.3 < asr["ci"]["high"] and asr["ci"]["n_clusters"] == 5
+    assert asr["scores"]["binary"] and asr["scores"]["base"] == [1.0] * 10 and asr["delta_ci"]["high"] < 0  # paired with the base's items
+    assert asr["verdict"] == "pass" or asr["verdict"] == "inconclusive"
+    for c in asr["details"]["asr_curve"]:  # each budget's point has its own interval
+        assert c["low"] <= c["asr"] <= c["high"]
+    assert asr["details"]["asr_curve"][0] == {"budget": 0, "asr": 0.0, "low": 0.0, "high": pytest.approx(stats.wilson(0, 10)[1], abs=1e-6)}
+    assert ti_rec["value"] == 1.0 and ti_rec["verdict"] == "fail" and ti_rec["ci"]["low"] > 0.5
+    assert worst["value"] == 1.0 and worst["details"]["worst"] == "ti" and worst["verdict"] == "fail"
+    assert (worst["ci"]["low"], worst["ci"]["high"]) == (ti_rec["ci"]["low"], 1.0) and worst["ci"]["method"].startswith("wilson")  # not the degenerate [1, 1]
+    assert pre["value"] == 0.0 and pre["verdict"] == "pass"
+    assert robustness.reversals(recs.values()) == {"triangle": ["reversed by UnlearnDiffAtk on 3/10 items (ASR PASS)" if asr["verdict"] == "pass"
+                                                                else "reversed by UnlearnDiffAtk on 3/10 items (ASR INCONCLUSIVE)",
+                                                                "reversed by TI on 10/10 items (ASR (TI) FAIL)"]}
+    # identical models, no attack success: every delta is exactly 0
+    same = _attack_outcome("unlearndiffatk", [True, False] * 5, [True, False] * 5, [None] * 10, [0, 10])
+    srun = _attack_run({"prompt": same})
+    for name in ("pre_asr", "asr", "asr_worst"):
+        d = stats.uncertainty(robustness.compute(name, srun, t, {}), th)["delta_ci"]
+        assert d["low"] <= 0.0 <= d["high"] and d["low"] == d["high"] == 0.0, name
+    assert robustness.reversals([{"metric": "asr", "target": "triangle", "value": 0.5, "details": same, "verdict": "info"}]) == {}
+
+
+def test_crs_interval_over_prompts_with_the_separator_fixed():
+    """CRS-forget / -retain get a cluster-bootstrap interval (the separator and its reference
+    sets held fixed, said in ci.note); identical models give CRS-forget exactly 0 with a
+    degenerate interval and a delta of [0, 0]."""
+    from harness import stats
+    from harness.metrics import concealment
+    from harness.spec import ScorerSpec
+
+    base = list(world.sample(12, seed=51)[0])
+    unl = list(world.sample(12, seed=52)[0])
+    styles = ["striped"] * 6 + ["solid"] * 6
+    items = [(type("P", (), {"text": f"p{i // 2}"})(), i % 2) for i in range(12)]
+    metric_list = [type("M", (), {"name": "crs_forget", "params": {"separator_steps": 10}})()]
+
+    def run_of(b, u, att):
+        r = _Run(b, u, styles)
+        r.suite = type("S", (), {"id": "synthetic", "scorer": ScorerSpec(backend="toy"), "metrics": metric_list})()
+        r.items, r.attacked = items, att
+        return r
+
+    t = TargetSpec(concept="striped", kind="style")
+    run = run_of(base, unl, {0.5: unl, 0.25: [base[i] if i % 3 else unl[i] for i in range(12)]})
+    for name in ("crs_forget", "crs_retain"):
+        meas = concealment.compute(name, run, t, {"separator_steps": 10})
+        rec = stats.uncertainty(meas, None)
+        ci = rec["ci"]
+        assert ci["method"] == "cluster-bootstrap-percentile" and ci["n_clusters"] == 3 and "separator" in ci["note"], name
+        assert ci["low"] - 1e-6 <= meas.value <= ci["high"] + 1e-6 and rec["delta_ci"] is not None, name
+    same = run_of(base, base, {0.5: base, 0.25: base})
+    meas = concealment.compute("crs_forget", same, t, {"separator_steps": 10})
+    rec = stats.uncertainty(meas, None)
+    assert meas.value == 0.0 and rec["ci"]["low"] == rec["ci"]["high"] == 0.0 and rec["delta_ci"]["low"] == rec["delta_ci"]["high"] == 0.0
+
+
+def test_density_and_coverage_carry_the_fid_jackknife_interval():
+    """The delete-one-cluster jackknife of FID / KID: the same method, identical models' delta
+    [0, 0], a constant generated set a degenerate interval, coverage within [0, 1]."""
+    from harness import stats
+    from harness.metrics import coverage
+
+    imgs = list(world.sample(24, seed=43)[0])
+    other = list(world.sample(24, seed=44)[0])
+    styles = ["dotted"] * 4 + ["solid"] * 20
+    t = TargetSpec(concept="dotted", kind="style")
+    params = {"references": 60, "reference_seed": 4096}
+
+    def run_of(b, u):
+        r = _Run(b, u, styles)
+        r.items = [(type("P", (), {"text": f"p{i // 2}"})(), i % 2) for i in range(24)]
+        return r
+
+    for name in ("density", "coverage"):
+        meas = coverage.compute(name, run_of(imgs, other), t, params)
+        rec = stats.uncertainty(meas, None)
+        assert rec["ci"]["method"].startswith("cluster-jackknife-t (delete one prompt") and rec["ci"]["n_clusters"] == 10, name
+        assert 0.0 <= rec["ci"]["low"] <= meas.value <= rec["ci"]["high"] and (name == "density" or rec["ci"]["high"] <= 1.0), name
+        same = stats.uncertainty(coverage.compute(name, run_of(imgs, imgs), t, params), None)
+        assert same["delta_ci"]["low"] == same["delta_ci"]["high"] == 0.0, name
+        flat = stats.uncertainty(coverage.compute(name, run_of(imgs, [imgs[4]] * 24), t, params), None)
+        assert flat["ci"]["high"] - flat["ci"]["low"] < 1e-9, name  # every generated image the same: every replicate the same (to rounding)
+
+
+def test_efficiency_intervals_repeats_single_run_and_declared():
+    from harness import stats
+    from harness.metrics import efficiency
+
+    t = TargetSpec(concept="striped", kind="style")
+    run = type("R", (), {"efficiency": {"storage_bytes": {"value": 2_000_000, "source": "measured"},
+                                        "time_s": {"value": 4.0, "source": "measured", "runs": [3.0, 4.0, 5.0]},
+                                        "peak_memory_bytes": {"value": 2e9, "source": "measured"}}})()
+    rec = lambda name: stats.uncertainty(efficiency.compute(name, run, t, {}), None)
+    tm = efficiency.compute("erase_time_s", run, t, {})
+    assert tm.value == 4.0 and rec("erase_time_s")["ci"]["method"].startswith("t over 3 repeated runs") and rec("erase_time_s")["ci"]["low"] < 3.0
+    assert stats.short_reason(rec("peak_memory_gb")["ci_reason"]) == "single run"
+    assert stats.short_reason(rec("storage_mb")["ci_reason"]) == "exact"
+    run.efficiency = {"time_s": {"value": 9.0, "source": "declared"}}
+    assert stats.short_reason(rec("erase_time_s")["ci_reason"]) == "declared"
+
+
+def test_asr_worst_reads_every_attacks_block_the_suite_gives():
+    from harness.spec import Suite
+
+    def suite(metrics, attacks):
+        return Suite.model_validate({
+            "id": "w", "version": "1", "applies_to": ["object"], "world": "toy", "scorer": {"backend": "toy"},
+            "prompts": {"template": {"template": "A {object} image.", "values": {"object": ["circle", "triangle"]}}},
+            "generation": {"scheduler": "ddim", "steps": 2, "guidance": 5.0, "seeds": [0], "batch_size": 4},
+            "metrics": [{"name": m} for m in metrics], "attacks": attacks})
+
+    both = suite(["asr_worst"], {"prompt": {"attack": "unlearndiffatk", "params": {"rounds": 1}}, "inversion": {"attack": "ti", "params": {"steps": 2}}})
+    assert sorted(both.prompt_attacks) == ["inversion", "prompt"]  # neither block refused as unread
+    alone = suite(["asr_worst"], None)
+    assert sorted(alone.prompt_attacks) == ["prompt"]  # no inversion block given: the prompt attack alone (its defaults)

@@ -151,7 +151,10 @@ def test_the_file_of_a_run_is_assembled_in_the_order_readers_see(tmp_path):
     doc = build(str(sub_path.relative_to(ROOT)), load_submission(sub_path), ROOT, suites, {"python": "3"}, True, "2026-01-01T00:00:00+00:00",
                 devices=["cpu"], smoke=False).to_json()
     assert list(doc) == list(committed)
-    assert list(doc["environment"]) == ["platform", "libraries", "device"] and doc["summary"] == committed["summary"]
+    assert list(doc["environment"]) == ["platform", "libraries", "device", "fingerprint"] and doc["summary"] == committed["summary"]
+    from harness.reproduce import BITWISE_FIELDS
+
+    assert set(BITWISE_FIELDS) <= set(doc["environment"]["fingerprint"]) and doc["environment"]["fingerprint"]["device"] == "cpu"
     assert diff_keys(doc["metrics"], committed["metrics"]) == [] and diff_keys(doc["suites"], committed["suites"]) == []
     assert list(doc["submission"]) == list(committed["submission"])
     empty = build(str(sub_path.relative_to(ROOT)), load_submission(sub_path), ROOT, [], {}, False, "2026-01-01T00:00:00+00:00")

@@ -304,9 +304,12 @@ def test_integrity_mscore_and_nudity_scores_reproduce_their_values():
 def test_metrics_without_per_item_scores_say_why():
     from harness.metrics import Measurement, efficiency
 
-    rec = stats.uncertainty(Measurement(1.0, None, ci_reason=efficiency.NO_CI))
-    assert rec["ci"] is None and rec["ci_reason"] == efficiency.NO_CI
+    rec = stats.uncertainty(Measurement(1.0, None, ci_reason=efficiency.SINGLE))
+    assert rec["ci"] is None and rec["ci_reason"] == efficiency.SINGLE
+    assert stats.short_reason(rec["ci_reason"]) == "single run"
+    assert stats.short_reason(efficiency.DECLARED) == "declared" and stats.short_reason(efficiency.EXACT) == "exact"
     assert stats.uncertainty(Measurement(1.0, None))["ci_reason"]
+    assert stats.short_reason("a long sentence without a short tag: it says why") == "no interval" == stats.short_reason(None)
 
 
 def test_fid_interval_is_the_paired_prompt_jackknife():
@@ -417,3 +420,48 @@ def test_fid_seed_jackknife_covers_with_the_prompts_fixed():
             w_prompt.append(cp["high"] - cp["low"])
     assert 0.90 <= hits / 200 <= 0.995, hits
     assert np.median(w_seed) < 0.7 * np.median(w_prompt), (np.median(w_seed), np.median(w_prompt))
+
+
+# ---------------------------------------------------------------- the intervals of issue 32
+
+
+def test_asr_wilson_interval_covers_p_on_simulated_bernoulli_items():
+    """The interval an ASR record carries (Wilson on the effective size of 0/1 attacked items,
+    clustered by prompt: ``intervals`` of a binary ``Scores``) covers the true rate in 93-97% of
+    1,000 simulated sets of 25 prompts x 2 attack seeds of Bernoulli(0.3) items (measured 0.960)."""
+    rng = np.random.default_rng(3)
+    clusters, p, hits = [f"p{i // 2}" for i in range(50)], 0.3, 0
+    for _ in range(1000):
+        s = stats.Scores((rng.random(50) < p).astype(float), None, clusters, [i % 2 for i in range(50)], binary=True)
+        ci = stats.intervals(s)["ci"]
+        assert ci["method"] == "wilson"
+        hits += ci["low"] <= p <= ci["high"]
+    assert 0.93 <= hits / 1000 <= 0.97, hits / 1000
+
+
+def test_weighted_and_repeat_intervals_known_answers():
+    """A constant statistic gives a degenerate interval at its value; identical models give a
+    delta of exactly [0, 0]; the worst case of two proportions is bracketed by its interval;
+    repeats give mean -/+ t sd / sqrt(n) and one repeat says "single run"."""
+    clusters = [f"p{i // 2}" for i in range(20)]
+    x = np.r_[np.ones(10), np.zeros(10)]
+    mean = lambda v: (lambda w: stats.statistic(v, w))
+    const = stats.weighted_intervals(lambda w: np.full(len(np.atleast_2d(w)), 0.25), None, clusters)
+    assert const["ci"]["low"] == const["ci"]["high"] == 0.25 and "delta_ci" not in const
+    same = stats.weighted_intervals(mean(x), mean(x), clusters, Threshold.parse("<= 0.5 * base"))
+    assert same["delta_ci"]["low"] == same["delta_ci"]["high"] == 0.0
+    assert same["ci"]["low"] < 0.5 < same["ci"]["high"] and same["margin_ci"]["low"] < 0.25 < same["margin_ci"]["high"]
+    assert stats.weighted_intervals(mean(x), mean(x), clusters) == stats.weighted_intervals(mean(x), mean(x), clusters)  # seeded
+    y = np.r_[np.ones(4), np.zeros(16)]
+    worst = stats.weighted_intervals(lambda w: np.maximum(stats.statistic(x, w), stats.statistic(y, w)), None, clusters)
+    assert worst["ci"]["low"] <= 0.5 <= worst["ci"]["high"] and worst["ci"]["low"] >= 0.2
+    r = stats.repeats_interval([10.0, 12.0, 14.0])
+    from scipy.stats import t
+
+    half = t.ppf(0.975, 2) * 2.0 / np.sqrt(3)
+    assert r["ci"]["low"] == pytest.approx(12 - half) and r["ci"]["high"] == pytest.approx(12 + half)
+    assert r["ci"]["sd"] == 2.0 and (r["ci"]["min"], r["ci"]["max"], r["ci"]["n_items"]) == (10.0, 14.0, 3)
+    flat = stats.repeats_interval([3.0, 3.0, 3.0], Threshold.parse("<= 5"))
+    assert flat["ci"]["low"] == flat["ci"]["high"] == 3.0 and flat["margin_ci"]["low"] == flat["margin_ci"]["high"] == -2.0
+    one = stats.repeats_interval([3.0])
+    assert one["ci"] is None and stats.short_reason(one["ci_reason"]) == "single run"

@@ -100,7 +100,7 @@ def test_same_seed_same_image_and_different_prompts_differ(toy_pipe):
 
 
 def test_generations_are_classified_as_prompted(toy_pipe, toy_clf):
-    """One seed per prompt (25 images): the measured full-grid rate (README: 1.00 / 1.00) minus a
+    """One seed per prompt (25 images): the measured full-grid rate (docs/toy-world.md: 1.00 / 1.00) minus a
     margin of two images."""
     prompts = world.all_prompts()
     imgs = _gen(toy_pipe, [p for _, _, p in prompts], [1000 + i for i in range(len(prompts))])

@@ -158,7 +158,7 @@ def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, bas
     return {
         "attack": mod.NAME, "attack_version": mod.VERSION, "params": ap, "budget": max(b), "budget_unit": mod.BUDGET_UNIT,
         "attack_seeds": sorted(seeds) if seeds is not None else None, "judge": judge.identity,
-        "items": len(idx), "pre": pre, "base_pre": base_pre, "success_at": success_at, "asr_curve": curve,
+        "items": len(idx), "item_index": idx, "pre": pre, "base_pre": base_pre, "success_at": success_at, "asr_curve": curve,
         "attacked": len(todo), "attacked_items": [[its[j].job.prompt, its[j].job.seed] for j in todo], "cached": sum(1 for p, r in zip(pre, recs) if not p) - len(todo),
         "unet_calls": counter.get("unet_calls", 0) - before, "seconds": round(time.time() - t0, 2),
         "seconds_per_attacked_item": round(float(np.mean([r["seconds"] for j, r in enumerate(recs) if j in set(todo) and "seconds" in r])), 3) if todo and max(b) > 0 else None,

@@ -54,10 +54,36 @@ def preset_params(mod, method: str, preset: str | None, base: Path, explicit: di
         chosen = dict(presets[preset])
     sig = inspect.signature(mod.erase).parameters
     known = [k for k in list(sig)[2:] if k not in ("progress", "history")]
-    for k in explicit:
+    for k, v in explicit.items():
         if k not in known:
             raise HarnessError(f"--param {k}: {method} has no parameter {k!r}; known: {', '.join(known)}")
+        default = chosen.get(k, sig[k].default if sig[k].default is not inspect.Parameter.empty else None)
+        problem = _param_problem(v, default)
+        if problem:
+            raise HarnessError(f"--param {k}: {str(v)[:40]!r} {problem}")
     return preset, {**chosen, **explicit}
+
+
+MAX_PARAM_INT = 1_000_000  # step counts, iterations, batch sizes: what a method.json (a PR's file) may ask of `unlearn regress`
+
+
+def _param_problem(v, default) -> str | None:
+    """Why ``v`` cannot be a value of a parameter whose default is ``default`` (None: it can):
+    a number where the default is one, finite, whole where the default is whole, within
+    +-1,000,000 (a training run of 10**9 steps from a submitted method.json is refused)."""
+    import math
+
+    if isinstance(default, bool) or default is None or not isinstance(default, (int, float)):
+        if isinstance(v, float) and not math.isfinite(v):
+            return "is not a finite number"
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(default, int) and not isinstance(v, int)):
+        return f"is not {'a whole number' if isinstance(default, int) else 'a number'} (the default is {default!r})"
+    try:
+        ok = math.isfinite(float(v)) and -MAX_PARAM_INT <= v <= MAX_PARAM_INT
+    except OverflowError:
+        ok = False
+    return None if ok else f"is outside -{MAX_PARAM_INT}..{MAX_PARAM_INT}"
 
 
 def get_method(name: str):
@@ -135,6 +161,7 @@ def run_erase(
 
     from ..hashing import sha256_file, sha256_tree
     from ..models import quiet_loading
+    from ..reproduce import fingerprint
     from .common import ConceptPrompts, check_concept_tokens, for_toy_world
 
     mod = get_method(method)
@@ -144,6 +171,9 @@ def run_erase(
         raise HarnessError(f"--base {base}: no diffusers pipeline there (model_index.json missing)")
     if out.exists() and not force:
         raise HarnessError(f"--out {out} exists; pass --force to overwrite it")
+    if out.is_symlink() or (out.exists() and not (out.is_dir() and (out / "method.json").is_file())):
+        # --force replaces only an earlier erase's output folder, never another folder or file
+        raise HarnessError(f"--out {out}: is not a folder `unlearn erase` wrote (no method.json in it); --force replaces only those")
     quiet_loading()
     # Check the words with the tokenizer alone, before the models load.
     tokenizer = CLIPTokenizer.from_pretrained(str(base / "tokenizer"))
@@ -201,6 +231,9 @@ def run_erase(
             "measured": True,
         },
         "versions": {"torch": torch.__version__},
+        # where the tensors were made: a re-made checkpoint is bitwise this one only there
+        # (harness.reproduce); elsewhere equal within the method's tolerance
+        "platform": fingerprint(device, threads=used_threads),
     }
     (tmp / "method.json").write_text(json.dumps(record, indent=2) + "\n")
     if out.exists():

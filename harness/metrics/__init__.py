@@ -35,7 +35,7 @@ class MetricInfo:
     needs_images: bool = True  # False: computed from the submission alone (no generation)
     attack: bool = False  # True: needs the partial-diffusion attacked images too (suite's attacks.partial_diffusion)
     prompt_attack: bool = False  # True: needs a prompt attack's outcome (harness.attacks.runner)
-    attack_block: Literal["prompt", "inversion"] = "prompt"  # which of the suite's attacks blocks it reads
+    attack_block: Literal["prompt", "inversion", "every"] = "prompt"  # which of the suite's attacks blocks it reads (every: all it gives)
     params: type[MetricParams] = MetricParams  # the suite's params for it, typed (unknown keys refused)
     needs_scorer: bool = False  # True: needs the suite's scorer (classifier)
     role: Literal["erasure", "retention", "quality", "efficiency", "robustness"] = "retention"

@@ -21,6 +21,12 @@ prints CCS in percent; here it is a fraction. Its pooled features f give
 
 High CCS on forget prompts means the concept came back: concealment, not unlearning. When the
 two models are the same, the classifier cannot separate them and CCS stays near 0.5.
+
+Intervals: CCS is a mean over attacked items (cluster bootstrap, ``ci.note``: conditional on the
+separator). CRS is not, but S_U - S_O at one psi is the mean over its attacked items of each
+item's gap s_U(a) - s_O(a), so the prompts are redrawn and CRS recomputed from the reweighted
+gaps, with the separator and its reference sets held fixed (``crs_resample``; what that leaves
+out is in ``ci.note``).
 """
 
 from __future__ import annotations
@@ -126,12 +132,58 @@ def _scores(run, target, variant: str, p: Params) -> dict:
         p_of = lambda ims: torch.softmax(model.head(model.features(to_float(ims))), 1)[:, 1].double().numpy()
         per_item = (every, np.stack([p_of([imgs[i] for i in every]) for imgs in run.attacked.values()], 1).mean(1),
                     p_of([run.images["base"][i] for i in every])) if every else None
+
+        # Per item, the gap s_U(a) - s_O(a) of its attacked image at each psi (NaN: not attacked
+        # there) and of its base image (CRS's interval: S_U - S_O is the mean of these gaps).
+        def gaps(ims):
+            fa = model.features(to_float(ims))
+            return (similarity(fa, f_u).mean(1) - similarity(fa, f_o).mean(1)).double().numpy()
+
+        gap = np.full((len(run.attacked), len(idx)), np.nan)
+        for r, imgs in enumerate(run.attacked.values()):
+            at = [j for j, i in enumerate(idx) if imgs[i] is not None]
+            if at:
+                gap[r, at] = gaps([imgs[idx[j]] for j in at])
+        on_base = [j for j, i in enumerate(idx) if any(imgs[i] is not None for imgs in run.attacked.values())] or list(range(len(idx)))
+        base_gap = np.full(len(idx), np.nan)
+        base_gap[on_base] = gaps([run.images["base"][idx[j]] for j in on_base])
     if not per_psi:
         raise HarnessError("CRS/CCS: no attacked images")
     out = {"per_psi": per_psi, "base": base_probe, "separator_heldout_accuracy": acc, "reference_images_per_model": len(idx), "separator_training": how}
     run.memo[key] = out
     run.memo[key + ("per-item",)] = per_item
+    run.memo[key + ("gaps",)] = (idx, gap[[r for r in range(len(gap)) if np.isfinite(gap[r]).any()]], base_gap)
     return out
+
+
+CRS_NOTE = ("prompts of the attacked images resampled; conditional on this run's trained separator and its two reference sets "
+            "(their training and sampling variance is not included)")
+
+
+def crs_resample(run, idx, gap: np.ndarray, base_gap: np.ndarray, variant: str, threshold) -> dict:
+    """CRS's intervals with the separator fixed: CRS = mean over psi |S_U - S_O| and S_U - S_O
+    at a psi is the mean over its attacked items of their gap s_U(a) - s_O(a), so a prompt draw
+    (``stats.cluster_weights``) reweights the items' gaps and the value is recomputed (for the
+    base model: its base images' gaps, the same draw: paired)."""
+    from ..stats import item_scores, weighted_intervals
+
+    clusters = item_scores(run, idx, np.zeros(len(idx)), None).clusters
+
+    def crs(g):
+        g = np.atleast_2d(g)
+        have = np.isfinite(g)
+        g0 = np.where(have, g, 0.0)
+
+        def of(w):
+            w = np.atleast_2d(w)
+            num, den = w @ g0.T, w @ have.T.astype(np.float64)  # (B, psi)
+            gap_m = np.abs(np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0))
+            with np.errstate(invalid="ignore"):
+                m = np.nanmean(gap_m, 1)
+            return m if variant == "forget" else 1.0 - m
+        return of
+
+    return weighted_intervals(crs(gap), crs(base_gap), clusters, threshold, note=CRS_NOTE)
 
 
 def compute(name: str, run, target, params) -> Measurement:
@@ -150,10 +202,10 @@ def compute(name: str, run, target, params) -> Measurement:
     meas = Measurement(value(sc["per_psi"].values()), value([sc["base"]]), {**sc, "per_psi": {f"{k:g}": v for k, v in sc["per_psi"].items()}})
     per_item = run.memo.get(("concealment", target.kind, target.concept, variant, "per-item"))
     if name.startswith("crs"):
-        meas.ci_reason = ("CRS is |mean S_U - mean S_O| over psi, a gap of set means against a separator trained on this run; "
-                          "an honest interval needs the separator retrained per resample (not done)")
+        gi, gap, base_gap = run.memo[("concealment", target.kind, target.concept, variant, "gaps")]
+        meas.resample = lambda threshold: crs_resample(run, gi, gap, base_gap, variant, threshold)
     elif per_item is None or len(per_item[1]) * len(sc["per_psi"]) != sum(v["images"] for v in sc["per_psi"].values()):
-        meas.ci_reason = "CCS: not every attacked item has an image at every psi, so the value is not a mean over items"
+        meas.ci_reason = "ragged psi: CCS: not every attacked item has an image at every psi, so the value is not a mean over items"
     else:
         from ..stats import item_scores
 

@@ -14,7 +14,8 @@ come from one distribution). Both are higher-is-better. As the authors' ``prdc``
 them (Euclidean distances, strict ``<``, the k-th neighbour excluding the point itself, k = 5).
 Computed on the retain prompts' images and the reference set of FID / KID (``fid.retain_features``:
 the same clean-fid features, so beside FID in a suite they cost no extra image or feature pass),
-for the unlearned and the base model.
+for the unlearned and the base model. Their interval is FID / KID's delete-one-cluster jackknife
+(``stats.set_intervals``; docs/statistics.md: its coverage on simulated sets).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ METRICS = {
     "density": MetricInfo("Density", True, "mean number of reference k-NN balls (/ k) holding a retain-prompt image", params=Params, role="quality"),
     "coverage": MetricInfo("Coverage", True, "share of reference k-NN balls holding at least one retain-prompt image", params=Params, role="quality"),
 }
-NO_CI = "density / coverage are set statistics over k-NN balls; no resampling interval is implemented for them"
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -56,6 +56,21 @@ def compute(name: str, run, target, params) -> Measurement:
     p = Params.of(params, f"{METRICS[name].label} params")
     f_ref, f_unl, f_base, ref_sha, what, idx = retain_features(run, target, p, METRICS[name].label)
     pick = 0 if name == "density" else 1
-    value, base = density_coverage(f_ref, f_unl, p.nearest_k)[pick], density_coverage(f_ref, f_base, p.nearest_k)[pick]
+    of = lambda f: density_coverage(f_ref, f, p.nearest_k)[pick]
+    value, base = of(f_unl), of(f_base)
+
+    def resample(threshold):
+        """The generated set's sampling noise, as FID / KID's (``fid.compute``): the delete-one-
+        cluster jackknife (one seed of every prompt, or one prompt, left out in turn; the same
+        items for both models), the reference balls held fixed; cut at 0 (and coverage at 1)."""
+        from ..stats import jackknife_units, prompt_key, set_intervals
+
+        clusters, unit = jackknife_units([prompt_key(run.items[i][0].text) for i in idx], [run.items[i][1] for i in idx])
+        out = set_intervals(lambda j: of(f_unl[j]), lambda j: of(f_base[j]), clusters, threshold, lower=0.0,
+                            method=f"cluster-jackknife-t (delete one {unit}{' of every prompt' if unit == 'seed' else ''}, generated set)")
+        if name == "coverage" and out.get("ci"):
+            out["ci"].update(low=min(out["ci"]["low"], 1.0), high=min(out["ci"]["high"], 1.0))
+        return out
+
     return Measurement(value, base, {"mode": "clean", **what, "reference_sha256": ref_sha, "images": int(len(idx)), "nearest_k": p.nearest_k},
-                       ci_reason=NO_CI)
+                       resample=resample)

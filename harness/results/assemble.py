@@ -51,6 +51,14 @@ def load_method_record(root: Path, rel: str) -> dict:
         v = rec["efficiency"].get(k)
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
             raise HarnessError(f"method_record: {rel}: efficiency.{k}: {str(v)[:40]!r} is not a non-negative number")
+    reps = rec["efficiency"].get("repeats")
+    if reps is not None:
+        if not isinstance(reps, dict):
+            raise HarnessError(f"method_record: {rel}: efficiency.repeats: not an object")
+        for k in ("time_s", "peak_memory_bytes"):
+            v = reps.get(k)
+            if v is not None and not (isinstance(v, list) and 0 < len(v) <= 1000 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in v)):
+                raise HarnessError(f"method_record: {rel}: efficiency.repeats.{k}: not a list of 1-1000 non-negative numbers")
     for k in ("device", "peak_memory_measure"):
         v = rec["efficiency"].get(k)
         if v is not None and not isinstance(v, str):
@@ -61,9 +69,29 @@ def load_method_record(root: Path, rel: str) -> dict:
     return rec
 
 
+MEASURED_ENV = "UNLEARN_MEASURED_METHOD_RECORDS"
+
+
+def measured_by_harness(root: Path, rel: str) -> bool:
+    """A method.json the harness itself wrote in this run's parent process (``unlearn regress``
+    re-makes a checkpoint with ``unlearn erase`` and names the file in
+    ``$UNLEARN_MEASURED_METHOD_RECORDS``, paths separated by ``os.pathsep``). Any other
+    method.json (a pull request's, hand-written or not) is the submitter's word: its figures are
+    recorded as declared."""
+    import os
+
+    listed = [p for p in os.environ.get(MEASURED_ENV, "").split(os.pathsep) if p]
+    try:
+        mine = inside(root, rel, "method_record").resolve()
+        return any(Path(p).resolve() == mine for p in listed)
+    except (HarnessError, OSError, ValueError):
+        return False
+
+
 def efficiency(sub: Submission, root: Path) -> dict:
     """Storage measured from the checkpoint files; time / memory from ``unlearn erase``'s
-    method.json (measured) or the submission (declared)."""
+    method.json (measured only where the harness wrote it in this run: ``measured_by_harness``;
+    else declared) or the submission (declared)."""
     out: dict = {}
     if sub.checkpoint.path:
         p = inside(root, sub.checkpoint.path, "checkpoint.path")
@@ -73,9 +101,17 @@ def efficiency(sub: Submission, root: Path) -> dict:
     if sub.method_record:
         rec = load_method_record(root, sub.method_record)["efficiency"]
         if rec:
+            measured = measured_by_harness(root, sub.method_record)
+            runs = rec.get("repeats") if isinstance(rec.get("repeats"), dict) else {}
             for k in ("time_s", "peak_memory_bytes"):
                 if k in rec:
-                    out[k] = {"value": rec[k], "source": "measured", "how": rec.get("peak_memory_measure") if k == "peak_memory_bytes" else "wall clock of unlearn erase", "device": rec.get("device")}
+                    how = rec.get("peak_memory_measure") if k == "peak_memory_bytes" else "wall clock of unlearn erase"
+                    out[k] = {"value": rec[k], "source": "measured" if measured else "declared",
+                              "how": how if measured else f"method.json as committed ({str(how)[:80] if how else 'no method given'}); "
+                                                          "not measured by the harness run that made this file",
+                              "device": str(rec.get("device"))[:80] if rec.get("device") is not None else None}
+                    if isinstance(runs.get(k), list) and len(runs[k]) >= 2:  # unlearn erase --repeats N: every run's figure
+                        out[k]["runs"] = runs[k]  # (an interval only where measured: harness.metrics.efficiency)
     if sub.efficiency:
         declared = {"time_s": "time_s", "peak_memory_gb": "peak_memory_gb", "storage_gb": "storage_gb"}
         for k, v in sub.efficiency.model_dump(exclude_none=True).items():
@@ -89,6 +125,7 @@ def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict],
     """The results file of one submission's run; ``devices`` (``environment.device``) and
     ``smoke`` are set when given (the plugin gives both)."""
     from .. import __version__
+    from ..reproduce import fingerprint
 
     path = Path(sub_path)
     doc = ResultsFile(
@@ -98,7 +135,8 @@ def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict],
         finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         complete=complete,
         submission={"file": str(path), "file_sha256": sha256_file(path) if path.is_file() else None, **sub.model_dump(mode="json")},
-        environment={"platform": platform.platform(), "libraries": versions, **({"device": devices} if devices is not None else {})},
+        environment={"platform": platform.platform(), "libraries": versions, **({"device": devices} if devices is not None else {}),
+                     "fingerprint": fingerprint(device=(devices or ["cpu"])[0])},
         efficiency=efficiency(sub, root),
         suites=[s["suite"] for s in suite_results],
         metrics=[r for s in suite_results for r in s["metrics"]],

@@ -74,15 +74,16 @@ class Record(BaseModel):
 class Interval(Record):
     """A 95% interval (`harness/stats.py`): `ci`, `delta_ci` and `margin_ci` of a metric
     record. Other fields it may carry: `n_clusters`, `resamples`, `seed`, `n_items`,
-    `n_effective` (Wilson intervals), `note` (what it leaves out, e.g. CCS: the separator's
-    variance)."""
+    `n_effective` (Wilson intervals), `se` (jackknife), `sd`, `min`, `max` (repeated runs),
+    `note` (what it leaves out, e.g. CCS / CRS: the separator's variance)."""
 
     low: Number = Field(description="lower end")
     high: Number = Field(description="upper end")
     level: Number | None = Field(None, description="confidence level, 0.95")
     method: str | None = Field(None, description="`cluster-bootstrap-percentile` (prompts drawn with replacement), `wilson` (proportions, on the "
                                "effective size: then `n_effective`, and `resamples`, `seed` null) or `cluster-jackknife-t (delete one seed of every "
-                               "prompt | prompt, generated set)` (FID / KID; older files: `cluster-bootstrap-percentile, bias-shifted`)")
+                               "prompt | prompt, generated set)` (FID / KID, density / coverage; older files: `cluster-bootstrap-percentile, bias-shifted`) "
+                               "or `t over N repeated runs (...)` (efficiency figures of `unlearn erase --repeats N`)")
 
 
 class MetricRecord(Record):
@@ -109,7 +110,8 @@ class MetricRecord(Record):
                                       "null without a base value or interval")
     margin_ci: Interval | None = Field(None, description="95% interval of `value - bound(base)` (paired), the interval the verdict reads; "
                                        "records with a threshold and an interval")
-    ci_reason: str | None = Field(None, description="why `ci` is null (CRS, efficiency figures, ...)")
+    ci_reason: str | None = Field(None, description="why `ci` is null; it opens with a short tag the tables show in the interval's place "
+                                  "(`single run: ...`, `exact: ...`, `declared: ...`, `too few clusters: ...`)")
     scores: dict[str, Any] | None = Field(None, description="per-item scores behind the value, for the regression gate's paired test and the "
                                           "leaderboard's rank bootstrap: `keys` (`<sha256[:12] of the prompt>:<seed>` per item), `unlearned`, "
                                           "`base` (or null), `groups` (class per item for means over classes, or null), `binary` (a proportion); "
@@ -170,6 +172,9 @@ class SuiteRecord(Record):
                                         "leaderboard accepts a result of a `world: real` suite only when these equal the pins of the suite in its checkout")
     models: dict[str, Any] | None = Field(None, description="`base`, `unlearned`: fingerprints of the weights (folder sha256, hub id@commit, plus "
                                           "checkpoint sha256); they key the image cache")
+    base_model: dict[str, Any] | None = Field(None, description="the base the numbers are against: `label` (`builtin:toy`, `hub:ID@COMMIT`, "
+                                              "`local:FOLDER`), `suite_base` (true: a base the suite is defined on; false: another base "
+                                              "its `other_bases` allows) and `suite_bases` (the suite's own)")
     images: dict[str, Any] | None = Field(None, description="`base`, `unlearned` (and `attack`): `generated` / `cached` counts and `flagged` images "
                                           "(non-finite output, constant image)")
     samples: list[Sample] = Field([], description="up to 8 matched image pairs: one per prompt at its first seed, prompts naming a target first "
@@ -235,6 +240,10 @@ class Environment(Record):
     platform: str | None = Field(None, description="OS string")
     libraries: dict[str, str] = Field({}, description="versions of python, torch, diffusers, transformers, ...")
     device: list[str] | None = Field(None, description="devices the suites ran on")
+    fingerprint: dict[str, Any] | None = Field(
+        None, description="where the float output was made (`harness.reproduce.fingerprint`): library versions, machine, CPU model "
+                          "and instruction set, BLAS / oneDNN builds, torch threads, deterministic flag, device, GPU and CUDA; "
+                          "values are bitwise reproducible only where it is equal")
 
 
 class EfficiencyFigure(Record):
@@ -246,6 +255,8 @@ class EfficiencyFigure(Record):
     source: str = Field(description="`measured` or `declared`")
     how: str | None = Field(None, description="how it was measured (wall clock of `unlearn erase`, the peak-memory measure)")
     device: str | None = Field(None, description="the device it was measured or declared on")
+    runs: list[Number] | None = Field(None, description="every run's figure when the erasure was measured in N >= 2 repeats (`unlearn erase "
+                                      "--repeats N`); the metric is then their mean with a t interval; absent: a single run")
 
 
 class ResultsFile(Record):

@@ -185,7 +185,7 @@ def point_error_bars(by: dict, who: str) -> dict:
 
 
 def curves(df) -> list[dict]:
-    """``[{suite, submission, target, kind, unit, points: [(budget, asr)], base}]`` from the latest
+    """``[{suite, submission, target, kind, unit, points: [(budget, asr)], base, bars: [(budget, low, high)]}]`` from the latest
     records of the ``asr`` metric. Only points whose budget (>= 0) and ASR (in [0, 1]) are finite
     numbers are drawn: a results file's details are free-form, and one odd file must not stop
     the build."""
@@ -196,7 +196,11 @@ def curves(df) -> list[dict]:
         curve = d.get("asr_curve") if isinstance(d.get("asr_curve"), list) else []
         pts = [(float(c["budget"]), float(c["asr"])) for c in curve
                if isinstance(c, dict) and finite(c.get("budget")) is not None and c["budget"] >= 0 and finite(c.get("asr")) is not None and 0 <= c["asr"] <= 1]
+        # each point's 95% interval (Wilson, harness.metrics.robustness), where the file gives one
+        bars = [(float(c["budget"]), float(c["low"]), float(c["high"])) for c in curve
+                if isinstance(c, dict) and finite(c.get("budget")) is not None and c["budget"] >= 0 and finite(c.get("low")) is not None
+                and finite(c.get("high")) is not None and 0 <= c["low"] <= c["high"] <= 1]
         if pts:
             out.append({"suite": r["suite"], "submission": r["submission"], "target": r["target"], "kind": r.get("target_kind") or "other",
-                        "unit": d.get("budget_unit") or "budget", "points": pts, "base": r["base_value"]})
+                        "unit": d.get("budget_unit") or "budget", "points": pts, "base": r["base_value"], "bars": bars})
     return out

@@ -135,7 +135,8 @@ def tradeoff_svg(points: list[dict], title: str = "Erasure vs retention") -> str
 
 def asr_curve_svg(items: list[dict], title: str = "ASR against attack budget") -> str:
     """One SVG panel per suite (joined by newlines; '' without curves): a line per submission and
-    target, the base model's Pre-ASR dashed in the same colour, a legend of the lines."""
+    target with each point's 95% interval as a bar where the results give one, the base model's
+    Pre-ASR dashed in the same colour, a legend of the lines."""
     e = esc
     W, H, L, R, T, B = 640, 300, 56, 180, 28, 44
     suites = sorted({c["suite"] for c in items})
@@ -158,6 +159,9 @@ def asr_curve_svg(items: list[dict], title: str = "ASR against attack budget") -
             path = " ".join(f"{x(b):.1f},{y(a):.1f}" for b, a in c["points"])
             k = e(c.get("kind") or "other")  # the target-kind filter dims the other kinds' lines
             s.append(f'<polyline points="{path}" fill="none" stroke="{col}" stroke-width="2" data-kind="{k}"><title>{e(c["submission"])} / {e(c["target"])}</title></polyline>')
+            for b, lo, hi in c.get("bars") or []:  # each point's 95% interval
+                s.append(f'<line class="ci-bar" x1="{x(b):.1f}" x2="{x(b):.1f}" y1="{y(lo):.1f}" y2="{y(hi):.1f}" stroke="{col}" stroke-width="1" opacity="0.5" '
+                         f'data-kind="{k}"><title>{e(c["submission"])} / {e(c["target"])} at {b:g}: 95% interval [{lo:.2f}, {hi:.2f}]</title></line>')
             if isinstance(c["base"], (int, float)) and c["base"] == c["base"]:
                 s.append(f'<line x1="{L}" x2="{W - R}" y1="{y(c["base"]):.1f}" y2="{y(c["base"]):.1f}" stroke="{col}" stroke-dasharray="4 3" opacity="0.6" data-kind="{k}"/>')
             s.append(f'<text x="{W - R + 8}" y="{T + 14 * i + 4}" fill="{col}" data-kind="{k}">{e(c["submission"])} / {e(c["target"])}</text>')

@@ -18,6 +18,7 @@ def suite_tables(df, latest: dict[str, Run]) -> list[dict]:
     """One table per suite (sorted by id) over each submission's latest run: rows of
     (submission, target), a value / base column group per metric, base-model reference rows."""
     cur = df[df["latest"]]
+    back = reversed_notes(cur)
     tables = []
     for sid in sorted(cur["suite"].unique()):
         sdf = cur[cur["suite"] == sid]
@@ -38,7 +39,7 @@ def suite_tables(df, latest: dict[str, Run]) -> list[dict]:
         for (name, target) in keys:
             g = by_row[(name, target)]
             first = g[0]
-            cells = [_cell(recs.get((name, target, m["key"]))) for m in metrics]
+            cells = [_cell(recs.get((name, target, m["key"])), back.get((name, target)) if _erasure(m["key"]) else None) for m in metrics]
             bases = [_num_cell(recs[(name, target, m["key"])]["base_value"]) if (name, target, m["key"]) in recs else _num_cell(None) for m in metrics]
             checked = [r for r in g if r["verdict"] in ("pass", "fail", "error")]
             passed = sum(r["verdict"] == "pass" for r in checked)
@@ -82,14 +83,44 @@ def attach_ranks(table: dict, sdf, metrics: list[dict], recs_of_rows: list[dict]
                        + (f"; tied with {', '.join(r['tied_with'])}" if r["tied_with"] else "; resolved")}
 
 
-def _cell(rec: dict | None) -> dict:
+def reversed_notes(cur) -> dict[tuple[str, str], str]:
+    """(submission, target) -> the attacks that reversed that erasure (``metrics.robustness.reversals``
+    over the submission's latest records), shown beside its erasure verdicts (UA)."""
+    from ..metrics.robustness import reversals
+
+    out = {}
+    for name, g in cur.groupby("submission", sort=True):
+        recs = [{"metric": r["metric"], "target": r["target"], "value": na_to_none(r["value"]), "details": na_to_none(r["_details"]),
+                 "label": r["label"], "verdict": r["verdict"]} for r in g.to_dict("records")]
+        for target, notes in reversals(recs).items():
+            out[(name, target)] = "; ".join(notes)
+    return out
+
+
+def _erasure(metric: str) -> bool:
+    from ..metrics import info, known_metrics
+
+    return metric in known_metrics() and info(metric).role == "erasure"
+
+
+def _cell(rec: dict | None, reversed_by: str | None = None) -> dict:
     if rec is None:
-        return {"text": "–", "sort": "", "verdict": None, "title": "no record", "ci": "", "delta": "", "spread": "", "spread_title": ""}
+        return {"text": "–", "sort": "", "verdict": None, "title": "no record", "ci": "", "delta": "", "spread": "", "spread_title": "", "reversed": ""}
     v = finite(na_to_none(rec["value"]))
     title = rec.get("error") or ""
     return {"text": fmt(na_to_none(rec["value"])), "sort": "" if v is None else repr(v), "verdict": rec["verdict"], "title": na_to_none(title) or ci_title(rec),
-            "ci": ci_text(na_to_none(rec.get("_ci"))), "delta": delta_text(na_to_none(rec.get("_delta_ci")), na_to_none(rec["value"]), na_to_none(rec["base_value"])),
-            "spread": spread_text(na_to_none(rec.get("_spread"))), "spread_title": spread_title(na_to_none(rec.get("_spread")))}
+            "ci": ci_text(na_to_none(rec.get("_ci"))) or reason_tag(rec), "delta": delta_text(na_to_none(rec.get("_delta_ci")), na_to_none(rec["value"]), na_to_none(rec["base_value"])),
+            "spread": spread_text(na_to_none(rec.get("_spread"))), "spread_title": spread_title(na_to_none(rec.get("_spread"))),
+            "reversed": reversed_by or ""}
+
+
+def reason_tag(rec: dict) -> str:
+    """A value without an interval says why in the interval's place: ``(single run)``,
+    ``(exact)``, ``(declared)`` (the tag of its ``ci_reason``; '' when the file gives none)."""
+    from ..stats import short_reason
+
+    why = na_to_none(rec.get("_ci_reason"))
+    return f"({short_reason(why)})" if why and finite(na_to_none(rec.get("value"))) is not None else ""
 
 
 def _num_cell(x: Any) -> dict:
@@ -174,7 +205,17 @@ def suite_meta(s: dict) -> dict:
             "scorer_id": scorer.get("id") if isinstance(scorer, dict) else scorer,
             "scorer_sha256": scorer.get("sha256") if isinstance(scorer, dict) else None,
             "models": {"base": models.get("base"), "unlearned": models.get("unlearned")}, "images": images,
+            "base_model": _base_model(s.get("base_model")),
             "seconds": s.get("seconds"), "generation_seconds": generation_seconds(s), "error": s.get("error")}
+
+
+def _base_model(b) -> dict | None:
+    """Which base a suite's numbers are against (``suites[].base_model``), as the page shows it:
+    the label (200 characters at most) and whether the suite is defined on it (None: older file)."""
+    if not isinstance(b, dict):
+        return None
+    label = b.get("label")
+    return {"label": str(label)[:200] if label is not None else None, "suite_base": b.get("suite_base") if isinstance(b.get("suite_base"), bool) else None}
 
 
 def submission_page(run: Run, others: list[Run], df, images_ok: set[str]) -> dict:
@@ -184,11 +225,13 @@ def submission_page(run: Run, others: list[Run], df, images_ok: set[str]) -> dic
     method, ck = sub["method"], sub["checkpoint"]
     g = df[df["_run"] == run.id]
     left_out = max(0, len(g) - MAX_ROWS)
+    back = {t: n for (name, t), n in reversed_notes(g).items()}
     recs = []
     for r in records_of(g.head(MAX_ROWS)):
         recs.append({**{k: na_to_none(v) for k, v in r.items() if not k.startswith("_")}, "threshold": pretty_threshold(na_to_none(r["threshold"])),
                      "value_cell": _num_cell(r["value"]), "base_cell": _num_cell(r["base_value"]), "bound_cell": _num_cell(r["bound"]),
-                     "ci": ci_text(na_to_none(r["_ci"])), "ci_title": ci_title(r), "delta": delta_text(na_to_none(r["_delta_ci"]), na_to_none(r["value"]), na_to_none(r["base_value"])),
+                     "ci": ci_text(na_to_none(r["_ci"])) or reason_tag(r), "ci_title": ci_title(r),
+                     "reversed": back.get(r["target"], "") if _erasure(r["metric"]) else "", "delta": delta_text(na_to_none(r["_delta_ci"]), na_to_none(r["value"]), na_to_none(r["base_value"])),
                      "spread": spread_text(na_to_none(r["_spread"])), "spread_title": spread_title(na_to_none(r["_spread"]))})
     # sample grids: suites with the same pairs share one grid
     grids: list[dict] = []

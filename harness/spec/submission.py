@@ -64,10 +64,10 @@ class TargetSpec(Strict):
 class EfficiencySpec(Strict):
     """Figures the submitter declares (shown as declared, never as measured)."""
 
-    time_s: float | None = Field(default=None, ge=0)
-    peak_memory_gb: float | None = Field(default=None, ge=0)
-    storage_gb: float | None = Field(default=None, ge=0)
-    device: str | None = None
+    time_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    peak_memory_gb: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    storage_gb: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    device: str | None = Field(default=None, max_length=80)
 
 
 class Submission(Strict):

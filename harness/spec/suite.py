@@ -271,7 +271,45 @@ class PromptAttack(Strict):
         extra = sorted(set(self.params) - set(known)) if known is not None else []
         if extra:
             raise ValueError(f"params.{extra[0]}: not a parameter of {self.attack} ({', '.join(known)})")
+        for k, v in self.params.items():
+            problem = attack_param_problem(k, v, (known or {}).get(k))
+            if problem:
+                raise ValueError(f"params.{k}: {str(v)[:40]!r} {problem}")
         return self
+
+
+# An attack parameter's type and range, by name (every attack's DEFAULTS use these names); a
+# name not listed here takes its default's type, finite and within +-1e9.
+ATTACK_PARAMS: dict[str, tuple[type, float, float]] = {
+    "population": (int, 1, 100_000), "generations": (int, 0, 1_000_000), "length": (int, 1, 75), "eval_every": (int, 1, 1_000_000),
+    "seed": (int, 0, 2**63 - 1), "steps": (int, 0, 1_000_000), "batch_size": (int, 1, 1024), "checkpoints": (int, 1, 1000),
+    "k": (int, 1, 75), "iterations": (int, 0, 1_000_000), "rounds": (int, 0, 100_000), "timesteps": (int, 1, 10_000),
+    "mutation": (float, 0, 1), "crossover": (float, 0, 1), "flip": (float, 0, 1), "beta1": (float, 0, 1), "beta2": (float, 0, 1),
+    "eps": (float, 0, 1), "lr": (float, 0, 1000), "weight_decay": (float, 0, 1000), "strength": (float, 0, 1000),
+}
+
+
+def attack_param_problem(name: str, v, default) -> str | None:
+    """Why ``v`` is not a valid value of attack parameter ``name`` (None: it is)."""
+    import math
+
+    if name == "pairs":
+        ok = v is None or (isinstance(v, list) and len(v) <= 10_000 and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) and 0 < len(x) <= 1000 for x in p) for p in v))
+        return None if ok else "is not a list of [prompt, prompt] pairs"
+    if name == "init_token":
+        return None if v is None or (isinstance(v, str) and 0 < len(v) <= 100) else "is not a word of up to 100 characters"
+    kind, lo, hi = ATTACK_PARAMS.get(name, (type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else None, -1e9, 1e9))
+    if kind is None:
+        return None if v is None or isinstance(v, (str, int, float, bool, list)) else "is not a plain value"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+        return f"is not {'a whole number' if kind is int else 'a number'}"
+    try:
+        if not math.isfinite(float(v)) or not lo <= v <= hi:
+            return f"is outside {lo:g}..{hi:g}"
+    except OverflowError:
+        return f"is outside {lo:g}..{hi:g}"
+    return None
 
 
 PSI = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
@@ -294,6 +332,41 @@ class Attacks(Strict):
     partial_diffusion: PartialDiffusionAttack | None = None
 
 
+class SuiteBase(Strict):
+    """A base model a suite is defined on: the toy world's pipeline, or a hub id at a commit."""
+
+    builtin: Literal["toy"] | None = None
+    hub_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+    revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$", description="a full commit sha")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        exactly_one(self, "builtin", "hub_id")
+        if bool(self.hub_id) != bool(self.revision):
+            raise ValueError("hub_id needs a pinned revision (a 40-character commit sha), and revision only goes with hub_id")
+        return self
+
+    def label(self) -> str:
+        return "builtin:toy" if self.builtin else f"hub:{self.hub_id}@{self.revision}"
+
+    def matches(self, spec) -> bool:
+        """The submission's ``base_model`` names this base (hub ids compared case-insensitively,
+        as the hub resolves them)."""
+        if self.builtin:
+            return getattr(spec, "builtin", None) == self.builtin
+        return bool(getattr(spec, "hub_id", None)) and spec.hub_id.lower() == self.hub_id.lower() and spec.revision == self.revision
+
+
+def base_label(spec) -> str:
+    """How results and the board name a submission's base: ``builtin:toy``, ``hub:ID@COMMIT``
+    or ``local:FOLDER``."""
+    if getattr(spec, "builtin", None):
+        return f"builtin:{spec.builtin}"
+    if getattr(spec, "hub_id", None):
+        return f"hub:{spec.hub_id}@{spec.revision}"
+    return f"local:{getattr(spec, 'local_dir', None)}"
+
+
 class Suite(Strict):
     id: SLUG
     version: str = Field(pattern=r"^\d+(\.\d+)*$")
@@ -306,6 +379,37 @@ class Suite(Strict):
     metrics: list[MetricSpec] = Field(min_length=1)
     attacks: Attacks | None = Field(default=None, description="the attacks the robustness / concealment metrics read")
     smoke: SmokeSpec | None = None
+    base_models: list[SuiteBase] | None = Field(default=None, min_length=1, description="the base model(s) the suite is defined on, "
+                                                "where its verdicts are computed; default: the toy base for a toy suite, none named "
+                                                "(any base) for a real one")
+    other_bases: Literal["none", "hub", "any"] | None = Field(default=None, description="whether a submission may name a base not in "
+                                                              "base_models: none, a pinned hub id only, or any (a local folder too); "
+                                                              "default: none where the suite names its bases (a toy suite always does)")
+
+    def bases(self) -> list[SuiteBase]:
+        """The bases the suite is defined on (the toy base for a toy suite that names none)."""
+        if self.base_models:
+            return list(self.base_models)
+        return [SuiteBase(builtin="toy")] if self.world == "toy" else []
+
+    def other_bases_rule(self) -> str:
+        if self.other_bases is not None:
+            return self.other_bases
+        return "none" if self.bases() else "any"
+
+    def check_base(self, spec) -> bool:
+        """Whether the submission's ``base_model`` is one the suite is defined on (True), or
+        another base the suite allows (False); a base it does not allow is a one-line error."""
+        own = self.bases()
+        if any(b.matches(spec) for b in own):
+            return True
+        rule = self.other_bases_rule()
+        if rule == "any" or (rule == "hub" and getattr(spec, "hub_id", None)):
+            return False
+        named = ", ".join(b.label() for b in own) or "none"
+        allowed = " or a pinned hub base" if rule == "hub" else ""
+        raise HarnessError(f"base_model: suite {self.id} is defined on {named}{allowed}; {base_label(spec)} is not allowed there "
+                           "(its verdicts would be computed against a base the submission chose)")
 
     @field_validator("metrics")
     @classmethod
@@ -320,7 +424,7 @@ class Suite(Strict):
     def _attacks_used(self):
         from ..metrics import info
 
-        used = {b: any(info(m.name).prompt_attack and info(m.name).attack_block == b for m in self.metrics) for b in ("prompt", "inversion")}
+        used = {b: any(info(m.name).prompt_attack and info(m.name).attack_block in (b, "every") for m in self.metrics) for b in ("prompt", "inversion")}
         used["partial_diffusion"] = any(info(m.name).attack for m in self.metrics)
         for kind in ("prompt", "inversion", "partial_diffusion"):
             if self.attacks is not None and getattr(self.attacks, kind) is not None and not used[kind]:
@@ -339,6 +443,8 @@ class Suite(Strict):
         from ..metrics import info
 
         blocks = {info(m.name).attack_block for m in self.metrics if info(m.name).prompt_attack}
+        if "every" in blocks:  # the worst case across attacks (asr_worst): every block the suite gives, else the prompt attack
+            blocks |= {"prompt"} | ({"inversion"} if self.attacks and self.attacks.inversion else set())
         out = {}
         if "prompt" in blocks:
             out["prompt"] = self.prompt_attack
