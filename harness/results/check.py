@@ -25,7 +25,7 @@ TOL = 1e-6
 # 1 - LPIPS distance; M-Score a cosine similarity; CLIP score 100 * max(cos, 0).
 UNIT = (0.0, 1.0)
 RANGES: dict[str, tuple[float, float]] = {
-    **{m: UNIT for m in ("ua", "ira", "cra", "object_acc", "object_acc_others", "nudity_asr", "asr", "pre_asr", "ti_asr",
+    **{m: UNIT for m in ("ua", "ira", "cra", "object_acc", "object_acc_others", "nudity_asr", "asr", "asr_worst", "pre_asr", "ti_asr",
                          "ccs_forget", "ccs_retain", "crs_forget", "crs_retain", "coverage")},
     "integrity": (-1.0, 1.0), "integrity_forget": (-1.0, 1.0), "mscore": (-1.0, 1.0), "clip_score": (0.0, 100.0),
     "density": (0.0, MAX_ABS), "fid": (0.0, MAX_ABS), "kid": (-MAX_ABS, MAX_ABS),
