@@ -89,7 +89,7 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
 def refuse_lookalikes(names: dict[str, str], out: Path) -> None:
     """The one name rule (``attest.name_key``): two submissions of this refresh, or one of them
     and an entry already in ``out`` under another name, that read as one name are refused."""
-    from .attest import name_clash, name_key
+    from .attest import name_key
     from .results.io import read_json_file, results_files
 
     seen: dict[str, str] = {}
