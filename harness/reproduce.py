@@ -28,8 +28,11 @@ from functools import lru_cache
 
 # ----------------------------------------------------------------------------- fingerprint
 #: the fields whose equality makes a bitwise claim; the rest are recorded for the reader
-BITWISE_FIELDS = ("torch", "diffusers", "machine", "cpu", "cpu_capability", "blas", "onednn", "threads", "device", "gpu",
-                  "cuda", "deterministic")
+BITWISE_FIELDS = ("torch", "diffusers", "machine", "cpu", "cpu_id", "cpu_flags", "cpu_capability", "blas", "onednn", "kernel_env",
+                  "threads", "device", "gpu", "cuda", "deterministic")
+#: environment variables with which MKL / oneDNN pick other kernels than the CPU's own choice
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "MKL_DEBUG_CPU_TYPE", "ONEDNN_MAX_CPU_ISA",
+              "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE")
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +48,7 @@ def _static() -> dict:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = None
-    out["cpu"] = _cpu_model()
+    out["cpu"], out["cpu_id"], out["cpu_flags"] = _cpu()
     try:
         out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001 - older torch
@@ -59,21 +62,35 @@ def _static() -> dict:
     return out
 
 
-def _cpu_model() -> str | None:
+def _cpu() -> tuple[str | None, str | None, str | None]:
+    """The CPU's model name, ``family/model/stepping`` and a digest of its feature flags (MKL and
+    oneDNN pick kernels by CPUID: a virtual machine's masked name such as "Intel(R) Xeon(R)
+    Processor" can hide two generations, whose flags differ), from the first processor in
+    /proc/cpuinfo; elsewhere the platform's processor string alone."""
+    import hashlib
+
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor only
+                k, _, v = line.partition(":")
+                fields.setdefault(k.strip().lower(), v.strip())
     except OSError:
         pass
-    return platform.processor() or None
+    name = fields.get("model name") or platform.processor() or None
+    ident = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping")) if fields else None
+    flags = fields.get("flags") or fields.get("features")  # x86 / arm
+    digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16] if flags else None
+    return name, ident, digest
 
 
 def fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
-    """Where float output was made: library versions, OS and machine, CPU model and the
-    instruction set torch dispatches to (``ATEN_CPU_CAPABILITY`` changes it), BLAS and oneDNN
-    builds, torch's thread count (``threads``: the count the work ran with, else the current
+    """Where float output was made: library versions, OS and machine, CPU model, family / model /
+    stepping and a digest of its feature flags, the instruction set torch dispatches to
+    (``ATEN_CPU_CAPABILITY`` changes it), BLAS and oneDNN builds, the environment variables that
+    make MKL / oneDNN choose other kernels (:data:`KERNEL_ENV`), torch's thread count (``threads``: the count the work ran with, else the current
     one), the deterministic-algorithms flag, the device, and on CUDA the GPU's name and compute
     capability with the CUDA / cuDNN versions."""
     import torch
@@ -89,8 +106,7 @@ def fingerprint(device: str = "cpu", threads: int | None = None) -> dict:
         out["gpu"] = f"{torch.cuda.get_device_name(idx)} (sm_{major}{minor})"
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
         out["cuda"] = f"{torch.version.cuda}" + (f" cudnn {cudnn}" if cudnn else "")
-    if os.environ.get("ATEN_CPU_CAPABILITY"):
-        out["aten_cpu_capability_env"] = os.environ["ATEN_CPU_CAPABILITY"]
+    out["kernel_env"] = {k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)}
     return out
 
 

@@ -387,7 +387,9 @@ def test_robustness_intervals_thresholds_and_the_reversed_erasure():
     assert asr["details"]["asr_curve"][0] == {"budget": 0, "asr": 0.0, "low": 0.0, "high": pytest.approx(stats.wilson(0, 10)[1], abs=1e-6)}
     assert ti_rec["value"] == 1.0 and ti_rec["verdict"] == "fail" and ti_rec["ci"]["low"] > 0.5
     assert worst["value"] == 1.0 and worst["details"]["worst"] == "ti" and worst["verdict"] == "fail"
-    assert (worst["ci"]["low"], worst["ci"]["high"]) == (ti_rec["ci"]["low"], 1.0) and worst["ci"]["method"].startswith("wilson")  # not the degenerate [1, 1]
+    # not the degenerate [1, 1]: the attacks' Wilson intervals at 1 - 0.05 / 2 each (Bonferroni), max of the ends
+    assert worst["ci"]["high"] == 1.0 and worst["ci"]["method"].startswith("wilson") and "level 0.975" in worst["ci"]["method"]
+    assert worst["ci"]["low"] < ti_rec["ci"]["low"] and worst["ci"]["low"] == pytest.approx(stats.wilson(10, 10, 0.975)[0])  # TI: 10 of 10
     assert pre["value"] == 0.0 and pre["verdict"] == "pass"
     assert robustness.reversals(recs.values()) == {"triangle": ["reversed by UnlearnDiffAtk on 3/10 items (ASR PASS)" if asr["verdict"] == "pass"
                                                                 else "reversed by UnlearnDiffAtk on 3/10 items (ASR INCONCLUSIVE)",
@@ -427,12 +429,38 @@ def test_crs_interval_over_prompts_with_the_separator_fixed():
         meas = concealment.compute(name, run, t, {"separator_steps": 10})
         rec = stats.uncertainty(meas, None)
         ci = rec["ci"]
-        assert ci["method"] == "cluster-bootstrap-percentile" and ci["n_clusters"] == 3 and "separator" in ci["note"], name
+        assert ci["method"].startswith("cluster-bootstrap-percentile") and ci["n_clusters"] == 3 and "separator" in ci["note"], name
         assert ci["low"] - 1e-6 <= meas.value <= ci["high"] + 1e-6 and rec["delta_ci"] is not None, name
     same = run_of(base, base, {0.5: base, 0.25: base})
     meas = concealment.compute("crs_forget", same, t, {"separator_steps": 10})
     rec = stats.uncertainty(meas, None)
     assert meas.value == 0.0 and rec["ci"]["low"] == rec["ci"]["high"] == 0.0 and rec["delta_ci"]["low"] == rec["delta_ci"]["high"] == 0.0
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.01, 0.03])
+@pytest.mark.parametrize("prompts, least", [(5, 0.8), (20, 0.87)])
+def test_crs_interval_covers_the_true_absolute_gap_including_zero(gap, prompts, least):
+    """CRS is |mean signed gap|: a percentile interval of the absolute value never reaches 0
+    (it covered a true gap of 0 in 0 of 1,000 simulated runs); the folded interval covers |gap|
+    as often as the signed gap's own interval covers the signed gap. That is the cluster
+    bootstrap's coverage, short of 95% with few prompts (measured 0.86 with 5, 0.90 with 20). Simulated: prompts x 2 seeds of gaps (a prompt effect shared by its seeds), one psi."""
+    from harness import stats
+    from harness.metrics.concealment import folded_abs_interval
+
+    rng = np.random.default_rng(7)
+    clusters = [f"p{i // 2}" for i in range(2 * prompts)]
+    folded = signed = 0
+    runs = 300
+    for _ in range(runs):
+        g = gap + rng.normal(0, 0.02, prompts).repeat(2) + rng.normal(0, 0.02, 2 * prompts)
+        w = stats.cluster_weights(clusters, 400, rng)
+        draws = w @ g / w.sum(1)
+        lo, hi = folded_abs_interval(draws[:, None])
+        folded += lo <= abs(gap) <= hi
+        slo, shi = stats.percentile(draws)
+        signed += slo <= gap <= shi
+        assert 0.0 <= lo <= hi
+    assert folded >= signed - 3 and folded / runs >= least, (folded / runs, signed / runs)
 
 
 def test_density_and_coverage_carry_the_fid_jackknife_interval():
@@ -494,3 +522,5 @@ def test_asr_worst_reads_every_attacks_block_the_suite_gives():
     assert sorted(both.prompt_attacks) == ["inversion", "prompt"]  # neither block refused as unread
     alone = suite(["asr_worst"], None)
     assert sorted(alone.prompt_attacks) == ["prompt"]  # no inversion block given: the prompt attack alone (its defaults)
+    only_ti = suite(["asr_worst"], {"inversion": {"attack": "ti", "params": {"steps": 2}}})
+    assert sorted(only_ti.prompt_attacks) == ["inversion"]  # no prompt attack the suite did not ask for

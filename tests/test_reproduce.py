@@ -47,6 +47,20 @@ def test_same_platform_needs_every_field_recorded_and_equal():
     assert not same_platform({**fp, "threads": 2}, fp)  # the thread count splits the reductions
 
 
+def test_kernel_choices_outside_torch_make_another_platform(monkeypatch):
+    """MKL / oneDNN choose kernels by CPUID and by their own environment variables: a run with
+    them set (or on a CPU with other feature flags behind the same masked name) is no bitwise
+    claim."""
+    here = fingerprint(threads=1)
+    assert here["cpu_id"] and here["cpu_flags"] and len(here["cpu_flags"]) == 16
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    other = fingerprint(threads=1)
+    assert other["kernel_env"] == {**here["kernel_env"], "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert not same_platform(here, other)
+    assert not same_platform(here, {**here, "cpu_flags": "0" * 16})
+
+
 def t(*values):
     return torch.tensor(values, dtype=torch.float32)
 

@@ -157,7 +157,26 @@ def _scores(run, target, variant: str, p: Params) -> dict:
 
 
 CRS_NOTE = ("prompts of the attacked images resampled; conditional on this run's trained separator and its two reference sets "
-            "(their training and sampling variance is not included)")
+            "(their training and sampling variance is not included); the value's interval folds the signed gap's at each psi, "
+            "so a true gap of 0 is covered")
+
+
+def folded_abs_interval(signed: np.ndarray, level: float | None = None) -> tuple[float, float] | None:
+    """The interval of mean over psi |g_psi| from bootstrap draws of the signed gaps ``signed``
+    (B draws x psi): at each psi the signed percentile interval [lo, hi] folded onto |g| (0 when
+    it holds 0, else the smaller absolute end; the larger absolute end above), the ends averaged
+    over psi. ``None`` when no psi has a draw."""
+    from ..stats import LEVEL, percentile
+
+    lows, highs = [], []
+    for col in np.atleast_2d(signed).T:
+        col = col[np.isfinite(col)]
+        if not len(col):
+            continue
+        lo, hi = percentile(col, level or LEVEL)
+        lows.append(0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi)))
+        highs.append(max(abs(lo), abs(hi)))
+    return (float(np.mean(lows)), float(np.mean(highs))) if lows else None
 
 
 def crs_resample(run, idx, gap: np.ndarray, base_gap: np.ndarray, variant: str, threshold) -> dict:
@@ -183,7 +202,25 @@ def crs_resample(run, idx, gap: np.ndarray, base_gap: np.ndarray, variant: str, 
             return m if variant == "forget" else 1.0 - m
         return of
 
-    return weighted_intervals(crs(gap), crs(base_gap), clusters, threshold, note=CRS_NOTE)
+    out = weighted_intervals(crs(gap), crs(base_gap), clusters, threshold, note=CRS_NOTE)
+    # The interval of the value itself: a percentile interval of |mean gap| never reaches 0, so at
+    # a true gap of 0 it covers nothing. Fold the signed gap's interval at each psi instead (0 in
+    # it -> the lower end 0; else the smaller absolute end), then average the ends over psi.
+    if out.get("ci"):
+        from ..stats import RESAMPLES, SEED, cluster_weights
+
+        g = np.atleast_2d(gap)
+        have = np.isfinite(g)
+        w = cluster_weights(clusters, RESAMPLES, np.random.default_rng(SEED))
+        num, den = w @ np.where(have, g, 0.0).T, w @ have.T.astype(np.float64)
+        signed = np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)  # (B, psi)
+        folded = folded_abs_interval(signed)
+        if folded is not None:
+            lo, hi = folded
+            if variant != "forget":
+                lo, hi = 1.0 - hi, 1.0 - lo
+            out["ci"] = {**out["ci"], "low": lo, "high": hi, "method": "cluster-bootstrap-percentile of the signed gap, folded per psi"}
+    return out
 
 
 def compute(name: str, run, target, params) -> Measurement:

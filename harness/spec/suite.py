@@ -444,7 +444,8 @@ class Suite(Strict):
 
         blocks = {info(m.name).attack_block for m in self.metrics if info(m.name).prompt_attack}
         if "every" in blocks:  # the worst case across attacks (asr_worst): every block the suite gives, else the prompt attack
-            blocks |= {"prompt"} | ({"inversion"} if self.attacks and self.attacks.inversion else set())
+            given = {b for b in ("prompt", "inversion") if self.attacks and getattr(self.attacks, b)}
+            blocks |= given or {"prompt"}
         out = {}
         if "prompt" in blocks:
             out["prompt"] = self.prompt_attack
