@@ -36,6 +36,9 @@ def cmd_summary(a) -> int:
     from .compare import load_result
     from .summary import markdown, side_by_side
 
+    from .attest import existing_names
+    from .compare import ROOT
+
     bad = 0
     loaded = []
     for f in a.files:
@@ -44,11 +47,12 @@ def cmd_summary(a) -> int:
         except HarnessError as e:
             bad += 1
             print(f"unlearn: error: {e}", file=sys.stderr)
+    existing = existing_names(ROOT)  # the entries of the checkout (the base branch in CI)
     if len(loaded) > 1:  # several files: one table side by side, with the change from the first
         print(side_by_side(loaded))
     if len(loaded) == 1 or a.each:
         for r, f in loaded:
-            print(markdown(r, f))
+            print(markdown(r, f, existing))
     return 2 if bad else 0
 
 

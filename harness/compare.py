@@ -46,7 +46,7 @@ def load_result(path: str | Path) -> dict:
         raise HarnessError(f"{path}: no such file") from None
     except OSError as e:
         raise HarnessError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except ValueError as e:
+    except (ValueError, ArithmeticError, RecursionError) as e:
         raise HarnessError(f"{path}: not a results JSON ({one_line(e)})") from None
 
 
@@ -101,7 +101,18 @@ def refuse_other_suite_files(new: dict, baseline: dict) -> str | None:
     return None
 
 
+def _smoke(doc: dict) -> bool:
+    from .summary import is_smoke
+
+    return is_smoke(doc)
+
+
 def refuse_smoke_vs_full(new: dict, baseline: dict) -> str | None:
+    """A smoke run against a full one, per suite and for the run as a whole (a smoke run whose
+    ``suites[]`` was emptied still says ``smoke`` at the top)."""
+    kind = lambda x: "a smoke run" if x else "a full run"
+    if _smoke(new) != _smoke(baseline):
+        return f"smoke: {kind(_smoke(new))} is compared with {kind(_smoke(baseline))}"
     old = _suites_by_id(baseline)
     for sid, s in _suites_by_id(new).items():
         if sid in old and bool(s.get("smoke")) != bool(old[sid].get("smoke")):
@@ -110,8 +121,31 @@ def refuse_smoke_vs_full(new: dict, baseline: dict) -> str | None:
     return None
 
 
+def refuse_unrecorded_suites(new: dict, baseline: dict) -> str | None:
+    """A record of a suite the run does not list in ``suites[]`` (so its suite file, prompt set
+    and smoke flag escape the refusals above), in either run."""
+    for who, doc in (("new run", new), ("baseline", baseline)):
+        have = set(_suites_by_id(doc))
+        for i, m in enumerate(doc.get("metrics", [])):
+            if m.get("suite") not in have:
+                return f"metrics.{i}.suite: {m.get('suite')!r} is not in the {who}'s suites[] (its suite file and prompt set are not recorded)"
+    return None
+
+
+def refuse_dropped_scores(new: dict, baseline: dict) -> str | None:
+    """A record that has per-item scores in the baseline and none in the new run (not an error):
+    without them the change could be waved through as noise on the file's own word (its ``ci``)."""
+    old = {(m["suite"], m["metric"], m["target"]): m for m in baseline.get("metrics", [])}
+    for i, m in enumerate(new.get("metrics", [])):
+        b = old.get((m["suite"], m["metric"], m["target"]))
+        if b is not None and b.get("scores") and not m.get("scores") and m.get("verdict") != "error":
+            return f"metrics.{i}.scores: {m['suite']}/{m['metric']}/{m['target']} has no per-item scores, but the baseline's record has them"
+    return None
+
+
 REFUSALS = {"submission": refuse_other_submission, "checkpoint": refuse_other_checkpoint,
-            "suite": refuse_other_suite_files, "smoke": refuse_smoke_vs_full}
+            "suite": refuse_other_suite_files, "smoke": refuse_smoke_vs_full,
+            "recorded": refuse_unrecorded_suites, "scores": refuse_dropped_scores}
 
 
 def refuse_mismatch(new: dict, baseline: dict, allow: set[str] = frozenset()) -> None:

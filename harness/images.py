@@ -42,6 +42,9 @@ def suite_jobs(result: dict, srec: dict, root: Path, cache_dir: Path) -> list[tu
     if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", sid) or ".." in sid:
         raise HarnessError(f"suites[].id: {str(sid)[:80]!r} is not a suite id (a suite file is read from suites/ only)")
     path = suite_path(root, sid)
+    folder = (Path(root) / "suites").resolve()
+    if path.is_symlink() or path.resolve().parent != folder:
+        raise HarnessError(f"suite {sid}: {path} is not a file of {folder}")
     if not path.is_file():
         raise HarnessError(f"suite {sid}: no file {path} to rebuild its prompts from")
     suite = load_suite(path)
@@ -167,7 +170,10 @@ def cmd(a) -> int:
     root = Path(a.root) if a.root else find_root([a.results])
     out = claim_dir(a.out, "--out", "unlearn images")  # new, empty, or an earlier page: never a site or other files
     remove_inside(out, out / "images")  # an earlier page's images (never through a link)
-    n = write_page(result, out, root, cache_dir(root, a.cache), set(a.suite or ()) or None, a.results)
+    try:
+        n = write_page(result, out, root, cache_dir(root, a.cache), set(a.suite or ()) or None, a.results)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:  # a recorded field of the wrong kind: one line
+        raise HarnessError(f"{a.results}: suites: a recorded generation setting cannot be used ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     print(f"wrote {out / 'index.html'}: {n['suites']} suite(s), {n['pairs']} matched pairs, {n['images']} images"
           + (f", {n['missing']} not in the cache (re-run the harness with the same cache to make them)" if n["missing"] else ""))
     return 0

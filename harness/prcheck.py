@@ -6,7 +6,10 @@ checkpoint folder, ``submissions/checkpoints/<name>/``). Refused, one line each 
 (exit 2): a change anywhere else (harness, suites, thresholds, baselines, workflows, tests); a
 tracked image cache, results or regression folder anywhere in the tree (``.unlearn-cache/``,
 ``results/``, ``.regression*``); a symbolic link or submodule among the changed paths; two
-submission YAMLs that give one ``name``. Renames are seen as a deletion plus an addition
+submission files whose names read as one (``attest.name_key``: case, punctuation, look-alike
+letters; set members included wherever they sit; entries of the base branch included); two
+paths that differ only in case; an entry of the fork point that no file gives any more (a
+removal is a maintainer's change). Renames are seen as a deletion plus an addition
 (``--no-renames``), so a renamed and edited submission is listed like a new one: nothing is
 filtered by change type. Prints the submission YAMLs to evaluate, one per line: those added or
 changed, and those whose checkpoint folder or method record changed.
@@ -14,6 +17,7 @@ changed, and those whose checkpoint folder or method record changed.
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -84,6 +88,89 @@ def _submission_of(root: Path, head: str, path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _is_yaml(path: str) -> bool:
+    return path.endswith((".yaml", ".yml"))
+
+
+def entries(root: Path, rev: str, modes: dict[str, str]) -> dict[str, dict]:
+    """path -> document of every submission file of ``rev``: the YAMLs directly in
+    ``submissions/`` that are not sets, and every member a set there lists (a member may sit
+    deeper, e.g. under ``submissions/checkpoints/``: it is evaluated, so it is an entry)."""
+    from .bundle import is_set
+
+    out: dict[str, dict] = {}
+    top = sorted(p for p, m in modes.items() if PurePosixPath(p).parent == PurePosixPath("submissions") and _is_yaml(p))
+    members: list[str] = []
+    for p in top:
+        d = _submission_of(root, rev, p)
+        if d is None:
+            out[p] = {}
+        elif is_set(d):
+            ms = d.get("submissions")
+            members += [posixpath.normpath(m) for m in ms if isinstance(m, str) and m] if isinstance(ms, list) else []  # a/../b is b
+        else:
+            out[p] = d
+    for m in members:
+        if m in out or m not in modes or not m.startswith(ALLOWED_PREFIX):
+            continue  # a member outside submissions/ or missing: `unlearn validate` refuses the set
+        d = _submission_of(root, rev, m)
+        out[m] = {} if d is None or is_set(d) else d
+    return out
+
+
+def refuse_case_collisions(modes: dict[str, str], changed: set[str]) -> None:
+    """Two paths (files or folders) of the tree that differ only in case, one of them changed:
+    on a case-insensitive file system one would overwrite the other."""
+    seen: dict[str, str] = {}
+    hit: list[tuple[str, str]] = []
+    for path in sorted(modes):
+        parts = PurePosixPath(path).parts
+        for i in range(1, len(parts) + 1):
+            p = "/".join(parts[:i])
+            k = p.casefold()
+            if k in seen and seen[k] != p:
+                hit.append((seen[k], p))
+            seen.setdefault(k, p)
+    touches = lambda x: any(c == x or c.startswith(x + "/") for c in changed)
+    for a, b in hit:
+        if touches(a) or touches(b):
+            new, old = (a, b) if touches(a) and not touches(b) else (b, a)
+            raise HarnessError(f"{new}: differs from {old} only in case (refused: on a case-insensitive file system one overwrites the other)")
+
+
+def refuse_lookalike_names(docs: dict[str, dict], changed: set[str]) -> None:
+    """The one name rule (``attest.name_key``, as the site folds names): two submission files of
+    the PR's tree whose names read as one (equal, or equal but for case, punctuation and
+    look-alike letters), one of them changed by the PR."""
+    from .attest import name_key
+
+    seen: dict[str, tuple[str, str]] = {}
+    for p in sorted(docs, key=lambda p: (p in changed, p)):  # unchanged (existing) entries first
+        if not isinstance(docs[p], dict):
+            continue
+        n = docs[p].get("name")
+        if not isinstance(n, str):
+            continue
+        k = name_key(n)
+        if k in seen and (p in changed or seen[k][0] in changed):
+            q, m = seen[k]
+            if m == n:
+                raise HarnessError(f"{p}: name: {n!r} is also the name of {q} (one results file per name)")
+            raise HarnessError(f"{p}: name: {n!r} reads as {m!r} of {q} (names are compared folded: case, punctuation, look-alike letters)")
+        seen.setdefault(k, (p, n))
+
+
+def refuse_removed_entries(before: dict[str, dict], after: dict[str, dict]) -> None:
+    """An entry of the base branch whose name no submission file of the PR gives any more: a
+    pull request may add and change entries, never take one off the board (a maintainer does).
+    A renamed file that keeps its name is not a removal."""
+    names = {d.get("name") for d in after.values()}
+    for p, d in sorted(before.items()):
+        n = d.get("name")
+        if isinstance(n, str) and n not in names:
+            raise HarnessError(f"{p}: the pull request removes the entry {n!r} (deleted or renamed away; only a maintainer removes an entry)")
+
+
 def pr_check(root: Path, base: str, head: str) -> list[str]:
     """The submission YAMLs to evaluate, or a HarnessError naming the first refused path."""
     root = Path(root)
@@ -101,20 +188,16 @@ def pr_check(root: Path, base: str, head: str) -> list[str]:
         why = forbidden_tracked(path)
         if why:
             raise HarnessError(f"{path}: tracked in the pull request, but {why}")
-    subs = sorted(p for p, m in modes.items() if PurePosixPath(p).parent == PurePosixPath("submissions") and p.endswith((".yaml", ".yml")))
-    names: dict[str, str] = {}
-    docs: dict[str, dict] = {}
-    for p in subs:
-        d = _submission_of(root, head, p)
-        if d is None:
-            continue
-        docs[p] = d
-        n = d.get("name")
-        if isinstance(n, str):
-            if n in names:
-                raise HarnessError(f"{p}: name: {n!r} is also the name of {names[n]} (one results file per name)")
-            names[n] = p
     changed = {p for _, p in changes}
+    refuse_case_collisions(modes, changed)
+    docs = entries(root, head, modes)
+    subs = sorted(docs)
+    fork = _git(root, "merge-base", base, head).decode().strip()
+    before = entries(root, fork, tree(root, fork))
+    refuse_removed_entries(before, docs)  # what the PR itself took away
+    existing = entries(root, base, tree(root, base))  # the board now, newer entries of the base included
+    deleted = {p for st, p in changes if st == "D"}
+    refuse_lookalike_names({**{f"{p} (base branch)": d for p, d in existing.items() if p not in docs and p not in deleted}, **docs}, changed)
 
     def touched(ref: str) -> bool:  # a changed file is the ref, inside it, or beside it
         ref = ref.strip("/")
@@ -123,9 +206,9 @@ def pr_check(root: Path, base: str, head: str) -> list[str]:
 
     todo = []
     for p in subs:
-        d = docs.get(p) or {}
+        d = docs[p]
         ck = d.get("checkpoint") if isinstance(d.get("checkpoint"), dict) else {}
         refs = [str(ck.get("path") or ""), str(d.get("method_record") or "")]
-        if p in changed or any(touched(r) for r in refs if r.startswith(ALLOWED_PREFIX + "checkpoints/")):
+        if p in changed or p not in before or any(touched(r) for r in refs if r.startswith(ALLOWED_PREFIX + "checkpoints/")):  # new: a set now lists it
             todo.append(p)
     return todo

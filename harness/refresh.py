@@ -46,6 +46,7 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise HarnessError(f"--out {out}: exists and is not a folder")
+    refuse_lookalikes(names, out)
     cache = cache_dir(root, cache).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -73,7 +74,7 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
     from .attest import write_manifest
     from .results.io import results_files
 
-    write_manifest(out, "unlearn leaderboard refresh")  # these files were just made by the harness
+    write_manifest(out, "unlearn leaderboard refresh", only=written, report=report)  # only what this run made
     all_results = []
     for p in results_files(out):  # as build reads them
         try:
@@ -83,6 +84,30 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
             report(f"skipped {p}: {one_line(e)}")
     img = export_images(all_results, cache, out / "images", report)
     return {"written": [str(p) for p in written], "images": img, "seconds": round(time.time() - t0, 1)}
+
+
+def refuse_lookalikes(names: dict[str, str], out: Path) -> None:
+    """The one name rule (``attest.name_key``): two submissions of this refresh, or one of them
+    and an entry already in ``out`` under another name, that read as one name are refused."""
+    from .attest import name_key
+    from .results.io import read_json_file, results_files
+
+    seen: dict[str, str] = {}
+    for f, n in names.items():
+        if name_key(n) in seen:
+            raise HarnessError(f"{f}: name: {n!r} reads as {names[seen[name_key(n)]]!r} of {seen[name_key(n)]} (case, punctuation, look-alike letters)")
+        seen[name_key(n)] = f
+    have = set()
+    for p in results_files(out) if out.is_dir() else []:
+        try:
+            d = read_json_file(p, 64 << 20)
+            have.add(d["submission"]["name"])
+        except (ValueError, OSError, KeyError, TypeError, RecursionError):
+            continue
+    for f, n in names.items():
+        other = next((h for h in sorted(have, key=str) if isinstance(h, str) and h != n and name_key(h) == name_key(n)), None)
+        if other is not None:
+            raise HarnessError(f"{f}: name: {n!r} reads as the existing entry {other!r} in {out} (case, punctuation, look-alike letters)")
 
 
 def export_images(result_files: list[Path], cache: Path, out_images: Path, report: Report = to_stderr) -> dict:

@@ -41,12 +41,35 @@ def is_smoke(result: dict) -> bool:
     return result.get("smoke") is True or any(isinstance(s, dict) and s.get("smoke") is True for s in result.get("suites", []))
 
 
-def markdown(result: dict, source: str) -> str:
+def counts(result: dict) -> dict[str, int]:
+    """Verdict counts made from the records (never the file's own ``summary``)."""
+    out = {v: 0 for v in ("pass", "fail", "inconclusive", "error", "info")}
+    for m in result.get("metrics", []):
+        v = m.get("verdict") if isinstance(m, dict) else None
+        if v in out:
+            out[v] += 1
+    return out
+
+
+def name_warning(name, existing) -> str | None:
+    """The one name rule (``attest.name_key``): a name that reads as an existing entry's."""
+    from .attest import name_clash
+
+    other = name_clash(str(name), sorted(existing)) if isinstance(name, str) else None
+    if other is None:
+        return None
+    return (f"**Refused name:** {cell(name)} reads as the existing entry {cell(other)} (case, punctuation, look-alike letters): "
+            "the leaderboard keeps the existing entry and skips this one")
+
+
+def markdown(result: dict, source: str, existing=()) -> str:
     sub = result.get("submission", {})
-    s = result.get("summary", {})
+    s = counts(result)
+    warn = name_warning(sub.get("name"), existing)
     lines = [
         f"### {cell(sub.get('name', '?'))} ({cell(sub.get('method', {}).get('name', '?'))})",
         "",
+        *([warn, ""] if warn else []),
         f"{s.get('pass', 0)} pass, {s.get('fail', 0)} fail, {s.get('inconclusive', 0)} inconclusive, {s.get('error', 0)} error, {s.get('info', 0)} info"
         f"{'' if result.get('complete', True) else ' (incomplete run)'}"
         f"{' (**smoke run**: a subset of each suite, not comparable with full runs)' if is_smoke(result) else ''}; file {cell(source)}",

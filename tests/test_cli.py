@@ -118,7 +118,7 @@ def test_compare_shows_but_does_not_gate_metrics_without_a_tolerance(tmp_path):
 
 def test_summary_is_markdown_with_stranger_text_escaped(tmp_path):
     res = {**_doc(_result([0.9, 1.0])["metrics"], name="<script>alert(1)</script>|x", method="[a](javascript:x)"),
-           "summary": {"pass": 1, "fail": 1}}
+           "summary": {"pass": 2, "fail": 0}}  # the counts of its records (readers check them)
     f = tmp_path / "r.json"
     f.write_text(json.dumps(res))
     r = unlearn("summary", str(f))
@@ -128,11 +128,12 @@ def test_summary_is_markdown_with_stranger_text_escaped(tmp_path):
     rows = [line for line in r.stdout.splitlines() if line.startswith("| toy")]
     assert len(rows) == 2 and all(line.count(" | ") == 7 for line in rows)
     assert [line.split(" | ")[4] for line in rows] == ["-", "-"]  # records without an interval or a reason
-    res["metrics"][0].update(ci={"low": 0.8, "high": 0.95}, ci_reason=None)
-    res["metrics"][1].update(ci=None, ci_reason="single run: one measurement")
+    # (FID: a UA interval without its per-item scores is refused by readers, tests/test_security_readers.py)
+    res["metrics"][0].update(ci=None, ci_reason="single run: one measurement")
+    res["metrics"][1].update(ci={"low": 0.8, "high": 1.2}, ci_reason=None)
     f.write_text(json.dumps(res))
     rows = [line for line in unlearn("summary", str(f)).stdout.splitlines() if line.startswith("| toy")]
-    assert [line.split(" | ")[4] for line in rows] == ["[0.8, 0.95]", "single run"]
+    assert [line.split(" | ")[4] for line in rows] == ["single run", "[0.8, 1.2]"]
     (tmp_path / "bad.json").write_text("[")
     bad = unlearn("summary", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

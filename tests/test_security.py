@@ -338,8 +338,8 @@ FORGED = [
 @pytest.mark.parametrize("name, files, needle", FORGED, ids=[f[0] for f in FORGED])
 def test_a_forged_results_file_is_skipped_and_the_rest_is_built(tmp_path, name, files, needle):
     counts, lines, _ = site(tmp_path, {"real.json": site_doc("toy-uce-style"), "other.json": site_doc("toy-esd-style"), **files})
-    # colliding names are both left out (a reader could not tell which is meant): a maintainer decides
-    assert counts.get("submissions") == (1 if name == "colliding-name" else 2), (counts, lines)
+    # a colliding name: the existing entry stays, the newcomer is skipped (tests/test_security_readers.py)
+    assert counts.get("submissions") == 2, (counts, lines)
     assert any("skipped" in line and needle in line for line in lines), lines
     assert all("\n" not in line for line in lines)
 

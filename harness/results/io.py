@@ -47,8 +47,10 @@ def _read(path: str | Path) -> tuple[Any, ResultsFile]:
     data = read_json_file(Path(path), MAX_RESULT_BYTES)
     doc = ResultsFile.read(data)
     from ..attest import check_name
+    from .check import check_document
 
     check_name(doc.submission.name)
+    check_document(data)  # what the file says about itself agrees with what a reader recomputes
     return data, doc
 
 METHOD_SEEDS_SUFFIX = ".method-seeds.json"  # `unlearn regress --method-seeds N` writes <name>.method-seeds.json
@@ -97,11 +99,17 @@ def read_json_file(path: Path, limit: int) -> Any:
         raise ValueError("not a regular file (a FIFO, socket or device is not opened)")
     if path.stat().st_size > limit:
         raise ValueError(f"larger than {limit >> 20} MiB")
+    from .check import check_depth, parse_int
+
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"), parse_int=parse_int)
     except UnicodeDecodeError:
         raise ValueError("not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
     except RecursionError:
         raise ValueError("not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # parse_int: an integer too large for any reader
+        raise ValueError(f"not a results-sized JSON ({one_line(e)})") from None
+    check_depth(data)
+    return data

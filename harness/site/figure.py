@@ -42,6 +42,9 @@ def error_bar_lines(p: dict, X, Y, colour: str) -> list[str]:
     return out
 
 
+MAX_LABELS = 200  # beyond this many points the figure names them in tooltips only
+
+
 def tradeoff_svg(points: list[dict], title: str = "Erasure vs retention") -> str:
     """A self-contained SVG scatter plot (every label escaped): x = UA (erasure), y = mean of
     IRA and CRA (retention); coincident points share one marker and a stacked label."""
@@ -99,6 +102,9 @@ def tradeoff_svg(points: list[dict], title: str = "Erasure vs retention") -> str
             labels.append({"x": gx, "y": gy, "text": f"{p['submission']} · {p['target']}", "kind": p["kind"], "base": p["base"]})
     # labels to the right of the plot area's points; stacked and pushed apart vertically
     placed: list[dict] = []
+    if len(labels) > MAX_LABELS:  # unreadable, and placing them is quadratic: the points keep their tooltips
+        out.append(f'<text x="{L + pw:.1f}" y="{T + ph + 32}" text-anchor="end" fill="#6b7280" font-size="11">{len(labels)} points: names on hover</text>')
+        labels = []
     for lab in sorted(labels, key=lambda d: (d["y"], d["x"], d["text"])):
         right = lab["x"] < L + pw * 0.55
         lab["anchor"] = "start" if right else "end"

@@ -47,14 +47,13 @@ def load_runs(results: Path, report: Report = to_stderr, require_attestation: bo
     """Every results file of ``results`` (``results.io.results_files``: ``*.json``, not
     recursive, regular files) that validates, whose verdicts its numbers and the current suites'
     thresholds give, that the folder's ATTESTATION.json lists (when there is one, or when
-    required), and whose submission name no other name collides with; the others are reported
-    and skipped (one bad file never stops the build)."""
-    from ..attest import MANIFEST, attested, current_thresholds, name_key, read_manifest, recheck_verdicts
+    required: then verified with the key, an error without one) with the commit that made it,
+    and whose submission name is not a look-alike of an existing entry's; the others are
+    reported and skipped (one bad file never stops the build)."""
+    from ..attest import attested, bound_problem, current_thresholds, read_manifest, recheck_verdicts
     from ..results.io import results_files
 
-    manifest = read_manifest(results)
-    if manifest is None and require_attestation:
-        raise HarnessError(f"--results {results}: no {MANIFEST} (--require-attestation): run `unlearn leaderboard attest` in the trusted workflow")
+    manifest = read_manifest(results, required=require_attestation)
     thresholds = current_thresholds(ROOT)
     runs = []
     for p in results_files(results):
@@ -65,8 +64,10 @@ def load_runs(results: Path, report: Report = to_stderr, require_attestation: bo
                 if why:
                     raise ValueError(why)
             data = read_result(p)
+            if manifest is not None and (why := bound_problem(p, data, manifest)):
+                raise ValueError(why)
             recheck_verdicts(data, thresholds)
-        except (ValueError, OSError, HarnessError, RecursionError) as e:
+        except (ValueError, OSError, HarnessError, RecursionError, ArithmeticError, TypeError) as e:
             report(f"skipped {p}: {one_line(e)}")
             continue
         from ..pins import pins_problem  # a real result counts only with the suite's own pins
@@ -75,13 +76,34 @@ def load_runs(results: Path, report: Report = to_stderr, require_attestation: bo
             report(f"skipped {p}: {why}")
             continue
         runs.append(Run(rel, data, hashlib.sha256(rel.encode()).hexdigest()[:10]))
-    groups: dict[str, set[str]] = {}
+    return drop_lookalikes(runs, results, report, manifest)
+
+
+def drop_lookalikes(runs: list[Run], results: Path, report: Report, manifest: dict | None) -> list[Run]:
+    """The one name rule (``attest.name_key``: case, punctuation, look-alike letters): of names
+    that read as one, the existing entry stays and the newcomers are skipped, each with a line.
+    The existing entry is the one the checkout's ``submissions/`` names, else the one attested,
+    else the one whose first run is oldest (then by name). Never both."""
+    from ..attest import existing_names, name_key
+
+    groups: dict[str, dict[str, list[Run]]] = {}
     for r in runs:
-        groups.setdefault(name_key(r.name), set()).add(r.name)
-    clash = {n for names in groups.values() if len(names) > 1 for n in names}
-    for r in [r for r in runs if r.name in clash]:
-        report(f"skipped {results / r.file}: submission.name {r.name!r} collides with {sorted(groups[name_key(r.name)] - {r.name})[0]!r} (names must differ in more than case and punctuation)")
-    return [r for r in runs if r.name not in clash]
+        groups.setdefault(name_key(r.name), {}).setdefault(r.name, []).append(r)
+    if all(len(g) == 1 for g in groups.values()):
+        return runs
+    known = existing_names(ROOT)
+    drop: set[str] = set()
+    for g in groups.values():
+        if len(g) < 2:
+            continue
+        first = lambda n: min(r.finished for r in g[n])
+        keep = min(g, key=lambda n: (n not in known, manifest is None or not any(r.file in manifest for r in g[n]), first(n), n))
+        for n in sorted(set(g) - {keep}):
+            drop.add(n)
+            for r in g[n]:
+                report(f"skipped {results / r.file}: submission.name {n!r} collides with the existing entry {keep!r} "
+                       "(names must differ in more than case, punctuation and look-alike letters)")
+    return [r for r in runs if r.name not in drop]
 
 
 def is_smoke(data: dict) -> bool:

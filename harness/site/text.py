@@ -69,6 +69,10 @@ def json_value(x: Any) -> Any:
 
 def na_to_none(x: Any) -> Any:
     """pandas' missing values (NaN for an empty float cell) as None."""
+    if x is None or isinstance(x, (str, list, dict, bool, int)):
+        return x
+    if isinstance(x, float):
+        return None if x != x else x
     try:
         import pandas as pd
 
