@@ -230,6 +230,13 @@ def _body(doc: dict) -> bytes:
     return json.dumps({k: v for k, v in doc.items() if k != "hmac_sha256"}, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def _is_hex64(value) -> bool:
+    """A sha256 / HMAC-SHA256 hex digest as this module writes it: 64 lowercase hex digits."""
+    import re
+
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
 def _digest(doc: dict, key: bytes) -> str:
     """HMAC-SHA256 of the whole manifest but its own ``hmac_sha256``: every file's sha256, the
     commit and run that made it, the sequence number and who made it."""
@@ -349,7 +356,7 @@ def _read_doc(folder: Path, key: bytes | None, required: bool) -> dict | None:
         raise HarnessError(f"{path}: format: {doc['format']} signs file names and sha256 only (replayable); --require-attestation needs {FORMAT}: run `unlearn leaderboard attest` with ${KEY_ENV}")
     if key is not None:  # first: an edited manifest is "not signed", whatever else is wrong with it
         got = doc.get("hmac_sha256")
-        if not isinstance(got, str) or not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), _digest(doc, key).encode()):  # bytes: a non-ASCII value is a mismatch, not a TypeError
+        if not _is_hex64(got) or not hmac.compare_digest(got.encode("ascii"), _digest(doc, key).encode()):  # any other text (non-ASCII, a lone surrogate) is a mismatch
             raise HarnessError(f"{path}: hmac_sha256: does not verify with ${KEY_ENV} (the manifest was not made by a trusted run)")
     return _check_doc(doc, str(path))
 
@@ -402,7 +409,7 @@ def replayed(folder: Path, doc: dict, key: bytes) -> str | None:
             old = _check_doc(json.loads(blob or b""), "history")
         except (ValueError, HarnessError, RecursionError):
             continue
-        if old.get("format") != FORMAT or not isinstance(old.get("hmac_sha256"), str) or not hmac.compare_digest(old["hmac_sha256"], _digest(old, key)):
+        if old.get("format") != FORMAT or not _is_hex64(old.get("hmac_sha256")) or not hmac.compare_digest(old["hmac_sha256"], _digest(old, key)):
             continue  # not a signed manifest of this key: says nothing about what came later
         if old["hmac_sha256"] != mine and old["sequence"] >= doc["sequence"]:
             return (f"{doc['sequence']} is not above the {old['sequence']} of the version committed in {c[:12]} "

@@ -495,7 +495,8 @@ def test_a_concept_with_a_dot_in_a_pinned_suite_loads_again(tmp_path):
     assert refs["st. ives"]["sha256"] == refs["100%.x"]["sha256"] == "1" * 64
 
 
-@pytest.mark.parametrize("key, value, verifies", [("ключ-🔑", None, True), ("k\udcff", None, True), ("k", "é" * 64, False), ("k", "", False)])
+@pytest.mark.parametrize("key, value, verifies", [("ключ-🔑", None, True), ("k\udcff", None, True), ("k", "é" * 64, False), ("k", "", False),
+                                               ("k", "\ud800", False), ("k", "A" * 64, False)])
 def test_any_attestation_key_or_hmac_is_one_line(tmp_path, monkeypatch, key, value, verifies):
     from harness import attest
 
