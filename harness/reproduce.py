@@ -160,10 +160,11 @@ SALIENCY_MASKED = Tolerance(1e-2, 1e-3, "SalUn's few masked steps: a weight at t
                                         "the mask (measured <= 3.3e-3 abs / 1.2e-4 rel; the bound is a flipped weight's "
                                         "whole update, steps x lr)")
 #: Long fine-tuning (the toy ESD-x / FMN / CA / SalUn checkpoints: hundreds of steps, sampled
-#: latents): rounding differences compound, so a re-made checkpoint is compared by what it
-#: does (the gate's metrics), and its tensors only reported.
-LONG_FINE_TUNE = Tolerance(5e-2, 5e-2, "hundreds of optimiser steps: rounding compounds; measured, x5; the gate decides "
-                                       "by the metrics")
+#: latents): rounding differences compound. Measured on the toy ESD-x style checkpoint (300 steps)
+#: against the committed one: 6.8e-3 absolute, 1.5e-2 relative (AVX-512; AVX2 4.5e-3 / 1.1e-2).
+#: A re-made checkpoint is compared by what it does (the gate's metrics); its tensors are reported.
+LONG_FINE_TUNE = Tolerance(5e-2, 5e-2, "hundreds of optimiser steps: rounding compounds (measured <= 6.8e-3 abs / 1.5e-2 "
+                                       "rel on toy ESD-x); x7 / x3; the gate decides by the metrics")
 #: Metric values made from re-made float output (accuracies of a classifier on generated images,
 #: FID of features): equal within this, or the test states its own.
 METRIC = Tolerance(1e-6, 1e-6, "metric values of re-made float output")
