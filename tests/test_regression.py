@@ -44,9 +44,24 @@ def test_regress_passes_an_unchanged_baseline_and_fails_a_better_one(tmp_path, o
     assert "differs" not in text
     assert "regression gate: no regression in 1 submissions" in text
 
-    cra = next(m for m in baseline["metrics"] if m["metric"] == "cra")
-    cra["value"] = min(1.0, cra["value"]) + 0.2  # the baseline claims more than the re-run gives
-    base_file.write_text(json.dumps(baseline))
+    # A re-made checkpoint that erases nothing (the base's own cross-attention tensors under the
+    # method's tensor names) against the same baseline: UA falls from the baseline's to the base
+    # model's, and the gate fails. (A baseline edited to claim more is refused by the readers.)
+    from safetensors.torch import load_file, save_file
+
+    from harness import regression
+    from harness.hashing import sha256_file
+    from harness.toy.model import load_pipeline
+
+    def do_nothing(root, sub, record, out_dir, seed=None):
+        names = load_file(str(ROOT / sub["checkpoint"]["path"])).keys()
+        unet = load_pipeline().unet.state_dict()
+        ck = out_dir / "checkpoints" / "do-nothing" / "unet.safetensors"
+        ck.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: unet[k].contiguous() for k in names}, str(ck))
+        return {**sub, "checkpoint": {**sub["checkpoint"], "path": str(ck.relative_to(root)), "sha256": sha256_file(ck)}}
+
+    monkeypatch.setattr(regression, "remake_checkpoint", do_nothing)
     assert regress(ROOT, baselines, out, methods={"uce"}, pytest_args=ARGS) == 1
     text = capsys.readouterr().out
     assert "REGRESSED" in text and "1 of 1 submissions regressed: toy-uce-style" in text
