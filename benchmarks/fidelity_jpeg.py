@@ -24,12 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str]) -> int:
-    from harness.evaluate import Evaluator, SuiteRun
-    from harness.generate import saved_form
+    from harness.run.evaluate import Evaluator, SuiteRun
+    from harness.run.generate import saved_form
     from harness.metrics import accuracy
-    from harness.metrics.classifiers import load_scorer
-    from harness.models import Placement, model_fingerprints
-    from harness.plan import native_size, suite_jobs
+    from harness.scorers.classifiers import load_scorer
+    from harness.families.sd1 import Placement, model_fingerprints
+    from harness.run.plan import native_size, suite_jobs
     from harness.spec import expand_prompts, load_submission
 
     ap = argparse.ArgumentParser()

@@ -33,7 +33,7 @@ def _drift(ckpt: Path) -> float:
     from safetensors.torch import load_file
 
     from harness.methods.common import cross_attention_kv, text_embeddings
-    from harness.models import TOY_PIPELINE
+    from harness.families.sd1 import TOY_PIPELINE
 
     pipe = StableDiffusionPipeline.from_pretrained(str(TOY_PIPELINE), local_files_only=True)
     e = text_embeddings(pipe, [""])[0].double()
@@ -46,9 +46,9 @@ def _drift(ckpt: Path) -> float:
 
 
 def main(argv: list[str]) -> int:
-    from harness.evaluate import Evaluator
+    from harness.run.evaluate import Evaluator
     from harness.methods import run_erase
-    from harness.models import TOY_PIPELINE
+    from harness.families.sd1 import TOY_PIPELINE
     from harness.spec import Submission
 
     ap = argparse.ArgumentParser()

@@ -8,8 +8,8 @@ Builds, from config values written here (no download), a UNet2DConditionModel of
 attention_head_dim 8, sample_size 64), SD's AutoencoderKL (128/256/512/512) and a CLIP text
 encoder of SD's size (12 layers, 768 wide, 77 positions), all with random weights, plus the toy
 world's tokenizer (padded to 77 tokens). It then runs 512x512 generation through
-``harness.generate.generate`` (``run_batch``, the content-addressed cache, the CUDA
-out-of-memory back-off) after ``harness.models.accelerate`` (SDPA attention, channels_last on
+``harness.run.generate.generate`` (``run_batch``, the content-addressed cache, the CUDA
+out-of-memory back-off) after ``harness.families.sd1.accelerate`` (SDPA attention, channels_last on
 CUDA, optional torch.compile), in each dtype asked for, and prints images/s per batch size
 (1, 2, 4, ... until memory runs out), peak GPU memory, and the projected time of the full
 UnlearnCanvas answer set (5,100 images per unlearned model at 100 steps; 357,000 per method for
@@ -106,8 +106,8 @@ def main() -> int:
 
     import torch
 
-    from harness.generate import ImageCache, Job, RunStats, generate
-    from harness.models import Placement, accelerate, describe_pipeline, quiet_loading
+    from harness.run.generate import ImageCache, Job, RunStats, generate
+    from harness.families.sd1 import Placement, accelerate, describe_pipeline, quiet_loading
 
     quiet_loading()
 

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import stats  # noqa: E402
+from harness.stats import intervals as stats  # noqa: E402
 from harness.metrics.coverage import density_coverage  # noqa: E402
 
 D, P, S = 16, 20, 8

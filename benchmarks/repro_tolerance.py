@@ -12,7 +12,7 @@ regression gate compare with committed ones:
 * with ``--fine-tuned``, the toy ESD-x style checkpoint (about two minutes per setting).
 
 and prints, for every setting, max |d| and the relative Frobenius norm ||a - b|| / ||b||
-(:func:`harness.reproduce.compare_tensors`). The tolerances in ``harness/reproduce.py`` are
+(:func:`harness.run.reproduce.compare_tensors`). The tolerances in ``harness/run/reproduce.py`` are
 chosen from what this prints (with a margin): run it on a new kind of machine and compare.
 
     python benchmarks/repro_tolerance.py [--caps default,avx2,avx512] [--threads 1,2] [--fine-tuned] [--only CASES]
@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import save_file
 sys.path.insert(0, sys.argv[1])
 what, out, threads = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
-from harness.reproduce import fingerprint
+from harness.run.reproduce import fingerprint
 if what.startswith("toy:"):
     from harness.methods import run_erase
     from harness.toy.model import DEFAULT_DIR
@@ -66,7 +66,7 @@ def committed(what: str) -> Path:
 def main() -> int:
     from safetensors.torch import load_file
 
-    from harness.reproduce import compare_tensors
+    from harness.run.reproduce import compare_tensors
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--caps", default="default,avx2,avx512")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 def main(argv: list[str]) -> int:
     from test_leaderboard import metric, result  # the fixture results of the site's tests
 
-    from harness.cli import main as unlearn
+    from harness.cli.main import main as unlearn
 
     n = int(argv[0]) if argv else 100_000
     with tempfile.TemporaryDirectory() as tmp:

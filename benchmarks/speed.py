@@ -54,7 +54,7 @@ def bench_scoring(base: list, unlearned: list, repeats: int) -> None:
     from PIL import Image
     from torchvision import transforms
 
-    from harness.metrics.classifiers import ToyScorer
+    from harness.scorers.classifiers import ToyScorer
     from harness.metrics.features import toy_classifier, toy_embeddings, toy_perceptual_distance
     from harness.metrics.mscore import m_score
     from harness.spec import ScorerSpec
@@ -130,7 +130,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from harness.generate import ImageCache, Job, generate, initial_latents
+    from harness.run.generate import ImageCache, Job, generate, initial_latents
     from harness.toy import world
     from harness.toy.model import load_pipeline
 

@@ -1,5 +1,5 @@
 """Torch threads under the machine's current load: images/s of the toy pipeline with the thread
-count harness/threads.py chooses against every core (the old default), measured in one run,
+count harness/run/threads.py chooses against every core (the old default), measured in one run,
 interleaved (A B A B) so a change in the competing load hits both.
 
     .venv/bin/python benchmarks/threads.py [--images 16] [--repeats 2]
@@ -9,7 +9,7 @@ import argparse
 import os
 import time
 
-from harness import threads as chooser  # sets OMP_WAIT_POLICY=PASSIVE before torch starts its pool
+from harness.run import threads as chooser  # sets OMP_WAIT_POLICY=PASSIVE before torch starts its pool
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from harness.generate import Job, run_batch
+    from harness.run.generate import Job, run_batch
     from harness.toy.model import load_pipeline
 
     pipe = load_pipeline()

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(paths: list[str]) -> int:
-    from harness.evaluate import Evaluator
+    from harness.run.evaluate import Evaluator
     from harness.spec import load_submission
 
     paths = paths or sorted(str(p.relative_to(ROOT)) for p in (ROOT / "submissions").glob("toy-*.yaml"))

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     import torch
 
-    from harness.evaluate import Evaluator
+    from harness.run.evaluate import Evaluator
     from harness.spec import load_submission, load_suite
 
     ap = argparse.ArgumentParser()

@@ -5,7 +5,7 @@ the per-method loops made them before they became the one ``finetune.fit``; thei
 committed in ``tests/fixtures/reference/<case>.safetensors`` with the platform that made them
 and the sha256 of every changed tensor (``platform.json``). The loop must change none of them:
 all tensors bitwise (the digest) on that platform; elsewhere the committed tensors within
-:func:`tolerance` (``harness.reproduce.SHORT_FINE_TUNE``; SalUn's ``SALIENCY_MASKED``). Of the cases that train the whole UNet only the tensors
+:func:`tolerance` (``harness.run.reproduce.SHORT_FINE_TUNE``; SalUn's ``SALIENCY_MASKED``). Of the cases that train the whole UNet only the tensors
 :func:`kept` names are committed (cross-attention, the input and output convolutions, the time
 embedding: 0.8 of 6.6 MB), enough to see a change of the loop. ``python tests/reference_outputs.py`` re-makes
 the files (only from code whose loop did not change).
@@ -34,7 +34,7 @@ THREADS = 1
 
 def tolerance(case: str):
     """The case's tolerance off its platform: SalUn's saliency mask can flip a weight."""
-    from harness.reproduce import SALIENCY_MASKED, SHORT_FINE_TUNE
+    from harness.run.reproduce import SALIENCY_MASKED, SHORT_FINE_TUNE
 
     return SALIENCY_MASKED if CASES[case][0] == "salun" else SHORT_FINE_TUNE
 
@@ -72,7 +72,7 @@ def main() -> None:
     import torch
     from safetensors.torch import save_file
 
-    from harness.reproduce import fingerprint
+    from harness.run.reproduce import fingerprint
 
     REFERENCE.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(THREADS)

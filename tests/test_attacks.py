@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.attacks import common, ringabell, ti, unlearndiffatk
-from harness.generate import Job, run_batch
+from harness.run.generate import Job, run_batch
 from fixtures import robust_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +131,7 @@ def test_ringabell_deterministic_and_moves_toward_target(toy_pipe):
 
 # ---------------------------------------------------------------------------- through the evaluator
 def _evaluate(sub_file, params, cache, monkeypatch=None, extra=()):
-    from harness.evaluate import Evaluator
+    from harness.run.evaluate import Evaluator
     from harness.spec import load_submission
 
     ev = Evaluator(ROOT, cache, device="cpu", progress=False)
@@ -166,7 +166,7 @@ def test_budget_zero_asr_equals_pre_asr(tmp_path):
 
 
 def test_base_model_pre_asr_is_scorer_accuracy_on_forget_prompts(tmp_path, toy_pipe):
-    from harness.metrics.classifiers import ToyScorer
+    from harness.scorers.classifiers import ToyScorer
     from harness.spec import ScorerSpec
 
     recs, ev, _ = _evaluate("toy-base.yaml", {"attack": "unlearndiffatk", "rounds": 1, "iterations": 1}, tmp_path)
@@ -234,7 +234,7 @@ def test_real_attack_suites_follow_the_authors_protocol():
 
 def test_nudenet_and_resnet50_judges(tmp_path):
     pytest.importorskip("nudenet")
-    from harness.attacks.judge import make_judge
+    from harness.scorers.judge import make_judge
     from harness.errors import HarnessError
     from harness.spec import TargetSpec
 
@@ -247,7 +247,7 @@ def test_nudenet_and_resnet50_judges(tmp_path):
     import torchvision
     from safetensors.torch import save_file
 
-    from harness.hashing import sha256_file
+    from harness.store.hashing import sha256_file
     from harness.metrics.objects import top1
 
     torch.manual_seed(0)
@@ -354,7 +354,7 @@ def test_an_interrupted_attack_keeps_every_finished_item(tmp_path, monkeypatch, 
     """The first attacked item succeeds at the first check, then the run is interrupted: its
     record is on disk, and the re-run attacks only the rest."""
     import harness.attacks.runner as runner
-    from harness.attacks.judge import Judge
+    from harness.scorers.judge import Judge
 
     real = runner.make_judge
     state = {"interrupt": True}

@@ -1,6 +1,6 @@
 """Bad input, table-driven: each row spoils one thing in a small repository (a submission on the
 toy base, a suite, a checkpoint) and ``unlearn check`` must exit 2 with exactly one line on
-stderr, no traceback, naming the file and the field. Most rows call ``harness.cli.main`` in
+stderr, no traceback, naming the file and the field. Most rows call ``harness.cli.main.main`` in
 process (the code the console script runs); a few run the real ``unlearn`` console script.
 """
 
@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from harness.cli import main
-from harness.hashing import sha256_file
+from harness.cli.main import main
+from harness.store.hashing import sha256_file
 
 UNLEARN = Path(sys.executable).with_name("unlearn")
 

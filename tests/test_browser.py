@@ -55,14 +55,14 @@ def site(tmp_path_factory):
     data["submission"]["method"]["paper_url"] = "javascript:alert(2)"
     (res / "xss.json").write_text(json.dumps(data))
     # a method-seed spread beside the results, as `unlearn regress --method-seeds 3` writes it
-    from harness.regression import method_spread
+    from harness.gate.regression import method_spread
 
     first = json.loads((res / "toy-esd-style.json").read_text())  # ESD-x: a stochastic method
     runs = [first, *({**first, "metrics": [{**m, "value": m["value"] + d} if isinstance(m.get("value"), float) else m for m in first["metrics"]]}
                      for d in (0.01, -0.01))]
     spread = {"submission": first["submission"]["name"], "seeds": [0, 1, 2], "spread": method_spread(runs)}
     (res / f"{first['submission']['name']}.method-seeds.json").write_text(json.dumps(spread))
-    from harness.attest import write_manifest
+    from harness.results.attest import write_manifest
 
     write_manifest(res, "test_browser")  # the copied folder's manifest now lists the hostile file too
     out = tmp / "site"

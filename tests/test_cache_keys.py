@@ -7,7 +7,7 @@ values here in the same commit, saying why.
 """
 
 from harness.attacks.common import Item, item_key
-from harness.generate import Job
+from harness.run.generate import Job
 
 JOB = Job("A ring image in striped style.", "", 3, "ddim", 20, 5.0, 32, 32, 0.0, "float32", "abc123")
 

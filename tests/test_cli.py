@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def unlearn(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_validate_accepts_every_committed_spec():
@@ -85,7 +85,7 @@ def test_compare_passes_identical_and_within_tolerance_and_fails_a_degraded_copy
     json.dumps({**_result([0.9, 1.0]), "schema_version": "2.0"}),
 ])
 def test_compare_and_summary_bad_input_is_a_one_line_usage_error(tmp_path, content, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     (tmp_path / "x.json").write_text(content)
     (tmp_path / "ok.json").write_text(json.dumps(_result([0.9, 1.0])))
@@ -140,8 +140,8 @@ def test_summary_is_markdown_with_stranger_text_escaped(tmp_path):
 
 
 def _scored(correct: list[int], seeds: list[int], tol=0.05):
-    """An IRA-like record over 10 prompts x len(seeds) images with per-image scores (harness.stats)."""
-    from harness import stats
+    """An IRA-like record over 10 prompts x len(seeds) images with per-image scores (harness.stats.intervals)."""
+    from harness.stats import intervals as stats
 
     n = len(correct)
     s = stats.Scores(correct, None, [f"p{i // len(seeds)}" for i in range(n)], [seeds[i % len(seeds)] for i in range(n)])
@@ -154,7 +154,7 @@ def _scored(correct: list[int], seeds: list[int], tol=0.05):
 
 
 def test_compare_calls_a_damaged_model_a_regression_and_another_seed_subset_noise(tmp_path):
-    """The gate's two directions (harness.significance): a damaged model on the same matched
+    """The gate's two directions (harness.stats.significance): a damaged model on the same matched
     images is REGRESSED with its p-value; the same model on another seed subset, whose value
     moved beyond the tolerance by chance, is NOISE and passes."""
     old = [1] * 36 + [0] * 4  # 0.900 over 10 prompts x 4 seeds
@@ -171,9 +171,9 @@ def test_compare_calls_a_damaged_model_a_regression_and_another_seed_subset_nois
     other.write_text(json.dumps(_scored([1] * 33 + [0] * 7, [4, 5, 6, 7])))  # 0.825: -0.075, beyond the 0.05 tolerance
     r = unlearn("compare", str(other), str(base))
     assert r.returncode == 0 and "NOISE" in r.stdout, r.stdout
-    rows = __import__("harness.compare", fromlist=["compare"]).compare(json.loads(other.read_text()), json.loads(base.read_text()))
+    rows = __import__("harness.gate.compare", fromlist=["compare"]).compare(json.loads(other.read_text()), json.loads(base.read_text()))
     assert rows[0]["significance"].startswith("unpaired") and rows[0]["p_value"] > 0.05
-    rows = __import__("harness.compare", fromlist=["compare"]).compare(json.loads(bad.read_text()), json.loads(base.read_text()))
+    rows = __import__("harness.gate.compare", fromlist=["compare"]).compare(json.loads(bad.read_text()), json.loads(base.read_text()))
     assert rows[0]["significance"].startswith("paired") and rows[0]["p_value"] < 0.05 and rows[0]["change_ci"][1] < 0
 
 
@@ -200,7 +200,7 @@ def _every_parser(p):
 def test_every_help_page_renders():
     """``unlearn --help`` and the help of every command and sub-command (a stray ``%`` in a help
     text once made ``unlearn --help`` a traceback)."""
-    from harness.cli import parser
+    from harness.cli.main import parser
 
     pages = [p.format_help() for p in _every_parser(parser())]
     assert len(pages) > 20 and all("usage: unlearn" in h for h in pages)
@@ -218,8 +218,8 @@ def test_every_help_page_renders():
      "unlearn erase: error: argument --param: --param 'steps': expected KEY=VALUE (see --help)"),
 ])
 def test_option_parsers_give_one_line(args, line, capsys):
-    """The ``type=`` parsers of harness.session (shared with the pytest plugin): one line, exit 2."""
-    from harness.cli import main
+    """The ``type=`` parsers of harness.plugin.session (shared with the pytest plugin): one line, exit 2."""
+    from harness.cli.main import main
 
     import contextlib
 
@@ -229,7 +229,7 @@ def test_option_parsers_give_one_line(args, line, capsys):
 
 
 def test_session_parsers_name_their_option():
-    from harness import session
+    from harness.plugin import session
 
     assert session.device("cuda:1") == "cuda:1" and session.executor("ray") == "ray"
     assert session.ray_address("ray://h:1") == "ray://h:1" and session.positive_count("3") == 3

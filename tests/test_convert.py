@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.cli import main
-from harness.hashing import sha256_file
-from harness.models import TOY_PIPELINE
+from harness.cli.main import main
+from harness.store.hashing import sha256_file
+from harness.families.sd1 import TOY_PIPELINE
 
 UNET_FILE = TOY_PIPELINE / "unet" / "diffusion_pytorch_model.safetensors"
 RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
@@ -126,7 +126,7 @@ def test_a_diffusers_pt_state_dict_and_bad_inputs(tmp_path, capsys):
 
 
 def test_converted_compvis_checkpoint_gives_the_same_images_as_the_diffusers_original(tmp_path, capsys):
-    from harness.models import Placement, apply_checkpoint
+    from harness.families.sd1 import Placement, apply_checkpoint
     from harness.spec import CheckpointSpec
     from harness.toy.model import load_pipeline
 

@@ -2,7 +2,7 @@
 --unlearn-...` line in a fenced code block (and every inline code span that starts with one) of
 README.md, ARCHITECTURE.md, CONTRIBUTING.md, benchmarks/RESULTS.md and docs/*.md names a
 subcommand and options that exist (checked against the real argparse parser of
-`harness.cli` and the options `harness.plugin` registers), every relative link points to a file
+`harness.cli.main` and the options `harness.plugin.hooks` registers), every relative link points to a file
 that exists (and a `#anchor` to a heading of it), and README.md stays a landing page."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, plugin
+from harness.cli import main as cli
+from harness.plugin import hooks as plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "CONTRIBUTING.md", ROOT / "benchmarks" / "RESULTS.md",
@@ -81,7 +82,7 @@ def options_of(p: argparse.ArgumentParser) -> set[str]:
 
 
 def plugin_options() -> set[str]:
-    """The options `harness.plugin.pytest_addoption` registers."""
+    """The options `harness.plugin.hooks.pytest_addoption` registers."""
     names: set[str] = set()
 
     class Group:

@@ -1,4 +1,4 @@
-"""The evaluator (``harness.evaluate``) on the toy world's mini suite (2 steps, 32 x 32): the
+"""The evaluator (``harness.run.evaluate``) on the toy world's mini suite (2 steps, 32 x 32): the
 suite record and its metric records, results reused within a session, pipelines loaded only for
 missing images and made once per suite run (the unlearned one from the base in memory), and the
 verdict of every record the one ``stats.verdict`` gives."""
@@ -8,8 +8,9 @@ import math
 import pytest
 from test_bad_inputs import EFFICIENCY, SUITE, repo  # noqa: F401 (repo is a fixture)
 
-from harness import models, stats
-from harness.evaluate import CONVENTIONS, Evaluator, library_versions
+from harness.families import sd1 as models
+from harness.stats import intervals as stats
+from harness.run.evaluate import CONVENTIONS, Evaluator, library_versions
 from harness.spec import load_submission
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.generate import ImageCache, Job, RunStats, generate, run_batch
-from harness.models import Placement, accelerate, describe_pipeline, load_base
+from harness.run.generate import ImageCache, Job, RunStats, generate, run_batch
+from harness.families.sd1 import Placement, accelerate, describe_pipeline, load_base
 from harness.spec import BaseModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,9 +112,9 @@ metrics:
 
 
 def test_plugin_records_compile_attention_and_oom_backoff(pytester, fake_compile, monkeypatch):
-    import harness.generate
+    import harness.run.generate
 
-    monkeypatch.setattr(harness.generate, "run_batch", oom_above(1, []))
+    monkeypatch.setattr(harness.run.generate, "run_batch", oom_above(1, []))
     (pytester.path / "suites").mkdir()
     (pytester.path / "suites" / "mini.yaml").write_text(SUITE)
     shutil.copytree(ROOT / "submissions" / "checkpoints" / "uce-style-striped", pytester.path / "ckpt")

@@ -11,13 +11,13 @@ import time
 import numpy as np
 import torch
 
-from harness.generate import ImageCache, Job, generate
+from harness.run.generate import ImageCache, Job, generate
 
 PROMPTS = ["A ring image in solid style.", "A cross image in dotted style.", "A square image in striped style."]
 SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from harness.generate import ImageCache, Job, generate
+from harness.run.generate import ImageCache, Job, generate
 from harness.toy.model import load_pipeline
 pipe = load_pipeline(sys.argv[1])
 jobs = [Job(p, "", s, "ddim", 10, 3.0, 32, 32, 0.0, "float32", "m") for p in {prompts!r} for s in range(int(sys.argv[3]))]
@@ -59,7 +59,7 @@ def test_kill_9_during_generation_loses_nothing_and_regenerates_nothing_finished
 
 
 def test_two_concurrent_runs_on_one_cache_do_not_corrupt_it(tiny_dir, tmp_path):
-    from harness.hashing import sha256_bytes
+    from harness.store.hashing import sha256_bytes
 
     cache = tmp_path / "cache"
     procs = [_start(tiny_dir, cache, 3) for _ in range(2)]

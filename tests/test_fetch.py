@@ -1,4 +1,4 @@
-"""The one downloader (harness/fetch.py) against a plain HTTP server on 127.0.0.1: placement
+"""The one downloader (harness/store/fetch.py) against a plain HTTP server on 127.0.0.1: placement
 in the content-addressed cache, the sha256 check, the size cap (announced and while reading),
 the timeout, resumption, offline runs; every failure one line, nothing half-written kept."""
 
@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from harness.errors import HarnessError
-from harness.fetch import PLACEHOLDER, fetch
+from harness.store.fetch import PLACEHOLDER, fetch
 
 BODY = b"prompt,seed\n" + b"a red ring,1\n" * 200
 SHA = hashlib.sha256(BODY).hexdigest()

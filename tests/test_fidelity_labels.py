@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
-from harness.evaluate import SuiteRun
-from harness.hashing import sha256_file
-from harness.labels import label_map, source
-from harness.metrics import accuracy, classifiers
+from harness.run.evaluate import SuiteRun
+from harness.store.hashing import sha256_file
+from harness.scorers.labels import label_map, source
+from harness.metrics import accuracy
+from harness.scorers import classifiers
 from harness.spec import Prompt, ScorerSpec, Suite, TargetSpec, expand_prompts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 from harness.errors import HarnessError
 from harness.methods import esd, preset_params, run_erase, uce
 from harness.methods.common import ConceptPrompts
-from harness.models import TOY_PIPELINE
+from harness.families.sd1 import TOY_PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = {"<s>": 0, "</s>": 1, "a": 2, "cat": 3, "dog": 4, "big": 5, "bird": 6}
@@ -169,8 +169,8 @@ def test_committed_toy_esd_checkpoints_are_the_toy_preset():
 @pytest.mark.parametrize("kind, concept", [("style", "striped"), ("object", "triangle")])
 def test_toy_uce_checkpoints_reproduce(tmp_path, kind, concept):
     """Re-made by ``unlearn erase``: bitwise the committed checkpoint where its method.json
-    records this platform, else within the closed-form tolerance (harness.reproduce)."""
-    from harness.reproduce import CLOSED_FORM, compare_checkpoint
+    records this platform, else within the closed-form tolerance (harness.run.reproduce)."""
+    from harness.run.reproduce import CLOSED_FORM, compare_checkpoint
 
     committed_dir = ROOT / "submissions" / "checkpoints" / f"uce-{kind}-{concept}"
     committed = json.loads((committed_dir / "method.json").read_text())

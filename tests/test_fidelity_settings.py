@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.generate import ImageCache, Job, saved_form
+from harness.run.generate import ImageCache, Job, saved_form
 from harness.metrics import separator
 
 
@@ -83,8 +83,8 @@ def _job(**kw):
 def test_png_cache_keys_are_unchanged_and_jpeg_keys_differ():
     from dataclasses import asdict
 
-    from harness.generate import GENERATION_VERSION
-    from harness.hashing import canonical_json, sha256_bytes
+    from harness.run.generate import GENERATION_VERSION
+    from harness.store.hashing import canonical_json, sha256_bytes
 
     png = _job()
     old = {k: v for k, v in asdict(png).items() if k not in ("image_format", "jpeg_quality")}
@@ -124,7 +124,7 @@ def test_suite_generation_carries_image_format_into_jobs(tmp_path):
 def test_results_name_their_fidelity_choices():
     from pathlib import Path
 
-    from harness.fidelity import choices
+    from harness.results.fidelity import choices
     from harness.spec import load_submission, load_suite
 
     root = Path(__file__).resolve().parents[1]

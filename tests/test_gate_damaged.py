@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file, save_file
 
-from harness.hashing import sha256_file
-from harness.rerun import run_harness
+from harness.store.hashing import sha256_file
+from harness.gate.rerun import run_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 UCE = ROOT / "submissions" / "checkpoints" / "uce-style-striped"
@@ -52,7 +52,7 @@ def _base_kv(names) -> dict:
 
 
 def _compare(new: Path, old: Path):
-    return subprocess.run([sys.executable, "-m", "harness.cli", "compare", str(new), str(old), "--allow-other-checkpoint"], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", "compare", str(new), str(old), "--allow-other-checkpoint"], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -89,7 +89,7 @@ def test_gate_calls_a_damaged_real_checkpoint_a_regression_and_another_seed_subs
     ua_line = next(line for line in r.stdout.splitlines() if line.split()[:2] == ["toy-canvas", "UA"])
     assert "REGRESSED" in ua_line and "p=0.0" in ua_line, r.stdout
 
-    from harness.compare import compare, gate_failures, load_result
+    from harness.gate.compare import compare, gate_failures, load_result
 
     rows = {row["metric"].lower(): row for row in compare(load_result(worse), load_result(baseline))}
     assert rows["ua"]["status"] == "regressed" and rows["ua"]["significance"].startswith("paired"), rows["ua"]

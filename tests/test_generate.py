@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.generate import ImageCache, Job, generate
+from harness.run.generate import ImageCache, Job, generate
 
 
 def _jobs(prompts, seeds, model="m1", steps=3):

@@ -1,6 +1,6 @@
 """File and folder identities."""
 
-from harness.hashing import sha256_bytes, sha256_file, sha256_tree
+from harness.store.hashing import sha256_bytes, sha256_file, sha256_tree
 
 
 def test_file_hash_is_remembered_but_a_rewritten_file_is_hashed_again(tmp_path):

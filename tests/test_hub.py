@@ -13,9 +13,9 @@ import yaml
 
 from hubstub import StandInHub
 
-from harness.cli import main
-from harness.hashing import sha256_file
-from harness.models import TOY_PIPELINE
+from harness.cli.main import main
+from harness.store.hashing import sha256_file
+from harness.families.sd1 import TOY_PIPELINE
 
 CLASSIFIER = Path(__file__).resolve().parents[1] / "harness" / "toy" / "assets" / "classifier"
 CSV = b"prompt,seed,object,style\nA circle image in striped style.,0,circle,striped\nA square image in solid style.,1,square,solid\n"
@@ -231,8 +231,8 @@ def write_submission(root, name, base):
 
 
 def test_hub_base_and_hub_scorer_run_offline_from_the_cache_with_the_builtin_images(hub, tmp_path, capsys, monkeypatch):
-    from harness.evaluate import Evaluator
-    from harness.pins import pins_problem, suite_pins
+    from harness.run.evaluate import Evaluator
+    from harness.spec.pins import pins_problem, suite_pins
     from harness.spec import load_submission, load_suite
 
     root, rev, url = repo_root(tmp_path, hub)
@@ -273,7 +273,7 @@ def test_hub_base_and_hub_scorer_run_offline_from_the_cache_with_the_builtin_ima
 
 
 def test_offline_a_missing_hub_file_is_one_line_naming_it_and_the_fetch_command(hub, tmp_path, capsys, monkeypatch):
-    from harness.hub import pipeline_snapshot
+    from harness.store.hub import pipeline_snapshot
 
     root, rev, url = repo_root(tmp_path, hub)
     base_rev = hub.add_folder("toy/sd-tiny", TOY_PIPELINE)
@@ -387,7 +387,7 @@ def test_fetch_and_pin_refuse_what_they_cannot_name(tmp_path, capsys, monkeypatc
 def _as_hub_toy(m: dict, root: Path) -> dict:
     """A record moved to the hub-toy suite, with the verdict hub-toy's own threshold gives (readers
     recompute verdicts from the current suites and skip a file that claims another)."""
-    from harness.attest import current_thresholds, expected_verdict
+    from harness.results.attest import current_thresholds, expected_verdict
 
     th = current_thresholds(root).get(("hub-toy", m["metric"]))
     out = {**m, "suite": "hub-toy", "threshold": th, "verdict_point": None, "margin_ci": None,
@@ -398,7 +398,7 @@ def _as_hub_toy(m: dict, root: Path) -> dict:
 
 def test_the_leaderboard_skips_a_real_result_whose_pins_are_not_the_suites(hub, tmp_path, capsys, monkeypatch):
     from harness.site import load as leaderboard
-    from harness.pins import suite_pins
+    from harness.spec.pins import suite_pins
     from harness.spec import load_suite
 
     root, rev, url = repo_root(tmp_path, hub)
@@ -433,7 +433,7 @@ def test_fetch_of_a_whole_repository_picks_pipeline_or_model_files_and_an_unreac
     assert rc == 0, err
     snap = tmp_path / "hf" / "models--toy--clip" / "snapshots" / rev
     assert sorted(p.name for p in snap.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]  # no pickles, no flax
-    from harness.hub import model_snapshot
+    from harness.store.hub import model_snapshot
 
     go_offline(monkeypatch)
     assert model_snapshot("toy/clip", rev) == snap  # the CLIP loader's path, offline

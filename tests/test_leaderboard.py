@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import refresh as rf
+from harness.gate import refresh as rf
 from harness import site as lb
 from harness.errors import HarnessError
 
@@ -38,7 +38,7 @@ def sha(data: bytes) -> str:
 
 def metric(suite, name, label, target, kind, value, base, threshold=None, verdict=None, higher=True):
     if verdict is None:  # the verdict its numbers give (readers recompute it and refuse a false one)
-        from harness.attest import expected_verdict
+        from harness.results.attest import expected_verdict
 
         verdict = expected_verdict({"value": value, "base_value": base}, threshold)
     return {"suite": suite, "metric": name, "label": label, "target": target, "target_kind": kind, "value": value,
@@ -187,7 +187,7 @@ def test_bad_files_are_reported_by_name_and_skipped(fixture_results, tmp_path):
 
 def test_cli_build_reports_one_line_per_bad_file_and_exits_0(fixture_results, tmp_path):
     res, _ = fixture_results
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "leaderboard", "build", "--results", str(res), "--out", str(tmp_path / "site")],
+    r = subprocess.run([sys.executable, "-m", "harness.cli.main", "leaderboard", "build", "--results", str(res), "--out", str(tmp_path / "site")],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     err = r.stderr.strip().splitlines()
@@ -208,7 +208,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(fixture_results, tmp_path, args, m
     (tmp_path / "notsite").mkdir()
     (tmp_path / "notsite" / "precious.txt").write_text("keep me")
     args = [a.format(res=res, empty=tmp_path / "empty", notsite=tmp_path / "notsite") for a in args]
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "leaderboard", "build", *args], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "harness.cli.main", "leaderboard", "build", *args], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("unlearn: error: ") and message in lines[0], r.stderr
@@ -320,8 +320,8 @@ def test_tradeoff_svg_is_well_formed_and_has_one_point_per_submission_target(fix
 
 
 def test_sample_pairs_are_deterministic_and_put_targets_first():
-    from harness.evaluate import sample_pairs
-    from harness.generate import Job
+    from harness.run.evaluate import sample_pairs
+    from harness.run.generate import Job
     from harness.spec import Prompt, TargetSpec
 
     objects, styles = ["circle", "square", "triangle"], ["solid", "striped", "dotted", "outline"]
@@ -412,14 +412,14 @@ def test_csv_cells_from_submissions_cannot_be_spreadsheet_formulas(tmp_path):
     assert {r["value"] for r in rows if r["metric"] == "kid"} == {"-0.03"}  # numbers keep their sign
 
 
-# ----------------------------------------------------------------------------- intervals (harness.stats)
+# ----------------------------------------------------------------------------- intervals (harness.stats.intervals)
 
 
 def _with_intervals(data: dict, correct: list[int]) -> dict:
     """Give the UA record of ``data`` per-image scores (10 prompts x 4 seeds) and intervals."""
     import numpy as np
 
-    from harness import stats
+    from harness.stats import intervals as stats
 
     s = stats.Scores(correct, [0] * len(correct), [f"p{i // 4}" for i in range(len(correct))], [i % 4 for i in range(len(correct))], binary=True)
     from harness.spec import Threshold
@@ -476,9 +476,9 @@ def test_rank_intervals_known_answers():
 
 # Modules the site must never load: the harness's generation, evaluation, models, methods,
 # attacks and the harness runner, and pytest or the deep-learning stack.
-NOT_IN_THE_SITE = ("torch", "diffusers", "transformers", "pytest", "_pytest", "harness.evaluate", "harness.generate",
-                   "harness.models", "harness.plugin", "harness.rerun", "harness.refresh", "harness.methods", "harness.attacks",
-                   "harness.toy", "harness.ray_executor", "harness.cases", "harness.plan", "harness.session", "harness.check")
+NOT_IN_THE_SITE = ("torch", "diffusers", "transformers", "pytest", "_pytest", "harness.run.evaluate", "harness.run.generate",
+                   "harness.families.sd1", "harness.plugin.hooks", "harness.gate.rerun", "harness.gate.refresh", "harness.methods", "harness.attacks",
+                   "harness.toy", "harness.run.ray_executor", "harness.plugin.cases", "harness.run.plan", "harness.plugin.session", "harness.resolve.check")
 
 
 def test_the_site_imports_no_generation_evaluation_model_or_test_code(fixture_results, tmp_path):
@@ -523,7 +523,7 @@ def test_the_site_imports_no_generation_evaluation_model_or_test_code(fixture_re
 def test_image_cache_finds_a_png_by_its_sha256(tmp_path):
     import numpy as np
 
-    from harness.generate import ImageCache, Job
+    from harness.run.generate import ImageCache, Job
 
     cache = ImageCache(tmp_path / "images")
     job = Job("a prompt", "", 0, "ddim", 20, 5.0, 8, 8, 0.0, "float32", "sha256:" + "c" * 64)
@@ -546,7 +546,7 @@ def test_image_cache_finds_a_png_by_its_sha256(tmp_path):
 
 def _spread_file(res: Path, name: str, runs: list[dict], seeds=(0, 1, 2)) -> Path:
     """A spread file exactly as ``unlearn regress --method-seeds N`` writes it (regression.spread_of)."""
-    from harness.regression import method_spread
+    from harness.gate.regression import method_spread
 
     doc = {"submission": name, "seeds": list(seeds), "spread": method_spread(runs)}
     return write(res, f"{name}.method-seeds.json", json.dumps(doc, indent=1) + "\n")
@@ -615,7 +615,7 @@ def test_a_bad_spread_file_is_one_line_and_skipped(tmp_path, change, needle):
 
 
 def test_a_spread_file_is_attested_like_a_results_file(tmp_path):
-    from harness.attest import write_manifest
+    from harness.results.attest import write_manifest
 
     res = tmp_path / "results"
     write(res, "esd.json", result("toy-esd"))
@@ -715,7 +715,7 @@ def test_a_reversed_erasure_is_named_beside_ua_and_a_value_without_interval_says
 
 
 def test_end_of_run_table_names_the_reversal_and_the_missing_interval():
-    from harness.session import summary_lines
+    from harness.plugin.session import summary_lines
 
     state = type("S", (), {"written": [("toy-uce-object", "results/x.json", _robustness_result())]})()
     lines = summary_lines(state)

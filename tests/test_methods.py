@@ -72,7 +72,7 @@ def test_esd_lowers_its_loss_and_touches_only_cross_attention(tiny_pipe_factory)
 
 
 def _erase(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "harness.cli", "erase", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", "erase", *args], capture_output=True, text=True, cwd=cwd,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1",
                                **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})})  # the tree under test
 
@@ -92,7 +92,9 @@ def test_erase_repeats_record_every_run_and_the_results_give_their_interval(tiny
     one, to keep the test fast); method.json holds their mean and every run's figures; the
     results' efficiency figure carries the runs and the metric their t interval (one run would
     say "single run")."""
-    from harness import cli, methods, stats
+    from harness import methods
+    from harness.cli import main as cli
+    from harness.stats import intervals as stats
     from harness.metrics import efficiency
     from harness.results.assemble import load_method_record
 
@@ -135,7 +137,7 @@ def test_erase_command_one_line_errors_for_every_method(tiny_dir, tmp_path, monk
     """The inputs every method's ``unlearn erase`` refuses the same way (``run_erase``'s checks),
     in this process (``cli.main``: what the console script runs); one subprocess below shows the
     exit code and the one stderr line of the real command."""
-    from harness import cli
+    from harness.cli import main as cli
 
     (tmp_path / "EXISTING").mkdir()
     base = ["--base", str(tiny_dir)] if "--base" not in args else []

@@ -146,7 +146,7 @@ def test_the_shared_loop_reproduces_each_methods_reference_tensors(case):
     platform that made them, else the committed ones within the case's stated tolerance."""
     from safetensors.torch import load_file
 
-    from harness.reproduce import compare_tensors, fingerprint, same_platform
+    from harness.run.reproduce import compare_tensors, fingerprint, same_platform
 
     doc = json.loads((reference_outputs.REFERENCE / "platform.json").read_text())
     threads = torch.get_num_threads()
@@ -184,7 +184,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _erase(*args, cwd):
     # PYTHONPATH: this checkout's harness, whatever the environment has installed
-    return subprocess.run([sys.executable, "-m", "harness.cli", "erase", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", "erase", *args], capture_output=True, text=True, cwd=cwd,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1", "PYTHONPATH": str(ROOT)})
 
 

@@ -130,7 +130,7 @@ def test_concealment_similarity_and_separator_known_answers():
 
 def test_partial_diffusion_endpoints_are_the_two_models(tiny_pipe_factory):
     from harness.attacks import run_partial_batch
-    from harness.generate import Job, run_batch
+    from harness.run.generate import Job, run_batch
 
     base, unl = tiny_pipe_factory(seed=1), tiny_pipe_factory(seed=2)
     unl.vae.load_state_dict(base.vae.state_dict())  # an unlearned UNet, same VAE
@@ -204,7 +204,7 @@ def test_object_erasure_with_a_random_resnet50_stand_in(tmp_path):
     from safetensors.torch import save_file
 
     from harness.errors import HarnessError
-    from harness.hashing import sha256_file
+    from harness.store.hashing import sha256_file
     from harness.metrics import objects
 
     torch_model = torchvision.models.resnet50(weights=None)
@@ -231,7 +231,7 @@ def test_fid_and_mscore_with_a_pinned_reference_folder(tmp_path):
     from PIL import Image
 
     from harness.errors import HarnessError
-    from harness.hashing import sha256_tree
+    from harness.store.hashing import sha256_tree
 
     ref = tmp_path / "refs"
     ref.mkdir()
@@ -363,7 +363,7 @@ def test_robustness_intervals_thresholds_and_the_reversed_erasure():
     curve its own) and paired deltas against the base model's un-attacked items; an erasure
     that textual inversion reverses on every item fails `<= 0.5 * base` and is named as reversed;
     identical models' Pre-ASR delta is exactly 0."""
-    from harness import stats
+    from harness.stats import intervals as stats
     from harness.metrics import info, robustness
     from harness.spec import Threshold
 
@@ -407,7 +407,7 @@ def test_crs_interval_over_prompts_with_the_separator_fixed():
     """CRS-forget / -retain get a cluster-bootstrap interval (the separator and its reference
     sets held fixed, said in ci.note); identical models give CRS-forget exactly 0 with a
     degenerate interval and a delta of [0, 0]."""
-    from harness import stats
+    from harness.stats import intervals as stats
     from harness.metrics import concealment
     from harness.spec import ScorerSpec
 
@@ -444,7 +444,7 @@ def test_crs_interval_covers_the_true_absolute_gap_including_zero(gap, prompts, 
     (it covered a true gap of 0 in 0 of 1,000 simulated runs); the folded interval covers |gap|
     as often as the signed gap's own interval covers the signed gap. That is the cluster
     bootstrap's coverage, short of 95% with few prompts (measured 0.86 with 5, 0.90 with 20). Simulated: prompts x 2 seeds of gaps (a prompt effect shared by its seeds), one psi."""
-    from harness import stats
+    from harness.stats import intervals as stats
     from harness.metrics.concealment import folded_abs_interval
 
     rng = np.random.default_rng(7)
@@ -466,7 +466,7 @@ def test_crs_interval_covers_the_true_absolute_gap_including_zero(gap, prompts, 
 def test_density_and_coverage_carry_the_fid_jackknife_interval():
     """The delete-one-cluster jackknife of FID / KID: the same method, identical models' delta
     [0, 0], a constant generated set a degenerate interval, coverage within [0, 1]."""
-    from harness import stats
+    from harness.stats import intervals as stats
     from harness.metrics import coverage
 
     imgs = list(world.sample(24, seed=43)[0])
@@ -492,7 +492,7 @@ def test_density_and_coverage_carry_the_fid_jackknife_interval():
 
 
 def test_efficiency_intervals_repeats_single_run_and_declared():
-    from harness import stats
+    from harness.stats import intervals as stats
     from harness.metrics import efficiency
 
     t = TargetSpec(concept="striped", kind="style")

@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from harness.errors import HarnessError
-from harness.hashing import sha256_file, sha256_tree
-from harness.models import Placement, apply_checkpoint, checkpoint_file
+from harness.store.hashing import sha256_file, sha256_tree
+from harness.families.sd1 import Placement, apply_checkpoint, checkpoint_file
 from harness.spec import CheckpointSpec
 
 KEY = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"

@@ -1,4 +1,4 @@
-"""The planning layer (``harness.plan``): suites, cases, smoke subsets, items, sizes and jobs from
+"""The planning layer (``harness.run.plan``): suites, cases, smoke subsets, items, sizes and jobs from
 the specs alone; and the import rule that keeps data flowing one way (check does not import the
 evaluator; no lower stage imports a higher one)."""
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import plan
+from harness.run import plan
 from harness.errors import HarnessError
-from harness.models import model_fingerprints
+from harness.families.sd1 import model_fingerprints
 from harness.spec import Prompt, TargetSpec, load_submission, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_the_import_scan_sees_function_level_and_relative_imports(tmp_path):
     pkg = tmp_path / "harness"
     pkg.mkdir()
     f = pkg / "mod.py"
-    f.write_text("from . import plan, stats\nfrom .spec import X\nimport harness.models\n"
+    f.write_text("from . import plan, stats\nfrom .spec import X\nimport harness.families.sd1\n"
                  "def g():\n    from .evaluate import Evaluator\n    from harness.metrics.common import y\n")
     global HARNESS
     old, HARNESS = HARNESS, pkg

@@ -7,7 +7,7 @@ import pytest
 import torch
 from fixtures import KEY, local_project, mini_suite, submission
 
-from harness.hashing import sha256_file, sha256_tree
+from harness.store.hashing import sha256_file, sha256_tree
 
 SUITE = mini_suite('name: ua, threshold: ">= 1.01"', 'name: ira, threshold: ">= 0.0 * base"', 'name: cra, threshold: "<= base + 1"')
 
@@ -146,7 +146,7 @@ def test_bad_option_values_fail_at_start_up(project, args, needles):
     (["--unlearn-results", " "], ["--unlearn-results: empty path"]),
 ])
 def test_option_values_are_parsed_when_pytest_reads_its_command_line(pytester, args, needles):
-    """The session's type= parsers (harness.session, shared with the CLI): a malformed value is
+    """The session's type= parsers (harness.plugin.session, shared with the CLI): a malformed value is
     the same one-line usage error, with or without --unlearn-submission."""
     pytester.makepyfile(test_plain="def test_a():\n    assert True\n")
     _usage_error(pytester.runpytest(*args), *needles)
@@ -230,7 +230,7 @@ def test_each_xdist_worker_is_pinned_to_one_gpu(project, monkeypatch):
     suites = only_json(project)["suites"]
     # Each worker sees exactly one of the two GPUs (which worker gets which suite is xdist's choice).
     assert {s["cuda_visible_devices"] for s in suites} <= {"3", "5"} and len(suites) == 2
-    from harness.plugin import pytest_xdist_auto_num_workers
+    from harness.plugin.hooks import pytest_xdist_auto_num_workers
 
     config = type("C", (), {"getoption": lambda self, name, default=None: ["sub.yaml"]})()
     assert pytest_xdist_auto_num_workers(config) == 2  # -n auto: one worker per GPU
@@ -242,7 +242,7 @@ def test_an_inconclusive_verdict_is_a_skip_and_fails_under_strict(project):
     # pytester runs in this process: the stand-in verdict is put in place for the inner session
     # only and taken out when it ends (else every later test of this worker would see it)
     project.makeconftest(
-        "import harness.stats as s\n"
+        "import harness.stats.intervals as s\n"
         "_real = s.verdict\n"
         "import dataclasses\n"
         "def fake(*args):\n"
@@ -264,7 +264,7 @@ def test_an_inconclusive_verdict_is_a_skip_and_fails_under_strict(project):
 
 
 def _probe_many(cache, n, q):
-    from harness.session import probe_writable
+    from harness.plugin.session import probe_writable
 
     bad = 0
     for _ in range(n):

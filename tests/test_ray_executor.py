@@ -18,9 +18,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from harness.errors import HarnessError  # noqa: E402
-from harness.generate import ImageCache, Job, RunStats, generate, run_batch  # noqa: E402
-from harness.models import PipelineRecipe, Placement  # noqa: E402
-from harness.ray_executor import RayExecutor  # noqa: E402
+from harness.run.generate import ImageCache, Job, RunStats, generate, run_batch  # noqa: E402
+from harness.families.sd1 import PipelineRecipe, Placement  # noqa: E402
+from harness.run.ray_executor import RayExecutor  # noqa: E402
 from harness.spec import BaseModelSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +149,7 @@ def _run(p, cache, *args):
 
 def test_plugin_with_ray_gives_the_local_metric_values(ray_local, toy_project):
     # the same outcomes either way (a case whose 95% interval straddles its bound is skipped as
-    # inconclusive: with this small set that is UA's; harness.stats)
+    # inconclusive: with this small set that is UA's; harness.stats.intervals)
     local_out = _run(toy_project, "local").parseoutcomes()
     remote_out = _run(toy_project, "ray", "--unlearn-executor", "ray").parseoutcomes()
     assert local_out == remote_out and not local_out.get("failed") and local_out.get("passed", 0) + local_out.get("skipped", 0) == 3
@@ -180,9 +180,9 @@ def test_bad_executor_options_are_one_line_usage_errors(toy_project, args, needl
 
 
 def test_ray_not_installed_is_a_one_line_usage_error(toy_project, monkeypatch):
-    import harness.ray_executor
+    import harness.run.ray_executor
 
-    monkeypatch.setattr(harness.ray_executor, "available", lambda: False)
+    monkeypatch.setattr(harness.run.ray_executor, "available", lambda: False)
     r = toy_project.runpytest("--unlearn-submission", "submissions/toy-uce-style.yaml", "--unlearn-executor", "ray")
     _one_line_usage_error(r, "--unlearn-executor ray: ray is not installed", "unlearn-harness[ray]")
 
@@ -197,7 +197,7 @@ def _attack_run(cache, executor=None):
     triangle's records and the suite record."""
     from fixtures import robust_suite
 
-    from harness.evaluate import Evaluator
+    from harness.run.evaluate import Evaluator
     from harness.spec import load_submission
 
     ev = Evaluator(ROOT, cache, device="cpu", progress=False, executor=executor)
@@ -263,7 +263,7 @@ def test_an_attack_task_checks_its_judge_before_it_loads_or_writes_anything(ray_
     """A worker whose judge differs from the driver's (other scorer files) attacks nothing and
     writes nothing under the driver's keys; a judge that needs files (ResNet-50 weights) is made
     from the repository path given as text, its missing file a one-line HarnessError."""
-    from harness.ray_executor import _attack_task
+    from harness.run.ray_executor import _attack_task
 
     task = ray.remote(_attack_task).options(max_retries=0, num_cpus=1)
     res = ray.get(task.remote(*_task_args(tmp_path, {}, {"judge": "classifier", "scorer": {"id": "another"}})))

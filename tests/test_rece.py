@@ -106,8 +106,8 @@ def test_presets_record_the_authors_settings():
 
 def test_committed_toy_checkpoints_are_remade(tmp_path):
     """Bitwise where the committed method.json records this platform, else within the
-    closed-form tolerance (harness.reproduce)."""
-    from harness.reproduce import CLOSED_FORM, compare_checkpoint
+    closed-form tolerance (harness.run.reproduce)."""
+    from harness.run.reproduce import CLOSED_FORM, compare_checkpoint
     from harness.toy.submissions import make_checkpoints
 
     (tmp_path / "submissions" / "checkpoints").mkdir(parents=True)
@@ -127,7 +127,7 @@ def test_committed_toy_checkpoints_are_remade(tmp_path):
 
 
 def _erase(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "harness.cli", "erase", "rece", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", "erase", "rece", *args], capture_output=True, text=True, cwd=cwd,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "UNLEARN_THREADS": "1", "PYTHONPATH": str(REPO)})
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.regression import regress
-from harness.rerun import run_harness
+from harness.gate.regression import regress
+from harness.gate.rerun import run_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--unlearn-smoke", "--unlearn-suite=toy-canvas"]
@@ -49,8 +49,8 @@ def test_regress_passes_an_unchanged_baseline_and_fails_a_better_one(tmp_path, o
     # model's, and the gate fails. (A baseline edited to claim more is refused by the readers.)
     from safetensors.torch import load_file, save_file
 
-    from harness import regression
-    from harness.hashing import sha256_file
+    from harness.gate import regression
+    from harness.store.hashing import sha256_file
     from harness.toy.model import load_pipeline
 
     def do_nothing(root, sub, record, out_dir, seed=None):
@@ -85,7 +85,7 @@ def test_a_baseline_naming_no_usable_submission_is_a_one_line_error(tmp_path, ou
 
 def test_method_spread_over_training_seeds_known_answer():
     """``--method-seeds``: mean, sample sd and range of each metric over the re-trained runs."""
-    from harness.regression import format_spread, method_spread
+    from harness.gate.regression import format_spread, method_spread
 
     runs = [{"metrics": [{"suite": "toy-canvas", "metric": "ua", "label": "UA", "target": "striped", "value": v},
                          {"suite": "toy-canvas", "metric": "cra", "label": "CRA", "target": "striped", "value": None}]} for v in (0.5, 0.7, 0.9)]
@@ -98,7 +98,7 @@ def test_method_spread_over_training_seeds_known_answer():
 def test_method_seed_spread_records_only_the_seeds_that_produced_results(tmp_path, monkeypatch, capsys):
     """A re-trained seed whose run wrote no results is named as failed, not counted among the
     seeds of the spread (the site checks ``len(values) <= len(seeds)``)."""
-    from harness import regression
+    from harness.gate import regression
 
     def run(value):
         return {"metrics": [{"suite": "toy-canvas", "metric": "ua", "label": "UA", "target": "striped", "value": value}]}
@@ -124,11 +124,11 @@ def test_method_seed_spread_records_only_the_seeds_that_produced_results(tmp_pat
 def test_a_record_made_with_repeats_is_remade_with_its_repeats_and_gets_their_spread(out, capsys):
     """`unlearn erase --repeats N` records N runs; the gate re-makes such a checkpoint N times
     (each in a fresh process), so the measured efficiency figures of its results carry the t
-    interval of their mean (harness.stats.repeats_interval); the tensors are the committed ones
+    interval of their mean (harness.stats.intervals.repeats_interval); the tensors are the committed ones
     within the closed-form tolerance."""
     import yaml
 
-    from harness.regression import method_record, remake_checkpoint
+    from harness.gate.regression import method_record, remake_checkpoint
 
     sub = yaml.safe_load((ROOT / "submissions" / "toy-uce-style.yaml").read_text())
     record = method_record(ROOT, sub["method_record"])

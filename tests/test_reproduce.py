@@ -1,4 +1,4 @@
-"""Float output across platforms (harness.reproduce): the fingerprint, the one comparison rule,
+"""Float output across platforms (harness.run.reproduce): the fingerprint, the one comparison rule,
 and the class of bug it guards: a toy checkpoint re-made under another instruction set
 (``ATEN_CPU_CAPABILITY``, read when torch loads) rounds differently, and the comparison must
 say "within tolerance", never "differs", and claim bitwise only on the same platform."""
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.reproduce import (BITWISE_FIELDS, CLOSED_FORM, LONG_FINE_TUNE, Tolerance, compare_checkpoint, compare_images,
+from harness.run.reproduce import (BITWISE_FIELDS, CLOSED_FORM, LONG_FINE_TUNE, Tolerance, compare_checkpoint, compare_images,
                                compare_tensors, compare_values, fingerprint, method_tolerance, platform_differences,
                                same_platform)
 
@@ -125,7 +125,7 @@ def test_each_method_has_a_stated_tolerance():
 def _erase(out: Path, cap: str) -> subprocess.CompletedProcess:
     env = {"HF_HUB_OFFLINE": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "UNLEARN_THREADS": "1",
            "PYTHONPATH": str(ROOT), "ATEN_CPU_CAPABILITY": cap}
-    return subprocess.run([sys.executable, "-m", "harness.cli", "erase", "uce", "--base", str(PIPELINE_DIR), "--preset", "toy", "--concept", "striped",
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", "erase", "uce", "--base", str(PIPELINE_DIR), "--preset", "toy", "--concept", "striped",
                            "--anchor", "solid", "--out", str(out)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 

@@ -16,8 +16,8 @@ import torch
 from fixtures import KEY, local_project, mini_suite
 from safetensors.torch import save_file
 
-from harness.cli import main
-from harness.hashing import sha256_file, sha256_tree
+from harness.cli.main import main
+from harness.store.hashing import sha256_file, sha256_tree
 
 EVIL = '<script>alert(1)</script>'
 SUITE = mini_suite('name: ua, threshold: ">= 0.0", tolerance: 0.1', 'name: ira, threshold: ">= 0.0 * base", tolerance: 0.1')
@@ -106,7 +106,7 @@ def test_a_run_browsed_summarised_hashed_and_kept_apart_when_smoke(project, caps
 def test_hash_is_what_checkpoint_verification_accepts(tmp_path):
     """`unlearn hash` of a folder checkpoint is the value the harness verifies it against (a
     LoRA / pipeline folder's sha256 is not sha256sum of any one file)."""
-    from harness.models import checkpoint_file
+    from harness.families.sd1 import checkpoint_file
     from harness.spec import CheckpointSpec
 
     d = tmp_path / "lora"

@@ -152,7 +152,7 @@ def test_the_file_of_a_run_is_assembled_in_the_order_readers_see(tmp_path):
                 devices=["cpu"], smoke=False).to_json()
     assert list(doc) == list(committed)
     assert list(doc["environment"]) == ["platform", "libraries", "device", "fingerprint"] and doc["summary"] == committed["summary"]
-    from harness.reproduce import BITWISE_FIELDS
+    from harness.run.reproduce import BITWISE_FIELDS
 
     assert set(BITWISE_FIELDS) <= set(doc["environment"]["fingerprint"]) and doc["environment"]["fingerprint"]["device"] == "cpu"
     assert diff_keys(doc["metrics"], committed["metrics"]) == [] and diff_keys(doc["suites"], committed["suites"]) == []

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from harness.errors import HarnessError
-from harness.hashing import sha256_file
-from harness.metrics.classifiers import load_scorer
+from harness.store.hashing import sha256_file
+from harness.scorers.classifiers import load_scorer
 from harness.spec import ScorerSpec
 from harness.toy import world
 

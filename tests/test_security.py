@@ -32,10 +32,10 @@ def submission(sha: str, path: str = "ckpt/unet.safetensors", kind: str = "unet"
     """test_bad_inputs' repository submission (the toy base, suites mini + eff, the method record)."""
     return toy_submission(sha, path=path, kind=kind)
 
-from harness.cli import main
+from harness.cli.main import main
 from harness.errors import HarnessError
-from harness.generate import ImageCache, Job, generate
-from harness.hashing import sha256_file, sha256_tree
+from harness.run.generate import ImageCache, Job, generate
+from harness.store.hashing import sha256_file, sha256_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def pipeline_folder(root: Path) -> Path:
     """A copy of the toy pipeline as a pipeline checkpoint (kind: pipeline), sha256 pinned."""
     import shutil
 
-    from harness.models import TOY_PIPELINE
+    from harness.families.sd1 import TOY_PIPELINE
 
     d = root / "ckpt" / "pipe"
     shutil.copytree(TOY_PIPELINE, d)
@@ -232,7 +232,7 @@ def test_tree_hash_includes_hidden_files_and_refuses_links(tmp_path):
 
 # ============================================================================ 3. compare / regress
 def rec(metric="ua", value=1.0, base=0.0, verdict=None, **kw):
-    from harness.attest import expected_verdict
+    from harness.results.attest import expected_verdict
 
     th = {"ua": ">= 0.8", "fid": "<= 2.0 * base"}.get(metric)
     suite = {"ua": "toy-canvas", "fid": "toy-fid"}.get(metric, "toy-canvas")
@@ -306,7 +306,7 @@ def site(tmp_path, files: dict[str, dict | str], manifest: bool = False):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(data if isinstance(data, str) else json.dumps(data))
     if manifest:
-        from harness.attest import write_manifest
+        from harness.results.attest import write_manifest
 
         write_manifest(res, "test")
     lines: list[str] = []
@@ -469,7 +469,7 @@ def _silent_server():
 
 
 def test_downloads_time_out_and_keep_to_the_host_list(tmp_path, monkeypatch):
-    from harness.fetch import fetch
+    from harness.store.fetch import fetch
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("UNLEARN_OFFLINE", raising=False)
@@ -505,7 +505,7 @@ def test_two_submissions_with_one_name_in_one_run_are_refused(repo):
 
 # ============================================================================ 7. flagged images
 def test_flagged_images_or_non_finite_values_make_an_error_never_a_pass():
-    from harness.stats import flag_error
+    from harness.stats.intervals import flag_error
 
     assert flag_error(1.0, 0) is None
     assert "flagged" in flag_error(1.0, 3)
@@ -523,8 +523,8 @@ def test_check_refuses_a_nan_filled_checkpoint(repo):
 def test_a_nan_filled_checkpoint_does_not_pass(repo):
     """The run itself: every UNet tensor NaN, so every unlearned image is non-finite; UA would
     read 1.0 on the black images, but the records are errors."""
-    from harness.evaluate import Evaluator
-    from harness.models import TOY_PIPELINE
+    from harness.run.evaluate import Evaluator
+    from harness.families.sd1 import TOY_PIPELINE
     from harness.spec import load_submission
     from safetensors.torch import load_file
 
@@ -574,7 +574,7 @@ def _raw(tmp_path, content):
 
 
 def test_broken_pipe_is_not_a_traceback(repo):
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))",
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from harness.cli.main import main; sys.exit(main(sys.argv[1:]))",
                           "check", "sub.yaml", "sub.yaml", "sub.yaml", "--root", "."],
                          cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     p.stdout.close()  # `| head -0`: the reader is gone before the first line
@@ -734,12 +734,12 @@ def test_replay_of_a_pull_request_that_does_everything_at_once(pr_repo, tmp_path
     rc, _, err = cli("pr-check", "--root", str(r), "--base", base, "--head", head)
     assert rc == 2 and len(err.strip().splitlines()) == 1
     # defence in depth, in the harness itself
-    from harness.compare import compare, current_rules
+    from harness.gate.compare import compare, current_rules
 
     rules = current_rules(ROOT)  # the base branch's suites
     new, old = doc([rec("ua", 0.0), GOOD[1]]), doc([rec("ua", 1.0, tolerance=1e9), GOOD[1]])
     assert [x["status"] for x in compare(new, old, rules)][0] == "regressed"
-    from harness.plan import suite_path
+    from harness.run.plan import suite_path
 
     assert not suite_path(ROOT, "lenient").exists()
 

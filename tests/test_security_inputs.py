@@ -27,7 +27,7 @@ from test_bad_inputs import assert_one_line, check, edit, repo, sub, suite, text
 from test_security import cli
 
 from harness.errors import HarnessError
-from harness.hashing import sha256_file, sha256_tree
+from harness.store.hashing import sha256_file, sha256_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 REV = "a" * 40
@@ -108,7 +108,7 @@ def test_a_submission_cannot_choose_the_base_or_its_sizes(repo, name, spoil, nee
 
 
 def test_the_suite_base_is_allowed_and_recorded(repo):
-    from harness.plan import base_record, resolve_suites
+    from harness.run.plan import base_record, resolve_suites
     from harness.spec import load_submission, load_suite
 
     rc, out, err = check()
@@ -248,7 +248,7 @@ DOWNLOADS = [
 
 @pytest.mark.parametrize("name, path, env, needle", DOWNLOADS, ids=[d[0] for d in DOWNLOADS])
 def test_a_download_keeps_its_rules_and_limits(hostile, tmp_path, monkeypatch, name, path, env, needle):
-    from harness.fetch import fetch
+    from harness.store.fetch import fetch
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -262,7 +262,7 @@ def test_a_download_keeps_its_rules_and_limits(hostile, tmp_path, monkeypatch, n
 
 
 def test_a_redirect_the_rules_allow_is_followed(hostile, tmp_path):
-    from harness.fetch import fetch
+    from harness.store.fetch import fetch
 
     p = fetch(hostile.url("/to-self"), hashlib.sha256(BODY).hexdigest(), tmp_path, "checkpoint.url")
     assert p.read_bytes() == BODY
@@ -288,7 +288,7 @@ def hub(monkeypatch, tmp_path):
 def test_a_hub_snapshot_cap_counts_the_bytes_not_the_listing(hub, monkeypatch):
     import copy
 
-    from harness import hub as hubmod
+    from harness.store import hub as hubmod
 
     def lie(f):
         f = copy.copy(f)
@@ -305,7 +305,7 @@ def test_a_hub_snapshot_cap_counts_the_bytes_not_the_listing(hub, monkeypatch):
 
 
 def test_a_hub_base_naming_a_foreign_library_is_refused(hub):
-    from harness.hub import pipeline_snapshot
+    from harness.store.hub import pipeline_snapshot
 
     index = {"_class_name": "StableDiffusionPipeline", "unet": ["evil_lib", "Backdoor"], "scheduler": ["diffusers", "DDIMScheduler"]}
     rev = hub.add_repo("someone/evil-sd", {"model_index.json": json.dumps(index).encode(), "scheduler/scheduler_config.json": b"{}"})
@@ -314,7 +314,7 @@ def test_a_hub_base_naming_a_foreign_library_is_refused(hub):
 
 
 def test_a_hub_base_with_an_absurd_scheduler_is_refused(hub):
-    from harness.hub import pipeline_snapshot
+    from harness.store.hub import pipeline_snapshot
 
     index = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "DDIMScheduler"]}
     rev = hub.add_repo("someone/big-sched", {"model_index.json": json.dumps(index).encode(),
@@ -325,7 +325,7 @@ def test_a_hub_base_with_an_absurd_scheduler_is_refused(hub):
 
 @pytest.mark.parametrize("etag", ["W-some-weak-etag", "abc", "0" * 39])
 def test_a_hub_etag_that_is_not_a_hash_is_unverified_and_refused(tmp_path, etag):
-    from harness.hub import verify_blob
+    from harness.store.hub import verify_blob
 
     blob = tmp_path / "blobs" / etag
     blob.parent.mkdir()
@@ -360,7 +360,7 @@ OUTS = [
 
 @pytest.mark.parametrize("name, out, needle", OUTS, ids=[o[0] for o in OUTS])
 def test_regress_never_deletes_what_it_did_not_make(tmp_path, name, out, needle):
-    from harness.regress_cmd import regress_own
+    from harness.gate.regress_cmd import regress_own
 
     root = _baseline_repo(tmp_path)
     (root / "docs").mkdir()
@@ -374,7 +374,7 @@ def test_regress_never_deletes_what_it_did_not_make(tmp_path, name, out, needle)
 
 
 def test_out_is_one_word_of_the_method_command(tmp_path):
-    from harness.regress_cmd import regress_own
+    from harness.gate.regress_cmd import regress_own
 
     root = _baseline_repo(tmp_path)
     with pytest.raises(HarnessError, match="wrote no checkpoint"):
@@ -398,7 +398,7 @@ def test_images_refuses_an_out_folder_it_did_not_make(tmp_path):
 
 
 def test_claim_dir_marks_what_it_makes_and_refuses_the_rest(tmp_path):
-    from harness.fsutil import OWNED, claim_dir
+    from harness.store.fsutil import OWNED, claim_dir
 
     p = claim_dir(tmp_path / "new", "--out", "unlearn images")
     assert (p / OWNED).read_text().strip() == "unlearn images"
@@ -418,7 +418,7 @@ def test_a_claimed_folder_is_never_emptied_through_a_link_inside_it(tmp_path):
     """A folder marked by a command is trusted for what it holds, not for where a link in it
     points: ``remove_inside`` refuses a linked component (a linked parent or the target itself)
     and leaves the link's target whole; a plain child is removed."""
-    from harness.fsutil import claim_dir, remove_inside
+    from harness.store.fsutil import claim_dir, remove_inside
 
     victim = tmp_path / "victim"
     (victim / "mine").mkdir(parents=True)
@@ -480,7 +480,7 @@ def test_convert_with_an_unparsable_base_config_is_one_line(tmp_path):
 
 
 def test_a_concept_with_a_dot_in_a_pinned_suite_loads_again(tmp_path):
-    from harness.pins import apply_lock, items_of
+    from harness.spec.pins import apply_lock, items_of
 
     data = {"metrics": [{"name": "mscore", "params": {"references_by_concept": {"st. ives": {"path": "refs/a", "sha256": "0" * 64},
                                                                                "100%.x": {"path": "refs/b", "sha256": "0" * 64}}}}]}
@@ -498,7 +498,7 @@ def test_a_concept_with_a_dot_in_a_pinned_suite_loads_again(tmp_path):
 @pytest.mark.parametrize("key, value, verifies", [("ключ-🔑", None, True), ("k\udcff", None, True), ("k", "é" * 64, False), ("k", "", False),
                                                ("k", "\ud800", False), ("k", "A" * 64, False)])
 def test_any_attestation_key_or_hmac_is_one_line(tmp_path, monkeypatch, key, value, verifies):
-    from harness import attest
+    from harness.results import attest
 
     (tmp_path / "r.json").write_text("{}")
     monkeypatch.setenv(attest.KEY_ENV, key)
@@ -519,7 +519,7 @@ def test_any_attestation_key_or_hmac_is_one_line(tmp_path, monkeypatch, key, val
                                         ({"low": "a", "high": 0.3}, "no interval"), ({"low": 0.5, "high": 0.1}, "no interval"),
                                         ({"low": 0.1, "high": 10**400}, "no interval"), ({"low": 0.1, "high": 0.3, "level": 0.95}, "0.0510")])
 def test_power_over_odd_intervals_is_total(tmp_path, ci, shown):
-    from harness.power import report
+    from harness.stats.power import report
 
     rec = {"suite": "toy-canvas", "metric": "ua", "target": "striped", "ci": ci}
     text = report(ROOT, "toy-canvas", [{"metrics": [rec]}], tmp_path)
@@ -528,8 +528,8 @@ def test_power_over_odd_intervals_is_total(tmp_path, ci, shown):
 
 @pytest.mark.parametrize("sid", ["../../etc/passwd", "/etc/passwd", "a/../../b", ".."])
 def test_a_suite_id_never_reads_outside_suites(tmp_path, sid):
-    from harness.images import suite_jobs
-    from harness.power import report
+    from harness.results.images import suite_jobs
+    from harness.stats.power import report
 
     with pytest.raises(HarnessError, match="not a suite id"):
         report(ROOT, sid, [], tmp_path)
@@ -538,7 +538,7 @@ def test_a_suite_id_never_reads_outside_suites(tmp_path, sid):
 
 
 def test_a_dead_ray_address_is_refused_within_its_deadline(monkeypatch):
-    from harness.ray_executor import probe_address
+    from harness.run.ray_executor import probe_address
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -562,7 +562,7 @@ def test_the_ray_executor_refuses_a_dead_address_in_one_line():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    from harness.ray_executor import RayExecutor
+    from harness.run.ray_executor import RayExecutor
 
     t0 = time.monotonic()
     env_before = os.environ.get("UNLEARN_RAY_CONNECT_TIMEOUT")
@@ -579,7 +579,7 @@ def test_the_ray_executor_refuses_a_dead_address_in_one_line():
 
 
 def test_hashing_opens_once_and_checks_the_opened_file(tmp_path, monkeypatch):
-    from harness import hashing
+    from harness.store import hashing
 
     fifo = tmp_path / "f"
     os.mkfifo(fifo)
@@ -692,7 +692,7 @@ def test_the_board_says_when_a_number_is_not_against_the_suites_base(tmp_path, b
 def test_step_counts_from_a_method_json_are_bounded(params, needle):
     """`unlearn regress` re-runs a method with the params of a submission's method.json (a PR's file)."""
     from harness.methods import get_method, preset_params
-    from harness.models import TOY_PIPELINE
+    from harness.families.sd1 import TOY_PIPELINE
 
     with pytest.raises(HarnessError, match=needle.replace("(", r"\(")):
         preset_params(get_method("esd"), "esd", None, TOY_PIPELINE, params)
@@ -701,7 +701,7 @@ def test_step_counts_from_a_method_json_are_bounded(params, needle):
 
 @pytest.mark.parametrize("path, needle", [("/to-http-other", "is not an https URL"), ("/to-foreign", "not on the download allow-list")])
 def test_hub_requests_and_their_redirects_keep_the_rule(hostile, path, needle):
-    from harness.hub import _guarded_client
+    from harness.store.hub import _guarded_client
 
     client = _guarded_client()
     with pytest.raises(HarnessError, match=needle):
@@ -710,7 +710,7 @@ def test_hub_requests_and_their_redirects_keep_the_rule(hostile, path, needle):
 
 
 def test_hub_bytes_count_against_the_cap_as_they_arrive(hostile, monkeypatch):
-    from harness import hub
+    from harness.store import hub
 
     monkeypatch.setenv("UNLEARN_DOWNLOAD_MAX_BYTES", "100000")
     hub._BUDGET.append(hub._Budget("scorer", "x"))
@@ -721,7 +721,7 @@ def test_hub_bytes_count_against_the_cap_as_they_arrive(hostile, monkeypatch):
         hub._BUDGET.pop()
 
 
-RAY_HANG = ("import time, harness.ray_executor as r\n"
+RAY_HANG = ("import time, harness.run.ray_executor as r\n"
             "with r._connect_deadline('127.0.0.1:1'):\n"
             "    print('connecting', flush=True)\n"
             "    for _ in range(200): time.sleep(0.05)  # stands in for ray.init holding the main thread\n"
@@ -749,7 +749,7 @@ def test_connecting_to_ray_has_a_deadline_and_obeys_sigterm(how, rc, needle):
                                            "is not a folder `unlearn erase` wrote"),
                                           (["toy", "train-model", "--out", "{notes}", "--unet-steps", "1"], "is not a toy pipeline")])
 def test_commands_with_force_or_a_default_out_replace_only_their_own(tmp_path, args, needle):
-    from harness.models import TOY_PIPELINE
+    from harness.families.sd1 import TOY_PIPELINE
 
     notes = tmp_path / "notes"
     notes.mkdir()

@@ -34,14 +34,14 @@ DIFFERENT = [("toy-uce-style", "toy-uce-object"), ("toy-esd-style", "toy-fmn-sty
 
 @pytest.mark.parametrize("a, b", SAME + DIFFERENT, ids=[f"{a}|{b}" for a, b in SAME + DIFFERENT])
 def test_one_name_rule_folds_case_punctuation_and_look_alikes(a, b):
-    from harness.attest import name_clash, name_key
+    from harness.results.attest import name_clash, name_key
 
     assert (name_key(a) == name_key(b)) == ((a, b) in SAME)
     assert (name_clash(b, [a]) == a) == ((a, b) in SAME)
 
 
 def test_the_existing_entries_are_distinct_under_the_rule():
-    from harness.attest import existing_names, name_key
+    from harness.results.attest import existing_names, name_key
 
     names = existing_names(ROOT)
     assert len(names) >= 10 and len({name_key(n) for n in names}) == len(names)
@@ -119,7 +119,7 @@ def test_pr_check_compares_with_entries_the_base_gained_since_and_passes_a_new_n
 
 
 def test_refresh_refuses_a_look_alike_of_an_existing_entry(tmp_path):
-    from harness.refresh import refuse_lookalikes
+    from harness.gate.refresh import refuse_lookalikes
 
     out = tmp_path / "out"
     out.mkdir()
@@ -132,7 +132,7 @@ def test_refresh_refuses_a_look_alike_of_an_existing_entry(tmp_path):
 
 
 def test_the_summary_flags_a_look_alike_name(tmp_path):
-    from harness.summary import markdown
+    from harness.gate.summary import markdown
 
     text = markdown(site_doc("Toy_UCE_Style"), "x.json", existing={"toy-uce-style"})
     assert "Refused name" in text and "toy-uce-style" in text
@@ -141,7 +141,7 @@ def test_the_summary_flags_a_look_alike_name(tmp_path):
 
 # ============================================================================ 3. attestation
 def _folder(tmp_path, monkeypatch, key="k3y", files=None):
-    from harness.attest import write_manifest
+    from harness.results.attest import write_manifest
 
     if key is None:
         monkeypatch.delenv(KEY, raising=False)
@@ -185,7 +185,7 @@ def test_an_unsigned_or_old_format_manifest_is_refused_where_required(tmp_path, 
     res = _folder(tmp_path, monkeypatch, key=None)  # made without the key: no HMAC
     monkeypatch.setenv(KEY, "k3y")
     assert "hmac_sha256: does not verify" in _build(res, tmp_path / "s")[0]["error"]
-    from harness.hashing import sha256_file
+    from harness.store.hashing import sha256_file
 
     (res / "ATTESTATION.json").write_text(json.dumps({"format": "unlearn-attestation/1", "made_by": "x", "files": {"real.json": sha256_file(res / "real.json")}}))
     assert "unlearn-attestation/1 signs file names and sha256 only" in _build(res, tmp_path / "s")[0]["error"]
@@ -200,7 +200,7 @@ FORGERIES = [  # what a forger without the key does to a signed folder
 
 
 def _sha(p):
-    from harness.hashing import sha256_file
+    from harness.store.hashing import sha256_file
 
     return sha256_file(p)
 
@@ -220,7 +220,7 @@ def test_a_non_ascii_or_undecodable_key_signs_and_verifies(tmp_path, monkeypatch
     res = _folder(tmp_path, monkeypatch, key="ключ-🔑")
     assert _build(res, tmp_path / "a")[0]["files"] == 1
     monkeypatch.setenv(KEY, "\udcff\udcfe")  # bytes that are not UTF-8 (os.environ's surrogate escapes)
-    from harness.attest import write_manifest
+    from harness.results.attest import write_manifest
 
     write_manifest(res, "test")
     assert _build(res, tmp_path / "b")[0]["files"] == 1
@@ -229,7 +229,7 @@ def test_a_non_ascii_or_undecodable_key_signs_and_verifies(tmp_path, monkeypatch
 
 
 def test_an_entry_is_bound_to_the_commit_that_made_the_file(tmp_path, monkeypatch):
-    from harness.attest import bound_problem, read_manifest
+    from harness.results.attest import bound_problem, read_manifest
 
     res = _folder(tmp_path, monkeypatch)
     m = read_manifest(res)
@@ -241,7 +241,7 @@ def test_an_entry_is_bound_to_the_commit_that_made_the_file(tmp_path, monkeypatc
 
 
 def test_refresh_attests_only_the_files_its_run_wrote(tmp_path, monkeypatch):
-    from harness.attest import read_manifest, write_manifest
+    from harness.results.attest import read_manifest, write_manifest
 
     res = _folder(tmp_path, monkeypatch, files={"old.json": site_doc("toy-esd-style")})
     first = read_manifest(res)["old.json"]
@@ -259,7 +259,7 @@ def test_refresh_attests_only_the_files_its_run_wrote(tmp_path, monkeypatch):
 
 def test_an_older_attested_folder_put_back_is_refused(tmp_path, monkeypatch):
     """A replay: the manifest and file of an earlier refresh committed again over a newer one."""
-    from harness.attest import write_manifest
+    from harness.results.attest import write_manifest
 
     repo = tmp_path / "repo"
     res = repo / "results"
@@ -374,7 +374,7 @@ def test_the_summary_header_counts_the_records_not_the_file(tmp_path):
 
 
 def _scored_rec(correct, **kw):
-    from harness import stats
+    from harness.stats import intervals as stats
     from harness.spec import Threshold
 
     s = stats.Scores(correct, [0] * len(correct), [f"p{i // 2}" for i in range(len(correct))], [i % 2 for i in range(len(correct))], binary=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.hashing import sha256_file
+from harness.store.hashing import sha256_file
 from harness.spec import SpecErrors, Threshold, expand_prompts, inside, load_submission, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_suite_include_errors(tmp_path):
 
 
 def test_csv_prompt_set_by_url_uses_the_cache_offline_and_maps_columns(tmp_path, monkeypatch):
-    from harness.hashing import sha256_bytes
+    from harness.store.hashing import sha256_bytes
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = b"case_number,prompt,evaluation_seed,evaluation_guidance\n7,a red ring,123,7.5\n"

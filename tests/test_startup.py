@@ -1,6 +1,6 @@
 """One start-up path: the pytest plugin makes every check `unlearn check` makes (one function,
-``harness.check.prepare``), before any model loads, and both refuse a bad submission with the
-same one line. Run for real: `unlearn check` through ``harness.cli.main``, pytest with pytester
+``harness.resolve.check.prepare``), before any model loads, and both refuse a bad submission with the
+same one line. Run for real: `unlearn check` through ``harness.cli.main.main``, pytest with pytester
 (in-process), on stand-ins built in code (a tiny pipeline in a Hugging Face cache layout for
 the hub base of CONTRIBUTING's example)."""
 
@@ -15,8 +15,8 @@ import yaml
 from fixtures import local_project, mini_suite, unet_checkpoint
 from safetensors.torch import save_file
 
-from harness.cli import main
-from harness.hashing import sha256_file
+from harness.cli.main import main
+from harness.store.hashing import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -147,7 +147,7 @@ def test_an_exception_escaping_a_case_is_one_line_and_the_suite_runs_once(pytest
         calls.append(1)
         raise RuntimeError("CUDA driver exploded\n" + "  frame\n" * 500)
 
-    from harness.evaluate import Evaluator
+    from harness.run.evaluate import Evaluator
 
     monkeypatch.setattr(Evaluator, "run", boom)
     r = pytester.runpytest("--unlearn-submission", "sub.yaml", "--unlearn-cache", str(root / "cache"), "--unlearn-device", "cpu")
@@ -175,7 +175,7 @@ def test_missing_submission_suggests_the_nearest_names(pytester, capsys, monkeyp
 def test_submission_sets_expand_to_their_members(capsys, monkeypatch):
     """submissions/uce.yaml and esd.yaml: both toy targets, each member an ordinary submission."""
     monkeypatch.chdir(REPO)
-    from harness.bundle import expand
+    from harness.spec.bundle import expand
 
     assert expand("submissions/uce.yaml", REPO) == ["submissions/toy-uce-style.yaml", "submissions/toy-uce-object.yaml"]
     assert expand("submissions/esd.yaml", REPO) == ["submissions/toy-esd-style.yaml", "submissions/toy-esd-object.yaml"]
@@ -273,7 +273,7 @@ def test_junitxml_has_values_as_properties_and_no_warnings(pytester, tiny_base, 
 
 
 def test_threads_follow_the_load_workers_and_the_override(monkeypatch):
-    from harness import threads
+    from harness.run import threads
 
     monkeypatch.delenv("UNLEARN_THREADS", raising=False)
     monkeypatch.setattr(threads, "cores", lambda: 8)
@@ -290,9 +290,9 @@ def test_estimate_counts_the_prompt_attacks_and_learns_their_speed(tmp_path, mon
     inversion on 5 x 100 steps per target, at the attack modules' guesses; a finished run's
     attack seconds become this device's figure (and leave the suite's scoring time); a suite
     whose unlearned images are cached has its attacks counted as done."""
-    from harness import estimate
+    from harness.run import estimate
     from harness.attacks import ti, unlearndiffatk
-    from harness.generate import ImageCache
+    from harness.run.generate import ImageCache
     from harness.spec import load_submission, load_suite
 
     sub = load_submission(str(REPO / "submissions" / "toy-uce-object.yaml"))
@@ -322,7 +322,7 @@ def test_the_load_is_the_other_processes_cpu_now_not_this_ones(monkeypatch):
     """``threads.others_load``: the busy share of this process's cores over the sample, less this
     process's own CPU time; the 1-minute load average (which counts this process's own start-up
     and whatever ran before it) only where /proc/stat is missing."""
-    from harness import threads
+    from harness.run import threads
 
     monkeypatch.delenv("UNLEARN_THREADS", raising=False)
     monkeypatch.setattr(threads, "_SAMPLED", None)
@@ -348,7 +348,7 @@ def test_the_load_is_the_other_processes_cpu_now_not_this_ones(monkeypatch):
 def test_a_proc_stat_of_another_shape_falls_back_to_the_load_average(monkeypatch):
     import io
 
-    from harness import threads
+    from harness.run import threads
 
     cases = {"cpu  1 2 3 4 5 6 7 8\n\ncpu0 1 2 3 4 5 6 7 8\n": (1 + 2 + 3 + 6 + 7 + 8, 36),  # a blank line: skipped
              "cpu0 a b c\n": None, "cpuX 1 2 3 4 5\n": None, "cpu0 1 2\n": None}  # malformed: the load average instead
@@ -361,7 +361,7 @@ def test_a_proc_stat_of_another_shape_falls_back_to_the_load_average(monkeypatch
 def test_proc_stat_is_read_for_this_process_cores():
     import os
 
-    from harness import threads
+    from harness.run import threads
 
     busy, total = threads._cpu_times(set(os.sched_getaffinity(0)))
     assert 0 <= busy <= total and total > 0
@@ -369,7 +369,7 @@ def test_proc_stat_is_read_for_this_process_cores():
 
 
 def test_estimate_uses_the_speed_measured_on_this_device(tmp_path):
-    from harness import estimate
+    from harness.run import estimate
 
     plan = [estimate.SuitePlan("s", 2, 2, 20, 32, 32, frozenset({"a", "b"}), frozenset({"a", "b"}), 0)]
     secs, src = estimate.seconds(plan, tmp_path, "cpu/1t")

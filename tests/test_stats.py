@@ -1,4 +1,4 @@
-"""harness.stats: intervals, verdicts, the gate's significance test, power (docs/statistics.md)."""
+"""harness.stats.intervals: intervals, verdicts, the gate's significance test, power (docs/statistics.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import stats
+from harness.stats import intervals as stats
 from harness.spec import Threshold
 
 

@@ -81,7 +81,7 @@ def test_pipeline_loads_with_plain_from_pretrained_and_is_small():
 
 
 def _gen(pipe, prompts, seeds):
-    from harness.generate import initial_latents
+    from harness.run.generate import initial_latents
 
     lat = initial_latents(pipe, seeds, 32, 32)
     with torch.inference_mode():

@@ -17,6 +17,6 @@ the image cache, each item's record written as soon as it is final: a re-run rep
 an interrupted one keeps every finished item.
 """
 
-from .partial_diffusion import attack_model_id, run_partial_batch
+from harness.attacks.partial_diffusion import attack_model_id, run_partial_batch
 
 __all__ = ["attack_model_id", "run_partial_batch"]

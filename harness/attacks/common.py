@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fsutil import atomic_write
-from ..generate import Job, initial_latents, set_scheduler
-from ..hashing import canonical_json, sha256_bytes, sha256_json
+from harness.store.fsutil import atomic_write
+from harness.run.generate import Job, initial_latents, set_scheduler
+from harness.store.hashing import canonical_json, sha256_bytes, sha256_json
 
 ATTACKS_VERSION = "1"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..generate import Job, initial_latents, set_scheduler
+from harness.run.generate import Job, initial_latents, set_scheduler
 
 
 def attack_model_id(base_fp: str, unl_fp: str, psi: float) -> str:

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from .common import Item, decode, generate_from_ids
+from harness.attacks.common import Item, decode, generate_from_ids
 
 NAME = "ringabell"
 VERSION = "1"
@@ -98,7 +98,7 @@ def search(pipe, items: list[Item], p: dict, pairs, counter: dict, progress: boo
         return _encode(te, ids)
 
     if not pairs:
-        from ..errors import HarnessError
+        from harness.errors import HarnessError
 
         raise HarnessError("ringabell: no concept pairs (prompts with and without the concept) for the concept vector")
     vec = (embed([a for a, _ in pairs]) - embed([b for _, b in pairs])).mean(0)
@@ -148,7 +148,7 @@ def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, 
     """The search (cached per text-encoder fingerprint in ``params['_search_cache']``: it never
     sees the UNet), then the judge on the unlearned model at each checkpoint, stopping at the
     first success; ``on_record(i, rec)`` as soon as item i's record is final."""
-    from .common import item_key
+    from harness.attacks.common import item_key
 
     p = params_of(params)
     counter = counter if counter is not None else {}

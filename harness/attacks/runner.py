@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HarnessError
-from .common import AttackCache, Item, asr_curve, item_key
-from .judge import make_judge
+from harness.errors import HarnessError
+from harness.attacks.common import AttackCache, Item, asr_curve, item_key
+from harness.scorers.judge import make_judge
 
 def attacks():
-    from . import ringabell, ti, unlearndiffatk
+    from harness.attacks import ringabell, ti, unlearndiffatk
 
     return {m.NAME: m for m in (unlearndiffatk, ringabell, ti)}
 

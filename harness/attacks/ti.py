@@ -34,13 +34,13 @@ import time
 
 import numpy as np
 
-from ..hashing import sha256_bytes, sha256_json
-from .common import ATTACKS_VERSION, Item, encode_embeds, generate_from_ids, prompt_ids, token_embeddings, with_prefix
+from harness.store.hashing import sha256_bytes, sha256_json
+from harness.attacks.common import ATTACKS_VERSION, Item, encode_embeds, generate_from_ids, prompt_ids, token_embeddings, with_prefix
 
 NAME = "ti"
 VERSION = "1"
 UNIT = "target"  # one embedding learned on every forget item of the target: one remote task per target
-# For run-time estimates (harness.estimate): seconds per attacked item per step, 32x32, 2 CPU
+# For run-time estimates (harness.run.estimate): seconds per attacked item per step, 32x32, 2 CPU
 # threads (cold `make demo`, idle 2 cores: 5 items x 100 steps in 36 s).
 GUESS_S_PER_ITEM_UNIT = 36.0 / (5 * 100)
 BUDGET_UNIT = "steps"
@@ -100,7 +100,7 @@ def train(pipe, train_items: list[Item], concept: str, kind: str, p: dict, count
     import torch
     from tqdm.auto import tqdm
 
-    from ..errors import HarnessError
+    from harness.errors import HarnessError
 
     tok, te, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     device, dtype = unet.device, unet.dtype

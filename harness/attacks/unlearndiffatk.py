@@ -30,12 +30,12 @@ import time
 
 import numpy as np
 
-from .common import Item, decode, encode_embeds, generate_from_ids, prompt_ids, token_embeddings, with_prefix
+from harness.attacks.common import Item, decode, encode_embeds, generate_from_ids, prompt_ids, token_embeddings, with_prefix
 
 NAME = "unlearndiffatk"
 VERSION = "1"
 BUDGET_UNIT = "iterations"
-# For run-time estimates before any run on a device (harness.estimate): seconds per attacked item
+# For run-time estimates before any run on a device (harness.run.estimate): seconds per attacked item
 # per iteration, 32x32, 2 CPU threads (cold `make demo`, idle 2 cores: 10 items x 80 in 62 s).
 GUESS_S_PER_ITEM_UNIT = 62.0 / (10 * 80)
 DEFAULTS = {"k": 5, "iterations": 40, "rounds": 50, "lr": 0.01, "weight_decay": 0.1, "timesteps": 1000, "seed": 0, "batch_size": 16}

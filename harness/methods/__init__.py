@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import HarnessError
+from harness.errors import HarnessError
 
 # The method modules (and .common, which imports torch) load on use: the CLI's parser reads
 # METHODS for its choices, and `unlearn leaderboard build` must not pay for torch.
@@ -39,7 +39,7 @@ def preset_params(mod, method: str, preset: str | None, base: Path, explicit: di
     parameter names are refused (one line)."""
     import inspect
 
-    from ..models import TOY_PIPELINE
+    from harness.families.sd1 import TOY_PIPELINE
 
     presets = getattr(mod, "PRESETS", None)
     if presets is None:
@@ -186,10 +186,10 @@ def run_erase(
 
     from transformers import CLIPTokenizer
 
-    from ..hashing import sha256_file, sha256_tree
-    from ..models import quiet_loading
-    from ..reproduce import fingerprint
-    from .common import ConceptPrompts, check_concept_tokens, for_toy_world
+    from harness.store.hashing import sha256_file, sha256_tree
+    from harness.families.sd1 import quiet_loading
+    from harness.run.reproduce import fingerprint
+    from harness.methods.common import ConceptPrompts, check_concept_tokens, for_toy_world
 
     mod = get_method(method)
     base, out = Path(base), Path(out)
@@ -259,7 +259,7 @@ def run_erase(
         },
         "versions": {"torch": torch.__version__},
         # where the tensors were made: a re-made checkpoint is bitwise this one only there
-        # (harness.reproduce); elsewhere equal within the method's tolerance
+        # (harness.run.reproduce); elsewhere equal within the method's tolerance
         "platform": fingerprint(device, threads=used_threads),
     }
     (tmp / "method.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import ConceptPrompts, text_embeddings
-from .finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
+from harness.methods.common import ConceptPrompts, text_embeddings
+from harness.methods.finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
 PRESETS: dict[str, dict] = {
     "paper": {"steps": 100, "lr": 1.6e-5, "batch": 8, "train": "kv", "weight_decay": 0.01, "max_grad_norm": 1.0,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import HarnessError
+from harness.errors import HarnessError
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ConceptPrompts:
 def for_toy_world(concept: str, anchor: str | None = None) -> ConceptPrompts:
     """The toy world's prompts for erasing one object or one style (anchor defaults to another
     concept of the same kind, so erased prompts are steered to something the model can draw)."""
-    from ..toy.world import OBJECTS, PROMPT_TEMPLATE, STYLES
+    from harness.toy.world import OBJECTS, PROMPT_TEMPLATE, STYLES
 
     if concept in STYLES:
         templates = tuple(PROMPT_TEMPLATE.format(object=o, style="{}") for o in OBJECTS)

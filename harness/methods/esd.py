@@ -17,8 +17,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .common import ConceptPrompts, text_embeddings
-from .finetune import fit, seeded, trainable
+from harness.methods.common import ConceptPrompts, text_embeddings
+from harness.methods.finetune import fit, seeded, trainable
 
 PRESETS = {
     # The paper's settings as its code runs them (rohitgandikota/erasing, CompVis script

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import HarnessError
+from harness.errors import HarnessError
 
 
 def seeded(seed: int, generator_offset: int = 1) -> tuple[random.Random, torch.Generator]:

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import ConceptPrompts, text_embeddings
-from .finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
+from harness.methods.common import ConceptPrompts, text_embeddings
+from harness.methods.finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
 # Authors' settings (configs/attn.yaml) and the toy world's (README sweep; 16-token prompts,
 # 1.7M-parameter UNet: lr 2e-6 for 35 steps moves nothing there).

@@ -39,8 +39,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from . import uce
-from .common import ConceptPrompts, cross_attention_kv, text_embeddings
+from harness.methods import uce
+from harness.methods.common import ConceptPrompts, cross_attention_kv, text_embeddings
 
 PRESETS: dict[str, dict] = {
     # the authors' settings for styles and objects (train_artists.py / train_object.py defaults,
@@ -65,7 +65,7 @@ def display_name(params: dict) -> str:
 
 def resolve(params: dict, concepts: list[ConceptPrompts]) -> dict:
     """The parameters as run (the UCE stage's preserve scale resolved as UCE resolves it)."""
-    from ..errors import HarnessError
+    from harness.errors import HarnessError
 
     out = dict(params)
     if int(out.get("rounds", 1)) < 0:

@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import ConceptPrompts, text_embeddings
-from .finetune import base_latents, changed_tensors, epochs_to_steps, fit, noisy, seeded, snapshot, trainable
+from harness.methods.common import ConceptPrompts, text_embeddings
+from harness.methods.finetune import base_latents, changed_tensors, epochs_to_steps, fit, noisy, seeded, snapshot, trainable
 
 PRESETS: dict[str, dict] = {
     "paper": {"epochs": 5, "lr": 1e-5, "batch": 8, "alpha": 0.5, "threshold": 0.5, "mask_guidance": 7.5,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import ConceptPrompts, cross_attention_kv, text_embeddings
+from harness.methods.common import ConceptPrompts, cross_attention_kv, text_embeddings
 
 TOKEN_POSITIONS = ("last", "tail", "all")
 PRESETS = {
@@ -99,7 +99,7 @@ def rows(pipe, concepts: list[ConceptPrompts], token_positions: str) -> tuple[to
 def resolve(params: dict, concepts: list[ConceptPrompts]) -> dict:
     """The parameters as run: ``preserve_scale`` None means the variant's default (tail: the
     paper-era max(0.1, 1 / len(preserved set)); otherwise 1)."""
-    from ..errors import HarnessError
+    from harness.errors import HarnessError
 
     out = dict(params)
     if out.get("token_positions", "all") not in TOKEN_POSITIONS:

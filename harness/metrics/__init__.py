@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from .common import MetricParams
+from harness.metrics.common import MetricParams
 
 # Modules of this package that are shared code, not metric families (they define no METRICS).
 HELPERS = frozenset({"common", "features", "lpips", "classifiers", "separator"})
@@ -51,7 +51,7 @@ class Measurement:
     value: float
     base_value: float | None
     details: dict[str, Any] = field(default_factory=dict)
-    # Uncertainty (harness.stats): per-item scores the value is recomputed from (the bootstrap),
+    # Uncertainty (harness.stats.intervals): per-item scores the value is recomputed from (the bootstrap),
     # or a set statistic's resampler (FID / KID), or the reason there is no interval.
     scores: Any = None  # stats.Scores
     resample: Any = None  # callable(threshold) -> {"ci", "delta_ci", "margin_ci"}

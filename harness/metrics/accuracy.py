@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import HarnessError
-from . import Measurement, MetricInfo
+from harness.errors import HarnessError
+from harness.metrics import Measurement, MetricInfo
 
 METRICS = {
     "ua": MetricInfo("UA", True, "unlearning accuracy: 1 - accuracy on the target concept's prompts", needs_scorer=True, role="erasure", plot="x"),
@@ -72,7 +72,7 @@ def item_scores(name: str, run, target, labels: dict[str, list[str]]):
     """Per-image scores the value is the (class-)mean of: UA 1 - correct on the target's prompts
     (a proportion); IRA correct on the other concepts' prompts, CRA the other head's correct on
     every prompt, each grouped by class (means over classes)."""
-    from ..stats import item_scores as scores
+    from harness.stats.intervals import item_scores as scores
 
     kind = target.kind
     head = kind if name != "cra" else OTHER_KIND[kind]

@@ -15,9 +15,9 @@ from functools import lru_cache
 import numpy as np
 from pydantic import Field
 
-from ..errors import HarnessError
-from . import Measurement, MetricInfo
-from .common import MetricParams
+from harness.errors import HarnessError
+from harness.metrics import Measurement, MetricInfo
+from harness.metrics.common import MetricParams
 
 
 class Params(MetricParams):
@@ -32,8 +32,8 @@ METRICS = {"clip_score": MetricInfo("CLIP-score", True, "100 * max(cos(image, pr
 def load_clip(model: str, revision: str | None):
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    if revision:  # hub id @ commit: the Hugging Face cache's snapshot, fetched when online, verified (harness/hub.py)
-        from ..hub import model_snapshot
+    if revision:  # hub id @ commit: the Hugging Face cache's snapshot, fetched when online, verified (harness/store/hub.py)
+        from harness.store.hub import model_snapshot
 
         model, revision = str(model_snapshot(model, revision, what="CLIP model")), None
     try:
@@ -61,7 +61,7 @@ def clip_scores(images: list[np.ndarray], prompts: list[str], model: str, revisi
 
 
 def compute(name: str, run, target, params) -> Measurement:
-    from ..spec import inside
+    from harness.spec import inside
 
     p = Params.of(params, "CLIP score params")
     model, revision = p.model, p.revision
@@ -76,7 +76,7 @@ def compute(name: str, run, target, params) -> Measurement:
     prompts = [run.items[i][0].text for i in keep]
     value = clip_scores([run.images["unlearned"][i] for i in keep], prompts, ref, revision)
     base = clip_scores([run.images["base"][i] for i in keep], prompts, ref, revision)
-    from ..stats import item_scores
+    from harness.stats.intervals import item_scores
 
     return Measurement(float(value.mean()), float(base.mean()), {"model": model, "revision": revision, "images": len(keep)},
                        scores=item_scores(run, keep, value, base))

@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationError
 
-from ..errors import HarnessError
-from ..spec.common import PinnedRef, Strict
+from harness.errors import HarnessError
+from harness.spec.common import PinnedRef, Strict
 
 
 class MetricParams(Strict):
     """A metric's ``params`` in a suite; every metric takes the interval's settings. Unknown keys
     are refused (a typo is an error when the suite is loaded, not a silent default)."""
 
-    bootstrap_resamples: int | None = Field(default=None, gt=0, description="bootstrap resamples of the 95% interval (harness.stats)")
+    bootstrap_resamples: int | None = Field(default=None, gt=0, description="bootstrap resamples of the 95% interval (harness.stats.intervals)")
     bootstrap_seed: int | None = Field(default=None, ge=0)
 
     @classmethod
@@ -67,12 +67,12 @@ def reference_folder(run, spec, what: str) -> tuple[list[np.ndarray], str]:
     its folder sha256."""
     from PIL import Image
 
-    from ..hashing import sha256_tree
-    from ..spec import inside
+    from harness.store.hashing import sha256_tree
+    from harness.spec import inside
 
     spec = spec.node() if isinstance(spec, PinnedRef) else spec
-    if isinstance(spec, dict) and spec.get("hub") and spec.get("sha256"):  # a hub folder at a commit (harness/hub.py)
-        from ..hub import pinned_path
+    if isinstance(spec, dict) and spec.get("hub") and spec.get("sha256"):  # a hub folder at a commit (harness/store/hub.py)
+        from harness.store.hub import pinned_path
 
         files = _images(pinned_path(run.root, spec, what, folder=True))
         if not files:
@@ -96,10 +96,10 @@ def pinned_weights(run, ref: PinnedRef | None, what: str):
     """The local path of a pinned weights file ({path, sha256} or {hub, sha256}), verified."""
     if ref is None or not (ref.path or ref.hub):
         raise HarnessError(f"{what}: needs {{path, sha256}} or {{hub, sha256}}")
-    if ref.hub:  # a hub file at a commit (harness/hub.py)
-        from ..hub import pinned_path
+    if ref.hub:  # a hub file at a commit (harness/store/hub.py)
+        from harness.store.hub import pinned_path
 
         return pinned_path(run.root, ref.node(), what)
-    from ..spec import pinned_file
+    from harness.spec import pinned_file
 
     return pinned_file(run.root, ref.path, ref.sha256, what)

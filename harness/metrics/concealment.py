@@ -36,9 +36,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ..errors import HarnessError
-from . import Measurement, MetricInfo
-from .common import MetricParams, PinnedRef, forget_mask, is_toy, pinned_weights
+from harness.errors import HarnessError
+from harness.metrics import Measurement, MetricInfo
+from harness.metrics.common import MetricParams, PinnedRef, forget_mask, is_toy, pinned_weights
 
 
 class Params(MetricParams):
@@ -83,8 +83,8 @@ METRICS = {
 def _scores(run, target, variant: str, p: Params) -> dict:
     import torch
 
-    from .features import to_float
-    from .separator import ResNetSeparator, similarity, train_separator, train_separator_paper
+    from harness.metrics.features import to_float
+    from harness.metrics.separator import ResNetSeparator, similarity, train_separator, train_separator_paper
 
     key = ("concealment", target.kind, target.concept, variant)
     if key in run.memo:
@@ -166,7 +166,7 @@ def folded_abs_interval(signed: np.ndarray, level: float | None = None) -> tuple
     (B draws x psi): at each psi the signed percentile interval [lo, hi] folded onto |g| (0 when
     it holds 0, else the smaller absolute end; the larger absolute end above), the ends averaged
     over psi. ``None`` when no psi has a draw."""
-    from ..stats import LEVEL, percentile
+    from harness.stats.intervals import LEVEL, percentile
 
     lows, highs = [], []
     for col in np.atleast_2d(signed).T:
@@ -184,7 +184,7 @@ def crs_resample(run, idx, gap: np.ndarray, base_gap: np.ndarray, variant: str, 
     at a psi is the mean over its attacked items of their gap s_U(a) - s_O(a), so a prompt draw
     (``stats.cluster_weights``) reweights the items' gaps and the value is recomputed (for the
     base model: its base images' gaps, the same draw: paired)."""
-    from ..stats import item_scores, weighted_intervals
+    from harness.stats.intervals import item_scores, weighted_intervals
 
     clusters = item_scores(run, idx, np.zeros(len(idx)), None).clusters
 
@@ -207,7 +207,7 @@ def crs_resample(run, idx, gap: np.ndarray, base_gap: np.ndarray, variant: str, 
     # a true gap of 0 it covers nothing. Fold the signed gap's interval at each psi instead (0 in
     # it -> the lower end 0; else the smaller absolute end), then average the ends over psi.
     if out.get("ci"):
-        from ..stats import RESAMPLES, SEED, cluster_weights
+        from harness.stats.intervals import RESAMPLES, SEED, cluster_weights
 
         g = np.atleast_2d(gap)
         have = np.isfinite(g)
@@ -244,7 +244,7 @@ def compute(name: str, run, target, params) -> Measurement:
     elif per_item is None or len(per_item[1]) * len(sc["per_psi"]) != sum(v["images"] for v in sc["per_psi"].values()):
         meas.ci_reason = "ragged psi: CCS: not every attacked item has an image at every psi, so the value is not a mean over items"
     else:
-        from ..stats import item_scores
+        from harness.stats.intervals import item_scores
 
         every, p_u, p_b = per_item
         meas.scores = item_scores(run, every, p_u, p_b)

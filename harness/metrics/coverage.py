@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from . import Measurement, MetricInfo
-from .fid import FeatureParams, retain_features
+from harness.metrics import Measurement, MetricInfo
+from harness.metrics.fid import FeatureParams, retain_features
 
 
 class Params(FeatureParams):
@@ -63,7 +63,7 @@ def compute(name: str, run, target, params) -> Measurement:
         """The generated set's sampling noise, as FID / KID's (``fid.compute``): the delete-one-
         cluster jackknife (one seed of every prompt, or one prompt, left out in turn; the same
         items for both models), the reference balls held fixed; cut at 0 (and coverage at 1)."""
-        from ..stats import jackknife_units, prompt_key, set_intervals
+        from harness.stats.intervals import jackknife_units, prompt_key, set_intervals
 
         clusters, unit = jackknife_units([prompt_key(run.items[i][0].text) for i in idx], [run.items[i][1] for i in idx])
         out = set_intervals(lambda j: of(f_unl[j]), lambda j: of(f_base[j]), clusters, threshold, lower=0.0,

@@ -12,8 +12,8 @@ says "single run", a declared figure "declared".
 
 from __future__ import annotations
 
-from ..errors import HarnessError
-from . import Measurement, MetricInfo
+from harness.errors import HarnessError
+from harness.metrics import Measurement, MetricInfo
 
 METRICS = {
     "storage_mb": MetricInfo("Storage-MB", False, "size of the unlearned checkpoint files, MB (measured)", needs_images=False, role="efficiency"),
@@ -40,7 +40,7 @@ def compute(name: str, run, target, params) -> Measurement:
         if name == "storage_mb":
             return Measurement(rec["value"] * scale, None, details, ci_reason=EXACT)
         if isinstance(runs, list) and len(runs) >= 2:  # repeated: the mean of the runs and its t interval
-            from ..stats import repeats_interval
+            from harness.stats.intervals import repeats_interval
 
             vals = [float(v) * scale for v in runs]
             return Measurement(sum(vals) / len(vals), None, details, resample=lambda threshold: repeats_interval(vals, threshold))

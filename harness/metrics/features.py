@@ -11,12 +11,12 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..errors import HarnessError
+from harness.errors import HarnessError
 
 
 @lru_cache(maxsize=2)
 def toy_classifier(device: str = "cpu"):
-    from ..toy.classifier import load_classifier
+    from harness.toy.classifier import load_classifier
 
     return load_classifier(device=device)
 

@@ -20,10 +20,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import HarnessError
-from ..hashing import sha256_bytes
-from . import Measurement, MetricInfo
-from .common import MetricParams, PinnedRef, forget_mask, is_toy, reference_folder
+from harness.errors import HarnessError
+from harness.store.hashing import sha256_bytes
+from harness.metrics import Measurement, MetricInfo
+from harness.metrics.common import MetricParams, PinnedRef, forget_mask, is_toy, reference_folder
 
 
 class FeatureParams(MetricParams):
@@ -83,7 +83,7 @@ def kid_from_features(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
 
 
 def _toy_reference(target, n: int, seed: int) -> np.ndarray:
-    from ..toy import world
+    from harness.toy import world
 
     objects = tuple(o for o in world.OBJECTS if not (target.kind == "object" and o == target.concept))
     styles = tuple(s for s in world.STYLES if not (target.kind == "style" and s == target.concept))
@@ -111,7 +111,7 @@ def retain_features(run, target, p: FeatureParams, label: str):
     real = p.reference_dir
     key = ("clean-fid-features", target.kind, target.concept, str(real.node()) if real else (p.references, p.reference_seed))
     if key not in run.memo:  # FID, KID (and the metrics beside them) share one feature pass
-        from .features import ToyCleanFidExtractor
+        from harness.metrics.features import ToyCleanFidExtractor
 
         if real:  # real models: a pinned reference folder, clean-fid's Inception unless told otherwise
             ref, ref_sha = reference_folder(run, real, f"{label} params.reference_dir")
@@ -145,7 +145,7 @@ def compute(name: str, run, target, params) -> Measurement:
         every prompt left out in turn when all prompts share >= 5 seeds, else one prompt; the
         same items for both models), the features recomputed into the statistic; the reference
         set held fixed. FID's interval is cut at 0; KID (unbiased) may go below."""
-        from ..stats import jackknife_units, prompt_key, set_intervals
+        from harness.stats.intervals import jackknife_units, prompt_key, set_intervals
 
         clusters, unit = jackknife_units([prompt_key(run.items[i][0].text) for i in idx], [run.items[i][1] for i in idx])
         return set_intervals(lambda j: of(f_unl[j]), lambda j: of(f_base[j]), clusters, threshold, lower=0.0 if name == "fid" else None,

@@ -18,9 +18,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import HarnessError
-from . import Measurement, MetricInfo
-from .common import MetricParams, forget_mask, is_toy
+from harness.errors import HarnessError
+from harness.metrics import Measurement, MetricInfo
+from harness.metrics.common import MetricParams, forget_mask, is_toy
 
 
 class Params(MetricParams):
@@ -37,11 +37,11 @@ METRICS = {
 
 def distances(backend: str, a: list[np.ndarray], b: list[np.ndarray], size: int | None = None) -> np.ndarray:
     if backend == "toy":
-        from .features import toy_perceptual_distance
+        from harness.metrics.features import toy_perceptual_distance
 
         return toy_perceptual_distance(a, b)
     if backend == "lpips-alex":
-        from .lpips import lpips_alex
+        from harness.metrics.lpips import lpips_alex
 
         return lpips_alex(a, b, size=size)
     raise HarnessError(f"integrity: unknown backend {backend!r} (toy, lpips-alex)")
@@ -57,7 +57,7 @@ def compute(name: str, run, target, params) -> Measurement:
     idx = np.flatnonzero(mask)
     size = p.size  # ESD/UCE's LPIPS protocol resizes to 64 px: say so in the suite
     d = distances(backend, [run.images["base"][i] for i in idx], [run.images["unlearned"][i] for i in idx], size)
-    from ..stats import item_scores
+    from harness.stats.intervals import item_scores
 
     return Measurement(1.0 - float(d.mean()), 1.0, {"backend": backend, "size": size, "pairs": int(len(idx)), "max_distance": float(d.max())},
                        scores=item_scores(run, idx, 1.0 - d, np.ones(len(idx))))

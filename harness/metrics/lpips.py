@@ -10,8 +10,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..errors import HarnessError
-from .features import to_float
+from harness.errors import HarnessError
+from harness.metrics.features import to_float
 
 
 @lru_cache(maxsize=2)

@@ -15,10 +15,10 @@ import numpy as np
 
 from pydantic import Field
 
-from ..errors import HarnessError
-from ..hashing import sha256_bytes
-from . import Measurement, MetricInfo
-from .common import MetricParams, PinnedRef, forget_mask, reference_folder
+from harness.errors import HarnessError
+from harness.store.hashing import sha256_bytes
+from harness.metrics import Measurement, MetricInfo
+from harness.metrics.common import MetricParams, PinnedRef, forget_mask, reference_folder
 
 
 class Params(MetricParams):
@@ -45,7 +45,7 @@ def m_score(gen: np.ndarray, ref: np.ndarray) -> float:
 
 
 def toy_references(target, n: int, seed: int) -> np.ndarray:
-    from ..toy import world
+    from harness.toy import world
 
     if target.kind == "style" and target.concept in world.STYLES:
         return world.reference_images(None, target.concept, n, seed)
@@ -57,7 +57,7 @@ def toy_references(target, n: int, seed: int) -> np.ndarray:
 def clip_embeddings(images: list[np.ndarray], model: str, revision: str | None) -> np.ndarray:
     import torch
 
-    from .clipscore import load_clip
+    from harness.metrics.clipscore import load_clip
 
     clip, proc, _ = load_clip(model, revision)
     out = []
@@ -76,7 +76,7 @@ def compute(name: str, run, target, params) -> Measurement:
     gen_u = [run.images["unlearned"][i] for i in idx]
     gen_b = [run.images["base"][i] for i in idx]
     if p.references_by_concept:  # real models: CLIP image embeddings vs a pinned folder
-        from ..spec import inside
+        from harness.spec import inside
 
         refs_spec = p.references_by_concept.get(target.concept)
         if refs_spec is None:
@@ -90,14 +90,14 @@ def compute(name: str, run, target, params) -> Measurement:
         ref_f = emb(refs)
         details = {"embedding": f"CLIP image embedding {model}@{revision}", "references": len(refs), "reference_sha256": ref_sha}
     else:  # the toy world: classifier features vs procedural references
-        from .features import toy_embeddings
+        from harness.metrics.features import toy_embeddings
 
         n, seed = p.references, p.reference_seed
         refs = toy_references(target, n, seed)
         emb = toy_embeddings
         ref_f = emb(list(refs))
         details = {"embedding": "toy classifier penultimate", "references": n, "reference_seed": seed, "reference_sha256": sha256_bytes(refs.tobytes())}
-    from ..stats import item_scores
+    from harness.stats.intervals import item_scores
 
     per_u, per_b = m_scores(emb(gen_u), ref_f), m_scores(emb(gen_b), ref_f)
     return Measurement(float(per_u.mean()), float(per_b.mean()), {**details, "images": int(len(idx))}, scores=item_scores(run, idx, per_u, per_b))

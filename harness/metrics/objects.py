@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from ..errors import HarnessError
-from . import Measurement, MetricInfo
-from .common import MetricParams, PinnedRef, pinned_weights
+from harness.errors import HarnessError
+from harness.metrics import Measurement, MetricInfo
+from harness.metrics.common import MetricParams, PinnedRef, pinned_weights
 
 
 class Params(MetricParams):
@@ -92,7 +92,7 @@ def compute(name: str, run, target, params) -> Measurement:
         per = [float((p[np.array(labels) == c] == classes[c]).mean()) for c in dict.fromkeys(np.array(labels)[sel])]
         return float(np.mean(per))
 
-    from ..stats import item_scores
+    from harness.stats.intervals import item_scores
 
     idx = np.flatnonzero(sel)
     correct = {k: (preds[k] == want)[idx].astype(float) for k in ("unlearned", "base")}

@@ -36,9 +36,9 @@ import numpy as np
 
 from pydantic import model_validator
 
-from ..errors import HarnessError
-from . import Measurement, MetricInfo
-from .common import MetricParams
+from harness.errors import HarnessError
+from harness.metrics import Measurement, MetricInfo
+from harness.metrics.common import MetricParams
 
 
 class Params(MetricParams):
@@ -49,7 +49,7 @@ class Params(MetricParams):
     @classmethod
     def _moved(cls, data):
         if isinstance(data, dict) and data:  # (no params: nothing to check, no attack code loaded)
-            from ..attacks.runner import attacks
+            from harness.attacks.runner import attacks
 
             old = {"attack", "attack_seeds", "judge", "threshold", "classes", "weights"}.union(*(getattr(m, "DEFAULTS", {}) for m in attacks().values()))
             for k in data:
@@ -89,7 +89,7 @@ def _outcome(run, block: str, target) -> dict:
 
 def compute(name: str, run, target, params) -> Measurement:
     Params.of(params, f"{METRICS[name].label} params")
-    from ..stats import item_scores, proportion_ci
+    from harness.stats.intervals import item_scores, proportion_ci
 
     if name == "asr_worst":
         return _worst(run, target)
@@ -119,7 +119,7 @@ def compute(name: str, run, target, params) -> Measurement:
 def _worst(run, target) -> Measurement:
     """max over the suite's attack blocks of ASR(B), its base the max of their base Pre-ASRs; the
     interval: one prompt draw reweights every block's items (``stats.weighted_intervals``)."""
-    from ..stats import LEVEL, item_scores, proportion_ci, statistic, weighted_intervals
+    from harness.stats.intervals import LEVEL, item_scores, proportion_ci, statistic, weighted_intervals
 
     blocks = sorted(b for b in run.suite.prompt_attacks)
     outs = {b: _outcome(run, b, target) for b in blocks}

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import to_float
+from harness.metrics.features import to_float
 
 
 class ToySeparator(nn.Module):

@@ -12,10 +12,10 @@ import platform
 import subprocess
 from pathlib import Path
 
-from ..errors import HarnessError
-from ..hashing import sha256_file
-from ..spec import Submission, inside
-from .model import SCHEMA_VERSION, ResultsFile, summary_counts
+from harness.errors import HarnessError
+from harness.store.hashing import sha256_file
+from harness.spec import Submission, inside
+from harness.results.model import SCHEMA_VERSION, ResultsFile, summary_counts
 
 
 def git_sha(root: Path) -> str | None:
@@ -124,8 +124,8 @@ def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict],
           devices: list[str] | None = None, smoke: bool | None = None) -> ResultsFile:
     """The results file of one submission's run; ``devices`` (``environment.device``) and
     ``smoke`` are set when given (the plugin gives both)."""
-    from .. import __version__
-    from ..reproduce import fingerprint
+    from harness import __version__
+    from harness.run.reproduce import fingerprint
 
     path = Path(sub_path)
     doc = ResultsFile(

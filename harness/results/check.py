@@ -4,7 +4,7 @@ pages show), and none of them is believed until it agrees with what the reader r
 
 ``check_document`` runs for every results file every reader opens (``results.io.read_result``:
 the site, ``compare``, ``summary``, ``images``, ``regress``, ``refresh``); each problem is one
-``ValueError`` line naming the field. ``harness.attest.recheck_verdicts`` adds what needs the
+``ValueError`` line naming the field. ``harness.results.attest.recheck_verdicts`` adds what needs the
 current suites' thresholds (verdicts, the interval's margin against value and bound) and then
 ``check_summary`` (the file's own counts against its checked verdicts).
 """
@@ -142,7 +142,7 @@ def check_scores(m: dict, where: str):
     ``base_value``; ``ValueError`` otherwise."""
     import numpy as np
 
-    from .. import stats
+    from harness.stats import intervals as stats
 
     s, w = m["scores"], f"{where}.scores"
     keys = s.get("keys")

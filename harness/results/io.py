@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import atomic_write
-from .model import ResultsFile
+from harness.store.fsutil import atomic_write
+from harness.results.model import ResultsFile
 
 MAX_RESULT_BYTES = 64 << 20
 
@@ -46,8 +46,8 @@ def results_files(folder: str | Path) -> list[Path]:
 def _read(path: str | Path) -> tuple[Any, ResultsFile]:
     data = read_json_file(Path(path), MAX_RESULT_BYTES)
     doc = ResultsFile.read(data)
-    from ..attest import check_name
-    from .check import check_document
+    from harness.results.attest import check_name
+    from harness.results.check import check_document
 
     check_name(doc.submission.name)
     check_document(data)  # what the file says about itself agrees with what a reader recomputes
@@ -99,7 +99,7 @@ def read_json_file(path: Path, limit: int) -> Any:
         raise ValueError("not a regular file (a FIFO, socket or device is not opened)")
     if path.stat().st_size > limit:
         raise ValueError(f"larger than {limit >> 20} MiB")
-    from .check import check_depth, parse_int
+    from harness.results.check import check_depth, parse_int
 
     try:
         data = json.loads(path.read_bytes().decode("utf-8"), parse_int=parse_int)

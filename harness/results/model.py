@@ -72,7 +72,7 @@ class Record(BaseModel):
 
 # ----------------------------------------------------------------------------- metrics[]
 class Interval(Record):
-    """A 95% interval (`harness/stats.py`): `ci`, `delta_ci` and `margin_ci` of a metric
+    """A 95% interval (`harness/stats/intervals.py`): `ci`, `delta_ci` and `margin_ci` of a metric
     record. Other fields it may carry: `n_clusters`, `resamples`, `seed`, `n_items`,
     `n_effective` (Wilson intervals), `se` (jackknife), `sd`, `min`, `max` (repeated runs),
     `note` (what it leaves out, e.g. CCS / CRS: the separator's variance)."""
@@ -241,7 +241,7 @@ class Environment(Record):
     libraries: dict[str, str] = Field({}, description="versions of python, torch, diffusers, transformers, ...")
     device: list[str] | None = Field(None, description="devices the suites ran on")
     fingerprint: dict[str, Any] | None = Field(
-        None, description="where the float output was made (`harness.reproduce.fingerprint`): library versions, machine, CPU model "
+        None, description="where the float output was made (`harness.run.reproduce.fingerprint`): library versions, machine, CPU model "
                           "and instruction set, BLAS / oneDNN builds, torch threads, deterministic flag, device, GPU and CUDA; "
                           "values are bitwise reproducible only where it is equal")
 

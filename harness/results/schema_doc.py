@@ -13,7 +13,7 @@ import types
 import typing
 from pathlib import Path
 
-from . import model
+from harness.results import model
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "results-schema.md"
 COMMAND = "python -m harness.results.schema_doc"

@@ -21,15 +21,15 @@ Modules, in the order data flows: ``load`` (results files and method-seed spread
 (the SVG figures), ``images`` (checked sample images), ``pages`` (writing the site), ``text``
 (formatting shared by all). The package only reads results files: it imports no generation,
 evaluation, model or test code (tests/test_leaderboard.py checks it); running the harness to make
-results is ``harness.refresh``.
+results is ``harness.gate.refresh``.
 """
 
 from __future__ import annotations
 
-from .aggregate import rank_intervals, records_frame
-from .load import load_runs
-from .pages import build
-from .tables import suite_tables
-from .text import fmt, pretty_threshold, safe_url, slug
+from harness.site.aggregate import rank_intervals, records_frame
+from harness.site.load import load_runs
+from harness.site.pages import build
+from harness.site.tables import suite_tables
+from harness.site.text import fmt, pretty_threshold, safe_url, slug
 
 __all__ = ["build", "fmt", "load_runs", "pretty_threshold", "rank_intervals", "records_frame", "safe_url", "slug", "suite_tables"]

@@ -4,9 +4,9 @@ ASR curves. Nothing here renders: the tables, figures and pages are built from w
 
 from __future__ import annotations
 
-from ..metrics import plotted
-from .load import Run, is_smoke
-from .text import finite, na_to_none
+from harness.metrics import plotted
+from harness.site.load import Run, is_smoke
+from harness.site.text import finite, na_to_none
 
 VERDICTS = ("pass", "fail", "inconclusive", "error", "info")
 # The trade-off plot: erasure (x) against retention (y, the mean of the metrics present): the
@@ -18,7 +18,7 @@ RECORD_COLUMNS = [
     "submission", "method", "file", "run_finished", "complete", "harness_version", "git_sha",
     "suite", "metric", "label", "target", "target_kind", "value", "base_value", "threshold",
     "bound", "verdict", "higher_is_better", "tolerance", "error", "latest", "smoke",
-    "ci_low", "ci_high", "ci_method", "delta_low", "delta_high", "verdict_point",  # harness.stats (empty in older files)
+    "ci_low", "ci_high", "ci_method", "delta_low", "delta_high", "verdict_point",  # harness.stats.intervals (empty in older files)
     "seeds_n", "seeds_sd",  # the method's spread over training seeds (unlearn regress --method-seeds; empty without one)
 ]
 
@@ -100,7 +100,7 @@ def rank_intervals(entries: list[dict], higher_is_better: bool, resamples: int =
     intervals overlap form a tie group (``tied_with``)."""
     import numpy as np
 
-    from .. import stats
+    from harness.stats import intervals as stats
 
     sign = 1.0 if higher_is_better else -1.0
     vals = np.array([e["value"] for e in entries], float)

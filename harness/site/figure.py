@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import math
 
-from .aggregate import ERASURE_METRIC, RETENTION_METRICS
+from harness.site.aggregate import ERASURE_METRIC, RETENTION_METRICS
 
 KIND_COLOURS = ["#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed"]
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]

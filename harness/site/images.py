@@ -9,8 +9,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..results.io import one_line
-from .load import Report, Run
+from harness.results.io import one_line
+from harness.site.load import Report, Run
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

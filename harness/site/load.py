@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import HarnessError
-from ..results.io import one_line, read_result
+from harness.errors import HarnessError
+from harness.results.io import one_line, read_result
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: the current suites' thresholds and pins
 MAX_SPREAD_BYTES = 8 << 20
@@ -50,8 +50,8 @@ def load_runs(results: Path, report: Report = to_stderr, require_attestation: bo
     required: then verified with the key, an error without one) with the commit that made it,
     and whose submission name is not a look-alike of an existing entry's; the others are
     reported and skipped (one bad file never stops the build)."""
-    from ..attest import attested, bound_problem, current_thresholds, read_manifest, recheck_verdicts
-    from ..results.io import results_files
+    from harness.results.attest import attested, bound_problem, current_thresholds, read_manifest, recheck_verdicts
+    from harness.results.io import results_files
 
     manifest = read_manifest(results, required=require_attestation)
     thresholds = current_thresholds(ROOT)
@@ -70,7 +70,7 @@ def load_runs(results: Path, report: Report = to_stderr, require_attestation: bo
         except (ValueError, OSError, HarnessError, RecursionError, ArithmeticError, TypeError) as e:
             report(f"skipped {p}: {one_line(e)}")
             continue
-        from ..pins import pins_problem  # a real result counts only with the suite's own pins
+        from harness.spec.pins import pins_problem  # a real result counts only with the suite's own pins
 
         if (why := pins_problem(data, ROOT)) is not None:
             report(f"skipped {p}: {why}")
@@ -84,7 +84,7 @@ def drop_lookalikes(runs: list[Run], results: Path, report: Report, manifest: di
     that read as one, the existing entry stays and the newcomers are skipped, each with a line.
     The existing entry is the one the checkout's ``submissions/`` names, else the one attested,
     else the one whose first run is oldest (then by name). Never both."""
-    from ..attest import existing_names, name_key
+    from harness.results.attest import existing_names, name_key
 
     groups: dict[str, dict[str, list[Run]]] = {}
     for r in runs:
@@ -118,8 +118,8 @@ def load_spreads(results: Path, names: set[str], report: Report = to_stderr) -> 
     each metric over N training seeds of the method). A file must be attested like a results
     file where the folder has a manifest and must name a submission of ``names``; the statistics
     are recomputed from its values (a file's own mean and sd are not trusted)."""
-    from ..attest import attested, read_manifest
-    from ..results.io import method_seed_files, read_json_file
+    from harness.results.attest import attested, read_manifest
+    from harness.results.io import method_seed_files, read_json_file
 
     manifest = read_manifest(results)
     out: dict[tuple[str, str, str, str], dict] = {}

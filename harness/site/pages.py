@@ -15,13 +15,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import HarnessError
-from .aggregate import RECORD_COLUMNS, curves, records_frame, records_of, tradeoff_points
-from .figure import asr_curve_svg, markup, tradeoff_svg
-from .images import copy_images, images_dir
-from .load import ROOT, Report, Run, to_stderr, is_smoke, load_runs, load_spreads
-from .tables import overview_rows, submission_page, suite_tables
-from .text import fmt, json_value, na_to_none, pretty_threshold, short
+from harness.errors import HarnessError
+from harness.site.aggregate import RECORD_COLUMNS, curves, records_frame, records_of, tradeoff_points
+from harness.site.figure import asr_curve_svg, markup, tradeoff_svg
+from harness.site.images import copy_images, images_dir
+from harness.site.load import ROOT, Report, Run, to_stderr, is_smoke, load_runs, load_spreads
+from harness.site.tables import overview_rows, submission_page, suite_tables
+from harness.site.text import fmt, json_value, na_to_none, pretty_threshold, short
 
 ASSETS = ROOT / "leaderboard"  # templates/ and static/ (resolved from the checkout: pip install -e)
 MARKER = ".unlearn-leaderboard"  # marks a folder this module built (and may replace)
@@ -167,7 +167,7 @@ def _prepare_out(out: Path) -> Path:
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    from ..fsutil import default_mode
+    from harness.store.fsutil import default_mode
 
     os.chmod(tmp, default_mode(folder=True))  # mkdtemp makes 0700: a web server as another user could not read the site
     return tmp

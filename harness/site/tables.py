@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .aggregate import VERDICTS, headline_metric, rank_intervals, records_of
-from .load import Run
-from .text import ci_text, ci_title, delta_text, finite, fmt, na_to_none, pretty_threshold, safe_url, short, slug, spread_text, spread_title
+from harness.site.aggregate import VERDICTS, headline_metric, rank_intervals, records_of
+from harness.site.load import Run
+from harness.site.text import ci_text, ci_title, delta_text, finite, fmt, na_to_none, pretty_threshold, safe_url, short, slug, spread_text, spread_title
 
 MAX_ROWS = 2000  # rows of one table on a page (every record is in results.csv / results.json)
 GENERATION_KEYS = ("scheduler", "steps", "guidance", "height", "width", "eta", "batch_size", "negative_prompt")
@@ -86,7 +86,7 @@ def attach_ranks(table: dict, sdf, metrics: list[dict], recs_of_rows: list[dict]
 def reversed_notes(cur) -> dict[tuple[str, str], str]:
     """(submission, target) -> the attacks that reversed that erasure (``metrics.robustness.reversals``
     over the submission's latest records), shown beside its erasure verdicts (UA)."""
-    from ..metrics.robustness import reversals
+    from harness.metrics.robustness import reversals
 
     out = {}
     for name, g in cur.groupby("submission", sort=True):
@@ -98,7 +98,7 @@ def reversed_notes(cur) -> dict[tuple[str, str], str]:
 
 
 def _erasure(metric: str) -> bool:
-    from ..metrics import info, known_metrics
+    from harness.metrics import info, known_metrics
 
     return metric in known_metrics() and info(metric).role == "erasure"
 
@@ -117,7 +117,7 @@ def _cell(rec: dict | None, reversed_by: str | None = None) -> dict:
 def reason_tag(rec: dict) -> str:
     """A value without an interval says why in the interval's place: ``(single run)``,
     ``(exact)``, ``(declared)`` (the tag of its ``ci_reason``; '' when the file gives none)."""
-    from ..stats import short_reason
+    from harness.stats.intervals import short_reason
 
     why = na_to_none(rec.get("_ci_reason"))
     return f"({short_reason(why)})" if why and finite(na_to_none(rec.get("value"))) is not None else ""

@@ -10,14 +10,14 @@ file and the field. By concern:
 - ``prompts``: a suite's prompt set expanded into labelled prompts.
 """
 
-from .common import (HTTPS_URL, PICKLE_SUFFIXES, SHA256, SLUG, HubRef, PinnedRef, Strict, WeightsFile, inside, one_line_error,
+from harness.spec.common import (HTTPS_URL, PICKLE_SUFFIXES, SHA256, SLUG, HubRef, PinnedRef, Strict, WeightsFile, inside, one_line_error,
                      pinned_file)
-from .load import _with_includes, is_suite_file, load_submission, load_suite
-from .prompts import MAX_CSV_BYTES, MAX_PROMPT_CHARS, MAX_PROMPTS, Prompt, expand_prompts
-from .submission import BaseModelSpec, CheckpointSpec, EfficiencySpec, MethodSpec, Submission, TargetSpec
-from .suite import (THRESHOLD, Attacks, CsvPrompts, GenerationSettings, JudgeSpec, MetricSpec, PartialDiffusionAttack, PromptAttack,
+from harness.spec.load import _with_includes, is_suite_file, load_submission, load_suite
+from harness.spec.prompts import MAX_CSV_BYTES, MAX_PROMPT_CHARS, MAX_PROMPTS, Prompt, expand_prompts
+from harness.spec.submission import BaseModelSpec, CheckpointSpec, EfficiencySpec, MethodSpec, Submission, TargetSpec
+from harness.spec.suite import (THRESHOLD, Attacks, CsvPrompts, GenerationSettings, JudgeSpec, MetricSpec, PartialDiffusionAttack, PromptAttack,
                     PromptSet, ScorerSpec, SmokeSpec, Suite, TemplatePrompts, Threshold)
-from .yamlio import (MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, SpecErrors, _format_validation, _SafeUniqueLoader,
+from harness.spec.yamlio import (MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, SpecErrors, _format_validation, _SafeUniqueLoader,
                      validate_yaml_file, read_yaml)
 
 

@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import HarnessError
-from ..hashing import sha256_file
+from harness.errors import HarnessError
+from harness.store.hashing import sha256_file
 
 SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256")]
 SLUG = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
@@ -18,7 +18,7 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
 def _https(url: str) -> str:
-    from ..fetch import check_url
+    from harness.store.fetch import check_url
 
     try:
         return check_url(url, "url")

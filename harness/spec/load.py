@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .submission import Submission
-from .suite import Suite
-from .yamlio import SpecErrors, _format_validation, validate_yaml_file, read_yaml
+from harness.spec.submission import Submission
+from harness.spec.suite import Suite
+from harness.spec.yamlio import SpecErrors, _format_validation, validate_yaml_file, read_yaml
 
 def load_submission(path: str | Path) -> Submission:
     return validate_yaml_file(Submission, path)
@@ -39,7 +39,7 @@ def load_suite(path: str | Path, *, attack_code: bool = True) -> Suite:
     """The suite file as a model. ``attack_code=False``: an attacks block's attack name and
     params are not checked against the attack modules (which import the generation code): for
     readers that need the suite's thresholds only (verdict recomputation on the site)."""
-    from ..pins import apply_lock
+    from harness.spec.pins import apply_lock
 
     p = Path(path)
     data = apply_lock(p, _with_includes(p, read_yaml(p)))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import HarnessError
-from ..hashing import sha256_file
-from .common import inside, one_line_error
-from .suite import Suite
+from harness.errors import HarnessError
+from harness.store.hashing import sha256_file
+from harness.spec.common import inside, one_line_error
+from harness.spec.suite import Suite
 
 class Prompt(BaseModel):
     """One prompt of a suite with its labels (e.g. object, style) and optional per-prompt
@@ -64,7 +64,7 @@ def expand_prompts(suite: Suite, root: Path, cache_dir: Path | None = None) -> l
         return out
     src = ps.csv.path or ps.csv.url
     if ps.csv.url:
-        from ..fetch import fetch
+        from harness.store.fetch import fetch
 
         path = fetch(ps.csv.url, ps.csv.sha256, cache_dir or root / ".unlearn-cache", f"suite {suite.id}: prompts.csv.url")
     else:

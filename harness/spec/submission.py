@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import HTTPS_URL, SHA256, SLUG, Strict, exactly_one
+from harness.spec.common import HTTPS_URL, SHA256, SLUG, Strict, exactly_one
 
 class MethodSpec(Strict):
     name: str = Field(min_length=1, max_length=80)

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ..errors import HarnessError
-from .common import HTTPS_URL, SHA256, SLUG, Strict, WeightsFile, exactly_one
+from harness.errors import HarnessError
+from harness.spec.common import HTTPS_URL, SHA256, SLUG, Strict, WeightsFile, exactly_one
 
 class TemplatePrompts(Strict):
     template: str = Field(min_length=1)
@@ -151,7 +151,7 @@ class MetricSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from ..metrics import known_metrics
+        from harness.metrics import known_metrics
 
         if v not in known_metrics():
             raise ValueError(f"unknown metric {v!r}; known: {', '.join(sorted(known_metrics()))}")
@@ -168,8 +168,8 @@ class MetricSpec(Strict):
     def _typed_params(self):
         """``params`` against the metric's own model (``MetricInfo.params``): an unknown or
         mistyped key is refused here, when the suite is loaded (``unlearn check``, start-up)."""
-        from ..metrics import info
-        from ..metrics.common import describe
+        from harness.metrics import info
+        from harness.metrics.common import describe
 
         try:
             info(self.name).params.model_validate(self.params)
@@ -182,7 +182,7 @@ class MetricSpec(Strict):
 
     def typed_params(self):
         """The params as the metric's pydantic model (defaults filled in)."""
-        from ..metrics import info
+        from harness.metrics import info
 
         return info(self.name).params.of(self.params)
 
@@ -204,7 +204,7 @@ class ScorerSpec(Strict):
     @classmethod
     def _label_map(cls, data):
         if isinstance(data, dict) and data.get("labels") is not None:
-            from ..labels import LABEL_MAPS, label_map
+            from harness.scorers.labels import LABEL_MAPS, label_map
 
             if data["labels"] not in LABEL_MAPS:
                 raise ValueError(f"labels: unknown label map {data['labels']!r}; known: {', '.join(LABEL_MAPS)}")
@@ -231,7 +231,7 @@ class SmokeSpec(Strict):
 
 
 class JudgeSpec(Strict):
-    """Who decides that an attacked image shows the concept (harness.attacks.judge): the suite's
+    """Who decides that an attacked image shows the concept (harness.scorers.judge): the suite's
     scorer (``classifier``), NudeNet above a threshold, or an ImageNet ResNet-50's top-1."""
 
     kind: Literal["classifier", "nudenet", "resnet50"] | None = Field(default=None, description="default: nudenet for nudity targets, "
@@ -262,7 +262,7 @@ class PromptAttack(Strict):
     def _known(self, info: ValidationInfo):
         if (info.context or {}).get("attack_code") is False:  # a reader of thresholds only (the site): no attack code loaded
             return self
-        from ..attacks.runner import attacks
+        from harness.attacks.runner import attacks
 
         mods = attacks()
         if self.attack not in mods:
@@ -422,7 +422,7 @@ class Suite(Strict):
 
     @model_validator(mode="after")
     def _attacks_used(self):
-        from ..metrics import info
+        from harness.metrics import info
 
         used = {b: any(info(m.name).prompt_attack and info(m.name).attack_block in (b, "every") for m in self.metrics) for b in ("prompt", "inversion")}
         used["partial_diffusion"] = any(info(m.name).attack for m in self.metrics)
@@ -440,7 +440,7 @@ class Suite(Strict):
     def prompt_attacks(self) -> dict[str, PromptAttack]:
         """block name -> settings of every prompt-attack block some metric of the suite reads
         (``prompt``, ``inversion``; defaults where the suite gives none)."""
-        from ..metrics import info
+        from harness.metrics import info
 
         blocks = {info(m.name).attack_block for m in self.metrics if info(m.name).prompt_attack}
         if "every" in blocks:  # the worst case across attacks (asr_worst): every block the suite gives, else the prompt attack

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..errors import HarnessError
-from .common import one_line_error
+from harness.errors import HarnessError
+from harness.spec.common import one_line_error
 
 def _format_validation(path: Path, err: ValidationError) -> list[str]:
     out = []

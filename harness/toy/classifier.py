@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .paths import CLASSIFIER_DIR
-from .world import OBJECTS, STYLES
+from harness.toy.paths import CLASSIFIER_DIR
+from harness.toy.world import OBJECTS, STYLES
 
 DEFAULT_DIR = CLASSIFIER_DIR
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .paths import PIPELINE_DIR
-from .tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer
+from harness.toy.paths import PIPELINE_DIR
+from harness.toy.tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer
 
 DEFAULT_DIR = PIPELINE_DIR
 
@@ -120,7 +120,7 @@ def load_pipeline(path: str | Path = DEFAULT_DIR, device: str = "cpu"):
     """Load the committed toy pipeline with plain ``from_pretrained`` (offline)."""
     from diffusers import StableDiffusionPipeline
 
-    from ..models import quiet_loading
+    from harness.families.sd1 import quiet_loading
 
     quiet_loading()
     pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import torch
 
-from . import world
-from .classifier import DEFAULT_DIR as CLF_DIR
-from .classifier import load_classifier, predict
-from .model import DEFAULT_DIR as PIPE_DIR
-from .model import load_pipeline
+from harness.toy import world
+from harness.toy.classifier import DEFAULT_DIR as CLF_DIR
+from harness.toy.classifier import load_classifier, predict
+from harness.toy.model import DEFAULT_DIR as PIPE_DIR
+from harness.toy.model import load_pipeline
 
 
 def heldout_accuracy(clf, n: int = 4000, seed: int = 123_456) -> dict[str, float]:
@@ -26,7 +26,7 @@ def heldout_accuracy(clf, n: int = 4000, seed: int = 123_456) -> dict[str, float
 
 def generate_grid(pipe, seeds: list[int], steps: int, guidance: float, batch: int = 50, scheduler: str = "ddim"):
     """Images for every world prompt x seed (objects outer, styles, seeds inner), with labels."""
-    from ..generate import initial_latents, set_scheduler
+    from harness.run.generate import initial_latents, set_scheduler
 
     set_scheduler(pipe, scheduler)
     items = [(o, s, p, sd) for o, s, p in world.all_prompts() for sd in seeds]
@@ -57,7 +57,7 @@ def speed(pipe, n: int = 100, steps: int = 20, guidance: float = 5.0, batch: int
     seeds = list(range(n))
     generate_grid(pipe, [0], steps, guidance, batch=batch, scheduler=scheduler)  # warm-up
     t0 = time.perf_counter()
-    from ..generate import initial_latents
+    from harness.run.generate import initial_latents
 
     for i in range(0, n, batch):
         ps = [prompts[j % len(prompts)] for j in range(i, min(n, i + batch))]

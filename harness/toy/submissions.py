@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from ..hashing import sha256_tree
-from ..methods import PAPERS, run_erase_isolated
-from .model import DEFAULT_DIR as PIPE_DIR
+from harness.store.hashing import sha256_tree
+from harness.methods import PAPERS, run_erase_isolated
+from harness.toy.model import DEFAULT_DIR as PIPE_DIR
 
 # method -> (parameters used for the committed checkpoints) on top of each method's "toy" preset,
 # chosen by the sweeps in README (UCE: the all-token variant, which erases best on the toy

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .world import OBJECTS, STYLES
+from harness.toy.world import OBJECTS, STYLES
 
 # Every word the toy world's prompts use, plus a few generic words that methods may use as
 # anchors (e.g. UCE maps an erased concept to "object" or "style"-less prompts).

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import world
-from .classifier import ToyClassifier, predict, save_classifier
-from .model import SCHEDULE, assemble, build_text_encoder, build_tokenizer, build_unet, build_vae
+from harness.toy import world
+from harness.toy.classifier import ToyClassifier, predict, save_classifier
+from harness.toy.model import SCHEDULE, assemble, build_text_encoder, build_tokenizer, build_unet, build_vae
 
 
 def _images_to_tensor(imgs: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,351 @@
+"""Loading the base pipeline and applying a submission's checkpoint to it.
+
+Safety rules for weights from strangers: sha256 checked before anything is loaded; pickle
+formats refused unless the local run allows them (and then loaded with ``weights_only``);
+``trust_remote_code`` never; every path stays inside the repository.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.store.fetch import fetch
+from harness.store.hashing import sha256_file, sha256_tree
+from harness.spec import PICKLE_SUFFIXES, BaseModelSpec, CheckpointSpec, Submission, inside
+
+TOY_PIPELINE = Path(__file__).parents[1] / "toy" / "assets" / "pipeline"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the models run and in which precision (recorded in every result)."""
+
+    device: str
+    dtype: str
+    compile: bool = False  # torch.compile the UNet (--unlearn-compile)
+
+    @classmethod
+    def choose(cls, device: str = "auto", dtype: str = "auto", compile: bool = False, local: bool = True) -> "Placement":
+        """``local=False`` resolves for other machines (Ray workers): CUDA is not checked here."""
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if local and device.startswith("cuda") and not torch.cuda.is_available():
+            raise HarnessError(f"--unlearn-device {device}: CUDA is not available on this machine")
+        if dtype == "auto":
+            dtype = "float16" if device.startswith("cuda") else "float32"
+        if device == "cpu" and dtype == "float16":
+            dtype = "float32"  # fp16 convolutions are not implemented on CPU
+        return cls(device, dtype, compile)
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def quiet_loading() -> None:
+    """No per-file loading bars or info chatter: the harness shows its own progress."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    for log in (dlog, tlog):
+        log.disable_progress_bar()
+        log.set_verbosity_error()
+
+
+def dtype_kwargs(placement: "Placement") -> dict:
+    """``dtype=`` on diffusers that renamed it, ``torch_dtype=`` on older ones."""
+    from diffusers.utils import deprecation_utils
+
+    key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    return {key: placement.torch_dtype}
+
+
+def base_dir(spec: BaseModelSpec, root: Path) -> Path | None:
+    if spec.builtin == "toy":
+        return TOY_PIPELINE
+    if spec.local_dir:
+        return inside(root, spec.local_dir, "base_model.local_dir")
+    return None
+
+
+def base_fingerprint(spec: BaseModelSpec, root: Path) -> str:
+    """What identifies the base model's weights: a folder hash, or hub id @ commit."""
+    d = base_dir(spec, root)
+    if d is None:
+        return f"hub:{spec.hub_id}@{spec.revision}"
+    if not (d / "model_index.json").is_file():
+        raise HarnessError(f"base_model: {d} is not a diffusers pipeline folder (model_index.json missing)")
+    from harness.store.safefs import check_model_folder
+
+    check_model_folder(d, "base_model", allow_pickle=True)  # links / FIFOs / foreign libraries; loaded with use_safetensors
+    h = sha256_tree(d)
+    if spec.sha256 and spec.sha256 != h:
+        raise HarnessError(f"base_model.sha256: folder {spec.local_dir} has sha256 {h}, expected {spec.sha256}")
+    return f"sha256:{h}"
+
+
+def load_base(spec: BaseModelSpec, root: Path, placement: Placement):
+    """The base pipeline, on the chosen device and dtype, with progress bars off."""
+    from diffusers import StableDiffusionPipeline
+
+    quiet_loading()
+    d = base_dir(spec, root)
+    kwargs = dict(**dtype_kwargs(placement), safety_checker=None, requires_safety_checker=False, use_safetensors=True)
+    if d is None:  # hub id @ commit: the Hugging Face cache's snapshot (fetched when online), verified (harness/store/hub.py)
+        from harness.store.hub import pipeline_snapshot
+
+        d = pipeline_snapshot(spec.hub_id, spec.revision, what="base_model")
+    pipe = StableDiffusionPipeline.from_pretrained(str(d), local_files_only=True, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return accelerate(pipe.to(placement.device), placement)
+
+
+def accelerate(pipe, placement: Placement):
+    """The fast path, in place: SDPA attention (``AttnProcessor2_0``) wherever the plain
+    processor is set, channels_last UNet and VAE on CUDA, and ``torch.compile`` of the UNet
+    when asked (``Module.compile``: in place, so the state dict keeps its keys and a checkpoint
+    can still be applied). On CPU without compile this changes nothing, so images stay
+    bitwise identical."""
+    import torch
+
+    try:
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    except ImportError:  # pragma: no cover - very old or very new diffusers
+        AttnProcessor = AttnProcessor2_0 = None
+    if AttnProcessor is not None and hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        for module in (pipe.unet, pipe.vae):
+            procs = getattr(module, "attn_processors", {})
+            if any(type(p) is AttnProcessor for p in procs.values()):
+                module.set_attn_processor({k: AttnProcessor2_0() if type(p) is AttnProcessor else p for k, p in procs.items()})
+    if placement.device.startswith("cuda"):
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if placement.compile and getattr(pipe.unet, "_compiled_call_impl", None) is None:
+        if not hasattr(pipe.unet, "compile"):
+            raise HarnessError("--unlearn-compile needs torch >= 2.2 (nn.Module.compile)")
+        pipe.unet.compile()
+    return pipe
+
+
+def describe_pipeline(pipe) -> dict:
+    """What the fast path left on a pipeline (or an (original, unlearned) pair): the UNet's
+    attention processor classes, channels_last, compiled."""
+    import torch
+
+    attn, channels_last, compiled = set(), False, False
+    for p in pipe if isinstance(pipe, tuple) else (pipe,):
+        attn |= {type(a).__name__ for a in getattr(p.unet, "attn_processors", {}).values()}
+        w = p.unet.conv_in.weight
+        channels_last |= w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        compiled |= getattr(p.unet, "_compiled_call_impl", None) is not None
+    return {"attention": sorted(attn), "channels_last": bool(channels_last), "compiled": bool(compiled)}
+
+
+def checkpoint_file(spec: CheckpointSpec, root: Path, cache_dir: Path, allow_pickle: bool = False) -> Path:
+    """The checkpoint's local path, its sha256 verified (URLs are fetched into the cache)."""
+    if spec.url:
+        path = fetch(spec.url, spec.sha256, cache_dir, "checkpoint.url")
+    else:
+        path = inside(root, spec.path, "checkpoint.path")
+    if not path.exists():
+        raise HarnessError(f"checkpoint.path: {spec.path}: no such file or folder")
+    if path.is_dir():  # symlinks / FIFOs inside refused, pickles refused, model_index libraries checked
+        from harness.store.safefs import check_model_folder
+
+        check_model_folder(path, "checkpoint", allow_pickle)
+    else:
+        from harness.store.safefs import regular_file
+
+        regular_file(path, "checkpoint.path")
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise HarnessError(
+            f"checkpoint: {path.name} is a pickle format ({path.suffix}), which can run code when loaded; "
+            "convert it to safetensors, or allow it for a local run you trust (pytest --unlearn-allow-pickle, unlearn check --allow-pickle)"
+        )
+    got = sha256_tree(path) if path.is_dir() else sha256_file(path)
+    if got != spec.sha256:
+        raise HarnessError(f"checkpoint.sha256: {path.name} has sha256 {got}, expected {spec.sha256}")
+    return path
+
+
+def _read_tensors(path: Path, allow_pickle: bool) -> dict:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # allowed only by the caller
+        return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> HarnessError:
+    return HarnessError(f"checkpoint: {path.name} is not a readable safetensors file ({type(e).__name__}: {e})")
+
+
+def tensor_shapes(path: Path, allow_pickle: bool = False) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """name -> (shape, is floating point) of a checkpoint file, from the safetensors header
+    alone (no tensor data is read); pickle files only where the caller allows them."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        import torch
+
+        return {k: (tuple(v.shape), torch.is_floating_point(v)) for k, v in _read_tensors(path, allow_pickle).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype().startswith(("F", "BF"))) for k in f.keys()}
+    except Exception as e:  # as above
+        raise _unreadable(path, e) from None
+
+
+def _align_key(key: str, own: dict) -> str:
+    """transformers 5 names CLIPTextModel's tensors without the ``text_model.`` prefix that its
+    saved files (and older versions) use; accept either spelling."""
+    if key in own:
+        return key
+    prefix = "text_model."
+    if key.startswith(prefix) and key[len(prefix):] in own:
+        return key[len(prefix):]
+    if prefix + key in own:
+        return prefix + key
+    return key
+
+
+def check_tensors(found: dict[str, tuple[tuple[int, ...], bool]], own: dict[str, tuple[int, ...]], what: str) -> None:
+    """A (possibly partial) checkpoint fits a module: every tensor name exists there (either
+    ``text_model.`` spelling), with the same shape, floating point. ``found``: name -> (shape,
+    is float); ``own``: the module's name -> shape."""
+    found = {_align_key(k, own): v for k, v in found.items()}
+    unknown = [k for k in found if k not in own]
+    if unknown:
+        raise HarnessError(f"checkpoint: {len(unknown)} tensor(s) are not in the {what}, e.g. {unknown[0]!r}")
+    for k, (shape, is_float) in found.items():
+        if tuple(shape) != tuple(own[k]):
+            raise HarnessError(f"checkpoint: tensor {k!r} has shape {tuple(shape)}, the {what} expects {tuple(own[k])}")
+        if not is_float:
+            raise HarnessError(f"checkpoint: tensor {k!r} is not floating point")
+
+
+def _replace_tensors(module, tensors: dict, what: str) -> None:
+    """Load a (possibly partial) state dict; every key must exist with the same shape."""
+    import torch
+
+    own = module.state_dict()
+    tensors = {_align_key(k, own): v for k, v in tensors.items()}
+    check_tensors({k: (tuple(v.shape), torch.is_floating_point(v)) for k, v in tensors.items()}, {k: tuple(v.shape) for k, v in own.items()}, what)
+    p = next(module.parameters())
+    with torch.no_grad():
+        module.load_state_dict({k: v.to(device=p.device, dtype=own[k].dtype) for k, v in tensors.items()}, strict=False)
+
+
+def apply_checkpoint(pipe, spec: CheckpointSpec, path: Path, placement: Placement, allow_pickle: bool = False):
+    """Turn the base pipeline into the unlearned one (in place where possible)."""
+    if spec.kind == "pipeline":
+        from diffusers import StableDiffusionPipeline
+
+        quiet_loading()
+        if not (path / "model_index.json").is_file():
+            raise HarnessError(f"checkpoint: kind pipeline needs a diffusers folder; {path.name} has no model_index.json")
+        new = StableDiffusionPipeline.from_pretrained(
+            str(path), local_files_only=True, **dtype_kwargs(placement), safety_checker=None,
+            requires_safety_checker=False, use_safetensors=True,
+        )
+        new.set_progress_bar_config(disable=True)
+        return accelerate(new.to(placement.device), placement)
+    if spec.kind in ("unet", "text_encoder"):
+        module = pipe.unet if spec.kind == "unet" else pipe.text_encoder
+        _replace_tensors(module, _read_tensors(path, allow_pickle), spec.kind.replace("_", " "))
+        return pipe
+    if spec.kind == "lora":
+        try:
+            pipe.load_lora_weights(str(path.parent if path.is_file() else path), weight_name=path.name if path.is_file() else None)
+        except (ImportError, ValueError) as e:
+            raise HarnessError(f"checkpoint: could not load LoRA {path.name}: {e}") from None
+        return pipe
+    raise HarnessError(f"checkpoint.kind: unknown kind {spec.kind!r}")
+
+
+def model_fingerprints(sub: Submission, root: Path) -> tuple[str, str]:
+    """(base, unlearned) identities; they key the image cache. A whole-pipeline checkpoint is
+    identified by its folder hash alone, like a local base, so identical weights share images."""
+    base = base_fingerprint(sub.base_model, root)
+    if sub.checkpoint.kind == "pipeline":
+        return base, f"sha256:{sub.checkpoint.sha256}"
+    return base, f"{base}+{sub.checkpoint.kind}:{sub.checkpoint.sha256}"
+
+
+@dataclass(frozen=True)
+class PipelineRecipe:
+    """The one description of a pipeline to load, here or in another process (a Ray worker):
+    small, picklable, comparable. ``which``: ``base``, ``unlearned``, or ``pair`` (base,
+    unlearned) for the partial-diffusion attack. The checkpoint's sha256 is checked again where
+    it loads. ``load`` makes it; ``Pipelines`` keeps what one process loaded."""
+
+    root: str
+    base: BaseModelSpec
+    placement: Placement
+    which: str = "base"
+    checkpoint: CheckpointSpec | None = None
+    cache_dir: str | None = None
+    allow_pickle: bool = False
+
+    def of(self, which: str) -> "PipelineRecipe":
+        """The same models, another of them (``base``, ``unlearned``, ``pair``)."""
+        return replace(self, which=which)
+
+    def load(self, base=None, verified: Path | None = None):
+        """The pipeline (a (base, unlearned) tuple for ``pair``). ``base``: a base pipeline of
+        this recipe already in memory, taken over (changed in place) to make the unlearned one;
+        ``verified``: the checkpoint's path, its sha256 already checked in this process."""
+        root = Path(self.root)
+        fresh = lambda: load_base(self.base, root, self.placement)  # noqa: E731
+        if self.which == "base":
+            return base if base is not None else fresh()
+        if self.which not in ("unlearned", "pair"):
+            raise HarnessError(f"pipeline recipe: unknown model {self.which!r}")
+        if self.checkpoint is None:
+            raise HarnessError(f"pipeline recipe {self.which!r} needs a checkpoint")
+        path = verified or checkpoint_file(self.checkpoint, root, Path(self.cache_dir or root / ".unlearn-cache"), self.allow_pickle)
+        unl = apply_checkpoint(base if base is not None else fresh(), self.checkpoint, path, self.placement, self.allow_pickle)
+        return (fresh(), unl) if self.which == "pair" else unl
+
+
+class Pipelines:
+    """The pipelines one process loaded from recipes, each loaded on first use (a warm re-run
+    loads none): the unlearned model is made from the base already in memory (which it takes
+    over, so one base is in memory at a time), and ``pair`` reuses both. ``checkpoint``: the
+    checkpoint's path, already verified (``checkpoint_file``), so it is not hashed again."""
+
+    def __init__(self, checkpoint: Path | None = None):
+        self.checkpoint = checkpoint
+        self._loaded: list[tuple[PipelineRecipe, object]] = []
+
+    def _get(self, recipe: PipelineRecipe):
+        return next((p for r, p in self._loaded if r == recipe), None)
+
+    def _pop(self, recipe: PipelineRecipe):
+        for i, (r, p) in enumerate(self._loaded):
+            if r == recipe:
+                del self._loaded[i]
+                return p
+        return None
+
+    def load(self, recipe: PipelineRecipe):
+        if recipe.which == "pair":  # the unlearned first: it may take over the base in memory
+            unl = self.load(recipe.of("unlearned"))
+            return self.load(recipe.of("base")), unl
+        got = self._get(recipe)
+        if got is None:
+            got = recipe.load(self._pop(recipe.of("base")) if recipe.which == "unlearned" else None, self.checkpoint)
+            self._loaded.append((recipe, got))
+        return got

@@ -1,0 +1,41 @@
+"""The fidelity choices a result was made with (docs/fidelity.md explains each): which variant of
+a method, which preset, which label map, which image format, which separator recipe. Recorded in
+every suite of a results JSON as ``fidelity`` so a number says what it can be compared with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.metrics.common import is_toy
+
+
+def _method_record(sub, root: Path) -> dict:
+    if not sub.method_record:
+        return {}
+    from harness.errors import HarnessError
+    from harness.results.assemble import load_method_record
+
+    try:
+        return load_method_record(root, sub.method_record)
+    except HarnessError:  # reported by the efficiency metrics; not this record's business
+        return {}
+
+
+def choices(sub, suite, root: Path) -> dict:
+    out: dict = {}
+    g = suite.generation
+    out["image_format"] = g.image_format if g.image_format == "png" else f"jpeg (quality {g.jpeg_quality})"
+    if suite.scorer is not None:
+        out["scorer.labels"] = suite.scorer.labels or ("toy classifier config" if is_toy(suite) else "suite lists")
+    ccs = [m for m in suite.metrics if m.name.startswith(("ccs_", "crs_"))]
+    if ccs:  # the separator settings of the first CCS / CRS metric (metrics.concealment.Params)
+        out["ccs.separator_recipe"] = ccs[0].typed_params().recipe
+    rec = _method_record(sub, root)
+    method = rec.get("method") or sub.method.name.split()[0].lower()
+    params = rec.get("params", sub.method.params) or {}
+    if method == "uce":
+        # records made before the parameter existed ran the all-token variant
+        out["uce.token_positions"] = params.get("token_positions", "all" if rec else "unknown")
+    if method in ("uce", "esd") or "preset" in rec:
+        out[f"{method}.preset"] = rec.get("preset", "unknown (not recorded)")
+    return out
