@@ -510,7 +510,7 @@ def test_the_site_imports_no_generation_evaluation_model_or_test_code(fixture_re
             assert not hit, f"{f.name}:{node.lineno} imports {hit}"
     # 3. the command (`unlearn leaderboard build`): its parser names every command's options, and
     # still loads no deep-learning library (the methods' registry and the toy paths are light)
-    code = ("import sys, json; from harness import cli; "
+    code = ("import sys, json; from harness.cli import main as cli; "
             f"rc = cli.main(['leaderboard', 'build', '--results', {str(res)!r}, '--out', {str(tmp_path / 'site2')!r}]); "
             "print(json.dumps([rc, sorted(sys.modules)]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
