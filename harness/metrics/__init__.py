@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+from harness.errors import HarnessError
 from harness.metrics.common import MetricParams
 from harness.registry import GROUPS, Registry
 
@@ -93,7 +94,7 @@ def _registry() -> dict[str, tuple[str, MetricInfo]]:
         fam = FAMILIES.get(fam_name)
         for name, inf in getattr(fam, "METRICS", {}).items():
             if name in out:
-                raise RuntimeError(f"metric {name!r} is defined by both {out[name][0]} and {fam.__name__}")
+                raise HarnessError(f"metric {name!r} is defined by both {out[name][0]} and {fam.__name__} (a plugin's metric names must be new)")
             out[name] = (fam.__name__, inf)
     return out
 
