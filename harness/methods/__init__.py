@@ -1,5 +1,8 @@
 """Reference unlearning methods, each a module with ``erase(pipe, concepts, **params)`` that
-edits the pipeline in place and returns the changed tensors (UNet state-dict names).
+edits the pipeline in place and returns the changed tensors (UNet state-dict names), and its
+contract ``INFO`` (a ``MethodInfo``: paper, code, presets, committed toy parameters, tolerance
+class, fidelity choices, what it needs of the model). ``REGISTRY`` finds them, and third-party
+methods by the entry-point group ``unlearn_harness.methods`` (harness.registry).
 
 ``run_erase`` is what ``unlearn erase`` calls: it loads the base, runs a method, measures what
 UnlearnCanvas calls efficiency (wall time, peak memory, storage) and writes only the changed
@@ -51,6 +54,11 @@ class MethodInfo:
     def load(self):
         """The method's module (imports torch)."""
         return importlib.import_module(self.module)
+
+    @property
+    def erase(self):
+        """The method's ``erase(pipe, concepts, **params)``."""
+        return self.load().erase
 
 
 def _method_info(name: str, obj) -> MethodInfo:
