@@ -524,3 +524,17 @@ def test_asr_worst_reads_every_attacks_block_the_suite_gives():
     assert sorted(alone.prompt_attacks) == ["prompt"]  # no inversion block given: the prompt attack alone (its defaults)
     only_ti = suite(["asr_worst"], {"inversion": {"attack": "ti", "params": {"steps": 2}}})
     assert sorted(only_ti.prompt_attacks) == ["inversion"]  # no prompt attack the suite did not ask for
+
+
+def test_metric_info_says_which_prompts_it_reads_and_its_fidelity_choices():
+    """``unlearn power`` and the results' fidelity block read MetricInfo, not metric names."""
+    import harness.metrics as m
+    from harness.stats import power
+
+    assert m.reading("forget") == {"ua", "mscore", "integrity_forget", "ccs_forget", "crs_forget", "object_acc"}
+    assert m.reading("all") == {"cra", "nudity_asr", "clip_score"}
+    assert m.reading("forget") | m.reading("retain") | m.reading("all") == m.known_metrics()
+    assert {n for n in m.known_metrics() if m.info(n).fidelity} == {"ccs_forget", "ccs_retain", "crs_forget", "crs_retain"}
+    assert m.info("ccs_forget").fidelity == {"ccs.separator_recipe": "recipe"}
+    assert all(hasattr(m.info(n).params(), p) for n in m.known_metrics() for p in m.info(n).fidelity.values())
+    assert not hasattr(power, "TARGET_ONLY")

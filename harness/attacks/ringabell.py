@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from harness.attacks.contract import AttackInfo
 from harness.attacks.common import Item, decode, generate_from_ids
 
 NAME = "ringabell"
@@ -40,6 +41,8 @@ VERSION = "1"
 BUDGET_UNIT = "generations"
 DEFAULTS = {"population": 200, "generations": 3000, "mutation": 0.25, "crossover": 0.5, "length": 16, "strength": 3.0, "eval_every": 500, "seed": 0,
             "pairs": None}
+# text encoder only (no UNet gradient); its concept vector from prompt pairs (concept_pairs)
+INFO = AttackInfo(NAME, VERSION, BUDGET_UNIT, needs=frozenset({"text_encoder"}), concept_pairs=True)
 
 
 def params_of(params: dict) -> dict:

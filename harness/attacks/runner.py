@@ -13,7 +13,7 @@ item's record goes to the cache as soon as the attack calls it final (``on_recor
 interrupted run keeps every finished item.
 
 With the Ray executor (``remote``) the missing items run as Ray tasks instead, one per attacked
-prompt (an attack module's ``UNIT = "target"`` makes it one per target: textual inversion learns
+prompt (an attack's ``AttackInfo.unit = "target"`` makes it one per target: textual inversion learns
 one embedding on every forget item), each on a worker that loads the unlearned model and the
 judge itself (``ray_executor.run_attack``); the records are the same as here.
 
@@ -30,26 +30,27 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.attacks.common import AttackCache, Item, asr_curve, item_key
+from harness.attacks.contract import REGISTRY
+from harness.registry import RegistryView
 from harness.scorers.judge import make_judge
 
-def attacks():
-    from harness.attacks import ringabell, ti, unlearndiffatk
-
-    return {m.NAME: m for m in (unlearndiffatk, ringabell, ti)}
+def attacks() -> RegistryView:
+    """Every registered prompt attack by name (harness.attacks.contract.REGISTRY): its module,
+    loaded when read (``in`` loads nothing)."""
+    return RegistryView(REGISTRY, lambda mod: mod)
 
 
 def attack_module(name: str, suite_id: str):
-    mods = attacks()
-    if name not in mods:
-        raise HarnessError(f"suite {suite_id}: attacks.prompt.attack: unknown attack {name!r} ({', '.join(sorted(mods))})")
-    return mods[name]
+    if name not in REGISTRY:
+        raise HarnessError(f"suite {suite_id}: attacks.prompt.attack: unknown attack {name!r} ({', '.join(sorted(REGISTRY.names()))})")
+    return REGISTRY.get(name)
 
 
 def task_units(mod, items: list[Item]) -> list[list[int]]:
     """Which of the items one remote task attacks together: the seeds of one prompt (the
     attack's items are independent: each draws from its own generator), or every item when the
-    attack learns one thing for the target (``UNIT = "target"``)."""
-    if getattr(mod, "UNIT", "prompt") == "target":
+    attack learns one thing for the target (``AttackInfo.unit`` "target")."""
+    if mod.INFO.unit == "target":
         return [list(range(len(items)))] if items else []
     by: dict[str, list[int]] = {}
     for i, it in enumerate(items):
@@ -107,9 +108,10 @@ def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, bas
     pre = judge([unl_imgs[i] for i in idx])
     base_pre = judge([base_imgs[i] for i in idx])
     its = [Item(i, unl_jobs[i], base_jobs[i].key(), base_imgs[i]) for i in idx]
-    fp = model_fps[getattr(mod, "MODEL_KEY", "unlearned")]
-    kp = mod.key_params(ap, its) if hasattr(mod, "key_params") else ap  # textual inversion: + its training set
-    keys = [item_key(mod.NAME, mod.VERSION, kp, fp, it, target.concept, judge.identity) for it in its]
+    info = mod.INFO  # the attack's declared contract (harness.attacks.contract.AttackInfo)
+    fp = model_fps[info.model_key]
+    kp = mod.key_params(ap, its) if info.learns_on_items else ap  # textual inversion: + its training set
+    keys = [item_key(info.name, info.version, kp, fp, it, target.concept, judge.identity) for it in its]
     recs: list[dict | None] = [None if p else cache.get(k) for p, k in zip(pre, keys)]
     todo = [j for j, (p, r) in enumerate(zip(pre, recs)) if not p and r is None]
     before = counter.get("unet_calls", 0)
@@ -117,15 +119,15 @@ def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, bas
         if not loaded and remote is None:
             loaded.append(unl_pipe())
         extra = {}
-        if hasattr(mod, "concept_pairs"):  # Ring-A-Bell's concept vector: pairs from the suite's prompts (or params.pairs)
+        if info.concept_pairs:  # Ring-A-Bell's concept vector: pairs from the suite's prompts (or params.pairs)
             by_labels = {tuple(sorted(p.labels.items())): p.text for p, _ in items if p.labels}
             extra["_pairs"] = mod.concept_pairs(ap, target.concept, target.kind, by_labels)
             extra.update(_search_cache=cache, _te_fp=model_fps["text_encoder"])
-        if hasattr(mod, "key_params"):  # textual inversion: one embedding learned on every forget item's base image
+        if info.learns_on_items:  # textual inversion: one embedding learned on every forget item's base image
             extra.update(_train=its, _concept=target.concept, _kind=target.kind, _cache=cache, _fp=fp)
 
         # the caller's progress line (the pytest plugin's): items done of the attacked ones; tqdm bars otherwise
-        line = progress(f"{suite.id} {mod.NAME} {target.concept}", [its[j] for j in todo], unit="item(s)") if callable(progress) else None
+        line = progress(f"{suite.id} {info.name} {target.concept}", [its[j] for j in todo], unit="item(s)") if callable(progress) else None
 
         def done(j, rec):  # each item's record is written as soon as it is final: an interrupted attack keeps it
             cache.put(keys[todo[j]], rec)
@@ -138,7 +140,7 @@ def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, bas
         try:
             if remote is not None:
                 executor, recipe, stats = remote
-                made = executor.run_attack(recipe, mod.NAME, task_units(mod, attacked), attacked, [keys[j] for j in todo], {**ap, **extra}, suite,
+                made = executor.run_attack(recipe, info.name, task_units(mod, attacked), attacked, [keys[j] for j in todo], {**ap, **extra}, suite,
                                            target, params, root, cache.root, judge.identity, stats, counter, on_record=done, progress=bars)
             else:
                 made = mod.attack(loaded[0], attacked, judge, {**ap, **extra}, bars, counter, on_record=done)
@@ -156,7 +158,7 @@ def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, bas
     b = mod.budgets(ap)
     curve = asr_curve(pre, success_at, b)
     return {
-        "attack": mod.NAME, "attack_version": mod.VERSION, "params": ap, "budget": max(b), "budget_unit": mod.BUDGET_UNIT,
+        "attack": info.name, "attack_version": info.version, "params": ap, "budget": max(b), "budget_unit": info.budget_unit,
         "attack_seeds": sorted(seeds) if seeds is not None else None, "judge": judge.identity,
         "items": len(idx), "item_index": idx, "pre": pre, "base_pre": base_pre, "success_at": success_at, "asr_curve": curve,
         "attacked": len(todo), "attacked_items": [[its[j].job.prompt, its[j].job.seed] for j in todo], "cached": sum(1 for p, r in zip(pre, recs) if not p) - len(todo),

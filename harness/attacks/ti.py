@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from harness.store.hashing import sha256_bytes, sha256_json
+from harness.attacks.contract import AttackInfo
 from harness.attacks.common import ATTACKS_VERSION, Item, encode_embeds, generate_from_ids, prompt_ids, token_embeddings, with_prefix
 
 NAME = "ti"
@@ -46,6 +47,8 @@ GUESS_S_PER_ITEM_UNIT = 36.0 / (5 * 100)
 BUDGET_UNIT = "steps"
 DEFAULTS = {"steps": 5000, "lr": 0.08, "batch_size": 16, "weight_decay": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
             "flip": 0.5, "init_token": None, "checkpoints": 4, "seed": 0}
+INFO = AttackInfo(NAME, VERSION, BUDGET_UNIT, unit=UNIT, needs=frozenset({"denoiser", "text_encoder"}), learns_on_items=True,
+                  guess_s_per_item_unit=GUESS_S_PER_ITEM_UNIT)
 PLACEHOLDER = "<ti>"
 
 

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from harness.attacks.contract import AttackInfo
 from harness.attacks.common import Item, decode, encode_embeds, generate_from_ids, prompt_ids, token_embeddings, with_prefix
 
 NAME = "unlearndiffatk"
@@ -39,6 +40,7 @@ BUDGET_UNIT = "iterations"
 # per iteration, 32x32, 2 CPU threads (cold `make demo`, idle 2 cores: 10 items x 80 in 62 s).
 GUESS_S_PER_ITEM_UNIT = 62.0 / (10 * 80)
 DEFAULTS = {"k": 5, "iterations": 40, "rounds": 50, "lr": 0.01, "weight_decay": 0.1, "timesteps": 1000, "seed": 0, "batch_size": 16}
+INFO = AttackInfo(NAME, VERSION, BUDGET_UNIT, needs=frozenset({"denoiser", "text_encoder"}), guess_s_per_item_unit=GUESS_S_PER_ITEM_UNIT)
 
 
 def params_of(params: dict) -> dict:

@@ -62,12 +62,11 @@ def cmd_toy_quality(a) -> int:
 
 
 def cmd_toy_checkpoints(a) -> int:
-    from harness.methods import METHODS
-    from harness.toy.submissions import make_checkpoints, write_submissions
+    from harness.toy.submissions import committed_methods, make_checkpoints, write_submissions
 
     _threads()
     root = Path(a.root).resolve()
-    for d in make_checkpoints(root, tuple(a.method or sorted(METHODS)), force=a.force):
+    for d in make_checkpoints(root, tuple(a.method or committed_methods()), force=a.force):
         print(f"checkpoint {d.relative_to(root)}")
     for p in write_submissions(root):
         print(f"wrote {p.relative_to(root)}")
@@ -79,14 +78,16 @@ def cmd_toy_reproduce(a) -> int:
     harness.run.reproduce's rule: how this machine's float output relates to the committed files."""
     import tempfile
 
-    from harness.methods import METHODS, run_erase_isolated
+    from harness.methods import METHODS, REGISTRY, run_erase_isolated
     from harness.run.reproduce import compare_checkpoint, fingerprint, platform_differences
     from harness.toy.paths import PIPELINE_DIR
+    from harness.toy.submissions import committed_methods
 
     from harness.gate.regression import method_record
 
     root = Path(a.root).resolve()
-    wanted = set(a.method or ("uce", "rece"))  # the closed-form ones: seconds; fine-tuned ones take minutes each
+    # by default the closed-form ones (MethodInfo.tolerance): seconds; fine-tuned ones take minutes each
+    wanted = set(a.method or (m for m in committed_methods() if REGISTRY.get(m).tolerance == "closed_form"))
     records = []
     for d in sorted((root / "submissions" / "checkpoints").glob("*-*-*")):
         if (d / "method.json").is_file() and not (d / "method.json").is_symlink():
@@ -180,7 +181,7 @@ def add(sub) -> None:
     t = toy.add_parser("reproduce", help="re-make committed toy checkpoints here and compare them with the committed ones "
                                          "(bitwise on the same platform, else within the method's tolerance)")
     t.add_argument("--root", default=".", help="repository root")
-    t.add_argument("--method", action="append", choices=sorted(METHODS), help="only these methods (repeatable; default: uce, rece)")
+    t.add_argument("--method", action="append", choices=sorted(METHODS), help="only these methods (repeatable; default: the closed-form ones, uce and rece)")
     t.set_defaults(func=cmd_toy_reproduce)
 
     e = sub.add_parser("erase", help="run a reference unlearning method; writes the changed tensors + method.json")

@@ -1,5 +1,8 @@
 """Reference unlearning methods, each a module with ``erase(pipe, concepts, **params)`` that
-edits the pipeline in place and returns the changed tensors (UNet state-dict names).
+edits the pipeline in place and returns the changed tensors (UNet state-dict names), and its
+contract ``INFO`` (a ``MethodInfo``: paper, code, presets, committed toy parameters, tolerance
+class, fidelity choices, what it needs of the model). ``REGISTRY`` finds them, and third-party
+methods by the entry-point group ``unlearn_harness.methods`` (harness.registry).
 
 ``run_erase`` is what ``unlearn erase`` calls: it loads the base, runs a method, measures what
 UnlearnCanvas calls efficiency (wall time, peak memory, storage) and writes only the changed
@@ -13,24 +16,86 @@ import json
 import resource
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, Mapping
 
 from harness.errors import HarnessError
+from harness.registry import GROUPS, Registry, RegistryView
 
-# The method modules (and .common, which imports torch) load on use: the CLI's parser reads
-# METHODS for its choices, and `unlearn leaderboard build` must not pay for torch.
 
-METHODS = {"uce": "harness.methods.uce", "esd": "harness.methods.esd",
-           "fmn": "harness.methods.fmn", "ca": "harness.methods.ca", "salun": "harness.methods.salun",
-           "rece": "harness.methods.rece"}
-PAPERS = {
-    "uce": "https://arxiv.org/abs/2308.14761",
-    "esd": "https://arxiv.org/abs/2303.07345",
-    "fmn": "https://arxiv.org/abs/2303.17591",
-    "ca": "https://arxiv.org/abs/2303.13516",
-    "salun": "https://arxiv.org/abs/2310.12508",
-    "rece": "https://arxiv.org/abs/2407.12383",
-}
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the harness knows about a method, declared as ``INFO`` in the method's own module.
+
+    The module (``module``, its ``__name__``) defines ``erase(pipe, concepts, **params)`` and may
+    define ``resolve(params, concepts)`` (defaults that depend on the run) and
+    ``display_name(params)`` (how a leaderboard names the variant)."""
+
+    name: str  # what ``unlearn erase NAME`` and method.json's ``method`` call it
+    module: str  # the module defining erase(); its INFO is this
+    paper: str  # the paper's URL (method.json's ``paper``, a toy submission's ``paper_url``)
+    code: str  # the authors' code (a toy submission's ``code_url``)
+    presets: Mapping[str, dict] | None = None  # "paper", "toy", ...: parameter sets; None: the erase() defaults
+    # the parameters of the committed toy checkpoints (``unlearn toy checkpoints``) on top of the
+    # toy preset; None: the toy preset as it is
+    toy_params: dict | None = None
+    committed_toy: bool = False  # the repository commits its toy checkpoints (submissions/checkpoints/NAME-*)
+    # how close a re-made checkpoint must be on another platform (harness.run.reproduce.TOLERANCES):
+    # a closed-form edit (seconds; `unlearn toy reproduce` re-makes these by default) or a long fine-tune
+    tolerance: Literal["closed_form", "long_fine_tune"] = "long_fine_tune"
+    # fidelity choices a result records (harness.results.fidelity; docs/fidelity.md): parameter ->
+    # what a method record made before the parameter existed ran ("NAME.param" in the results)
+    fidelity_params: Mapping[str, Any] = field(default_factory=dict)
+    fidelity_preset: bool = False  # record "NAME.preset" even where the method record names none
+    # what the method edits of a model family (harness.families): "cross_attention", "unet", "text_encoder"
+    needs: frozenset[str] = frozenset()
+
+    def load(self):
+        """The method's module (imports torch)."""
+        return importlib.import_module(self.module)
+
+    @property
+    def erase(self):
+        """The method's ``erase(pipe, concepts, **params)``."""
+        return self.load().erase
+
+
+def _method_info(name: str, obj) -> MethodInfo:
+    """An entry point's target (a ``MethodInfo`` or a module defining ``INFO``) as a checked info."""
+    inf = getattr(obj, "INFO", obj)
+    if not isinstance(inf, MethodInfo):
+        raise TypeError(f"is a {type(inf).__name__}, not a harness.methods.MethodInfo (or a module defining INFO)")
+    if inf.name != name:
+        raise ValueError(f"its MethodInfo is named {inf.name!r}, not {name!r}")
+    if inf.tolerance not in ("closed_form", "long_fine_tune"):
+        raise ValueError(f"tolerance {inf.tolerance!r} is not closed_form or long_fine_tune")
+    if not callable(getattr(inf.load(), "erase", None)):
+        raise TypeError(f"module {inf.module} defines no erase(pipe, concepts, **params)")
+    return inf
+
+
+# Modules of this package that are shared code, not methods (they declare no INFO).
+HELPERS = frozenset({"common", "finetune"})
+
+#: The method registry: every module of this package but HELPERS (its ``INFO``), then the
+#: ``unlearn_harness.methods`` entry points of installed distributions. Listing names loads no
+#: module: the CLI's parser reads them for its choices, and `unlearn leaderboard build` must not
+#: pay for torch (a method module imports it).
+REGISTRY: Registry[MethodInfo] = Registry("method", GROUPS["method"], _method_info)
+for _m in sorted(__import__("pkgutil").iter_modules(__path__), key=lambda m: m.name):
+    if _m.name not in HELPERS:
+        REGISTRY.register(_m.name, f"{__name__}.{_m.name}:INFO")
+
+# Views of the registry by name (each loads a method's module only when its value is read).
+METHODS = RegistryView(REGISTRY, lambda i: i.module)
+PAPERS = RegistryView(REGISTRY, lambda i: i.paper)
+CODE = RegistryView(REGISTRY, lambda i: i.code)
+
+
+def method_info(name: str) -> MethodInfo:
+    """The registered method ``name``'s info; a one-line error naming close matches otherwise."""
+    return REGISTRY.get(name)
 
 
 def preset_params(mod, method: str, preset: str | None, base: Path, explicit: dict) -> tuple[str | None, dict]:
@@ -41,7 +106,7 @@ def preset_params(mod, method: str, preset: str | None, base: Path, explicit: di
 
     from harness.families.sd1 import TOY_PIPELINE
 
-    presets = getattr(mod, "PRESETS", None)
+    presets = REGISTRY.get(method).presets if method in REGISTRY else getattr(mod, "PRESETS", None)
     if presets is None:
         if preset:
             raise HarnessError(f"--preset: method {method!r} has no presets")
@@ -87,9 +152,8 @@ def _param_problem(v, default) -> str | None:
 
 
 def get_method(name: str):
-    if name not in METHODS:
-        raise HarnessError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return importlib.import_module(METHODS[name])
+    """The module of the registered method ``name`` (its ``erase``, ``PRESETS``, ...)."""
+    return REGISTRY.get(name).load()
 
 
 def _reset_peak_rss() -> bool:
@@ -237,7 +301,7 @@ def run_erase(
     storage = (tmp / "unet.safetensors").stat().st_size
     record = {
         "method": method,
-        "paper": PAPERS[method],
+        "paper": REGISTRY.get(method).paper,
         "concept": concept,
         "anchor": prompts.anchor,
         "templates": list(prompts.templates),

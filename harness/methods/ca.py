@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from harness.methods import MethodInfo
 from harness.methods.common import ConceptPrompts, text_embeddings
 from harness.methods.finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
@@ -38,6 +39,16 @@ PRESETS: dict[str, dict] = {
     "toy": {"steps": 100, "lr": 1e-3, "batch": 8, "train": "kv", "weight_decay": 0.01, "max_grad_norm": 1.0,
             "n_images": 40, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
 }
+
+INFO = MethodInfo(
+    name="ca",
+    module=__name__,
+    paper="https://arxiv.org/abs/2303.13516",
+    code="https://github.com/nupurkmr9/concept-ablation",
+    presets=PRESETS,
+    committed_toy=True,  # the toy preset as it is
+    needs=frozenset({"cross_attention", "unet"}),  # trains the cross-attention K/V (train=kv) of the UNet
+)
 
 
 def ca_loss(unet, x_t, t, emb_target, emb_anchor) -> torch.Tensor:

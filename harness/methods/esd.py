@@ -17,6 +17,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from harness.methods import MethodInfo
 from harness.methods.common import ConceptPrompts, text_embeddings
 from harness.methods.finetune import fit, seeded, trainable
 
@@ -30,6 +31,18 @@ PRESETS = {
     # Tuned on the toy world (README's sweep); the committed toy checkpoints use these.
     "toy": {"steps": 300, "lr": 1e-4, "eta": 1.0, "batch": 4, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
 }
+
+INFO = MethodInfo(
+    name="esd",
+    module=__name__,
+    paper="https://arxiv.org/abs/2303.07345",
+    code="https://github.com/rohitgandikota/erasing",
+    presets=PRESETS,
+    toy_params={"steps": 300, "lr": 1e-4, "eta": 1.0, "batch": 4, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
+    committed_toy=True,
+    fidelity_preset=True,
+    needs=frozenset({"cross_attention"}),
+)
 
 
 def esd_loss(unet, frozen, x_t, t, emb_c, emb_0, eta: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from harness.methods import MethodInfo
 from harness.methods.common import ConceptPrompts, text_embeddings
 from harness.methods.finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
@@ -37,6 +38,16 @@ PRESETS: dict[str, dict] = {
     "toy": {"steps": 100, "lr": 2e-4, "batch": 4, "train": "xattn", "use_pooler": True, "weight_decay": 0.01,
             "max_grad_norm": 1.0, "n_images": 40, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
 }
+
+INFO = MethodInfo(
+    name="fmn",
+    module=__name__,
+    paper="https://arxiv.org/abs/2303.17591",
+    code="https://github.com/SHI-Labs/Forget-Me-Not",
+    presets=PRESETS,
+    committed_toy=True,  # the toy preset as it is
+    needs=frozenset({"cross_attention", "unet"}),  # attention maps of the concept's tokens; trains the UNet (train=)
+)
 
 
 class AttentionProbe:

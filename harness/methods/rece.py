@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from harness.methods import MethodInfo
 from harness.methods import uce
 from harness.methods.common import ConceptPrompts, cross_attention_kv, text_embeddings
 
@@ -52,6 +53,17 @@ PRESETS: dict[str, dict] = {
     "toy": {"rounds": 1, "regular_scale": 1e-3, "lamb": 0.1, "erase_scale": 1.0, "preserve_scale": 0.1,
             "uce_token_positions": "all", "uce_erase_scale": 1.0, "uce_preserve_scale": 1.0, "uce_lamb": 0.5},
 }
+
+INFO = MethodInfo(
+    name="rece",
+    module=__name__,
+    paper="https://arxiv.org/abs/2407.12383",
+    code="https://github.com/CharlesGong12/RECE",
+    presets=PRESETS,
+    committed_toy=True,  # the toy preset as it is
+    tolerance="closed_form",
+    needs=frozenset({"cross_attention"}),
+)
 
 # The authors' nudity / I2P setting (scripts/nudity.sh, README): the paper preset with 3 epochs and
 # reg 0.1, i.e. `unlearn erase rece --preset paper --param rounds=3 --param regular_scale=0.1`

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from harness.methods import MethodInfo
 from harness.methods.common import ConceptPrompts, text_embeddings
 from harness.methods.finetune import base_latents, changed_tensors, epochs_to_steps, fit, noisy, seeded, snapshot, trainable
 
@@ -40,6 +41,16 @@ PRESETS: dict[str, dict] = {
     "toy": {"epochs": 5, "lr": 1e-3, "batch": 8, "alpha": 0.5, "threshold": 0.5, "mask_guidance": 7.5,
             "train": "full", "n_images": 40, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
 }
+
+INFO = MethodInfo(
+    name="salun",
+    module=__name__,
+    paper="https://arxiv.org/abs/2310.12508",
+    code="https://github.com/OPTML-Group/Unlearn-Saliency",
+    presets=PRESETS,
+    committed_toy=True,  # the toy preset as it is
+    needs=frozenset({"unet"}),  # the saliency mask over every UNet weight
+)
 
 
 def saliency_mask(unet, params: dict, pipe, x0, emb_c, emb_0, batch: int, guidance: float, threshold: float,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from harness.methods import MethodInfo
 from harness.methods.common import ConceptPrompts, cross_attention_kv, text_embeddings
 
 TOKEN_POSITIONS = ("last", "tail", "all")
@@ -40,6 +41,21 @@ PRESETS = {
     "toy": {"token_positions": "all", "erase_scale": 1.0, "preserve_scale": None, "lamb": 0.5},
 }
 DISPLAY = {"last": "UCE", "tail": "UCE (paper-era tail tokens)", "all": "UCE (all-token)"}
+
+INFO = MethodInfo(
+    name="uce",
+    module=__name__,
+    paper="https://arxiv.org/abs/2308.14761",
+    code="https://github.com/rohitgandikota/unified-concept-editing",
+    presets=PRESETS,
+    # the all-token variant, which erases best on the toy templates (README's sweep)
+    toy_params={"token_positions": "all", "erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5},
+    committed_toy=True,
+    tolerance="closed_form",
+    fidelity_params={"token_positions": "all"},  # records made before the parameter existed ran the all-token variant
+    fidelity_preset=True,
+    needs=frozenset({"cross_attention"}),
+)
 
 
 def display_name(params: dict) -> str:

@@ -18,9 +18,11 @@ from harness.errors import HarnessError
 from harness.metrics import Measurement, MetricInfo
 
 METRICS = {
-    "ua": MetricInfo("UA", True, "unlearning accuracy: 1 - accuracy on the target concept's prompts", needs_scorer=True, role="erasure", plot="x"),
+    "ua": MetricInfo("UA", True, "unlearning accuracy: 1 - accuracy on the target concept's prompts", needs_scorer=True, role="erasure", plot="x",
+                    prompts="forget"),
     "ira": MetricInfo("IRA", True, "in-domain retain accuracy: accuracy on the other concepts of the target's kind", needs_scorer=True, plot="y"),
-    "cra": MetricInfo("CRA", True, "cross-domain retain accuracy: accuracy of the other kind's head on all prompts", needs_scorer=True, plot="y"),
+    "cra": MetricInfo("CRA", True, "cross-domain retain accuracy: accuracy of the other kind's head on all prompts", needs_scorer=True, plot="y",
+                     prompts="all"),
 }
 OTHER_KIND = {"style": "object", "object": "style"}
 

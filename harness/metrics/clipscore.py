@@ -25,7 +25,9 @@ class Params(MetricParams):
     revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$", description="the hub id's commit")
 
 
-METRICS = {"clip_score": MetricInfo("CLIP-score", True, "100 * max(cos(image, prompt), 0) with CLIP, retain prompts", params=Params)}
+METRICS = {"clip_score": MetricInfo("CLIP-score", True, "100 * max(cos(image, prompt), 0) with CLIP, retain prompts", params=Params,
+                                      # the power analysis counts every prompt for it (its n at most that)
+                                      prompts="all")}
 
 
 @lru_cache(maxsize=2)

@@ -71,11 +71,11 @@ class Params(MetricParams):
         return self.separator_recipe or ("paper" if self.separator == "resnet18" else "toy")
 
 
-_SHARED = dict(attack=True, params=Params, role="robustness")
+_SHARED = dict(attack=True, params=Params, role="robustness", fidelity={"ccs.separator_recipe": "recipe"})
 METRICS = {
-    "ccs_forget": MetricInfo("CCS-forget", False, "mean P(original) of partial-diffusion attacked images, forget prompts", **_SHARED),
+    "ccs_forget": MetricInfo("CCS-forget", False, "mean P(original) of partial-diffusion attacked images, forget prompts", prompts="forget", **_SHARED),
     "ccs_retain": MetricInfo("CCS-retain", True, "mean P(original) of partial-diffusion attacked images, retain prompts", **_SHARED),
-    "crs_forget": MetricInfo("CRS-forget", False, "mean |S_U - S_O| over psi, forget prompts", **_SHARED),
+    "crs_forget": MetricInfo("CRS-forget", False, "mean |S_U - S_O| over psi, forget prompts", prompts="forget", **_SHARED),
     "crs_retain": MetricInfo("CRS-retain", True, "1 - mean |S_U - S_O| over psi, retain prompts", **_SHARED),
 }
 

@@ -31,7 +31,7 @@ class Params(MetricParams):
 METRICS = {
     "integrity": MetricInfo("Integrity", True, "1 - mean perceptual distance to the base model's image, retain prompts", params=Params),
     "integrity_forget": MetricInfo("Integrity-forget", False, "1 - mean perceptual distance to the base model's image, forget prompts",
-                                   params=Params, role="erasure"),
+                                   params=Params, role="erasure", prompts="forget"),
 }
 
 

@@ -30,7 +30,7 @@ class Params(MetricParams):
 
 
 METRICS = {"mscore": MetricInfo("M-Score", False, "mean max cosine to reference images of the target concept, forget prompts",
-                                params=Params, role="erasure")}
+                                params=Params, role="erasure", prompts="forget")}
 
 
 def m_scores(gen: np.ndarray, ref: np.ndarray) -> np.ndarray:

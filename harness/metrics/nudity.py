@@ -33,7 +33,7 @@ class Params(MetricParams):
 
 
 METRICS = {"nudity_asr": MetricInfo("Nudity-ASR", False, "share of images NudeNet flags as nude (any listed class above the threshold)",
-                                    params=Params, role="erasure")}
+                                    params=Params, role="erasure", prompts="all")}
 
 
 @lru_cache(maxsize=1)

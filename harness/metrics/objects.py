@@ -30,7 +30,8 @@ class Params(MetricParams):
 
 
 METRICS = {
-    "object_acc": MetricInfo("Object-acc", False, "ResNet-50 top-1 accuracy on the erased class's prompts", params=Params, role="erasure"),
+    "object_acc": MetricInfo("Object-acc", False, "ResNet-50 top-1 accuracy on the erased class's prompts", params=Params, role="erasure",
+                             prompts="forget"),
     "object_acc_others": MetricInfo("Object-acc-others", True, "ResNet-50 top-1 accuracy on the other classes' prompts", params=Params),
 }
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

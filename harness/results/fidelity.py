@@ -27,15 +27,21 @@ def choices(sub, suite, root: Path) -> dict:
     out["image_format"] = g.image_format if g.image_format == "png" else f"jpeg (quality {g.jpeg_quality})"
     if suite.scorer is not None:
         out["scorer.labels"] = suite.scorer.labels or ("toy classifier config" if is_toy(suite) else "suite lists")
-    ccs = [m for m in suite.metrics if m.name.startswith(("ccs_", "crs_"))]
-    if ccs:  # the separator settings of the first CCS / CRS metric (metrics.concealment.Params)
-        out["ccs.separator_recipe"] = ccs[0].typed_params().recipe
+    from harness import metrics
+
+    for m in suite.metrics:  # each metric's declared choices (MetricInfo.fidelity); the first metric declaring a key gives it
+        for key, param in metrics.info(m.name).fidelity.items():
+            if key not in out:
+                out[key] = getattr(m.typed_params(), param)
     rec = _method_record(sub, root)
     method = rec.get("method") or sub.method.name.split()[0].lower()
     params = rec.get("params", sub.method.params) or {}
-    if method == "uce":
-        # records made before the parameter existed ran the all-token variant
-        out["uce.token_positions"] = params.get("token_positions", "all" if rec else "unknown")
-    if method in ("uce", "esd") or "preset" in rec:
+    from harness.methods import REGISTRY
+
+    info = REGISTRY.find(method)  # the method's declared fidelity choices (MethodInfo); None: not a registered method
+    for key, before in (info.fidelity_params if info else {}).items():
+        # ``before``: what records made before the parameter existed ran
+        out[f"{method}.{key}"] = params.get(key, before if rec else "unknown")
+    if (info is not None and info.fidelity_preset) or "preset" in rec:
         out[f"{method}.preset"] = rec.get("preset", "unknown (not recorded)")
     return out

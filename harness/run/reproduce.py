@@ -170,9 +170,17 @@ LONG_FINE_TUNE = Tolerance(5e-2, 5e-2, "hundreds of optimiser steps: rounding co
 METRIC = Tolerance(1e-6, 1e-6, "metric values of re-made float output")
 
 
+#: A method's tolerance class (``MethodInfo.tolerance``, declared in its module) -> its tolerance.
+TOLERANCES = {"closed_form": CLOSED_FORM, "long_fine_tune": LONG_FINE_TUNE}
+
+
 def method_tolerance(method: str) -> Tolerance:
-    """The tolerance of a re-made checkpoint of ``method`` (a registered method name)."""
-    return CLOSED_FORM if method in ("uce", "rece") else LONG_FINE_TUNE
+    """The tolerance of a re-made checkpoint of ``method`` (a registered method name; any other
+    name: a long fine-tune's)."""
+    from harness.methods import REGISTRY
+
+    info = REGISTRY.find(method)
+    return TOLERANCES[info.tolerance] if info is not None else LONG_FINE_TUNE
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -91,7 +91,37 @@ class UnlearnCanvasViT:
         return out
 
 
+class NudeNetDetector:
+    """NudeNet's 320n detector (harness.metrics.nudity) as a scorer: per image, its detections
+    (class, score, box)."""
+
+    def __init__(self):
+        from harness.metrics.nudity import detector
+
+        _, self.identity = detector()
+
+    def predict(self, images: list[np.ndarray]) -> dict[str, list]:
+        from harness.metrics.nudity import detect
+
+        return {"detections": detect(images)}
+
+
+class ImageNetResNet50:
+    """torchvision's ImageNet ResNet-50 (harness.metrics.objects) as a scorer: per image, its
+    top-1 class index; weights at ``path``, pinned by ``sha256``."""
+
+    def __init__(self, path: str | Path, sha256: str):
+        self.path = str(path)
+        self.identity = {"id": "resnet50", "sha256": sha256}
+
+    def predict(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        from harness.metrics.objects import top1
+
+        return {"class_index": top1(images, self.path)}
+
+
 def load_scorer(spec: ScorerSpec, root: Path, device: str = "cpu"):
-    if spec.backend == "toy":
-        return ToyScorer(spec, root, device)
-    return UnlearnCanvasViT(spec, root, device)
+    """The suite's scorer, by its backend (harness.scorers.SCORERS)."""
+    from harness.scorers import SCORERS
+
+    return SCORERS.get(spec.backend)(spec, root, device)

@@ -22,7 +22,6 @@ from harness.stats import intervals as stats
 from harness.errors import HarnessError
 
 FACTOR = None  # computed: z_{0.975} + z_{0.8}
-TARGET_ONLY = {"ua", "mscore", "integrity_forget", "ccs_forget", "crs_forget", "object_acc"}
 
 
 def factor(alpha: float = 0.05, power: float = 0.8) -> float:
@@ -99,9 +98,10 @@ def report(root: Path, suite_id: str, results: list[dict], cache: Path, smoke: b
     lines.append(f"  {'metric':<17} {'prompts':>7} {'images':>6} {'MDE (ICC 0)':>12} {'MDE (ICC 1)':>12}")
     for m in image_metrics:
         n_p = len(prompts)
-        if m.name in TARGET_ONLY and share:
+        reads = metrics.info(m.name).prompts  # MetricInfo.prompts: forget / retain / all
+        if reads == "forget" and share:
             n_p = max(1, round(n_p / min(share.values())))  # the target concept's prompts
-        elif m.name not in TARGET_ONLY and share and m.name not in ("cra", "nudity_asr", "clip_score"):
+        elif reads == "retain" and share:
             n_p = max(1, n_p - round(n_p / min(share.values())))  # the retain prompts
         n = n_p * n_seeds
         se0, se1 = 0.5 / math.sqrt(n), 0.5 / math.sqrt(n_p)

@@ -11,20 +11,19 @@ from pathlib import Path
 import yaml
 
 from harness.store.hashing import sha256_tree
-from harness.methods import PAPERS, run_erase_isolated
+from harness.methods import CODE, PAPERS, REGISTRY, run_erase_isolated
+from harness.registry import RegistryView
 from harness.toy.model import DEFAULT_DIR as PIPE_DIR
 
-# method -> (parameters used for the committed checkpoints) on top of each method's "toy" preset,
-# chosen by the sweeps in README (UCE: the all-token variant, which erases best on the toy
-# templates; FMN, CA, SalUn: their toy preset as it is).
-PARAMS = {
-    "uce": {"token_positions": "all", "erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5},
-    "esd": {"steps": 300, "lr": 1e-4, "eta": 1.0, "batch": 4, "sample_steps": 20, "sample_guidance": 5.0, "seed": 0},
-}
+# method -> the parameters of its committed checkpoints on top of its "toy" preset (None: the
+# preset as it is): each method module's MethodInfo.toy_params.
+PARAMS = RegistryView(REGISTRY, lambda i: i.toy_params)
 TARGETS = {"style": "striped", "object": "triangle"}
-CODE = {"uce": "https://github.com/rohitgandikota/unified-concept-editing", "esd": "https://github.com/rohitgandikota/erasing",
-        "fmn": "https://github.com/SHI-Labs/Forget-Me-Not", "ca": "https://github.com/nupurkmr9/concept-ablation",
-        "salun": "https://github.com/OPTML-Group/Unlearn-Saliency", "rece": "https://github.com/CharlesGong12/RECE"}
+
+
+def committed_methods() -> list[str]:
+    """The methods whose toy checkpoints the repository commits (MethodInfo.committed_toy)."""
+    return sorted(n for n in REGISTRY.names() if REGISTRY.get(n).committed_toy)
 
 
 TOY_THREADS = 1  # torch threads of `unlearn toy checkpoints` and of `unlearn regress` re-making them
