@@ -194,6 +194,13 @@ def test_load_the_toy_base_through_its_family():
     assert SD1.native_size(TOY_PIPELINE, "base_model") == pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
+def test_the_pipeline_a_method_edits_and_the_tokenizer_alone():
+    pipe = SD1.load_for_training(TOY_PIPELINE, "cpu")
+    assert SD1.owns(pipe) and SD1.denoiser(pipe).dtype == torch.float32
+    tok = SD1.load_tokenizer(TOY_PIPELINE)
+    assert tok("a red cube").input_ids == SD1.text_encoders(pipe)[0][0]("a red cube").input_ids
+
+
 def test_apply_a_checkpoint_component(tiny_pipe_factory, tmp_path):
     pipe = tiny_pipe_factory(seed=2)
     assert SD1.component(pipe, "unet") is pipe.unet and SD1.component(pipe, "text_encoder") is pipe.text_encoder

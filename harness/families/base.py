@@ -60,6 +60,12 @@ class ModelFamily(Protocol):
         """The pipeline of a local folder (a base, or a whole-pipeline checkpoint), on the
         placement's device and dtype, progress bars off."""
 
+    def load_for_training(self, folder: Path, device: str) -> Any:
+        """The pipeline a method edits (``unlearn erase``): float32, default attention, on ``device``."""
+
+    def load_tokenizer(self, folder: Path) -> Any:
+        """The (first) tokenizer of a pipeline folder, without loading any model."""
+
     def owns(self, pipe) -> bool:
         """Whether a loaded pipeline is one of this family's."""
 

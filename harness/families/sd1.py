@@ -403,6 +403,21 @@ class SD1Family:
         pipe.set_progress_bar_config(disable=True)
         return accelerate(pipe.to(placement.device), placement)
 
+    def load_for_training(self, folder: Path, device: str):
+        """The pipeline a method edits (``unlearn erase``): float32, the default attention
+        processors, on ``device``."""
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, use_safetensors=True).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def load_tokenizer(self, folder: Path):
+        """The (first) tokenizer of a pipeline folder alone, to check concept words before any model loads."""
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+
     def owns(self, pipe) -> bool:
         from diffusers import StableDiffusionPipeline
 
