@@ -315,3 +315,51 @@ def test_partial_diffusion_equals_the_old_loop_bitwise(toy_pipe, scheduler, eta,
 
 def test_sd1family_instances_are_interchangeable():
     assert isinstance(SD1Family(), ModelFamily) and SD1Family().name == SD1.name
+
+
+# ----------------------------------------------------------------------------- the callers
+def _submission(local_dir: str, kind: str = "unet", concept: str = "cube"):
+    from harness.spec import Submission
+
+    return Submission(name="x", method={"name": "m"}, base_model={"local_dir": local_dir},
+                      checkpoint={"kind": kind, "path": "c.safetensors", "sha256": "0" * 64},
+                      targets=[{"concept": concept, "kind": "object"}])
+
+
+def test_check_reads_the_base_through_its_family(tmp_path):
+    """``unlearn check``'s base checks ask the base's family: its parts, its tokenizer, the
+    checkpoint kinds it has, its native size."""
+    import shutil
+
+    from harness.resolve.check import check_base, check_checkpoint, tokenizer_notes
+    from harness.run.plan import native_size
+
+    shutil.copytree(TOY_PIPELINE, tmp_path / "base")
+    sub = _submission("base", concept="xqzvbnmw")
+    assert check_base(sub, tmp_path) == []
+    assert native_size(sub, tmp_path) == SD1.native_size(TOY_PIPELINE, "base_model")
+    notes = tokenizer_notes(sub, tmp_path)
+    assert len(notes) == 1 and notes[0].startswith("note: targets.0.concept: concept word 'xqzvbnmw' is not a single token")
+    with pytest.raises(HarnessError) as e:
+        check_checkpoint(_submission("base", kind="transformer"), tmp_path / "c.safetensors", tmp_path, False)
+    assert _one_line(e).startswith("checkpoint.kind: transformer is not a component of a Stable Diffusion 1.x model")
+    index = json.loads((tmp_path / "base" / "model_index.json").read_text())
+    del index["vae"]
+    (tmp_path / "base" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(HarnessError) as e:
+        check_base(sub, tmp_path)
+    assert _one_line(e) == "base_model: base/model_index.json names no vae (not a Stable Diffusion 1.x pipeline)"
+    (tmp_path / "base" / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "transformer": ["diffusers", "X"]}))
+    with pytest.raises(HarnessError) as e:
+        check_base(sub, tmp_path)
+    assert _one_line(e) == "base_model: base/model_index.json (FluxPipeline) is not a pipeline of any known model family (sd1)"
+
+
+def test_convert_asks_the_family_for_the_component_and_its_layout():
+    assert SD1.component_file("unet") == "unet/diffusion_pytorch_model.safetensors"
+    assert SD1.guess_kind({"model.diffusion_model.input_blocks.0.0.weight": 0}) == "unet"
+    assert SD1.guess_kind({"text_model.embeddings.token_embedding.weight": 0}) == "text_encoder"
+    assert SD1.layout({"cond_stage_model.transformer.x": 0}) == "compvis" and SD1.layout({"conv_in.weight": 0}) == "diffusers"
+    with pytest.raises(HarnessError) as e:
+        SD1.component_file("transformer")
+    assert _one_line(e).startswith("--kind: transformer is not a component")

@@ -156,10 +156,11 @@ def tokenizer_notes(sub: Submission, root: Path) -> list[str]:
     d = base_dir(sub.base_model, root)
     if d is None or sub.base_model.builtin or not (d / "tokenizer").is_dir():
         return []
-    try:
-        from transformers import CLIPTokenizer
+    from harness.families import family_of
 
-        tok = CLIPTokenizer.from_pretrained(str(d / "tokenizer"))
+    fam = family_of(d)
+    try:
+        tok = fam.load_tokenizer(d)
     except Exception as e:  # a tokenizer folder transformers cannot read: the run would fail later
         raise HarnessError(f"base_model: {d.name}/tokenizer cannot be loaded ({type(e).__name__})") from None
     notes = []
