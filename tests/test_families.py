@@ -120,6 +120,29 @@ def test_family_of_a_pipeline(toy_pipe):
     assert _one_line(e) == "object is not a pipeline of any known model family (sd1)"
 
 
+def test_a_family_registered_in_code_is_found_by_name_folder_index_and_pipeline(monkeypatch):
+    monkeypatch.setattr(families, "_registry", None)  # restored after the test
+
+    class Other(SD1Family):
+        name, title = "other", "Other"
+
+        def recognises(self, index):
+            return index.get("_class_name") == "OtherPipeline"
+
+        def owns(self, pipe):
+            return getattr(pipe, "other", False)
+
+    other = Other()
+    families.register(other)
+    assert families.names() == ["other", "sd1"] and families.get("other") is other
+    assert families.family_of({"_class_name": "OtherPipeline"}) is other and families.family_of(TOY_PIPELINE) is SD1
+
+    class Pipe:
+        other = True
+
+    assert families.family_of_pipeline(Pipe()) is other
+
+
 FAKE_MODULE = '''
 from harness.families.sd1 import SD1Family
 
