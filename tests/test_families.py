@@ -115,6 +115,7 @@ def test_unrecognised_base_is_one_line(tmp_path):
 
 def test_family_of_a_pipeline(toy_pipe):
     assert families.family_of_pipeline(toy_pipe) is SD1
+    assert families.is_pipeline(toy_pipe) and not families.is_pipeline(lambda: toy_pipe)
     with pytest.raises(HarnessError) as e:
         families.family_of_pipeline(object())
     assert _one_line(e) == "object is not a pipeline of any known model family (sd1)"

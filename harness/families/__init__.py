@@ -125,6 +125,11 @@ def family_of_base(spec, root: Path):
     return family_of(d)
 
 
+def is_pipeline(obj) -> bool:
+    """Whether some known family owns ``obj`` (a loaded pipeline, not a loader or a recipe)."""
+    return any(fam.owns(obj) for fam in registry().values())
+
+
 def family_of_pipeline(pipe):
     """The family a loaded pipeline belongs to (the first that owns it)."""
     for fam in registry().values():

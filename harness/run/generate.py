@@ -311,6 +311,7 @@ class LocalExecutor:
             pipelines=None) -> dict:
         """Make the (uncached) jobs; returns ``{index: (image, flags)}`` in the order they ran.
         A ``PipelineRecipe`` is loaded through ``pipelines`` (``models.Pipelines``)."""
+        from harness.families import is_pipeline
         from harness.families.sd1 import PipelineRecipe, Pipelines, describe_pipeline
 
         out: dict[int, tuple[np.ndarray, list[str]]] = {}
@@ -318,7 +319,7 @@ class LocalExecutor:
             return out
         if isinstance(pipe, PipelineRecipe):
             pipe = (pipelines if pipelines is not None else Pipelines()).load(pipe)
-        elif callable(pipe) and not hasattr(pipe, "components"):  # a loader, not a diffusers pipeline
+        elif callable(pipe) and not is_pipeline(pipe):  # a loader, not a pipeline
             pipe = pipe()
 
         stats.note_pipeline(describe_pipeline(pipe))
