@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.store.fsutil import atomic_write
-from harness.run.generate import Job, initial_latents, set_scheduler
+from harness.run.generate import Job
 from harness.store.hashing import canonical_json, sha256_bytes, sha256_json
 
 ATTACKS_VERSION = "1"
@@ -76,24 +76,22 @@ class AttackCache:
         atomic_write(p, (canonical_json({**record, "key": key}) + "\n").encode())
 
 
-def text_model(text_encoder):
-    return getattr(text_encoder, "text_model", text_encoder)
+def _family(pipe=None):
+    from harness.families import default, family_of_pipeline
+
+    return default() if pipe is None else family_of_pipeline(pipe)
 
 
-def token_embeddings(text_encoder):
-    """The vocabulary's input embedding matrix (V, d)."""
-    return text_model(text_encoder).embeddings.token_embedding.weight
+def token_embeddings(text_encoder, family=None):
+    """The vocabulary's input embedding matrix (V, d) (``family``: the model family's text
+    encoder; the default family when None)."""
+    return (family or _family()).token_embeddings(text_encoder)
 
 
-def encode_embeds(text_encoder, inputs_embeds):
-    """CLIP text encoder hidden states from token embeddings (B, L, d) instead of ids: the
-    position embeddings, causal self-attention and final layer norm of ``CLIPTextModel``."""
-    from transformers.masking_utils import create_causal_mask
-
-    tm = text_model(text_encoder)
-    h = tm.embeddings(inputs_embeds=inputs_embeds)
-    mask = create_causal_mask(config=tm.config, inputs_embeds=h, attention_mask=None, cache=None)
-    return tm.final_layer_norm(tm.encoder(inputs_embeds=h, attention_mask=mask, is_causal=True).last_hidden_state)
+def encode_embeds(text_encoder, inputs_embeds, family=None):
+    """Text encoder hidden states from token embeddings (B, L, d) instead of ids, as the model
+    family computes them (for SD-1.x, ``CLIPTextModel`` without its token lookup)."""
+    return (family or _family()).encode_embeds(text_encoder, inputs_embeds)
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -132,23 +130,22 @@ def generate_from_ids(pipe, ids_batch: list[list[int]], jobs: list[Job], counter
     groups: dict[tuple, list[int]] = {}
     for i, j in enumerate(jobs):
         groups.setdefault((j.scheduler, j.steps, j.guidance, j.height, j.width, j.eta, j.negative_prompt), []).append(i)
-    device = pipe.unet.device
+    fam = _family(pipe)
+    device, dtype = fam.device_dtype(pipe)
     for idx in groups.values():
         j0 = jobs[idx[0]]
-        set_scheduler(pipe, j0.scheduler)
+        fam.set_scheduler(pipe, j0.scheduler)
         ids = torch.tensor([ids_batch[i] for i in idx], device=device)
         with torch.inference_mode():
-            cond = pipe.text_encoder(ids)[0] if conds is None else torch.stack([conds[i] for i in idx]).to(device)
-            neg = pipe.encode_prompt([j0.negative_prompt] * len(idx), device, 1, False)[0] if j0.guidance > 1 else None
-            lat = initial_latents(pipe, [jobs[i].seed for i in idx], j0.height, j0.width).to(device=device, dtype=pipe.unet.dtype)
+            cond = fam.encode_ids(pipe, ids) if conds is None else torch.stack([conds[i] for i in idx]).to(device)
+            neg = fam.encode_negative(pipe, [j0.negative_prompt] * len(idx), device) if j0.guidance > 1 else None
+            lat = fam.initial_latents(pipe, [jobs[i].seed for i in idx], j0.height, j0.width).to(device=device, dtype=dtype)
             gens = [torch.Generator("cpu").manual_seed(jobs[i].seed + 1) for i in idx]
             kw = {"eta": j0.eta} if j0.scheduler == "ddim" else {}
-            res = pipe(prompt_embeds=cond.to(pipe.unet.dtype), negative_prompt_embeds=None if neg is None else neg.to(pipe.unet.dtype),
-                       num_inference_steps=j0.steps, guidance_scale=j0.guidance, height=j0.height, width=j0.width, latents=lat,
-                       generator=gens, output_type="np", **kw)
+            images = fam.images_from_conditioning(pipe, cond, neg, lat, gens, j0, kw)
         if counter is not None:
             counter["unet_calls"] = counter.get("unet_calls", 0) + j0.steps * (2 if j0.guidance > 1 else 1)
-        imgs = np.round(np.clip(np.nan_to_num(np.asarray(res.images, dtype=np.float32)), 0, 1) * 255).astype(np.uint8)
+        imgs = np.round(np.clip(np.nan_to_num(np.asarray(images, dtype=np.float32)), 0, 1) * 255).astype(np.uint8)
         for i, im in zip(idx, imgs):
             out[i] = np.ascontiguousarray(im)
     return out
@@ -164,8 +161,9 @@ def asr_curve(pre: list[bool], success_at: list[int | None], budgets: list[int])
 
 def text_encoder_fingerprint(sub, base_fp: str, unl_fp: str) -> str:
     """The text encoder's identity, for attacks that use it alone (Ring-A-Bell): a checkpoint of
-    UNet tensors leaves the base's text encoder, so those submissions share its found prompts;
-    any other kind (text encoder tensors, a whole pipeline, a LoRA) may change it."""
-    if sub.checkpoint.kind == "unet":
+    denoiser tensors (``unet``, ``transformer``) leaves the base's text encoder(s), so those
+    submissions share its found prompts; any other kind (a text encoder's tensors, a whole
+    pipeline, a LoRA) may change it."""
+    if sub.checkpoint.kind in ("unet", "transformer"):
         return f"{base_fp}:text_encoder"
     return f"{unl_fp}:text_encoder"

@@ -25,7 +25,8 @@ class AttackInfo:
     # or "target" (every forget item of the target: the attack learns one thing for it)
     unit: Literal["prompt", "target"] = "prompt"
     model_key: Literal["unlearned", "text_encoder"] = "unlearned"  # which model fingerprint its cache keys name
-    # what it needs of the model (harness.families): "denoiser" (white-box UNet gradients), "text_encoder"
+    # what it needs of the model family: a subset of harness.families.base.FEATURES, refused in one line
+    # by harness.families.base.require where the family lacks one
     needs: frozenset[str] = frozenset()
     # key_params(params, items) and the training extras: it learns on every forget item's base image (TI)
     learns_on_items: bool = False

@@ -9,9 +9,7 @@ and psi), so they are cached and never regenerated.
 
 from __future__ import annotations
 
-import numpy as np
-
-from harness.run.generate import Job, initial_latents, set_scheduler
+from harness.run.generate import Job
 
 
 def attack_model_id(base_fp: str, unl_fp: str, psi: float) -> str:
@@ -19,30 +17,12 @@ def attack_model_id(base_fp: str, unl_fp: str, psi: float) -> str:
 
 
 def run_partial_batch(pipes, jobs: list[Job], psi: float):
-    """One batch of attacked images; ``pipes`` = (base pipeline, unlearned pipeline)."""
-    import torch
+    """One batch of attacked images; ``pipes`` = (base pipeline, unlearned pipeline). The
+    trajectory is the model family's (``ModelFamily.partial_diffusion``): the base's scheduler,
+    both models' classifier-free guidance, the unlearned model's decoder."""
+    from harness.families import family_of_pipeline
+    from harness.families.base import require
 
-    base, unl = pipes
-    j0 = jobs[0]
-    set_scheduler(base, j0.scheduler)
-    sched = base.scheduler
-    sched.set_timesteps(j0.steps)
-    device, dtype = base.unet.device, base.unet.dtype
-    prompts, negs = [j.prompt for j in jobs], [j.negative_prompt for j in jobs]
-    with torch.inference_mode():
-        emb = {}
-        for name, p in (("base", base), ("unl", unl)):
-            cond, uncond = p.encode_prompt(prompts, device, 1, True, negative_prompt=negs)
-            emb[name] = torch.cat([uncond, cond])
-        lat = initial_latents(base, [j.seed for j in jobs], j0.height, j0.width).to(device=device, dtype=dtype) * sched.init_noise_sigma
-        gens = [torch.Generator("cpu").manual_seed(j.seed + 1) for j in jobs]
-        switch = int(round(psi * j0.steps))
-        extra = {"eta": j0.eta, "generator": gens} if j0.scheduler == "ddim" else {}
-        for i, t in enumerate(sched.timesteps):
-            pipe, e = (base, emb["base"]) if i < switch else (unl, emb["unl"])
-            inp = sched.scale_model_input(torch.cat([lat, lat]), t)
-            eu, ec = pipe.unet(inp, t, encoder_hidden_states=e).sample.chunk(2)
-            lat = sched.step(eu + j0.guidance * (ec - eu), t, lat, **extra).prev_sample
-        img = unl.vae.decode(lat / unl.vae.config.scaling_factor).sample
-    raw = (img / 2 + 0.5).permute(0, 2, 3, 1).float().cpu().numpy()
-    return raw, np.round(np.clip(np.nan_to_num(raw, nan=0.0), 0, 1) * 255).astype(np.uint8)
+    fam = family_of_pipeline(pipes[0])
+    require(fam, {"partial_diffusion"}, "the partial-diffusion attack")
+    return fam.partial_diffusion(pipes, jobs, psi)

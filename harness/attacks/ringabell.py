@@ -38,11 +38,12 @@ from harness.attacks.common import Item, decode, generate_from_ids
 
 NAME = "ringabell"
 VERSION = "1"
+FEATURES = {"text_encoder"}  # what it needs of the model family
 BUDGET_UNIT = "generations"
 DEFAULTS = {"population": 200, "generations": 3000, "mutation": 0.25, "crossover": 0.5, "length": 16, "strength": 3.0, "eval_every": 500, "seed": 0,
             "pairs": None}
 # text encoder only (no UNet gradient); its concept vector from prompt pairs (concept_pairs)
-INFO = AttackInfo(NAME, VERSION, BUDGET_UNIT, needs=frozenset({"text_encoder"}), concept_pairs=True)
+INFO = AttackInfo(NAME, VERSION, BUDGET_UNIT, needs=frozenset(FEATURES), concept_pairs=True)
 
 
 def params_of(params: dict) -> dict:
@@ -76,11 +77,12 @@ def concept_pairs(p: dict, concept: str, kind: str, prompts_by_labels: dict) -> 
     return out
 
 
-def _encode(te, ids, batch: int = 1024):
+def _encode(encode, ids, batch: int = 1024):
+    """``encode(ids)``: the text encoder's hidden states (the model family's ``encode_ids``)."""
     import torch
 
     with torch.inference_mode():
-        return torch.cat([te(ids[i : i + batch])[0].float() for i in range(0, len(ids), batch)])
+        return torch.cat([encode(ids[i : i + batch]).float() for i in range(0, len(ids), batch)])
 
 
 def search(pipe, items: list[Item], p: dict, pairs, counter: dict, progress: bool = True) -> list[dict]:
@@ -89,8 +91,14 @@ def search(pipe, items: list[Item], p: dict, pairs, counter: dict, progress: boo
     import torch
     from tqdm.auto import tqdm
 
-    tok, te = pipe.tokenizer, pipe.text_encoder
+    from harness.families import family_of_pipeline
+    from harness.families.base import require
+
+    fam = family_of_pipeline(pipe)
+    require(fam, FEATURES, NAME)
+    tok, te = fam.text_encoders(pipe)[0]
     device = te.device
+    enc = lambda ids: fam.encode_ids(pipe, ids)  # noqa: E731
     n_len = tok.model_max_length
     L = min(p["length"], n_len - 2)
     special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
@@ -98,7 +106,7 @@ def search(pipe, items: list[Item], p: dict, pairs, counter: dict, progress: boo
 
     def embed(texts):
         ids = tok(texts, padding="max_length", max_length=n_len, truncation=True, return_tensors="pt").input_ids.to(device)
-        return _encode(te, ids)
+        return _encode(enc, ids)
 
     if not pairs:
         from harness.errors import HarnessError
@@ -115,7 +123,7 @@ def search(pipe, items: list[Item], p: dict, pairs, counter: dict, progress: boo
     for gen in range(1, p["generations"] + 1):
         allids = np.concatenate([pops[i] for i in range(len(items))])
         allids = np.concatenate([np.full((len(allids), 1), tok.bos_token_id), allids, np.full((len(allids), n_len - 1 - L), tok.eos_token_id)], 1)
-        h = _encode(te, torch.from_numpy(allids).to(device))
+        h = _encode(enc, torch.from_numpy(allids).to(device))
         counter["text_encoder_calls"] = counter.get("text_encoder_calls", 0) + 1
         off = 0
         for i in range(len(items)):
@@ -156,7 +164,9 @@ def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, 
     p = params_of(params)
     counter = counter if counter is not None else {}
     t0 = time.time()
-    tok = pipe.tokenizer
+    from harness.families import family_of_pipeline
+
+    tok = family_of_pipeline(pipe).text_encoders(pipe)[0][0]
     cache, te_fp, pairs = params.get("_search_cache"), params.get("_te_fp", "unknown"), params.get("_pairs") or []
     skeys = [item_key(NAME + "-search", VERSION, {**p, "pairs": pairs}, te_fp, it, "", {}) for it in items]
     found = [cache.get(k) if cache is not None else None for k in skeys]

@@ -40,6 +40,7 @@ from harness.attacks.common import ATTACKS_VERSION, Item, encode_embeds, generat
 
 NAME = "ti"
 VERSION = "1"
+FEATURES = {"text_encoder", "token_embeddings", "vae"}  # what it needs of the model family
 UNIT = "target"  # one embedding learned on every forget item of the target: one remote task per target
 # For run-time estimates (harness.run.estimate): seconds per attacked item per step, 32x32, 2 CPU
 # threads (cold `make demo`, idle 2 cores: 5 items x 100 steps in 36 s).
@@ -47,7 +48,7 @@ GUESS_S_PER_ITEM_UNIT = 36.0 / (5 * 100)
 BUDGET_UNIT = "steps"
 DEFAULTS = {"steps": 5000, "lr": 0.08, "batch_size": 16, "weight_decay": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
             "flip": 0.5, "init_token": None, "checkpoints": 4, "seed": 0}
-INFO = AttackInfo(NAME, VERSION, BUDGET_UNIT, unit=UNIT, needs=frozenset({"denoiser", "text_encoder"}), learns_on_items=True,
+INFO = AttackInfo(NAME, VERSION, BUDGET_UNIT, unit=UNIT, needs=frozenset(FEATURES), learns_on_items=True,
                   guess_s_per_item_unit=GUESS_S_PER_ITEM_UNIT)
 PLACEHOLDER = "<ti>"
 
@@ -89,12 +90,21 @@ def shown_prompt(prompt: str, concept: str) -> str:
     return prompt.replace(concept, PLACEHOLDER, 1) if concept in prompt else f"{PLACEHOLDER} {prompt}"
 
 
-def _embed(te, E, ids, pos, v):
+def _family(pipe):
+    from harness.families import family_of_pipeline
+    from harness.families.base import require
+
+    fam = family_of_pipeline(pipe)
+    require(fam, FEATURES, NAME)
+    return fam
+
+
+def _embed(te, E, ids, pos, v, family=None):
     import torch
 
     emb = E[ids].clone()
     emb[torch.arange(len(ids)), pos] = v.to(emb.dtype)
-    return encode_embeds(te, emb)
+    return encode_embeds(te, emb, family)
 
 
 def train(pipe, train_items: list[Item], concept: str, kind: str, p: dict, counter: dict, progress: bool = True):
@@ -105,11 +115,12 @@ def train(pipe, train_items: list[Item], concept: str, kind: str, p: dict, count
 
     from harness.errors import HarnessError
 
-    tok, te, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    device, dtype = unet.device, unet.dtype
+    fam = _family(pipe)
+    (tok, te), unet, vae = fam.text_encoders(pipe)[0], fam.denoiser(pipe), fam.vae(pipe)
+    device, dtype = fam.device_dtype(pipe)
     for m in (te, unet, vae):
         m.requires_grad_(False)
-    E = token_embeddings(te).detach()
+    E = token_embeddings(te, fam).detach()
     init = p["init_token"] or kind
     init_ids = tok(init, add_special_tokens=False).input_ids
     if len(init_ids) != 1:
@@ -122,10 +133,10 @@ def train(pipe, train_items: list[Item], concept: str, kind: str, p: dict, count
     with torch.no_grad():
         imgs = torch.from_numpy(np.stack([it.target_image for it in train_items])).permute(0, 3, 1, 2).float().div(255).mul(2).sub(1)
         both = torch.cat([imgs, imgs.flip(-1)]).to(device=device, dtype=vae.dtype)  # the images and their mirror images
-        dist = vae.encode(both).latent_dist
+        dist = fam.encode_images(pipe, both)
         mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
-    scale = vae.config.scaling_factor
-    abar = pipe.scheduler.alphas_cumprod.to(dtype=torch.float32)
+    scale = fam.latent_scale(pipe)
+    abar = fam.scheduler(pipe).alphas_cumprod.to(dtype=torch.float32)
     T = len(abar)
     v = torch.nn.Parameter(E[init_ids[0]].detach().float().cpu().clone())
     opt = torch.optim.AdamW([v], lr=p["lr"], betas=(p["beta1"], p["beta2"]), eps=p["eps"], weight_decay=p["weight_decay"])
@@ -146,8 +157,8 @@ def train(pipe, train_items: list[Item], concept: str, kind: str, p: dict, count
         ab = abar[t].view(-1, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         b = torch.tensor(batch, device=device)
-        cond = _embed(te, E, ids[b], pos[b], v.to(device))
-        pred = unet(x_t.to(device=device, dtype=dtype), t.to(device), encoder_hidden_states=cond.to(dtype)).sample
+        cond = _embed(te, E, ids[b], pos[b], v.to(device), fam)
+        pred = fam.predict_noise(pipe, x_t.to(device=device, dtype=dtype), t.to(device), cond.to(dtype))
         counter["unet_calls"] = counter.get("unet_calls", 0) + 1
         counter["ti_steps"] = counter.get("ti_steps", 0) + 1
         loss = torch.nn.functional.mse_loss(pred.float(), noise.to(device).float())
@@ -206,9 +217,10 @@ def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, 
     concept, kind = params.get("_concept", ""), params.get("_kind", "")
     train_items = params.get("_train") or items
     t0 = time.time()
-    tok, te = pipe.tokenizer, pipe.text_encoder
+    fam = _family(pipe)
+    tok, te = fam.text_encoders(pipe)[0]
     device = te.device
-    E = token_embeddings(te).detach()
+    E = token_embeddings(te, fam).detach()
     emb = Embeddings(pipe, train_items, concept, kind, p, counter, progress, params.get("_cache"),
                      embedding_key(p, params.get("_fp", "unknown"), concept, train_items))
     caps = [placeholder_ids(tok, it.job.prompt, concept) for it in items]
@@ -227,7 +239,7 @@ def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, 
         c = emb.at(step)
         with torch.no_grad():
             ids = torch.tensor([caps[i][0] for i in active], device=device)
-            conds = _embed(te, E, ids, torch.tensor([caps[i][1] for i in active], device=device), c["v"].to(device))
+            conds = _embed(te, E, ids, torch.tensor([caps[i][1] for i in active], device=device), c["v"].to(device), fam)
         imgs = generate_from_ids(pipe, [caps[i][0] for i in active], [items[i].job for i in active], counter, conds=list(conds))
         hit = judge(imgs)
         sha = sha256_bytes(np.asarray(c["embedding"], dtype=np.float32).tobytes())

@@ -35,12 +35,13 @@ from harness.attacks.common import Item, decode, encode_embeds, generate_from_id
 
 NAME = "unlearndiffatk"
 VERSION = "1"
+FEATURES = {"text_encoder", "token_embeddings", "vae"}  # what it needs of the model family
 BUDGET_UNIT = "iterations"
 # For run-time estimates before any run on a device (harness.run.estimate): seconds per attacked item
 # per iteration, 32x32, 2 CPU threads (cold `make demo`, idle 2 cores: 10 items x 80 in 62 s).
 GUESS_S_PER_ITEM_UNIT = 62.0 / (10 * 80)
 DEFAULTS = {"k": 5, "iterations": 40, "rounds": 50, "lr": 0.01, "weight_decay": 0.1, "timesteps": 1000, "seed": 0, "batch_size": 16}
-INFO = AttackInfo(NAME, VERSION, BUDGET_UNIT, needs=frozenset({"denoiser", "text_encoder"}), guess_s_per_item_unit=GUESS_S_PER_ITEM_UNIT)
+INFO = AttackInfo(NAME, VERSION, BUDGET_UNIT, needs=frozenset(FEATURES), guess_s_per_item_unit=GUESS_S_PER_ITEM_UNIT)
 
 
 def params_of(params: dict) -> dict:
@@ -111,19 +112,24 @@ def _attack_batch(pipe, items: list[Item], judge, p: dict, progress: bool, count
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    tok, te, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    device, dtype = unet.device, unet.dtype
+    from harness.families import family_of_pipeline
+    from harness.families.base import require
+
+    fam = family_of_pipeline(pipe)
+    require(fam, FEATURES, NAME)
+    (tok, te), unet, vae = fam.text_encoders(pipe)[0], fam.denoiser(pipe), fam.vae(pipe)
+    device, dtype = fam.device_dtype(pipe)
     for m in (te, unet, vae):
         m.requires_grad_(False)
-    E = token_embeddings(te).detach()
+    E = token_embeddings(te, fam).detach()
     V, k, n = E.shape[0], p["k"], len(items)
     bodies = [prompt_ids(tok, it.job.prompt) for it in items]
     base_ids = torch.tensor([with_prefix(tok, [tok.eos_token_id] * k, b) for b in bodies], device=device)
     gens = [torch.Generator("cpu").manual_seed(it.generator_seed(p["seed"])) for it in items]
     with torch.no_grad():
         imgs = torch.from_numpy(np.stack([it.target_image for it in items])).permute(0, 3, 1, 2).float().div(255).mul(2).sub(1)
-        x0 = vae.encode(imgs.to(device=device, dtype=vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-    abar = pipe.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        x0 = fam.encode_images(pipe, imgs.to(device=device, dtype=vae.dtype)).mean * fam.latent_scale(pipe)
+    abar = fam.scheduler(pipe).alphas_cumprod.to(device=device, dtype=torch.float32)
     u = torch.nn.Parameter(torch.full((n, k, V), 1.0 / V, device=device))
     opt = torch.optim.Adam([u], lr=p["lr"], weight_decay=p["weight_decay"])
     ste = _ste()
@@ -153,10 +159,10 @@ def _attack_batch(pipe, items: list[Item], judge, p: dict, progress: bool, count
             onehot = ste.apply(u[a], F.one_hot(idx, V).float())
             emb = E[base_ids[a]].clone()
             emb[:, 1 : 1 + k] = (onehot @ E.float()).to(emb.dtype)
-            cond = encode_embeds(te, emb)
+            cond = encode_embeds(te, emb, fam)
             ab = abar[t]
             x_t = ab.sqrt() * x0[a] + (1 - ab).sqrt() * noise
-            pred = unet(x_t.to(dtype), tt, encoder_hidden_states=cond.to(dtype)).sample
+            pred = fam.predict_noise(pipe, x_t.to(dtype), tt, cond.to(dtype))
             counter["unet_calls"] = counter.get("unet_calls", 0) + 1
             per = ((pred.float() - noise.float()) ** 2).flatten(1).mean(1)  # each item's MSE
             opt.zero_grad()

@@ -1,4 +1,7 @@
-"""Loading the base pipeline and applying a submission's checkpoint to it.
+"""Loading the base pipeline and applying a submission's checkpoint to it, and the Stable
+Diffusion 1.x model family (``SD1Family``, the ``sd1`` of ``harness.families``): every line that
+knows SD-1.x's parts (its pipeline class, UNet, VAE, CLIP text encoder and tokenizer,
+cross-attention projections, schedulers) is here; the rest of the harness asks the family.
 
 Safety rules for weights from strangers: sha256 checked before anything is loaded; pickle
 formats refused unless the local run allows them (and then loaded with ``weights_only``);
@@ -7,6 +10,7 @@ formats refused unless the local run allows them (and then loaded with ``weights
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,20 +94,24 @@ def base_fingerprint(spec: BaseModelSpec, root: Path) -> str:
     return f"sha256:{h}"
 
 
-def load_base(spec: BaseModelSpec, root: Path, placement: Placement):
-    """The base pipeline, on the chosen device and dtype, with progress bars off."""
-    from diffusers import StableDiffusionPipeline
-
-    quiet_loading()
+def base_folder(spec: BaseModelSpec, root: Path) -> Path:
+    """The base's local folder: its own, or the Hugging Face cache's snapshot of hub id @ commit
+    (fetched when online), verified (harness/store/hub.py)."""
     d = base_dir(spec, root)
-    kwargs = dict(**dtype_kwargs(placement), safety_checker=None, requires_safety_checker=False, use_safetensors=True)
-    if d is None:  # hub id @ commit: the Hugging Face cache's snapshot (fetched when online), verified (harness/store/hub.py)
+    if d is None:
         from harness.store.hub import pipeline_snapshot
 
         d = pipeline_snapshot(spec.hub_id, spec.revision, what="base_model")
-    pipe = StableDiffusionPipeline.from_pretrained(str(d), local_files_only=True, **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return accelerate(pipe.to(placement.device), placement)
+    return d
+
+
+def load_base(spec: BaseModelSpec, root: Path, placement: Placement):
+    """The base pipeline, on the chosen device and dtype, with progress bars off, loaded by the
+    model family that recognises its folder (``harness.families``)."""
+    from harness.families import family_of
+
+    d = base_folder(spec, root)
+    return family_of(d).load(d, placement)
 
 
 def accelerate(pipe, placement: Placement):
@@ -249,30 +257,11 @@ def _replace_tensors(module, tensors: dict, what: str) -> None:
 
 
 def apply_checkpoint(pipe, spec: CheckpointSpec, path: Path, placement: Placement, allow_pickle: bool = False):
-    """Turn the base pipeline into the unlearned one (in place where possible)."""
-    if spec.kind == "pipeline":
-        from diffusers import StableDiffusionPipeline
+    """Turn the base pipeline into the unlearned one (in place where possible), as the
+    pipeline's model family applies a checkpoint of ``spec.kind``."""
+    from harness.families import family_of_pipeline
 
-        quiet_loading()
-        if not (path / "model_index.json").is_file():
-            raise HarnessError(f"checkpoint: kind pipeline needs a diffusers folder; {path.name} has no model_index.json")
-        new = StableDiffusionPipeline.from_pretrained(
-            str(path), local_files_only=True, **dtype_kwargs(placement), safety_checker=None,
-            requires_safety_checker=False, use_safetensors=True,
-        )
-        new.set_progress_bar_config(disable=True)
-        return accelerate(new.to(placement.device), placement)
-    if spec.kind in ("unet", "text_encoder"):
-        module = pipe.unet if spec.kind == "unet" else pipe.text_encoder
-        _replace_tensors(module, _read_tensors(path, allow_pickle), spec.kind.replace("_", " "))
-        return pipe
-    if spec.kind == "lora":
-        try:
-            pipe.load_lora_weights(str(path.parent if path.is_file() else path), weight_name=path.name if path.is_file() else None)
-        except (ImportError, ValueError) as e:
-            raise HarnessError(f"checkpoint: could not load LoRA {path.name}: {e}") from None
-        return pipe
-    raise HarnessError(f"checkpoint.kind: unknown kind {spec.kind!r}")
+    return family_of_pipeline(pipe).apply_checkpoint(pipe, spec, path, placement, allow_pickle)
 
 
 def model_fingerprints(sub: Submission, root: Path) -> tuple[str, str]:
@@ -349,3 +338,280 @@ class Pipelines:
             got = recipe.load(self._pop(recipe.of("base")) if recipe.which == "unlearned" else None, self.checkpoint)
             self._loaded.append((recipe, got))
         return got
+
+
+# ----------------------------------------------------------------------------- the SD-1.x family
+LDM_UNET = "model.diffusion_model."  # CompVis / LDM checkpoint names (ESD, UnlearnCanvas)
+LDM_TEXT = ("cond_stage_model.transformer.", "cond_stage_model.model.")
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "ddpm": "DDPMScheduler",
+}
+
+
+class SD1Family:
+    """Stable Diffusion 1.x (``StableDiffusionPipeline``: a CLIP text encoder, a UNet with
+    cross-attention, an AutoencoderKL); the toy world is an instance. Implements
+    ``harness.families.base.ModelFamily``."""
+
+    name = "sd1"
+    title = "Stable Diffusion 1.x"
+    pipeline_class = "StableDiffusionPipeline"
+    features = frozenset({"unet", "cross_attention", "text_encoder", "token_embeddings", "vae", "partial_diffusion"})
+    components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    checkpoint_kinds = ("unet", "text_encoder")
+    _configs = {"tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
+    _component_files = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors"}
+    _other_families = ("text_encoder_2", "transformer", "prior", "decoder")  # parts SD-1.x pipelines never name
+
+    def __repr__(self) -> str:
+        return f"<model family {self.name}>"
+
+    # -- folders and checkpoints
+    def recognises(self, index: dict) -> bool:
+        """Its pipeline class, or (a re-saved folder of another SD-1.x pipeline class) every
+        component of one and none of a larger family's."""
+        if index.get("_class_name") == self.pipeline_class:
+            return True
+        return all(p in index for p in self.components) and not any(index.get(p) not in (None, [None, None]) for p in self._other_families)
+
+    def config_file(self, part: str) -> str:
+        return self._configs.get(part, "config.json")
+
+    def weight_parts(self) -> tuple[str, ...]:
+        return ("unet", "vae", "text_encoder")
+
+    def native_size(self, folder: Path, what: str) -> int:
+        """The UNet's sample size times the VAE's downsampling (``safefs.native_px``), from the configs."""
+        from harness.store.safefs import _config, native_px
+
+        unet, vae = _config(folder, "unet/config.json", what), _config(folder, "vae/config.json", what)
+        if unet is None or vae is None:
+            raise HarnessError(f"{what}: {folder.name}/{'unet' if unet is None else 'vae'}/config.json is missing")
+        return native_px(unet, vae, what)
+
+    def load(self, folder: Path, placement: Placement):
+        from diffusers import StableDiffusionPipeline
+
+        quiet_loading()
+        kwargs = dict(**dtype_kwargs(placement), safety_checker=None, requires_safety_checker=False, use_safetensors=True)
+        pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        return accelerate(pipe.to(placement.device), placement)
+
+    def load_for_training(self, folder: Path, device: str):
+        """The pipeline a method edits (``unlearn erase``): float32, the default attention
+        processors, on ``device``."""
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, use_safetensors=True).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def load_tokenizer(self, folder: Path):
+        """The (first) tokenizer of a pipeline folder alone, to check concept words before any model loads."""
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+
+    def owns(self, pipe) -> bool:
+        from diffusers import StableDiffusionPipeline
+
+        return isinstance(pipe, StableDiffusionPipeline)
+
+    def component(self, pipe, kind: str):
+        from harness.families.base import check_kind
+
+        check_kind(self, kind)
+        return getattr(pipe, kind)
+
+    def apply_checkpoint(self, pipe, spec: CheckpointSpec, path: Path, placement: Placement, allow_pickle: bool = False):
+        if spec.kind == "pipeline":
+            if not (path / "model_index.json").is_file():
+                raise HarnessError(f"checkpoint: kind pipeline needs a diffusers folder; {path.name} has no model_index.json")
+            return self.load(path, placement)
+        if spec.kind == "lora":
+            try:
+                pipe.load_lora_weights(str(path.parent if path.is_file() else path), weight_name=path.name if path.is_file() else None)
+            except (ImportError, ValueError) as e:
+                raise HarnessError(f"checkpoint: could not load LoRA {path.name}: {e}") from None
+            return pipe
+        module = self.component(pipe, spec.kind)
+        _replace_tensors(module, _read_tensors(path, allow_pickle), spec.kind.replace("_", " "))
+        return pipe
+
+    # -- converting the field's checkpoint files (``unlearn convert``)
+    def component_file(self, kind: str) -> str:
+        """The base folder's safetensors file of a checkpoint kind (the tensors a converted file is compared with)."""
+        from harness.families.base import check_kind
+
+        check_kind(self, kind, "--kind")
+        return self._component_files[kind]
+
+    def guess_kind(self, tensors: dict) -> str:
+        """The component a checkpoint's tensors belong to, from their names."""
+        if any(k.startswith(LDM_UNET) for k in tensors) or any(k.startswith(("down_blocks.", "up_blocks.", "mid_block.", "conv_in.")) for k in tensors):
+            return "unet"
+        return "text_encoder"
+
+    def layout(self, tensors: dict) -> str:
+        """``compvis`` (the original LDM names) or ``diffusers``."""
+        return "compvis" if any(k.startswith((LDM_UNET, *LDM_TEXT)) for k in tensors) else "diffusers"
+
+    def to_diffusers(self, tensors: dict, kind: str, base: Path) -> dict:
+        """Diffusers names for one component (CompVis / LDM layout converted by diffusers)."""
+        if kind == "unet":
+            if any(k.startswith(LDM_UNET) for k in tensors):
+                from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+                try:
+                    config = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+                    raise HarnessError(f"--base: unet/config.json of {base.name} is not a readable JSON config ({type(e).__name__})") from None
+                if not isinstance(config, dict):
+                    raise HarnessError(f"--base: unet/config.json of {base.name} is not a JSON object")
+                return convert_ldm_unet_checkpoint(tensors, config)
+            return {k.removeprefix("unet."): v for k, v in tensors.items() if not k.startswith(("first_stage_model.", "cond_stage_model.", "text_encoder.", "vae."))}
+        if any(k.startswith(LDM_TEXT) for k in tensors):
+            from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+
+            return convert_ldm_clip_checkpoint({k: v for k, v in tensors.items() if k.startswith("cond_stage_model.transformer.")})
+        return {k.removeprefix("text_encoder."): v for k, v in tensors.items() if not k.startswith(("model.diffusion_model.", "first_stage_model.", "unet.", "vae."))}
+
+    # -- parts methods and attacks use
+    def denoiser(self, pipe):
+        return pipe.unet
+
+    def vae(self, pipe):
+        return pipe.vae
+
+    def text_encoders(self, pipe) -> list[tuple]:
+        return [(pipe.tokenizer, pipe.text_encoder)]
+
+    def cross_attention(self, denoiser) -> dict:
+        """The cross-attention key/value projections (``attn2.to_k`` / ``attn2.to_v``) by name."""
+        import torch
+
+        return {
+            name: mod
+            for name, mod in denoiser.named_modules()
+            if isinstance(mod, torch.nn.Linear) and (name.endswith("attn2.to_k") or name.endswith("attn2.to_v"))
+        }
+
+    def scheduler(self, pipe):
+        return pipe.scheduler
+
+    def set_scheduler(self, pipe, name: str) -> None:
+        import diffusers
+
+        cls = getattr(diffusers, SCHEDULERS[name])
+        if type(pipe.scheduler) is not cls:
+            pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+    # -- tensors
+    def device_dtype(self, pipe) -> tuple:
+        """Where the denoiser runs and its dtype."""
+        return pipe.unet.device, pipe.unet.dtype
+
+    def latent_shape(self, pipe, height: int, width: int) -> tuple[int, ...]:
+        scale = pipe.vae_scale_factor
+        return (pipe.unet.config.in_channels, height // scale, width // scale)
+
+    def initial_latents(self, pipe, seeds: list[int], height: int, width: int):
+        import torch
+
+        shape = self.latent_shape(pipe, height, width)
+        return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+
+    def encode_prompts(self, pipe, prompts: list[str]):
+        """Last hidden states of the text encoder, padded to the tokenizer's max length."""
+        tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
+
+    def encode_ids(self, pipe, ids):
+        return pipe.text_encoder(ids)[0]
+
+    def encode_guided(self, pipe, prompts: list[str], negatives: list[str], device):
+        """cat([unconditional, conditional]) as the pipeline's own classifier-free guidance builds it."""
+        import torch
+
+        cond, uncond = pipe.encode_prompt(prompts, device, 1, True, negative_prompt=negatives)
+        return torch.cat([uncond, cond])
+
+    def encode_negative(self, pipe, negatives: list[str], device):
+        return pipe.encode_prompt(negatives, device, 1, False)[0]
+
+    def token_embeddings(self, text_encoder):
+        """The vocabulary's input embedding matrix (V, d)."""
+        return _clip_text_model(text_encoder).embeddings.token_embedding.weight
+
+    def encode_embeds(self, text_encoder, inputs_embeds):
+        """CLIP text encoder hidden states from token embeddings (B, L, d) instead of ids: the
+        position embeddings, causal self-attention and final layer norm of ``CLIPTextModel``."""
+        from transformers.masking_utils import create_causal_mask
+
+        tm = _clip_text_model(text_encoder)
+        h = tm.embeddings(inputs_embeds=inputs_embeds)
+        mask = create_causal_mask(config=tm.config, inputs_embeds=h, attention_mask=None, cache=None)
+        return tm.final_layer_norm(tm.encoder(inputs_embeds=h, attention_mask=mask, is_causal=True).last_hidden_state)
+
+    def encode_images(self, pipe, images):
+        return pipe.vae.encode(images).latent_dist
+
+    def latent_scale(self, pipe) -> float:
+        return pipe.vae.config.scaling_factor
+
+    def decode_latents(self, pipe, latents):
+        return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+
+    def predict_noise(self, pipe, latents, t, cond):
+        return pipe.unet(latents, t, encoder_hidden_states=cond).sample
+
+    def denoising_step(self, pipe, sched, latents, t, emb, guidance: float, extra: dict):
+        import torch
+
+        inp = sched.scale_model_input(torch.cat([latents, latents]), t)
+        eu, ec = pipe.unet(inp, t, encoder_hidden_states=emb).sample.chunk(2)
+        return sched.step(eu + guidance * (ec - eu), t, latents, **extra).prev_sample
+
+    def partial_diffusion(self, pipes, jobs, psi: float):
+        import numpy as np
+        import torch
+
+        base, unl = pipes
+        j0 = jobs[0]
+        self.set_scheduler(base, j0.scheduler)
+        sched = base.scheduler
+        sched.set_timesteps(j0.steps)
+        device, dtype = self.device_dtype(base)
+        prompts, negs = [j.prompt for j in jobs], [j.negative_prompt for j in jobs]
+        with torch.inference_mode():
+            emb = {name: self.encode_guided(p, prompts, negs, device) for name, p in (("base", base), ("unl", unl))}
+            lat = self.initial_latents(base, [j.seed for j in jobs], j0.height, j0.width).to(device=device, dtype=dtype) * sched.init_noise_sigma
+            gens = [torch.Generator("cpu").manual_seed(j.seed + 1) for j in jobs]
+            switch = int(round(psi * j0.steps))
+            extra = {"eta": j0.eta, "generator": gens} if j0.scheduler == "ddim" else {}
+            for i, t in enumerate(sched.timesteps):
+                pipe, e = (base, emb["base"]) if i < switch else (unl, emb["unl"])
+                lat = self.denoising_step(pipe, sched, lat, t, e, j0.guidance, extra)
+            img = self.decode_latents(unl, lat)
+        raw = (img / 2 + 0.5).permute(0, 2, 3, 1).float().cpu().numpy()
+        return raw, np.round(np.clip(np.nan_to_num(raw, nan=0.0), 0, 1) * 255).astype(np.uint8)
+
+    def images_from_conditioning(self, pipe, cond, neg, latents, generators, job, extra: dict):
+        dtype = pipe.unet.dtype
+        res = pipe(prompt_embeds=cond.to(dtype), negative_prompt_embeds=None if neg is None else neg.to(dtype),
+                   num_inference_steps=job.steps, guidance_scale=job.guidance, height=job.height, width=job.width, latents=latents,
+                   generator=generators, output_type="np", **extra)
+        return res.images
+
+
+def _clip_text_model(text_encoder):
+    return getattr(text_encoder, "text_model", text_encoder)
+
+
+SD1 = SD1Family()

@@ -245,11 +245,10 @@ def run_erase(
     reductions differ with the thread count, so a method re-made bitwise needs the count it was
     made with: method.json records it (``efficiency.threads``) beside wall and CPU seconds."""
     import torch
-    from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
 
-    from transformers import CLIPTokenizer
-
+    from harness.families import family_of
+    from harness.families.base import require
     from harness.store.hashing import sha256_file, sha256_tree
     from harness.families.sd1 import quiet_loading
     from harness.run.reproduce import fingerprint
@@ -265,9 +264,11 @@ def run_erase(
     if out.is_symlink() or (out.exists() and not (out.is_dir() and (out / "method.json").is_file())):
         # --force replaces only an earlier erase's output folder, never another folder or file
         raise HarnessError(f"--out {out}: is not a folder `unlearn erase` wrote (no method.json in it); --force replaces only those")
+    family = family_of(base, what="--base")
+    require(family, method_info(method).needs, f"method {method}")
     quiet_loading()
     # Check the words with the tokenizer alone, before the models load.
-    tokenizer = CLIPTokenizer.from_pretrained(str(base / "tokenizer"))
+    tokenizer = family.load_tokenizer(base)
     check_concept_tokens(tokenizer, concept, allow_subword)
     if world == "toy":
         prompts = for_toy_world(concept, anchor)
@@ -275,8 +276,7 @@ def run_erase(
         prompts = ConceptPrompts(concept, anchor or "")
     if prompts.anchor:
         check_concept_tokens(tokenizer, prompts.anchor, allow_subword)
-    pipe = StableDiffusionPipeline.from_pretrained(str(base), local_files_only=True, use_safetensors=True).to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = family.load_for_training(base, device)
     if hasattr(mod, "resolve"):  # defaults that depend on the run (e.g. UCE's tail preserve scale)
         params = mod.resolve(params, [prompts])
     if device.startswith("cuda"):

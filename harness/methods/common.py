@@ -68,16 +68,16 @@ def check_concept_tokens(tokenizer, word: str, allow_subword: bool = False) -> N
 @torch.no_grad()
 def text_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
     """Last hidden states of the text encoder, padded to the tokenizer's max length, as the
-    UNet sees them: (N, tokens, dim)."""
-    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
-    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
+    UNet sees them: (N, tokens, dim) (the pipeline's model family encodes them)."""
+    from harness.families import family_of_pipeline
+
+    return family_of_pipeline(pipe).encode_prompts(pipe, prompts)
 
 
-def cross_attention_kv(unet) -> dict[str, torch.nn.Linear]:
-    """The cross-attention key/value projections (``attn2.to_k`` / ``attn2.to_v``) by name."""
-    return {
-        name: mod
-        for name, mod in unet.named_modules()
-        if isinstance(mod, torch.nn.Linear) and (name.endswith("attn2.to_k") or name.endswith("attn2.to_v"))
-    }
+def cross_attention_kv(denoiser, family=None) -> dict[str, torch.nn.Linear]:
+    """The cross-attention key/value projections of a denoiser by name, as its model family
+    names them (``family``: the default family when None; SD-1.x's ``attn2.to_k`` / ``attn2.to_v``)."""
+    from harness.families import default
+
+    return (family or default()).cross_attention(denoiser)
 

@@ -66,6 +66,12 @@ def base_shapes(sub: Submission, root: Path, component: str) -> dict[str, tuple[
 def check_checkpoint(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool) -> str:
     """The checkpoint's tensors fit the base: names known, shapes equal, floating point."""
     kind = sub.checkpoint.kind
+    if kind not in ("pipeline", "lora"):
+        from harness.families import family_of_base
+
+        from harness.families.base import check_kind
+
+        check_kind(family_of_base(sub.base_model, root), kind)
     if kind in COMPONENTS:
         if ckpt.is_dir():
             raise HarnessError(f"checkpoint.path: kind {kind} needs one safetensors file; {ckpt.name} is a folder")
@@ -150,10 +156,11 @@ def tokenizer_notes(sub: Submission, root: Path) -> list[str]:
     d = base_dir(sub.base_model, root)
     if d is None or sub.base_model.builtin or not (d / "tokenizer").is_dir():
         return []
-    try:
-        from transformers import CLIPTokenizer
+    from harness.families import family_of
 
-        tok = CLIPTokenizer.from_pretrained(str(d / "tokenizer"))
+    fam = family_of(d)
+    try:
+        tok = fam.load_tokenizer(d)
     except Exception as e:  # a tokenizer folder transformers cannot read: the run would fail later
         raise HarnessError(f"base_model: {d.name}/tokenizer cannot be loaded ({type(e).__name__})") from None
     notes = []
@@ -253,7 +260,6 @@ def check_submission(path: str | Path, root: Path, cache: Path, allow_pickle: bo
 
 # ----------------------------------------------------------------------------- bases, pins, LoRA
 PLACEHOLDER = "0" * 64
-PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 def check_hub_model(repo_id: str, revision: str | None, what: str, kind: str = "pipeline") -> str:
@@ -306,17 +312,20 @@ def check_base(sub: Submission, root: Path) -> list[str]:
         raise HarnessError(f"base_model: {name}/model_index.json cannot be read ({type(e).__name__})") from None
     if not isinstance(index, dict):
         raise HarnessError(f"base_model: {name}/model_index.json is not a JSON object")
-    for part in PIPELINE_PARTS:
+    from harness.families import family_of
+
+    fam = family_of(index, "base_model", where=f"{name}/model_index.json")
+    for part in fam.components:
         if part not in index:
-            raise HarnessError(f"base_model: {name}/model_index.json names no {part} (not a Stable Diffusion pipeline)")
-        cfg = "tokenizer_config.json" if part == "tokenizer" else "scheduler_config.json" if part == "scheduler" else "config.json"
+            raise HarnessError(f"base_model: {name}/model_index.json names no {part} (not a {fam.title} pipeline)")
+        cfg = fam.config_file(part)
         f = d / part / cfg
         try:
             json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError) as e:
             what = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__})"
             raise HarnessError(f"base_model: {name}/{part}/{cfg} is {what}: the pipeline cannot load") from None
-    for part in ("unet", "vae", "text_encoder"):
+    for part in fam.weight_parts():
         if not sorted((d / part).glob("*.safetensors")):
             raise HarnessError(f"base_model: {name}/{part}/ holds no safetensors weights (pickle weights are not loaded)")
     return lines

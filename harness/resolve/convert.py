@@ -30,11 +30,8 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.store.hashing import sha256_file
 
-LDM_UNET = "model.diffusion_model."
-LDM_TEXT = ("cond_stage_model.transformer.", "cond_stage_model.model.")
 TRAINING_STATE = ("optimizer", "optimizer_states", "optimizers", "lr_schedulers", "lr_scheduler", "scheduler", "callbacks", "loops",
                   "epoch", "global_step", "hyper_parameters", "hparams", "pytorch-lightning_version", "ema", "ema_state_dict", "model_ema")
-COMPONENT_FILES = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors"}
 
 
 def read_checkpoint(path: Path) -> tuple[dict, list[str]]:
@@ -109,31 +106,11 @@ def _made_by_convert(out: Path) -> bool:
         return False
 
 
-def guess_kind(tensors: dict) -> str:
-    if any(k.startswith(LDM_UNET) for k in tensors) or any(k.startswith(("down_blocks.", "up_blocks.", "mid_block.", "conv_in.")) for k in tensors):
-        return "unet"
-    return "text_encoder"
+def layout_of(tensors: dict) -> str:
+    """``compvis`` (original LDM names) or ``diffusers``, as the default model family reads the names."""
+    from harness.families import default
 
-
-def to_diffusers(tensors: dict, kind: str, base: Path) -> dict:
-    """Diffusers names for one component (CompVis / LDM layout converted by diffusers)."""
-    if kind == "unet":
-        if any(k.startswith(LDM_UNET) for k in tensors):
-            from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
-            try:
-                config = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-                raise HarnessError(f"--base: unet/config.json of {base.name} is not a readable JSON config ({type(e).__name__})") from None
-            if not isinstance(config, dict):
-                raise HarnessError(f"--base: unet/config.json of {base.name} is not a JSON object")
-            return convert_ldm_unet_checkpoint(tensors, config)
-        return {k.removeprefix("unet."): v for k, v in tensors.items() if not k.startswith(("first_stage_model.", "cond_stage_model.", "text_encoder.", "vae."))}
-    if any(k.startswith(LDM_TEXT) for k in tensors):
-        from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
-
-        return convert_ldm_clip_checkpoint({k: v for k, v in tensors.items() if k.startswith("cond_stage_model.transformer.")})
-    return {k.removeprefix("text_encoder."): v for k, v in tensors.items() if not k.startswith(("model.diffusion_model.", "first_stage_model.", "unet.", "vae."))}
+    return default().layout(tensors)
 
 
 def changed_tensors(new: dict, base_file: Path, kind: str, atol: float = 0.0) -> tuple[dict, int]:
@@ -198,10 +175,14 @@ def convert(src: str | Path, out: str | Path, base: str = "toy", kind: str = "au
     if kind == "plain":  # scorer weights (UnlearnCanvas' ViT .pth, torchvision .pth): every tensor, names kept
         keep, same = {k: v.contiguous() for k, v in tensors.items()}, 0
     else:
+        from harness.families import family_of
+
         base_dir = base_folder(base, root)
-        kind = guess_kind(tensors) if kind == "auto" else kind
+        fam = family_of(base_dir, "--base")
+        kind = fam.guess_kind(tensors) if kind == "auto" else kind
+        component_file = base_dir / fam.component_file(kind)
         try:
-            named = to_diffusers(tensors, kind, base_dir)
+            named = fam.to_diffusers(tensors, kind, base_dir)
         except HarnessError:
             raise
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:  # diffusers' conversion on a config or layout it does not expect
@@ -209,7 +190,7 @@ def convert(src: str | Path, out: str | Path, base: str = "toy", kind: str = "au
                                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e).strip() else 'no detail'})") from None
         if not named:
             raise HarnessError(f"{Path(src).name}: holds no {kind.replace('_', ' ')} tensors")
-        keep, same = changed_tensors(named, base_dir / COMPONENT_FILES[kind], kind, atol)
+        keep, same = changed_tensors(named, component_file, kind, atol)
     if not keep:
         raise HarnessError(f"{Path(src).name}: every {kind.replace('_', ' ')} tensor equals the base's: nothing was unlearned")
     import tempfile
@@ -219,4 +200,4 @@ def convert(src: str | Path, out: str | Path, base: str = "toy", kind: str = "au
         save_file(keep, str(tmp), metadata={"converted_from": Path(src).name, "kind": kind})
         atomic_write(out, tmp.read_bytes())
     return {"out": str(out), "sha256": sha256_file(out), "kind": kind, "changed": len(keep), "unchanged": same,
-            "stripped": len(stripped), "layout": "compvis" if any(k.startswith((LDM_UNET, *LDM_TEXT)) for k in tensors) else "diffusers"}
+            "stripped": len(stripped), "layout": layout_of(tensors)}

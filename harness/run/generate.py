@@ -168,31 +168,18 @@ class ImageCache:
         return meta.get("png_sha256") if meta else None
 
 
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-    "ddpm": "DDPMScheduler",
-}
-
-
 def set_scheduler(pipe, name: str) -> None:
-    import diffusers
+    """Switch the pipeline to the suite's scheduler (``ddim``, ``pndm``, ...), as its model family does."""
+    from harness.families import family_of_pipeline
 
-    cls = getattr(diffusers, SCHEDULERS[name])
-    if type(pipe.scheduler) is not cls:
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    family_of_pipeline(pipe).set_scheduler(pipe, name)
 
 
 def initial_latents(pipe, seeds: list[int], height: int, width: int):
     """One CPU generator per image: identical noise whatever the batch, device or model."""
-    import torch
+    from harness.families import family_of_pipeline
 
-    scale = pipe.vae_scale_factor
-    shape = (pipe.unet.config.in_channels, height // scale, width // scale)
-    return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+    return family_of_pipeline(pipe).initial_latents(pipe, seeds, height, width)
 
 
 def run_batch(pipe, jobs: list[Job]):
@@ -200,12 +187,15 @@ def run_batch(pipe, jobs: list[Job]):
     for non-finite values) and their uint8 (N, H, W, 3) form."""
     import torch
 
+    from harness.families import family_of_pipeline
+
+    fam = family_of_pipeline(pipe)
     j0 = jobs[0]
-    set_scheduler(pipe, j0.scheduler)
-    device = pipe.unet.device
-    latents = initial_latents(pipe, [j.seed for j in jobs], j0.height, j0.width).to(device=device, dtype=pipe.unet.dtype)
+    fam.set_scheduler(pipe, j0.scheduler)
+    device, dtype = fam.device_dtype(pipe)
+    latents = fam.initial_latents(pipe, [j.seed for j in jobs], j0.height, j0.width).to(device=device, dtype=dtype)
     gens = [torch.Generator("cpu").manual_seed(j.seed + 1) for j in jobs]  # eta > 0 noise
-    kwargs = {"eta": j0.eta} if "eta" in _step_params(pipe.scheduler) else {}
+    kwargs = {"eta": j0.eta} if "eta" in _step_params(fam.scheduler(pipe)) else {}
     with torch.inference_mode():
         out = pipe(
             prompt=[j.prompt for j in jobs],
@@ -321,6 +311,7 @@ class LocalExecutor:
             pipelines=None) -> dict:
         """Make the (uncached) jobs; returns ``{index: (image, flags)}`` in the order they ran.
         A ``PipelineRecipe`` is loaded through ``pipelines`` (``models.Pipelines``)."""
+        from harness.families import is_pipeline
         from harness.families.sd1 import PipelineRecipe, Pipelines, describe_pipeline
 
         out: dict[int, tuple[np.ndarray, list[str]]] = {}
@@ -328,7 +319,7 @@ class LocalExecutor:
             return out
         if isinstance(pipe, PipelineRecipe):
             pipe = (pipelines if pipelines is not None else Pipelines()).load(pipe)
-        elif callable(pipe) and not hasattr(pipe, "unet"):
+        elif callable(pipe) and not is_pipeline(pipe):  # a loader, not a pipeline
             pipe = pipe()
 
         stats.note_pipeline(describe_pipeline(pipe))

@@ -161,12 +161,9 @@ def native_size(sub: Submission, root: Path) -> int:
             d = pipeline_snapshot(sub.base_model.hub_id, sub.base_model.revision, download=False)
         except HarnessError:
             raise HarnessError("a hub base model needs the suite to set generation.height and generation.width (or its snapshot in the Hugging Face cache: unlearn fetch)") from None
-    from harness.store.safefs import _config, native_px
+    from harness.families import family_of
 
-    unet, vae = _config(d, "unet/config.json", "base_model"), _config(d, "vae/config.json", "base_model")
-    if unet is None or vae is None:
-        raise HarnessError(f"base_model: {d.name}/{'unet' if unet is None else 'vae'}/config.json is missing")
-    return native_px(unet, vae, "base_model")
+    return family_of(d).native_size(d, "base_model")
 
 
 def image_size(sub: Submission, suite: Suite, root: Path) -> int:

@@ -41,11 +41,17 @@ class BaseModelSpec(Strict):
         return self
 
 
-class CheckpointSpec(Strict):
-    """The unlearned weights: a whole pipeline folder, or UNet / text-encoder tensors that
-    replace the base's (a subset is fine: only the changed tensors), or a LoRA."""
+# A checkpoint's kinds: a whole pipeline folder, a LoRA, or the tensors of one component that
+# some model family has (``harness.families``: ``ModelFamily.checkpoint_kinds``); the base's
+# family refuses a component it does not have (SD-1.x: unet, text_encoder).
+CheckpointKind = Literal["pipeline", "unet", "text_encoder", "text_encoder_2", "transformer", "lora"]
 
-    kind: Literal["pipeline", "unet", "text_encoder", "lora"]
+
+class CheckpointSpec(Strict):
+    """The unlearned weights: a whole pipeline folder, or one component's tensors (UNet, text
+    encoder, ...) that replace the base's (a subset is fine: only the changed tensors), or a LoRA."""
+
+    kind: CheckpointKind
     path: str | None = None
     url: HTTPS_URL | None = None
     sha256: SHA256
