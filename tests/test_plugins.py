@@ -226,7 +226,11 @@ def test_every_attack_declares_its_contract():
         assert isinstance(mod.INFO, AttackInfo) and isinstance(mod, Attack) and REGISTRY.get(mod.NAME) is mod
         assert (mod.INFO.name, mod.INFO.version, mod.INFO.budget_unit) == (mod.NAME, mod.VERSION, mod.BUDGET_UNIT)
     assert ti.INFO.unit == "target" and ti.INFO.learns_on_items and ringabell.INFO.concept_pairs
-    assert ringabell.INFO.needs == {"text_encoder"} and "denoiser" in unlearndiffatk.INFO.needs
+    assert ringabell.INFO.needs == {"text_encoder"} and "token_embeddings" in unlearndiffatk.INFO.needs
+    from harness.families.base import FEATURES
+
+    for name in attacks():  # needs speak the families' vocabulary (harness.families.base.require checks them)
+        assert attacks()[name].INFO.needs <= FEATURES, name
     assert all(m.INFO.model_key == "unlearned" for m in (ringabell, ti, unlearndiffatk))
     assert task_units(ti, [object(), object()]) == [[0, 1]]
 
