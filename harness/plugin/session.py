@@ -7,7 +7,8 @@ prints it as ``unlearn: error: ...``, exit 2). What depends on several options o
 (a Ray address only with Ray, ``{submission}`` with several submissions, a writable cache, the
 suites of the submissions) is checked by ``start`` when pytest starts, before any model loads.
 
-``Session`` holds what the plugin's hooks share: the submissions, their suites and cases, the
+``Session`` holds what the plugin's hooks share: the submissions (each resolved once by the
+start-up check: ``harness.resolve.resolved.ResolvedSubmission``), their suites and cases, the
 parsed options, the records gathered from the reports (under pytest-xdist: from every worker),
 and the results files written. The hooks in ``harness.plugin.hooks`` are a few lines each over it.
 """
@@ -112,10 +113,15 @@ class Session:
     records: list = field(default_factory=list)
     written: list = field(default_factory=list)
     suite_errors: dict = field(default_factory=dict)  # (submission, suite) -> the one-line error of a suite that failed to run
-    checked: dict = field(default_factory=dict)  # submission path -> what the start-up checks verified
+    resolved: dict = field(default_factory=dict)  # submission path -> its ResolvedSubmission (made once, by the start-up check)
     threads: tuple | None = None  # (torch threads, why) of the evaluator in this process
     progress: object = None  # the Progress display of this process
     timed: set = field(default_factory=set)  # (submission, suite) whose scoring time was kept
+
+    @property
+    def checked(self) -> dict:
+        """submission path -> what the start-up checks verified, one line each."""
+        return {p: list(r.checked) for p, r in self.resolved.items()}
 
     def suites_of(self, path: str) -> dict:
         names = {c.suite for c in self.cases if c.submission == path}
@@ -190,11 +196,12 @@ def start(config) -> Session:
     only = set(config.getoption("unlearn_suite"))
     subs, suites, cases = {}, {}, []
     allow_pickle = config.getoption("unlearn_allow_pickle")
-    checked = {}
+    resolved = {}
     for p in dict.fromkeys(paths):
         try:
             # every check `unlearn check` makes (one function), before any model loads
-            sub, mine, checked[p] = prepare(p, root, cache, allow_pickle, only or None, strict_only=False)
+            resolved[p] = prepare(p, root, cache, allow_pickle, only or None, strict_only=False)
+            sub, mine = resolved[p].spec, resolved[p].suites
         except SpecErrors as e:
             raise _usage("\n".join(e.lines)) from None
         except (HarnessError, OSError) as e:
@@ -214,7 +221,7 @@ def start(config) -> Session:
     started = dt.datetime.now(dt.timezone.utc)
     session = Session(root, subs, suites, cases, cache, results, device, config.getoption("unlearn_smoke"), allow_pickle,
                       started.isoformat(timespec="seconds"), executor, address, config.getoption("unlearn_compile"))
-    session.checked = checked
+    session.resolved = resolved
     session.strict = bool(config.getoption("unlearn_strict"))
     return session
 
@@ -237,7 +244,8 @@ def _estimate_line(config, session: Session) -> str:
     device = estimate.resolve_device(session.device)
     only = set(config.getoption("unlearn_suite")) or None
     plans = [p for path, sub in session.submissions.items()
-             for p in estimate.plan(path, sub, session.suites_of(path), session.root, session.cache, session.device, session.smoke, only)]
+             for p in estimate.plan(path, session.resolved.get(path, sub), session.suites_of(path), session.root, session.cache, session.device,
+                                    session.smoke, only)]
     w = workers if isinstance(workers, int) and workers > 1 else 1
     line = estimate.summary_line(plans, session.cache, estimate.device_key(device, n), parallel=w)
     return f"{line}; torch threads {n} per process ({why})"
@@ -282,7 +290,7 @@ def check_case(case, unlearn_evaluator, request) -> None:
     import pytest
 
     state, evaluator = unlearn_evaluator
-    sub = state.submissions[case.submission]
+    sub = state.resolved.get(case.submission) or state.submissions[case.submission]  # resolved at start-up: nothing hashed again
     key = (case.submission, case.suite)
     failed = state.suite_errors.get(key)
     if failed is None:

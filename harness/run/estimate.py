@@ -143,14 +143,20 @@ class SuitePlan:
 def plan(sub_path: str, sub, suites: dict, root: Path, cache_dir: Path, device: str = "auto", smoke: bool = False,
          only: set[str] | None = None) -> list[SuitePlan]:
     """Each suite's image counts for one submission, from the specs and the cache (no model
-    loads)."""
+    loads). ``sub``: the submission as the start-up check resolved it
+    (``harness.resolve.resolved.ResolvedSubmission``: its fingerprints and native size are
+    used, nothing is hashed again), or a bare ``Submission`` (fingerprinted here)."""
     from harness.run import plan as run_plan
     from harness.run.generate import ImageCache
     from harness.families.sd1 import Placement, model_fingerprints
+    from harness.resolve.resolved import ResolvedSubmission
 
     cache = ImageCache(Path(cache_dir) / "images")
     out = []
-    base_fp, unl_fp = model_fingerprints(sub, root)
+    if isinstance(sub, ResolvedSubmission):
+        (base_fp, unl_fp), native, sub = sub.fingerprints, sub.native_size, sub.spec
+    else:
+        (base_fp, unl_fp), native = model_fingerprints(sub, root), None
     for sid, suite in suites.items():
         if only and sid not in only:
             continue
@@ -160,7 +166,7 @@ def plan(sub_path: str, sub, suites: dict, root: Path, cache_dir: Path, device: 
         g = suite.generation
         items = run_plan.suite_items(suite, run_plan.suite_prompts(suite, sub.targets, root, cache_dir, smoke), smoke)
         dtype = Placement.choose(device if device != "auto" else "auto", g.dtype).dtype
-        size = run_plan.image_size(sub, suite, root)
+        size = run_plan.image_size(sub, suite, root, native)
         base_jobs = run_plan.suite_jobs(suite, items, base_fp, dtype, size, smoke)
         jobs = base_jobs + run_plan.suite_jobs(suite, items, unl_fp, dtype, size, smoke)
         keys = {j.key() for j in jobs}
