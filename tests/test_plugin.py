@@ -101,8 +101,10 @@ def test_a_run_hashes_the_checkpoint_and_the_base_once_for_every_suite(project, 
     whole smoke run of two suites (start-up check, estimate line, both suites' runs, results)
     the checkpoint is hashed once and each file of the base folder once, and the base folder is
     walked by one fingerprint only (its safety check and its tree hash)."""
-    from harness.families import sd1
-    from harness.store import hashing, safefs
+    import importlib
+
+    # the modules as sys.modules holds them now (pytester's in-process runs drop modules first imported inside a run)
+    sd1, hashing, safefs = (importlib.import_module(f"harness.{m}") for m in ("families.sd1", "store.hashing", "store.safefs"))
 
     (project.path / "suites" / "mini2.yaml").write_text(SUITE.replace("id: mini", "id: mini2").replace("seeds: [0]}", "seeds: [1]}"))
     text = (project.path / "sub.yaml").read_text().replace("suites: [mini]", "suites: [mini, mini2]")

@@ -1,8 +1,8 @@
 """A submission resolved once: what every later step of a run needs to know about it, verified.
 
-``ResolvedSubmission`` is made by the start-up check (``harness.resolve.check.resolve``, which
-``prepare`` and ``unlearn check`` wrap) and handed to the pytest session, the evaluator, the run
-estimate and the plan, so none of them hashes the checkpoint, walks the base folder or locates a
+``ResolvedSubmission`` is made by the start-up check (``harness.resolve.check.prepare``, the one
+path of the pytest plugin and ``unlearn check``) and handed to the pytest session, the evaluator,
+the run estimate and the plan, so none of them hashes the checkpoint, walks the base folder or locates a
 hub snapshot again: the spec and its path, the verified checkpoint and its sha256, the base folder
 (a local folder or the cached hub snapshot) and the two model fingerprints that key the image
 cache, the model family, the native image size, the component shapes the checks read, the

@@ -239,18 +239,19 @@ def counts(plans: list[SuitePlan]) -> tuple[int, int]:
     return len(missing) + attack_make, len(keys) - len(missing) + attack_all - attack_make
 
 
-def note_attacks(cache_dir: Path, device: str, result: dict) -> float:
-    """Note each prompt attack of a suite result (its metrics' details: attack, attacked items,
-    budget, seconds) as seconds per attacked item per budget unit; returns the attacks' seconds
-    (the suite's scoring time is the rest). ``cache_dir`` None: count them, note nothing."""
+def note_attacks(cache_dir: Path, device: str, result) -> float:
+    """Note each prompt attack of a suite result (``results.assemble.SuiteResult``: its metric
+    records' details: attack, attacked items, budget, seconds) as seconds per attacked item per
+    budget unit; returns the attacks' seconds (the suite's scoring time is the rest).
+    ``cache_dir`` None: count them, note nothing."""
     seen, total = set(), 0.0
-    gen = (result.get("suite") or {}).get("generation") or {}
+    gen = (result.suite.generation if result.suite is not None else None) or {}
     h, w = gen.get("height"), gen.get("width")
-    for r in result.get("metrics", []):
-        d = r.get("details") or {}
+    for r in result.metrics:
+        d = r.details if isinstance(r.details, dict) else {}
         if not all(k in d for k in ("attack", "attacked", "budget", "seconds")) or not (h and w):
             continue
-        key = (r.get("target"), d["attack"], json.dumps([d.get("params"), d.get("attack_seeds")], sort_keys=True))  # pre_asr and asr share one
+        key = (r.target, d["attack"], json.dumps([d.get("params"), d.get("attack_seeds")], sort_keys=True))  # pre_asr and asr share one
         if key in seen:
             continue
         seen.add(key)

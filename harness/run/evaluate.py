@@ -135,7 +135,8 @@ class Evaluator:
         self.progress = progress
         self.executor = executor or LocalExecutor()  # LocalExecutor, or ray_executor.RayExecutor
         self.compile = compile
-        self._results: dict[tuple[str, str], dict] = {}
+        self._results: dict = {}  # (sub_path, suite id) -> results.assemble.SuiteResult
+        self._json: dict[tuple[str, str], dict] = {}
         self._resolved: dict[str, ResolvedSubmission] = {}  # sub_path -> a bare Submission resolved here (once)
         self._suites: dict[str, Suite] = {}
         self._suite_sha: dict[str, str] = {}
@@ -207,9 +208,17 @@ class Evaluator:
         return got
 
     def run(self, sub_path: str, sub: Submission | ResolvedSubmission, suite_id: str) -> dict:
-        """The suite's record: provenance + one metric record per (metric, target). ``sub``:
-        the submission resolved by the start-up check (``harness.resolve.check.prepare``), or a
-        bare ``Submission``."""
+        """``result``'s JSON objects: ``{"suite": ..., "metrics": [...]}`` (made once per suite)."""
+        key = (sub_path, suite_id)
+        if key not in self._json:
+            self._json[key] = self.result(sub_path, sub, suite_id).to_json()
+        return self._json[key]
+
+    def result(self, sub_path: str, sub: Submission | ResolvedSubmission, suite_id: str) -> "SuiteResult":
+        """The suite's result, as the results file's models (``results.assemble.SuiteResult``):
+        provenance (its ``SuiteRecord``) + one ``MetricRecord`` per (metric, target). ``sub``: the
+        submission resolved by the start-up check (``harness.resolve.check.prepare``), or a bare
+        ``Submission``."""
         key = (sub_path, suite_id)
         if key in self._results:
             return self._results[key]
@@ -229,7 +238,7 @@ class Evaluator:
         ckpt = resolved.checkpoint
 
         from harness.scorers.classifiers import load_scorer
-        from harness.results.assemble import efficiency
+        from harness.results.assemble import SuiteResult, efficiency
         from harness.results.model import MetricRecord, SuiteRecord
 
         if plan.needs_images(suite):
@@ -273,7 +282,7 @@ class Evaluator:
                     meas = metrics.family(m.name).compute(m.name, run, target, m.params)
                 except HarnessError as e:
                     rec.update(value=None, base_value=None, bound=None, verdict="error", error=str(e))
-                    records.append(rec.done())
+                    records.append(MetricRecord.model_validate(rec.to_json()))  # checked whole (MetricRecord.done, kept a model)
                     continue
                 rec.update(value=meas.value, base_value=meas.base_value, details=meas.details)
                 u = uncertainty.uncertainty(meas, th, m.params)  # ci, delta_ci, margin_ci / ci_reason, scores
@@ -283,9 +292,9 @@ class Evaluator:
                 rec.update(uncertainty.verdict(th, meas.value, meas.base_value, u.get("margin_ci"), n_flagged if inf.needs_images else 0).fields())
                 if n_flagged:
                     rec.update(flagged_images=n_flagged)
-                records.append(rec.done())
-        result = {
-            "suite": SuiteRecord.model_validate({
+                records.append(MetricRecord.model_validate(rec.to_json()))  # checked whole (MetricRecord.done, kept a model)
+        result = SuiteResult(
+            suite=SuiteRecord.model_validate({
                 "id": suite.id,
                 "version": suite.version,
                 "file_sha256": self._suite_sha[suite.id],
@@ -312,8 +321,8 @@ class Evaluator:
                 "conventions": CONVENTIONS,
                 "fidelity": fidelity_choices(sub, suite, self.root),
                 "seconds": round(time.time() - t0, 2),
-            }).to_json(),
-            "metrics": records,
-        }
+            }),
+            metrics=records,
+        )
         self._results[key] = result
         return result
