@@ -387,3 +387,23 @@ def test_estimate_uses_the_speed_measured_on_this_device(tmp_path):
     # an image two suites share is made once
     twice = plan + [estimate.SuitePlan("u", 1, 1, 20, 32, 32, frozenset({"a"}), frozenset({"a"}), 0)]
     assert estimate.counts(twice) == (2, 0)
+
+
+def test_the_family_of_a_base_is_named_from_its_model_index(tmp_path):
+    """``family_name``: sd1 for a StableDiffusionPipeline-shaped folder (the toy base; a hub base
+    not in the cache is loaded as one); any other pipeline is one line naming the folder."""
+    import json
+
+    from harness.errors import HarnessError
+    from harness.families.sd1 import TOY_PIPELINE
+    from harness.resolve.resolved import family_name
+
+    assert family_name(TOY_PIPELINE) == "sd1" and family_name(None) == "sd1"
+    index = json.loads((TOY_PIPELINE / "model_index.json").read_text())
+    for name, data, needle in (("xl", {**index, "_class_name": "StableDiffusionXLPipeline"}, "xl/model_index.json a StableDiffusionXLPipeline"),
+                               ("novae", {k: v for k, v in index.items() if k != "vae"}, "novae/model_index.json names no vae")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(json.dumps(data))
+        with pytest.raises(HarnessError, match=r"^base_model: ") as e:
+            family_name(tmp_path / name)
+        assert needle in str(e.value) and "\n" not in str(e.value)
