@@ -126,3 +126,61 @@ def test_the_partial_diffusion_attack_loads_the_pair_once_for_its_grid(repo, loa
     assert r["metric"] == "ccs_forget" and r["verdict"] == "info" and set(r["details"]["per_psi"]) == {"0.5", "0.25"}
     warm = evaluator(repo, smoke=False).run("sub.yaml", sub, "conceal")
     assert len(loads) == 2 and warm["suite"]["images"]["attack"]["generated"] == 0 and warm["metrics"][0]["value"] == r["value"]
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """Every file the run hashes (``sha256_file``: a checkpoint file, each file of a base folder's
+    tree hash) and every folder it walks (``safefs.tree_files``), in order."""
+    from harness.store import hashing, safefs
+
+    files, walks = [], []
+    real_file, real_walk = hashing.sha256_file, safefs.tree_files
+
+    def file(path, *a, **k):
+        files.append(str(path))
+        return real_file(path, *a, **k)
+
+    def walk(path, *a, **k):
+        walks.append(str(path))
+        return real_walk(path, *a, **k)
+
+    monkeypatch.setattr(hashing, "sha256_file", file)
+    monkeypatch.setattr(models, "sha256_file", file)  # checkpoint_file's own name for it
+    monkeypatch.setattr(safefs, "tree_files", walk)
+    return files, walks
+
+
+def test_two_suites_of_one_submission_hash_the_checkpoint_and_the_base_once(repo, hashed):
+    """A bare Submission is resolved once per evaluator (``resolve_models``): the second suite
+    neither hashes the checkpoint nor fingerprints the base folder again."""
+    (repo / "suites" / "mini2.yaml").write_text(SUITE.replace("id: mini", "id: mini2").replace("seeds: [0]}", "seeds: [1]}"))
+    files, walks = hashed
+    sub = load_submission(repo / "sub.yaml")
+    ev = evaluator(repo)
+    first = ev.run("sub.yaml", sub, "mini")
+    n_files, n_walks = len(files), len(walks)
+    toy = str(models.TOY_PIPELINE)
+    assert files.count(str(repo / "ckpt" / "unet.safetensors")) == 1
+    base_files = [f for f in files if f.startswith(toy)]
+    assert base_files and len(base_files) == len(set(base_files))  # each file of the base read once
+    second = ev.run("sub.yaml", sub, "mini2")
+    assert (len(files), len(walks)) == (n_files, n_walks)  # nothing hashed or walked for the second suite
+    assert second["suite"]["models"] == first["suite"]["models"]
+
+
+def test_a_resolved_submission_is_taken_as_it_is(repo, hashed):
+    """The start-up check's ``ResolvedSubmission`` handed to the evaluator: the suite run hashes
+    no checkpoint and walks no folder; its fingerprints key the images."""
+    from harness.resolve.check import prepare
+
+    files, walks = hashed
+    resolved = prepare("sub.yaml", repo, repo / ".cache")
+    assert resolved.family == "sd1" and resolved.native_size == 32 and resolved.checkpoint == repo / "ckpt" / "unet.safetensors"
+    assert resolved.checked[0] == f"base_model: {resolved.base_fingerprint}" and set(resolved.suites) == {"mini", "eff"}
+    del files[:], walks[:]
+    out = evaluator(repo).run("sub.yaml", resolved, "mini")
+    assert files == [] and walks == []
+    assert out["suite"]["models"] == {"base": resolved.base_fingerprint, "unlearned": resolved.unlearned_fingerprint}
+    with pytest.raises(Exception):  # frozen
+        resolved.native_size = 64

@@ -3,7 +3,7 @@
 from harness.store.hashing import sha256_bytes, sha256_file, sha256_tree
 
 
-def test_file_hash_is_remembered_but_a_rewritten_file_is_hashed_again(tmp_path):
+def test_a_rewritten_file_is_hashed_again(tmp_path):
     f = tmp_path / "w.bin"
     f.write_bytes(b"first")
     assert sha256_file(f) == sha256_bytes(b"first") == sha256_file(f)

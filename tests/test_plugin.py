@@ -96,6 +96,34 @@ def test_smoke_subset_and_suite_filter(project):
     assert suite["smoke"] is True and suite["n_prompts"] == 2 and suite["seeds"] == [0]
 
 
+def test_a_run_hashes_the_checkpoint_and_the_base_once_for_every_suite(project, monkeypatch):
+    """The start-up check resolves the submission once (``harness.resolve.resolved``): over a
+    whole smoke run of two suites (start-up check, estimate line, both suites' runs, results)
+    the checkpoint is hashed once and each file of the base folder once, and the base folder is
+    walked by one fingerprint only (its safety check and its tree hash)."""
+    import importlib
+
+    # the modules as sys.modules holds them now (pytester's in-process runs drop modules first imported inside a run)
+    sd1, hashing, safefs = (importlib.import_module(f"harness.{m}") for m in ("families.sd1", "store.hashing", "store.safefs"))
+
+    (project.path / "suites" / "mini2.yaml").write_text(SUITE.replace("id: mini", "id: mini2").replace("seeds: [0]}", "seeds: [1]}"))
+    text = (project.path / "sub.yaml").read_text().replace("suites: [mini]", "suites: [mini, mini2]")
+    (project.path / "sub.yaml").write_text(text)
+    files, walks = [], []
+    real_file, real_walk = hashing.sha256_file, safefs.tree_files
+    monkeypatch.setattr(hashing, "sha256_file", lambda p, *a, **k: files.append(str(p)) or real_file(p, *a, **k))
+    monkeypatch.setattr(sd1, "sha256_file", hashing.sha256_file)
+    monkeypatch.setattr(safefs, "tree_files", lambda p, *a, **k: walks.append(str(p)) or real_walk(p, *a, **k))
+    r = run(project, "--unlearn-submission", "sub.yaml", "--unlearn-smoke")
+    r.assert_outcomes(passed=4, failed=2)
+    assert [s["id"] for s in only_json(project)["suites"]] == ["mini", "mini2"]
+    base = str(project.path / "base")
+    assert files.count(str(project.path / "ckpt" / "unet.safetensors")) == 1
+    base_files = [f for f in files if f.startswith(base + "/")]
+    assert base_files and len(base_files) == len(set(base_files))
+    assert walks.count(base) == 2  # base_fingerprint: check_model_folder, then sha256_tree
+
+
 def test_xdist_workers_records_are_merged_by_the_controller(project):
     r = run(project, "--unlearn-submission", "sub.yaml", "-n", "2")
     r.assert_outcomes(passed=2, failed=1)

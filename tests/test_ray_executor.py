@@ -251,12 +251,13 @@ def test_task_units_group_an_attacks_items_by_prompt_or_by_target():
 def _task_args(tmp_path, judge_params, identity):
     from fixtures import robust_suite
 
+    from harness.attacks.runner import AttackTask
     from harness.spec import TargetSpec
 
     suite = robust_suite(UDA)
     target = TargetSpec(kind="object", concept="triangle")
     never = PipelineRecipe(str(ROOT), BaseModelSpec(builtin="toy"), Placement.choose("cpu"), "unlearned")  # no checkpoint: loading it would fail
-    return (never, "unlearndiffatk", [], [], {}, suite, target, judge_params, str(ROOT), str(tmp_path / "attacks"), identity)
+    return (AttackTask(never, "unlearndiffatk", {}, suite, target, judge_params, str(ROOT), str(tmp_path / "attacks"), identity),)
 
 
 def test_an_attack_task_checks_its_judge_before_it_loads_or_writes_anything(ray_local, tmp_path):

@@ -147,9 +147,18 @@ def test_the_file_of_a_run_is_assembled_in_the_order_readers_see(tmp_path):
 
     sub_path = ROOT / "submissions" / "toy-uce-style.yaml"
     committed = json.loads((ROOT / "leaderboard" / "results" / "toy-uce-style.json").read_text())
-    suites = [{"suite": s, "metrics": [m for m in committed["metrics"] if m["suite"] == s["id"]]} for s in committed["suites"]]
-    doc = build(str(sub_path.relative_to(ROOT)), load_submission(sub_path), ROOT, suites, {"python": "3"}, True, "2026-01-01T00:00:00+00:00",
-                devices=["cpu"], smoke=False).to_json()
+    from harness.results.assemble import SuiteResult
+
+    suites = [SuiteResult(SuiteRecord.model_validate(s), [MetricRecord.model_validate(m) for m in committed["metrics"] if m["suite"] == s["id"]])
+              for s in committed["suites"]]
+    built = build(str(sub_path.relative_to(ROOT)), load_submission(sub_path), ROOT, suites, {"python": "3"}, True, "2026-01-01T00:00:00+00:00",
+                  devices=["cpu"], smoke=False)
+    doc = built.to_json()
+    # the records travel as models and are written byte for byte as they were read (the writer's own format)
+    write_result(tmp_path / "r.json", built)
+    written = json.loads((tmp_path / "r.json").read_text())
+    for part in ("suites", "metrics"):
+        assert json.dumps(written[part], indent=2) == json.dumps(committed[part], indent=2)
     assert list(doc) == list(committed)
     assert list(doc["environment"]) == ["platform", "libraries", "device", "fingerprint"] and doc["summary"] == committed["summary"]
     from harness.run.reproduce import BITWISE_FIELDS

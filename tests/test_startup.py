@@ -149,7 +149,7 @@ def test_an_exception_escaping_a_case_is_one_line_and_the_suite_runs_once(pytest
 
     from harness.run.evaluate import Evaluator
 
-    monkeypatch.setattr(Evaluator, "run", boom)
+    monkeypatch.setattr(Evaluator, "result", boom)  # what a case calls (``run`` is its JSON view)
     r = pytester.runpytest("--unlearn-submission", "sub.yaml", "--unlearn-cache", str(root / "cache"), "--unlearn-device", "cpu")
     out = r.stdout.str()
     r.assert_outcomes(failed=2)
@@ -305,10 +305,13 @@ def test_estimate_counts_the_prompt_attacks_and_learns_their_speed(tmp_path, mon
     assert "400 image(s) to make and 15 prompt-attack item(s)" in estimate.summary_line([p], tmp_path, "cpu/2t")
     # what a run measured: its details (pre_asr and asr share one attack, counted once)
     d = {"attack": "unlearndiffatk", "attacked": 10, "budget": 80, "seconds": 40.0, "params": {"k": 5}}
-    result = {"suite": {"generation": {"height": 32, "width": 32}},
-              "metrics": [{"metric": m, "target": "triangle", "details": d} for m in ("pre_asr", "asr")]
-              + [{"metric": "ti_asr", "target": "triangle", "details": {"attack": "ti", "attacked": 5, "budget": 100, "seconds": 10.0, "params": {}}},
-                 {"metric": "ua", "target": "triangle", "details": {}}]}
+    from harness.results.assemble import SuiteResult
+    from harness.results.model import MetricRecord, SuiteRecord
+
+    rec = lambda m, details: MetricRecord(suite="toy-robustness", metric=m, target="triangle", verdict="info", details=details)  # noqa: E731
+    result = SuiteResult(SuiteRecord(id="toy-robustness", generation={"height": 32, "width": 32}),
+                         [rec(m, d) for m in ("pre_asr", "asr")]
+                         + [rec("ti_asr", {"attack": "ti", "attacked": 5, "budget": 100, "seconds": 10.0, "params": {}}), rec("ua", {})])
     assert estimate.note_attacks(tmp_path, "cpu/2t", result) == 50.0
     assert estimate.seconds_per_item_unit(tmp_path, "cpu/2t", "unlearndiffatk", 32, 32) == (pytest.approx(0.05), "measured on this device")
     assert estimate.seconds_per_item_unit(tmp_path, "cpu/2t", "ti", 64, 64) == (pytest.approx(0.02 * 4), "scaled from another size on this device")
@@ -384,3 +387,26 @@ def test_estimate_uses_the_speed_measured_on_this_device(tmp_path):
     # an image two suites share is made once
     twice = plan + [estimate.SuitePlan("u", 1, 1, 20, 32, 32, frozenset({"a"}), frozenset({"a"}), 0)]
     assert estimate.counts(twice) == (2, 0)
+
+
+def test_the_family_of_a_base_is_named_from_its_model_index(tmp_path):
+    """``family_name``: sd1 for a StableDiffusionPipeline folder (the toy base; a hub base not in
+    the cache is loaded by the default family); a pipeline no family recognises is one line
+    naming the folder."""
+    import json
+
+    from harness.errors import HarnessError
+    from harness.families.sd1 import TOY_PIPELINE
+    from harness.resolve.resolved import family_name
+
+    assert family_name(TOY_PIPELINE) == "sd1" and family_name(None) == "sd1"
+    index = json.loads((TOY_PIPELINE / "model_index.json").read_text())
+    for name, data, needle in (("xl", {**index, "_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]},
+                                "xl/model_index.json (StableDiffusionXLPipeline) is not a pipeline of any known model family"),
+                               ("flux", {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]},
+                                "flux/model_index.json (FluxPipeline) is not a pipeline of any known model family")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(json.dumps(data))
+        with pytest.raises(HarnessError, match=r"^base_model: ") as e:
+            family_name(tmp_path / name)
+        assert needle in str(e.value) and "\n" not in str(e.value)

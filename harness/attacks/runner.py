@@ -17,6 +17,10 @@ prompt (an attack's ``AttackInfo.unit = "target"`` makes it one per target: text
 one embedding on every forget item), each on a worker that loads the unlearned model and the
 judge itself (``ray_executor.run_attack``); the records are the same as here.
 
+What one suite run's attacks share travels as one frozen ``AttackContext`` (its items, jobs,
+images, scorer, fingerprints, caches; ``RemoteAttacks`` where Ray runs them), and what one Ray
+task of a block and target needs as one frozen ``AttackTask``.
+
 A suite may hold both blocks; outcomes are keyed ``(kind, concept)`` for ``attacks.prompt`` and
 ``(block, kind, concept)`` for every block (``("inversion", kind, concept)``).
 """
@@ -24,7 +28,9 @@ A suite may hold both blocks; outcomes are keyed ``(kind, concept)`` for ``attac
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -33,6 +39,72 @@ from harness.attacks.common import AttackCache, Item, asr_curve, item_key
 from harness.attacks.contract import REGISTRY
 from harness.registry import RegistryView
 from harness.scorers.judge import make_judge
+
+
+@dataclass(frozen=True)
+class RemoteAttacks:
+    """Where the attacked items run as tasks instead of here: the executor (``RayExecutor``),
+    the unlearned model's ``PipelineRecipe`` each worker loads, the suite's ``RunStats``."""
+
+    executor: Any
+    recipe: Any
+    stats: Any
+
+
+@dataclass(frozen=True, eq=False)
+class AttackContext:
+    """One suite run's prompt attacks: the suite and its attack blocks (``settings``: block name
+    -> ``spec.PromptAttack``, ``suite.prompt_attacks``), the (prompt, seed) items with both
+    models' jobs and images, the scorer, ``unl_pipe`` (loads the unlearned pipeline, called only
+    for a missing attack), the fingerprints an attack may key on (``model_fps``: ``unlearned``,
+    ``text_encoder``), the cache and repository folders, ``progress`` (a bool, or the plugin's
+    progress-line maker), ``counter`` (UNet calls, added to as attacks run) and ``remote``
+    (None: the attacks run here)."""
+
+    suite: Any
+    settings: Mapping[str, Any]
+    items: list
+    targets: list
+    base_jobs: list
+    unl_jobs: list
+    base_imgs: list
+    unl_imgs: list
+    scorer: Any
+    unl_pipe: Callable[[], Any]
+    model_fps: Mapping[str, str]
+    cache_dir: Path
+    root: Path
+    progress: Any = True
+    counter: dict = field(default_factory=dict)
+    remote: RemoteAttacks | None = None
+
+
+@dataclass(frozen=True)
+class AttackTask:
+    """What a remote worker needs to attack items of one block and target (picklable):
+    the unlearned model's recipe, the attack and its params, the suite, the target, the judge's
+    settings and the driver's judge identity (a worker with another judge attacks nothing), the
+    repository and attack-cache folders (as text: paths of every node), and the ``items`` with
+    their cache ``keys``; ``units``: which item indices one task attacks together
+    (``task_units``)."""
+
+    recipe: Any
+    attack: str
+    params: Mapping[str, Any]
+    suite: Any
+    target: Any
+    judge_params: Mapping[str, Any]
+    root: str
+    cache_root: str
+    judge_identity: Mapping[str, Any]
+    items: tuple = ()
+    keys: tuple = ()
+    units: tuple = ()
+
+    def unit(self, indices) -> "AttackTask":
+        """The task of some of the items (one unit), for one worker."""
+        return replace(self, items=tuple(self.items[i] for i in indices), keys=tuple(self.keys[i] for i in indices), units=())
+
 
 def attacks() -> RegistryView:
     """Every registered prompt attack by name (harness.attacks.contract.REGISTRY): its module,
@@ -68,38 +140,37 @@ def forget_items(suite, items, target, seeds) -> list[int]:
     return out
 
 
-def run_prompt_attacks(suite, settings: dict, items, targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, model_fps: dict,
-                       cache_dir: Path, root: Path, progress: bool = True, counter: dict | None = None, remote=None) -> dict:
-    """``{(block, kind, concept): outcome}`` of every attack block of the suite (``settings``:
-    block name -> ``spec.PromptAttack``, ``suite.prompt_attacks``), and ``{(kind, concept):
-    outcome}`` of ``attacks.prompt``, for every target the suite applies to. ``model_fps``: the
-    fingerprints an attack may key on (``unlearned``, ``text_encoder``). ``remote``: ``(executor,
-    recipe, stats)`` to run the attacks as tasks (the Ray executor, the unlearned model's
-    ``PipelineRecipe``, the suite's ``RunStats``); None runs them here."""
-    counter = counter if counter is not None else {}
+def run_prompt_attacks(ctx: AttackContext) -> dict:
+    """``{(block, kind, concept): outcome}`` of every attack block of the suite
+    (``ctx.settings``), and ``{(kind, concept): outcome}`` of ``attacks.prompt``, for every
+    target the suite applies to. With ``ctx.remote`` the attacks run as tasks (the Ray
+    executor); else here."""
+    suite = ctx.suite
     loaded: list = []
     out = {}
-    for block, ps in settings.items():
+    for block, ps in ctx.settings.items():
         mod = attack_module(ps.attack, suite.id)
-        for target in targets:
+        for target in ctx.targets:
             if target.kind not in suite.applies_to:
                 continue
-            res = _attack_target(mod, suite, ps, items, target, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, loaded, model_fps,
-                                 AttackCache((Path(cache_dir) / "attacks").resolve()), root, progress, counter, remote)
+            res = _attack_target(ctx, mod, ps, target, AttackCache((Path(ctx.cache_dir) / "attacks").resolve()), loaded)
             out[(block, target.kind, target.concept)] = res
             if block == "prompt":
                 out[(target.kind, target.concept)] = res
     return out
 
 
-def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, loaded, model_fps,
-                   cache, root, progress, counter, remote=None) -> dict:
+def _attack_target(ctx: AttackContext, mod, settings, target, cache: AttackCache, loaded: list) -> dict:
+    """One attack block (``settings``) against one target: the outcome the robustness metrics
+    read. ``loaded``: the unlearned pipeline once some target needed it (shared by the blocks)."""
+    suite, items, root, progress, counter, remote = ctx.suite, ctx.items, ctx.root, ctx.progress, ctx.counter, ctx.remote
+    base_jobs, unl_jobs, base_imgs, unl_imgs, model_fps = ctx.base_jobs, ctx.unl_jobs, ctx.base_imgs, ctx.unl_imgs, ctx.model_fps
     ap = mod.params_of(settings.params)
     seeds = set(settings.seeds) if settings.seeds is not None else None
     params = settings.judge.params()  # the judge's settings (make_judge)
     t0 = time.time()
     try:  # a target this suite cannot judge is that target's error, not the whole suite's
-        judge = make_judge(suite, scorer, target, params, root)
+        judge = make_judge(suite, ctx.scorer, target, params, root)
         idx = forget_items(suite, items, target, seeds)
         if not idx:
             raise HarnessError(f"suite {suite.id}: robustness: no forget prompts of {target.concept!r} with the attack seeds")
@@ -117,7 +188,7 @@ def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, bas
     before = counter.get("unet_calls", 0)
     if todo and max(mod.budgets(ap)) > 0:
         if not loaded and remote is None:
-            loaded.append(unl_pipe())
+            loaded.append(ctx.unl_pipe())
         extra = {}
         if info.concept_pairs:  # Ring-A-Bell's concept vector: pairs from the suite's prompts (or params.pairs)
             by_labels = {tuple(sorted(p.labels.items())): p.text for p, _ in items if p.labels}
@@ -139,9 +210,9 @@ def _attack_target(mod, suite, settings, items, target, base_jobs, unl_jobs, bas
         bars = bool(progress) and line is None
         try:
             if remote is not None:
-                executor, recipe, stats = remote
-                made = executor.run_attack(recipe, info.name, task_units(mod, attacked), attacked, [keys[j] for j in todo], {**ap, **extra}, suite,
-                                           target, params, root, cache.root, judge.identity, stats, counter, on_record=done, progress=bars)
+                task = AttackTask(remote.recipe, info.name, {**ap, **extra}, suite, target, params, str(Path(root).resolve()), str(Path(cache.root).resolve()),
+                                  judge.identity, tuple(attacked), tuple(keys[j] for j in todo), tuple(map(tuple, task_units(mod, attacked))))
+                made = remote.executor.run_attack(task, remote.stats, counter, on_record=done, progress=bars)
             else:
                 made = mod.attack(loaded[0], attacked, judge, {**ap, **extra}, bars, counter, on_record=done)
         finally:

@@ -57,10 +57,11 @@ def cmd_check(a) -> int:
             bad += 1
     for f in files:
         try:
-            sub, suites, lines = prepare(f, root, cache, a.allow_pickle, set(a.suite or ()) or None)
-            lines.append(_estimate(f, sub, suites, root, cache, set(a.suite or ()) or None))
+            resolved = prepare(f, root, cache, a.allow_pickle, set(a.suite or ()) or None)
+            lines = list(resolved.checked)
+            lines.append(_estimate(f, resolved, resolved.suites, root, cache, set(a.suite or ()) or None))
             if getattr(a, "pr_minutes", None) is not None:
-                lines.append(_pr_limit(f, sub, suites, root, cache, set(a.suite or ()) or None, a.pr_minutes))
+                lines.append(_pr_limit(f, resolved, resolved.suites, root, cache, set(a.suite or ()) or None, a.pr_minutes))
         except SpecErrors as e:  # each line starts with its file: the submission or a suite
             where = e.lines[0].split(": ", 1)[0]
             more = f" (and {len(e.lines) - 1} more: `unlearn validate {where}` lists them)" if len(e.lines) > 1 else ""

@@ -268,9 +268,14 @@ def model_fingerprints(sub: Submission, root: Path) -> tuple[str, str]:
     """(base, unlearned) identities; they key the image cache. A whole-pipeline checkpoint is
     identified by its folder hash alone, like a local base, so identical weights share images."""
     base = base_fingerprint(sub.base_model, root)
+    return base, unlearned_fingerprint(sub, base)
+
+
+def unlearned_fingerprint(sub: Submission, base: str) -> str:
+    """The unlearned model's identity, given the base's (``model_fingerprints``)."""
     if sub.checkpoint.kind == "pipeline":
-        return base, f"sha256:{sub.checkpoint.sha256}"
-    return base, f"{base}+{sub.checkpoint.kind}:{sub.checkpoint.sha256}"
+        return f"sha256:{sub.checkpoint.sha256}"
+    return f"{base}+{sub.checkpoint.kind}:{sub.checkpoint.sha256}"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ prints it as ``unlearn: error: ...``, exit 2). What depends on several options o
 (a Ray address only with Ray, ``{submission}`` with several submissions, a writable cache, the
 suites of the submissions) is checked by ``start`` when pytest starts, before any model loads.
 
-``Session`` holds what the plugin's hooks share: the submissions, their suites and cases, the
+``Session`` holds what the plugin's hooks share: the submissions (each resolved once by the
+start-up check: ``harness.resolve.resolved.ResolvedSubmission``), their suites and cases, the
 parsed options, the records gathered from the reports (under pytest-xdist: from every worker),
 and the results files written. The hooks in ``harness.plugin.hooks`` are a few lines each over it.
 """
@@ -112,20 +113,30 @@ class Session:
     records: list = field(default_factory=list)
     written: list = field(default_factory=list)
     suite_errors: dict = field(default_factory=dict)  # (submission, suite) -> the one-line error of a suite that failed to run
-    checked: dict = field(default_factory=dict)  # submission path -> what the start-up checks verified
+    resolved: dict = field(default_factory=dict)  # submission path -> its ResolvedSubmission (made once, by the start-up check)
     threads: tuple | None = None  # (torch threads, why) of the evaluator in this process
     progress: object = None  # the Progress display of this process
     timed: set = field(default_factory=set)  # (submission, suite) whose scoring time was kept
+
+    @property
+    def checked(self) -> dict:
+        """submission path -> what the start-up checks verified, one line each."""
+        return {p: list(r.checked) for p, r in self.resolved.items()}
 
     def suites_of(self, path: str) -> dict:
         names = {c.suite for c in self.cases if c.submission == path}
         return {k: v for k, v in self.suites.items() if k in names}
 
     def add_record(self, report) -> None:
-        """The records a case's report carries (``_record``), local or from an xdist worker."""
+        """The record a case's report carries (``_record``), local or from an xdist worker, as
+        (submission path, its ``MetricRecord``, its suite's ``SuiteRecord`` or None)."""
+        from harness.results.model import MetricRecord, SuiteRecord
+
         for name, value in getattr(report, "user_properties", []):
             if name == "unlearn" and report.when == "call":
-                self.records.append(json.loads(value))
+                got = json.loads(value)
+                suite = SuiteRecord.model_validate(got["suite"]) if got["suite"] is not None else None
+                self.records.append((got["submission"], MetricRecord.model_validate(got["record"]), suite))
 
 
 def probe_writable(folder: Path) -> None:
@@ -190,11 +201,12 @@ def start(config) -> Session:
     only = set(config.getoption("unlearn_suite"))
     subs, suites, cases = {}, {}, []
     allow_pickle = config.getoption("unlearn_allow_pickle")
-    checked = {}
+    resolved = {}
     for p in dict.fromkeys(paths):
         try:
             # every check `unlearn check` makes (one function), before any model loads
-            sub, mine, checked[p] = prepare(p, root, cache, allow_pickle, only or None, strict_only=False)
+            resolved[p] = prepare(p, root, cache, allow_pickle, only or None, strict_only=False)
+            sub, mine = resolved[p].spec, resolved[p].suites
         except SpecErrors as e:
             raise _usage("\n".join(e.lines)) from None
         except (HarnessError, OSError) as e:
@@ -214,7 +226,7 @@ def start(config) -> Session:
     started = dt.datetime.now(dt.timezone.utc)
     session = Session(root, subs, suites, cases, cache, results, device, config.getoption("unlearn_smoke"), allow_pickle,
                       started.isoformat(timespec="seconds"), executor, address, config.getoption("unlearn_compile"))
-    session.checked = checked
+    session.resolved = resolved
     session.strict = bool(config.getoption("unlearn_strict"))
     return session
 
@@ -237,7 +249,8 @@ def _estimate_line(config, session: Session) -> str:
     device = estimate.resolve_device(session.device)
     only = set(config.getoption("unlearn_suite")) or None
     plans = [p for path, sub in session.submissions.items()
-             for p in estimate.plan(path, sub, session.suites_of(path), session.root, session.cache, session.device, session.smoke, only)]
+             for p in estimate.plan(path, session.resolved.get(path, sub), session.suites_of(path), session.root, session.cache, session.device,
+                                    session.smoke, only)]
     w = workers if isinstance(workers, int) and workers > 1 else 1
     line = estimate.summary_line(plans, session.cache, estimate.device_key(device, n), parallel=w)
     return f"{line}; torch threads {n} per process ({why})"
@@ -249,6 +262,9 @@ def _fmt(x) -> str:
 
 
 def _ci(ci) -> str:
+    """`` [low, high]`` of an interval (an ``Interval`` model or its JSON object), else empty."""
+    if ci is not None and not isinstance(ci, dict):
+        ci = {"low": ci.low, "high": ci.high}
     return f" [{ci['low']:.4f}, {ci['high']:.4f}]" if isinstance(ci, dict) and ci.get("low") is not None else ""
 
 
@@ -259,18 +275,20 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if not isinstance(e, HarnessError) else text
 
 
-def _record(request, payload: dict) -> None:
-    """The case's record, carried by its report (xdist: to the controller): the whole record as
-    JSON under ``unlearn``, and value / base value / threshold / verdict as plain properties
-    (shown by ``--junitxml``). Appended to ``user_properties`` directly: pytest's
-    ``record_property`` fixture warns under junit's default xunit2 family."""
-    rec = payload["record"]
+def _record(request, submission: str, rec, suite) -> None:
+    """The case's record (a ``MetricRecord``, with its suite's ``SuiteRecord`` or None), carried
+    by its report (xdist: to the controller): the whole record as JSON under ``unlearn``, and
+    value / base value / threshold / verdict as plain properties (shown by ``--junitxml``).
+    Appended to ``user_properties`` directly: pytest's ``record_property`` fixture warns under
+    junit's default xunit2 family."""
     props = request.node.user_properties
+    payload = {"submission": submission, "record": rec.to_json(), "suite": suite.to_json() if suite is not None else None}
     props.append(("unlearn", json.dumps(payload, default=float)))
     for k in ("value", "base_value", "threshold", "bound", "verdict"):
-        props.append((f"unlearn.{k}", "" if rec.get(k) is None else str(rec.get(k))))
-    if rec.get("error"):
-        props.append(("unlearn.error", rec["error"]))
+        v = getattr(rec, k)
+        props.append((f"unlearn.{k}", "" if v is None else str(v)))
+    if rec.error:
+        props.append(("unlearn.error", rec.error))
 
 
 def check_case(case, unlearn_evaluator, request) -> None:
@@ -282,12 +300,12 @@ def check_case(case, unlearn_evaluator, request) -> None:
     import pytest
 
     state, evaluator = unlearn_evaluator
-    sub = state.submissions[case.submission]
+    sub = state.resolved.get(case.submission) or state.submissions[case.submission]  # resolved at start-up: nothing hashed again
     key = (case.submission, case.suite)
     failed = state.suite_errors.get(key)
     if failed is None:
         try:
-            result = evaluator.run(case.submission, sub, case.suite)
+            result = evaluator.result(case.submission, sub, case.suite)
         except Exception as e:  # noqa: BLE001 - every error of a case is reported, in one line
             config = request.config
             if not isinstance(e, HarnessError) and (config.getoption("unlearn_debug") or config.get_verbosity() > 0):
@@ -296,8 +314,8 @@ def check_case(case, unlearn_evaluator, request) -> None:
     if failed is not None:
         from harness.results.model import MetricRecord
 
-        rec = MetricRecord(suite=case.suite, metric=case.metric, target=case.target.concept, verdict="error", error=failed).to_json()
-        _record(request, {"submission": case.submission, "record": rec, "suite": None})
+        rec = MetricRecord(suite=case.suite, metric=case.metric, target=case.target.concept, verdict="error", error=failed)
+        _record(request, case.submission, rec, None)
         pytest.fail(f"error: {failed}", pytrace=False)
     if key not in state.timed and state.progress is not None:  # scoring time, for the next run's estimate
         from harness.run import estimate
@@ -305,23 +323,23 @@ def check_case(case, unlearn_evaluator, request) -> None:
         state.timed.add(key)
         dev = state.progress.device or estimate.device_key(estimate.resolve_device(state.device))
         # prompt attacks: seconds per item and budget unit (not noted when Ray ran them: other threads, other nodes)
-        remote = (result["suite"].get("executor") or {}).get("name") == "ray"
+        remote = (result.suite.executor or {}).get("name") == "ray"
         attack_s = estimate.note_attacks(None if remote else state.cache, dev, result)
-        scoring = float(result["suite"].get("seconds") or 0) - state.progress.generation_s.get(case.suite, 0.0) - attack_s
+        scoring = float(result.suite.seconds or 0) - state.progress.generation_s.get(case.suite, 0.0) - attack_s
         estimate.note(state.cache, f"score|{dev}|{case.suite}", max(scoring, 0.01), 1)
-    rec = next(r for r in result["metrics"] if r["metric"] == case.metric and r["target"] == case.target.concept)
-    _record(request, {"submission": case.submission, "record": rec, "suite": result["suite"]})
-    label = f"{rec.get('label', case.metric)} for {case.target.concept}"
-    if rec["verdict"] == "error":
-        pytest.fail(f"error: {label}: {rec['error']}", pytrace=False)
-    if rec["verdict"] == "fail":
-        pytest.fail(f"{label} = {_fmt(rec['value'])}{_ci(rec.get('ci'))}, needs {rec['threshold']} (bound {_fmt(rec['bound'])}; base model {_fmt(rec['base_value'])})", pytrace=False)
-    if rec["verdict"] == "inconclusive":
+    rec = result.record(case.metric, case.target.concept)
+    _record(request, case.submission, rec, result.suite)
+    label = f"{rec.label if 'label' in rec.model_fields_set else case.metric} for {case.target.concept}"
+    if rec.verdict == "error":
+        pytest.fail(f"error: {label}: {rec.error}", pytrace=False)
+    if rec.verdict == "fail":
+        pytest.fail(f"{label} = {_fmt(rec.value)}{_ci(rec.ci)}, needs {rec.threshold} (bound {_fmt(rec.bound)}; base model {_fmt(rec.base_value)})", pytrace=False)
+    if rec.verdict == "inconclusive":
         # Skip-like: the case neither passed nor failed; the evidence (the 95% interval of
         # value - bound) does not decide. --unlearn-strict turns it into a failure.
-        m = rec.get("margin_ci") or {}
-        msg = (f"inconclusive: {label} = {_fmt(rec['value'])}{_ci(rec.get('ci'))}, needs {rec['threshold']} (bound {_fmt(rec['bound'])}); "
-               f"95% interval of value - bound [{_fmt(m.get('low'))}, {_fmt(m.get('high'))}] contains 0; point estimate: {rec.get('verdict_point')}")
+        m = rec.margin_ci
+        msg = (f"inconclusive: {label} = {_fmt(rec.value)}{_ci(rec.ci)}, needs {rec.threshold} (bound {_fmt(rec.bound)}); "
+               f"95% interval of value - bound [{_fmt(m.low if m else None)}, {_fmt(m.high if m else None)}] contains 0; point estimate: {rec.verdict_point}")
         if state.strict:
             pytest.fail(msg + " (--unlearn-strict)", pytrace=False)
         pytest.skip(msg)
@@ -334,28 +352,28 @@ def write_results(state: Session, config, session, exitstatus) -> None:
     import pytest
 
     from harness.run.evaluate import library_versions
-    from harness.results.assemble import build
+    from harness.results.assemble import SuiteResult, build
     from harness.results.io import write_result
     from harness.results.model import SuiteRecord
 
     stamp = dt.datetime.fromisoformat(state.started).strftime("%Y%m%dT%H%M%SZ")
     versions = library_versions()
     for path, sub in state.submissions.items():
-        mine = [r for r in state.records if r["submission"] == path]
+        mine = [(rec, suite) for p, rec, suite in state.records if p == path]
         planned = [c for c in state.cases if c.submission == path]
-        suites: dict[str, dict] = {}
-        for r in mine:
-            s = suites.setdefault(r["record"]["suite"], {"suite": r["suite"], "metrics": []})
-            s["suite"] = s["suite"] or r["suite"]
-            s["metrics"].append(r["record"])
+        suites: dict[str, SuiteResult] = {}
+        for rec, suite in mine:
+            s = suites.setdefault(rec.suite, SuiteResult(suite))
+            s.suite = s.suite or suite
+            s.metrics.append(rec)
         order = {(c.suite, c.metric, c.target.concept): i for i, c in enumerate(planned)}
         for s in suites.values():
-            s["metrics"].sort(key=lambda m: order.get((m["suite"], m["metric"], m["target"]), 0))
-            if s["suite"] is None:
-                s["suite"] = SuiteRecord(id=s["metrics"][0]["suite"], error="the suite did not run").to_json()
+            s.metrics.sort(key=lambda m: order.get((m.suite, m.metric, m.target), 0))
+            if s.suite is None:
+                s.suite = SuiteRecord(id=s.metrics[0].suite, error="the suite did not run")
         complete = len(mine) == len(planned) and exitstatus != pytest.ExitCode.INTERRUPTED
         data = build(path, sub, state.root, list(suites.values()), versions, complete, state.started,
-                     devices=sorted({s["suite"].get("device") for s in suites.values() if s["suite"].get("device")}),
+                     devices=sorted({s.suite.device for s in suites.values() if s.suite.device}),
                      smoke=state.smoke)  # a smoke run is a different run: readers keep it apart (leaderboard, summary, compare)
         out = Path(state.results.replace("{submission}", sub.name)) if state.results else state.root / "results" / sub.name / f"{stamp}.json"
         if not out.is_absolute():

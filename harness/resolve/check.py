@@ -9,6 +9,10 @@ the base's (read from the safetensors headers), the targets' concepts against th
 the suites' label values, each suite's prompt set (CSV pinned by sha256, not empty), image size,
 scorer weights (pinned), thresholds that a metric can evaluate, and the method record. The first
 problem is raised as a ``HarnessError``: one line naming the field.
+
+``prepare`` makes the run's ``ResolvedSubmission`` (``harness.resolve.resolved``) as it checks:
+the base is located and hashed once (``BaseView`` keeps its folder, tensor shapes and native
+size for the checks), the checkpoint verified once, and what every check verified is kept with it.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from pathlib import Path
 from harness import metrics
 from harness.errors import HarnessError
 from harness.results.assemble import load_method_record
-from harness.families.sd1 import base_dir, base_fingerprint, check_tensors, checkpoint_file, tensor_shapes
-from harness.run.plan import native_size, resolve_suites, suite_items
+from harness.families.sd1 import base_dir, base_fingerprint, check_tensors, checkpoint_file, tensor_shapes, unlearned_fingerprint
+from harness.resolve.resolved import ResolvedSubmission, cached_base_folder, family_name, read_native_size
+from harness.run.plan import native_size, native_size_at, resolve_suites, suite_items
 from harness.spec import Submission, Suite, expand_prompts, load_submission, pinned_file
 
 COMPONENTS = {"unet": "unet", "text_encoder": "text encoder"}
@@ -36,10 +41,34 @@ def startup(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
     return sub, suites, ckpt
 
 
-def base_shapes(sub: Submission, root: Path, component: str) -> dict[str, tuple[int, ...]] | None:
+class BaseView:
+    """The base model as the checks read it: its folder located once (a local folder or the
+    cached hub snapshot, ``resolved.cached_base_folder``), each component's tensor shapes and the
+    native image size read at most once."""
+
+    def __init__(self, sub: Submission, root: Path):
+        self.sub, self.root = sub, root
+        self.folder = cached_base_folder(sub, root)
+        self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+        self.native: int | None = None
+
+    def native_size(self) -> int:
+        if self.native is None:
+            self.native = native_size_at(self.folder) if self.folder is not None else native_size(self.sub, self.root)
+        return self.native
+
+
+def base_shapes(sub: Submission, root: Path, component: str, base: BaseView | None = None) -> dict[str, tuple[int, ...]] | None:
     """name -> shape of the base model's ``unet`` or ``text_encoder`` tensors, from the
     safetensors headers of its folder; a hub base from the Hugging Face cache (offline, a missing
-    file is the error; online and not cached yet: None, shapes not compared)."""
+    file is the error; online and not cached yet: None, shapes not compared). ``base``: the base
+    already located (its shapes kept there)."""
+    if base is not None:
+        if base.folder is None:  # a hub base not cached (offline, check_base refused it already)
+            return None
+        if component not in base.shapes:
+            base.shapes[component] = _component_shapes(base.folder, component)
+        return base.shapes[component]
     d = base_dir(sub.base_model, root)
     if d is None:
         from harness.store.fetch import offline
@@ -51,6 +80,10 @@ def base_shapes(sub: Submission, root: Path, component: str) -> dict[str, tuple[
             if offline():
                 raise
             return None
+    return _component_shapes(d, component)
+
+
+def _component_shapes(d: Path, component: str) -> dict[str, tuple[int, ...]]:
     files = sorted((d / component).glob("*.safetensors"))
     if not files:
         raise HarnessError(f"base_model: {component}/ of {d.name} holds no safetensors weights")
@@ -63,7 +96,7 @@ def base_shapes(sub: Submission, root: Path, component: str) -> dict[str, tuple[
     return out
 
 
-def check_checkpoint(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool) -> str:
+def check_checkpoint(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool, base: BaseView | None = None) -> str:
     """The checkpoint's tensors fit the base: names known, shapes equal, floating point."""
     kind = sub.checkpoint.kind
     if kind not in ("pipeline", "lora"):
@@ -80,7 +113,7 @@ def check_checkpoint(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool
             raise HarnessError(f"checkpoint: {ckpt.name} holds no tensors")
         if ckpt.suffix.lower() == ".safetensors":
             check_finite(ckpt)
-        own = base_shapes(sub, root, kind)
+        own = base_shapes(sub, root, kind, base)
         if own is None:
             return f"checkpoint: {len(found)} {COMPONENTS[kind]} tensor(s), readable (shapes not compared: hub base)"
         check_tensors(found, own, COMPONENTS[kind])
@@ -94,7 +127,7 @@ def check_checkpoint(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool
             if not files:
                 raise HarnessError(f"checkpoint: pipeline folder {ckpt.name} has no {comp}/*.safetensors (pickle weights are not loaded)")
             found = {k: v for f in files for k, v in tensor_shapes(f).items()}
-            own = base_shapes(sub, root, comp)
+            own = base_shapes(sub, root, comp, base)
             if own is not None:
                 check_tensors(found, own, what)
                 missing = sorted(set(own) - set(found))
@@ -102,7 +135,7 @@ def check_checkpoint(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool
                     raise HarnessError(f"checkpoint: {comp} of pipeline folder {ckpt.name} lacks {len(missing)} tensor(s) of the base, e.g. {missing[0]!r}")
             n += len(found)
         return f"checkpoint: pipeline folder, {n} unet + text encoder tensors" + (", names and shapes match the base" if base_dir(sub.base_model, root) else "")
-    return check_lora(sub, ckpt, root, allow_pickle)
+    return check_lora(sub, ckpt, root, allow_pickle, base)
 
 
 def check_finite(path: Path) -> None:
@@ -172,8 +205,9 @@ def tokenizer_notes(sub: Submission, root: Path) -> list[str]:
     return notes
 
 
-def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path) -> str:
-    """One suite as the evaluator will run it for this submission, up to generation."""
+def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path, base: BaseView | None = None) -> str:
+    """One suite as the evaluator will run it for this submission, up to generation (``base``:
+    the base already located, its native size read once for every suite)."""
     where = f"suite {suite.id}"
     prompts = expand_prompts(suite, root, cache)
     g = suite.generation
@@ -195,7 +229,7 @@ def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path) -> str:
             size = f"{g.width}x{g.height}"
         else:
             try:
-                n = native_size(sub, root)
+                n = base.native_size() if base is not None else native_size(sub, root)
             except (OSError, ValueError, KeyError) as e:
                 raise HarnessError(f"base_model: cannot read its unet/vae config.json ({type(e).__name__})") from None
             except HarnessError as e:
@@ -224,13 +258,13 @@ def check_method_record(sub: Submission, root: Path) -> str | None:
 
 
 def prepare(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False, only: set[str] | None = None,
-            strict_only: bool = True) -> tuple[Submission, dict[str, Suite], list[str]]:
+            strict_only: bool = True) -> ResolvedSubmission:
     """Every check short of loading a model, for one submission: the one start-up path of both
-    ``unlearn check`` and the pytest plugin. Returns (submission, its suites by id, what was
-    checked, one line each) or raises the first problem as one line. ``only``: check only those
-    suites (all are returned); with ``strict_only`` a suite id the submission lacks is an error
-    (the plugin, given several submissions, checks its ``--unlearn-suite`` against all of them
-    instead)."""
+    ``unlearn check`` and the pytest plugin. Returns the submission resolved (its suites by id,
+    all of them; what was checked, one line each, in ``checked``) or raises the first problem as
+    one line. ``only``: check only those suites; with ``strict_only`` a suite id the submission
+    lacks is an error (the plugin, given several submissions, checks its ``--unlearn-suite``
+    against all of them instead)."""
     sub, every, ckpt = startup(path, root, cache, allow_pickle)
     suites = every
     if only:
@@ -238,24 +272,30 @@ def prepare(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
         if unknown and strict_only:
             raise HarnessError(f"--suite: {', '.join(unknown)} is not a suite of this submission (it has: {', '.join(sorted(suites))})")
         suites = {k: v for k, v in suites.items() if k in only}
-    lines = [f"base_model: {base_fingerprint(sub.base_model, root)}"]
-    lines += check_base(sub, root)
+    base_fp = base_fingerprint(sub.base_model, root)  # the base folder hashed: once per run
+    lines = [f"base_model: {base_fp}"]
+    base = BaseView(sub, root)
+    lines += check_base(sub, root, base)
+    family = family_name(base.folder)
     if ckpt is None:  # a URL: fetched into the cache (or found there, offline), then verified
         ckpt = checkpoint_file(sub.checkpoint, root, cache, allow_pickle)
-    lines.append(check_checkpoint(sub, ckpt, root, allow_pickle))
+    lines.append(check_checkpoint(sub, ckpt, root, allow_pickle, base))
     check_targets(sub, suites, filtered=bool(only))
     lines.append("targets: " + ", ".join(f"{t.concept} ({t.kind})" for t in sub.targets))
     lines += tokenizer_notes(sub, root)
-    lines += [check_suite(sub, s, root, cache) for s in suites.values()]
+    lines += [check_suite(sub, s, root, cache, base) for s in suites.values()]
     record = check_method_record(sub, root)
     if record:
         lines.append(record)
-    return sub, every, lines
+    native = base.native if base.native is not None else read_native_size(base.folder)
+    return ResolvedSubmission(path=str(path), spec=sub, checkpoint=ckpt, checkpoint_sha256=sub.checkpoint.sha256, base_folder=base.folder,
+                              base_fingerprint=base_fp, unlearned_fingerprint=unlearned_fingerprint(sub, base_fp), family=family,
+                              native_size=native, shapes=dict(base.shapes), suites=every, checked=tuple(lines))
 
 
 def check_submission(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False, only: set[str] | None = None) -> list[str]:
     """``prepare``'s lines (``unlearn check``)."""
-    return prepare(path, root, cache, allow_pickle, only)[2]
+    return list(prepare(path, root, cache, allow_pickle, only).checked)
 
 
 # ----------------------------------------------------------------------------- bases, pins, LoRA
@@ -285,24 +325,30 @@ def check_hub_model(repo_id: str, revision: str | None, what: str, kind: str = "
     return f"{what}: {at} not cached; downloaded when a suite first needs it"
 
 
-def check_base(sub: Submission, root: Path) -> list[str]:
+def check_base(sub: Submission, root: Path, base: BaseView | None = None) -> list[str]:
     """The base model can be loaded: a folder (or cached hub snapshot) with model_index.json
     that parses and every component's config; a hub base that is not cached while the hub is
-    off is refused."""
+    off is refused. ``base``: the base already located (not looked up again)."""
     import json
 
     b = sub.base_model
     lines = []
     if b.hub_id:
-        lines.append(check_hub_model(b.hub_id, b.revision, "base_model.hub_id"))
-    d = base_dir(b, root)
-    if d is None and b.hub_id and b.revision:
-        from harness.store.hub import pipeline_snapshot
+        if base is not None and base.folder is not None:  # found complete in the cache (cached_base_folder)
+            lines.append(f"base_model.hub_id: {b.hub_id}@{b.revision[:12]} found in the local Hugging Face cache")
+        else:
+            lines.append(check_hub_model(b.hub_id, b.revision, "base_model.hub_id"))
+    if base is not None:
+        d = base.folder
+    else:
+        d = base_dir(b, root)
+        if d is None and b.hub_id and b.revision:
+            from harness.store.hub import pipeline_snapshot
 
-        try:
-            d = pipeline_snapshot(b.hub_id, b.revision, download=False)
-        except HarnessError:  # not cached and online: the run downloads it (offline was refused above)
-            d = None
+            try:
+                d = pipeline_snapshot(b.hub_id, b.revision, download=False)
+            except HarnessError:  # not cached and online: the run downloads it (offline was refused above)
+                d = None
     if d is None:
         return lines
     name = d.name if b.hub_id is None else b.hub_id
@@ -377,7 +423,7 @@ def check_pins(sub: Submission, suite: Suite, root: Path) -> None:
             check_hub_model(params["model"], params["revision"], f"{where}: metrics.{j}.params.model", kind="model")
 
 
-def check_lora(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool) -> str:
+def check_lora(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool, base: BaseView | None = None) -> str:
     """A LoRA's tensors must adapt modules the base has: each ``<module>.lora_A/B`` (peft) or
     ``<module>.lora.down/up`` (diffusers) name, with its ``unet.`` / ``text_encoder.`` prefix
     removed, must name a Linear / Conv module of the base (its ``.weight`` tensor), and the
@@ -390,7 +436,7 @@ def check_lora(sub: Submission, ckpt: Path, root: Path, allow_pickle: bool) -> s
         found.update(tensor_shapes(f, allow_pickle))
     if not found:
         raise HarnessError(f"checkpoint: LoRA {ckpt.name} holds no tensors")
-    bases = {comp: base_shapes(sub, root, comp) for comp in COMPONENTS}
+    bases = {comp: base_shapes(sub, root, comp, base) for comp in COMPONENTS}
     if all(v is None for v in bases.values()):
         return f"checkpoint: LoRA, {len(found)} tensor(s), readable (names not compared: base not available here)"
     import re

@@ -2,6 +2,10 @@
 records the evaluator produced (possibly on several xdist workers) plus the provenance of the
 run: harness version and git sha, library versions, submission and checkpoint identity,
 declared or measured efficiency (the latter from ``unlearn erase``'s method.json).
+
+A suite's outcome travels as ``SuiteResult``: the models of ``harness.results.model`` (its
+``SuiteRecord`` and ``MetricRecord`` objects), from the evaluator through the pytest session to
+``build``; JSON is made only where it leaves the process (a test report, the file).
 """
 
 from __future__ import annotations
@@ -10,12 +14,30 @@ import datetime as dt
 import json
 import platform
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.store.hashing import sha256_file
 from harness.spec import Submission, inside
-from harness.results.model import SCHEMA_VERSION, ResultsFile, summary_counts
+from harness.results.model import SCHEMA_VERSION, MetricRecord, ResultsFile, SuiteRecord, summary_counts
+
+
+@dataclass
+class SuiteResult:
+    """One suite's run for one submission: its suite record and its metric records (one per
+    metric and target, in the suite's order), as the results file's models."""
+
+    suite: SuiteRecord
+    metrics: list[MetricRecord] = field(default_factory=list)
+
+    def record(self, metric: str, target: str) -> MetricRecord:
+        """The record of ``metric`` for the target concept ``target``."""
+        return next(r for r in self.metrics if r.metric == metric and r.target == target)
+
+    def to_json(self) -> dict:
+        """``{"suite": ..., "metrics": [...]}``: the JSON objects the results file holds."""
+        return {"suite": self.suite.to_json(), "metrics": [r.to_json() for r in self.metrics]}
 
 
 def git_sha(root: Path) -> str | None:
@@ -120,10 +142,11 @@ def efficiency(sub: Submission, root: Path) -> dict:
     return out
 
 
-def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict], versions: dict, complete: bool, started: str,
+def build(sub_path: str, sub: Submission, root: Path, suite_results: list[SuiteResult], versions: dict, complete: bool, started: str,
           devices: list[str] | None = None, smoke: bool | None = None) -> ResultsFile:
-    """The results file of one submission's run; ``devices`` (``environment.device``) and
-    ``smoke`` are set when given (the plugin gives both)."""
+    """The results file of one submission's run, from its suites' results (the models, taken as
+    they are); ``devices`` (``environment.device``) and ``smoke`` are set when given (the plugin
+    gives both)."""
     from harness import __version__
     from harness.run.reproduce import fingerprint
 
@@ -138,8 +161,8 @@ def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict],
         environment={"platform": platform.platform(), "libraries": versions, **({"device": devices} if devices is not None else {}),
                      "fingerprint": fingerprint(device=(devices or ["cpu"])[0])},
         efficiency=efficiency(sub, root),
-        suites=[s["suite"] for s in suite_results],
-        metrics=[r for s in suite_results for r in s["metrics"]],
+        suites=[s.suite for s in suite_results],
+        metrics=[r for s in suite_results for r in s.metrics],
     )
     doc.update(summary=summary_counts(doc.metrics))
     if smoke is not None:

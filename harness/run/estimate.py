@@ -143,14 +143,20 @@ class SuitePlan:
 def plan(sub_path: str, sub, suites: dict, root: Path, cache_dir: Path, device: str = "auto", smoke: bool = False,
          only: set[str] | None = None) -> list[SuitePlan]:
     """Each suite's image counts for one submission, from the specs and the cache (no model
-    loads)."""
+    loads). ``sub``: the submission as the start-up check resolved it
+    (``harness.resolve.resolved.ResolvedSubmission``: its fingerprints and native size are
+    used, nothing is hashed again), or a bare ``Submission`` (fingerprinted here)."""
     from harness.run import plan as run_plan
     from harness.run.generate import ImageCache
     from harness.families.sd1 import Placement, model_fingerprints
+    from harness.resolve.resolved import ResolvedSubmission
 
     cache = ImageCache(Path(cache_dir) / "images")
     out = []
-    base_fp, unl_fp = model_fingerprints(sub, root)
+    if isinstance(sub, ResolvedSubmission):
+        (base_fp, unl_fp), native, sub = sub.fingerprints, sub.native_size, sub.spec
+    else:
+        (base_fp, unl_fp), native = model_fingerprints(sub, root), None
     for sid, suite in suites.items():
         if only and sid not in only:
             continue
@@ -160,7 +166,7 @@ def plan(sub_path: str, sub, suites: dict, root: Path, cache_dir: Path, device: 
         g = suite.generation
         items = run_plan.suite_items(suite, run_plan.suite_prompts(suite, sub.targets, root, cache_dir, smoke), smoke)
         dtype = Placement.choose(device if device != "auto" else "auto", g.dtype).dtype
-        size = run_plan.image_size(sub, suite, root)
+        size = run_plan.image_size(sub, suite, root, native)
         base_jobs = run_plan.suite_jobs(suite, items, base_fp, dtype, size, smoke)
         jobs = base_jobs + run_plan.suite_jobs(suite, items, unl_fp, dtype, size, smoke)
         keys = {j.key() for j in jobs}
@@ -233,18 +239,19 @@ def counts(plans: list[SuitePlan]) -> tuple[int, int]:
     return len(missing) + attack_make, len(keys) - len(missing) + attack_all - attack_make
 
 
-def note_attacks(cache_dir: Path, device: str, result: dict) -> float:
-    """Note each prompt attack of a suite result (its metrics' details: attack, attacked items,
-    budget, seconds) as seconds per attacked item per budget unit; returns the attacks' seconds
-    (the suite's scoring time is the rest). ``cache_dir`` None: count them, note nothing."""
+def note_attacks(cache_dir: Path, device: str, result) -> float:
+    """Note each prompt attack of a suite result (``results.assemble.SuiteResult``: its metric
+    records' details: attack, attacked items, budget, seconds) as seconds per attacked item per
+    budget unit; returns the attacks' seconds (the suite's scoring time is the rest).
+    ``cache_dir`` None: count them, note nothing."""
     seen, total = set(), 0.0
-    gen = (result.get("suite") or {}).get("generation") or {}
+    gen = (result.suite.generation if result.suite is not None else None) or {}
     h, w = gen.get("height"), gen.get("width")
-    for r in result.get("metrics", []):
-        d = r.get("details") or {}
+    for r in result.metrics:
+        d = r.details if isinstance(r.details, dict) else {}
         if not all(k in d for k in ("attack", "attacked", "budget", "seconds")) or not (h and w):
             continue
-        key = (r.get("target"), d["attack"], json.dumps([d.get("params"), d.get("attack_seeds")], sort_keys=True))  # pre_asr and asr share one
+        key = (r.target, d["attack"], json.dumps([d.get("params"), d.get("attack_seeds")], sort_keys=True))  # pre_asr and asr share one
         if key in seen:
             continue
         seen.add(key)

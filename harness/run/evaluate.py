@@ -1,7 +1,10 @@
 """One submission x one suite, end to end: images -> scores -> metric records with verdicts.
 
 Usable without pytest (``Evaluator(root, cache_dir).run(sub_path, submission, suite_id)``); the
-pytest plugin turns each metric record into a test case. What a suite needs (its prompts, seeds,
+pytest plugin turns each metric record into a test case. The submission comes resolved by the
+start-up check (``harness.resolve.resolved.ResolvedSubmission``: fingerprints, verified
+checkpoint, native size), so a suite run hashes and locates nothing again; a bare ``Submission``
+is resolved once per evaluator (``resolve_models``). What a suite needs (its prompts, seeds,
 image size and generation jobs) comes from ``harness.run.plan``; the pipelines are described by
 ``models.PipelineRecipe`` and loaded only when some image is not cached; images go through the
 content-addressed cache (``harness.run.generate``); the scorer and the metric families turn them
@@ -25,7 +28,8 @@ from harness.errors import HarnessError
 from harness.spec.pins import suite_pins
 from harness.run.generate import ImageCache, Job, LocalExecutor, RunStats, generate
 from harness.store.hashing import sha256_file, sha256_json
-from harness.families.sd1 import PipelineRecipe, Pipelines, Placement, checkpoint_file, model_fingerprints
+from harness.families.sd1 import PipelineRecipe, Pipelines, Placement
+from harness.resolve.resolved import ResolvedSubmission, resolve_models
 from harness.run.plan import base_record, suite_path
 from harness.spec import Prompt, Submission, Suite, TargetSpec, load_suite
 from harness.results.fidelity import choices as fidelity_choices
@@ -131,7 +135,9 @@ class Evaluator:
         self.progress = progress
         self.executor = executor or LocalExecutor()  # LocalExecutor, or ray_executor.RayExecutor
         self.compile = compile
-        self._results: dict[tuple[str, str], dict] = {}
+        self._results: dict = {}  # (sub_path, suite id) -> results.assemble.SuiteResult
+        self._json: dict[tuple[str, str], dict] = {}
+        self._resolved: dict[str, ResolvedSubmission] = {}  # sub_path -> a bare Submission resolved here (once)
         self._suites: dict[str, Suite] = {}
         self._suite_sha: dict[str, str] = {}
         self.attack_counter: dict = {}  # UNet calls of the prompt attacks (tests count them)
@@ -183,16 +189,36 @@ class Evaluator:
         specs = [m for m in suite.metrics if metrics.info(m.name).prompt_attack]
         if not specs:
             return {}
-        from harness.attacks.runner import run_prompt_attacks
+        from harness.attacks.runner import AttackContext, RemoteAttacks, run_prompt_attacks
         from harness.attacks.common import text_encoder_fingerprint
 
         fps = {"unlearned": unl_fp, "text_encoder": text_encoder_fingerprint(sub, base_fp, unl_fp)}
-        remote = (self.executor, recipe, stats) if hasattr(self.executor, "run_attack") else None
-        return run_prompt_attacks(suite, suite.prompt_attacks, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer, unl_pipe, fps,
-                                  self.cache_dir, self.root, self.progress, self.attack_counter, remote)
+        remote = RemoteAttacks(self.executor, recipe, stats) if hasattr(self.executor, "run_attack") else None
+        return run_prompt_attacks(AttackContext(suite, suite.prompt_attacks, items, sub.targets, base_jobs, unl_jobs, base_imgs, unl_imgs, scorer,
+                                                unl_pipe, fps, self.cache_dir, self.root, self.progress, self.attack_counter, remote))
 
-    def run(self, sub_path: str, sub: Submission, suite_id: str) -> dict:
-        """The suite's record: provenance + one metric record per (metric, target)."""
+    def resolved(self, sub_path: str, sub: Submission | ResolvedSubmission) -> ResolvedSubmission:
+        """``sub`` as resolved by the start-up check, or a bare ``Submission`` resolved here
+        once for every suite of this evaluator (``resolve_models``)."""
+        if isinstance(sub, ResolvedSubmission):
+            return sub
+        got = self._resolved.get(sub_path)
+        if got is None or got.spec != sub:
+            got = self._resolved[sub_path] = resolve_models(sub_path, sub, self.root, self.cache_dir, self.allow_pickle)
+        return got
+
+    def run(self, sub_path: str, sub: Submission | ResolvedSubmission, suite_id: str) -> dict:
+        """``result``'s JSON objects: ``{"suite": ..., "metrics": [...]}`` (made once per suite)."""
+        key = (sub_path, suite_id)
+        if key not in self._json:
+            self._json[key] = self.result(sub_path, sub, suite_id).to_json()
+        return self._json[key]
+
+    def result(self, sub_path: str, sub: Submission | ResolvedSubmission, suite_id: str) -> "SuiteResult":
+        """The suite's result, as the results file's models (``results.assemble.SuiteResult``):
+        provenance (its ``SuiteRecord``) + one ``MetricRecord`` per (metric, target). ``sub``: the
+        submission resolved by the start-up check (``harness.resolve.check.prepare``), or a bare
+        ``Submission``."""
         key = (sub_path, suite_id)
         if key in self._results:
             return self._results[key]
@@ -201,19 +227,22 @@ class Evaluator:
         g = suite.generation
         placement = self.executor.placement(self.device, g.dtype, self.compile)  # where the pipelines run
         stats = RunStats()
-        prompts = plan.suite_prompts(suite, sub.targets, self.root, self.cache_dir, self.smoke)
+        spec = sub.spec if isinstance(sub, ResolvedSubmission) else sub
+        prompts = plan.suite_prompts(suite, spec.targets, self.root, self.cache_dir, self.smoke)
         items = plan.suite_items(suite, prompts, self.smoke)
         if not items:
             raise HarnessError(f"suite {suite.id}: the prompt set is empty")
-        base_fp, unl_fp = model_fingerprints(sub, self.root)
-        ckpt = checkpoint_file(sub.checkpoint, self.root, self.cache_dir, self.allow_pickle)
+        resolved = self.resolved(sub_path, sub)
+        sub = resolved.spec
+        base_fp, unl_fp = resolved.fingerprints
+        ckpt = resolved.checkpoint
 
         from harness.scorers.classifiers import load_scorer
-        from harness.results.assemble import efficiency
+        from harness.results.assemble import SuiteResult, efficiency
         from harness.results.model import MetricRecord, SuiteRecord
 
         if plan.needs_images(suite):
-            size = plan.image_size(sub, suite, self.root)
+            size = plan.image_size(sub, suite, self.root, resolved.native_size)
             base_jobs = plan.suite_jobs(suite, items, base_fp, placement.dtype, size, self.smoke)
             unl_jobs = plan.suite_jobs(suite, items, unl_fp, placement.dtype, size, self.smoke)
             # The pipelines of this suite run (none is kept for the next suite), described by one
@@ -253,7 +282,7 @@ class Evaluator:
                     meas = metrics.family(m.name).compute(m.name, run, target, m.params)
                 except HarnessError as e:
                     rec.update(value=None, base_value=None, bound=None, verdict="error", error=str(e))
-                    records.append(rec.done())
+                    records.append(MetricRecord.model_validate(rec.to_json()))  # checked whole (MetricRecord.done, kept a model)
                     continue
                 rec.update(value=meas.value, base_value=meas.base_value, details=meas.details)
                 u = uncertainty.uncertainty(meas, th, m.params)  # ci, delta_ci, margin_ci / ci_reason, scores
@@ -263,9 +292,9 @@ class Evaluator:
                 rec.update(uncertainty.verdict(th, meas.value, meas.base_value, u.get("margin_ci"), n_flagged if inf.needs_images else 0).fields())
                 if n_flagged:
                     rec.update(flagged_images=n_flagged)
-                records.append(rec.done())
-        result = {
-            "suite": SuiteRecord.model_validate({
+                records.append(MetricRecord.model_validate(rec.to_json()))  # checked whole (MetricRecord.done, kept a model)
+        result = SuiteResult(
+            suite=SuiteRecord.model_validate({
                 "id": suite.id,
                 "version": suite.version,
                 "file_sha256": self._suite_sha[suite.id],
@@ -292,8 +321,8 @@ class Evaluator:
                 "conventions": CONVENTIONS,
                 "fidelity": fidelity_choices(sub, suite, self.root),
                 "seconds": round(time.time() - t0, 2),
-            }).to_json(),
-            "metrics": records,
-        }
+            }),
+            metrics=records,
+        )
         self._results[key] = result
         return result

@@ -161,16 +161,24 @@ def native_size(sub: Submission, root: Path) -> int:
             d = pipeline_snapshot(sub.base_model.hub_id, sub.base_model.revision, download=False)
         except HarnessError:
             raise HarnessError("a hub base model needs the suite to set generation.height and generation.width (or its snapshot in the Hugging Face cache: unlearn fetch)") from None
+    return native_size_at(d)
+
+
+def native_size_at(d: Path) -> int:
+    """``native_size`` of a base folder already located (its family reads it)."""
     from harness.families import family_of
 
     return family_of(d).native_size(d, "base_model")
 
 
-def image_size(sub: Submission, suite: Suite, root: Path) -> int:
+def image_size(sub: Submission, suite: Suite, root: Path, native: int | None = None) -> int:
     """The size ``suite_jobs`` fills in where the suite sets no height and width: the base's
-    native size (0 when the suite sets both, so nothing is read)."""
+    native size (0 when the suite sets both, so nothing is read); ``native``: that size, already
+    read (``ResolvedSubmission.native_size``), so the base is not located again."""
     g = suite.generation
-    return native_size(sub, root) if not (g.height and g.width) else 0
+    if g.height and g.width:
+        return 0
+    return native if native is not None else native_size(sub, root)
 
 
 def suite_jobs(suite: Suite, items: list[tuple[Prompt, int]], model: str, dtype: str, size: int, smoke: bool = False) -> list[Job]:

@@ -117,9 +117,9 @@ def _scorer(suite, root: str, device: str):
     return _SCORER[1]
 
 
-def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suite, target, judge_params: dict, root: str, cache_root: str,
-                 judge_identity: dict) -> dict:
-    """One prompt's attack (or one target's, textual inversion), run on a Ray worker; each
+def _attack_task(task) -> dict:
+    """One prompt's attack (or one target's, textual inversion): ``task``, an
+    ``attacks.runner.AttackTask`` of those items, run on a Ray worker; each
     item's record goes into the shared attack cache as soon as it is final. The judge is made
     (and compared with the driver's, whose identity keys the records) before anything is
     attacked or written: a node with other scorer files returns ``judge_mismatch``, not retried."""
@@ -128,14 +128,15 @@ def _attack_task(recipe, attack: str, items, keys: list[str], params: dict, suit
     from harness.attacks.runner import attacks
     from harness.families.sd1 import describe_pipeline
 
-    attempt, ctx = _start(recipe)
-    judge = make_judge(suite, _scorer(suite, root, recipe.placement.device), target, judge_params, Path(root))
-    if judge.identity != judge_identity:
+    attempt, ctx = _start(task.recipe)
+    judge = make_judge(task.suite, _scorer(task.suite, task.root, task.recipe.placement.device), task.target, dict(task.judge_params), Path(task.root))
+    if judge.identity != task.judge_identity:
         return {"judge_mismatch": judge.identity, "node": ctx.get_node_id()}
-    pipe = _pipeline(recipe)
-    cache = AttackCache(cache_root)
+    pipe = _pipeline(task.recipe)
+    cache = AttackCache(task.cache_root)
     counter: dict = {}
-    recs = attacks()[attack].attack(pipe, items, judge, params, False, counter, on_record=lambda i, rec: cache.put(keys[i], rec))
+    keys = task.keys
+    recs = attacks()[task.attack].attack(pipe, list(task.items), judge, dict(task.params), False, counter, on_record=lambda i, rec: cache.put(keys[i], rec))
     return {"records": recs, "counter": counter, "attempt": attempt, "node": ctx.get_node_id(), "pipeline": describe_pipeline(pipe)}
 
 
@@ -363,25 +364,22 @@ class RayExecutor:
                 advance(len(chunk))
         return out
 
-    def run_attack(self, recipe, attack: str, units: list[list[int]], items, keys: list[str], params: dict, suite, target, judge_params: dict,
-                   root, cache_root, judge_identity: dict, stats, counter: dict, on_record=None, progress: bool = True) -> list[dict]:
-        """The records of the attacked ``items`` (one per item, in order), each ``units`` entry
-        (item indices: one prompt's seeds, or a whole target) one Ray task. ``on_record(i, rec)``
-        as each task's records come back; the tasks' counts (UNet calls) are added to
-        ``counter``, tasks and their retries to ``stats``."""
+    def run_attack(self, task, stats, counter: dict, on_record=None, progress: bool = True) -> list[dict]:
+        """The records of the attacked items of ``task`` (an ``attacks.runner.AttackTask``; one
+        record per item, in order), each of its ``units`` (item indices: one prompt's seeds, or a
+        whole target) one Ray task. ``on_record(i, rec)`` as each task's records come back; the
+        tasks' counts (UNet calls) are added to ``counter``, tasks and their retries to
+        ``stats``."""
         from tqdm.auto import tqdm
 
-        ray, task = self._task(_attack_task, recipe)
-        root, cache_root = str(Path(root).resolve()), str(Path(cache_root).resolve())
-        recipe_ref = ray.put(recipe)
-        pending = {task.remote(recipe_ref, attack, [items[i] for i in u], [keys[i] for i in u], params, suite, target, judge_params, root, cache_root,
-                               judge_identity): u for u in units}
-        out: list = [None] * len(items)
-        bar = tqdm(total=len(units), desc=f"{attack} (ray tasks)", unit="task", disable=not progress, leave=False)
-        with closing(self._finished(ray, pending, f"attack ({attack})")) as finished, bar:
+        ray, remote = self._task(_attack_task, task.recipe)
+        pending = {remote.remote(task.unit(u)): u for u in task.units}
+        out: list = [None] * len(task.items)
+        bar = tqdm(total=len(task.units), desc=f"{task.attack} (ray tasks)", unit="task", disable=not progress, leave=False)
+        with closing(self._finished(ray, pending, f"attack ({task.attack})")) as finished, bar:
             for unit, res in finished:
                 if "judge_mismatch" in res:
-                    raise HarnessError(f"a Ray attack task's judge on node {res['node']} is {res['judge_mismatch']}, this run's is {judge_identity} "
+                    raise HarnessError(f"a Ray attack task's judge on node {res['node']} is {res['judge_mismatch']}, this run's is {task.judge_identity} "
                                        "(every node needs the same scorer files; nothing was attacked there)")
                 self._count(stats, res)
                 for k, n in res["counter"].items():  # UNet calls (and textual inversion's steps) the task made

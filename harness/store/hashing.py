@@ -13,12 +13,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# In-process memo: a checkpoint is verified when pytest starts and again when its suite runs,
-# and a base folder is fingerprinted once per suite; multi-GB files should be read once. Keyed
-# by the file's identity and stat signature, so a rewritten file is hashed again.
-_MEMO: dict[tuple, str] = {}
-
-
 def sha256_file(path: str | Path, follow: bool = True) -> str:
     """sha256 of a regular file's bytes. The file is opened once, non-blocking (a FIFO swapped
     in after any earlier check cannot block the open) and, with ``follow=False``, without
@@ -44,9 +38,6 @@ def sha256_file(path: str | Path, follow: bool = True) -> str:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise HarnessError(f"{path}: not a regular file (refused without reading it)")
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if key in _MEMO:
-            return _MEMO[key]
         h = hashlib.sha256()
         with os.fdopen(fd, "rb", closefd=True) as f:
             fd = -1
@@ -55,8 +46,7 @@ def sha256_file(path: str | Path, follow: bool = True) -> str:
     finally:
         if fd >= 0:
             os.close(fd)
-    _MEMO[key] = h.hexdigest()
-    return _MEMO[key]
+    return h.hexdigest()
 
 
 def sha256_tree(path: str | Path) -> str:
