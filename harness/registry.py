@@ -1,4 +1,4 @@
-"""One registry pattern for every extension point: methods, metrics, attacks, scorers.
+"""One registry pattern for every extension point: methods, metrics, attacks, scorers, model families.
 
 A ``Registry[T]`` maps a name to an entry of type ``T`` (a ``MethodInfo``, a metric family, an
 ``AttackInfo``, a ``ScorerInfo``). Entries come from two places:
@@ -34,6 +34,7 @@ GROUPS = {
     "metric": "unlearn_harness.metrics",
     "attack": "unlearn_harness.attacks",
     "scorer": "unlearn_harness.scorers",
+    "family": "unlearn_harness.families",
 }
 
 

@@ -88,7 +88,7 @@ def test_family_of_the_toy_base_and_its_index():
 def test_unknown_family_name_is_one_line():
     with pytest.raises(HarnessError) as e:
         families.get("sdxl-nope")
-    assert _one_line(e) == "model family 'sdxl-nope' is unknown (known: sd1)"
+    assert _one_line(e) == "unknown model family 'sdxl-nope' (known: sd1)"
 
 
 def test_unrecognised_base_is_one_line(tmp_path):
@@ -122,7 +122,7 @@ def test_family_of_a_pipeline(toy_pipe):
 
 
 def test_a_family_registered_in_code_is_found_by_name_folder_index_and_pipeline(monkeypatch):
-    monkeypatch.setattr(families, "_registry", None)  # restored after the test
+    monkeypatch.setattr(families, "REGISTRY", families._new_registry())  # restored after the test
 
     class Other(SD1Family):
         name, title = "other", "Other"
@@ -168,6 +168,7 @@ import sys
 from harness import families
 from harness.errors import HarnessError
 try:
+    families.registry()  # loads every family, the plugins' included
     print(families.names())
     f = families.get("fake")
     print(type(f).__name__, f.name, families.family_of({"_class_name": "FakePipeline"}) is f, families.get("sd1").name)
@@ -197,14 +198,21 @@ def test_a_family_registered_by_entry_point_is_found(tmp_path):
 
 
 @pytest.mark.parametrize("entry, needle", [
-    ("broken = fakefam:NotAFamily", "model family entry point 'broken' (fakefam:NotAFamily) is not a ModelFamily"),
-    ("gone = fakefam:Missing", "model family entry point 'gone' (fakefam:Missing) cannot be loaded (AttributeError"),
-    ("sd1 = fakefam:FakeFamily", "model family entry point 'sd1' (fakefam:FakeFamily): the name is taken by a built-in family"),
+    ("broken = fakefam:NotAFamily", "model family 'broken': entry point broken = fakefam:NotAFamily (group unlearn_harness.families): is not a ModelFamily"),
+    ("gone = fakefam:Missing", "model family 'gone': entry point gone = fakefam:Missing (group unlearn_harness.families) cannot be loaded (AttributeError"),
 ])
 def test_a_bad_entry_point_is_one_line(tmp_path, entry, needle):
     _dist(tmp_path, f"[unlearn_harness.families]\n{entry}\n")
     out = _probe(tmp_path)
     assert out.startswith("ERROR ") and needle in out and "\n" not in out, out
+
+
+def test_a_plugin_cannot_take_the_name_of_a_built_in_family(tmp_path):
+    _dist(tmp_path, "[unlearn_harness.families]\nsd1 = fakefam:FakeFamily\n")
+    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    code = "from harness import families; print(families.names(), type(families.get('sd1')).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.stdout.strip() == "['sd1'] SD1Family", out.stderr
 
 
 # ----------------------------------------------------------------------------- behaviour on the toy world

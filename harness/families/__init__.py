@@ -2,85 +2,73 @@
 
 ``get(name)`` is a family by name, ``family_of(folder or model_index)`` the family that
 recognises a base folder, ``family_of_pipeline(pipe)`` the family a loaded pipeline belongs to.
-Built-in families are registered here in code; third-party ones are found by the Python entry
-point group ``unlearn_harness.families`` (each entry point loads a family object, or a class
-that makes one with no arguments). The contract they meet is ``harness.families.base.ModelFamily``.
+Built-in families are the modules of this package (``<name>.py`` with ``FAMILY``); third-party
+ones are found by the Python entry point group ``unlearn_harness.families`` (each entry point
+loads a family object, or a class that makes one with no arguments): one ``harness.registry``
+pattern, as for methods, metrics, attacks and scorers. The contract they meet is ``harness.families.base.ModelFamily``.
 """
 
 from __future__ import annotations
 
 import json
+import pkgutil
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.registry import GROUPS, Registry
 
-ENTRY_POINT_GROUP = "unlearn_harness.families"
+ENTRY_POINT_GROUP = GROUPS["family"]
 DEFAULT = "sd1"  # the family of the toy world and of a bare module with no pipeline around it
-
-# name -> "module:attribute" of the built-in families (imported on first use: torch stays unloaded)
-BUILTIN = {"sd1": "harness.families.sd1:SD1"}
-
-_registry: dict[str, object] | None = None
+NOT_FAMILIES = {"base"}  # modules of this package that are not a family
 
 
-def _load(ref: str):
-    import importlib
+def _family(name: str, obj: object):
+    """A registry entry -> the family object: a family, or a class that makes one with no arguments."""
+    from harness.families.base import ModelFamily
 
-    mod, _, attr = ref.partition(":")
-    obj = getattr(importlib.import_module(mod), attr)
-    return obj() if isinstance(obj, type) else obj
+    fam = obj() if isinstance(obj, type) else obj
+    if not isinstance(fam, ModelFamily):
+        raise TypeError("is not a ModelFamily (harness.families.base)")
+    return fam
 
 
-def _entry_points():
-    from importlib.metadata import entry_points
+def _new_registry() -> Registry:
+    """The harness's own families, one module each (``harness/families/<name>.py`` with ``FAMILY``,
+    imported on first use: torch stays unloaded), then the entry-point group's."""
+    reg: Registry = Registry("model family", ENTRY_POINT_GROUP, _family)
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if m.name not in NOT_FAMILIES:
+            reg.register(m.name, f"{__name__}.{m.name}:FAMILY")
+    return reg
 
-    return entry_points(group=ENTRY_POINT_GROUP)
+
+REGISTRY = _new_registry()
 
 
 def registry() -> dict[str, object]:
-    """name -> family object: the built-ins, then every entry point (a name taken by a built-in
-    is refused: a third-party package cannot replace the harness's own family)."""
-    global _registry
-    if _registry is None:
-        from harness.families.base import ModelFamily
-
-        reg = {name: _load(ref) for name, ref in BUILTIN.items()}
-        for ep in _entry_points():
-            if ep.name in reg:
-                raise HarnessError(f"model family entry point {ep.name!r} ({ep.value}): the name is taken by a built-in family")
-            try:
-                fam = ep.load()
-                fam = fam() if isinstance(fam, type) else fam
-            except Exception as e:  # noqa: BLE001 (a broken plugin: one line naming it)
-                raise HarnessError(f"model family entry point {ep.name!r} ({ep.value}) cannot be loaded ({type(e).__name__}: {e})") from None
-            if not isinstance(fam, ModelFamily):
-                raise HarnessError(f"model family entry point {ep.name!r} ({ep.value}) is not a ModelFamily (harness.families.base)")
-            reg[ep.name] = fam
-        _registry = reg
-    return _registry
+    """name -> family object, every family loaded (the harness's own, then the plugins'; a plugin
+    cannot take a name of the harness's own)."""
+    return dict(REGISTRY.items())
 
 
 def reset() -> None:
-    """Forget the registry (entry points are read again on next use)."""
-    global _registry
-    _registry = None
+    """The harness's own families again; entry points are read again on next use."""
+    global REGISTRY
+    REGISTRY = _new_registry()
 
 
 def register(family, name: str | None = None) -> None:
-    """Add a family in code (a test, a notebook); replaces one of the same name."""
-    registry()[name or family.name] = family
+    """Add a family in code (a test, a notebook)."""
+    REGISTRY.register(name or family.name, family)
 
 
 def names() -> list[str]:
-    return sorted(registry())
+    return sorted(REGISTRY.names())
 
 
 def get(name: str):
-    """The family called ``name``; an unknown name is a one-line error listing the known ones."""
-    reg = registry()
-    if name not in reg:
-        raise HarnessError(f"model family {name!r} is unknown (known: {', '.join(sorted(reg))})")
-    return reg[name]
+    """The family called ``name``; an unknown name is a one-line error naming close matches."""
+    return REGISTRY.get(name)
 
 
 def family_of(base: Path | str | dict, what: str = "base_model", where: str | None = None):

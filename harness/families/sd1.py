@@ -620,3 +620,4 @@ def _clip_text_model(text_encoder):
 
 
 SD1 = SD1Family()
+FAMILY = SD1  # what harness.families registers as "sd1"
