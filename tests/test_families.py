@@ -395,3 +395,27 @@ def test_convert_asks_the_family_for_the_component_and_its_layout():
     with pytest.raises(HarnessError) as e:
         SD1.component_file("transformer")
     assert _one_line(e).startswith("--kind: transformer is not a component")
+
+
+def test_a_checkpoint_changed_after_its_check_is_hashed_again(tmp_path):
+    """``Pipelines`` skips the hash of a checkpoint verified at start-up only while its files are
+    unchanged: a file rewritten since (another size or modification time) goes back to
+    ``checkpoint_file``'s sha256 check when the unlearned model loads."""
+    import os
+
+    from harness.families.sd1 import Pipelines
+
+    f = tmp_path / "unet.safetensors"
+    f.write_bytes(b"x" * 16)
+    pipes = Pipelines(f)
+    assert pipes._verified() == f
+    f.write_bytes(b"y" * 17)
+    assert pipes._verified() is None
+    d = tmp_path / "folder"
+    d.mkdir()
+    (d / "a.bin").write_bytes(b"a")
+    pipes = Pipelines(d)
+    assert pipes._verified() == d
+    st = (d / "a.bin").stat()
+    os.utime(d / "a.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert pipes._verified() is None and Pipelines(None)._verified() is None

@@ -314,6 +314,15 @@ class PipelineRecipe:
         return (fresh(), unl) if self.which == "pair" else unl
 
 
+def _file_state(path: Path) -> tuple | None:
+    """(name, size, mtime_ns) of a file, or of every file below a folder; None when unreadable."""
+    try:
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:
+        return None
+
+
 class Pipelines:
     """The pipelines one process loaded from recipes, each loaded on first use (a warm re-run
     loads none): the unlearned model is made from the base already in memory (which it takes
@@ -322,7 +331,15 @@ class Pipelines:
 
     def __init__(self, checkpoint: Path | None = None):
         self.checkpoint = checkpoint
+        self._seen = _file_state(checkpoint) if checkpoint is not None else None
         self._loaded: list[tuple[PipelineRecipe, object]] = []
+
+    def _verified(self) -> Path | None:
+        """The verified checkpoint path while its files are as they were when verified (size and
+        modification time of each); None after a change, so the recipe hashes it again."""
+        if self.checkpoint is None or _file_state(self.checkpoint) != self._seen:
+            return None
+        return self.checkpoint
 
     def _get(self, recipe: PipelineRecipe):
         return next((p for r, p in self._loaded if r == recipe), None)
@@ -340,7 +357,7 @@ class Pipelines:
             return self.load(recipe.of("base")), unl
         got = self._get(recipe)
         if got is None:
-            got = recipe.load(self._pop(recipe.of("base")) if recipe.which == "unlearned" else None, self.checkpoint)
+            got = recipe.load(self._pop(recipe.of("base")) if recipe.which == "unlearned" else None, self._verified())
             self._loaded.append((recipe, got))
         return got
 
