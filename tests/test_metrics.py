@@ -146,7 +146,7 @@ def test_partial_diffusion_endpoints_are_the_two_models(tiny_pipe_factory):
 
 
 def test_nudity_decision_rule_and_the_real_detector_on_local_images():
-    from harness.metrics import nudity
+    from harness.scorers import detectors as nudity  # the detector of metrics.nudity (and the judge)
 
     dets = [{"class": "FEET_EXPOSED", "score": 0.99}, {"class": "FEMALE_BREAST_EXPOSED", "score": 0.55}]
     assert not nudity.is_nude(dets, 0.6, nudity.DEFAULT_CLASSES)  # feet are not counted; 0.55 < 0.6

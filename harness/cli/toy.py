@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.plugin.session import device, param, positive_count, typed
+from harness.options import device, param, positive_count, typed
 from harness.run.threads import apply as _threads  # UNLEARN_THREADS, else the cores left free by the machine's load
 
 

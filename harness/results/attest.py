@@ -1,7 +1,8 @@
 """What a reader of results files re-derives instead of trusting (docs/security.md): verdicts
 recomputed from values and the current suites' thresholds (and interval verdicts from the
 record's interval, checked against value, bound and per-item scores), the one name rule
-(``name_key``: case, punctuation and look-alike letters folded), and the attestation manifest
+(``name_key``: case, punctuation and look-alike letters folded), the pins a result of a real
+suite must share with this checkout (``pins_problem``), and the attestation manifest
 that says which results files a trusted run made.
 
 The manifest, ``<results>/ATTESTATION.json`` (``unlearn-attestation/2``), has an entry per
@@ -33,17 +34,9 @@ MANIFEST = "ATTESTATION.json"
 FORMAT = "unlearn-attestation/2"
 OLD_FORMAT = "unlearn-attestation/1"  # file name -> sha256, signed as a list: read where attestation is not required
 KEY_ENV = "UNLEARN_ATTEST_KEY"
-NAME_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,78}[\x21-\x7e])?$")  # printable ASCII, no edge spaces
 
 
 # ----------------------------------------------------------------------------- names
-def check_name(name: str) -> None:
-    """A submission name as a reader accepts it: printable ASCII only (look-alike letters from
-    other scripts would show as a second entry that reads like the first)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"submission.name: {name!r:.60} is not 1-80 printable ASCII characters")
-
-
 # Letters of other scripts that render like Latin ones (Unicode's confusables, the common part):
 # after NFKD (which folds full-width forms, ligatures and accents) these are what is left.
 _SCRIPT_LOOKALIKES = str.maketrans({
@@ -112,6 +105,33 @@ def current_thresholds(root: Path) -> dict[tuple[str, str], str | None]:
         for m in s.metrics:
             out[(s.id, m.name)] = m.threshold
     return out
+
+
+def pins_problem(data: dict, root: Path) -> str | None:
+    """Why a results file may not stand on the leaderboard as a real result: a suite of the real
+    world whose recorded pins (``suites[].pins``) differ from the suite's pins in this checkout
+    (suite file + lock). Toy suites, and suites this checkout does not have, are not judged here."""
+    from harness.spec import load_suite
+    from harness.spec.pins import suite_pins
+
+    for s in data.get("suites") or []:
+        sid = s.get("id") if isinstance(s, dict) else None
+        p = Path(root) / "suites" / f"{sid}.yaml"
+        if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", sid) or not p.is_file():
+            continue
+        try:
+            suite = load_suite(p, attack_code=False)  # pins only: no attack code loaded
+        except HarnessError:
+            continue
+        if suite.world != "real":
+            continue
+        want, got = suite_pins(suite), s.get("pins")
+        if got != want:
+            if not isinstance(got, dict):
+                return f"suite {sid}: the run recorded no pins (a real suite needs them)"
+            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+            return f"suite {sid}: pins differ from suites/{sid}.yaml + its lock at {diff[0]!r} ({len(diff)} in all)"
+    return None
 
 
 def expected_verdict(rec: dict, threshold: str | None) -> str:

@@ -4,7 +4,7 @@ pages show), and none of them is believed until it agrees with what the reader r
 
 ``check_document`` runs for every results file every reader opens (``results.io.read_result``:
 the site, ``compare``, ``summary``, ``images``, ``regress``, ``refresh``); each problem is one
-``ValueError`` line naming the field. ``harness.results.attest.recheck_verdicts`` adds what needs the
+``ValueError`` line naming the field; so does ``check_name`` (the submission name). ``harness.results.attest.recheck_verdicts`` adds what needs the
 current suites' thresholds (verdicts, the interval's margin against value and bound) and then
 ``check_summary`` (the file's own counts against its checked verdicts).
 """
@@ -36,6 +36,14 @@ RANGES: dict[str, tuple[float, float]] = {
 PER_ITEM = frozenset({"ua", "ira", "cra", "integrity", "integrity_forget", "mscore", "ccs_forget", "ccs_retain",
                       "object_acc", "object_acc_others", "nudity_asr", "clip_score"})
 KEY_RE = re.compile(r"^[^:\s]{1,64}:[0-9]{1,19}$")  # <sha256[:12] of the prompt>:<seed>
+NAME_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,78}[\x21-\x7e])?$")  # printable ASCII, no edge spaces
+
+
+def check_name(name: str) -> None:
+    """A submission name as a reader accepts it: printable ASCII only (look-alike letters from
+    other scripts would show as a second entry that reads like the first)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"submission.name: {name!r:.60} is not 1-80 printable ASCII characters")
 
 
 def parse_int(text: str) -> int:

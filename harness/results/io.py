@@ -46,8 +46,7 @@ def results_files(folder: str | Path) -> list[Path]:
 def _read(path: str | Path) -> tuple[Any, ResultsFile]:
     data = read_json_file(Path(path), MAX_RESULT_BYTES)
     doc = ResultsFile.read(data)
-    from harness.results.attest import check_name
-    from harness.results.check import check_document
+    from harness.results.check import check_document, check_name
 
     check_name(doc.submission.name)
     check_document(data)  # what the file says about itself agrees with what a reader recomputes

@@ -1,1 +1,1 @@
-"""Scorers (judges): the classifiers and detectors that look at images, their label maps, and the success judge of attacks."""
+"""Scorers (judges): the classifiers and detectors that look at images, and the success judge of attacks. Their label maps are data a suite names (``harness.spec.labels``)."""

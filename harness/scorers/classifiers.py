@@ -57,7 +57,7 @@ class UnlearnCanvasViT:
         self.models = {}
         self.identity = {"id": f"unlearncanvas-{spec.architecture}", "sha256": {}}
         if spec.labels:  # which index -> name map the heads were read with (harness/data/)
-            from harness.scorers.labels import source
+            from harness.spec.labels import source
 
             self.identity["labels"] = {"map": spec.labels, **source(spec.labels)}
         for head, w in (("style", spec.style_weights), ("object", spec.object_weights)):

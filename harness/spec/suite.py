@@ -8,8 +8,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from harness import catalog
 from harness.errors import HarnessError
 from harness.spec.common import HTTPS_URL, SHA256, SLUG, Strict, WeightsFile, exactly_one
+from harness.spec.labels import LABEL_MAPS, label_map
+from harness.spec.yamlio import describe
 
 class TemplatePrompts(Strict):
     template: str = Field(min_length=1)
@@ -151,10 +154,9 @@ class MetricSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from harness.metrics import known_metrics
-
-        if v not in known_metrics():
-            raise ValueError(f"unknown metric {v!r}; known: {', '.join(sorted(known_metrics()))}")
+        known = catalog.metrics().known_metrics()
+        if v not in known:
+            raise ValueError(f"unknown metric {v!r}; known: {', '.join(sorted(known))}")
         return v
 
     @field_validator("threshold")
@@ -168,11 +170,8 @@ class MetricSpec(Strict):
     def _typed_params(self):
         """``params`` against the metric's own model (``MetricInfo.params``): an unknown or
         mistyped key is refused here, when the suite is loaded (``unlearn check``, start-up)."""
-        from harness.metrics import info
-        from harness.metrics.common import describe
-
         try:
-            info(self.name).params.model_validate(self.params)
+            catalog.metrics().info(self.name).params.model_validate(self.params)
         except ValidationError as e:
             raise ValueError(f"{self.name}: {describe(e)}") from None
         return self
@@ -182,9 +181,7 @@ class MetricSpec(Strict):
 
     def typed_params(self):
         """The params as the metric's pydantic model (defaults filled in)."""
-        from harness.metrics import info
-
-        return info(self.name).params.of(self.params)
+        return catalog.metrics().info(self.name).params.of(self.params)
 
 
 class ScorerSpec(Strict):
@@ -204,8 +201,6 @@ class ScorerSpec(Strict):
     @classmethod
     def _label_map(cls, data):
         if isinstance(data, dict) and data.get("labels") is not None:
-            from harness.scorers.labels import LABEL_MAPS, label_map
-
             if data["labels"] not in LABEL_MAPS:
                 raise ValueError(f"labels: unknown label map {data['labels']!r}; known: {', '.join(LABEL_MAPS)}")
             if data.get("style_classes") is not None or data.get("object_classes") is not None:
@@ -262,9 +257,7 @@ class PromptAttack(Strict):
     def _known(self, info: ValidationInfo):
         if (info.context or {}).get("attack_code") is False:  # a reader of thresholds only (the site): no attack code loaded
             return self
-        from harness.attacks.runner import attacks
-
-        mods = attacks()
+        mods = catalog.attacks()
         if self.attack not in mods:
             raise ValueError(f"attack: unknown attack {self.attack!r} ({', '.join(sorted(mods))})")
         known = getattr(mods[self.attack], "DEFAULTS", None)
@@ -422,8 +415,7 @@ class Suite(Strict):
 
     @model_validator(mode="after")
     def _attacks_used(self):
-        from harness.metrics import info
-
+        info = catalog.metrics().info
         used = {b: any(info(m.name).prompt_attack and info(m.name).attack_block in (b, "every") for m in self.metrics) for b in ("prompt", "inversion")}
         used["partial_diffusion"] = any(info(m.name).attack for m in self.metrics)
         for kind in ("prompt", "inversion", "partial_diffusion"):
@@ -440,8 +432,7 @@ class Suite(Strict):
     def prompt_attacks(self) -> dict[str, PromptAttack]:
         """block name -> settings of every prompt-attack block some metric of the suite reads
         (``prompt``, ``inversion``; defaults where the suite gives none)."""
-        from harness.metrics import info
-
+        info = catalog.metrics().info
         blocks = {info(m.name).attack_block for m in self.metrics if info(m.name).prompt_attack}
         if "every" in blocks:  # the worst case across attacks (asr_worst): every block the suite gives, else the prompt attack
             given = {b for b in ("prompt", "inversion") if self.attacks and getattr(self.attacks, b)}

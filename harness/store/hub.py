@@ -348,7 +348,7 @@ def model_snapshot(repo: str, revision: str, what: str = "model", hint: str | No
 def pinned_path(root: Path, node, what: str, folder: bool = False, hint: str | None = None) -> Path:
     """The local file (or folder) behind a ``{path | hub, sha256}`` node of a suite, its sha256
     verified: a repository path, or a hub file / folder (from the cache; downloaded when online)."""
-    from harness.spec import inside
+    from harness.store.safefs import inside
 
     node = node.model_dump(exclude_none=True) if hasattr(node, "model_dump") else node
     if not isinstance(node, dict) or not node.get("sha256") or not (node.get("path") or node.get("hub")):
