@@ -5,8 +5,9 @@ This root connects the metric and attack registries to ``harness.catalog``, thro
 suite's checks (``harness.spec.suite``, at the bottom of the layers) look them up."""
 
 from harness import catalog as _catalog
+from harness.version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__"]
 
 
 def _metric_registry():

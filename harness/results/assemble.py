@@ -124,7 +124,7 @@ def build(sub_path: str, sub: Submission, root: Path, suite_results: list[dict],
           devices: list[str] | None = None, smoke: bool | None = None) -> ResultsFile:
     """The results file of one submission's run; ``devices`` (``environment.device``) and
     ``smoke`` are set when given (the plugin gives both)."""
-    from harness import __version__
+    from harness.version import __version__
     from harness.run.reproduce import fingerprint
 
     path = Path(sub_path)

@@ -288,10 +288,11 @@ def _download(url: str, part: Path, what: str, progress: bool, name: str) -> Non
         part.unlink(missing_ok=True)
         raise
     except (OSError, ValueError, OverflowError, http.client.HTTPException, urllib.error.URLError) as e:  # timeouts are OSError too
+        err: BaseException = e
         if watch.fired:
-            e = OSError(f"no complete answer within the timeout of {timeout:g} s / the deadline of {deadline_s:g} s (UNLEARN_DOWNLOAD_DEADLINE)")
-        detail = " ".join(str(getattr(e, "reason", e)).split())[:200] or "no detail"
-        raise HarnessError(f"{what}: could not download {url} ({type(e).__name__}: {detail}); run the command again to resume") from None
+            err = OSError(f"no complete answer within the timeout of {timeout:g} s / the deadline of {deadline_s:g} s (UNLEARN_DOWNLOAD_DEADLINE)")
+        detail = " ".join(str(getattr(err, "reason", err)).split())[:200] or "no detail"
+        raise HarnessError(f"{what}: could not download {url} ({type(err).__name__}: {detail}); run the command again to resume") from None
     finally:
         watch.stop()
     if total is not None and part.stat().st_size != total:
