@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 MAX_DEPTH = 64  # JSON nesting a reader walks (a results file written by the harness is < 10 deep)
 MAX_ABS = 1e15  # no metric, interval or bound is larger; beyond it arithmetic on them overflows
@@ -68,11 +68,11 @@ def check_depth(data: Any, limit: int = MAX_DEPTH) -> None:
         stack.extend((v, d + 1) for v in x if isinstance(v, (dict, list)))
 
 
-def _num(x) -> bool:
+def _num(x) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _finite(x) -> bool:
+def _finite(x) -> TypeGuard[float]:
     return _num(x) and math.isfinite(x)
 
 
@@ -135,8 +135,9 @@ def check_record(m: dict, where: str) -> None:
             continue  # none, or an interval the bootstrap could not make (no finite resample): nothing claimed
         if not (_finite(ci["low"]) and _finite(ci["high"])) or abs(ci["low"]) > MAX_ABS or abs(ci["high"]) > MAX_ABS or ci["low"] > ci["high"]:
             raise ValueError(f"{where}.{k}: [{ci['low']!r}, {ci['high']!r}] is not an interval of finite numbers")
-        if points.get(k) is not None and not contains(ci, points[k]):
-            raise ValueError(f"{where}.{k}: [{ci['low']:.6g}, {ci['high']:.6g}] does not hold its own point estimate {points[k]:.6g}")
+        point = points.get(k)
+        if point is not None and not contains(ci, point):
+            raise ValueError(f"{where}.{k}: [{ci['low']:.6g}, {ci['high']:.6g}] does not hold its own point estimate {point:.6g}")
     if m.get("scores") is not None:
         check_scores(m, where)
     elif m["metric"] in PER_ITEM and any(m.get(k) is not None for k in ("ci", "delta_ci", "margin_ci")):

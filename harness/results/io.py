@@ -20,7 +20,7 @@ from harness.results.model import ResultsFile
 MAX_RESULT_BYTES = 64 << 20
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.store.fetch import PLACEHOLDER
@@ -178,7 +179,7 @@ def suite_pins(suite) -> dict[str, str]:
     """key -> sha256 of every pinned file a loaded suite names (hub models: their commit): what a
     run records and what the leaderboard compares."""
     data = suite.model_dump(mode="json", exclude_none=True)
-    out = {}
+    out: dict[str, Any] = {}
     for it in items_of(data):
         out[it.key] = it.revision if it.kind == "hub-model" else f"{it.source}#{it.sha256}"
     return dict(sorted(out.items()))

@@ -131,7 +131,7 @@ class Threshold(Strict):
             return self.value
         if base is None:
             raise HarnessError("a relative threshold needs the base model's value")
-        return self.scale * base if self.scale is not None else base + self.offset
+        return self.scale * base if self.scale is not None else base + self.offset  # type: ignore[operator]  # relative: offset set
 
     def holds(self, value: float, base: float | None) -> bool:
         b = self.bound(base)
@@ -263,7 +263,7 @@ class PromptAttack(Strict):
         known = getattr(mods[self.attack], "DEFAULTS", None)
         extra = sorted(set(self.params) - set(known)) if known is not None else []
         if extra:
-            raise ValueError(f"params.{extra[0]}: not a parameter of {self.attack} ({', '.join(known)})")
+            raise ValueError(f"params.{extra[0]}: not a parameter of {self.attack} ({', '.join(known or ())})")
         for k, v in self.params.items():
             problem = attack_param_problem(k, v, (known or {}).get(k))
             if problem:
@@ -347,7 +347,7 @@ class SuiteBase(Strict):
         as the hub resolves them)."""
         if self.builtin:
             return getattr(spec, "builtin", None) == self.builtin
-        return bool(getattr(spec, "hub_id", None)) and spec.hub_id.lower() == self.hub_id.lower() and spec.revision == self.revision
+        return bool(getattr(spec, "hub_id", None)) and spec.hub_id.lower() == self.hub_id.lower() and spec.revision == self.revision  # type: ignore[union-attr]
 
 
 def base_label(spec) -> str:

@@ -182,6 +182,8 @@ class _Watch:
     them down, which wakes a read blocked on a server that sends nothing or one byte at a time
     (a socket timeout is per read, so it alone cannot bound a transfer)."""
 
+    socks: list
+
     def __init__(self, deadline: float):
         import threading
 

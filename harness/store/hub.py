@@ -246,7 +246,7 @@ def _matches(path: str, allow: list[str] | None, ignore: list[str] | None) -> bo
 
 def hub_snapshot(repo: str, revision: str, *, repo_type: str = "model", allow: list[str] | None = None, ignore: list[str] | None = None,
                  what: str = "hub repository", hint: str | None = None, download: bool = True, progress: bool = False,
-                 required: list[str] = (), refresh: bool = False) -> Path:
+                 required: list[str] | tuple[str, ...] = (), refresh: bool = False) -> Path:
     """The snapshot folder of a repository at a commit (only the files ``allow`` / ``ignore``
     select): from the cache, else downloaded, every file verified against the hub's tree
     listing (LFS sha256 or git blob sha1). ``required``: files that must be there (offline,

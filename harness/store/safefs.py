@@ -100,9 +100,9 @@ def tree_files(root: str | Path, what: str) -> list[Path]:
             entries = list(os.scandir(d))
         except OSError as e:
             raise HarnessError(f"{what}: {d}: cannot be listed ({e.strerror or e})") from None
-        for e in entries:
-            p = Path(e.path)
-            mode = e.stat(follow_symlinks=False).st_mode
+        for entry in entries:
+            p = Path(entry.path)
+            mode = entry.stat(follow_symlinks=False).st_mode
             rel = p.relative_to(root).as_posix()
             if stat.S_ISDIR(mode):
                 stack.append(p)
