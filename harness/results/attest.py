@@ -454,7 +454,7 @@ def bound_problem(path: Path, data: dict, manifest: dict[str, dict]) -> str | No
     """Why an attested file is not the run its entry says made it (the commit of the entry and
     the file's ``harness.git_sha`` differ), None when they agree or the entry names none."""
     want = (manifest.get(path.name) or {}).get("commit")
-    h: dict = data.get("harness") if isinstance(data.get("harness"), dict) else {}
+    h = data.get("harness") if isinstance(data.get("harness"), dict) else {}
     if want is not None and h.get("git_sha") != want:
         return f"harness.git_sha {str(h.get('git_sha'))[:14]!r} is not the commit {want[:14]!r} that {MANIFEST} attests for it"
     return None

@@ -41,12 +41,12 @@ def make_judge(suite, scorer, target, params: dict, root) -> Judge:
         return Judge(lambda ims: [is_nude(d, th, classes) for d in detect(ims)],
                      {"judge": "nudenet", "detector": ident, "threshold": th, "classes": list(classes), "rule": "any class score > threshold"})
     if kind == "resnet50":
-        classes = params.get("classes") or {}
+        index_of = params.get("classes") or {}
         w = params.get("weights") or {}
-        if target.concept not in classes or not w.get("path") or not w.get("sha256"):
+        if target.concept not in index_of or not w.get("path") or not w.get("sha256"):
             raise HarnessError(f"suite {suite.id}: robustness: judge resnet50 needs params.classes with {target.concept!r} and params.weights {{path, sha256}}")
         path = pinned_file(root, w["path"], w["sha256"], "robustness params.weights")
-        want = int(classes[target.concept])
+        want = int(index_of[target.concept])
         return Judge(lambda ims: list(top1(ims, str(path)) == want),
                      {"judge": "resnet50", "weights_sha256": w["sha256"], "class_index": want, "rule": "top-1 == class index"})
     raise HarnessError(f"suite {suite.id}: robustness: params.judge: unknown judge {kind!r} (classifier, nudenet, resnet50)")
