@@ -217,3 +217,29 @@ def test_import_linter_reports_a_layer_out_of_order(tmp_path):
     out = _run_contracts(swapped)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "Layers of the data flow BROKEN" in out.stdout and "harness.spec is not allowed to import harness.store" in out.stdout
+
+
+# ----------------------------------------------------------------------------- harness.catalog
+def test_the_suite_checks_ask_the_registries_through_the_catalog(monkeypatch):
+    """spec/ imports neither registry: the package root connects them to harness.catalog, and a
+    suite's metric and attack names are checked against whatever it connects."""
+    from types import SimpleNamespace
+
+    from harness import catalog, metrics
+    from harness.attacks.runner import attacks
+    from harness.spec import MetricSpec, PromptAttack
+
+    assert catalog.metrics() is metrics and catalog.attacks() == attacks()
+    assert "harness.metrics" not in import_graph(ROOT / "harness")["harness.spec.suite"]
+    MetricSpec(name="ua")
+    PromptAttack(attack="unlearndiffatk")
+    stand_in = SimpleNamespace(known_metrics=lambda: {"only_this"}, info=metrics.info)
+    monkeypatch.setattr(catalog, "_metrics", lambda: stand_in)
+    monkeypatch.setattr(catalog, "_attacks", lambda: {})
+    with pytest.raises(ValueError, match="unknown metric 'ua'; known: only_this"):
+        MetricSpec(name="ua")
+    with pytest.raises(ValueError, match="unknown attack 'unlearndiffatk'"):
+        PromptAttack(attack="unlearndiffatk")
+    monkeypatch.setattr(catalog, "_metrics", None)
+    with pytest.raises(RuntimeError, match="no metric registry connected"):
+        catalog.metrics()

@@ -1,5 +1,6 @@
 """The suite YAML: prompts, generation settings, the scorer, the metrics with their thresholds and
-typed parameters, and the attacks the metrics read."""
+typed parameters, and the attacks the metrics read. Metric and attack names and parameters are
+checked against the registries, looked up through ``harness.catalog`` (they sit above spec/)."""
 
 from __future__ import annotations
 
