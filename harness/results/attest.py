@@ -29,6 +29,14 @@ import unicodedata
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.results.assemble import git_sha
+from harness.results.check import check_summary, contains
+from harness.results.io import method_seed_files, read_json_file, results_files
+from harness.spec import Threshold, load_suite
+from harness.spec.pins import suite_pins
+from harness.stats import intervals as stats
+from harness.store.fsutil import atomic_write
+from harness.store.hashing import sha256_file
 
 MANIFEST = "ATTESTATION.json"
 FORMAT = "unlearn-attestation/2"
@@ -94,8 +102,6 @@ def existing_names(root: Path) -> set[str]:
 # ----------------------------------------------------------------------------- verdicts
 def current_thresholds(root: Path) -> dict[tuple[str, str], str | None]:
     """(suite id, metric name) -> threshold text of the current suites in ``root/suites``."""
-    from harness.spec import load_suite
-
     out: dict[tuple[str, str], str | None] = {}
     for f in sorted(Path(root, "suites").glob("*.yaml")):
         try:
@@ -111,9 +117,6 @@ def pins_problem(data: dict, root: Path) -> str | None:
     """Why a results file may not stand on the leaderboard as a real result: a suite of the real
     world whose recorded pins (``suites[].pins``) differ from the suite's pins in this checkout
     (suite file + lock). Toy suites, and suites this checkout does not have, are not judged here."""
-    from harness.spec import load_suite
-    from harness.spec.pins import suite_pins
-
     for s in data.get("suites") or []:
         sid = s.get("id") if isinstance(s, dict) else None
         p = Path(root) / "suites" / f"{sid}.yaml"
@@ -137,8 +140,6 @@ def pins_problem(data: dict, root: Path) -> str | None:
 def expected_verdict(rec: dict, threshold: str | None) -> str:
     """The verdict a record's numbers give under ``threshold``: ``error`` for a non-finite value
     or flagged images, ``info`` without a threshold, else pass / fail (``stats.verdict``)."""
-    from harness.stats import intervals as stats
-
     return stats.verdict(threshold, rec.get("value"), rec.get("base_value"), flagged=rec.get("flagged_images") or 0).verdict
 
 
@@ -151,9 +152,6 @@ def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) 
     record carries per-item scores the interval is recomputed from them (``interval_problem``).
     An ``error`` verdict is always accepted (it claims nothing); a verdict this module does not
     know (e.g. added later) is left to its owner."""
-    from harness.stats import intervals as stats
-    from harness.spec import Threshold
-
     for i, rec in enumerate(data["metrics"]):
         key = (rec["suite"], rec["metric"])
         th = thresholds[key] if key in thresholds else rec.get("threshold")
@@ -178,7 +176,6 @@ def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) 
             if claimed != got:
                 raise ValueError(f"metrics.{i}.verdict: {claimed!r} for {rec['suite']}/{rec['metric']}, but its interval "
                                  f"{margin!r} under {th!r} gives {got!r}")
-    from harness.results.check import check_summary
 
     check_summary(data)  # the file's own counts, once its verdicts are the ones its numbers give
 
@@ -192,9 +189,6 @@ def interval_problem(rec: dict, threshold, margin: dict) -> str | None:
     base value, not the file's ``bound``), and where the record has per-item scores (checked by
     ``results.check``) and an interval of ``stats.intervals``' own methods, it must be the
     interval those scores give (same resamples and seed, to 1e-3)."""
-    from harness.stats import intervals as stats
-    from harness.results.check import contains
-
     finite = all(isinstance(margin.get(k), (int, float)) and math.isfinite(margin[k]) for k in ("low", "high"))
     if finite:  # (a non-finite one is no interval: the point estimate decides, stats.verdict)
         point = float(rec["value"]) - float(threshold.bound(rec.get("base_value")))
@@ -280,9 +274,6 @@ def run_id() -> str:
 def entry_of(path: Path, run: str) -> dict:
     """A manifest entry for one results file: its sha256, the commit that made it (the file's own
     ``harness.git_sha``) and the run that wrote it."""
-    from harness.store.hashing import sha256_file
-    from harness.results.io import read_json_file
-
     commit = None
     try:
         data = read_json_file(path, 64 << 20)
@@ -301,10 +292,6 @@ def write_manifest(folder: Path, made_by: str, only: list[Path] | None = None, r
     of the folder's previous manifest when it verifies and still matches them, and are left out
     (unattested) otherwise. Without ``only`` every results file is attested (``leaderboard
     attest``, run by a trusted workflow)."""
-    from harness.store.fsutil import atomic_write
-    from harness.store.hashing import sha256_file
-    from harness.results.io import method_seed_files, results_files
-
     folder = Path(folder)
     key = attest_key()
     run = run_id()
@@ -326,7 +313,6 @@ def write_manifest(folder: Path, made_by: str, only: list[Path] | None = None, r
             files[p.name] = prev[p.name]
         elif report:
             report(f"{p}: not attested (not written by this run, and not attested before with these bytes)")
-    from harness.results.assemble import git_sha
 
     seq = prev_doc.get("sequence") if prev_doc and isinstance(prev_doc.get("sequence"), int) else 0
     doc = {"format": FORMAT, "made_by": made_by, "sequence": seq + 1, "commit": git_sha(folder), "run": run, "files": files}
@@ -364,7 +350,6 @@ def _read_doc(folder: Path, key: bytes | None, required: bool) -> dict | None:
     path = Path(folder) / MANIFEST
     if not path.exists() and not path.is_symlink():
         return None
-    from harness.results.io import read_json_file
 
     try:
         doc = read_json_file(path, 8 << 20)
@@ -439,8 +424,6 @@ def replayed(folder: Path, doc: dict, key: bytes) -> str | None:
 
 def attested(path: Path, manifest: dict[str, dict]) -> str | None:
     """Why ``path`` is not attested by ``manifest`` (None: it is)."""
-    from harness.store.hashing import sha256_file
-
     want = manifest.get(path.name)
     if want is None:
         return f"not listed in {MANIFEST} (not made by a trusted run)"

@@ -15,6 +15,8 @@ import math
 import re
 from typing import Any, TypeGuard
 
+from harness.stats import intervals as stats
+
 MAX_DEPTH = 64  # JSON nesting a reader walks (a results file written by the harness is < 10 deep)
 MAX_ABS = 1e15  # no metric, interval or bound is larger; beyond it arithmetic on them overflows
 MAX_INT_DIGITS = 19  # integers of a results file fit in 64 bits (seeds < 2^63)
@@ -150,8 +152,6 @@ def check_scores(m: dict, where: str):
     key; a proportion 0 or 1), in the metric's range, and reproduce ``value`` and
     ``base_value``; ``ValueError`` otherwise."""
     import numpy as np
-
-    from harness.stats import intervals as stats
 
     s, w = m["scores"], f"{where}.scores"
     keys = s.get("keys")

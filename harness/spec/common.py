@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from harness.errors import HarnessError
 from harness.store.hashing import sha256_file
 from harness.store.safefs import inside, one_line_error  # noqa: F401 (re-exported to spec/)
+from harness.store.fetch import check_url
 
 SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256")]
 SLUG = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
@@ -19,8 +20,6 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
 def _https(url: str) -> str:
-    from harness.store.fetch import check_url
-
     try:
         return check_url(url, "url")
     except HarnessError as e:

@@ -20,6 +20,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.store.fetch import PLACEHOLDER
 from harness.store.hub import hub_source
+from harness.spec.yamlio import read_yaml
 
 
 # ----------------------------------------------------------------------------- what a spec names
@@ -122,7 +123,6 @@ def read_lock(suite_path: Path) -> dict[str, dict]:
     p = lock_path(suite_path)
     if not p.is_file():
         return {}
-    from harness.spec.yamlio import read_yaml
 
     data = read_yaml(p)
     pins = data.get("pins")

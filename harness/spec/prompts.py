@@ -13,6 +13,7 @@ from harness.errors import HarnessError
 from harness.store.hashing import sha256_file
 from harness.spec.common import inside, one_line_error
 from harness.spec.suite import Suite
+from harness.store.fetch import fetch
 
 class Prompt(BaseModel):
     """One prompt of a suite with its labels (e.g. object, style) and optional per-prompt
@@ -67,8 +68,6 @@ def expand_prompts(suite: Suite, root: Path, cache_dir: Path | None = None) -> l
     assert src_spec is not None  # a prompt set has exactly one source (PromptSet._one_source)
     src = src_spec.path or src_spec.url
     if src_spec.url:
-        from harness.store.fetch import fetch
-
         path = fetch(src_spec.url, src_spec.sha256, cache_dir or root / ".unlearn-cache", f"suite {suite.id}: prompts.csv.url")
     else:
         path = inside(root, src_spec.path, f"suite {suite.id}: prompts.csv.path")  # type: ignore[arg-type]  # no url: a path

@@ -27,6 +27,9 @@ from typing import Any, Callable, TypeGuard
 
 import numpy as np
 
+from harness.spec.suite import Threshold
+from harness.store.hashing import sha256_bytes
+
 LEVEL = 0.95
 RESAMPLES = 1000
 SEED = 0
@@ -84,8 +87,6 @@ class Scores:
 
 
 def prompt_key(text: str) -> str:
-    from harness.store.hashing import sha256_bytes
-
     return sha256_bytes(text.encode())[:12]
 
 
@@ -395,8 +396,6 @@ def verdict(threshold, value, base=None, margin_ci: dict | None = None, flagged:
     when it is wholly on the wrong side, ``inconclusive`` otherwise; without a finite interval
     the point estimate decides (``verdict`` = ``point``)."""
     if isinstance(threshold, str):
-        from harness.spec import Threshold
-
         threshold = Threshold.parse(threshold)
     reason = flag_error(value, flagged)
     if threshold is None:

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from harness.errors import HarnessError
 from harness.store.hashing import sha256_file
+from harness.store.fsutil import atomic_write
 
 PLACEHOLDER = "0" * 64  # the sha256 of a file not pinned yet (suites carry it until `unlearn pin`)
 LOOPBACK_ENV = "UNLEARN_TEST_ALLOW_LOOPBACK_HTTP"
@@ -168,7 +169,6 @@ def fetch(url: str, sha256: str | None, cache_dir: Path, what: str, progress: bo
     if pinned and got != sha256:
         part.unlink(missing_ok=True)
         raise HarnessError(f"{what}: {url} has sha256 {got}, expected {sha256}")
-    from harness.store.fsutil import atomic_write
 
     local = downloads / got / name
     local.parent.mkdir(parents=True, exist_ok=True)
