@@ -27,6 +27,7 @@ import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import TypeGuard
 
 from harness.errors import HarnessError
 from harness.results.assemble import git_sha
@@ -168,7 +169,7 @@ def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) 
                              f"but its threshold {th!r} gives {want!r}")
         if want in ("pass", "fail"):  # the interval verdict: the one the record's own interval gives
             margin = rec.get("margin_ci") if isinstance(rec.get("margin_ci"), dict) else None
-            t = Threshold.parse(th)
+            t = Threshold.parse(th)  # type: ignore[arg-type]  # a pass / fail verdict has a threshold
             why = interval_problem(rec, t, margin or {"low": math.nan, "high": math.nan})  # dropped: the scores still say
             if why:
                 raise ValueError(f"metrics.{i}.margin_ci: {why}")
@@ -203,7 +204,8 @@ def interval_problem(rec: dict, threshold, margin: dict) -> str | None:
     if not isinstance(resamples, int) or not 1 <= resamples <= 20000 or not isinstance(seed if seed is not None else 0, int):
         return f"resamples {resamples!r} / seed {seed!r}: not a bootstrap this reader repeats"
     scores.binary = bool(rec["scores"].get("binary", False))
-    level = margin.get("level") if isinstance(margin.get("level"), float) and 0 < margin["level"] < 1 else stats.LEVEL
+    level = margin.get("level")
+    level = level if isinstance(level, float) and 0 < level < 1 else stats.LEVEL
     try:
         got = stats.intervals(scores, threshold, resamples, stats.SEED if seed is None else seed, level,
                               "resample" if method.endswith("+seeds") else "keep").get("margin_ci")
@@ -244,7 +246,7 @@ def _body(doc: dict) -> bytes:
     return json.dumps({k: v for k, v in doc.items() if k != "hmac_sha256"}, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _is_hex64(value) -> bool:
+def _is_hex64(value) -> TypeGuard[str]:
     """A sha256 / HMAC-SHA256 hex digest as this module writes it: 64 lowercase hex digits."""
     import re
 
@@ -314,7 +316,8 @@ def write_manifest(folder: Path, made_by: str, only: list[Path] | None = None, r
         elif report:
             report(f"{p}: not attested (not written by this run, and not attested before with these bytes)")
 
-    seq = prev_doc.get("sequence") if prev_doc and isinstance(prev_doc.get("sequence"), int) else 0
+    seq = prev_doc.get("sequence") if prev_doc else None
+    seq = seq if isinstance(seq, int) else 0
     doc = {"format": FORMAT, "made_by": made_by, "sequence": seq + 1, "commit": git_sha(folder), "run": run, "files": files}
     if key:
         doc["hmac_sha256"] = _digest(doc, key)
@@ -382,7 +385,7 @@ def read_manifest(folder: Path, required: bool = False) -> dict[str, dict] | Non
             raise HarnessError(f"--results {folder}: no {MANIFEST} (--require-attestation): run `unlearn leaderboard attest` in the trusted workflow")
         return None
     if required:
-        why = replayed(Path(folder), doc, key)
+        why = replayed(Path(folder), doc, key)  # type: ignore[arg-type]  # required: attest_key raised without a key
         if why:
             raise HarnessError(f"{Path(folder) / MANIFEST}: sequence: {why}")
     return _entries(doc)
@@ -437,7 +440,8 @@ def bound_problem(path: Path, data: dict, manifest: dict[str, dict]) -> str | No
     """Why an attested file is not the run its entry says made it (the commit of the entry and
     the file's ``harness.git_sha`` differ), None when they agree or the entry names none."""
     want = (manifest.get(path.name) or {}).get("commit")
-    h = data.get("harness") if isinstance(data.get("harness"), dict) else {}
+    h = data.get("harness")
+    h = h if isinstance(h, dict) else {}
     if want is not None and h.get("git_sha") != want:
         return f"harness.git_sha {str(h.get('git_sha'))[:14]!r} is not the commit {want[:14]!r} that {MANIFEST} attests for it"
     return None
