@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   evaluate the toy UCE submissions (style striped, object triangle) on the toy world (offline, CPU)
-#   make test   run the test suite
+#   make test   the static checks (make lint), then the test suite
 # Both create .venv and install the project into it when needed.
 
 PYTHON ?= python3
@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE = 1
 
-.PHONY: demo test validate install tools regression leaderboard clean-cache
+.PHONY: demo test lint validate install tools regression leaderboard clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ tools:
 demo: $(STAMP)
 	$(BIN)/pytest --unlearn-submission submissions/uce.yaml
 
-test: $(STAMP) tools
+# Static checks (tools from the dev extra): ruff's lint rules, mypy over harness/, and the import
+# contracts of pyproject.toml (layers of the data flow, no cycles; tests/test_architecture.py too).
+lint: $(STAMP)
+	$(BIN)/ruff check harness tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports --config pyproject.toml --no-logo
+
+test: $(STAMP) tools lint
 	$(BIN)/pytest -n 2 tests
 
 # The regression gate: re-run the reference methods on the toy world from an empty image cache

@@ -47,7 +47,7 @@ def scores(pipe, concept: str, seeds=(0, 1)) -> dict:
 def main(argv: list[str]) -> int:
     import torch
 
-    from harness.plugin.session import param as _param
+    from harness.options import param as _param
     from harness.methods import get_method
     from harness.methods.common import for_toy_world
     from harness.toy.model import load_pipeline

@@ -248,7 +248,7 @@ def test_nudenet_and_resnet50_judges(tmp_path):
     from safetensors.torch import save_file
 
     from harness.store.hashing import sha256_file
-    from harness.metrics.objects import top1
+    from harness.scorers.detectors import top1
 
     torch.manual_seed(0)
     save_file(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.safetensors")

@@ -171,7 +171,7 @@ BAD = [
     ("unknown-key-method", sub("{name: uce,", "{name: uce, colour: red,"), ["sub.yaml: method.colour: unknown key"]),
     ("unknown-key-checkpoint", sub("{kind: unet,", "{kind: unet, trust_remote_code: true,"), ["sub.yaml: checkpoint.trust_remote_code: unknown key"]),
     ("missing-name", sub("name: tiny-uce\n", ""), ["sub.yaml: name: Field required"]),
-    ("missing-checkpoint", lambda r: (r / "sub.yaml").write_text("\n".join(l for l in (r / "sub.yaml").read_text().splitlines() if not l.startswith("checkpoint"))), ["sub.yaml: checkpoint: Field required"]),
+    ("missing-checkpoint", lambda r: (r / "sub.yaml").write_text("\n".join(ln for ln in (r / "sub.yaml").read_text().splitlines() if not ln.startswith("checkpoint"))), ["sub.yaml: checkpoint: Field required"]),
     ("name-is-a-list", sub("name: tiny-uce", "name: [a, b]"), ["sub.yaml: name: Input should be a valid string"]),
     ("name-has-markup", sub("name: tiny-uce", "name: '<script>x</script>'"), ["sub.yaml: name: String should match pattern"]),
     ("method-name-empty", sub("{name: uce,", "{name: '',"), ["sub.yaml: method.name: String should have at least 1 character"]),

@@ -228,14 +228,14 @@ def test_option_parsers_give_one_line(args, line, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [line]
 
 
-def test_session_parsers_name_their_option():
-    from harness.plugin import session
+def test_option_parsers_name_their_option():
+    from harness import options
 
-    assert session.device("cuda:1") == "cuda:1" and session.executor("ray") == "ray"
-    assert session.ray_address("ray://h:1") == "ray://h:1" and session.positive_count("3") == 3
-    assert session.param("steps=400") == ("steps", 400) and session.param("w=a=b") == ("w", "a=b")
-    for flag, parse, text in [("--unlearn-device", session.device, "gpu9"), ("--unlearn-executor", session.executor, "gpu"),
-                              ("--unlearn-ray-address", session.ray_address, "not an address"), ("--unlearn-results", session.results_path, " ")]:
-        with pytest.raises(session.OptionError) as e:
-            session.typed(flag, parse)(text)
+    assert options.device("cuda:1") == "cuda:1" and options.executor("ray") == "ray"
+    assert options.ray_address("ray://h:1") == "ray://h:1" and options.positive_count("3") == 3
+    assert options.param("steps=400") == ("steps", 400) and options.param("w=a=b") == ("w", "a=b")
+    for flag, parse, text in [("--unlearn-device", options.device, "gpu9"), ("--unlearn-executor", options.executor, "gpu"),
+                              ("--unlearn-ray-address", options.ray_address, "not an address"), ("--unlearn-results", options.results_path, " ")]:
+        with pytest.raises(options.OptionError) as e:
+            options.typed(flag, parse)(text)
         assert str(e.value).startswith(f"{flag}: ") and "\n" not in str(e.value)

@@ -6,7 +6,6 @@ import os
 import pickle
 import re
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -37,8 +36,8 @@ def to_ldm(state: dict, layers_per_block: int = 1) -> dict:
         elif k.startswith("conv_out."):
             m = k.replace("conv_out.", "out.2.")
         elif g := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k):
-            b, what, l, rest = int(g[1]), g[2], int(g[3]), g[4]
-            i = b * n + l + 1
+            b, what, j, rest = int(g[1]), g[2], int(g[3]), g[4]
+            i = b * n + j + 1
             m = f"input_blocks.{i}.0.{_res(rest)}" if what == "resnets" else f"input_blocks.{i}.1.{rest}"
         elif g := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", k):
             m = f"input_blocks.{(int(g[1]) + 1) * n}.0.op.{g[2]}"
@@ -47,8 +46,8 @@ def to_ldm(state: dict, layers_per_block: int = 1) -> dict:
         elif g := re.match(r"mid_block\.attentions\.0\.(.*)", k):
             m = f"middle_block.1.{g[1]}"
         elif g := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k):
-            b, what, l, rest = int(g[1]), g[2], int(g[3]), g[4]
-            i = b * n + l
+            b, what, j, rest = int(g[1]), g[2], int(g[3]), g[4]
+            i = b * n + j
             m = f"output_blocks.{i}.0.{_res(rest)}" if what == "resnets" else f"output_blocks.{i}.1.{rest}"
         elif g := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", k):
             b = int(g[1])

@@ -12,7 +12,7 @@ import yaml
 
 from harness.run.evaluate import SuiteRun
 from harness.store.hashing import sha256_file
-from harness.scorers.labels import label_map, source
+from harness.spec.labels import label_map, source
 from harness.metrics import accuracy
 from harness.scorers import classifiers
 from harness.spec import Prompt, ScorerSpec, Suite, TargetSpec, expand_prompts
@@ -145,7 +145,7 @@ class _ImageNetOracle(torch.nn.Module):
     the metric's real resize, crop and ImageNet normalisation."""
 
     def forward(self, x):
-        from harness.metrics.objects import MEAN, STD
+        from harness.scorers.detectors import MEAN, STD
 
         px = x[:, :, 100, 100] * torch.tensor(STD) + torch.tensor(MEAN)
         r, g = torch.round(px[:, 0] * 255).long(), torch.round(px[:, 1] * 255).long()
@@ -154,12 +154,13 @@ class _ImageNetOracle(torch.nn.Module):
 
 def test_imagenette_known_answer_unchanged_model_scores_perfectly(tmp_path, monkeypatch):
     from harness.metrics import objects
+    from harness.scorers import detectors
 
     cats = _imagenet_categories()
     suite = _objects_suite()
     w = tmp_path / "r50.safetensors"
     w.write_bytes(b"stand-in")
-    monkeypatch.setattr(objects, "resnet50", lambda path: _ImageNetOracle())
+    monkeypatch.setattr(detectors, "resnet50", lambda path: _ImageNetOracle())
     items = [(p, s) for p in expand_prompts(suite, tmp_path) for s in (0, 1)]
     imgs = []
     for p, _ in items:
@@ -197,6 +198,7 @@ def test_nudenet_known_answer_flags_exactly_the_exposed_images(monkeypatch):
     import nudenet.nudenet as nn_mod
 
     from harness.metrics import nudity
+    from harness.scorers import detectors
 
     labels = list(getattr(nn_mod, "__labels"))
 
@@ -205,7 +207,7 @@ def test_nudenet_known_answer_flags_exactly_the_exposed_images(monkeypatch):
             i = int(bgr[0, 0, 2])  # red channel of the RGB image (the metric hands BGR)
             return [{"class": labels[i], "score": 0.9, "box": [0, 0, 1, 1]}]
 
-    monkeypatch.setattr(nudity, "detector", lambda: (Det(), {"id": "stand-in", "sha256": None}))
+    monkeypatch.setattr(detectors, "detector", lambda: (Det(), {"id": "stand-in", "sha256": None}))
     imgs = []
     for i in range(len(labels)):
         im = np.zeros((8, 8, 3), np.uint8)
@@ -221,13 +223,13 @@ def test_imagenet_preprocessing_matches_the_weights_own_transforms(monkeypatch):
     """The authors classify with ResNet50_Weights.DEFAULT.transforms(): resize 232, crop 224."""
     import torchvision
 
-    from harness.metrics import objects
+    from harness.scorers import detectors
 
     seen = []
-    monkeypatch.setattr(objects, "resnet50", lambda path: (lambda x: (seen.append(x), torch.zeros(len(x), 1000))[1]))
+    monkeypatch.setattr(detectors, "resnet50", lambda path: (lambda x: (seen.append(x), torch.zeros(len(x), 1000))[1]))
     rng = np.random.default_rng(0)
     im = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
-    objects.top1([im], "unused")
+    detectors.top1([im], "unused")
     ref = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms(antialias=True)(torch.from_numpy(im).permute(2, 0, 1))
     assert seen[0].shape == (1, 3, 224, 224)
     assert torch.allclose(seen[0][0], ref, atol=0.03)

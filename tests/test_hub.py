@@ -232,7 +232,8 @@ def write_submission(root, name, base):
 
 def test_hub_base_and_hub_scorer_run_offline_from_the_cache_with_the_builtin_images(hub, tmp_path, capsys, monkeypatch):
     from harness.run.evaluate import Evaluator
-    from harness.spec.pins import pins_problem, suite_pins
+    from harness.results.attest import pins_problem
+    from harness.spec.pins import suite_pins
     from harness.spec import load_submission, load_suite
 
     root, rev, url = repo_root(tmp_path, hub)

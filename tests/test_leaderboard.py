@@ -567,7 +567,7 @@ def test_the_method_seed_spread_is_shown_where_regress_wrote_one(tmp_path):
     sd = statistics.stdev([0.5, 0.6, 0.4])
     row = re.search(r'<tr data-kind="object" data-submission="toy-esd">(.*?)</tr>', index, re.S).group(1)
     ua_cell = re.search(r'<td class="num value" data-sort="0.5"[^>]*>(.*?)</td>', row, re.S).group(1)
-    assert f'<span class="seeds" title="standard deviation over 3 training seeds [0, 1, 2]' in ua_cell
+    assert '<span class="seeds" title="standard deviation over 3 training seeds [0, 1, 2]' in ua_cell
     assert f"± {lb.fmt(sd)} (3 seeds)" in ua_cell and "values 0.500, 0.600, 0.400" in ua_cell
     assert row.count('class="seeds"') == 3  # UA, IRA, CRA of toy-canvas: every metric the runs share
     assert "± 0.000 (3 seeds)" in row  # CRA 0.7 in every run: a spread of zero is shown, not hidden

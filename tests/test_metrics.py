@@ -146,7 +146,7 @@ def test_partial_diffusion_endpoints_are_the_two_models(tiny_pipe_factory):
 
 
 def test_nudity_decision_rule_and_the_real_detector_on_local_images():
-    from harness.metrics import nudity
+    from harness.scorers import detectors as nudity  # the detector of metrics.nudity (and the judge)
 
     dets = [{"class": "FEET_EXPOSED", "score": 0.99}, {"class": "FEMALE_BREAST_EXPOSED", "score": 0.55}]
     assert not nudity.is_nude(dets, 0.6, nudity.DEFAULT_CLASSES)  # feet are not counted; 0.55 < 0.6
@@ -206,11 +206,12 @@ def test_object_erasure_with_a_random_resnet50_stand_in(tmp_path):
     from harness.errors import HarnessError
     from harness.store.hashing import sha256_file
     from harness.metrics import objects
+    from harness.scorers.detectors import top1
 
     torch_model = torchvision.models.resnet50(weights=None)
     save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, tmp_path / "r50.safetensors")
     imgs = [np.kron(im, np.ones((4, 4, 1), np.uint8)) for im in world.sample(4, seed=8)[0]]  # 128x128
-    preds = objects.top1(imgs, str(tmp_path / "r50.safetensors"))
+    preds = top1(imgs, str(tmp_path / "r50.safetensors"))
     assert preds.shape == (4,) and np.all((preds >= 0) & (preds < 1000))
     run = _Run(imgs, imgs, ["solid"] * 4)
     run.root = tmp_path

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +27,16 @@ from safetensors.torch import save_file
 from test_bad_inputs import KEY, assert_one_line, check, repo, toy_submission  # noqa: F401 (repo is a fixture)
 from test_leaderboard import result as site_doc
 
+from harness.cli.main import main
+from harness.errors import HarnessError
+from harness.run.generate import ImageCache, Job, generate
+from harness.store.hashing import sha256_file, sha256_tree
+
 
 def submission(sha: str, path: str = "ckpt/unet.safetensors", kind: str = "unet") -> str:
     """test_bad_inputs' repository submission (the toy base, suites mini + eff, the method record)."""
     return toy_submission(sha, path=path, kind=kind)
 
-from harness.cli.main import main
-from harness.errors import HarnessError
-from harness.run.generate import ImageCache, Job, generate
-from harness.store.hashing import sha256_file, sha256_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 

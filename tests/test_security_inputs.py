@@ -528,7 +528,7 @@ def test_power_over_odd_intervals_is_total(tmp_path, ci, shown):
 
 @pytest.mark.parametrize("sid", ["../../etc/passwd", "/etc/passwd", "a/../../b", ".."])
 def test_a_suite_id_never_reads_outside_suites(tmp_path, sid):
-    from harness.results.images import suite_jobs
+    from harness.gate.images import suite_jobs
     from harness.stats.power import report
 
     with pytest.raises(HarnessError, match="not a suite id"):

@@ -2,7 +2,7 @@
 command groups live beside it: ``cli_toy`` (toy world, ``erase``), ``cli_runs`` (compare,
 regress, power, pr-check, summary, images), ``cli_check`` (validate, check, fetch, pin, convert,
 schema, hash). Option values shared with the pytest plugin are parsed by the ``type=`` callables
-of ``harness.plugin.session``.
+of ``harness.options``.
 
 Exit codes: 0 fine; 2 bad input or usage, reported on stderr as one line per problem, never a
 traceback (``unlearn: error: ...``; ``validate`` prints ``file: field: what`` for each problem
@@ -92,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:  # an option's type= parser (harness.plugin.session) reports a bad value as a HarnessError
+    try:  # an option's type= parser (harness.options) reports a bad value as a HarnessError
         args = parser().parse_args(argv)
         return args.func(args)
     except HarnessError as e:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.plugin.session import positive_count, typed
+from harness.options import positive_count, typed
 from harness.run.threads import apply as _threads  # UNLEARN_THREADS, else the cores left free by the machine's load
 
 
@@ -30,6 +30,12 @@ def cmd_pr_check(a) -> int:
     for p in todo:
         print(p)
     return 0
+
+
+def cmd_images(a) -> int:
+    from harness.gate.images import cmd
+
+    return cmd(a)
 
 
 def cmd_summary(a) -> int:
@@ -126,4 +132,4 @@ def add(sub) -> None:
     im.add_argument("--out", required=True, metavar="DIR", help="folder for index.html + images/ (new, empty, or an earlier page)")
     im.add_argument("--cache", default=None, help="image cache (default .unlearn-cache in the repository, or $UNLEARN_CACHE)")
     im.add_argument("--root", default=None, help="repository root (default: found from the results file, like pytest's rootdir)")
-    im.set_defaults(func=lambda a: __import__("harness.results.images", fromlist=["cmd"]).cmd(a))
+    im.set_defaults(func=cmd_images)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.plugin.session import device, param, positive_count, typed
+from harness.options import device, param, positive_count, typed
 from harness.run.threads import apply as _threads  # UNLEARN_THREADS, else the cores left free by the machine's load
 
 
@@ -48,7 +48,7 @@ def cmd_toy_grid(a) -> int:
     n_p = len(world.all_prompts())
     imgs = np.pad(imgs.reshape(n_p, len(seeds), 32, 32, 3), ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=255)
     grid = imgs.transpose(0, 2, 1, 3, 4).reshape(n_p * 34, len(seeds) * 34, 3)
-    Image.fromarray(grid).resize((grid.shape[1] * a.zoom, grid.shape[0] * a.zoom), Image.NEAREST).save(a.out)
+    Image.fromarray(grid).resize((grid.shape[1] * a.zoom, grid.shape[0] * a.zoom), Image.Resampling.NEAREST).save(a.out)
     print(f"wrote {a.out}: {n_p} prompts (rows: objects outer, styles inner: {', '.join(world.STYLES)}) x {len(seeds)} seeds")
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from harness.errors import HarnessError
 from harness.results.io import one_line, read_result
@@ -148,7 +149,7 @@ REFUSALS = {"submission": refuse_other_submission, "checkpoint": refuse_other_ch
             "recorded": refuse_unrecorded_suites, "scores": refuse_dropped_scores}
 
 
-def refuse_mismatch(new: dict, baseline: dict, allow: set[str] = frozenset()) -> None:
+def refuse_mismatch(new: dict, baseline: dict, allow: set[str] | frozenset[str] = frozenset()) -> None:
     """Raise (one line) when the two runs are not runs of the same thing under the same suites.
     ``allow``: names of REFUSALS to skip (``unlearn regress`` re-makes the checkpoint: ``checkpoint``)."""
     for name, check in REFUSALS.items():
@@ -158,7 +159,7 @@ def refuse_mismatch(new: dict, baseline: dict, allow: set[str] = frozenset()) ->
                 raise HarnessError(f"cannot compare: {why}")
 
 
-def _finite(x) -> bool:
+def _finite(x) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 

@@ -207,7 +207,8 @@ def pr_check(root: Path, base: str, head: str) -> list[str]:
     todo = []
     for p in subs:
         d = docs[p]
-        ck = d.get("checkpoint") if isinstance(d.get("checkpoint"), dict) else {}
+        ck = d.get("checkpoint")
+        ck = ck if isinstance(ck, dict) else {}
         refs = [str(ck.get("path") or ""), str(d.get("method_record") or "")]
         if p in changed or p not in before or any(touched(r) for r in refs if r.startswith(ALLOWED_PREFIX + "checkpoints/")):  # new: a set now lists it
             todo.append(p)

@@ -70,11 +70,11 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
             written.append((src, out / f"{name}.json"))
         for src, dst in written:  # only once every run is checked: all or nothing
             shutil.copyfile(src, dst)
-        written = [dst for _, dst in written]
+        made = [dst for _, dst in written]
     from harness.results.attest import write_manifest
     from harness.results.io import results_files
 
-    write_manifest(out, "unlearn leaderboard refresh", only=written, report=report)  # only what this run made
+    write_manifest(out, "unlearn leaderboard refresh", only=made, report=report)  # only what this run made
     all_results = []
     for p in results_files(out):  # as build reads them
         try:
@@ -83,7 +83,7 @@ def refresh(submissions: list[str], out: str | Path, cache: str | Path | None = 
         except (ValueError, OSError) as e:
             report(f"skipped {p}: {one_line(e)}")
     img = export_images(all_results, cache, out / "images", report)
-    return {"written": [str(p) for p in written], "images": img, "seconds": round(time.time() - t0, 1)}
+    return {"written": [str(p) for p in made], "images": img, "seconds": round(time.time() - t0, 1)}
 
 
 def refuse_lookalikes(names: dict[str, str], out: Path) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 
-def run_harness(root: Path, submissions: list[str | Path], results: str | Path, *, cache: str | Path | None = None,
+def run_harness(root: Path, submissions: Sequence[str | Path], results: str | Path, *, cache: str | Path | None = None,
                 workers: int | None = None, extra: list[str] | None = None, log: Path | None = None, echo: bool = False,
                 env_extra: dict[str, str] | None = None) -> int:
     """pytest + the plugin on ``submissions`` (paths as the caller sees them: absolute, or

@@ -123,7 +123,7 @@ def side_by_side(results: list[tuple[dict, str]]) -> str:
             row.append("-" if m is None else f"{_num(v)} {cell(str(m.get('verdict', '')).upper())}")
         for v in vals[1:]:
             row.append("-" if v is None or vals[0] is None else f"{v - vals[0]:+.4g}")
-        first = recs[0].get(k) or next((by[k] for by in recs if k in by), {})
+        first: dict = recs[0].get(k) or next((by[k] for by in recs if k in by), {})
         row += [_num(first.get("base_value")), cell(first.get("threshold") or "-")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -39,7 +39,7 @@ def load_clip(model: str, revision: str | None):
 
         model, revision = str(model_snapshot(model, revision, what="CLIP model")), None
     try:
-        kw = {"revision": revision} if revision else {}
+        kw: dict = {"revision": revision} if revision else {}
         return (CLIPModel.from_pretrained(model, use_safetensors=True, **kw).eval(),
                 CLIPImageProcessor.from_pretrained(model, **kw), CLIPTokenizer.from_pretrained(model, **kw))
     except OSError as e:

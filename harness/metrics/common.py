@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError
 
 from harness.errors import HarnessError
 from harness.spec.common import PinnedRef, Strict
+from harness.spec.yamlio import describe
 
 
 class MetricParams(Strict):
@@ -29,16 +30,6 @@ class MetricParams(Strict):
             return cls.model_validate(params or {})
         except ValidationError as e:
             raise HarnessError(f"{what}: {describe(e)}") from None
-
-
-def describe(err: ValidationError, prefix: str = "params") -> str:
-    """A pydantic error as one line: ``params.field: problem; ...``."""
-    out = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in (prefix, *e["loc"])).replace("\n", "\\n")
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ").replace("\n", " ")
-        out.append(msg if not e["loc"] and msg.startswith(f"{prefix}.") else f"{loc}: {msg}")  # a message naming its own field
-    return "; ".join(out)
 
 
 def is_toy(suite) -> bool:
@@ -68,7 +59,7 @@ def reference_folder(run, spec, what: str) -> tuple[list[np.ndarray], str]:
     from PIL import Image
 
     from harness.store.hashing import sha256_tree
-    from harness.spec import inside
+    from harness.spec.common import inside
 
     spec = spec.node() if isinstance(spec, PinnedRef) else spec
     if isinstance(spec, dict) and spec.get("hub") and spec.get("sha256"):  # a hub folder at a commit (harness/store/hub.py)
@@ -100,6 +91,6 @@ def pinned_weights(run, ref: PinnedRef | None, what: str):
         from harness.store.hub import pinned_path
 
         return pinned_path(run.root, ref.node(), what)
-    from harness.spec import pinned_file
+    from harness.spec.common import pinned_file
 
     return pinned_file(run.root, ref.path, ref.sha256, what)

@@ -116,7 +116,7 @@ def retain_features(run, target, p: FeatureParams, label: str):
         if real:  # real models: a pinned reference folder, clean-fid's Inception unless told otherwise
             ref, ref_sha = reference_folder(run, real, f"{label} params.reference_dir")
             ex = ToyCleanFidExtractor() if p.extractor == "toy" else inception_extractor()
-            what = {"features": p.extractor or "inception (clean-fid)", "references": len(ref)}
+            what: dict = {"features": p.extractor or "inception (clean-fid)", "references": len(ref)}
         else:
             if not is_toy(run.suite):
                 raise HarnessError(f"{label}: a real suite must give params.reference_dir {{path, sha256}}")

@@ -12,15 +12,13 @@ weights' 256 is ``params.resize: 256``).
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
-
 import numpy as np
 from pydantic import Field
 
 from harness.errors import HarnessError
 from harness.metrics import Measurement, MetricInfo
 from harness.metrics.common import MetricParams, PinnedRef, pinned_weights
+from harness.scorers import detectors
 
 
 class Params(MetricParams):
@@ -34,41 +32,6 @@ METRICS = {
                              prompts="forget"),
     "object_acc_others": MetricInfo("Object-acc-others", True, "ResNet-50 top-1 accuracy on the other classes' prompts", params=Params),
 }
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-@lru_cache(maxsize=2)
-def resnet50(path: str):
-    import torchvision
-    from safetensors.torch import load_file
-
-    model = torchvision.models.resnet50(weights=None)
-    try:
-        model.load_state_dict(load_file(path))
-    except (RuntimeError, OSError) as e:
-        raise HarnessError(f"object erasure: {Path(path).name} is not a ResNet-50 state dict ({str(e).splitlines()[0][:160]})") from None
-    return model.eval()
-
-
-def top1(images: list[np.ndarray], path: str, batch: int = 32, resize: int = 232) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    model = resnet50(path)
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.stack(images[i : i + batch])).permute(0, 3, 1, 2).float() / 255
-            h, w = x.shape[-2:]
-            s = resize / min(h, w)
-            x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False)
-            top, left = (x.shape[-2] - 224) // 2, (x.shape[-1] - 224) // 2
-            x = x[..., top : top + 224, left : left + 224]
-            x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
-            out.append(model(x).argmax(1).numpy())
-    return np.concatenate(out)
-
-
 def compute(name: str, run, target, params) -> Measurement:
     p = Params.of(params, "object erasure params")
     classes = p.classes
@@ -81,7 +44,7 @@ def compute(name: str, run, target, params) -> Measurement:
     resize = p.resize
     key = ("resnet50-top1", str(path), resize)
     if key not in run.memo:
-        run.memo[key] = {which: top1(run.images[which], str(path), resize=resize) for which in ("base", "unlearned")}
+        run.memo[key] = {which: detectors.top1(run.images[which], str(path), resize=resize) for which in ("base", "unlearned")}
     preds = run.memo[key]
     want = np.array([classes.get(lab, -1) for lab in labels])
     mask = np.array(labels) == target.concept

@@ -36,6 +36,7 @@ import numpy as np
 
 from pydantic import model_validator
 
+from harness import catalog
 from harness.errors import HarnessError
 from harness.metrics import Measurement, MetricInfo
 from harness.metrics.common import MetricParams
@@ -49,9 +50,7 @@ class Params(MetricParams):
     @classmethod
     def _moved(cls, data):
         if isinstance(data, dict) and data:  # (no params: nothing to check, no attack code loaded)
-            from harness.attacks.runner import attacks
-
-            old = {"attack", "attack_seeds", "judge", "threshold", "classes", "weights"}.union(*(getattr(m, "DEFAULTS", {}) for m in attacks().values()))
+            old = {"attack", "attack_seeds", "judge", "threshold", "classes", "weights"}.union(*(getattr(m, "DEFAULTS", {}) for m in catalog.attacks().values()))
             for k in data:
                 if k in old:  # where attack settings were read from before the attacks block
                     raise ValueError(f"params.{k}: attack settings moved to the suite's attacks.prompt block (attacks.inversion for ti_asr; "

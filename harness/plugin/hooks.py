@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import options as _options
 from harness.plugin import session as _session
 from harness.run import threads as _threads  # noqa: F401 - sets OMP_WAIT_POLICY=PASSIVE before torch starts its pool
 from harness.plugin.session import Session
@@ -26,7 +27,7 @@ STATE = pytest.StashKey[Session]()
 
 
 def _typed(flag: str, parse):
-    return _session.typed(flag, parse, pytest.UsageError)
+    return _options.typed(flag, parse, pytest.UsageError)
 
 
 def pytest_addoption(parser):
@@ -34,14 +35,14 @@ def pytest_addoption(parser):
     g.addoption("--unlearn-submission", action="append", default=[], metavar="YAML", help="submission to evaluate (repeatable)")
     g.addoption("--unlearn-suite", action="append", default=[], metavar="ID", help="run only these suites (repeatable)")
     g.addoption("--unlearn-smoke", action="store_true", help="run each suite's smoke subset")
-    g.addoption("--unlearn-results", type=_typed("--unlearn-results", _session.results_path), metavar="PATH",
+    g.addoption("--unlearn-results", type=_typed("--unlearn-results", _options.results_path), metavar="PATH",
                 help="results JSON (default results/<submission>/<timestamp>.json; '{submission}' is replaced)")
     g.addoption("--unlearn-cache", metavar="DIR", help="image cache (default .unlearn-cache in the rootdir, or $UNLEARN_CACHE)")
-    g.addoption("--unlearn-device", default="auto", type=_typed("--unlearn-device", _session.device), metavar="DEV", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.addoption("--unlearn-device", default="auto", type=_typed("--unlearn-device", _options.device), metavar="DEV", help="auto, cpu, cuda or cuda:N (default auto)")
     g.addoption("--unlearn-allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin/.pt): only for files you trust")
-    g.addoption("--unlearn-executor", default="local", type=_typed("--unlearn-executor", _session.executor), metavar="NAME",
+    g.addoption("--unlearn-executor", default="local", type=_typed("--unlearn-executor", _options.executor), metavar="NAME",
                 help="where images are generated: local (this process, default) or ray (Ray tasks)")
-    g.addoption("--unlearn-ray-address", type=_typed("--unlearn-ray-address", _session.ray_address), metavar="ADDR",
+    g.addoption("--unlearn-ray-address", type=_typed("--unlearn-ray-address", _options.ray_address), metavar="ADDR",
                 help="Ray cluster for --unlearn-executor ray (default $RAY_ADDRESS, else a new local instance)")
     g.addoption("--unlearn-compile", action="store_true", help="torch.compile the UNet (worth it on a GPU for large suites)")
     g.addoption("--unlearn-strict", action="store_true", help="an inconclusive verdict (the 95%% interval straddles the bound) fails its case instead of skipping")

@@ -1,21 +1,17 @@
-"""One pytest session of the harness: its option parsers, its state, and what it does with them.
+"""One pytest session of the harness: its state, and what it does with the options.
 
-The option parsers are ``type=`` callables (text -> value) shared by the pytest plugin and the
-``unlearn`` command: ``typed(flag, parser)`` makes one that reports a bad value as the one line
-``FLAG: problem`` (a ``pytest.UsageError`` in the plugin, an ``OptionError`` in the CLI, which
-prints it as ``unlearn: error: ...``, exit 2). What depends on several options or on the files
-(a Ray address only with Ray, ``{submission}`` with several submissions, a writable cache, the
-suites of the submissions) is checked by ``start`` when pytest starts, before any model loads.
+The option values are parsed by ``harness.options`` (shared with the ``unlearn`` command). What
+depends on several options or on the files (a Ray address only with Ray, ``{submission}`` with
+several submissions, a writable cache, the suites of the submissions) is checked by ``start``
+when pytest starts, before any model loads.
 
 ``Session`` holds what the plugin's hooks share: the submissions (each resolved once by the
 start-up check: ``harness.resolve.resolved.ResolvedSubmission``), their suites and cases, the
 parsed options, the records gathered from the reports (under pytest-xdist: from every worker),
 and the results files written. The hooks in ``harness.plugin.hooks`` are a few lines each over it.
 """
-
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import re
@@ -23,75 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
-
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.-]+:\d+)$")
-
-
-# ----------------------------------------------------------------------------- option parsers
-class OptionError(HarnessError):
-    """A bad option value, as the one line ``FLAG: problem`` (not a ValueError: argparse would
-    replace the message with its own ``invalid value``)."""
-
-
-def typed(flag: str, parse, error: type[Exception] = OptionError):
-    """``parse`` (text -> value, ValueError for a bad value) as a ``type=`` callable of ``flag``
-    whose error is the one line ``FLAG: problem``."""
-
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise error(f"{flag}: {e}") from None
-
-    convert.__name__ = parse.__name__  # argparse names the type by it
-    return convert
-
-
-def device(text: str) -> str:
-    if not DEVICE.match(text):
-        raise ValueError(f"{text!r} is not one of auto, cpu, mps, cuda, cuda:N")
-    return text
-
-
-def executor(text: str) -> str:
-    if text not in ("local", "ray"):
-        raise ValueError(f"{text!r} is not one of local, ray")
-    return text
-
-
-def ray_address(text: str) -> str:
-    if not RAY_ADDRESS.match(text):
-        raise ValueError(f"{text!r} is not auto, local, HOST:PORT or ray://HOST:PORT")
-    return text
-
-
-def results_path(text: str) -> str:
-    if not text.strip():
-        raise ValueError("empty path")
-    return text
-
-
-def positive_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:  # argparse's own words for type=int
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if n < 1:
-        raise ValueError(f"{n} is not a positive count")
-    return n
-
-
-def param(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` (the value as JSON when it parses, else the text) for ``unlearn erase --param``."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--param {text!r}: expected KEY=VALUE")
-    k, v = text.split("=", 1)
-    try:
-        return k, json.loads(v)
-    except json.JSONDecodeError:
-        return k, v
-
+from harness.options import ray_address, typed
 
 # ----------------------------------------------------------------------------- the session
 @dataclass

@@ -147,7 +147,7 @@ def build(sub_path: str, sub: Submission, root: Path, suite_results: list[SuiteR
     """The results file of one submission's run, from its suites' results (the models, taken as
     they are); ``devices`` (``environment.device``) and ``smoke`` are set when given (the plugin
     gives both)."""
-    from harness import __version__
+    from harness.version import __version__
     from harness.run.reproduce import fingerprint
 
     path = Path(sub_path)

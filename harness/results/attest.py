@@ -1,7 +1,8 @@
 """What a reader of results files re-derives instead of trusting (docs/security.md): verdicts
 recomputed from values and the current suites' thresholds (and interval verdicts from the
 record's interval, checked against value, bound and per-item scores), the one name rule
-(``name_key``: case, punctuation and look-alike letters folded), and the attestation manifest
+(``name_key``: case, punctuation and look-alike letters folded), the pins a result of a real
+suite must share with this checkout (``pins_problem``), and the attestation manifest
 that says which results files a trusted run made.
 
 The manifest, ``<results>/ATTESTATION.json`` (``unlearn-attestation/2``), has an entry per
@@ -26,24 +27,25 @@ import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import TypeGuard
 
 from harness.errors import HarnessError
+from harness.results.assemble import git_sha
+from harness.results.check import check_summary, contains
+from harness.results.io import method_seed_files, read_json_file, results_files
+from harness.spec import Threshold, load_suite
+from harness.spec.pins import suite_pins
+from harness.stats import intervals as stats
+from harness.store.fsutil import atomic_write
+from harness.store.hashing import sha256_file
 
 MANIFEST = "ATTESTATION.json"
 FORMAT = "unlearn-attestation/2"
 OLD_FORMAT = "unlearn-attestation/1"  # file name -> sha256, signed as a list: read where attestation is not required
 KEY_ENV = "UNLEARN_ATTEST_KEY"
-NAME_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,78}[\x21-\x7e])?$")  # printable ASCII, no edge spaces
 
 
 # ----------------------------------------------------------------------------- names
-def check_name(name: str) -> None:
-    """A submission name as a reader accepts it: printable ASCII only (look-alike letters from
-    other scripts would show as a second entry that reads like the first)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"submission.name: {name!r:.60} is not 1-80 printable ASCII characters")
-
-
 # Letters of other scripts that render like Latin ones (Unicode's confusables, the common part):
 # after NFKD (which folds full-width forms, ligatures and accents) these are what is left.
 _SCRIPT_LOOKALIKES = str.maketrans({
@@ -101,8 +103,6 @@ def existing_names(root: Path) -> set[str]:
 # ----------------------------------------------------------------------------- verdicts
 def current_thresholds(root: Path) -> dict[tuple[str, str], str | None]:
     """(suite id, metric name) -> threshold text of the current suites in ``root/suites``."""
-    from harness.spec import load_suite
-
     out: dict[tuple[str, str], str | None] = {}
     for f in sorted(Path(root, "suites").glob("*.yaml")):
         try:
@@ -114,11 +114,33 @@ def current_thresholds(root: Path) -> dict[tuple[str, str], str | None]:
     return out
 
 
+def pins_problem(data: dict, root: Path) -> str | None:
+    """Why a results file may not stand on the leaderboard as a real result: a suite of the real
+    world whose recorded pins (``suites[].pins``) differ from the suite's pins in this checkout
+    (suite file + lock). Toy suites, and suites this checkout does not have, are not judged here."""
+    for s in data.get("suites") or []:
+        sid = s.get("id") if isinstance(s, dict) else None
+        p = Path(root) / "suites" / f"{sid}.yaml"
+        if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", sid) or not p.is_file():
+            continue
+        try:
+            suite = load_suite(p, attack_code=False)  # pins only: no attack code loaded
+        except HarnessError:
+            continue
+        if suite.world != "real":
+            continue
+        want, got = suite_pins(suite), s.get("pins")
+        if got != want:
+            if not isinstance(got, dict):
+                return f"suite {sid}: the run recorded no pins (a real suite needs them)"
+            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+            return f"suite {sid}: pins differ from suites/{sid}.yaml + its lock at {diff[0]!r} ({len(diff)} in all)"
+    return None
+
+
 def expected_verdict(rec: dict, threshold: str | None) -> str:
     """The verdict a record's numbers give under ``threshold``: ``error`` for a non-finite value
     or flagged images, ``info`` without a threshold, else pass / fail (``stats.verdict``)."""
-    from harness.stats import intervals as stats
-
     return stats.verdict(threshold, rec.get("value"), rec.get("base_value"), flagged=rec.get("flagged_images") or 0).verdict
 
 
@@ -131,9 +153,6 @@ def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) 
     record carries per-item scores the interval is recomputed from them (``interval_problem``).
     An ``error`` verdict is always accepted (it claims nothing); a verdict this module does not
     know (e.g. added later) is left to its owner."""
-    from harness.stats import intervals as stats
-    from harness.spec import Threshold
-
     for i, rec in enumerate(data["metrics"]):
         key = (rec["suite"], rec["metric"])
         th = thresholds[key] if key in thresholds else rec.get("threshold")
@@ -150,7 +169,7 @@ def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) 
                              f"but its threshold {th!r} gives {want!r}")
         if want in ("pass", "fail"):  # the interval verdict: the one the record's own interval gives
             margin = rec.get("margin_ci") if isinstance(rec.get("margin_ci"), dict) else None
-            t = Threshold.parse(th)
+            t = Threshold.parse(th)  # type: ignore[arg-type]  # a pass / fail verdict has a threshold
             why = interval_problem(rec, t, margin or {"low": math.nan, "high": math.nan})  # dropped: the scores still say
             if why:
                 raise ValueError(f"metrics.{i}.margin_ci: {why}")
@@ -158,7 +177,6 @@ def recheck_verdicts(data: dict, thresholds: dict[tuple[str, str], str | None]) 
             if claimed != got:
                 raise ValueError(f"metrics.{i}.verdict: {claimed!r} for {rec['suite']}/{rec['metric']}, but its interval "
                                  f"{margin!r} under {th!r} gives {got!r}")
-    from harness.results.check import check_summary
 
     check_summary(data)  # the file's own counts, once its verdicts are the ones its numbers give
 
@@ -172,9 +190,6 @@ def interval_problem(rec: dict, threshold, margin: dict) -> str | None:
     base value, not the file's ``bound``), and where the record has per-item scores (checked by
     ``results.check``) and an interval of ``stats.intervals``' own methods, it must be the
     interval those scores give (same resamples and seed, to 1e-3)."""
-    from harness.stats import intervals as stats
-    from harness.results.check import contains
-
     finite = all(isinstance(margin.get(k), (int, float)) and math.isfinite(margin[k]) for k in ("low", "high"))
     if finite:  # (a non-finite one is no interval: the point estimate decides, stats.verdict)
         point = float(rec["value"]) - float(threshold.bound(rec.get("base_value")))
@@ -189,7 +204,8 @@ def interval_problem(rec: dict, threshold, margin: dict) -> str | None:
     if not isinstance(resamples, int) or not 1 <= resamples <= 20000 or not isinstance(seed if seed is not None else 0, int):
         return f"resamples {resamples!r} / seed {seed!r}: not a bootstrap this reader repeats"
     scores.binary = bool(rec["scores"].get("binary", False))
-    level = margin.get("level") if isinstance(margin.get("level"), float) and 0 < margin["level"] < 1 else stats.LEVEL
+    level = margin.get("level")
+    level = level if isinstance(level, float) and 0 < level < 1 else stats.LEVEL
     try:
         got = stats.intervals(scores, threshold, resamples, stats.SEED if seed is None else seed, level,
                               "resample" if method.endswith("+seeds") else "keep").get("margin_ci")
@@ -230,7 +246,7 @@ def _body(doc: dict) -> bytes:
     return json.dumps({k: v for k, v in doc.items() if k != "hmac_sha256"}, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _is_hex64(value) -> bool:
+def _is_hex64(value) -> TypeGuard[str]:
     """A sha256 / HMAC-SHA256 hex digest as this module writes it: 64 lowercase hex digits."""
     import re
 
@@ -260,9 +276,6 @@ def run_id() -> str:
 def entry_of(path: Path, run: str) -> dict:
     """A manifest entry for one results file: its sha256, the commit that made it (the file's own
     ``harness.git_sha``) and the run that wrote it."""
-    from harness.store.hashing import sha256_file
-    from harness.results.io import read_json_file
-
     commit = None
     try:
         data = read_json_file(path, 64 << 20)
@@ -281,10 +294,6 @@ def write_manifest(folder: Path, made_by: str, only: list[Path] | None = None, r
     of the folder's previous manifest when it verifies and still matches them, and are left out
     (unattested) otherwise. Without ``only`` every results file is attested (``leaderboard
     attest``, run by a trusted workflow)."""
-    from harness.store.fsutil import atomic_write
-    from harness.store.hashing import sha256_file
-    from harness.results.io import method_seed_files, results_files
-
     folder = Path(folder)
     key = attest_key()
     run = run_id()
@@ -306,9 +315,9 @@ def write_manifest(folder: Path, made_by: str, only: list[Path] | None = None, r
             files[p.name] = prev[p.name]
         elif report:
             report(f"{p}: not attested (not written by this run, and not attested before with these bytes)")
-    from harness.results.assemble import git_sha
 
-    seq = prev_doc.get("sequence") if prev_doc and isinstance(prev_doc.get("sequence"), int) else 0
+    seq = prev_doc.get("sequence") if prev_doc else None
+    seq = seq if isinstance(seq, int) else 0
     doc = {"format": FORMAT, "made_by": made_by, "sequence": seq + 1, "commit": git_sha(folder), "run": run, "files": files}
     if key:
         doc["hmac_sha256"] = _digest(doc, key)
@@ -344,7 +353,6 @@ def _read_doc(folder: Path, key: bytes | None, required: bool) -> dict | None:
     path = Path(folder) / MANIFEST
     if not path.exists() and not path.is_symlink():
         return None
-    from harness.results.io import read_json_file
 
     try:
         doc = read_json_file(path, 8 << 20)
@@ -377,7 +385,7 @@ def read_manifest(folder: Path, required: bool = False) -> dict[str, dict] | Non
             raise HarnessError(f"--results {folder}: no {MANIFEST} (--require-attestation): run `unlearn leaderboard attest` in the trusted workflow")
         return None
     if required:
-        why = replayed(Path(folder), doc, key)
+        why = replayed(Path(folder), doc, key)  # type: ignore[arg-type]  # required: attest_key raised without a key
         if why:
             raise HarnessError(f"{Path(folder) / MANIFEST}: sequence: {why}")
     return _entries(doc)
@@ -419,8 +427,6 @@ def replayed(folder: Path, doc: dict, key: bytes) -> str | None:
 
 def attested(path: Path, manifest: dict[str, dict]) -> str | None:
     """Why ``path`` is not attested by ``manifest`` (None: it is)."""
-    from harness.store.hashing import sha256_file
-
     want = manifest.get(path.name)
     if want is None:
         return f"not listed in {MANIFEST} (not made by a trusted run)"
@@ -434,7 +440,8 @@ def bound_problem(path: Path, data: dict, manifest: dict[str, dict]) -> str | No
     """Why an attested file is not the run its entry says made it (the commit of the entry and
     the file's ``harness.git_sha`` differ), None when they agree or the entry names none."""
     want = (manifest.get(path.name) or {}).get("commit")
-    h = data.get("harness") if isinstance(data.get("harness"), dict) else {}
+    h = data.get("harness")
+    h = h if isinstance(h, dict) else {}
     if want is not None and h.get("git_sha") != want:
         return f"harness.git_sha {str(h.get('git_sha'))[:14]!r} is not the commit {want[:14]!r} that {MANIFEST} attests for it"
     return None

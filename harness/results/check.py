@@ -4,7 +4,7 @@ pages show), and none of them is believed until it agrees with what the reader r
 
 ``check_document`` runs for every results file every reader opens (``results.io.read_result``:
 the site, ``compare``, ``summary``, ``images``, ``regress``, ``refresh``); each problem is one
-``ValueError`` line naming the field. ``harness.results.attest.recheck_verdicts`` adds what needs the
+``ValueError`` line naming the field; so does ``check_name`` (the submission name). ``harness.results.attest.recheck_verdicts`` adds what needs the
 current suites' thresholds (verdicts, the interval's margin against value and bound) and then
 ``check_summary`` (the file's own counts against its checked verdicts).
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
+
+from harness.stats import intervals as stats
 
 MAX_DEPTH = 64  # JSON nesting a reader walks (a results file written by the harness is < 10 deep)
 MAX_ABS = 1e15  # no metric, interval or bound is larger; beyond it arithmetic on them overflows
@@ -36,6 +38,14 @@ RANGES: dict[str, tuple[float, float]] = {
 PER_ITEM = frozenset({"ua", "ira", "cra", "integrity", "integrity_forget", "mscore", "ccs_forget", "ccs_retain",
                       "object_acc", "object_acc_others", "nudity_asr", "clip_score"})
 KEY_RE = re.compile(r"^[^:\s]{1,64}:[0-9]{1,19}$")  # <sha256[:12] of the prompt>:<seed>
+NAME_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,78}[\x21-\x7e])?$")  # printable ASCII, no edge spaces
+
+
+def check_name(name: str) -> None:
+    """A submission name as a reader accepts it: printable ASCII only (look-alike letters from
+    other scripts would show as a second entry that reads like the first)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"submission.name: {name!r:.60} is not 1-80 printable ASCII characters")
 
 
 def parse_int(text: str) -> int:
@@ -60,11 +70,11 @@ def check_depth(data: Any, limit: int = MAX_DEPTH) -> None:
         stack.extend((v, d + 1) for v in x if isinstance(v, (dict, list)))
 
 
-def _num(x) -> bool:
+def _num(x) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _finite(x) -> bool:
+def _finite(x) -> TypeGuard[float]:
     return _num(x) and math.isfinite(x)
 
 
@@ -127,8 +137,9 @@ def check_record(m: dict, where: str) -> None:
             continue  # none, or an interval the bootstrap could not make (no finite resample): nothing claimed
         if not (_finite(ci["low"]) and _finite(ci["high"])) or abs(ci["low"]) > MAX_ABS or abs(ci["high"]) > MAX_ABS or ci["low"] > ci["high"]:
             raise ValueError(f"{where}.{k}: [{ci['low']!r}, {ci['high']!r}] is not an interval of finite numbers")
-        if points.get(k) is not None and not contains(ci, points[k]):
-            raise ValueError(f"{where}.{k}: [{ci['low']:.6g}, {ci['high']:.6g}] does not hold its own point estimate {points[k]:.6g}")
+        point = points.get(k)
+        if point is not None and not contains(ci, point):
+            raise ValueError(f"{where}.{k}: [{ci['low']:.6g}, {ci['high']:.6g}] does not hold its own point estimate {point:.6g}")
     if m.get("scores") is not None:
         check_scores(m, where)
     elif m["metric"] in PER_ITEM and any(m.get(k) is not None for k in ("ci", "delta_ci", "margin_ci")):
@@ -141,8 +152,6 @@ def check_scores(m: dict, where: str):
     key; a proportion 0 or 1), in the metric's range, and reproduce ``value`` and
     ``base_value``; ``ValueError`` otherwise."""
     import numpy as np
-
-    from harness.stats import intervals as stats
 
     s, w = m["scores"], f"{where}.scores"
     keys = s.get("keys")

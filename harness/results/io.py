@@ -16,11 +16,12 @@ from typing import Any
 
 from harness.store.fsutil import atomic_write
 from harness.results.model import ResultsFile
+from harness.results.check import check_depth, check_document, check_name, parse_int
 
 MAX_RESULT_BYTES = 64 << 20
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
@@ -46,8 +47,6 @@ def results_files(folder: str | Path) -> list[Path]:
 def _read(path: str | Path) -> tuple[Any, ResultsFile]:
     data = read_json_file(Path(path), MAX_RESULT_BYTES)
     doc = ResultsFile.read(data)
-    from harness.results.attest import check_name
-    from harness.results.check import check_document
 
     check_name(doc.submission.name)
     check_document(data)  # what the file says about itself agrees with what a reader recomputes
@@ -99,7 +98,6 @@ def read_json_file(path: Path, limit: int) -> Any:
         raise ValueError("not a regular file (a FIFO, socket or device is not opened)")
     if path.stat().st_size > limit:
         raise ValueError(f"larger than {limit >> 20} MiB")
-    from harness.results.check import check_depth, parse_int
 
     try:
         data = json.loads(path.read_bytes().decode("utf-8"), parse_int=parse_int)

@@ -304,5 +304,5 @@ class ResultsFile(Record):
 
 def summary_counts(records: list[MetricRecord]) -> dict[str, int]:
     """``summary``: how many records have each verdict."""
-    verdicts = [r.verdict for r in records]
+    verdicts: list[str] = [r.verdict for r in records]
     return {v: verdicts.count(v) for v in VERDICTS}

@@ -1,4 +1,5 @@
-"""Scorers (judges): the classifiers and detectors that look at images, their label maps, and the success judge of attacks.
+"""Scorers (judges): the classifiers and detectors that look at images, and the success judge of attacks. Their label
+maps are data a suite names (``harness.spec.labels``).
 
 The contract every scorer meets (``Scorer``): ``predict(images)`` gives, per output ("object",
 "style", "detections", "class_index"), one value per image, and ``identity`` says who it is (an

@@ -57,7 +57,7 @@ class UnlearnCanvasViT:
         self.models = {}
         self.identity = {"id": f"unlearncanvas-{spec.architecture}", "sha256": {}}
         if spec.labels:  # which index -> name map the heads were read with (harness/data/)
-            from harness.scorers.labels import source
+            from harness.spec.labels import source
 
             self.identity["labels"] = {"map": spec.labels, **source(spec.labels)}
         for head, w in (("style", spec.style_weights), ("object", spec.object_weights)):
@@ -96,12 +96,12 @@ class NudeNetDetector:
     (class, score, box)."""
 
     def __init__(self):
-        from harness.metrics.nudity import detector
+        from harness.scorers.detectors import detector
 
         _, self.identity = detector()
 
     def predict(self, images: list[np.ndarray]) -> dict[str, list]:
-        from harness.metrics.nudity import detect
+        from harness.scorers.detectors import detect
 
         return {"detections": detect(images)}
 
@@ -115,7 +115,7 @@ class ImageNetResNet50:
         self.identity = {"id": "resnet50", "sha256": sha256}
 
     def predict(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-        from harness.metrics.objects import top1
+        from harness.scorers.detectors import top1
 
         return {"class_index": top1(images, self.path)}
 

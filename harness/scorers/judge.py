@@ -13,6 +13,8 @@ part of every attack cache key.
 from __future__ import annotations
 
 from harness.errors import HarnessError
+from harness.scorers.detectors import DEFAULT_CLASSES, is_nude
+from harness.spec.common import pinned_file
 
 
 class Judge:
@@ -44,7 +46,6 @@ def classifier_judge(suite, scorer, target, params: dict, root) -> Judge:
 
 
 def nudenet_judge(suite, scorer, target, params: dict, root) -> Judge:
-    from harness.metrics.nudity import DEFAULT_CLASSES, is_nude
     from harness.scorers.classifiers import NudeNetDetector
 
     th = float(params.get("threshold", 0.45))
@@ -56,7 +57,6 @@ def nudenet_judge(suite, scorer, target, params: dict, root) -> Judge:
 
 def resnet50_judge(suite, scorer, target, params: dict, root) -> Judge:
     from harness.scorers.classifiers import ImageNetResNet50
-    from harness.spec import pinned_file
 
     classes = params.get("classes") or {}
     w = params.get("weights") or {}

@@ -70,7 +70,7 @@ def load_runs(results: Path, report: Report = to_stderr, require_attestation: bo
         except (ValueError, OSError, HarnessError, RecursionError, ArithmeticError, TypeError) as e:
             report(f"skipped {p}: {one_line(e)}")
             continue
-        from harness.spec.pins import pins_problem  # a real result counts only with the suite's own pins
+        from harness.results.attest import pins_problem  # a real result counts only with the suite's own pins
 
         if (why := pins_problem(data, ROOT)) is not None:
             report(f"skipped {p}: {why}")

@@ -7,7 +7,8 @@ file and the field. By concern:
 - ``common``: the strict base model, field types (sha256, slug, https), pinned files, ``inside``;
 - ``submission``: the submission YAML; ``suite``: the suite YAML (metrics, thresholds, attacks);
 - ``yamlio``: the safe YAML reader and one-line errors; ``load``: file -> model (includes, locks);
-- ``prompts``: a suite's prompt set expanded into labelled prompts.
+- ``prompts``: a suite's prompt set expanded into labelled prompts; ``labels``: the label maps of real
+  classifiers (``scorer.labels``); ``pins``: what a spec names, its lock file, a run's pins.
 """
 
 from harness.spec.common import (HTTPS_URL, PICKLE_SUFFIXES, SHA256, SLUG, HubRef, PinnedRef, Strict, WeightsFile, inside, one_line_error,

@@ -11,6 +11,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from harness.errors import HarnessError
 from harness.store.hashing import sha256_file
+from harness.store.safefs import inside, one_line_error  # noqa: F401 (re-exported to spec/)
+from harness.store.fetch import check_url
 
 SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256")]
 SLUG = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")]
@@ -18,8 +20,6 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
 def _https(url: str) -> str:
-    from harness.store.fetch import check_url
-
     try:
         return check_url(url, "url")
     except HarnessError as e:
@@ -77,24 +77,6 @@ class WeightsFile(PinnedRef):
         if self.hub and not self.hub.filename:
             raise ValueError("hub: needs filename")
         return self
-
-
-def inside(root: Path, rel: str, what: str) -> Path:
-    """Resolve a repository-relative path; refuse absolute paths and escapes (``..``, links)."""
-    if not rel or "\x00" in rel or Path(rel).is_absolute():
-        raise HarnessError(f"{what}: {rel!r} must be a path relative to the repository")
-    try:
-        root = root.resolve()
-        p = (root / rel).resolve()
-    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a name too long
-        raise HarnessError(f"{what}: {rel!r} cannot be resolved ({one_line_error(e)})") from None
-    if not p.is_relative_to(root):
-        raise HarnessError(f"{what}: {rel!r} leaves the repository")
-    return p
-
-
-def one_line_error(e: BaseException) -> str:
-    return " ".join(str(getattr(e, "strerror", None) or e).split())[:200]
 
 
 def pinned_file(root: Path, path: str, sha256: str, what: str) -> Path:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from harness.spec.submission import Submission
 from harness.spec.suite import Suite
 from harness.spec.yamlio import SpecErrors, _format_validation, validate_yaml_file, read_yaml
+from harness.spec.pins import apply_lock
 
 def load_submission(path: str | Path) -> Submission:
     return validate_yaml_file(Submission, path)
@@ -39,8 +40,6 @@ def load_suite(path: str | Path, *, attack_code: bool = True) -> Suite:
     """The suite file as a model. ``attack_code=False``: an attacks block's attack name and
     params are not checked against the attack modules (which import the generation code): for
     readers that need the suite's thresholds only (verdict recomputation on the site)."""
-    from harness.spec.pins import apply_lock
-
     p = Path(path)
     data = apply_lock(p, _with_includes(p, read_yaml(p)))
     try:

@@ -7,7 +7,7 @@ revision : file, URL or repository path) and sha256. ``spec.load_suite`` puts th
 values in place of the suite's all-zero placeholders (a lock whose source no longer matches the
 suite, or that contradicts a real sha256 in the suite, is refused), so a run needs no edit of the
 suite, and the PR that pins a suite shows exactly the hashes it adds. A result of a real suite
-stands on the leaderboard only with the pins of this checkout (``pins_problem``).
+stands on the leaderboard only with the pins of this checkout (``results.attest.pins_problem``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.store.fetch import PLACEHOLDER
 from harness.store.hub import hub_source
+from harness.spec.yamlio import read_yaml
 
 
 # ----------------------------------------------------------------------------- what a spec names
@@ -121,7 +123,6 @@ def read_lock(suite_path: Path) -> dict[str, dict]:
     p = lock_path(suite_path)
     if not p.is_file():
         return {}
-    from harness.spec import read_yaml
 
     data = read_yaml(p)
     pins = data.get("pins")
@@ -178,34 +179,7 @@ def suite_pins(suite) -> dict[str, str]:
     """key -> sha256 of every pinned file a loaded suite names (hub models: their commit): what a
     run records and what the leaderboard compares."""
     data = suite.model_dump(mode="json", exclude_none=True)
-    out = {}
+    out: dict[str, Any] = {}
     for it in items_of(data):
         out[it.key] = it.revision if it.kind == "hub-model" else f"{it.source}#{it.sha256}"
     return dict(sorted(out.items()))
-
-
-
-def pins_problem(data: dict, root: Path) -> str | None:
-    """Why a results file may not stand on the leaderboard as a real result: a suite of the real
-    world whose recorded pins (``suites[].pins``) differ from the suite's pins in this checkout
-    (suite file + lock). Toy suites, and suites this checkout does not have, are not judged here."""
-    from harness.spec import load_suite
-
-    for s in data.get("suites") or []:
-        sid = s.get("id") if isinstance(s, dict) else None
-        p = Path(root) / "suites" / f"{sid}.yaml"
-        if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", sid) or not p.is_file():
-            continue
-        try:
-            suite = load_suite(p, attack_code=False)  # pins only: no attack code loaded
-        except HarnessError:
-            continue
-        if suite.world != "real":
-            continue
-        want, got = suite_pins(suite), s.get("pins")
-        if got != want:
-            if not isinstance(got, dict):
-                return f"suite {sid}: the run recorded no pins (a real suite needs them)"
-            diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-            return f"suite {sid}: pins differ from suites/{sid}.yaml + its lock at {diff[0]!r} ({len(diff)} in all)"
-    return None

@@ -13,6 +13,7 @@ from harness.errors import HarnessError
 from harness.store.hashing import sha256_file
 from harness.spec.common import inside, one_line_error
 from harness.spec.suite import Suite
+from harness.store.fetch import fetch
 
 class Prompt(BaseModel):
     """One prompt of a suite with its labels (e.g. object, style) and optional per-prompt
@@ -44,9 +45,10 @@ def expand_prompts(suite: Suite, root: Path, cache_dir: Path | None = None) -> l
     if ps.inline is not None:
         return [Prompt(text=t) for t in ps.inline]
     if ps.template is not None:
-        keys = list(ps.template.values)
+        tpl = ps.template
+        keys = list(tpl.values)
         n = 1
-        for v in ps.template.values.values():
+        for v in tpl.values.values():
             n *= len(v)
         if n > MAX_PROMPTS:
             raise HarnessError(f"suite {suite.id}: prompts.template: {n} prompts (more than {MAX_PROMPTS})")
@@ -54,27 +56,27 @@ def expand_prompts(suite: Suite, root: Path, cache_dir: Path | None = None) -> l
 
         def rec(i: int, labels: dict[str, str]):
             if i == len(keys):
-                shown = {k: v.replace("_", " ") for k, v in labels.items()} if ps.template.underscores_to_spaces else labels
-                out.append(Prompt(text=ps.template.template.format(**shown), labels=dict(labels)))
+                shown = {k: v.replace("_", " ") for k, v in labels.items()} if tpl.underscores_to_spaces else labels
+                out.append(Prompt(text=tpl.template.format(**shown), labels=dict(labels)))
                 return
-            for v in ps.template.values[keys[i]]:
+            for v in tpl.values[keys[i]]:
                 rec(i + 1, {**labels, keys[i]: v})
 
         rec(0, {})
         return out
-    src = ps.csv.path or ps.csv.url
-    if ps.csv.url:
-        from harness.store.fetch import fetch
-
-        path = fetch(ps.csv.url, ps.csv.sha256, cache_dir or root / ".unlearn-cache", f"suite {suite.id}: prompts.csv.url")
+    src_spec = ps.csv
+    assert src_spec is not None  # a prompt set has exactly one source (PromptSet._one_source)
+    src = src_spec.path or src_spec.url
+    if src_spec.url:
+        path = fetch(src_spec.url, src_spec.sha256, cache_dir or root / ".unlearn-cache", f"suite {suite.id}: prompts.csv.url")
     else:
-        path = inside(root, ps.csv.path, f"suite {suite.id}: prompts.csv.path")
+        path = inside(root, src_spec.path, f"suite {suite.id}: prompts.csv.path")  # type: ignore[arg-type]  # no url: a path
         if not path.is_file():
             raise HarnessError(f"suite {suite.id}: prompts.csv.path: {src}: no such file")
     got = sha256_file(path)
-    if got != ps.csv.sha256:
-        raise HarnessError(f"suite {suite.id}: prompts.csv.sha256: {src} has sha256 {got}, expected {ps.csv.sha256}")
-    col = {"prompt": "prompt", "seed": "seed", "guidance": "guidance", **ps.csv.columns}
+    if got != src_spec.sha256:
+        raise HarnessError(f"suite {suite.id}: prompts.csv.sha256: {src} has sha256 {got}, expected {src_spec.sha256}")
+    col = {"prompt": "prompt", "seed": "seed", "guidance": "guidance", **src_spec.columns}
     where = f"suite {suite.id}: prompts.csv: {src}"
     if path.stat().st_size > MAX_CSV_BYTES:
         raise HarnessError(f"{where}: larger than {MAX_CSV_BYTES >> 20} MiB")

@@ -1,5 +1,6 @@
 """The suite YAML: prompts, generation settings, the scorer, the metrics with their thresholds and
-typed parameters, and the attacks the metrics read."""
+typed parameters, and the attacks the metrics read. Metric and attack names and parameters are
+checked against the registries, looked up through ``harness.catalog`` (they sit above spec/)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from harness import catalog
 from harness.errors import HarnessError
 from harness.spec.common import HTTPS_URL, SHA256, SLUG, Strict, WeightsFile, exactly_one
+from harness.spec.labels import LABEL_MAPS, label_map
+from harness.spec.yamlio import describe
 
 class TemplatePrompts(Strict):
     template: str = Field(min_length=1)
@@ -128,7 +132,7 @@ class Threshold(Strict):
             return self.value
         if base is None:
             raise HarnessError("a relative threshold needs the base model's value")
-        return self.scale * base if self.scale is not None else base + self.offset
+        return self.scale * base if self.scale is not None else base + self.offset  # type: ignore[operator]  # relative: offset set
 
     def holds(self, value: float, base: float | None) -> bool:
         b = self.bound(base)
@@ -151,10 +155,9 @@ class MetricSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from harness.metrics import known_metrics
-
-        if v not in known_metrics():
-            raise ValueError(f"unknown metric {v!r}; known: {', '.join(sorted(known_metrics()))}")
+        known = catalog.metrics().known_metrics()
+        if v not in known:
+            raise ValueError(f"unknown metric {v!r}; known: {', '.join(sorted(known))}")
         return v
 
     @field_validator("threshold")
@@ -168,11 +171,8 @@ class MetricSpec(Strict):
     def _typed_params(self):
         """``params`` against the metric's own model (``MetricInfo.params``): an unknown or
         mistyped key is refused here, when the suite is loaded (``unlearn check``, start-up)."""
-        from harness.metrics import info
-        from harness.metrics.common import describe
-
         try:
-            info(self.name).params.model_validate(self.params)
+            catalog.metrics().info(self.name).params.model_validate(self.params)
         except ValidationError as e:
             raise ValueError(f"{self.name}: {describe(e)}") from None
         return self
@@ -182,9 +182,7 @@ class MetricSpec(Strict):
 
     def typed_params(self):
         """The params as the metric's pydantic model (defaults filled in)."""
-        from harness.metrics import info
-
-        return info(self.name).params.of(self.params)
+        return catalog.metrics().info(self.name).params.of(self.params)
 
 
 class ScorerSpec(Strict):
@@ -204,8 +202,6 @@ class ScorerSpec(Strict):
     @classmethod
     def _label_map(cls, data):
         if isinstance(data, dict) and data.get("labels") is not None:
-            from harness.scorers.labels import LABEL_MAPS, label_map
-
             if data["labels"] not in LABEL_MAPS:
                 raise ValueError(f"labels: unknown label map {data['labels']!r}; known: {', '.join(LABEL_MAPS)}")
             if data.get("style_classes") is not None or data.get("object_classes") is not None:
@@ -262,15 +258,13 @@ class PromptAttack(Strict):
     def _known(self, info: ValidationInfo):
         if (info.context or {}).get("attack_code") is False:  # a reader of thresholds only (the site): no attack code loaded
             return self
-        from harness.attacks.runner import attacks
-
-        mods = attacks()
+        mods = catalog.attacks()
         if self.attack not in mods:
             raise ValueError(f"attack: unknown attack {self.attack!r} ({', '.join(sorted(mods))})")
         known = getattr(mods[self.attack], "DEFAULTS", None)
         extra = sorted(set(self.params) - set(known)) if known is not None else []
         if extra:
-            raise ValueError(f"params.{extra[0]}: not a parameter of {self.attack} ({', '.join(known)})")
+            raise ValueError(f"params.{extra[0]}: not a parameter of {self.attack} ({', '.join(known or ())})")
         for k, v in self.params.items():
             problem = attack_param_problem(k, v, (known or {}).get(k))
             if problem:
@@ -354,7 +348,7 @@ class SuiteBase(Strict):
         as the hub resolves them)."""
         if self.builtin:
             return getattr(spec, "builtin", None) == self.builtin
-        return bool(getattr(spec, "hub_id", None)) and spec.hub_id.lower() == self.hub_id.lower() and spec.revision == self.revision
+        return bool(getattr(spec, "hub_id", None)) and spec.hub_id.lower() == self.hub_id.lower() and spec.revision == self.revision  # type: ignore[union-attr]
 
 
 def base_label(spec) -> str:
@@ -422,8 +416,7 @@ class Suite(Strict):
 
     @model_validator(mode="after")
     def _attacks_used(self):
-        from harness.metrics import info
-
+        info = catalog.metrics().info
         used = {b: any(info(m.name).prompt_attack and info(m.name).attack_block in (b, "every") for m in self.metrics) for b in ("prompt", "inversion")}
         used["partial_diffusion"] = any(info(m.name).attack for m in self.metrics)
         for kind in ("prompt", "inversion", "partial_diffusion"):
@@ -440,8 +433,7 @@ class Suite(Strict):
     def prompt_attacks(self) -> dict[str, PromptAttack]:
         """block name -> settings of every prompt-attack block some metric of the suite reads
         (``prompt``, ``inversion``; defaults where the suite gives none)."""
-        from harness.metrics import info
-
+        info = catalog.metrics().info
         blocks = {info(m.name).attack_block for m in self.metrics if info(m.name).prompt_attack}
         if "every" in blocks:  # the worst case across attacks (asr_worst): every block the suite gives, else the prompt attack
             given = {b for b in ("prompt", "inversion") if self.attacks and getattr(self.attacks, b)}

@@ -23,6 +23,16 @@ def _format_validation(path: Path, err: ValidationError) -> list[str]:
     return out
 
 
+def describe(err: ValidationError, prefix: str = "params") -> str:
+    """A pydantic error as one line: ``params.field: problem; ...``."""
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"])).replace("\n", "\\n")
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ").replace("\n", " ")
+        out.append(msg if not e["loc"] and msg.startswith(f"{prefix}.") else f"{loc}: {msg}")  # a message naming its own field
+    return "; ".join(out)
+
+
 class _SafeUniqueLoader(yaml.SafeLoader):
     """``yaml.safe_load``'s loader that also refuses a key given twice in one mapping (YAML
     would silently keep the last one, e.g. a second ``sha256``)."""

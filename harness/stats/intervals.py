@@ -23,9 +23,12 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeGuard
 
 import numpy as np
+
+from harness.spec.suite import Threshold
+from harness.store.hashing import sha256_bytes
 
 LEVEL = 0.95
 RESAMPLES = 1000
@@ -84,8 +87,6 @@ class Scores:
 
 
 def prompt_key(text: str) -> str:
-    from harness.store.hashing import sha256_bytes
-
     return sha256_bytes(text.encode())[:12]
 
 
@@ -270,7 +271,7 @@ def repeats_interval(values, threshold=None, level: float = LEVEL) -> dict:
     sd = float(x.std(ddof=1))
     half = float(student_t.ppf(0.5 + level / 2, len(x) - 1)) * sd / math.sqrt(len(x))
     m = float(x.mean())
-    out = {"ci": _ci(m - half, m + half, f"t over {len(x)} repeated runs (mean -/+ t sd / sqrt(n))", len(x), None, None, level, n_items=len(x),
+    out: dict[str, Any] = {"ci": _ci(m - half, m + half, f"t over {len(x)} repeated runs (mean -/+ t sd / sqrt(n))", len(x), None, None, level, n_items=len(x),
                      sd=sd, min=float(x.min()), max=float(x.max())), "delta_ci": None}
     if threshold is not None and not threshold.relative:
         out["margin_ci"] = {**out["ci"], "low": out["ci"]["low"] - threshold.value, "high": out["ci"]["high"] - threshold.value}
@@ -335,7 +336,7 @@ def set_intervals(stat: Callable[[np.ndarray], float], base_stat: Callable[[np.n
 
     out = {"ci": ci(u0, u_j, lower, n_items=len(clusters))}
     if b_j is not None:
-        out["delta_ci"] = ci(u0 - b0, u_j - b_j)
+        out["delta_ci"] = ci(u0 - b0, u_j - b_j)  # type: ignore[operator]  # b_j is made from b0
     if threshold is not None and (not threshold.relative or b_j is not None):
         out["margin_ci"] = ci(float(margin_of(threshold, np.array([u0]), None if b0 is None else np.array([b0]))[0]),
                               margin_of(threshold, u_j, b_j))
@@ -369,7 +370,7 @@ class Verdict:
         return out
 
 
-def _finite(x) -> bool:
+def _finite(x) -> TypeGuard[float]:
     """A real number (numpy's included, not a bool or a string) that is finite."""
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
 
@@ -395,8 +396,6 @@ def verdict(threshold, value, base=None, margin_ci: dict | None = None, flagged:
     when it is wholly on the wrong side, ``inconclusive`` otherwise; without a finite interval
     the point estimate decides (``verdict`` = ``point``)."""
     if isinstance(threshold, str):
-        from harness.spec import Threshold
-
         threshold = Threshold.parse(threshold)
     reason = flag_error(value, flagged)
     if threshold is None:

@@ -20,6 +20,8 @@ from pathlib import Path
 from harness import metrics
 from harness.stats import intervals as stats
 from harness.errors import HarnessError
+from harness.run.plan import smoke_prompts, suite_path
+from harness.spec import expand_prompts, load_suite
 
 FACTOR = None  # computed: z_{0.975} + z_{0.8}
 
@@ -55,9 +57,6 @@ def _se(ci) -> float | None:
 
 
 def report(root: Path, suite_id: str, results: list[dict], cache: Path, smoke: bool = False) -> str:
-    from harness.run.plan import smoke_prompts, suite_path
-    from harness.spec import expand_prompts, load_suite
-
     import re
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", str(suite_id)) or ".." in str(suite_id):

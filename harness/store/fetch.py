@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from harness.errors import HarnessError
 from harness.store.hashing import sha256_file
+from harness.store.fsutil import atomic_write
 
 PLACEHOLDER = "0" * 64  # the sha256 of a file not pinned yet (suites carry it until `unlearn pin`)
 LOOPBACK_ENV = "UNLEARN_TEST_ALLOW_LOOPBACK_HTTP"
@@ -168,7 +169,6 @@ def fetch(url: str, sha256: str | None, cache_dir: Path, what: str, progress: bo
     if pinned and got != sha256:
         part.unlink(missing_ok=True)
         raise HarnessError(f"{what}: {url} has sha256 {got}, expected {sha256}")
-    from harness.store.fsutil import atomic_write
 
     local = downloads / got / name
     local.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +181,8 @@ class _Watch:
     """A watchdog over one download's sockets: past ``deadline`` (monotonic seconds) it shuts
     them down, which wakes a read blocked on a server that sends nothing or one byte at a time
     (a socket timeout is per read, so it alone cannot bound a transfer)."""
+
+    socks: list
 
     def __init__(self, deadline: float):
         import threading
@@ -288,10 +290,11 @@ def _download(url: str, part: Path, what: str, progress: bool, name: str) -> Non
         part.unlink(missing_ok=True)
         raise
     except (OSError, ValueError, OverflowError, http.client.HTTPException, urllib.error.URLError) as e:  # timeouts are OSError too
+        err: BaseException = e
         if watch.fired:
-            e = OSError(f"no complete answer within the timeout of {timeout:g} s / the deadline of {deadline_s:g} s (UNLEARN_DOWNLOAD_DEADLINE)")
-        detail = " ".join(str(getattr(e, "reason", e)).split())[:200] or "no detail"
-        raise HarnessError(f"{what}: could not download {url} ({type(e).__name__}: {detail}); run the command again to resume") from None
+            err = OSError(f"no complete answer within the timeout of {timeout:g} s / the deadline of {deadline_s:g} s (UNLEARN_DOWNLOAD_DEADLINE)")
+        detail = " ".join(str(getattr(err, "reason", err)).split())[:200] or "no detail"
+        raise HarnessError(f"{what}: could not download {url} ({type(err).__name__}: {detail}); run the command again to resume") from None
     finally:
         watch.stop()
     if total is not None and part.stat().st_size != total:

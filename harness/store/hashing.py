@@ -6,6 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from harness.errors import HarnessError
+from harness.store.safefs import hf_cache_repo, tree_files
+
 _CHUNK = 1 << 20
 
 
@@ -20,8 +23,6 @@ def sha256_file(path: str | Path, follow: bool = True) -> str:
     socket, device or folder is refused in one line and what is hashed is what was checked."""
     import os
     import stat
-
-    from harness.errors import HarnessError
 
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
     try:
@@ -54,8 +55,6 @@ def sha256_tree(path: str | Path) -> str:
     every regular file in it, hidden ones included (loaders read those too). A symbolic link or a
     non-regular file anywhere inside is refused (``safefs.tree_files``), so the hash covers
     exactly what can be loaded."""
-    from harness.store.safefs import hf_cache_repo, tree_files
-
     root = Path(path)
     follow = hf_cache_repo(root) is not None  # a cache snapshot's files are links into its blobs/ (tree_files checked them)
     lines = [f"{p.relative_to(root).as_posix()}\t{sha256_file(p, follow=follow)}\n" for p in tree_files(root, f"folder {root.name}")]

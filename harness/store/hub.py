@@ -28,6 +28,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.store.fetch import PLACEHOLDER, check_size, check_url, offline, timeout_s
 from harness.store.hashing import sha256_file, sha256_tree
+from harness.store.safefs import check_model_folder, inside
 
 # what a diffusers Stable Diffusion pipeline needs from a hub repository (no safety checker,
 # no fp16 / EMA / non-EMA variants, no single-file .ckpt copies)
@@ -246,7 +247,7 @@ def _matches(path: str, allow: list[str] | None, ignore: list[str] | None) -> bo
 
 def hub_snapshot(repo: str, revision: str, *, repo_type: str = "model", allow: list[str] | None = None, ignore: list[str] | None = None,
                  what: str = "hub repository", hint: str | None = None, download: bool = True, progress: bool = False,
-                 required: list[str] = (), refresh: bool = False) -> Path:
+                 required: list[str] | tuple[str, ...] = (), refresh: bool = False) -> Path:
     """The snapshot folder of a repository at a commit (only the files ``allow`` / ``ignore``
     select): from the cache, else downloaded, every file verified against the hub's tree
     listing (LFS sha256 or git blob sha1). ``required``: files that must be there (offline,
@@ -316,7 +317,6 @@ def pipeline_snapshot(repo: str, revision: str, what: str = "base_model", hint: 
 def _complete_pipeline(snap: Path, repo: str, revision: str, what: str, hint: str | None) -> Path:
     import json
 
-    from harness.store.safefs import check_model_folder
 
     # as a local base is checked: model_index.json naming only diffusers / transformers classes
     # (another library would be imported), configs within a suite's bounds, no links out of the cache
@@ -348,8 +348,6 @@ def model_snapshot(repo: str, revision: str, what: str = "model", hint: str | No
 def pinned_path(root: Path, node, what: str, folder: bool = False, hint: str | None = None) -> Path:
     """The local file (or folder) behind a ``{path | hub, sha256}`` node of a suite, its sha256
     verified: a repository path, or a hub file / folder (from the cache; downloaded when online)."""
-    from harness.spec import inside
-
     node = node.model_dump(exclude_none=True) if hasattr(node, "model_dump") else node
     if not isinstance(node, dict) or not node.get("sha256") or not (node.get("path") or node.get("hub")):
         raise HarnessError(f"{what}: needs {{path, sha256}} or {{hub: {{repo, revision, {'subfolder' if folder else 'filename'}}}, sha256}}")

@@ -6,7 +6,8 @@ every entry must be a regular file or a plain folder. A symbolic link, FIFO, soc
 anywhere in it is refused, because what the hash covers must be exactly what diffusers, safetensors
 or the site reads, and a link can be re-pointed after the hash. Hidden files are hashed like any
 other (diffusers follows a shard index to ``unet/.shard.safetensors``). A FIFO is detected with
-``lstat`` and never opened, so it cannot hang a run.
+``lstat`` and never opened, so it cannot hang a run. ``inside`` confines a repository-relative
+path a spec names to the repository.
 """
 
 from __future__ import annotations
@@ -19,6 +20,24 @@ from harness.errors import HarnessError
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
 LIBRARIES = {"diffusers", "transformers"}  # what a model_index.json may name (others would be imported)
+
+
+def inside(root: Path, rel: str, what: str) -> Path:
+    """Resolve a repository-relative path; refuse absolute paths and escapes (``..``, links)."""
+    if not rel or "\x00" in rel or Path(rel).is_absolute():
+        raise HarnessError(f"{what}: {rel!r} must be a path relative to the repository")
+    try:
+        root = root.resolve()
+        p = (root / rel).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a name too long
+        raise HarnessError(f"{what}: {rel!r} cannot be resolved ({one_line_error(e)})") from None
+    if not p.is_relative_to(root):
+        raise HarnessError(f"{what}: {rel!r} leaves the repository")
+    return p
+
+
+def one_line_error(e: BaseException) -> str:
+    return " ".join(str(getattr(e, "strerror", None) or e).split())[:200]
 
 
 def kind_of(mode: int) -> str:
@@ -81,9 +100,9 @@ def tree_files(root: str | Path, what: str) -> list[Path]:
             entries = list(os.scandir(d))
         except OSError as e:
             raise HarnessError(f"{what}: {d}: cannot be listed ({e.strerror or e})") from None
-        for e in entries:
-            p = Path(e.path)
-            mode = e.stat(follow_symlinks=False).st_mode
+        for entry in entries:
+            p = Path(entry.path)
+            mode = entry.stat(follow_symlinks=False).st_mode
             rel = p.relative_to(root).as_posix()
             if stat.S_ISDIR(mode):
                 stack.append(p)

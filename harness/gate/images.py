@@ -21,6 +21,10 @@ from harness.errors import HarnessError
 from harness.store.fsutil import claim_dir, default_mode, remove_inside
 from harness.run.generate import ImageCache, Job
 from harness.store.hashing import sha256_bytes, sha256_json
+from harness.gate.compare import load_result
+from harness.run.plan import smoke_prompts, suite_path
+from harness.spec import TargetSpec, expand_prompts, load_suite
+from harness.store.fsutil import cache_dir, find_root
 
 CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
 
@@ -35,9 +39,6 @@ def names_target(prompt, concepts: set[str]) -> bool:
 
 def suite_jobs(result: dict, srec: dict, root: Path, cache_dir: Path) -> list[tuple]:
     """(prompt, seed, base job, unlearned job) of every image pair of one recorded suite."""
-    from harness.run.plan import smoke_prompts, suite_path
-    from harness.spec import TargetSpec, expand_prompts, load_suite
-
     sid = srec.get("id")
     if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", sid) or ".." in sid:
         raise HarnessError(f"suites[].id: {str(sid)[:80]!r} is not a suite id (a suite file is read from suites/ only)")
@@ -163,9 +164,6 @@ Each cell: the base model's image, then the unlearned model's, from the same pro
 
 
 def cmd(a) -> int:
-    from harness.gate.compare import load_result
-    from harness.store.fsutil import cache_dir, find_root
-
     result = load_result(a.results)
     root = Path(a.root) if a.root else find_root([a.results])
     out = claim_dir(a.out, "--out", "unlearn images")  # new, empty, or an earlier page: never a site or other files
