@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Mapping
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from harness.errors import HarnessError
 
@@ -61,7 +61,7 @@ class Registry(Generic[T]):
         self.group = group
         self._adapt = adapt
         self._own: dict[str, object] = {}  # name -> entry or "module:attr"
-        self._plugins: dict[str, object] | None = None  # name -> EntryPoint (read lazily)
+        self._plugins: dict[str, Any] | None = None  # name -> EntryPoint (read lazily)
         self._loaded: dict[str, T] = {}
 
     # ------------------------------------------------------------------ registering
@@ -78,9 +78,9 @@ class Registry(Generic[T]):
         self._plugins = None
         self._loaded = {k: v for k, v in self._loaded.items() if k in self._own}
 
-    def _entry_points(self) -> dict[str, object]:
+    def _entry_points(self) -> dict[str, Any]:
         if self._plugins is None:
-            found: dict[str, object] = {}
+            found: dict[str, Any] = {}
             if self.group:
                 from importlib.metadata import entry_points
 
@@ -122,6 +122,8 @@ class Registry(Generic[T]):
             return self._loaded[name]
         if name not in self:
             raise self.unknown(name)
+        entry: Any
+        where: str | None
         if name in self._own:
             entry, where = self._own[name], None
             if isinstance(entry, str):
@@ -158,7 +160,7 @@ class RegistryView(Mapping):
     """A read-only mapping name -> ``value(entry)`` over a registry's names: ``in`` and iteration
     load nothing, reading a value loads that entry (``harness.methods.PAPERS`` and the like)."""
 
-    def __init__(self, registry: Registry, value: Callable[[object], object]):
+    def __init__(self, registry: Registry, value: Callable[[Any], object]):
         self._registry, self._value = registry, value
 
     def __getitem__(self, name):

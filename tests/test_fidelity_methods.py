@@ -170,13 +170,14 @@ def test_committed_toy_esd_checkpoints_are_the_toy_preset():
 def test_toy_uce_checkpoints_reproduce(tmp_path, kind, concept):
     """Re-made by ``unlearn erase``: bitwise the committed checkpoint where its method.json
     records this platform, else within the closed-form tolerance (harness.run.reproduce)."""
+    from harness.methods import method_tolerance
     from harness.run.reproduce import CLOSED_FORM, compare_checkpoint
 
     committed_dir = ROOT / "submissions" / "checkpoints" / f"uce-{kind}-{concept}"
     committed = json.loads((committed_dir / "method.json").read_text())
     rec = run_erase("uce", TOY_PIPELINE, concept, tmp_path / "out", threads=committed["efficiency"]["threads"])  # default preset on the toy base: toy
     assert rec["preset"] == "toy" and rec["params"]["token_positions"] == "all" and rec["display_name"] == "UCE (all-token)"
-    c = compare_checkpoint(tmp_path / "out", committed_dir)
+    c = compare_checkpoint(tmp_path / "out", committed_dir, method_tolerance)
     print(c.line())
     assert c.ok, c.line()
     assert c.tolerance == CLOSED_FORM and c.max_abs <= CLOSED_FORM.atol

@@ -124,7 +124,7 @@ def test_suite_generation_carries_image_format_into_jobs(tmp_path):
 def test_results_name_their_fidelity_choices():
     from pathlib import Path
 
-    from harness.results.fidelity import choices
+    from harness.run.fidelity import choices
     from harness.spec import load_submission, load_suite
 
     root = Path(__file__).resolve().parents[1]

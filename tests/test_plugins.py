@@ -210,7 +210,8 @@ def test_every_reference_method_declares_its_contract():
         assert set(info.presets["toy"]) <= set(params), name  # every preset key is a parameter of erase()
         assert PARAMS.get(name) is None or set(PARAMS[name]) == set(info.presets["toy"])
     assert committed_methods() == sorted(METHODS)
-    from harness.run.reproduce import CLOSED_FORM, LONG_FINE_TUNE, method_tolerance
+    from harness.methods import method_tolerance
+    from harness.run.reproduce import CLOSED_FORM, LONG_FINE_TUNE
 
     assert [m for m in METHODS if method_tolerance(m) is CLOSED_FORM] == ["rece", "uce"]
     assert method_tolerance("not-a-method") is LONG_FINE_TUNE

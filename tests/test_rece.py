@@ -107,6 +107,7 @@ def test_presets_record_the_authors_settings():
 def test_committed_toy_checkpoints_are_remade(tmp_path):
     """Bitwise where the committed method.json records this platform, else within the
     closed-form tolerance (harness.run.reproduce)."""
+    from harness.methods import method_tolerance
     from harness.run.reproduce import CLOSED_FORM, compare_checkpoint
     from harness.toy.submissions import make_checkpoints
 
@@ -115,7 +116,7 @@ def test_committed_toy_checkpoints_are_remade(tmp_path):
         committed_dir = REPO / "submissions" / "checkpoints" / d.name
         committed = json.loads((committed_dir / "method.json").read_text())
         made = json.loads((d / "method.json").read_text())
-        c = compare_checkpoint(d, committed_dir)
+        c = compare_checkpoint(d, committed_dir, method_tolerance)
         print(d.name, c.line())
         assert c.ok and c.tolerance == CLOSED_FORM, (d.name, c.line())
         if c.same_platform:

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.methods import method_tolerance
 from harness.run.reproduce import (BITWISE_FIELDS, CLOSED_FORM, LONG_FINE_TUNE, Tolerance, compare_checkpoint, compare_images,
-                               compare_tensors, compare_values, fingerprint, method_tolerance, platform_differences,
+                               compare_tensors, compare_values, fingerprint, platform_differences,
                                same_platform)
 
 from harness.toy.paths import PIPELINE_DIR
@@ -145,15 +146,15 @@ def test_a_checkpoint_remade_under_another_instruction_set_is_within_tolerance_n
     assert runs["avx2"]["platform"]["cpu_capability"] == "AVX2"
     assert runs["default"]["platform"]["threads"] == 1
 
-    across = compare_checkpoint(tmp_path / "avx2", tmp_path / "default")
+    across = compare_checkpoint(tmp_path / "avx2", tmp_path / "default", method_tolerance)
     assert across.same_platform is False and not across.bitwise, "the instruction sets gave the same bits: this test shows nothing"
     assert across.status == "within tolerance" and across.line().startswith("equal within tolerance (max |d| = ")
     assert 0 < across.max_abs <= CLOSED_FORM.atol
 
-    again = compare_checkpoint(tmp_path / "default-again", tmp_path / "default")
+    again = compare_checkpoint(tmp_path / "default-again", tmp_path / "default", method_tolerance)
     assert again.same_platform is True and again.status == "identical"
 
     committed = ROOT / "submissions" / "checkpoints" / "uce-style-striped"
     for name in ("default", "avx2"):
-        c = compare_checkpoint(tmp_path / name, committed)
+        c = compare_checkpoint(tmp_path / name, committed, method_tolerance)
         assert c.ok, (name, c.line())

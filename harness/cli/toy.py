@@ -79,6 +79,7 @@ def cmd_toy_reproduce(a) -> int:
     import tempfile
 
     from harness.methods import METHODS, REGISTRY, run_erase_isolated
+    from harness.methods import method_tolerance
     from harness.run.reproduce import compare_checkpoint, fingerprint, platform_differences
     from harness.toy.paths import PIPELINE_DIR
     from harness.toy.submissions import committed_methods
@@ -107,7 +108,7 @@ def cmd_toy_reproduce(a) -> int:
             out = Path(tmp) / d.name
             run_erase_isolated(rec["method"], PIPELINE_DIR, rec["concept"], out, anchor=rec.get("anchor"), world="toy", force=True,
                                params=rec["params"], preset=rec.get("preset"), threads=threads)
-            c = compare_checkpoint(out, d, current=here)
+            c = compare_checkpoint(out, d, method_tolerance, current=here)
             bad += not c.ok
             where = "same platform" if c.same_platform else "another platform: " + "; ".join(platform_differences(rec.get("platform"), here))
             print(f"{d.relative_to(root)}: {c.line()} [{where}]", flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pkgutil
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.registry import GROUPS, Registry
@@ -45,7 +46,7 @@ def _new_registry() -> Registry:
 REGISTRY = _new_registry()
 
 
-def registry() -> dict[str, object]:
+def registry() -> dict[str, Any]:
     """name -> family object, every family loaded (the harness's own, then the plugins'; a plugin
     cannot take a name of the harness's own)."""
     return dict(REGISTRY.items())
@@ -100,7 +101,7 @@ def family_of(base: Path | str | dict, what: str = "base_model", where: str | No
 def family_of_base(spec, root: Path):
     """The family of a submission's base model (``BaseModelSpec``): its folder's, or the
     cached hub snapshot's; the default family when a hub base is not cached here yet."""
-    from harness.families.sd1 import base_dir
+    from harness.families.base import base_dir
 
     d = base_dir(spec, root)
     if d is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from harness.errors import HarnessError
+from harness.toy.paths import PIPELINE_DIR as TOY_PIPELINE  # the toy world's base (``base_model: {builtin: toy}``)
 
 # What a family may offer; methods and attacks require a subset.
 FEATURES = frozenset({
@@ -168,3 +169,16 @@ def require(family: ModelFamily, needs, who: str) -> None:
     if missing:
         raise HarnessError(f"{who} needs {', '.join(missing)}, which the {family.name} model family does not offer "
                            f"(it offers {', '.join(sorted(family.features))})")
+
+
+def base_dir(spec, root: Path) -> Path | None:
+    """The folder of a submission's base model (``spec``: its ``BaseModelSpec``), inside the
+    repository: the toy pipeline, or ``local_dir``; None for a hub base (its snapshot is located
+    by ``harness.store.hub``)."""
+    from harness.store.safefs import inside
+
+    if spec.builtin == "toy":
+        return TOY_PIPELINE
+    if spec.local_dir:
+        return inside(root, spec.local_dir, "base_model.local_dir")
+    return None

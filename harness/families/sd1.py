@@ -17,9 +17,9 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.store.fetch import fetch
 from harness.store.hashing import sha256_file, sha256_tree
+from harness.families.base import base_dir
 from harness.spec import PICKLE_SUFFIXES, BaseModelSpec, CheckpointSpec, Submission, inside
 
-TOY_PIPELINE = Path(__file__).parents[1] / "toy" / "assets" / "pipeline"
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,6 @@ def dtype_kwargs(placement: "Placement") -> dict:
 
     key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
     return {key: placement.torch_dtype}
-
-
-def base_dir(spec: BaseModelSpec, root: Path) -> Path | None:
-    if spec.builtin == "toy":
-        return TOY_PIPELINE
-    if spec.local_dir:
-        return inside(root, spec.local_dir, "base_model.local_dir")
-    return None
 
 
 def base_fingerprint(spec: BaseModelSpec, root: Path) -> str:

@@ -90,11 +90,12 @@ def checkpoint_verdict(root: Path, sub: dict, made_dir: Path) -> str:
     where the committed method.json records this platform, else within the method's tolerance.
     Informative: a checkpoint that differs is no failure by itself (float rounding compounds
     over a fine-tuning run); the metrics compared below decide the gate."""
+    from harness.methods import method_tolerance
     from harness.run.reproduce import compare_checkpoint
 
     try:
         committed = inside(root, sub["method_record"], "method_record").parent
-        c = compare_checkpoint(made_dir, committed)
+        c = compare_checkpoint(made_dir, committed, method_tolerance)
     except (HarnessError, OSError, ValueError) as e:
         return f"not compared with the committed one ({str(e)[:200]}); the metrics below decide"
     if c.status == "identical":

@@ -44,7 +44,7 @@ class MethodInfo:
     # how close a re-made checkpoint must be on another platform (harness.run.reproduce.TOLERANCES):
     # a closed-form edit (seconds; `unlearn toy reproduce` re-makes these by default) or a long fine-tune
     tolerance: Literal["closed_form", "long_fine_tune"] = "long_fine_tune"
-    # fidelity choices a result records (harness.results.fidelity; docs/fidelity.md): parameter ->
+    # fidelity choices a result records (harness.run.fidelity; docs/fidelity.md): parameter ->
     # what a method record made before the parameter existed ran ("NAME.param" in the results)
     fidelity_params: Mapping[str, Any] = field(default_factory=dict)
     fidelity_preset: bool = False  # record "NAME.preset" even where the method record names none
@@ -149,6 +149,15 @@ def _param_problem(v, default) -> str | None:
     except OverflowError:
         ok = False
     return None if ok else f"is outside -{MAX_PARAM_INT}..{MAX_PARAM_INT}"
+
+
+def method_tolerance(method: str):
+    """How close a re-made checkpoint of ``method`` must be (``harness.run.reproduce.TOLERANCES``
+    by its ``MethodInfo.tolerance``); any name not registered: a long fine-tune's."""
+    from harness.run.reproduce import LONG_FINE_TUNE, TOLERANCES
+
+    info = REGISTRY.find(method)
+    return TOLERANCES[info.tolerance] if info is not None else LONG_FINE_TUNE
 
 
 def get_method(name: str):

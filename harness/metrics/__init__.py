@@ -49,7 +49,7 @@ class MetricInfo:
     # Which of a suite's prompts it reads for a target: "forget" (the target concept's), "retain"
     # (the others') or "all" (harness.stats.power counts its prompts by this).
     prompts: Literal["forget", "retain", "all"] = "retain"
-    # The fidelity choices it records (harness.results.fidelity; docs/fidelity.md): results key ->
+    # The fidelity choices it records (harness.run.fidelity; docs/fidelity.md): results key ->
     # the name of its typed parameter; the first metric of a suite that declares a key gives it.
     fidelity: dict[str, str] = field(default_factory=dict)
 

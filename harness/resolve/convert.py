@@ -24,7 +24,6 @@ UnlearnCanvas' ViT-L/16 ``.pth`` classifiers become the safetensors file a suite
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from harness.errors import HarnessError

@@ -15,7 +15,6 @@ checkpoint alone, in the order the evaluator has always met them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping

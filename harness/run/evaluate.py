@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness import metrics
 from harness.run import plan
@@ -32,7 +33,10 @@ from harness.families.sd1 import PipelineRecipe, Pipelines, Placement
 from harness.resolve.resolved import ResolvedSubmission, resolve_models
 from harness.run.plan import base_record, suite_path
 from harness.spec import Prompt, Submission, Suite, TargetSpec, load_suite
-from harness.results.fidelity import choices as fidelity_choices
+from harness.run.fidelity import choices as fidelity_choices
+
+if TYPE_CHECKING:
+    from harness.results.assemble import SuiteResult
 
 # Conventions this project chose where a paper is silent (recorded in every result).
 CONVENTIONS = {

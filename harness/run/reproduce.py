@@ -19,6 +19,8 @@ Every comparison states its tolerance and prints the measured difference
 
 from __future__ import annotations
 
+from typing import Callable
+
 import math
 import os
 import platform
@@ -174,15 +176,6 @@ METRIC = Tolerance(1e-6, 1e-6, "metric values of re-made float output")
 TOLERANCES = {"closed_form": CLOSED_FORM, "long_fine_tune": LONG_FINE_TUNE}
 
 
-def method_tolerance(method: str) -> Tolerance:
-    """The tolerance of a re-made checkpoint of ``method`` (a registered method name; any other
-    name: a long fine-tune's)."""
-    from harness.methods import REGISTRY
-
-    info = REGISTRY.find(method)
-    return TOLERANCES[info.tolerance] if info is not None else LONG_FINE_TUNE
-
-
 # ----------------------------------------------------------------------------- comparison
 @dataclass(frozen=True)
 class Comparison:
@@ -313,12 +306,14 @@ def _checkpoint_record(folder) -> tuple[dict, str]:
     return rec, name
 
 
-def compare_checkpoint(made_dir, committed_dir, method: str | None = None, current: dict | None = None) -> Comparison:
+def compare_checkpoint(made_dir, committed_dir, tolerance_of: Callable[[str], Tolerance], method: str | None = None,
+                       current: dict | None = None) -> Comparison:
     """A re-made checkpoint folder of ``unlearn erase`` (``method.json`` + its tensor file)
     against a committed one: bitwise required where the committed ``method.json`` records the
     running platform (:func:`fingerprint` at the thread count it records), else the method's
-    tolerance (:func:`method_tolerance`). A folder whose record is unreadable is a one-line
-    ``HarnessError``."""
+    tolerance, ``tolerance_of(method name)`` (``harness.methods.method_tolerance``: the class its
+    ``MethodInfo`` declares, one of :data:`TOLERANCES`). A folder whose record is unreadable is a
+    one-line ``HarnessError``."""
     from pathlib import Path
 
     made_dir, committed_dir = Path(made_dir), Path(committed_dir)
@@ -330,4 +325,4 @@ def compare_checkpoint(made_dir, committed_dir, method: str | None = None, curre
         current = made.get("platform") if isinstance(made.get("platform"), dict) else fingerprint(threads=threads)
     same = same_platform(rec.get("platform"), current)
     m = method or rec.get("method")
-    return compare_files(made_dir / made_name, committed_dir / name, method_tolerance(m if isinstance(m, str) else ""), same)
+    return compare_files(made_dir / made_name, committed_dir / name, tolerance_of(m if isinstance(m, str) else ""), same)
