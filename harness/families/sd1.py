@@ -17,7 +17,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.store.fetch import fetch
 from harness.store.hashing import sha256_file, sha256_tree
-from harness.families.base import base_dir
+from harness.families.base import TOY_PIPELINE as TOY_PIPELINE, base_dir as base_dir  # re-exported: the loading code names them here
 from harness.spec import PICKLE_SUFFIXES, BaseModelSpec, CheckpointSpec, Submission, inside
 
 
