@@ -114,6 +114,7 @@ def test_a_run_hashes_the_checkpoint_and_the_base_once_for_every_suite(project, 
     monkeypatch.setattr(hashing, "sha256_file", lambda p, *a, **k: files.append(str(p)) or real_file(p, *a, **k))
     monkeypatch.setattr(sd1, "sha256_file", hashing.sha256_file)
     monkeypatch.setattr(safefs, "tree_files", lambda p, *a, **k: walks.append(str(p)) or real_walk(p, *a, **k))
+    monkeypatch.setattr(hashing, "tree_files", safefs.tree_files)  # hashing names it at its top
     r = run(project, "--unlearn-submission", "sub.yaml", "--unlearn-smoke")
     r.assert_outcomes(passed=4, failed=2)
     assert [s["id"] for s in only_json(project)["suites"]] == ["mini", "mini2"]

@@ -285,6 +285,7 @@ def test_registry_adapter_refuses_what_is_not_an_entry():
 
 def test_entry_point_groups_are_the_documented_ones():
     assert GROUPS == {"method": "unlearn_harness.methods", "metric": "unlearn_harness.metrics",
-                      "attack": "unlearn_harness.attacks", "scorer": "unlearn_harness.scorers"}
+                      "attack": "unlearn_harness.attacks", "scorer": "unlearn_harness.scorers",
+                      "family": "unlearn_harness.families"}
     text = (REPO / "CONTRIBUTING.md").read_text()
     assert all(g in text for g in GROUPS.values())

@@ -433,9 +433,15 @@ class SD1Family:
         return CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
 
     def owns(self, pipe) -> bool:
+        """A loaded SD-1.x pipeline: a StableDiffusionPipeline, or an object with its parts (a
+        UNet, a text encoder and its tokenizer) and none of a larger family's (a second text
+        encoder, a transformer), as the methods' stand-ins in tests are."""
         from diffusers import StableDiffusionPipeline
 
-        return isinstance(pipe, StableDiffusionPipeline)
+        if isinstance(pipe, StableDiffusionPipeline):
+            return True
+        return (all(getattr(pipe, p, None) is not None for p in ("unet", "text_encoder", "tokenizer"))
+                and not any(getattr(pipe, p, None) is not None for p in self._other_families))
 
     def component(self, pipe, kind: str):
         from harness.families.base import check_kind
