@@ -147,8 +147,12 @@ class Registry(Generic[T]):
         self._loaded[name] = entry
         return entry
 
-    def find(self, name: object) -> T | None:
-        """``get(name)`` for a registered name, None for any other (a name read from a record)."""
+    def find(self, name: object, own_only: bool = False) -> T | None:
+        """``get(name)`` for a registered name, None for any other (a name read from a record).
+        ``own_only``: the harness's own entries only (a gate deciding by a name from a file loads
+        no installed plugin)."""
+        if own_only and name not in self._own:
+            return None
         return self.get(name) if name in self else None  # type: ignore[arg-type]
 
     def items(self) -> list[tuple[str, T]]:

@@ -398,24 +398,57 @@ def test_convert_asks_the_family_for_the_component_and_its_layout():
 
 
 def test_a_checkpoint_changed_after_its_check_is_hashed_again(tmp_path):
-    """``Pipelines`` skips the hash of a checkpoint verified at start-up only while its files are
-    unchanged: a file rewritten since (another size or modification time) goes back to
-    ``checkpoint_file``'s sha256 check when the unlearned model loads."""
+    """``Pipelines`` skips the hash of a checkpoint only while its files are as they were when its
+    sha256 was verified (``verified_checkpoint``'s state, carried by ``ResolvedSubmission``): a
+    file rewritten since, even with its modification time put back, or no recorded state at all,
+    sends the unlearned model's load back to the sha256 check, which refuses the new bytes."""
+    import hashlib
     import os
 
-    from harness.families.sd1 import Pipelines
+    from harness.errors import HarnessError
+    from harness.families.sd1 import Pipelines, checkpoint_file, file_state, verified_checkpoint
+    from harness.spec import CheckpointSpec
 
     f = tmp_path / "unet.safetensors"
     f.write_bytes(b"x" * 16)
-    pipes = Pipelines(f)
+    spec = CheckpointSpec(kind="unet", path="unet.safetensors", sha256=hashlib.sha256(b"x" * 16).hexdigest())
+    path, state = verified_checkpoint(spec, tmp_path, tmp_path / "cache")
+    assert path == f and state == file_state(f) and state is not None
+    pipes = Pipelines(f, state)
     assert pipes._verified() == f
-    f.write_bytes(b"y" * 17)
+    assert Pipelines(f)._verified() is None and Pipelines(None, state)._verified() is None  # no state: hash again
+    st = f.stat()
+    f.write_bytes(b"y" * 16)  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime: the inode's ctime still moved
     assert pipes._verified() is None
+    with pytest.raises(HarnessError, match="^checkpoint.sha256: unet.safetensors has sha256 "):
+        checkpoint_file(spec, tmp_path, tmp_path / "cache")  # what the recipe runs when _verified() is None
     d = tmp_path / "folder"
     d.mkdir()
     (d / "a.bin").write_bytes(b"a")
-    pipes = Pipelines(d)
+    pipes = Pipelines(d, file_state(d))
     assert pipes._verified() == d
-    st = (d / "a.bin").stat()
-    os.utime(d / "a.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    assert pipes._verified() is None and Pipelines(None)._verified() is None
+    (d / "b.bin").write_bytes(b"b")  # a file added to a folder checkpoint
+    assert pipes._verified() is None
+
+
+def test_a_suite_whose_attack_needs_a_feature_the_family_lacks_is_refused_at_start_up(monkeypatch, tmp_path):
+    """``check_suite`` (the start-up check) asks the base's family for what each prompt attack
+    of the suite needs (``AttackInfo.needs``): one line before any image is made."""
+    from harness.resolve.check import check_suite
+    from harness.spec import load_submission, load_suite
+
+    monkeypatch.setattr(families, "REGISTRY", families._new_registry())
+
+    class TextOnly(SD1Family):
+        name, title = "textonly", "no token embeddings"
+        features = frozenset({"unet", "text_encoder"})
+
+    families.register(TextOnly())
+    sub = load_submission(ROOT / "submissions" / "toy-uce-style.yaml")
+    suite = load_suite(ROOT / "suites" / "toy-robustness.yaml")
+    with pytest.raises(HarnessError) as e:
+        check_suite(sub, suite, ROOT, tmp_path, None, "textonly")
+    msg = _one_line(e)
+    assert msg.startswith("suite toy-robustness: attacks.") and "needs token_embeddings" in msg and "textonly" in msg, msg
+    assert check_suite(sub, suite, ROOT, tmp_path, None, "sd1").startswith("suite toy-robustness: ")

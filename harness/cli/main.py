@@ -1,7 +1,7 @@
 """The ``unlearn`` command: its parser, the ``leaderboard`` commands and ``main``. The other
-command groups live beside it: ``cli_toy`` (toy world, ``erase``), ``cli_runs`` (compare,
-regress, power, pr-check, summary, images), ``cli_check`` (validate, check, fetch, pin, convert,
-schema, hash). Option values shared with the pytest plugin are parsed by the ``type=`` callables
+command groups live beside it: ``toy`` (toy world, ``erase``), ``runs`` (compare, regress,
+power, pr-check, summary, images), ``inputs`` (validate, check, fetch, pin, convert, schema,
+hash). Option values shared with the pytest plugin are parsed by the ``type=`` callables
 of ``harness.options``.
 
 Exit codes: 0 fine; 2 bad input or usage, reported on stderr as one line per problem, never a

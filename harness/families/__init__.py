@@ -52,6 +52,13 @@ def registry() -> dict[str, Any]:
     return dict(REGISTRY.items())
 
 
+def _in_order():
+    """The families one at a time, the harness's own first: a plugin is loaded only when no
+    family before it matched (an installed plugin never runs on a base a built-in recognises)."""
+    for name in REGISTRY.names():
+        yield REGISTRY.get(name)
+
+
 def reset() -> None:
     """The harness's own families again; entry points are read again on next use."""
     global REGISTRY
@@ -91,7 +98,7 @@ def family_of(base: Path | str | dict, what: str = "base_model", where: str | No
             raise HarnessError(f"{what}: model_index.json is not JSON (in {f.parent.name}/)") from None
     if not isinstance(index, dict):
         raise HarnessError(f"{what}: {where} is not a JSON object")
-    for fam in registry().values():
+    for fam in _in_order():
         if fam.recognises(index):
             return fam
     cls = index.get("_class_name", "no _class_name")
@@ -116,12 +123,12 @@ def family_of_base(spec, root: Path):
 
 def is_pipeline(obj) -> bool:
     """Whether some known family owns ``obj`` (a loaded pipeline, not a loader or a recipe)."""
-    return any(fam.owns(obj) for fam in registry().values())
+    return any(fam.owns(obj) for fam in _in_order())
 
 
 def family_of_pipeline(pipe):
     """The family a loaded pipeline belongs to (the first that owns it)."""
-    for fam in registry().values():
+    for fam in _in_order():
         if fam.owns(pipe):
             return fam
     raise HarnessError(f"{type(pipe).__name__} is not a pipeline of any known model family ({', '.join(names())})")

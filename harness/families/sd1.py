@@ -149,6 +149,12 @@ def describe_pipeline(pipe) -> dict:
 
 def checkpoint_file(spec: CheckpointSpec, root: Path, cache_dir: Path, allow_pickle: bool = False) -> Path:
     """The checkpoint's local path, its sha256 verified (URLs are fetched into the cache)."""
+    return verified_checkpoint(spec, root, cache_dir, allow_pickle)[0]
+
+
+def verified_checkpoint(spec: CheckpointSpec, root: Path, cache_dir: Path, allow_pickle: bool = False) -> tuple[Path, tuple | None]:
+    """``checkpoint_file`` and the checkpoint's ``file_state`` taken before its hash (None when
+    it changed while being hashed): while the state is the same, the verified bytes are there."""
     if spec.url:
         path = fetch(spec.url, spec.sha256, cache_dir, "checkpoint.url")
     else:
@@ -168,10 +174,11 @@ def checkpoint_file(spec: CheckpointSpec, root: Path, cache_dir: Path, allow_pic
             f"checkpoint: {path.name} is a pickle format ({path.suffix}), which can run code when loaded; "
             "convert it to safetensors, or allow it for a local run you trust (pytest --unlearn-allow-pickle, unlearn check --allow-pickle)"
         )
+    before = file_state(path)
     got = sha256_tree(path) if path.is_dir() else sha256_file(path)
     if got != spec.sha256:
         raise HarnessError(f"checkpoint.sha256: {path.name} has sha256 {got}, expected {spec.sha256}")
-    return path
+    return path, (before if file_state(path) == before else None)
 
 
 def _read_tensors(path: Path, allow_pickle: bool) -> dict:
@@ -306,11 +313,13 @@ class PipelineRecipe:
         return (fresh(), unl) if self.which == "pair" else unl
 
 
-def _file_state(path: Path) -> tuple | None:
-    """(name, size, mtime_ns) of a file, or of every file below a folder; None when unreadable."""
+def file_state(path: Path) -> tuple | None:
+    """(name, inode, size, mtime_ns, ctime_ns) of a file, or of every file below a folder; None
+    when unreadable. Taken when a checkpoint is verified (``ResolvedSubmission.checkpoint_state``):
+    any write since changes it (ctime cannot be set back)."""
     try:
         files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
-        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        return tuple((str(f), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for f in files for st in [f.stat()])
     except OSError:
         return None
 
@@ -319,17 +328,19 @@ class Pipelines:
     """The pipelines one process loaded from recipes, each loaded on first use (a warm re-run
     loads none): the unlearned model is made from the base already in memory (which it takes
     over, so one base is in memory at a time), and ``pair`` reuses both. ``checkpoint``: the
-    checkpoint's path, already verified (``checkpoint_file``), so it is not hashed again."""
+    checkpoint's path, already verified (``checkpoint_file``), and ``seen`` its ``file_state``
+    then: it is not hashed again while unchanged."""
 
-    def __init__(self, checkpoint: Path | None = None):
+    def __init__(self, checkpoint: Path | None = None, seen: tuple | None = None):
         self.checkpoint = checkpoint
-        self._seen = _file_state(checkpoint) if checkpoint is not None else None
+        self._seen = seen  # file_state(checkpoint) when its sha256 was verified
         self._loaded: list[tuple[PipelineRecipe, object]] = []
 
     def _verified(self) -> Path | None:
-        """The verified checkpoint path while its files are as they were when verified (size and
-        modification time of each); None after a change, so the recipe hashes it again."""
-        if self.checkpoint is None or _file_state(self.checkpoint) != self._seen:
+        """The verified checkpoint path while its files are as they were when verified (``seen``:
+        inode, size, mtime, ctime of each); None without that state or after a change, so the
+        recipe hashes it again before loading."""
+        if self.checkpoint is None or self._seen is None or file_state(self.checkpoint) != self._seen:
             return None
         return self.checkpoint
 

@@ -70,7 +70,11 @@ def _method_info(name: str, obj) -> MethodInfo:
         raise ValueError(f"its MethodInfo is named {inf.name!r}, not {name!r}")
     if inf.tolerance not in ("closed_form", "long_fine_tune"):
         raise ValueError(f"tolerance {inf.tolerance!r} is not closed_form or long_fine_tune")
-    if not callable(getattr(inf.load(), "erase", None)):
+    try:
+        mod = inf.load()
+    except Exception as e:  # a third party's module: any failure is one line naming it
+        raise TypeError(f"module {inf.module} cannot be imported ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if not callable(getattr(mod, "erase", None)):
         raise TypeError(f"module {inf.module} defines no erase(pipe, concepts, **params)")
     return inf
 
@@ -153,10 +157,11 @@ def _param_problem(v, default) -> str | None:
 
 def method_tolerance(method: str):
     """How close a re-made checkpoint of ``method`` must be (``harness.run.reproduce.TOLERANCES``
-    by its ``MethodInfo.tolerance``); any name not registered: a long fine-tune's."""
+    by its ``MethodInfo.tolerance``); any other name, a plugin's included (the gate reads the name
+    from a file and loads no plugin for it): a long fine-tune's."""
     from harness.run.reproduce import LONG_FINE_TUNE, TOLERANCES
 
-    info = REGISTRY.find(method)
+    info = REGISTRY.find(method, own_only=True)
     return TOLERANCES[info.tolerance] if info is not None else LONG_FINE_TUNE
 
 

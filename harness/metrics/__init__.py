@@ -26,7 +26,7 @@ from harness.metrics.common import MetricParams
 from harness.registry import GROUPS, Registry
 
 # Modules of this package that are shared code, not metric families (they define no METRICS).
-HELPERS = frozenset({"common", "features", "lpips", "classifiers", "separator"})
+HELPERS = frozenset({"common", "features", "lpips", "separator"})
 ROLES = ("erasure", "retention", "quality", "efficiency", "robustness")
 
 
@@ -63,7 +63,7 @@ class Measurement:
     details: dict[str, Any] = field(default_factory=dict)
     # Uncertainty (harness.stats.intervals): per-item scores the value is recomputed from (the bootstrap),
     # or a set statistic's resampler (FID / KID), or the reason there is no interval.
-    scores: Any = None  # stats.Scores
+    scores: Any = None  # harness.stats.intervals.Scores
     resample: Any = None  # callable(threshold) -> {"ci", "delta_ci", "margin_ci"}
     ci_reason: str | None = None
 

@@ -1,9 +1,9 @@
 """The pytest face of the harness: options, parametrization, fixtures, progress, the results hooks.
 
 Thin on purpose: each hook is a few lines over the run's ``harness.plugin.session.Session`` (its state,
-the option parsers, the start-up checks, the results writing); the work is in
-``harness.run.evaluate``. Option values are parsed by the ``type=`` callables of
-``harness.plugin.session`` when pytest reads its command line, and everything that depends on several
+the start-up checks, the results writing); the work is in ``harness.run.evaluate``. Option values
+are parsed by the ``type=`` callables of ``harness.options`` (shared with the CLI) when pytest
+reads its command line, and everything that depends on several
 options or on the files is checked when pytest starts (``pytest_configure``), before any model
 loads; a bad value is a one-line usage error. Each test case carries its metric record in
 ``user_properties``, so under pytest-xdist the controller receives every worker's records with

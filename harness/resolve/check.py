@@ -23,7 +23,7 @@ from pathlib import Path
 from harness import metrics
 from harness.errors import HarnessError
 from harness.results.assemble import load_method_record
-from harness.families.sd1 import base_dir, base_fingerprint, check_tensors, checkpoint_file, tensor_shapes, unlearned_fingerprint
+from harness.families.sd1 import base_dir, base_fingerprint, check_tensors, tensor_shapes, unlearned_fingerprint, verified_checkpoint
 from harness.resolve.resolved import ResolvedSubmission, cached_base_folder, family_name, read_native_size
 from harness.run.plan import native_size, native_size_at, resolve_suites, suite_items
 from harness.spec import Submission, Suite, expand_prompts, load_submission, pinned_file
@@ -31,14 +31,15 @@ from harness.spec import Submission, Suite, expand_prompts, load_submission, pin
 COMPONENTS = {"unet": "unet", "text_encoder": "text encoder"}
 
 
-def startup(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False) -> tuple[Submission, dict[str, Suite], Path | None]:
+def startup(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False) -> tuple[Submission, dict[str, Suite], Path | None, tuple | None]:
     """The plugin's start-up checks of one submission: (submission, its suites by id, the
-    verified local checkpoint path or None for a URL, which is fetched when its suite runs)."""
+    verified local checkpoint path or None for a URL, which is fetched later, and the
+    checkpoint's ``file_state`` when verified)."""
     sub = load_submission(path)
     suites = resolve_suites(sub, root)
-    ckpt = checkpoint_file(sub.checkpoint, root, cache, allow_pickle) if sub.checkpoint.path else None
+    ckpt, state = verified_checkpoint(sub.checkpoint, root, cache, allow_pickle) if sub.checkpoint.path else (None, None)
     check_method_record(sub, root)  # read again when the results are written: fail now, not after the run
-    return sub, suites, ckpt
+    return sub, suites, ckpt, state
 
 
 class BaseView:
@@ -205,10 +206,20 @@ def tokenizer_notes(sub: Submission, root: Path) -> list[str]:
     return notes
 
 
-def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path, base: BaseView | None = None) -> str:
+def check_suite(sub: Submission, suite: Suite, root: Path, cache: Path, base: BaseView | None = None, family: str | None = None) -> str:
     """One suite as the evaluator will run it for this submission, up to generation (``base``:
-    the base already located, its native size read once for every suite)."""
+    the base already located, its native size read once for every suite; ``family``: the base's
+    model family, which must offer what each of the suite's prompt attacks needs)."""
     where = f"suite {suite.id}"
+    if family is not None:
+        from harness import families
+        from harness.attacks.runner import attacks
+        from harness.families.base import require
+
+        fam = families.get(family)
+        for block, pa in suite.prompt_attacks.items():
+            if pa.attack in attacks():
+                require(fam, attacks()[pa.attack].INFO.needs, f"{where}: attacks.{block}: {pa.attack}")
     prompts = expand_prompts(suite, root, cache)
     g = suite.generation
     items = suite_items(suite, prompts)
@@ -265,7 +276,7 @@ def prepare(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
     one line. ``only``: check only those suites; with ``strict_only`` a suite id the submission
     lacks is an error (the plugin, given several submissions, checks its ``--unlearn-suite``
     against all of them instead)."""
-    sub, every, ckpt = startup(path, root, cache, allow_pickle)
+    sub, every, ckpt, state = startup(path, root, cache, allow_pickle)
     suites = every
     if only:
         unknown = sorted(set(only) - set(suites))
@@ -278,19 +289,19 @@ def prepare(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
     lines += check_base(sub, root, base)
     family = family_name(base.folder)
     if ckpt is None:  # a URL: fetched into the cache (or found there, offline), then verified
-        ckpt = checkpoint_file(sub.checkpoint, root, cache, allow_pickle)
+        ckpt, state = verified_checkpoint(sub.checkpoint, root, cache, allow_pickle)
     lines.append(check_checkpoint(sub, ckpt, root, allow_pickle, base))
     check_targets(sub, suites, filtered=bool(only))
     lines.append("targets: " + ", ".join(f"{t.concept} ({t.kind})" for t in sub.targets))
     lines += tokenizer_notes(sub, root)
-    lines += [check_suite(sub, s, root, cache, base) for s in suites.values()]
+    lines += [check_suite(sub, s, root, cache, base, family) for s in suites.values()]
     record = check_method_record(sub, root)
     if record:
         lines.append(record)
     native = base.native if base.native is not None else read_native_size(base.folder)
     return ResolvedSubmission(path=str(path), spec=sub, checkpoint=ckpt, checkpoint_sha256=sub.checkpoint.sha256, base_folder=base.folder,
                               base_fingerprint=base_fp, unlearned_fingerprint=unlearned_fingerprint(sub, base_fp), family=family,
-                              native_size=native, shapes=dict(base.shapes), suites=every, checked=tuple(lines))
+                              native_size=native, shapes=dict(base.shapes), suites=every, checked=tuple(lines), checkpoint_state=state)
 
 
 def check_submission(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False, only: set[str] | None = None) -> list[str]:

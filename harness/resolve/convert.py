@@ -106,7 +106,8 @@ def _made_by_convert(out: Path) -> bool:
 
 
 def layout_of(tensors: dict) -> str:
-    """``compvis`` (original LDM names) or ``diffusers``, as the default model family reads the names."""
+    """``compvis`` (original LDM names) or ``diffusers``, as the default model family reads the
+    names (plain scorer weights, converted without a base)."""
     from harness.families import default
 
     return default().layout(tensors)
@@ -171,6 +172,7 @@ def convert(src: str | Path, out: str | Path, base: str = "toy", kind: str = "au
     if out.is_symlink() or (out.exists() and not (out.is_file() and _made_by_convert(out))):
         raise HarnessError(f"--out {out}: exists and was not written by `unlearn convert`; give a new file name")
     tensors, stripped = read_checkpoint(Path(src))
+    fam = None
     if kind == "plain":  # scorer weights (UnlearnCanvas' ViT .pth, torchvision .pth): every tensor, names kept
         keep, same = {k: v.contiguous() for k, v in tensors.items()}, 0
     else:
@@ -199,4 +201,4 @@ def convert(src: str | Path, out: str | Path, base: str = "toy", kind: str = "au
         save_file(keep, str(tmp), metadata={"converted_from": Path(src).name, "kind": kind})
         atomic_write(out, tmp.read_bytes())
     return {"out": str(out), "sha256": sha256_file(out), "kind": kind, "changed": len(keep), "unchanged": same,
-            "stripped": len(stripped), "layout": layout_of(tensors)}
+            "stripped": len(stripped), "layout": fam.layout(tensors) if fam is not None else layout_of(tensors)}

@@ -40,6 +40,7 @@ class ResolvedSubmission:
     shapes: Mapping[str, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)  # component -> tensor name -> shape, where read
     suites: Mapping[str, Suite] = field(default_factory=dict)  # every suite of the submission, by id
     checked: tuple[str, ...] = ()  # what the start-up check verified, one line each (``unlearn check`` prints them)
+    checkpoint_state: tuple | None = None  # ``families.sd1.file_state`` of the checkpoint right after its sha256 check
 
     @property
     def name(self) -> str:
@@ -94,11 +95,11 @@ def resolve_models(path: str, sub: Submission, root: Path, cache: Path, allow_pi
     """The models of a submission without the start-up checks (an evaluator given a bare
     ``Submission``): the base's fingerprint (its folder hashed once), the checkpoint verified
     (``families.sd1.checkpoint_file``), the base's folder, family and native size."""
-    from harness.families.sd1 import base_fingerprint, checkpoint_file, unlearned_fingerprint
+    from harness.families.sd1 import base_fingerprint, unlearned_fingerprint, verified_checkpoint
 
     base_fp = base_fingerprint(sub.base_model, root)
-    ckpt = checkpoint_file(sub.checkpoint, root, cache, allow_pickle)
+    ckpt, state = verified_checkpoint(sub.checkpoint, root, cache, allow_pickle)
     folder = cached_base_folder(sub, root)
     return ResolvedSubmission(path=str(path), spec=sub, checkpoint=ckpt, checkpoint_sha256=sub.checkpoint.sha256, base_folder=folder,
                               base_fingerprint=base_fp, unlearned_fingerprint=unlearned_fingerprint(sub, base_fp),
-                              family=family_name(folder), native_size=read_native_size(folder))
+                              family=family_name(folder), native_size=read_native_size(folder), checkpoint_state=state)

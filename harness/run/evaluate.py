@@ -6,7 +6,7 @@ start-up check (``harness.resolve.resolved.ResolvedSubmission``: fingerprints, v
 checkpoint, native size), so a suite run hashes and locates nothing again; a bare ``Submission``
 is resolved once per evaluator (``resolve_models``). What a suite needs (its prompts, seeds,
 image size and generation jobs) comes from ``harness.run.plan``; the pipelines are described by
-``models.PipelineRecipe`` and loaded only when some image is not cached; images go through the
+``families.sd1.PipelineRecipe`` and loaded only when some image is not cached; images go through the
 content-addressed cache (``harness.run.generate``); the scorer and the metric families turn them
 into values and intervals (``harness.metrics``, ``harness.stats.intervals``), and ``stats.verdict``
 decides each record's verdict. Data flows one way: specs -> plan -> pipelines -> jobs -> cached
@@ -252,7 +252,7 @@ class Evaluator:
             # The pipelines of this suite run (none is kept for the next suite), described by one
             # recipe: loaded only when some image is not cached (a warm re-run loads none), the
             # unlearned one made from the base already in memory; a Ray worker loads its own.
-            pipes = Pipelines(ckpt)
+            pipes = Pipelines(ckpt, resolved.checkpoint_state)  # hashed again before loading if changed since verified
             recipe = PipelineRecipe(str(self.root.resolve()), sub.base_model, placement, "base", sub.checkpoint, str(self.cache_dir.resolve()), self.allow_pickle)
             how = dict(executor=self.executor, stats=stats, pipelines=pipes)
             base_imgs, base_rep = generate(recipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base", **how)

@@ -310,7 +310,7 @@ class LocalExecutor:
     def run(self, jobs: list[Job], pipe, cache: ImageCache, batch_size: int, runner, stats: RunStats, advance=lambda n: None,
             pipelines=None) -> dict:
         """Make the (uncached) jobs; returns ``{index: (image, flags)}`` in the order they ran.
-        A ``PipelineRecipe`` is loaded through ``pipelines`` (``models.Pipelines``)."""
+        A ``PipelineRecipe`` is loaded through ``pipelines`` (``families.sd1.Pipelines``)."""
         from harness.families import is_pipeline
         from harness.families.sd1 import PipelineRecipe, Pipelines, describe_pipeline
 
@@ -345,8 +345,8 @@ def generate(pipe, jobs: list[Job], cache: ImageCache, batch_size: int = 8, prog
              executor=None, stats: RunStats | None = None, pipelines=None) -> tuple[list[np.ndarray], dict]:
     """Images for all jobs, in order; only the jobs not in the cache are run.
 
-    ``pipe`` is a ``models.PipelineRecipe`` (loaded only if some job is not cached, so a warm
-    re-run loads no model: here through ``pipelines``, a ``models.Pipelines`` that shares what
+    ``pipe`` is a ``families.sd1.PipelineRecipe`` (loaded only if some job is not cached, so a warm
+    re-run loads no model: here through ``pipelines``, a ``families.sd1.Pipelines`` that shares what
     is in memory; on Ray by each worker), or, for the local executor, a pipeline or a function
     that loads one. ``runner(pipe, jobs)`` makes one batch (default ``run_batch``; attacks pass
     their own). ``executor`` runs the missing jobs (default ``LocalExecutor``;

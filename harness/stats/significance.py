@@ -1,7 +1,7 @@
 """Significance in the regression gate (``unlearn compare`` / ``unlearn regress``).
 
 A gated metric regresses only when its change is beyond the suite's tolerance in the wrong
-direction AND the change is significant at ``stats.ALPHA`` (two-sided 0.05):
+direction AND the change is significant at ``harness.stats.intervals.ALPHA`` (two-sided 0.05):
 
 * both records carry per-item ``scores`` over the same (prompt, seed) items (the images are
   matched: same prompts, same noise) -> paired cluster bootstrap of new - old over the prompts;
