@@ -226,6 +226,12 @@ def hostile(monkeypatch):
     for k in ("UNLEARN_DOWNLOAD_MAX_BYTES", "UNLEARN_MAX_DOWNLOAD_BYTES", "UNLEARN_DOWNLOAD_TIMEOUT", "UNLEARN_DOWNLOAD_DEADLINE",
               "UNLEARN_DOWNLOAD_MIN_RATE", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(k, raising=False)
+    # huggingface_hub read HF_HUB_OFFLINE when first imported; the harness syncs it before each hub
+    # call (hub._allow_network), and the tests that use its client directly do the same here, so
+    # they do not depend on which test of the worker ran before them
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     s = Hostile()
     yield s
     s.close()
