@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.methods import MethodInfo
-from harness.methods.common import ConceptPrompts, text_embeddings
+from harness.methods.common import ConceptPrompts, denoiser, text_embeddings
 from harness.methods.finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
 PRESETS: dict[str, dict] = {
@@ -82,7 +82,7 @@ def erase(
     targets = [p for cp in concepts for p in cp.erased()]  # same template order: targets[i] <-> anchors[i]
     x0, which = base_latents(pipe, anchors, n_images, sample_steps, sample_guidance, seed)
     emb_a, emb_c = text_embeddings(pipe, anchors), text_embeddings(pipe, targets)
-    unet = pipe.unet
+    unet = denoiser(pipe)
     params = trainable(unet, train)
     before = snapshot(params)
     opt = adamw(params, lr, weight_decay)

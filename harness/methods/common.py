@@ -74,6 +74,14 @@ def text_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
     return family_of_pipeline(pipe).encode_prompts(pipe, prompts)
 
 
+def denoiser(pipe):
+    """The pipeline's denoiser, the network a method edits or trains, as its model family names it
+    (SD-1.x: the UNet)."""
+    from harness.families import family_of_pipeline
+
+    return family_of_pipeline(pipe).denoiser(pipe)
+
+
 def cross_attention_kv(denoiser, family=None) -> dict[str, torch.nn.Linear]:
     """The cross-attention key/value projections of a denoiser by name, as its model family
     names them (``family``: the default family when None; SD-1.x's ``attn2.to_k`` / ``attn2.to_v``)."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.methods import MethodInfo
-from harness.methods.common import ConceptPrompts, text_embeddings
+from harness.methods.common import ConceptPrompts, denoiser, text_embeddings
 from harness.methods.finetune import fit, seeded, trainable
 
 PRESETS = {
@@ -60,7 +60,7 @@ def _sample_until(pipe, emb_c, emb_0, n_steps: int, stop: int, guidance: float, 
     (x_t, t)."""
     sched = copy.deepcopy(pipe.scheduler)
     sched.set_timesteps(n_steps)
-    unet = pipe.unet
+    unet = denoiser(pipe)
     c = unet.config
     size = c.sample_size
     x = torch.randn((emb_c.shape[0], c.in_channels, size, size), generator=g).to(emb_c.device) * sched.init_noise_sigma
@@ -89,7 +89,7 @@ def erase(
 
     The loss of every step is appended to ``history`` when one is given (reports, tests)."""
     rng, g = seeded(seed, generator_offset=0)
-    unet = pipe.unet
+    unet = denoiser(pipe)
     frozen = copy.deepcopy(unet).eval().requires_grad_(False)
     params = trainable(unet, "xattn")
     opt = torch.optim.Adam(params.values(), lr=lr)

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
+from harness.methods.common import denoiser
 
 
 def seeded(seed: int, generator_offset: int = 1) -> tuple[random.Random, torch.Generator]:
@@ -38,13 +39,14 @@ def base_latents(pipe, prompts: list[str], n: int, steps: int, guidance: float, 
         raise HarnessError("no prompts to make training images from")
     idx = [i % len(prompts) for i in range(n)]
     g = torch.Generator().manual_seed(seed)
-    c = pipe.unet.config
+    net = denoiser(pipe)
+    c = net.config
     size = c.sample_size * pipe.vae_scale_factor
     out = []
     for s in range(0, n, batch):
         chunk = idx[s : s + batch]
         shape = (len(chunk), c.in_channels, c.sample_size, c.sample_size)
-        lat = torch.randn(shape, generator=g).to(pipe.unet.device)
+        lat = torch.randn(shape, generator=g).to(net.device)
         res = pipe([prompts[i] for i in chunk], height=size, width=size, num_inference_steps=steps,
                    guidance_scale=guidance, latents=lat, output_type="latent")
         out.append(res.images.detach())

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from harness.methods import MethodInfo
-from harness.methods.common import ConceptPrompts, text_embeddings
+from harness.methods.common import ConceptPrompts, denoiser, text_embeddings
 from harness.methods.finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
 # Authors' settings (configs/attn.yaml) and the toy world's (README sweep; 16-token prompts,
@@ -134,7 +134,7 @@ def erase(
     x0, which = base_latents(pipe, prompts, n_images, sample_steps, sample_guidance, seed)
     emb_all = text_embeddings(pipe, prompts)
     pos_all = torch.cat([concept_positions(pipe.tokenizer, [p], w, use_pooler) for p, w in zip(prompts, words)])
-    unet = pipe.unet
+    unet = denoiser(pipe)
     params = trainable(unet, train)
     before = snapshot(params)
     opt = adamw(params, lr, weight_decay)

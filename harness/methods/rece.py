@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from harness.methods import MethodInfo
 from harness.methods import uce
-from harness.methods.common import ConceptPrompts, cross_attention_kv, text_embeddings
+from harness.methods.common import ConceptPrompts, cross_attention_kv, denoiser, text_embeddings
 
 PRESETS: dict[str, dict] = {
     # the authors' settings for styles and objects (train_artists.py / train_object.py defaults,
@@ -146,7 +146,8 @@ def erase(
     ``history`` (if given) receives one record per round: the adversarial embedding's
     regeneration residual before and after the round's edit, the plain concept's, and the
     edit's objective at W_k and at W_k+1."""
-    base = _weights(pipe.unet)
+    unet = denoiser(pipe)
+    base = _weights(unet)
     changed = uce.erase(pipe, concepts, erase_scale=uce_erase_scale, preserve_scale=uce_preserve_scale, lamb=uce_lamb,
                         token_positions=uce_token_positions)
     erased = [e for cp in concepts for e in cp.erased()]
@@ -156,13 +157,13 @@ def erase(
     p = _flat(text_embeddings(pipe, [""] + [q for cp in concepts for q in cp.preserved()]))
     history = history if history is not None else []
     for k in tqdm(range(int(rounds)), desc="rece", unit="round", disable=not progress):
-        current = _weights(pipe.unet)
+        current = _weights(unet)
         adv = adversarial_embedding(current, base, c, regular_scale)
         before = regeneration_residual(current, base, adv, c)
         plain = regeneration_residual(current, base, c, c)
         j0 = edit_objective(current, current, adv, a, p, lamb, erase_scale, preserve_scale)
-        changed = uce.edit_kv(pipe.unet, adv, a, p, erase_scale, preserve_scale, lamb)
-        new = _weights(pipe.unet)
+        changed = uce.edit_kv(unet, adv, a, p, erase_scale, preserve_scale, lamb)
+        new = _weights(unet)
         history.append({"round": k + 1, "adv_residual_before": before, "adv_residual_after": regeneration_residual(new, base, adv, c),
                         "concept_residual": plain, "objective_before": j0,
                         "objective_after": edit_objective(new, current, adv, a, p, lamb, erase_scale, preserve_scale)})

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.methods import MethodInfo
-from harness.methods.common import ConceptPrompts, text_embeddings
+from harness.methods.common import ConceptPrompts, denoiser, text_embeddings
 from harness.methods.finetune import base_latents, changed_tensors, epochs_to_steps, fit, noisy, seeded, snapshot, trainable
 
 PRESETS: dict[str, dict] = {
@@ -117,7 +117,7 @@ def erase(
     xr, wr = base_latents(pipe, remain, n_images, sample_steps, sample_guidance, seed + 7)
     emb_f, emb_p, emb_r = text_embeddings(pipe, forget), text_embeddings(pipe, pseudo), text_embeddings(pipe, remain)
     emb_0 = text_embeddings(pipe, [""])
-    unet = pipe.unet
+    unet = denoiser(pipe)
     params = trainable(unet, train)
     before = snapshot(params)
     order = list(range(len(xf)))

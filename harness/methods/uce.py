@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from harness.methods import MethodInfo
-from harness.methods.common import ConceptPrompts, cross_attention_kv, text_embeddings
+from harness.methods.common import ConceptPrompts, cross_attention_kv, denoiser, text_embeddings
 
 TOKEN_POSITIONS = ("last", "tail", "all")
 PRESETS = {
@@ -140,7 +140,7 @@ def erase(
         raise ValueError(f"token_positions must be one of {', '.join(TOKEN_POSITIONS)}, not {token_positions!r}")
     preserve_scale = resolve({"preserve_scale": preserve_scale, "token_positions": token_positions}, concepts)["preserve_scale"]
     c, a, p = (x.cpu() for x in rows(pipe, concepts, token_positions))
-    return edit_kv(pipe.unet, c, a, p, erase_scale, preserve_scale, lamb)
+    return edit_kv(denoiser(pipe), c, a, p, erase_scale, preserve_scale, lamb)
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ import fnmatch
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -184,6 +185,28 @@ def _allow_network():
         constants.HF_HUB_ETAG_TIMEOUT = int(timeout_s())
 
 
+@contextmanager
+def _budget(what: str, name: str):
+    """The download cap of ``what``, counted on the bytes of the requests made inside."""
+    _BUDGET.append(_Budget(what, name))
+    try:
+        yield
+    finally:
+        _BUDGET.pop()
+
+
+@contextmanager
+def _download_errors(what: str, name: str):
+    """Any failure of a hub download inside is one line naming ``what`` and ``name``
+    (huggingface_hub and httpx raise many types); the harness's own errors pass as they are."""
+    try:
+        yield
+    except HarnessError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise HarnessError(f"{what}: could not download {name}: {type(e).__name__}: {_first_line(e)}") from None
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else "no detail"
@@ -204,19 +227,12 @@ def hub_file(repo: str, revision: str, filename: str, *, repo_type: str = "model
         _allow_network()
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
-        try:
+        with _download_errors(what, name):
             meta = get_hf_file_metadata(hf_hub_url(repo, filename, repo_type=repo_type, revision=revision, endpoint=endpoint()), timeout=timeout_s())
             check_size(meta.size, what, name)
             _bars(progress)
-            _BUDGET.append(_Budget(what, name))
-            try:
+            with _budget(what, name):
                 got = hf_hub_download(repo, filename, revision=revision, repo_type=repo_type, etag_timeout=timeout_s(), **_hf_kwargs())
-            finally:
-                _BUDGET.pop()
-        except HarnessError:
-            raise
-        except Exception as e:  # noqa: BLE001 (huggingface_hub and httpx raise many types; each becomes one line)
-            raise HarnessError(f"{what}: could not download {name}: {type(e).__name__}: {_first_line(e)}") from None
     sha = verify_blob(Path(got), what, name)
     if sha256 and sha256 != PLACEHOLDER and sha != sha256:
         raise HarnessError(f"{what}.sha256: {name} has sha256 {sha}, expected {sha256}")
@@ -263,20 +279,13 @@ def hub_snapshot(repo: str, revision: str, *, repo_type: str = "model", allow: l
         _allow_network()
         from huggingface_hub import snapshot_download
 
-        try:
+        with _download_errors(what, name):
             files = [f for f in _tree(repo, revision, repo_type) if _matches(f.path, allow, ignore)]
             check_size(sum(f.size for f in files), what, name)
             _bars(progress)
-            _BUDGET.append(_Budget(what, name))  # the cap counted on the bytes as they arrive, not the listing's sizes
-            try:
+            with _budget(what, name):  # the cap counted on the bytes as they arrive, not the listing's sizes
                 path = snapshot_download(repo, revision=revision, repo_type=repo_type, allow_patterns=[f.path for f in files] or ["__none__"],
                                          etag_timeout=timeout_s(), max_workers=1, **_hf_kwargs())
-            finally:
-                _BUDGET.pop()
-        except HarnessError:
-            raise
-        except Exception as e:  # noqa: BLE001 (huggingface_hub and httpx raise many types; each becomes one line)
-            raise HarnessError(f"{what}: could not download {name}: {type(e).__name__}: {_first_line(e)}") from None
         snap = Path(path)
         for f in files:
             p = snap / f.path
