@@ -20,14 +20,17 @@ def cmd_toy_train_classifier(a) -> int:
 
 
 def cmd_toy_train_model(a) -> int:
+    from harness.toy.paths import PIPELINES
     from harness.toy.train import train_model
 
-    out = Path(a.out)
+    xl = a.world == "toy-xl"
+    out = Path(a.out) if a.out else PIPELINES[a.world]
     if out.is_symlink() or (out.exists() and not (out.is_dir() and (out / "training.json").is_file())):
         # the training replaces --out with each snapshot: only a pipeline this command wrote (its training.json there)
         raise HarnessError(f"--out {out}: exists and is not a toy pipeline `unlearn toy train-model` wrote (no training.json); give a new folder")
     _threads()
-    print(json.dumps(train_model(a.out, vae_steps=a.vae_steps, unet_steps=a.unet_steps, seed=a.seed), indent=2))
+    print(json.dumps(train_model(out, vae_steps=a.vae_steps, unet_steps=a.unet_steps, seed=a.seed, xl=xl,
+                                 vae_from=PIPELINES["toy"] if xl else None), indent=2))
     return 0
 
 
@@ -152,8 +155,10 @@ def add(sub) -> None:
     t.add_argument("--steps", type=int, default=1500)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_toy_train_classifier)
-    t = toy.add_parser("train-model", help="train the toy text-to-image pipeline from scratch (about 45 minutes on 2 cores)")
-    t.add_argument("--out", default=str(PIPE))
+    t = toy.add_parser("train-model", help="train a toy text-to-image pipeline from scratch (about 55 minutes on 2 cores)")
+    t.add_argument("--world", choices=["toy", "toy-xl"], default="toy",
+                   help="toy: the SD-1.x architecture; toy-xl: SDXL's (two text encoders, micro-conditioning; the toy VAE reused)")
+    t.add_argument("--out", default=None, help="output folder (default: the world's committed pipeline folder)")
     t.add_argument("--vae-steps", type=int, default=1500)
     t.add_argument("--unet-steps", type=int, default=5000)
     t.add_argument("--seed", type=int, default=0)

@@ -6,3 +6,6 @@ from pathlib import Path
 ASSETS = Path(__file__).parent / "assets"
 PIPELINE_DIR = ASSETS / "pipeline"  # the toy diffusers pipeline
 CLASSIFIER_DIR = ASSETS / "classifier"  # the toy classifier
+PIPELINE_XL_DIR = ASSETS / "pipeline-xl"  # the toy world's SDXL-architecture pipeline (``builtin: toy-xl``)
+# the toy worlds by ``base_model.builtin`` name: one procedural world, one classifier, a pipeline per model family
+PIPELINES = {"toy": PIPELINE_DIR, "toy-xl": PIPELINE_XL_DIR}

@@ -5,6 +5,13 @@ committed weights are what tests and users load. Recipe (see shared/docs/toy-wor
 for what a prototype measured): a small AutoencoderKL trained for reconstruction first, then the
 UNet and the text encoder trained jointly on its latents, with classifier-free-guidance dropout of
 the prompt, EMA of the weights and SD-1.x's scaled-linear noise schedule.
+
+The toy-xl world (``xl=True``) takes the toy world's trained VAE as it is and trains SDXL's
+parts the way SDXL conditions them: the penultimate hidden states of both text encoders
+concatenated, the second encoder's projected pooled output and the micro-conditioning
+``time_ids`` (32, 32, 0, 0, 32, 32) as ``added_cond_kwargs``; a dropped prompt is all zeros
+(embeddings and pooled), as ``force_zeros_for_empty_prompt`` makes the pipeline's empty
+negative prompt.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from tqdm.auto import tqdm
 
 from harness.toy import world
 from harness.toy.classifier import ToyClassifier, predict, save_classifier
-from harness.toy.model import SCHEDULE, assemble, build_text_encoder, build_tokenizer, build_unet, build_vae
+from harness.toy.model import (SCHEDULE, XL_SIZE, assemble, assemble_xl, build_text_encoder, build_tokenizer, build_unet,
+                               build_vae, build_xl_parts)
 
 
 def _images_to_tensor(imgs: np.ndarray) -> torch.Tensor:
@@ -133,6 +141,20 @@ def _encode_pool(vae, n: int, seed: int, batch: int = 500):
     return torch.cat(means), torch.cat(stds), torch.from_numpy(objs * len(world.STYLES) + stys)
 
 
+def _xl_conditioning(encoders, ids: torch.Tensor, dropped: torch.Tensor) -> dict:
+    """SDXL's UNet inputs for token ids: both encoders' penultimate hidden states concatenated,
+    the second's projected pooled output and the micro-conditioning; dropped prompts all zeros."""
+    states, pooled = [], None
+    for te in encoders:
+        out = te(ids, output_hidden_states=True)
+        states.append(out.hidden_states[-2])
+        pooled = out[0]  # the last encoder's: CLIPTextModelWithProjection's text_embeds
+    keep = (~dropped).to(states[0].dtype)
+    emb = torch.cat(states, dim=-1) * keep[:, None, None]
+    time_ids = torch.tensor([XL_SIZE, XL_SIZE, 0, 0, XL_SIZE, XL_SIZE], dtype=emb.dtype).expand(ids.shape[0], 6)
+    return {"encoder_hidden_states": emb, "added_cond_kwargs": {"text_embeds": pooled * keep[:, None], "time_ids": time_ids}}
+
+
 def train_model(
     out_dir: str | Path,
     vae_steps: int = 1500,
@@ -144,47 +166,68 @@ def train_model(
     ema_decay: float = 0.999,
     pool: int = 40000,
     snapshot_every: int = 500,
+    xl: bool = False,
+    vae_from: str | Path | None = None,
 ) -> dict:
     """Train the VAE, then the UNet + text encoder; save the pipeline (EMA weights) to out_dir.
 
-    Snapshots of the EMA pipeline are written every ``snapshot_every`` steps, so an interrupted
-    run leaves a usable model behind.
+    ``xl``: the toy-xl world (SDXL's architecture; two text encoders trained with the UNet).
+    ``vae_from``: a toy pipeline folder whose trained VAE (and latent scaling) is used as it is
+    instead of training one (toy-xl uses the toy world's). Snapshots of the EMA pipeline are
+    written every ``snapshot_every`` steps, so an interrupted run leaves a usable model behind.
     """
-    from diffusers import DDPMScheduler
+    from diffusers import AutoencoderKL, DDPMScheduler
 
     t0 = time.time()
     out = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    vae = build_vae(seed=seed)
-    _train_vae(vae, vae_steps, 64, seed)
-    means, stds, prompt_idx = _encode_pool(vae, pool, seed=seed + 7)
-    scaling = float(1.0 / means.std())
-    vae.register_to_config(scaling_factor=scaling)
+    if vae_from is not None:
+        vae = AutoencoderKL.from_pretrained(str(Path(vae_from) / "vae"), local_files_only=True)
+        vae.eval()
+        vae_steps = 0
+        means, stds, prompt_idx = _encode_pool(vae, pool, seed=seed + 7)
+        scaling = float(vae.config.scaling_factor)
+    else:
+        vae = build_vae(seed=seed)
+        _train_vae(vae, vae_steps, 64, seed)
+        means, stds, prompt_idx = _encode_pool(vae, pool, seed=seed + 7)
+        scaling = float(1.0 / means.std())
+        vae.register_to_config(scaling_factor=scaling)
     vae.requires_grad_(False)
 
     prompts = [p for _, _, p in world.all_prompts()] + [""]
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     empty = len(prompts) - 1
 
-    text_encoder = build_text_encoder(tokenizer, seed=seed)
-    unet = build_unet(seed=seed)
+    if xl:
+        _, te1, _, te2, unet = build_xl_parts(seed)
+        encoders = [te1, te2]
+    else:
+        encoders = [build_text_encoder(tokenizer, seed=seed)]
+        unet = build_unet(seed=seed)
     noise_sched = DDPMScheduler(**SCHEDULE)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + [p for te in encoders for p in te.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = _warmup_cosine(opt, unet_steps, warmup=min(200, max(1, unet_steps // 10)))
-    ema_unet, ema_text = _EMA(unet, ema_decay), _EMA(text_encoder, ema_decay)
+    ema_unet, ema_text = _EMA(unet, ema_decay), [_EMA(te, ema_decay) for te in encoders]
     g = torch.Generator().manual_seed(seed + 11)
     unet.train()
-    text_encoder.train()
+    for te in encoders:
+        te.train()
     meta = {
         "recipe": {"vae_steps": vae_steps, "unet_steps": unet_steps, "batch": batch, "seed": seed, "lr": lr,
-                   "cfg_dropout": cfg_dropout, "ema_decay": ema_decay, "pool": pool, "schedule": SCHEDULE},
+                   "cfg_dropout": cfg_dropout, "ema_decay": ema_decay, "pool": pool, "schedule": SCHEDULE,
+                   **({"world": "toy-xl", "vae_from": Path(vae_from).name} if xl and vae_from is not None else
+                      {"world": "toy-xl"} if xl else {})},
         "vae_scaling_factor": scaling,
     }
 
     def snapshot(step: int) -> None:
-        pipe = assemble(vae, ema_text.shadow, tokenizer, ema_unet.shadow)
+        if xl:
+            pipe = assemble_xl(vae, ema_text[0].shadow, tokenizer, ema_text[1].shadow, tokenizer, ema_unet.shadow)
+        else:
+            pipe = assemble(vae, ema_text[0].shadow, tokenizer, ema_unet.shadow)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         pipe.save_pretrained(tmp, safe_serialization=True)
@@ -201,15 +244,19 @@ def train_model(
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, SCHEDULE["num_train_timesteps"], (batch,), generator=g)
         zt = noise_sched.add_noise(z0, noise, t)
-        cond = text_encoder(ids[p])[0]
-        loss = F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, noise)
+        if xl:
+            loss = F.mse_loss(unet(zt, t, **_xl_conditioning(encoders, ids[p], p == empty)).sample, noise)
+        else:
+            cond = encoders[0](ids[p])[0]
+            loss = F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         ema_unet.update(unet, step)
-        ema_text.update(text_encoder, step)
+        for e, te in zip(ema_text, encoders):
+            e.update(te, step)
         if step % 25 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < unet_steps:
