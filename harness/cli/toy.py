@@ -43,9 +43,12 @@ def cmd_toy_grid(a) -> int:
     from harness.toy.quality import generate_grid
 
     _threads()
-    if not (Path(a.model) / "model_index.json").is_file():
-        raise HarnessError(f"--model {a.model}: no diffusers pipeline there (model_index.json missing)")
-    pipe = load_pipeline(a.model)
+    from harness.toy.paths import PIPELINES
+
+    model = a.model or str(PIPELINES[a.world])
+    if not (Path(model) / "model_index.json").is_file():
+        raise HarnessError(f"--model {model}: no diffusers pipeline there (model_index.json missing)")
+    pipe = load_pipeline(model)
     seeds = list(range(a.seeds))
     imgs, _ = generate_grid(pipe, seeds, a.steps, a.guidance)
     n_p = len(world.all_prompts())
@@ -57,20 +60,35 @@ def cmd_toy_grid(a) -> int:
 
 
 def cmd_toy_quality(a) -> int:
+    from harness.toy.paths import PIPELINES
     from harness.toy.quality import report
 
     _threads()
-    print(json.dumps(report(seeds=a.seeds, steps=a.steps, guidance=a.guidance, scheduler=a.scheduler), indent=2))
+    model = Path(a.model) if a.model else PIPELINES[a.world]
+    if not (model / "model_index.json").is_file():
+        raise HarnessError(f"--model {model}: no diffusers pipeline there (model_index.json missing)")
+    print(json.dumps(report(model, seeds=a.seeds, steps=a.steps, guidance=a.guidance, scheduler=a.scheduler), indent=2))
     return 0
 
 
 def cmd_toy_checkpoints(a) -> int:
-    from harness.toy.submissions import committed_methods, make_checkpoints, write_submissions
+    from harness.methods import REGISTRY
+    from harness.toy.paths import PIPELINES
+    from harness.toy.submissions import committed_methods_of, make_checkpoints, write_submissions
 
     _threads()
     root = Path(a.root).resolve()
-    for d in make_checkpoints(root, tuple(a.method or committed_methods()), force=a.force):
-        print(f"checkpoint {d.relative_to(root)}")
+    for world in PIPELINES if a.world == "all" else [a.world]:
+        methods = committed_methods_of(world)
+        for m in a.method or []:
+            if m not in methods:
+                from harness.families import family_of
+
+                if not REGISTRY.get(m).supports(family_of(PIPELINES[world])):
+                    raise HarnessError(f"--method {m}: does not run on the {world} world's model family "
+                                       f"({REGISTRY.get(m).families_why or 'it lacks what the method needs'})")
+        for d in make_checkpoints(root, tuple(a.method or methods), force=a.force, world=world):
+            print(f"checkpoint {d.relative_to(root)}")
     for p in write_submissions(root):
         print(f"wrote {p.relative_to(root)}")
     return 0
@@ -84,7 +102,7 @@ def cmd_toy_reproduce(a) -> int:
     from harness.methods import METHODS, REGISTRY, run_erase_isolated
     from harness.methods import method_tolerance
     from harness.run.reproduce import compare_checkpoint, fingerprint, platform_differences
-    from harness.toy.paths import PIPELINE_DIR
+    from harness.toy.paths import PIPELINES, world_of_base
     from harness.toy.submissions import committed_methods
 
     from harness.gate.regression import method_record
@@ -109,7 +127,10 @@ def cmd_toy_reproduce(a) -> int:
             if rec["method"] not in METHODS:
                 raise HarnessError(f"{d / 'method.json'}: method: {rec['method']!r} is not a registered method")
             out = Path(tmp) / d.name
-            run_erase_isolated(rec["method"], PIPELINE_DIR, rec["concept"], out, anchor=rec.get("anchor"), world="toy", force=True,
+            world = world_of_base(str(rec["base"]["path"]))
+            if world is None:
+                raise HarnessError(f"{d / 'method.json'}: base.path: {str(rec['base']['path'])[:80]!r} is not a toy world's ({', '.join(PIPELINES)})")
+            run_erase_isolated(rec["method"], PIPELINES[world], rec["concept"], out, anchor=rec.get("anchor"), world="toy", force=True,
                                params=rec["params"], preset=rec.get("preset"), threads=threads)
             c = compare_checkpoint(out, d, method_tolerance, current=here)
             bad += not c.ok
@@ -147,7 +168,6 @@ def add(sub) -> None:
     """The ``toy`` and ``erase`` commands, in ``unlearn --help`` order."""
     from harness.methods import METHODS
     from harness.toy.paths import CLASSIFIER_DIR as CLF
-    from harness.toy.paths import PIPELINE_DIR as PIPE
 
     toy = sub.add_parser("toy", help="the toy concept world").add_subparsers(dest="toy_cmd", required=True)
     t = toy.add_parser("train-classifier", help="train the toy classifier from scratch (a few minutes)")
@@ -165,7 +185,8 @@ def add(sub) -> None:
     t.set_defaults(func=cmd_toy_train_model)
     t = toy.add_parser("grid", help="write a prompt x seed grid of generations")
     t.add_argument("--out", required=True)
-    t.add_argument("--model", default=str(PIPE))
+    t.add_argument("--world", choices=["toy", "toy-xl"], default="toy", help="whose committed pipeline (unless --model names one)")
+    t.add_argument("--model", default=None, help="a toy pipeline folder (default: the --world's)")
     t.add_argument("--seeds", type=int, default=8)
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--guidance", type=float, default=5.0)
@@ -176,12 +197,16 @@ def add(sub) -> None:
     t.add_argument("--steps", type=int, default=20)
     t.add_argument("--guidance", type=float, default=5.0)
     t.add_argument("--scheduler", default="ddim")
+    t.add_argument("--world", choices=["toy", "toy-xl"], default="toy", help="whose committed pipeline (unless --model names one)")
+    t.add_argument("--model", default=None, help="a toy pipeline folder (default: the --world's)")
     t.set_defaults(func=cmd_toy_quality)
 
     t = toy.add_parser("checkpoints", help="(re)make the reference methods' toy checkpoints and submission YAMLs")
     t.add_argument("--root", default=".", help="repository root")
     t.add_argument("--method", action="append", choices=sorted(METHODS), help="only these methods (repeatable)")
     t.add_argument("--force", action="store_true", help="re-run methods whose checkpoint exists")
+    t.add_argument("--world", choices=["toy", "toy-xl", "all"], default="all",
+                   help="which toy world's checkpoints (each world's: the committed methods its model family runs)")
     t.set_defaults(func=cmd_toy_checkpoints)
 
     t = toy.add_parser("reproduce", help="re-make committed toy checkpoints here and compare them with the committed ones "

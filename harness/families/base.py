@@ -15,11 +15,13 @@ Nothing here imports torch or diffusers: the contract is cheap to import.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from harness.errors import HarnessError
-from harness.toy.paths import PIPELINE_DIR as TOY_PIPELINE  # the toy world's base (``base_model: {builtin: toy}``)
+from harness.toy.paths import PIPELINE_DIR as TOY_PIPELINE  # noqa: F401 (re-exported) the toy world's base (``base_model: {builtin: toy}``)
+from harness.toy.paths import PIPELINES as TOY_PIPELINES  # every toy world's base by builtin name (toy, toy-xl)
 
 # What a family may offer; methods and attacks require a subset.
 FEATURES = frozenset({
@@ -31,6 +33,85 @@ FEATURES = frozenset({
     "vae",              # an image autoencoder (encode_images / decode_latents)
     "partial_diffusion",  # two pipelines of the family can share one trajectory
 })
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a denoiser is conditioned on for a batch of prompts when the cross-attention's input
+    is not all of it: ``hidden`` (N, tokens, dim), the cross-attention's input, and ``extra``,
+    named tensors (N, ...) the denoiser also takes (SDXL: ``text_embeds``, the pooled projection
+    of its second text encoder, and ``time_ids``, the size / crop micro-conditioning). A family
+    whose denoiser reads the hidden states alone (SD-1.x) uses the bare tensor instead; the
+    functions below take either."""
+
+    hidden: Any
+    extra: dict = field(default_factory=dict)
+
+    def to(self, *args, **kwargs) -> "Conditioning":
+        return Conditioning(self.hidden.to(*args, **kwargs), {k: v.to(*args, **kwargs) for k, v in self.extra.items()})
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+    def __getitem__(self, idx) -> "Conditioning":
+        return Conditioning(self.hidden[idx], {k: v[idx] for k, v in self.extra.items()})
+
+    @property
+    def shape(self):
+        return self.hidden.shape
+
+    @property
+    def device(self):
+        return self.hidden.device
+
+    @property
+    def dtype(self):
+        return self.hidden.dtype
+
+    def detach(self) -> "Conditioning":
+        return Conditioning(self.hidden.detach(), {k: v.detach() for k, v in self.extra.items()})
+
+    def denoiser_kwargs(self) -> dict:
+        """The keyword arguments of a diffusers UNet call."""
+        return {"encoder_hidden_states": self.hidden, **({"added_cond_kwargs": dict(self.extra)} if self.extra else {})}
+
+
+def cat_conditioning(items: list, dim: int = 0):
+    """Batches of conditioning (tensors, or ``Conditioning``) joined along the batch dimension."""
+    import torch
+
+    if not any(isinstance(c, Conditioning) for c in items):
+        return torch.cat(items, dim=dim)
+    return Conditioning(torch.cat([c.hidden for c in items]), {k: torch.cat([c.extra[k] for c in items]) for k in items[0].extra})
+
+
+def stack_conditioning(items: list):
+    """One prompt's conditioning each (tensors (L, d), or ``Conditioning`` of one prompt) -> a batch."""
+    import torch
+
+    if not any(isinstance(c, Conditioning) for c in items):
+        return torch.stack(items)
+    return Conditioning(torch.stack([c.hidden for c in items]), {k: torch.stack([c.extra[k] for c in items]) for k in items[0].extra})
+
+
+def repeat_conditioning(cond, n: int):
+    """One prompt's conditioning (batch 1) repeated ``n`` times along the batch dimension."""
+    if isinstance(cond, Conditioning):
+        return Conditioning(cond.hidden.expand(n, *cond.hidden.shape[1:]),
+                            {k: v.expand(n, *v.shape[1:]) for k, v in cond.extra.items()})
+    return cond.expand(n, *cond.shape[1:])
+
+
+def hidden_states(cond):
+    """The cross-attention's input of a conditioning (the tensor itself for a bare tensor)."""
+    return cond.hidden if isinstance(cond, Conditioning) else cond
+
+
+def call_denoiser(denoiser, latents, t, cond):
+    """A diffusers UNet's noise prediction for a conditioning (a bare tensor or ``Conditioning``)."""
+    if isinstance(cond, Conditioning):
+        return denoiser(latents, t, **cond.denoiser_kwargs()).sample
+    return denoiser(latents, t, encoder_hidden_states=cond).sample
 
 
 @runtime_checkable
@@ -119,7 +200,23 @@ class ModelFamily(Protocol):
         """One CPU generator per image: identical noise whatever the batch, device or model."""
 
     def encode_prompts(self, pipe, prompts: list[str]) -> Any:
-        """The denoiser's conditioning of prompts, padded to the tokenizer's length: (N, tokens, dim)."""
+        """The cross-attention's input for prompts, padded to the tokenizer's length: (N, tokens, dim)."""
+
+    def encode_conditioning(self, pipe, prompts: list[str]) -> Any:
+        """Everything the denoiser is conditioned on for prompts: the ``encode_prompts`` tensor
+        where that is all (SD-1.x), else a ``Conditioning`` (SDXL: + pooled text, micro-conditioning)."""
+
+    def unconditional(self, pipe, n: int) -> Any:
+        """The conditioning classifier-free guidance uses for an empty negative prompt, ``n`` times
+        (SD-1.x: the encoded ``""``; SDXL with ``force_zeros_for_empty_prompt``: zeros)."""
+
+    def generate(self, pipe, jobs: list, latents, generators, extra: dict) -> Any:
+        """Float images (N, H, W, 3) in [0, 1] of jobs sharing settings, from the given initial
+        latents, by the pipeline's own call (``extra``: scheduler step arguments such as ``eta``)."""
+
+    def conditioning_settings(self, height: int, width: int) -> dict:
+        """Settings beyond the job's that condition generation (SDXL's micro-conditioning), recorded
+        with every result; empty when there are none."""
 
     def encode_ids(self, pipe, ids) -> Any:
         """The conditioning of token-id prompts (N, tokens)."""
@@ -177,8 +274,8 @@ def base_dir(spec, root: Path) -> Path | None:
     by ``harness.store.hub``)."""
     from harness.store.safefs import inside
 
-    if spec.builtin == "toy":
-        return TOY_PIPELINE
+    if spec.builtin:
+        return TOY_PIPELINES[spec.builtin]
     if spec.local_dir:
         return inside(root, spec.local_dir, "base_model.local_dir")
     return None

@@ -563,6 +563,32 @@ class SD1Family:
         tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
         return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
 
+    def encode_conditioning(self, pipe, prompts: list[str]):
+        """The hidden states are all an SD-1.x UNet is conditioned on."""
+        return self.encode_prompts(pipe, prompts)
+
+    def unconditional(self, pipe, n: int):
+        """The encoded empty prompt (what the pipeline's guidance uses for a negative prompt ``""``)."""
+        return self.encode_prompts(pipe, [""] * n)
+
+    def conditioning_settings(self, height: int, width: int) -> dict:
+        return {}
+
+    def generate(self, pipe, jobs: list, latents, generators, extra: dict):
+        out = pipe(
+            prompt=[j.prompt for j in jobs],
+            negative_prompt=[j.negative_prompt for j in jobs],
+            num_inference_steps=jobs[0].steps,
+            guidance_scale=jobs[0].guidance,
+            height=jobs[0].height,
+            width=jobs[0].width,
+            latents=latents,
+            generator=generators,
+            output_type="np",
+            **extra,
+        )
+        return out.images
+
     def encode_ids(self, pipe, ids):
         return pipe.text_encoder(ids)[0]
 
@@ -575,6 +601,10 @@ class SD1Family:
 
     def encode_negative(self, pipe, negatives: list[str], device):
         return pipe.encode_prompt(negatives, device, 1, False)[0]
+
+    def sized(self, pipe, cond, height: int, width: int):
+        """The conditioning of an image of ``height`` x ``width`` (SD-1.x's does not depend on the size)."""
+        return cond
 
     def token_embeddings(self, text_encoder):
         """The vocabulary's input embedding matrix (V, d)."""
@@ -600,13 +630,17 @@ class SD1Family:
         return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
 
     def predict_noise(self, pipe, latents, t, cond):
-        return pipe.unet(latents, t, encoder_hidden_states=cond).sample
+        from harness.families.base import call_denoiser
+
+        return call_denoiser(pipe.unet, latents, t, cond)
 
     def denoising_step(self, pipe, sched, latents, t, emb, guidance: float, extra: dict):
         import torch
 
+        from harness.families.base import call_denoiser
+
         inp = sched.scale_model_input(torch.cat([latents, latents]), t)
-        eu, ec = pipe.unet(inp, t, encoder_hidden_states=emb).sample.chunk(2)
+        eu, ec = call_denoiser(pipe.unet, inp, t, emb).chunk(2)
         return sched.step(eu + guidance * (ec - eu), t, latents, **extra).prev_sample
 
     def partial_diffusion(self, pipes, jobs, psi: float):
@@ -621,7 +655,7 @@ class SD1Family:
         device, dtype = self.device_dtype(base)
         prompts, negs = [j.prompt for j in jobs], [j.negative_prompt for j in jobs]
         with torch.inference_mode():
-            emb = {name: self.encode_guided(p, prompts, negs, device) for name, p in (("base", base), ("unl", unl))}
+            emb = {name: self.sized(p, self.encode_guided(p, prompts, negs, device), j0.height, j0.width) for name, p in (("base", base), ("unl", unl))}
             lat = self.initial_latents(base, [j.seed for j in jobs], j0.height, j0.width).to(device=device, dtype=dtype) * sched.init_noise_sigma
             gens = [torch.Generator("cpu").manual_seed(j.seed + 1) for j in jobs]
             switch = int(round(psi * j0.steps))

@@ -50,10 +50,12 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path, seed: int 
     seed (``--method-seeds``: the method's own variance)."""
     from harness.store.hashing import sha256_file
     from harness.methods import erase_repeated, run_erase_isolated
-    from harness.toy.model import DEFAULT_DIR
+    from harness.toy.paths import PIPELINES, world_of_base
 
-    if record["base"]["path"] not in ("builtin:toy", str(DEFAULT_DIR)):
-        raise HarnessError(f"{sub['method_record']}: base {record['base']['path']!r} is not the toy world's")
+    world = world_of_base(record["base"]["path"])
+    if world is None:
+        raise HarnessError(f"{sub['method_record']}: base {str(record['base']['path'])[:80]!r} is not a toy world's ({', '.join(PIPELINES)})")
+    DEFAULT_DIR = PIPELINES[world]
     ck_dir = out / "checkpoints" / (sub["name"] if seed is None else f"{sub['name']}-seed{seed}")
     params = record["params"] if seed is None else {**record["params"], "seed": seed}
     from harness.toy.submissions import TOY_THREADS

@@ -50,6 +50,14 @@ class MethodInfo:
     fidelity_preset: bool = False  # record "NAME.preset" even where the method record names none
     # what the method edits of a model family (harness.families): "cross_attention", "unet", "text_encoder"
     needs: frozenset[str] = frozenset()
+    # the model families (harness.families names) the method runs on; None: every family offering
+    # ``needs``. A method whose authors' code is SD-1.x only says so: (``"sd1"``,) and a reason
+    families: frozenset[str] | None = None
+    families_why: str = ""  # why not on the others (shown by `unlearn erase`, and "n/a" on the board)
+
+    def supports(self, family) -> bool:
+        """Whether the method runs on a model family (its name in ``families``, its features cover ``needs``)."""
+        return (self.families is None or family.name in self.families) and set(self.needs) <= set(family.features)
 
     def load(self):
         """The method's module (imports torch)."""
@@ -108,7 +116,7 @@ def preset_params(mod, method: str, preset: str | None, base: Path, explicit: di
     parameter names are refused (one line)."""
     import inspect
 
-    from harness.families.sd1 import TOY_PIPELINE
+    from harness.families.base import TOY_PIPELINES
 
     presets = REGISTRY.get(method).presets if method in REGISTRY else getattr(mod, "PRESETS", None)
     if presets is None:
@@ -117,7 +125,7 @@ def preset_params(mod, method: str, preset: str | None, base: Path, explicit: di
         chosen = {}
     else:
         if preset is None:
-            preset = "toy" if Path(base).resolve() == TOY_PIPELINE.resolve() else "paper"
+            preset = "toy" if Path(base).resolve() in {p.resolve() for p in TOY_PIPELINES.values()} else "paper"
         if preset not in presets:
             raise HarnessError(f"--preset: {method} has no preset {preset!r}; known: {', '.join(presets)}")
         chosen = dict(presets[preset])
@@ -279,7 +287,11 @@ def run_erase(
         # --force replaces only an earlier erase's output folder, never another folder or file
         raise HarnessError(f"--out {out}: is not a folder `unlearn erase` wrote (no method.json in it); --force replaces only those")
     family = family_of(base, what="--base")
-    require(family, method_info(method).needs, f"method {method}")
+    info = method_info(method)
+    if info.families is not None and family.name not in info.families:
+        raise HarnessError(f"method {method} runs on {', '.join(sorted(info.families))} only, not on the {family.name} model family of "
+                           f"{base.name}" + (f" ({info.families_why})" if info.families_why else ""))
+    require(family, info.needs, f"method {method}")
     quiet_loading()
     # Check the words with the tokenizer alone, before the models load.
     tokenizer = family.load_tokenizer(base)

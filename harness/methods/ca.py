@@ -48,6 +48,8 @@ INFO = MethodInfo(
     presets=PRESETS,
     committed_toy=True,  # the toy preset as it is
     needs=frozenset({"cross_attention", "unet"}),  # trains the cross-attention K/V (train=kv) of the UNet
+    families=frozenset({"sd1"}),
+    families_why="its authors' code runs Stable Diffusion 1.x only",
 )
 
 

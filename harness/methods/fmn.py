@@ -47,6 +47,8 @@ INFO = MethodInfo(
     presets=PRESETS,
     committed_toy=True,  # the toy preset as it is
     needs=frozenset({"cross_attention", "unet"}),  # attention maps of the concept's tokens; trains the UNet (train=)
+    families=frozenset({"sd1"}),
+    families_why="its authors' code runs Stable Diffusion 1.x only",
 )
 
 

@@ -63,6 +63,8 @@ INFO = MethodInfo(
     committed_toy=True,  # the toy preset as it is
     tolerance="closed_form",
     needs=frozenset({"cross_attention"}),
+    families=frozenset({"sd1"}),
+    families_why="its authors' code runs Stable Diffusion 1.x only",
 )
 
 # The authors' nudity / I2P setting (scripts/nudity.sh, README): the paper preset with 3 epochs and

@@ -50,6 +50,8 @@ INFO = MethodInfo(
     presets=PRESETS,
     committed_toy=True,  # the toy preset as it is
     needs=frozenset({"unet"}),  # the saliency mask over every UNet weight
+    families=frozenset({"sd1"}),
+    families_why="its authors' code runs Stable Diffusion 1.x only",
 )
 
 

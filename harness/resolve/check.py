@@ -163,7 +163,7 @@ def check_targets(sub: Submission, suites: dict[str, Suite], filtered: bool) -> 
 
     toy_kinds = {"style": world.STYLES, "object": world.OBJECTS}
     for i, t in enumerate(sub.targets):
-        if sub.base_model.builtin == "toy":
+        if sub.base_model.builtin:  # a toy world's (toy, toy-xl): one procedural world
             known = toy_kinds.get(t.kind)
             if known is None:
                 raise HarnessError(f"targets.{i}.kind: the toy world has no {t.kind} concepts (only object and style)")

@@ -143,10 +143,10 @@ def base_folder(base: str, root: Path) -> Path:
     """``toy``, a diffusers folder, or ``hub:REPO@COMMIT`` (from the Hugging Face cache)."""
     import re
 
-    if base == "toy":
-        from harness.families.sd1 import TOY_PIPELINE
+    from harness.families.base import TOY_PIPELINES
 
-        return TOY_PIPELINE
+    if base in TOY_PIPELINES:
+        return TOY_PIPELINES[base]
     m = re.fullmatch(r"hub:(\w[\w.-]*/\w[\w.-]*)@([0-9a-f]{40})", base)
     if m:
         from harness.store.hub import pipeline_snapshot

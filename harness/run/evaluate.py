@@ -31,7 +31,7 @@ from harness.run.generate import ImageCache, Job, LocalExecutor, RunStats, gener
 from harness.store.hashing import sha256_file, sha256_json
 from harness.families.sd1 import PipelineRecipe, Pipelines, Placement
 from harness.resolve.resolved import ResolvedSubmission, resolve_models
-from harness.run.plan import base_record, suite_path
+from harness.run.plan import base_record, family_settings, suite_path
 from harness.spec import Prompt, Submission, Suite, TargetSpec, load_suite
 from harness.run.fidelity import choices as fidelity_choices
 
@@ -307,7 +307,8 @@ class Evaluator:
                 "n_images_per_model": len(items),
                 "smoke": self.smoke,
                 "generation": {**g.model_dump(), **({"steps": base_jobs[0].steps, "height": base_jobs[0].height, "width": base_jobs[0].width} if base_jobs else {}),
-                               "negative_prompt": suite.prompts.negative_prompt},
+                               "negative_prompt": suite.prompts.negative_prompt,
+                               **family_settings(resolved.family, base_jobs)},
                 "seeds": sorted({s for _, s in items}),
                 "device": placement.device,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -319,7 +320,7 @@ class Evaluator:
                 "scorer": scorer.identity if scorer else None,
                 "pins": suite_pins(suite),  # every file the suite named, source#sha256 (harness/spec/pins.py; the leaderboard compares them)
                 "models": {"base": base_fp, "unlearned": unl_fp},
-                "base_model": base_record(sub, suite),  # which base the numbers are against (plan.base_record)
+                "base_model": base_record(sub, suite, resolved.family),  # which base the numbers are against (plan.base_record)
                 "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
                 "samples": sample_pairs(items, base_jobs, unl_jobs, sub.targets, self.cache) if base_jobs else [],
                 "conventions": CONVENTIONS,

@@ -197,19 +197,8 @@ def run_batch(pipe, jobs: list[Job]):
     gens = [torch.Generator("cpu").manual_seed(j.seed + 1) for j in jobs]  # eta > 0 noise
     kwargs = {"eta": j0.eta} if "eta" in _step_params(fam.scheduler(pipe)) else {}
     with torch.inference_mode():
-        out = pipe(
-            prompt=[j.prompt for j in jobs],
-            negative_prompt=[j.negative_prompt for j in jobs],
-            num_inference_steps=j0.steps,
-            guidance_scale=j0.guidance,
-            height=j0.height,
-            width=j0.width,
-            latents=latents,
-            generator=gens,
-            output_type="np",
-            **kwargs,
-        )
-    imgs = np.asarray(out.images, dtype=np.float32)
+        images = fam.generate(pipe, jobs, latents, gens, kwargs)
+    imgs = np.asarray(images, dtype=np.float32)
     return imgs, np.round(np.clip(np.nan_to_num(imgs, nan=0.0), 0, 1) * 255).astype(np.uint8)  # NaN is flagged by the caller
 
 

@@ -45,7 +45,7 @@ def resolve_suites(sub: Submission, root: Path) -> dict[str, Suite]:
                 raise HarnessError(f"suites: no suite {sid!r} (expected {p.relative_to(root)})")
             out[sid] = load_suite(p)
         return _bases_allowed(sub, out)
-    world = "toy" if sub.base_model.builtin == "toy" else "real"
+    world = "toy" if sub.base_model.builtin else "real"  # toy, toy-xl: the toy world
     kinds = {t.kind for t in sub.targets}
     out = {}
     for p in sorted((root / "suites").glob("*.yaml")):
@@ -65,14 +65,26 @@ def _bases_allowed(sub: Submission, suites: dict[str, Suite]) -> dict[str, Suite
     return suites
 
 
-def base_record(sub: Submission, suite: Suite) -> dict:
+def base_record(sub: Submission, suite: Suite, family: str | None = None) -> dict:
     """What a suite's results record says about the base its numbers are against: ``label``
     (``builtin:toy``, ``hub:ID@COMMIT``, ``local:FOLDER``), ``suite_base`` (one the suite is
-    defined on) and ``suite_bases`` (the suite's own)."""
+    defined on), ``suite_bases`` (the suite's own) and ``family`` (its model family, where known:
+    the leaderboard ranks within a family)."""
     from harness.spec.suite import base_label
 
     return {"label": base_label(sub.base_model), "suite_base": suite.check_base(sub.base_model),
-            "suite_bases": [b.label() for b in suite.bases()]}
+            "suite_bases": [b.label() for b in suite.bases()], **({"family": family} if family else {})}
+
+
+def family_settings(family: str, jobs: list) -> dict:
+    """Generation settings the base's model family adds to the jobs' (SDXL's micro-conditioning,
+    ``ModelFamily.conditioning_settings``), as ``{"conditioning": {...}}``; empty when it adds none."""
+    from harness.families import get
+
+    if not jobs:
+        return {}
+    extra = get(family).conditioning_settings(jobs[0].height, jobs[0].width)
+    return {"conditioning": extra} if extra else {}
 
 
 @dataclass(frozen=True)

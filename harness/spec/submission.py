@@ -21,7 +21,7 @@ class MethodSpec(Strict):
 class BaseModelSpec(Strict):
     """Exactly one of: the toy world's pipeline, a local folder, a hub id at a pinned revision."""
 
-    builtin: Literal["toy"] | None = None
+    builtin: Literal["toy", "toy-xl"] | None = Field(default=None, description="toy: the toy world's SD-1.x pipeline; toy-xl: its SDXL one")
     local_dir: str | None = None
     hub_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$",
                                description="owner/name on the hub; never a local path")

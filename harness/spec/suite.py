@@ -329,7 +329,7 @@ class Attacks(Strict):
 class SuiteBase(Strict):
     """A base model a suite is defined on: the toy world's pipeline, or a hub id at a commit."""
 
-    builtin: Literal["toy"] | None = None
+    builtin: Literal["toy", "toy-xl"] | None = None
     hub_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
     revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$", description="a full commit sha")
 
@@ -341,7 +341,7 @@ class SuiteBase(Strict):
         return self
 
     def label(self) -> str:
-        return "builtin:toy" if self.builtin else f"hub:{self.hub_id}@{self.revision}"
+        return f"builtin:{self.builtin}" if self.builtin else f"hub:{self.hub_id}@{self.revision}"
 
     def matches(self, spec) -> bool:
         """The submission's ``base_model`` names this base (hub ids compared case-insensitively,
@@ -366,7 +366,7 @@ class Suite(Strict):
     version: str = Field(pattern=r"^\d+(\.\d+)*$")
     description: str = ""
     applies_to: list[Literal["style", "object", "nudity", "identity"]] = Field(min_length=1)
-    world: Literal["toy", "real"] = Field(default="real", description="toy: runs on the toy world's builtin base")
+    world: Literal["toy", "real"] = Field(default="real", description="toy: runs on the toy world's builtin bases (toy, toy-xl)")
     prompts: PromptSet
     generation: GenerationSettings
     scorer: ScorerSpec | None = Field(default=None, description="classifier for UA/IRA/CRA (and the toy feature metrics)")
@@ -374,17 +374,18 @@ class Suite(Strict):
     attacks: Attacks | None = Field(default=None, description="the attacks the robustness / concealment metrics read")
     smoke: SmokeSpec | None = None
     base_models: list[SuiteBase] | None = Field(default=None, min_length=1, description="the base model(s) the suite is defined on, "
-                                                "where its verdicts are computed; default: the toy base for a toy suite, none named "
+                                                "where its verdicts are computed; default: the toy bases (toy, toy-xl) for a toy suite, none named "
                                                 "(any base) for a real one")
     other_bases: Literal["none", "hub", "any"] | None = Field(default=None, description="whether a submission may name a base not in "
                                                               "base_models: none, a pinned hub id only, or any (a local folder too); "
                                                               "default: none where the suite names its bases (a toy suite always does)")
 
     def bases(self) -> list[SuiteBase]:
-        """The bases the suite is defined on (the toy base for a toy suite that names none)."""
+        """The bases the suite is defined on (a toy suite that names none: every toy world's base,
+        one per model family, each judged against itself)."""
         if self.base_models:
             return list(self.base_models)
-        return [SuiteBase(builtin="toy")] if self.world == "toy" else []
+        return [SuiteBase(builtin="toy"), SuiteBase(builtin="toy-xl")] if self.world == "toy" else []
 
     def other_bases_rule(self) -> str:
         if self.other_bases is not None:
