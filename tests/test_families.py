@@ -88,7 +88,7 @@ def test_family_of_the_toy_base_and_its_index():
 def test_unknown_family_name_is_one_line():
     with pytest.raises(HarnessError) as e:
         families.get("sdxl-nope")
-    assert _one_line(e) == "unknown model family 'sdxl-nope' (known: sd1)"
+    assert _one_line(e) == "unknown model family 'sdxl-nope'; did you mean sdxl? (known: sd1, sdxl)"
 
 
 def test_unrecognised_base_is_one_line(tmp_path):
@@ -98,12 +98,11 @@ def test_unrecognised_base_is_one_line(tmp_path):
                                                     "text_encoder_2": ["transformers", "T5EncoderModel"], "vae": ["diffusers", "AutoencoderKL"]}))
     with pytest.raises(HarnessError) as e:
         families.family_of(d)
-    assert _one_line(e) == "base_model: flux/model_index.json (FluxPipeline) is not a pipeline of any known model family (sd1)"
-    # an SDXL-like index (every SD-1.x part and a second text encoder) is not SD-1.x either
+    assert _one_line(e) == "base_model: flux/model_index.json (FluxPipeline) is not a pipeline of any known model family (sd1, sdxl)"
+    # an SDXL index (every SD-1.x part and a second text encoder) is not SD-1.x: the sdxl family's
     sdxl = {**json.loads((TOY_PIPELINE / "model_index.json").read_text()), "_class_name": "StableDiffusionXLPipeline",
             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}
-    with pytest.raises(HarnessError, match="StableDiffusionXLPipeline"):
-        families.family_of(sdxl)
+    assert not families.get("sd1").recognises(sdxl) and families.family_of(sdxl).name == "sdxl"
     (d / "model_index.json").write_text("{not json")
     with pytest.raises(HarnessError) as e:
         families.family_of(d)
@@ -118,7 +117,7 @@ def test_family_of_a_pipeline(toy_pipe):
     assert families.is_pipeline(toy_pipe) and not families.is_pipeline(lambda: toy_pipe)
     with pytest.raises(HarnessError) as e:
         families.family_of_pipeline(object())
-    assert _one_line(e) == "object is not a pipeline of any known model family (sd1)"
+    assert _one_line(e) == "object is not a pipeline of any known model family (sd1, sdxl)"
 
 
 def test_a_family_registered_in_code_is_found_by_name_folder_index_and_pipeline(monkeypatch):
@@ -135,7 +134,7 @@ def test_a_family_registered_in_code_is_found_by_name_folder_index_and_pipeline(
 
     other = Other()
     families.register(other)
-    assert families.names() == ["other", "sd1"] and families.get("other") is other
+    assert families.names() == ["other", "sd1", "sdxl"] and families.get("other") is other
     assert families.family_of({"_class_name": "OtherPipeline"}) is other and families.family_of(TOY_PIPELINE) is SD1
 
     class Pipe:
@@ -194,7 +193,7 @@ def _probe(site: Path) -> str:
 
 def test_a_family_registered_by_entry_point_is_found(tmp_path):
     _dist(tmp_path, "[unlearn_harness.families]\nfake = fakefam:FakeFamily\n")
-    assert _probe(tmp_path).splitlines() == ["['fake', 'sd1']", "FakeFamily fake True sd1"]
+    assert _probe(tmp_path).splitlines() == ["['fake', 'sd1', 'sdxl']", "FakeFamily fake True sd1"]
 
 
 @pytest.mark.parametrize("entry, needle", [
@@ -212,7 +211,7 @@ def test_a_plugin_cannot_take_the_name_of_a_built_in_family(tmp_path):
     env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     code = "from harness import families; print(families.names(), type(families.get('sd1')).__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert out.stdout.strip() == "['sd1'] SD1Family", out.stderr
+    assert out.stdout.strip() == "['sd1', 'sdxl'] SD1Family", out.stderr
 
 
 # ----------------------------------------------------------------------------- behaviour on the toy world
@@ -384,7 +383,7 @@ def test_check_reads_the_base_through_its_family(tmp_path):
     (tmp_path / "base" / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "transformer": ["diffusers", "X"]}))
     with pytest.raises(HarnessError) as e:
         check_base(sub, tmp_path)
-    assert _one_line(e) == "base_model: base/model_index.json (FluxPipeline) is not a pipeline of any known model family (sd1)"
+    assert _one_line(e) == "base_model: base/model_index.json (FluxPipeline) is not a pipeline of any known model family (sd1, sdxl)"
 
 
 def test_convert_asks_the_family_for_the_component_and_its_layout():
