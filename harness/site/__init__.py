@@ -5,10 +5,12 @@ of the folder (``results.io.results_files``), validates each one (a file that is
 the results shape is reported on stderr as one line and skipped), aggregates the records with
 pandas and renders, with Jinja2 (autoescape on: submission names come from strangers):
 
-* ``index.html``: one sortable table per suite, the base model's values as reference rows, a
-  filter by target kind, the erasure / retention trade-off plot (``tradeoff.svg``, written here)
-  and the ASR-against-budget curves;
+* ``index.html``: one sortable table per suite with a model family column (``load.suite_family``:
+  SD 1.x, SDXL; ranks, rank intervals and ties only within a family), the base model's values as
+  reference rows (one per base family), a filter by target kind, the erasure / retention
+  trade-off plot (``tradeoff.svg``, written here) and the ASR-against-budget curves;
 * ``submissions/<slug>-<hash>.html``: every metric with threshold, base value and verdict, the
+  method's runs on every model family side by side (where it has more than one), the
   generation settings, the provenance and a grid of matched base / unlearned sample images;
 * ``results.json`` and ``results.csv``: every accepted record;
 * ``images/<sha256>.png``: the sample images, copied only after their sha256 is checked.

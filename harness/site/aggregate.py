@@ -1,11 +1,11 @@
-"""Aggregation of the accepted runs (pandas): one row per metric record, each submission's
-latest run, the rank intervals of a suite's headline metric, the trade-off plot's points and the
-ASR curves. Nothing here renders: the tables, figures and pages are built from what this returns."""
+"""Aggregation of the accepted runs (pandas): one row per metric record (with the model family
+of its suite's base: ``load.suite_family``), each submission's latest run, the rank intervals of
+a suite's headline metric, the trade-off plot's points and the ASR curves. Nothing here renders: the tables, figures and pages are built from what this returns."""
 
 from __future__ import annotations
 
 from harness.metrics import plotted
-from harness.site.load import Run, is_smoke
+from harness.site.load import Run, is_smoke, run_families, run_family
 from harness.site.text import finite, na_to_none
 
 VERDICTS = ("pass", "fail", "inconclusive", "error", "info")
@@ -15,7 +15,7 @@ _PLOT = plotted()
 ERASURE_METRIC = _PLOT["x"][0]
 RETENTION_METRICS = tuple(_PLOT["y"])
 RECORD_COLUMNS = [
-    "submission", "method", "file", "run_finished", "complete", "harness_version", "git_sha",
+    "submission", "method", "family", "file", "run_finished", "complete", "harness_version", "git_sha",
     "suite", "metric", "label", "target", "target_kind", "value", "base_value", "threshold",
     "bound", "verdict", "higher_is_better", "tolerance", "error", "latest", "smoke",
     "ci_low", "ci_high", "ci_method", "delta_low", "delta_high", "verdict_point",  # harness.stats.intervals (empty in older files)
@@ -25,7 +25,8 @@ RECORD_COLUMNS = [
 
 def records_frame(runs: list[Run], spreads: dict | None = None):
     """One row per metric record of every accepted file (pandas), with ``latest`` marking the
-    records of each submission's newest run (by ``finished``, then file name). ``spreads``
+    records of each submission's newest run (by ``finished``, then file name) and ``family`` the
+    model family of the record's suite (``load.suite_family``). ``spreads``
     (``load.load_spreads``) gives the latest run's records their method-seed spread."""
     import pandas as pd
 
@@ -37,9 +38,10 @@ def records_frame(runs: list[Run], spreads: dict | None = None):
     rows = []
     for r in runs:
         d = r.data
+        fams, fam = run_families(d), run_family(d)
         for m in d["metrics"]:
             rows.append({
-                "submission": r.name, "method": d["submission"]["method"]["name"], "file": r.file,
+                "submission": r.name, "method": d["submission"]["method"]["name"], "family": fams.get(m["suite"], fam), "file": r.file,
                 "run_finished": r.finished, "complete": bool(d.get("complete", True)),
                 "harness_version": d["harness"].get("version"), "git_sha": d["harness"].get("git_sha"),
                 "suite": m["suite"], "metric": m["metric"], "label": m.get("label") or m["metric"],

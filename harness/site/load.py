@@ -1,7 +1,11 @@
 """Reading a results folder for the site: every results file that validates, is attested (where
 the folder has an ``ATTESTATION.json``), whose verdicts its numbers give and whose name collides
 with no other, plus the method-seed spreads that ``unlearn regress --method-seeds N`` writes
-(``<name>.method-seeds.json``). Bad files are reported in one line each and skipped."""
+(``<name>.method-seeds.json``). Bad files are reported in one line each and skipped.
+
+A run's model family (``suite_family``): each suite's ``base_model.family`` where the file
+records it; otherwise inferred from the base's label (``builtin:toy-xl`` and a hub id containing
+"xl" are SDXL, everything else, every result made before families existed included, SD-1.x)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ from harness.results.io import one_line, read_result
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: the current suites' thresholds and pins
 MAX_SPREAD_BYTES = 8 << 20
+DEFAULT_FAMILY = "sd1"  # every result made before families existed is SD-1.x
+FAMILY_TITLES = {"sd1": "SD 1.x", "sdxl": "SDXL"}  # the site's short titles; an unknown family is shown as its name
+MAX_FAMILY_CHARS = 64
 
 Report = Callable[[str], None]
 
@@ -67,6 +74,7 @@ def load_runs(results: Path, report: Report = to_stderr, require_attestation: bo
             if manifest is not None and (why := bound_problem(p, data, manifest)):
                 raise ValueError(why)
             recheck_verdicts(data, thresholds)
+            check_families(data)
         except (ValueError, OSError, HarnessError, RecursionError, ArithmeticError, TypeError) as e:
             report(f"skipped {p}: {one_line(e)}")
             continue
@@ -104,6 +112,79 @@ def drop_lookalikes(runs: list[Run], results: Path, report: Report, manifest: di
                 report(f"skipped {results / r.file}: submission.name {n!r} collides with the existing entry {keep!r} "
                        "(names must differ in more than case, punctuation and look-alike letters)")
     return [r for r in runs if r.name not in drop]
+
+
+def family_from_label(label) -> str:
+    """The family a base label implies (``suites[].base_model.label``): ``builtin:toy-xl`` and
+    ``hub:ID@COMMIT`` whose ID contains "xl" (any case) are ``sdxl``; anything else is ``sd1``."""
+    s = str(label or "")
+    if s == "builtin:toy-xl":
+        return "sdxl"
+    if s.startswith("hub:") and "xl" in s[len("hub:"):].split("@")[0].lower():
+        return "sdxl"
+    return DEFAULT_FAMILY
+
+
+def submission_label(data: dict) -> str | None:
+    """A base label made from the submission's own ``base_model`` (``builtin`` / ``hub_id`` /
+    ``local_dir``), for files whose suites carry no ``base_model`` record (older files)."""
+    b = (data.get("submission") or {}).get("base_model")
+    if not isinstance(b, dict):
+        return None
+    if b.get("builtin"):
+        return f"builtin:{b['builtin']}"
+    if b.get("hub_id"):
+        return f"hub:{b['hub_id']}@{b.get('revision') or ''}"
+    if b.get("local_dir"):
+        return f"local:{b['local_dir']}"
+    return None
+
+
+def suite_family(suite, data: dict) -> str:
+    """A suite's model family: its ``base_model.family`` where present, else the family its
+    ``base_model.label`` implies, else the one the submission's base implies (``sd1`` when
+    nothing says)."""
+    b = suite.get("base_model") if isinstance(suite, dict) else None
+    if isinstance(b, dict):
+        if isinstance(b.get("family"), str) and b["family"]:
+            return b["family"]
+        if b.get("label") is not None:
+            return family_from_label(b["label"])
+    return family_from_label(submission_label(data))
+
+
+def run_families(data: dict) -> dict[str, str]:
+    """suite id -> model family of every suite of a run."""
+    return {s["id"]: suite_family(s, data) for s in data.get("suites") or [] if isinstance(s, dict) and isinstance(s.get("id"), str)}
+
+
+def run_family(data: dict) -> str:
+    """A run's model family: its suites' (the first suite's where they differ), else the submission base's."""
+    fams = run_families(data)
+    return next(iter(fams.values())) if fams else family_from_label(submission_label(data))
+
+
+def family_title(name: str) -> str:
+    """``SD 1.x`` / ``SDXL``; an unknown family is shown as its own name (escaped where rendered)."""
+    return FAMILY_TITLES.get(name, name)
+
+
+def family_order(name: str) -> tuple[int, str]:
+    """Sort key of families: the known ones first (SD 1.x, SDXL), then the others by name."""
+    known = list(FAMILY_TITLES)
+    return (known.index(name), "") if name in known else (len(known), name)
+
+
+def check_families(data: dict) -> None:
+    """``ValueError`` (one line, naming the field) for a ``suites[].base_model.family`` that is
+    present but not a name: text of 1 to 64 characters without control characters."""
+    for i, s in enumerate(data.get("suites") or []):
+        b = s.get("base_model") if isinstance(s, dict) else None
+        if not isinstance(b, dict) or "family" not in b or b["family"] is None:
+            continue
+        f = b["family"]
+        if not isinstance(f, str) or not 0 < len(f) <= MAX_FAMILY_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in f):
+            raise ValueError(f"suites.{i}.base_model.family: expected a family name (text of 1 to {MAX_FAMILY_CHARS} characters), got {str(f)[:40]!r}")
 
 
 def is_smoke(data: dict) -> bool:

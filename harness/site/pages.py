@@ -1,5 +1,6 @@
-"""Writing the site: ``index.html`` (a table per suite, the overview, the trade-off plot, the ASR
-curves), a page per submission, ``results.json`` / ``results.csv`` (every accepted record) and
+"""Writing the site: ``index.html`` (a table per suite, ranked within each model family, the
+overview, the trade-off plot, the ASR curves), a page per submission (with its method on every
+model family side by side), ``results.json`` / ``results.csv`` (every accepted record) and
 the checked sample images, into a temp folder swapped in whole when the build is complete.
 
 Jinja2 renders with autoescape on (submission names come from strangers); CSV cells that a
@@ -19,7 +20,7 @@ from harness.errors import HarnessError
 from harness.site.aggregate import RECORD_COLUMNS, curves, records_frame, records_of, tradeoff_points
 from harness.site.figure import asr_curve_svg, markup, tradeoff_svg
 from harness.site.images import copy_images, images_dir
-from harness.site.load import ROOT, Report, Run, to_stderr, is_smoke, load_runs, load_spreads
+from harness.site.load import ROOT, Report, Run, family_title, is_smoke, load_runs, load_spreads, to_stderr
 from harness.site.tables import overview_rows, submission_page, suite_tables
 from harness.site.text import fmt, json_value, na_to_none, pretty_threshold, short
 
@@ -85,7 +86,7 @@ def build(results: str | Path, out: str | Path, report: Report = to_stderr, asse
             by_name.setdefault(r.name, []).append(r)
         page = env.get_template("submission.html")
         for name, run in latest.items():
-            pctx = submission_page(run, by_name[name], all_df, images.ok)
+            pctx = submission_page(run, by_name[name], all_df, images.ok, latest)
             (tmp / "submissions" / f"{pctx['slug']}.html").write_text(page.render(root="../", p=pctx, kinds=kinds), encoding="utf-8")
         shutil.copytree(assets / "static", tmp / "static")
         payload = {"format": "unlearn-leaderboard-records/1", "files": [{"file": r.file, "submission": r.name, "finished": r.finished,
@@ -112,6 +113,7 @@ def _env(templates: Path):
     env.filters["fmt"] = fmt
     env.filters["short"] = short
     env.filters["threshold"] = pretty_threshold
+    env.filters["family_title"] = family_title
     env.filters["tojson_text"] = lambda x: json.dumps(x, sort_keys=True, default=str)
     return env
 

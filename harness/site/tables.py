@@ -1,13 +1,14 @@
-"""The pages' contexts: one table per suite (value / base column groups, base-model reference
-rows, the rank column), the overview of submissions and one submission's page. Plain data for the
-Jinja2 templates (autoescape on), nothing rendered here."""
+"""The pages' contexts: one table per suite (value / base column groups, the model family column,
+base-model reference rows per family, the rank column: ranked within a family), the overview of
+submissions and one submission's page (with its method's rows on every model family side by side).
+Plain data for the Jinja2 templates (autoescape on), nothing rendered here."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from harness.site.aggregate import VERDICTS, headline_metric, rank_intervals, records_of
-from harness.site.load import Run
+from harness.site.load import Run, family_order, family_title, is_smoke, run_families, run_family, suite_family
 from harness.site.text import ci_text, ci_title, delta_text, finite, fmt, na_to_none, pretty_threshold, safe_url, short, slug, spread_text, spread_title
 
 MAX_ROWS = 2000  # rows of one table on a page (every record is in results.csv / results.json)
@@ -16,7 +17,8 @@ GENERATION_KEYS = ("scheduler", "steps", "guidance", "height", "width", "eta", "
 
 def suite_tables(df, latest: dict[str, Run]) -> list[dict]:
     """One table per suite (sorted by id) over each submission's latest run: rows of
-    (submission, target), a value / base column group per metric, base-model reference rows."""
+    (submission, target), grouped by model family, a value / base column group per metric,
+    base-model reference rows (one per base family present)."""
     cur = df[df["latest"]]
     back = reversed_notes(cur)
     tables = []
@@ -32,7 +34,8 @@ def suite_tables(df, latest: dict[str, Run]) -> list[dict]:
         by_row: dict[tuple, list[dict]] = {}
         for r in all_recs:
             by_row.setdefault((r["submission"], r["target"]), []).append(r)
-        keys = sorted(by_row)
+        fam = {k: g[0]["family"] for k, g in by_row.items()}
+        keys = sorted(by_row, key=lambda k: (family_order(fam[k]), k))
         left_out = max(0, len(keys) - MAX_ROWS)  # a page of 100,000 rows is no table: the first rows, and every record in results.csv
         keys = keys[:MAX_ROWS]
         rows = []
@@ -44,31 +47,33 @@ def suite_tables(df, latest: dict[str, Run]) -> list[dict]:
             checked = [r for r in g if r["verdict"] in ("pass", "fail", "error")]
             passed = sum(r["verdict"] == "pass" for r in checked)
             rows.append({"submission": name, "page": f"submissions/{slug(name)}.html", "method": first["method"],
-                         "target": target, "kind": first["target_kind"], "cells": list(zip(cells, bases)),
+                         "family": first["family"], "family_title": family_title(first["family"]), "target": target, "kind": first["target_kind"], "cells": list(zip(cells, bases)),
                          "checks": {"text": f"{passed} / {len(checked)}" if checked else "–",
                                     "sort": repr(passed / len(checked)) if checked else "", "all": bool(checked) and passed == len(checked)}})
         shown = {t for _, t in keys}
         srecs = [r for r in all_recs if r["target"] in shown] if left_out else all_recs
         suite_rec = next((s for run in latest.values() for s in run.data["suites"] if s["id"] == sid), {})
         tables.append({"id": sid, "metrics": metrics, "rows": rows, "base_rows": _base_rows(srecs, metrics, latest, sid),
-                       "suite": suite_meta(suite_rec), "kinds": sorted(set(sdf["target_kind"])), "rows_left_out": left_out})
+                       "suite": suite_meta(suite_rec), "kinds": sorted(set(sdf["target_kind"])), "rows_left_out": left_out,
+                       "families": [{"name": f, "title": family_title(f)} for f in sorted(set(sdf["family"]), key=family_order)]})
         attach_ranks(tables[-1], sdf, metrics, srecs)
     return tables
 
 
 def attach_ranks(table: dict, sdf, metrics: list[dict], recs_of_rows: list[dict] | None = None) -> None:
-    """Rank interval of each row's headline metric, among the rows of the same target
-    (``recs_of_rows``: the records of the targets shown, default every record of ``sdf``)."""
+    """Rank interval of each row's headline metric, among the rows of the same model family and
+    target: an SDXL submission is never ranked against an SD-1.x one (``recs_of_rows``: the
+    records of the targets shown, default every record of ``sdf``)."""
     key = headline_metric(metrics, sdf)
     table["headline"] = next((m for m in metrics if m["key"] == key), None)
     every = records_of(sdf) if recs_of_rows is None else recs_of_rows
     recs = {(r["submission"], r["target"]): r for r in every if r["metric"] == key} if key else {}
-    by_target: dict[str, list[dict]] = {}
+    by_target: dict[tuple[str, str], list[dict]] = {}  # (family, target): the rows ranked together
     for (name, target), r in recs.items():
         if finite(na_to_none(r["value"])) is not None:
-            by_target.setdefault(target, []).append({"key": name, "value": float(r["value"]), "ci": na_to_none(r["_ci"]), "scores": na_to_none(r["_scores"])})
+            by_target.setdefault((r["family"], target), []).append({"key": name, "value": float(r["value"]), "ci": na_to_none(r["_ci"]), "scores": na_to_none(r["_scores"])})
     ranks = {}
-    for target, entries in by_target.items():
+    for (_, target), entries in by_target.items():
         hib = na_to_none(table["headline"]["higher_is_better"]) if table["headline"] else True
         for r in rank_intervals(sorted(entries, key=lambda e: e["key"]), True if hib is None else bool(hib)):
             ranks[(r["key"], target)] = r
@@ -130,20 +135,24 @@ def _num_cell(x: Any) -> dict:
 
 
 def _base_rows(srecs: list[dict], metrics: list[dict], latest: dict[str, Run], sid: str) -> list[dict]:
-    """The base model's value of each metric, per (base model, target), as every record carries
-    it. Where the submissions' runs disagree (e.g. an attack that depends on the unlearned model)
-    the range is shown."""
+    """The base model's value of each metric, per (model family, base model, target), as every
+    record carries it: one reference row per base family present (more where a family has several
+    bases). Where the submissions' runs disagree (e.g. an attack that depends on the unlearned
+    model) the range is shown."""
     base_of = {}
     for name, run in latest.items():
         for s in run.data["suites"]:
             if s["id"] == sid:
                 base_of[name] = str((s.get("models") or {}).get("base") or "")
     out = []
-    keyed: dict[tuple[str, str, str], list] = {}
+    keyed: dict[tuple[str, str, str, str], list] = {}
     for r in srecs:
-        keyed.setdefault((base_of.get(r["submission"], ""), r["target"], r["target_kind"]), []).append(r)
-    many_bases = len({k[0] for k in keyed}) > 1
-    for (fp, target, kind), recs in sorted(keyed.items()):
+        keyed.setdefault((r["family"], base_of.get(r["submission"], ""), r["target"], r["target_kind"]), []).append(r)
+    many_families = len({k[0] for k in keyed}) > 1
+    bases_of: dict[str, set[str]] = {}
+    for k in keyed:
+        bases_of.setdefault(k[0], set()).add(k[1])
+    for (family, fp, target, kind), recs in sorted(keyed.items(), key=lambda kv: (family_order(kv[0][0]), kv[0])):
         cells = []
         for m in metrics:
             vals = sorted({finite(na_to_none(r["base_value"])) for r in recs if r["metric"] == m["key"]} - {None})
@@ -153,7 +162,8 @@ def _base_rows(srecs: list[dict], metrics: list[dict], latest: dict[str, Run], s
                 cells.append({"text": fmt(vals[0]), "title": ""})
             else:
                 cells.append({"text": f"{fmt(vals[0])}–{fmt(vals[-1])}", "title": "the base value differs between submissions' runs (it depends on the unlearned model, e.g. an attack)"})
-        out.append({"label": "base model" + (f" ({short(fp, 20)})" if many_bases else ""), "fingerprint": fp, "target": target, "kind": kind, "cells": cells})
+        label = "base model" + (f" ({family_title(family)})" if many_families else "") + (f" ({short(fp, 20)})" if len(bases_of[family]) > 1 else "")
+        out.append({"label": label, "fingerprint": fp, "family": family, "family_title": family_title(family), "target": target, "kind": kind, "cells": cells})
     return out
 
 
@@ -169,7 +179,9 @@ def overview_rows(df, latest: dict[str, Run]) -> list[dict]:
     for name, run in sorted(latest.items()):
         counts = {v: verdicts.get(name, []).count(v) for v in VERDICTS}
         sub = run.data["submission"]
+        fams = sorted(set(run_families(run.data).values()) or {run_family(run.data)}, key=family_order)
         out.append({"submission": name, "page": f"submissions/{slug(name)}.html", "method": sub["method"]["name"],
+                    "family": " ".join(fams), "families": [{"name": f, "title": family_title(f)} for f in fams],
                     "targets": [{"concept": t["concept"], "kind": t["kind"]} for t in sub["targets"]],
                     "kinds": " ".join(sorted({t["kind"] for t in sub["targets"]})),
                     "counts": counts, "finished": run.finished, "complete": bool(run.data.get("complete", True)),
@@ -187,8 +199,9 @@ def generation_seconds(s: dict) -> float | None:
     return float(sum(vals))
 
 
-def suite_meta(s: dict) -> dict:
-    """The fields of a suite record the pages show, every one present (None when absent)."""
+def suite_meta(s: dict, data: dict | None = None) -> dict:
+    """The fields of a suite record the pages show, every one present (None when absent); with the
+    run's ``data``, the suite's model family (``load.suite_family``)."""
     gen = s.get("generation") if isinstance(s.get("generation"), dict) else {}
     scorer = s.get("scorer")
     models = s.get("models") if isinstance(s.get("models"), dict) else {}
@@ -206,6 +219,7 @@ def suite_meta(s: dict) -> dict:
             "scorer_sha256": scorer.get("sha256") if isinstance(scorer, dict) else None,
             "models": {"base": models.get("base"), "unlearned": models.get("unlearned")}, "images": images,
             "base_model": _base_model(s.get("base_model")),
+            "family": suite_family(s, data) if data is not None else None,
             "seconds": s.get("seconds"), "generation_seconds": generation_seconds(s), "error": s.get("error")}
 
 
@@ -218,8 +232,49 @@ def _base_model(b) -> dict | None:
     return {"label": str(label)[:200] if label is not None else None, "suite_base": b.get("suite_base") if isinstance(b.get("suite_base"), bool) else None}
 
 
-def submission_page(run: Run, others: list[Run], df, images_ok: set[str]) -> dict:
-    """The context of one submission's page (its latest run)."""
+def family_comparison(run: Run, latest: dict[str, Run], df) -> dict | None:
+    """The method of ``run`` on every model family it has results for, side by side: a row per
+    (target, family, submission) over the latest runs of the submissions of the same method name,
+    the metrics (suite, label) as columns. None where those runs are all of one family."""
+    method = run.data["submission"]["method"]["name"]
+    runs = {r.id: r for r in latest.values() if r.data["submission"]["method"]["name"] == method}
+    g = df[df["_run"].isin(list(runs))]
+    if g["family"].nunique() < 2:
+        return None
+    recs = records_of(g)
+    columns: dict[tuple[str, str], dict] = {}
+    by_row: dict[tuple[str, str, str], dict] = {}
+    for r in recs:
+        columns.setdefault((r["suite"], r["metric"]), {"suite": r["suite"], "metric": r["metric"], "label": r["label"],
+                                                       "higher_is_better": na_to_none(r["higher_is_better"])})
+        by_row.setdefault((r["target"], r["family"], r["submission"]), {})[(r["suite"], r["metric"])] = r
+    suites = sorted({sid for sid, _ in columns})
+    cols = [c for sid in suites for c in columns.values() if c["suite"] == sid]  # suites by id, each's metrics in file order
+    keys = sorted(by_row, key=lambda k: (k[0], family_order(k[1]), k[2]))
+    rows = []
+    for target, family, name in keys[:MAX_ROWS]:
+        cells = by_row[(target, family, name)]
+        first = next(iter(cells.values()))
+        rows.append({"submission": name, "page": f"{slug(name)}.html", "current": name == run.name, "smoke": is_smoke(runs[first["_run"]].data),
+                     "family": family, "family_title": family_title(family), "target": target, "kind": first["target_kind"],
+                     "cells": [_compare_cell(cells.get((c["suite"], c["metric"]))) for c in cols]})
+    return {"method": method, "suites": [{"id": sid, "span": sum(c["suite"] == sid for c in cols)} for sid in suites], "columns": cols,
+            "rows": rows, "rows_left_out": max(0, len(keys) - MAX_ROWS),
+            "families": [{"name": f, "title": family_title(f)} for f in sorted(set(g["family"]), key=family_order)]}
+
+
+def _compare_cell(rec: dict | None) -> dict:
+    if rec is None:
+        return {"text": "–", "sort": "", "ci": "", "verdict": None, "base": "", "title": "no record"}
+    v = finite(na_to_none(rec["value"]))
+    return {"text": fmt(na_to_none(rec["value"])), "sort": "" if v is None else repr(v), "ci": ci_text(na_to_none(rec.get("_ci"))),
+            "verdict": rec["verdict"], "base": fmt(na_to_none(rec["base_value"])) if finite(na_to_none(rec["base_value"])) is not None else "",
+            "title": na_to_none(rec.get("error")) or ci_title(rec)}
+
+
+def submission_page(run: Run, others: list[Run], df, images_ok: set[str], latest: dict[str, Run] | None = None) -> dict:
+    """The context of one submission's page (its latest run); with ``latest`` (each submission's
+    latest run), its method's rows on every model family side by side (``family_comparison``)."""
     d = run.data
     sub = d["submission"]
     method, ck = sub["method"], sub["checkpoint"]
@@ -250,7 +305,8 @@ def submission_page(run: Run, others: list[Run], df, images_ok: set[str]) -> dic
                 pairs.append({"prompt": x["prompt"], "seed": x["seed"], "target": bool(x.get("target")),  # the harness's own rule
                               "base": x["base"] if x["base"] in images_ok else None, "unlearned": x["unlearned"] if x["unlearned"] in images_ok else None})
             grids.append({"key": key, "suites": [s["id"]], "pairs": pairs})
-    suites = [suite_meta(s) for s in d["suites"]]
+    suites = [suite_meta(s, d) for s in d["suites"]]
+    fams = sorted(set(run_families(d).values()) or {run_family(d)}, key=family_order)
     eff = []
     for k, v in (d.get("efficiency") or {}).items():
         if isinstance(v, dict):
@@ -272,6 +328,8 @@ def submission_page(run: Run, others: list[Run], df, images_ok: set[str]) -> dic
         "file": sub.get("file"), "file_sha256": sub.get("file_sha256"),
         "platform": env.get("platform"), "devices": env.get("device") or [], "libraries": libs,
         "efficiency": eff, "suites": suites, "grids": grids,
+        "families": [{"name": f, "title": family_title(f)} for f in fams],
+        "across": family_comparison(run, latest, df) if latest else None,
         "others": [{"file": o.file, "finished": o.finished, "git_sha": o.data["harness"].get("git_sha"), "complete": o.data.get("complete", True),
                     "summary": {v: sum(1 for m in o.data["metrics"] if m["verdict"] == v) for v in VERDICTS}, "current": o is run}
                    for o in sorted(others, key=lambda o: (o.finished, o.file), reverse=True)],
