@@ -224,9 +224,10 @@ def add(sub) -> None:
     e.add_argument("--world", choices=["toy", "generic"], default="toy", help="prompt contexts: the toy world's template, or the bare concept")
     e.add_argument("--param", action="append", type=param, metavar="KEY=VALUE", help="method parameter (repeatable), e.g. steps=400")
     e.add_argument("--device", default="cpu", type=typed("--device", device))
-    e.add_argument("--preset", choices=["paper", "toy"], default=None,
-                   help="the method's parameter set: paper (the authors' published settings) or toy (tuned on the toy world); "
-                        "default: toy on the builtin toy world, else paper; --param values override it")
+    e.add_argument("--preset", choices=["paper", "paper-sdxl", "toy"], default=None,
+                   help="the method's parameter set: paper (the authors' published settings), paper-sdxl (their SDXL settings, "
+                        "where a method has them: esd) or toy (tuned on the toy worlds); default: toy on a builtin toy world, else "
+                        "paper-sdxl on an SDXL base where the method has it, else paper; --param values override it")
     e.add_argument("--repeats", type=typed("--repeats", positive_count), default=1, metavar="N",
                    help="run the erasure N times, each in a fresh process; method.json records every run's time and peak memory "
                         "and the results give their mean with a 95%% interval (default 1: a single run)")

@@ -110,10 +110,11 @@ def method_info(name: str) -> MethodInfo:
     return REGISTRY.get(name)
 
 
-def preset_params(mod, method: str, preset: str | None, base: Path, explicit: dict) -> tuple[str | None, dict]:
+def preset_params(mod, method: str, preset: str | None, base: Path, explicit: dict, family: str | None = None) -> tuple[str | None, dict]:
     """The parameters a run uses: the method's preset (``PRESETS[name]``; default ``toy`` when
-    the base is the builtin toy world, else ``paper``) with explicit values on top. Unknown
-    parameter names are refused (one line)."""
+    the base is a builtin toy world, else ``paper-FAMILY`` where the method has one for the
+    base's model family ``family`` (ESD's ``paper-sdxl``), else ``paper``) with explicit values
+    on top. Unknown parameter names are refused (one line)."""
     import inspect
 
     from harness.families.base import TOY_PIPELINES
@@ -126,6 +127,8 @@ def preset_params(mod, method: str, preset: str | None, base: Path, explicit: di
     else:
         if preset is None:
             preset = "toy" if Path(base).resolve() in {p.resolve() for p in TOY_PIPELINES.values()} else "paper"
+            if preset == "paper" and family and f"paper-{family}" in presets:
+                preset = f"paper-{family}"
         if preset not in presets:
             raise HarnessError(f"--preset: {method} has no preset {preset!r}; known: {', '.join(presets)}")
         chosen = dict(presets[preset])
@@ -278,7 +281,9 @@ def run_erase(
 
     mod = get_method(method)
     base, out = Path(base), Path(out)
-    preset, params = preset_params(mod, method, preset, base, dict(params or {}))
+    # the base's family picks a method's default preset where it has one for it (paper-sdxl)
+    family_name = family_of(base, what="--base").name if preset is None and (base / "model_index.json").is_file() else None
+    preset, params = preset_params(mod, method, preset, base, dict(params or {}), family=family_name)
     if not (base / "model_index.json").is_file():
         raise HarnessError(f"--base {base}: no diffusers pipeline there (model_index.json missing)")
     if out.exists() and not force:

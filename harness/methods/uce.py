@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from harness.errors import HarnessError
+from harness.families import family_of_pipeline
 from harness.methods import MethodInfo
 from harness.methods.common import ConceptPrompts, cross_attention_kv, denoiser, text_embeddings
 
@@ -69,10 +71,14 @@ def _flat(emb: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
-    """Per-token embeddings (N, tokens, d) and each prompt's last content index (mask sum - 2)."""
-    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
-    emb = pipe.text_encoder(tok["input_ids"].to(pipe.text_encoder.device))[0]
-    return emb, [int(m.sum()) - 2 for m in tok["attention_mask"]]
+    """Per-token embeddings (N, tokens, d) as the cross-attention reads them (the model family's
+    ``encode_prompts``: SD-1.x's text encoder, SDXL's two encoders' penultimate states
+    concatenated) and each prompt's last content index: the first tokenizer's attention mask
+    sum - 2, as the authors' ``uce_sd_erase.py`` takes it on either model."""
+    fam = family_of_pipeline(pipe)
+    tokenizer = fam.text_encoders(pipe)[0][0]
+    mask = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")["attention_mask"]
+    return fam.encode_prompts(pipe, prompts), [int(m.sum()) - 2 for m in mask]
 
 
 def _last(pipe, prompts: list[str]) -> torch.Tensor:
@@ -115,8 +121,6 @@ def rows(pipe, concepts: list[ConceptPrompts], token_positions: str) -> tuple[to
 def resolve(params: dict, concepts: list[ConceptPrompts]) -> dict:
     """The parameters as run: ``preserve_scale`` None means the variant's default (tail: the
     paper-era max(0.1, 1 / len(preserved set)); otherwise 1)."""
-    from harness.errors import HarnessError
-
     out = dict(params)
     if out.get("token_positions", "all") not in TOKEN_POSITIONS:
         raise HarnessError(f"--param token_positions: must be one of {', '.join(TOKEN_POSITIONS)}, not {out['token_positions']!r}")
@@ -140,19 +144,24 @@ def erase(
         raise ValueError(f"token_positions must be one of {', '.join(TOKEN_POSITIONS)}, not {token_positions!r}")
     preserve_scale = resolve({"preserve_scale": preserve_scale, "token_positions": token_positions}, concepts)["preserve_scale"]
     c, a, p = (x.cpu() for x in rows(pipe, concepts, token_positions))
-    return edit_kv(denoiser(pipe), c, a, p, erase_scale, preserve_scale, lamb)
+    return edit_kv(denoiser(pipe), c, a, p, erase_scale, preserve_scale, lamb, family=family_of_pipeline(pipe))
 
 
 @torch.no_grad()
-def edit_kv(unet, c: torch.Tensor, a: torch.Tensor, p: torch.Tensor, erase_scale: float, preserve_scale: float, lamb: float) -> dict[str, torch.Tensor]:
-    """The closed form above on every cross-attention K/V projection of ``unet``, in place, with
-    rows c (erased inputs), a (anchor inputs, mapped by the current W) and p (preserved inputs),
-    float64 on the CPU; returns the new weights by UNet state-dict name (RECE reuses this)."""
+def edit_kv(unet, c: torch.Tensor, a: torch.Tensor, p: torch.Tensor, erase_scale: float, preserve_scale: float, lamb: float,
+            family=None) -> dict[str, torch.Tensor]:
+    """The closed form above on every cross-attention K/V projection of ``unet`` (as ``family``
+    names them; None: the default family's names), in place, with rows c (erased inputs), a
+    (anchor inputs, mapped by the current W) and p (preserved inputs), float64 on the CPU;
+    returns the new weights by UNet state-dict name (RECE reuses this). Every projection must
+    read the rows' width (SDXL: the 2048-wide concatenated embedding)."""
     d = c.shape[1]
     gram = lamb * torch.eye(d, dtype=torch.float64) + erase_scale * c.T @ c + preserve_scale * p.T @ p
     gram_inv = torch.linalg.inv(gram)
     changed: dict[str, torch.Tensor] = {}
-    for name, lin in cross_attention_kv(unet).items():
+    for name, lin in cross_attention_kv(unet, family).items():
+        if lin.weight.shape[1] != d:
+            raise HarnessError(f"uce: cross-attention {name} reads {lin.weight.shape[1]}-wide inputs, the text embeddings are {d} wide")
         w = lin.weight.double().cpu()
         rhs = lamb * w + erase_scale * (w @ a.T) @ c + preserve_scale * (w @ p.T) @ p
         new = (rhs @ gram_inv).to(device=lin.weight.device, dtype=lin.weight.dtype)
