@@ -387,11 +387,11 @@ class SD1Family:
     title = "Stable Diffusion 1.x"
     pipeline_class = "StableDiffusionPipeline"
     features = frozenset({"unet", "cross_attention", "text_encoder", "token_embeddings", "vae", "partial_diffusion"})
-    components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-    checkpoint_kinds = ("unet", "text_encoder")
+    components: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    checkpoint_kinds: tuple[str, ...] = ("unet", "text_encoder")
     _configs = {"tokenizer": "tokenizer_config.json", "scheduler": "scheduler_config.json"}
     _component_files = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors"}
-    _other_families = ("text_encoder_2", "transformer", "prior", "decoder")  # parts SD-1.x pipelines never name
+    _other_families: tuple[str, ...] = ("text_encoder_2", "transformer", "prior", "decoder")  # parts SD-1.x pipelines never name
 
     def __repr__(self) -> str:
         return f"<model family {self.name}>"
