@@ -9,8 +9,10 @@
 #                                                   # image lacks (diffusers, pydantic, ...) -> .whl/
 #   bash benchmarks/gpu_check.sh [gpu_check.py options, e.g. --compile or --dtypes float16]
 #                                                   # there, with .whl carried along
+#   bash benchmarks/gpu_check.sh --model sdxl --dtypes float16
+#                                                   # SDXL 1.0 base's size at 1024x1024 (batches 1..8, 10 and 20 steps)
 #
-# Without a GPU: .venv/bin/python benchmarks/gpu_check.py --tiny --device cpu
+# Without a GPU: .venv/bin/python benchmarks/gpu_check.py --tiny --device cpu [--model sdxl]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1

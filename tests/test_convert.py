@@ -4,9 +4,9 @@ CompVis checkpoint evaluates to the same images as the diffusers original."""
 
 import os
 import pickle
-import re
 
 import torch
+from fixtures.ldm import unet_to_ldm as to_ldm  # the LDM names, written by hand (not by the converter under test)
 from safetensors.torch import load_file
 
 from harness.cli.main import main
@@ -14,53 +14,6 @@ from harness.store.hashing import sha256_file
 from harness.families.sd1 import TOY_PIPELINE
 
 UNET_FILE = TOY_PIPELINE / "unet" / "diffusion_pytorch_model.safetensors"
-RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
-       "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-
-
-def to_ldm(state: dict, layers_per_block: int = 1) -> dict:
-    """The CompVis / LDM names of an SD-1.x-shaped diffusers UNet state dict: written here by hand
-    from the LDM module layout, independently of the diffusers converter the harness uses."""
-    n = layers_per_block + 1
-    out = {}
-    for k, v in state.items():
-        m = None
-        if k.startswith("time_embedding.linear_1."):
-            m = k.replace("time_embedding.linear_1.", "time_embed.0.")
-        elif k.startswith("time_embedding.linear_2."):
-            m = k.replace("time_embedding.linear_2.", "time_embed.2.")
-        elif k.startswith("conv_in."):
-            m = k.replace("conv_in.", "input_blocks.0.0.")
-        elif k.startswith("conv_norm_out."):
-            m = k.replace("conv_norm_out.", "out.0.")
-        elif k.startswith("conv_out."):
-            m = k.replace("conv_out.", "out.2.")
-        elif g := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k):
-            b, what, j, rest = int(g[1]), g[2], int(g[3]), g[4]
-            i = b * n + j + 1
-            m = f"input_blocks.{i}.0.{_res(rest)}" if what == "resnets" else f"input_blocks.{i}.1.{rest}"
-        elif g := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", k):
-            m = f"input_blocks.{(int(g[1]) + 1) * n}.0.op.{g[2]}"
-        elif g := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", k):
-            m = f"middle_block.{2 * int(g[1])}.{_res(g[2])}"
-        elif g := re.match(r"mid_block\.attentions\.0\.(.*)", k):
-            m = f"middle_block.1.{g[1]}"
-        elif g := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k):
-            b, what, j, rest = int(g[1]), g[2], int(g[3]), g[4]
-            i = b * n + j
-            m = f"output_blocks.{i}.0.{_res(rest)}" if what == "resnets" else f"output_blocks.{i}.1.{rest}"
-        elif g := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", k):
-            b = int(g[1])
-            has_attn = any(x.startswith(f"up_blocks.{b}.attentions.") for x in state)
-            m = f"output_blocks.{b * n + n - 1}.{2 if has_attn else 1}.conv.{g[2]}"
-        assert m is not None, k
-        out["model.diffusion_model." + m] = v
-    return out
-
-
-def _res(rest: str) -> str:
-    name, _, tail = rest.partition(".")
-    return f"{RES[name]}.{tail}"
 
 
 def erased_unet(scale: float = 0.5) -> dict:

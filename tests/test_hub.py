@@ -442,3 +442,74 @@ def test_fetch_of_a_whole_repository_picks_pipeline_or_model_files_and_an_unreac
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     rc, out, err = run(capsys, "fetch", f"hub:toy/other@{'b' * 40}:x.safetensors", "--quiet")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "could not download" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- SDXL snapshots
+SDXL_INDEX = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.19.0.dev0", "force_zeros_for_empty_prompt": True,
+              "add_watermarker": None, "scheduler": ["diffusers", "EulerDiscreteScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+              "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+              "tokenizer_2": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+# stabilityai/stable-diffusion-xl-base-1.0's kinds of files: the diffusers weights and configs, their fp16
+# variants, root single files (the generative-models checkpoint, one with the 0.9 VAE, an example LoRA),
+# a second VAE folder no component names, ONNX / OpenVINO / Flax exports, images and the model card
+SDXL_EXTRA = ["README.md", "LICENSE.md", "01.png", ".gitattributes", "sd_xl_base_1.0.safetensors", "sd_xl_base_1.0_0.9vae.safetensors",
+              "sd_xl_offset_example-lora_1.0.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_flax_model.msgpack",
+              "unet/model.onnx", "unet/model.onnx_data", "unet/openvino_model.bin", "unet/openvino_model.xml",
+              "text_encoder/model.fp16.safetensors", "text_encoder/flax_model.msgpack", "text_encoder/model.onnx", "text_encoder/openvino_model.bin",
+              "text_encoder/openvino_model.xml", "text_encoder_2/model.fp16.safetensors", "text_encoder_2/model.onnx",
+              "text_encoder_2/model.onnx_data", "text_encoder_2/openvino_model.bin", "text_encoder_2/openvino_model.xml",
+              "vae/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_flax_model.msgpack", "vae_1_0/config.json",
+              "vae_1_0/diffusion_pytorch_model.safetensors", "vae_1_0/diffusion_pytorch_model.fp16.safetensors", "vae_decoder/config.json",
+              "vae_decoder/model.onnx", "vae_decoder/openvino_model.bin", "vae_decoder/openvino_model.xml", "vae_encoder/config.json",
+              "vae_encoder/model.onnx", "unet/diffusion_pytorch_model.safetensors.index.fp16.json", "unet/extra/notes.json"]
+SDXL_NEEDED = ["model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+               "text_encoder_2/config.json", "text_encoder_2/model.safetensors", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
+               "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "tokenizer_2/merges.txt", "tokenizer_2/special_tokens_map.json",
+               "tokenizer_2/tokenizer_config.json", "tokenizer_2/vocab.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+               "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+
+
+def test_an_sdxl_listing_selects_each_components_configs_and_plain_safetensors_only():
+    from harness.store.hub import pipeline_files
+
+    listing = sorted(SDXL_NEEDED + SDXL_EXTRA)
+    assert pipeline_files(listing, SDXL_INDEX) == sorted(SDXL_NEEDED)
+    # a component the index does not name is not fetched, one it names is; sharded weights come with their index
+    shards = ["unet/diffusion_pytorch_model-00001-of-00002.safetensors", "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+              "unet/diffusion_pytorch_model.safetensors.index.json"]
+    assert pipeline_files(listing + shards, {k: v for k, v in SDXL_INDEX.items() if k != "vae"}) == [
+        p for p in sorted(SDXL_NEEDED) if not p.startswith("vae/")] + shards
+    assert pipeline_files(["vae_1_0/config.json", "vae_1_0/diffusion_pytorch_model.safetensors"], {**SDXL_INDEX, "vae_1_0": ["diffusers", "AutoencoderKL"]}) == [
+        "vae_1_0/config.json", "vae_1_0/diffusion_pytorch_model.safetensors"]
+    assert pipeline_files(["[ab]/config.json", "a/config.json"], {"[ab]": ["diffusers", "X"]}) == []  # a name that is a pattern names nothing
+
+
+def test_fetch_of_an_sdxl_repository_leaves_its_duplicates_on_the_hub(hub, tmp_path, capsys, monkeypatch):
+    """A toy-xl pipeline laid out like SDXL 1.0 base on the stand-in hub (every duplicate kind of
+    file beside it): ``unlearn fetch`` gets exactly the diffusers files, the snapshot loads as an
+    SDXL base offline, and ``unlearn convert`` reads it as ``--base hub:...``."""
+    from safetensors.torch import load_file, save_file
+
+    from harness.families import family_of
+    from harness.store.hub import pipeline_snapshot
+    from harness.toy.model import build_pipeline_xl
+
+    build_pipeline_xl(seed=2).save_pretrained(str(tmp_path / "xl"))
+    files = {p.relative_to(tmp_path / "xl").as_posix(): p.read_bytes() for p in sorted((tmp_path / "xl").rglob("*")) if p.is_file()}
+    own = set(files)
+    files.update({name: (b"w" * 4096 if name.endswith((".safetensors", ".bin", ".onnx", ".onnx_data", ".msgpack")) else b"{}") for name in SDXL_EXTRA})
+    rev = hub.add_repo("toy/sdxl-tiny", files)
+    rc, out, err = run(capsys, "fetch", f"hub:toy/sdxl-tiny@{rev}", "--quiet")
+    assert rc == 0, err
+    snap = tmp_path / "hf" / "models--toy--sdxl-tiny" / "snapshots" / rev
+    assert {p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()} == own
+    got = {path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
+    assert any(p.endswith("/unet/diffusion_pytorch_model.safetensors") for p in got)
+    assert not [p for p in got if any(p.endswith("/" + x) for x in SDXL_EXTRA)]  # not even asked for
+    go_offline(monkeypatch)
+    assert pipeline_snapshot("toy/sdxl-tiny", rev, download=False) == snap and family_of(snap).name == "sdxl"
+    unet = load_file(str(snap / "unet" / "diffusion_pytorch_model.safetensors"))
+    key = next(k for k in unet if ".attn2.to_k." in k)
+    save_file({key: unet[key] + 1}, str(tmp_path / "edit.safetensors"))
+    rc, out, err = run(capsys, "convert", str(tmp_path / "edit.safetensors"), "--base", f"hub:toy/sdxl-tiny@{rev}", "--out", str(tmp_path / "u.safetensors"))
+    assert rc == 0 and "1 changed unet tensor(s) kept" in out, err

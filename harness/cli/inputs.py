@@ -234,9 +234,10 @@ def add(sub) -> None:
     f = sub.add_parser("convert", help="pickle (.ckpt .pth .pt .bin) or CompVis checkpoint -> safetensors of the tensors changed vs the base")
     f.add_argument("checkpoint")
     f.add_argument("--out", required=True, help="the .safetensors file to write")
-    f.add_argument("--base", default="toy", help="toy, a diffusers pipeline folder, or hub:REPO@COMMIT (from the Hugging Face cache)")
-    f.add_argument("--kind", choices=["auto", "unet", "text_encoder", "plain"], default="auto",
-                   help="plain: every tensor as it is (scorer weights), no base and no diff")
+    f.add_argument("--base", default="toy", help="toy, toy-xl, a diffusers pipeline folder, or hub:REPO@COMMIT (from the Hugging Face cache)")
+    f.add_argument("--kind", choices=["auto", "unet", "text_encoder", "text_encoder_2", "plain"], default="auto",
+                   help="the component to take (a single file holds several; text_encoder_2: SDXL's second, OpenCLIP, encoder); "
+                   "plain: every tensor as it is (scorer weights), no base and no diff")
     f.add_argument("--atol", type=float, default=0.0, help="treat tensors within this absolute difference of the base's as unchanged")
     f.add_argument("--root", default=".")
     f.set_defaults(func=cmd_convert)

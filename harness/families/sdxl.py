@@ -28,6 +28,9 @@ from harness.families.sd1 import LDM_UNET, SD1Family, accelerate, dtype_kwargs, 
 # SDXL single-file / CompVis-style (generative-models) checkpoint names
 SGM_TEXT = "conditioner.embedders.0.transformer."  # the first text encoder (HF CLIP layout)
 SGM_TEXT_2 = "conditioner.embedders.1.model."  # the second (OpenCLIP layout)
+# names of a single file that belong to no diffusers component a checkpoint kind names
+FOREIGN = (LDM_UNET, "conditioner.", "first_stage_model.", "cond_stage_model.", "denoiser.", "model_ema.")
+_PAD = "__harness_pad__"  # a placeholder block name (ldm_unet_to_diffusers); never in a result
 
 
 class SDXLFamily(SD1Family):
@@ -85,8 +88,10 @@ class SDXLFamily(SD1Family):
 
     # -- converting the field's checkpoint files (``unlearn convert``)
     def guess_kind(self, tensors: dict) -> str:
-        """The component a checkpoint's tensors belong to: the second text encoder by its OpenCLIP
-        prefix or its projection (``text_projection.weight``), else as SD-1.x guesses."""
+        """The component a checkpoint's tensors belong to: the UNet by its LDM or diffusers names,
+        the second text encoder by its OpenCLIP prefix or its projection (``text_projection.weight``),
+        else the first text encoder. A single file holding every component guesses ``unet``
+        (``--kind`` picks another)."""
         if any(k.startswith(LDM_UNET) or k.startswith(("down_blocks.", "up_blocks.", "mid_block.", "conv_in.", "unet.")) for k in tensors):
             return "unet"
         if any(k.startswith(SGM_TEXT_2) or k.startswith("text_encoder_2.") or k == "text_projection.weight" for k in tensors):
@@ -98,24 +103,24 @@ class SDXLFamily(SD1Family):
         return "compvis" if any(k.startswith((LDM_UNET, SGM_TEXT, SGM_TEXT_2)) for k in tensors) else "diffusers"
 
     def to_diffusers(self, tensors: dict, kind: str, base: Path) -> dict:
-        """Diffusers names for one component: the UNet as SD-1.x's (diffusers converts either), the
-        first text encoder from ``conditioner.embedders.0.transformer.``, the second from the
-        OpenCLIP names under ``conditioner.embedders.1.model.``."""
-        if kind == "unet":
-            return super().to_diffusers(tensors, kind, base)
-        if kind == "text_encoder":
-            if any(k.startswith(SGM_TEXT) for k in tensors):
-                from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+        """Diffusers names for one component of a generative-models checkpoint, a single file of
+        every component included (the others' tensors are left out): the UNet from
+        ``model.diffusion_model.`` (``ldm_unet_to_diffusers`` with the base's UNet config), the first
+        text encoder from ``conditioner.embedders.0.transformer.`` (Hugging Face CLIP names), the
+        second from the OpenCLIP names under ``conditioner.embedders.1.model.``. A diffusers-named
+        file keeps its names (a ``unet.`` / ``text_encoder.`` / ``text_encoder_2.`` prefix dropped,
+        the other components' tensors left out)."""
+        if kind == "unet" and any(k.startswith(LDM_UNET) for k in tensors):
+            return ldm_unet_to_diffusers(tensors, _unet_config(base))
+        if kind == "text_encoder" and any(k.startswith(SGM_TEXT) for k in tensors):
+            from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
 
-                return convert_ldm_clip_checkpoint({k: v for k, v in tensors.items() if k.startswith(SGM_TEXT)})
-            return {k.removeprefix("text_encoder."): v for k, v in tensors.items() if not k.startswith(("text_encoder_2.", "unet.", "vae."))
-                    and not k.startswith((LDM_UNET, "conditioner.", "first_stage_model."))}
-        if kind == "text_encoder_2":
-            if any(k.startswith(SGM_TEXT_2) for k in tensors):
-                return _open_clip_to_diffusers(tensors, base)
-            return {k.removeprefix("text_encoder_2."): v for k, v in tensors.items()
-                    if not k.startswith(("text_encoder.", "unet.", "vae.", LDM_UNET, "conditioner.", "first_stage_model."))}
-        return super().to_diffusers(tensors, kind, base)
+            return convert_ldm_clip_checkpoint({k: v for k, v in tensors.items() if k.startswith(SGM_TEXT)})
+        if kind == "text_encoder_2" and any(k.startswith(SGM_TEXT_2) for k in tensors):
+            return _open_clip_to_diffusers(tensors, base)
+        own = f"{kind}."
+        others = tuple(f"{c}." for c in ("unet", "vae", "text_encoder", "text_encoder_2") if c != kind)
+        return {k.removeprefix(own): v for k, v in tensors.items() if not k.startswith((*others, *FOREIGN))}
 
     # -- parts methods and attacks use
     def text_encoders(self, pipe) -> list[tuple]:
@@ -303,6 +308,60 @@ def _open_clip_to_diffusers(tensors: dict, base: Path) -> dict:
         raise HarnessError(f"--base: text_encoder_2/config.json of {base.name} is not a readable CLIP config ({type(e).__name__})") from None
     model = SimpleNamespace(config=SimpleNamespace(hidden_size=width))
     return convert_open_clip_checkpoint(model, {k: v for k, v in tensors.items() if k.startswith(SGM_TEXT_2)}, prefix=SGM_TEXT_2)
+
+
+def _unet_config(base: Path) -> dict:
+    """The base's ``unet/config.json`` (a one-line error when it is not a JSON object)."""
+    import json
+
+    try:
+        config = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise HarnessError(f"--base: unet/config.json of {base.name} is not a readable JSON config ({type(e).__name__})") from None
+    if not isinstance(config, dict):
+        raise HarnessError(f"--base: unet/config.json of {base.name} is not a JSON object")
+    return config
+
+
+def ldm_unet_to_diffusers(tensors: dict, config: dict) -> dict:
+    """The ``model.diffusion_model.*`` tensors of a checkpoint under diffusers' UNet names, by
+    diffusers' ``convert_ldm_unet_checkpoint`` with the base's config, made safe for a checkpoint
+    that holds only some of the UNet (the tensors a method changed):
+
+    - that converter numbers blocks by counting the distinct ``input_blocks.N`` / ``middle_block.N``
+      / ``output_blocks.N`` present, so a missing block would shift every later one; each missing
+      index below the highest present gets a placeholder name, removed afterwards;
+    - it reads the ``label_emb`` tensors (SDXL's ``text_time`` embedding, a class embedding) without
+      asking whether they are there; they are renamed here, from the same table, when present.
+
+    Every tensor must come out under a diffusers name (the converter passes the same tensor
+    objects); one it leaves behind is a one-line error, not an edit silently lost."""
+    import re
+
+    import torch
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_ldm_unet_checkpoint
+
+    unet = {k[len(LDM_UNET):]: v for k, v in tensors.items() if k.startswith(LDM_UNET)}
+    embed = ("addition_embed_type" if config.get("addition_embed_type") == "text_time"
+             else "class_embed_type" if config.get("class_embed_type") in ("timestep", "projection") else None)
+    out = {}
+    if embed is not None:
+        table: dict = DIFFUSERS_TO_LDM_MAPPING["unet"][embed]  # type: ignore[index]  # a dict of dicts of names
+        out = {new: unet[old] for new, old in table.items() if old in unet}
+    padded = {LDM_UNET + k: v for k, v in unet.items()}
+    for part in ("input_blocks", "middle_block", "output_blocks"):
+        present = {int(m[1]) for k in unet if (m := re.match(rf"{part}\.(\d+)\.", k))}
+        for i in range(max(present, default=-1) + 1):
+            if i not in present:
+                padded[f"{LDM_UNET}{part}.{i}.{_PAD}"] = torch.empty(0)
+    cfg = {k: v for k, v in config.items() if k not in ("addition_embed_type", "class_embed_type")}
+    out.update({k: v for k, v in convert_ldm_unet_checkpoint(padded, cfg).items() if _PAD not in k and v is not None})
+    placed = {id(v) for v in out.values()}
+    left = sorted(k for k, v in unet.items() if id(v) not in placed)
+    if left:
+        raise HarnessError(f"convert: {len(left)} UNet tensor(s) have no diffusers name under the base's UNet config, e.g. "
+                           f"{(LDM_UNET + left[0])[:120]!r} (a checkpoint of another architecture than --base?)")
+    return out
 
 
 SDXL = SDXLFamily()

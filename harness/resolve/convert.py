@@ -10,9 +10,11 @@ ESD and UnlearnCanvas publish CompVis / LDM ``.ckpt`` / ``.pth`` files (``model.
 2. strips training state: everything that is not a tensor (epoch, step, config), the optimizer,
    LR schedulers, callbacks, and the EMA copy (``model_ema.*``);
 3. renames the CompVis / LDM layout to diffusers names with diffusers' own single-file
-   conversion (``diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint`` with the
-   base's UNet config, ``convert_ldm_clip_checkpoint`` for the text encoder); diffusers-named
-   files pass through;
+   conversion, as the base's model family asks (``harness.families``: ``to_diffusers``):
+   ``convert_ldm_unet_checkpoint`` with the base's UNet config, ``convert_ldm_clip_checkpoint``
+   for a CLIP text encoder, ``convert_open_clip_checkpoint`` for SDXL's second (OpenCLIP) one;
+   an SDXL single file (``sd_xl_base_1.0.safetensors``: UNet, both text encoders and the VAE)
+   gives the one component ``--kind`` names; diffusers-named files pass through;
 4. keeps only the tensors that differ from the base model's (compared in the checkpoint's
    dtype; ``--atol`` for a tolerance), so a full-UNet ESD file becomes the small set of changed
    tensors a submission ships; every kept name must exist in the base with the same shape;
@@ -114,21 +116,27 @@ def layout_of(tensors: dict) -> str:
 
 
 def changed_tensors(new: dict, base_file: Path, kind: str, atol: float = 0.0) -> tuple[dict, int]:
-    """The tensors of ``new`` that differ from the base's (names and shapes must fit it)."""
+    """The tensors of ``new`` that differ from the base's (names and shapes must fit it). A
+    ``position_ids`` index buffer that the base's file does not hold (CLIP text models saved by
+    older transformers carry one; it is no weight) is left out."""
     import torch
     from safetensors.torch import load_file
 
     from harness.families.sd1 import _align_key
 
     own = load_file(str(base_file))
+    what = kind.replace("_", " ")
     keep, same = {}, 0
     for k, v in new.items():
         key = _align_key(k, own)
+        if key not in own and k.endswith("position_ids") and not torch.is_floating_point(v):
+            continue
         if key not in own:
-            raise HarnessError(f"convert: tensor {k!r} is not in the base's {kind.replace('_', ' ')} (a different architecture, or the wrong --kind)")
+            raise HarnessError(f"convert: tensor {k!r} is not in the base's {what} (a different architecture, or the wrong --kind)")
         b = own[key]
         if tuple(v.shape) != tuple(b.shape):
-            raise HarnessError(f"convert: tensor {k!r} has shape {tuple(v.shape)}, the base's is {tuple(b.shape)}")
+            raise HarnessError(f"convert: tensor {k!r} has shape {tuple(v.shape)}, the base's {what} has {tuple(b.shape)} "
+                               "(a checkpoint of another architecture than --base?)")
         if not torch.is_floating_point(v):
             continue
         bb = b.to(v.dtype)
@@ -140,7 +148,7 @@ def changed_tensors(new: dict, base_file: Path, kind: str, atol: float = 0.0) ->
 
 
 def base_folder(base: str, root: Path) -> Path:
-    """``toy``, a diffusers folder, or ``hub:REPO@COMMIT`` (from the Hugging Face cache)."""
+    """``toy`` / ``toy-xl``, a diffusers folder, or ``hub:REPO@COMMIT`` (from the Hugging Face cache)."""
     import re
 
     from harness.families.base import TOY_PIPELINES
@@ -154,7 +162,8 @@ def base_folder(base: str, root: Path) -> Path:
         return pipeline_snapshot(m.group(1), m.group(2), what="--base")
     p = Path(base)
     if not (p / "model_index.json").is_file():
-        raise HarnessError(f"--base {base}: not a diffusers pipeline folder (model_index.json missing), 'toy' or hub:REPO@COMMIT")
+        raise HarnessError(f"--base {base}: not a diffusers pipeline folder (model_index.json missing), "
+                           f"{' or '.join(repr(t) for t in TOY_PIPELINES)} or hub:REPO@COMMIT")
     from harness.store.safefs import check_configs
 
     check_configs(p, f"--base {base}")  # configs that parse, within a suite's bounds: one line, not a traceback

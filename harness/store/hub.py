@@ -32,9 +32,14 @@ from harness.store.hashing import sha256_file, sha256_tree
 from harness.store.safefs import check_model_folder, inside
 
 # what a diffusers Stable Diffusion pipeline needs from a hub repository (no safety checker,
-# no fp16 / EMA / non-EMA variants, no single-file .ckpt copies)
+# no fp16 / EMA / non-EMA variants, no single-file .ckpt / .safetensors copies at the root, no
+# ONNX / OpenVINO / Flax exports): ``pipeline_allow`` narrows the allow list to the components
+# model_index.json names; PIPELINE_ALLOW is what is asked when the index is not known yet.
 PIPELINE_ALLOW = ["*.json", "*.txt", "tokenizer/*", "*/*.safetensors"]
-PIPELINE_IGNORE = ["safety_checker/*", "*.fp16.*", "*non_ema*", "*.ema.*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*"]
+PIPELINE_IGNORE = ["safety_checker/*", "*.fp16.*", "*non_ema*", "*.ema.*", "*.ckpt", "*.bin", "*.msgpack", "*.onnx*",
+                   "*.*.safetensors", "*.safetensors.index.*.json",  # a variant: a second suffix before .safetensors (.fp16, .ema)
+                   "*/*/*"]  # nothing below a component's own folder
+PIPELINE_SKIP = ("safety_checker",)  # components a run never loads (passed as None)
 TRANSFORMERS_ALLOW = ["*.json", "*.txt", "*.model", "*.safetensors"]
 TRANSFORMERS_IGNORE = ["*.bin", "*.msgpack", "*.h5", "*.ot", "*.onnx*", "*/*"]
 
@@ -309,17 +314,66 @@ def _bars(progress: bool) -> None:
     (enable_progress_bars if progress else disable_progress_bars)()
 
 
+def pipeline_allow(index: dict) -> list[str]:
+    """The allow patterns of a diffusers pipeline's snapshot, from its ``model_index.json``: the
+    index itself and, per component it names (the safety checker left out), the files directly in
+    that component's folder that are configs or tokenizer files (``*.json``, ``*.txt``, ``*.model``)
+    or safetensors weights. With ``PIPELINE_IGNORE`` this leaves out every variant (``.fp16.``,
+    EMA), folders no component names (SDXL's ``vae_1_0``, ``vae_decoder`` / ``vae_encoder`` ONNX
+    exports), root single files (``sd_xl_base_1.0.safetensors``) and other formats."""
+    allow = ["model_index.json"]
+    for comp, v in index.items():
+        if comp.startswith("_") or comp in PIPELINE_SKIP or not (isinstance(v, list) and v and v[0] is not None):
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", comp):  # a folder name, not a pattern
+            continue
+        allow += [f"{comp}/*.{ext}" for ext in ("json", "txt", "model", "safetensors")]
+    return allow
+
+
+def pipeline_files(paths, index: dict) -> list[str]:
+    """The files of a repository listing that a pipeline snapshot fetches (``pipeline_allow``,
+    ``PIPELINE_IGNORE``), in listing order."""
+    allow = pipeline_allow(index)
+    return [p for p in paths if _matches(p, allow, PIPELINE_IGNORE)]
+
+
+def _pipeline_allow_for(repo: str, revision: str, what: str, hint: str | None, download: bool) -> list[str]:
+    """The allow patterns of ``repo`` @ ``revision``: from its model_index.json (the cached
+    snapshot's, else downloaded and verified), or ``PIPELINE_ALLOW`` when nothing will be
+    downloaded (offline: the first missing file is named by ``hub_snapshot``)."""
+    import json
+
+    cached = hub_cache() / f"models--{repo.replace('/', '--')}" / "snapshots" / revision / "model_index.json"
+    if cached.is_file():
+        path = cached
+    elif offline() or not download:
+        return PIPELINE_ALLOW
+    else:
+        path = hub_file(repo, revision, "model_index.json", what=what, hint=hint)
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise HarnessError(f"{what}: {repo}@{revision[:12]}:model_index.json is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(index, dict):
+        raise HarnessError(f"{what}: {repo}@{revision[:12]}:model_index.json is not a JSON object")
+    return pipeline_allow(index)
+
+
 def pipeline_snapshot(repo: str, revision: str, what: str = "base_model", hint: str | None = None, download: bool = True, progress: bool = False) -> Path:
     """A Stable Diffusion pipeline from the hub at a commit, with every component's config and
-    safetensors weights present (offline: the first missing file is named; online, a cached
-    snapshot that lost a file gets it again)."""
+    safetensors weights present, and only those (``pipeline_allow``: an SDXL repository's fp16
+    copies, single files and ONNX / OpenVINO exports stay on the hub); offline, the first missing
+    file is named; online, a cached snapshot that lost a file gets it again."""
+    allow = _pipeline_allow_for(repo, revision, what, hint, download)
     try:
-        return _complete_pipeline(hub_snapshot(repo, revision, allow=PIPELINE_ALLOW, ignore=PIPELINE_IGNORE, what=what, hint=hint,
+        return _complete_pipeline(hub_snapshot(repo, revision, allow=allow, ignore=PIPELINE_IGNORE, what=what, hint=hint,
                                                download=download, progress=progress, required=["model_index.json"]), repo, revision, what, hint)
     except HarnessError:
         if offline() or not download:
             raise
-    return _complete_pipeline(hub_snapshot(repo, revision, allow=PIPELINE_ALLOW, ignore=PIPELINE_IGNORE, what=what, hint=hint,
+    allow = _pipeline_allow_for(repo, revision, what, hint, download)
+    return _complete_pipeline(hub_snapshot(repo, revision, allow=allow, ignore=PIPELINE_IGNORE, what=what, hint=hint,
                                            progress=progress, required=["model_index.json"], refresh=True), repo, revision, what, hint)
 
 
@@ -335,7 +389,7 @@ def _complete_pipeline(snap: Path, repo: str, revision: str, what: str, hint: st
         if comp.startswith("_") or comp in ("safety_checker", "feature_extractor", "image_encoder") or not isinstance(v, list) or v[0] is None:
             continue
         folder = snap / comp
-        if comp in ("scheduler", "tokenizer"):
+        if comp.startswith(("scheduler", "tokenizer")) or str(v[-1]).endswith(("Tokenizer", "TokenizerFast", "Scheduler")):  # no weights (SDXL: tokenizer_2)
             if not folder.is_dir() or not any(folder.iterdir()):
                 raise _missing(what, f"{repo}@{revision[:12]}:{comp}/", hint, f"hub:{repo}@{revision}")
             continue
