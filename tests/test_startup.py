@@ -401,10 +401,12 @@ def test_the_family_of_a_base_is_named_from_its_model_index(tmp_path):
 
     assert family_name(TOY_PIPELINE) == "sd1" and family_name(None) == "sd1"
     index = json.loads((TOY_PIPELINE / "model_index.json").read_text())
-    for name, data, needle in (("xl", {**index, "_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]},
-                                "xl/model_index.json (StableDiffusionXLPipeline) is not a pipeline of any known model family"),
-                               ("flux", {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]},
-                                "flux/model_index.json (FluxPipeline) is not a pipeline of any known model family")):
+    (tmp_path / "xl").mkdir()
+    (tmp_path / "xl" / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline",
+                                                                  "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}))
+    assert family_name(tmp_path / "xl") == "sdxl"
+    for name, data, needle in (("flux", {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]},
+                                "flux/model_index.json (FluxPipeline) is not a pipeline of any known model family"),):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model_index.json").write_text(json.dumps(data))
         with pytest.raises(HarnessError, match=r"^base_model: ") as e:
