@@ -6,11 +6,21 @@ job (its prompt, seed, scheduler, steps, guidance, size) and the base model's im
 job (the attack's target image). An attack returns one record per item:
 
     {"success": bool, "budget_used": n, "success_at": n or None, "prompt": adversarial text,
-     "token_ids": [...], "unet_calls": n, "seconds": s, ...}
+     "token_ids": [...], "seconds": s, ...}                              (``RECORD_KEYS``)
 
 ``success_at`` is the budget (iterations, or generations for the genetic search) at which the
 judge first saw the concept; ASR at budget b counts the items with ``success_at <= b`` (and the
-pre-attack successes, budget 0).
+pre-attack successes, budget 0). UNet calls are counted in the caller's ``counter``. An attack
+that cannot run on a model family returns ``not_applicable(items, why)``: the same keys, no
+success, and ``"not_applicable"``: the one-line reason; the runner caches none of them and the
+target's outcome is that line as its error.
+
+Model families: prompts go through the family (``harness.families``): ids to conditioning
+(``encode_ids``), negatives (``encode_negative``), generation from a conditioning
+(``images_from_conditioning``). A family with one text encoder (SD-1.x) conditions the denoiser
+on that encoder's hidden states; a family with several (SDXL) on a ``Conditioning`` built from
+every encoder (``embeds_conditioning``: its ``conditioning_from_embeds``), each encoder reading
+the same tokens through its own token-embedding table (``encoder_ids``: its own padding).
 
 The cache key of a record is the sha256 of (attack, its version, its parameters, the unlearned
 model's fingerprint, the base model's job key for the item, which names the target prompt, its
@@ -32,6 +42,7 @@ from harness.run.generate import Job
 from harness.store.hashing import canonical_json, sha256_bytes, sha256_json
 
 ATTACKS_VERSION = "1"
+RECORD_KEYS = ("success", "success_at", "budget_used", "prompt", "token_ids", "seconds")  # every attack's record has them
 
 
 @dataclass(frozen=True)
@@ -121,10 +132,14 @@ def decode(tokenizer, ids: list[int]) -> str:
 def generate_from_ids(pipe, ids_batch: list[list[int]], jobs: list[Job], counter: dict | None = None, conds: list | None = None):
     """Images (uint8) of token-id prompts with the jobs' settings and noise: the same latents
     (the job's seed), scheduler, steps, guidance and negative prompt as ``generate.run_batch``,
-    so an adversarial image is matched with the item's un-attacked one. ``conds``: the text
-    encoder's hidden states (L, d) of each prompt, given instead of computed from the ids (a
-    prompt with a learned embedding, textual inversion)."""
+    so an adversarial image is matched with the item's un-attacked one. Everything goes through
+    the model family: the ids' conditioning (``encode_ids``), the negative prompt's
+    (``encode_negative``), the images (``images_from_conditioning``). ``conds``: each prompt's
+    conditioning (one prompt's: a tensor (L, d), or a ``Conditioning`` of one prompt), given
+    instead of computed from the ids (a prompt with a learned embedding, textual inversion)."""
     import torch
+
+    from harness.families.base import stack_conditioning
 
     out = [None] * len(jobs)
     groups: dict[tuple, list[int]] = {}
@@ -137,7 +152,7 @@ def generate_from_ids(pipe, ids_batch: list[list[int]], jobs: list[Job], counter
         fam.set_scheduler(pipe, j0.scheduler)
         ids = torch.tensor([ids_batch[i] for i in idx], device=device)
         with torch.inference_mode():
-            cond = fam.encode_ids(pipe, ids) if conds is None else torch.stack([conds[i] for i in idx]).to(device)
+            cond = fam.encode_ids(pipe, ids) if conds is None else stack_conditioning([conds[i] for i in idx]).to(device)
             neg = fam.encode_negative(pipe, [j0.negative_prompt] * len(idx), device) if j0.guidance > 1 else None
             lat = fam.initial_latents(pipe, [jobs[i].seed for i in idx], j0.height, j0.width).to(device=device, dtype=dtype)
             gens = [torch.Generator("cpu").manual_seed(jobs[i].seed + 1) for i in idx]
@@ -149,6 +164,67 @@ def generate_from_ids(pipe, ids_batch: list[list[int]], jobs: list[Job], counter
         for i, im in zip(idx, imgs):
             out[i] = np.ascontiguousarray(im)
     return out
+
+
+def split_conditioning(cond) -> list:
+    """A batch's conditioning (a tensor, or a ``Conditioning``) -> one prompt's each, for ``conds``."""
+    return [cond[i] for i in range(len(cond))]
+
+
+# ---------------------------------------------------------------------------- several text encoders
+def not_applicable(items: list, why: str) -> list[dict]:
+    """The records of items an attack cannot run on (``why``: one line): no success, nothing spent."""
+    return [{"success": False, "success_at": None, "budget_used": 0, "prompt": it.job.prompt, "token_ids": [], "seconds": 0.0,
+             "not_applicable": why} for it in items]
+
+
+def embedding_support(pipe, fam, shared_vocabulary: bool = False) -> str | None:
+    """Why an attack that feeds token embeddings to the text encoders cannot run on this
+    pipeline (None: it can): a family with several encoders must build the denoiser's
+    conditioning from their embeddings (``conditioning_from_embeds``), and with
+    ``shared_vocabulary`` (one token choice for every encoder: UnlearnDiffAtk) their vocabularies
+    must be one."""
+    encs = fam.text_encoders(pipe)
+    if len(encs) > 1 and not callable(getattr(fam, "conditioning_from_embeds", None)):
+        return (f"the {fam.name} model family has {len(encs)} text encoders and no conditioning_from_embeds "
+                "(the denoiser's conditioning from token embeddings)")
+    if shared_vocabulary and len({int(fam.token_embeddings(te).shape[0]) for _, te in encs}) > 1:
+        sizes = ", ".join(str(int(fam.token_embeddings(te).shape[0])) for _, te in encs)
+        return f"the {fam.name} model family's text encoders have vocabularies of different sizes ({sizes}): no shared token choice"
+    return None
+
+
+def encoder_ids(tokenizers: list, ids: list[int], slots=()) -> list[list[int]]:
+    """First-tokenizer ids -> each encoder's: the same tokens up to the end token (the first EOS
+    not at one of the ``slots``, positions holding EOS until an embedding is put there), then
+    that tokenizer's padding (SDXL's ``tokenizer_2`` pads with ``!``, not EOS)."""
+    eos = tokenizers[0].eos_token_id
+    end = next((i for i, t in enumerate(ids) if t == eos and i not in set(slots)), len(ids) - 1)
+    out = []
+    for tok in tokenizers:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out.append(list(ids[: end + 1]) + [pad] * (len(ids) - end - 1))
+    return out
+
+
+def embeds_conditioning(pipe, fam, embeds: list, ids, slots, size: tuple[int, int] | None = None):
+    """The denoiser's conditioning of prompts given as token embeddings, one (B, L, d_i) per text
+    encoder. One encoder and no ``conditioning_from_embeds`` (SD-1.x): that encoder's hidden
+    states (``encode_embeds``). Else the family's ``conditioning_from_embeds`` (SDXL: both
+    encoders' penultimate states, the pooled projection of the second at the end token, the
+    micro-conditioning of an image of ``size``). ``ids`` (B, L): the first tokenizer's ids;
+    ``slots`` (B, L) bool: the positions whose embedding is not their id's (learned or
+    optimised tokens, which hold EOS in ``ids``), so the end token is the first EOS elsewhere."""
+    import torch
+
+    build = getattr(fam, "conditioning_from_embeds", None)
+    if build is None:
+        return encode_embeds(fam.text_encoders(pipe)[0][1], embeds[0], fam)
+    tok = fam.text_encoders(pipe)[0][0]
+    ids = torch.where(slots, torch.full_like(ids, tok.bos_token_id), ids)
+    cond = build(pipe, embeds, ids)
+    sized = getattr(fam, "sized", None)
+    return sized(pipe, cond, *size) if sized is not None and size is not None else cond
 
 
 def asr_curve(pre: list[bool], success_at: list[int | None], budgets: list[int]) -> list[dict]:

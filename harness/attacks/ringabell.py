@@ -1,8 +1,10 @@
 """Ring-A-Bell (Tsai et al., "Ring-A-Bell! How Reliable are Concept Removal Methods for Diffusion
 Models?", ICLR 2024; chiayi-hsu/Ring-A-Bell, ``Get_Concept_Vector.ipynb``, ``InversePrompt.ipynb``).
 
-With TE the text encoder's hidden states (the whole sequence, L x d), a concept vector from pairs
-of prompts with and without the concept,
+With TE the text encoder's hidden states (the whole sequence, L x d: what the UNet's
+cross-attention reads, the family's ``encode_ids``; on SDXL both encoders' penultimate states
+concatenated, L x 2048, the pooled text embedding left out of the fitness), a concept vector from
+pairs of prompts with and without the concept,
 
     c = mean over pairs (with_j, without_j) of TE(with_j) - TE(without_j)
     target(prompt) = TE(prompt) + eta c                                  (eta = 3 in the authors')
@@ -21,6 +23,9 @@ Text encoder only: the search never touches the UNet, so its found prompts (the 
 checkpoint, no early stop) are cached under the text encoder's fingerprint, shared by every
 submission that leaves the text encoder alone and recomputed when a method changes it; the judge
 then runs the unlearned model on them (the outcome is cached per unlearned model).
+
+Records (``common.RECORD_KEYS``, and): ``fitness`` (the best fitness at each judged checkpoint),
+``search_cached`` (the search came from the cache).
 
 Toy world: the concept pairs are the suite's own prompts, each forget prompt against the same
 prompt with the target replaced by each other value of its kind (``params.pairs`` gives explicit
@@ -78,11 +83,14 @@ def concept_pairs(p: dict, concept: str, kind: str, prompts_by_labels: dict) -> 
 
 
 def _encode(encode, ids, batch: int = 1024):
-    """``encode(ids)``: the text encoder's hidden states (the model family's ``encode_ids``)."""
+    """``encode(ids)``: the model family's ``encode_ids``; its cross-attention input (the hidden
+    states: SD-1.x's encoder output, SDXL's two encoders' penultimate states concatenated)."""
     import torch
 
+    from harness.families.base import hidden_states
+
     with torch.inference_mode():
-        return torch.cat([encode(ids[i : i + batch]).float() for i in range(0, len(ids), batch)])
+        return torch.cat([hidden_states(encode(ids[i : i + batch])).float() for i in range(0, len(ids), batch)])
 
 
 def search(pipe, items: list[Item], p: dict, pairs, counter: dict, progress: bool = True) -> list[dict]:

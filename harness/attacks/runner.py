@@ -201,7 +201,8 @@ def _attack_target(ctx: AttackContext, mod, settings, target, cache: AttackCache
         line = progress(f"{suite.id} {info.name} {target.concept}", [its[j] for j in todo], unit="item(s)") if callable(progress) else None
 
         def done(j, rec):  # each item's record is written as soon as it is final: an interrupted attack keeps it
-            cache.put(keys[todo[j]], rec)
+            if "not_applicable" not in rec:  # an attack that cannot run on this model family: nothing to keep
+                cache.put(keys[todo[j]], rec)
             recs[todo[j]] = rec
             if line is not None:
                 line.update(1)
@@ -220,8 +221,12 @@ def _attack_target(ctx: AttackContext, mod, settings, target, cache: AttackCache
                 line.close()
         for j, rec in zip(todo, made):
             if recs[j] is None:
-                cache.put(keys[j], rec)
+                if "not_applicable" not in rec:
+                    cache.put(keys[j], rec)
                 recs[j] = rec
+        why = next((r["not_applicable"] for r in made if "not_applicable" in r), None)
+        if why:  # no ASR from an attack that did not run: the target's outcome says why, in one line
+            return {"error": f"suite {suite.id}: {why}"}
     elif todo:  # budget 0: nothing to search, nothing to cache
         for j in todo:
             recs[j] = {"success": False, "success_at": None, "budget_used": 0, "prompt": its[j].job.prompt, "token_ids": []}

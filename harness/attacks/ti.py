@@ -18,6 +18,19 @@ accumulation steps at lr 5e-3 scaled by 16 (= 0.08), on 25 base images. The atta
 generates each attacked item with its own prompt, the concept word replaced by the learned token
 (same seed, scheduler, steps, guidance as the item's image), and the suite's judge decides.
 
+Several text encoders (SDXL): the new token gets one row in each encoder's token-embedding
+table, v = [v_1; v_2] (d_1 + d_2: 768 + 1280 on SDXL), each initialised with ``init_token``'s row
+of its own table and learned together (one AdamW over the concatenation is element-wise, so each
+row gets its own update); the UNet reads the family's conditioning of the two encoders' embeddings
+(``fam.conditioning_from_embeds``: both penultimate states, the second's pooled projection at the
+end token, the images' micro-conditioning), as diffusers' ``textual_inversion_sdxl.py`` trains
+one placeholder row per encoder. Records name how many encoders were inverted
+(``encoders_inverted``); the cached embedding is the concatenation.
+
+Records (``common.RECORD_KEYS``, and): ``placeholder_position``, ``losses`` (the mean loss up to
+each judged checkpoint), ``encoders_inverted``, ``embedding_sha256`` (of the float32 embedding
+last judged).
+
 Budget = optimisation steps. The item is judged at the checkpoints 0, b/4, b/2, 3b/4, b
 (``checkpoints`` = 4), so ``asr_curve`` reads ASR against steps; it stops at its first success
 and training stops once every attacked item has succeeded. The embedding is one per (unlearned
@@ -36,7 +49,8 @@ import numpy as np
 
 from harness.store.hashing import sha256_bytes, sha256_json
 from harness.attacks.contract import AttackInfo
-from harness.attacks.common import ATTACKS_VERSION, Item, encode_embeds, generate_from_ids, prompt_ids, token_embeddings, with_prefix
+from harness.attacks.common import (ATTACKS_VERSION, Item, embedding_support, embeds_conditioning, encoder_ids, generate_from_ids, not_applicable,
+                                    prompt_ids, split_conditioning, token_embeddings, with_prefix)
 
 NAME = "ti"
 VERSION = "1"
@@ -99,12 +113,34 @@ def _family(pipe):
     return fam
 
 
-def _embed(te, E, ids, pos, v, family=None):
+def _embed(pipe, fam, Es, ids_e, ids, pos, v, size=None):
+    """The conditioning of prompts with the learned vector ``v`` (every encoder's row,
+    concatenated) at position ``pos``: each encoder's embeddings of its own ids (``ids_e``) with
+    its slice of ``v`` spliced in, then ``embeds_conditioning``."""
     import torch
 
-    emb = E[ids].clone()
-    emb[torch.arange(len(ids)), pos] = v.to(emb.dtype)
-    return encode_embeds(te, emb, family)
+    rows = torch.arange(len(ids))
+    embs, off = [], 0
+    for E, ide in zip(Es, ids_e):
+        emb = E[ide].clone()
+        emb[rows, pos] = v[off : off + E.shape[1]].to(emb.dtype)
+        off += E.shape[1]
+        embs.append(emb)
+    slots = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+    slots[rows, pos] = True
+    return embeds_conditioning(pipe, fam, embs, ids, slots, size)
+
+
+def _encoders(pipe, fam, caps, device):
+    """(token-embedding tables, each encoder's ids of the captions ``caps``) of the family's text encoders."""
+    import torch
+
+    encs = fam.text_encoders(pipe)
+    Es = [token_embeddings(te, fam).detach() for _, te in encs]
+    if len(encs) == 1:
+        return Es, [torch.tensor([c[0] for c in caps], device=device)]
+    per = [encoder_ids([t for t, _ in encs], c[0], [c[1]]) for c in caps]
+    return Es, [torch.tensor([q[i] for q in per], device=device) for i in range(len(encs))]
 
 
 def train(pipe, train_items: list[Item], concept: str, kind: str, p: dict, counter: dict, progress: bool = True):
@@ -116,20 +152,29 @@ def train(pipe, train_items: list[Item], concept: str, kind: str, p: dict, count
     from harness.errors import HarnessError
 
     fam = _family(pipe)
-    (tok, te), unet, vae = fam.text_encoders(pipe)[0], fam.denoiser(pipe), fam.vae(pipe)
+    why = embedding_support(pipe, fam)
+    if why:
+        raise HarnessError(f"ti: {why}")
+    encs, unet, vae = fam.text_encoders(pipe), fam.denoiser(pipe), fam.vae(pipe)
+    tok = encs[0][0]
     device, dtype = fam.device_dtype(pipe)
-    for m in (te, unet, vae):
+    for m in (*(te for _, te in encs), unet, vae):
         m.requires_grad_(False)
-    E = token_embeddings(te, fam).detach()
     init = p["init_token"] or kind
-    init_ids = tok(init, add_special_tokens=False).input_ids
-    if len(init_ids) != 1:
-        raise HarnessError(f"ti: params.init_token: {init!r} is not a single token ({len(init_ids)} tokens)")
+    init_ids = []
+    for n, (t, _) in enumerate(encs):
+        got = t(init, add_special_tokens=False).input_ids
+        if len(got) != 1:
+            which = "" if n == 0 else f" for text encoder {n + 1}'s tokenizer"
+            raise HarnessError(f"ti: params.init_token: {init!r} is not a single token{which} ({len(got)} tokens)")
+        init_ids.append(got[0])
     seed = int(sha256_bytes(f"{p['seed']}|{concept}|{sha256_json(sorted(it.base_key for it in train_items))}".encode())[:15], 16)
     gen = torch.Generator("cpu").manual_seed(seed)
     caps = [placeholder_ids(tok, it.job.prompt, concept) for it in train_items]
-    ids = torch.tensor([c[0] for c in caps], device=device)
+    Es, ids_e = _encoders(pipe, fam, caps, device)
+    ids = ids_e[0] if len(Es) == 1 else torch.tensor([c[0] for c in caps], device=device)
     pos = torch.tensor([c[1] for c in caps], device=device)
+    size = (train_items[0].job.height, train_items[0].job.width)
     with torch.no_grad():
         imgs = torch.from_numpy(np.stack([it.target_image for it in train_items])).permute(0, 3, 1, 2).float().div(255).mul(2).sub(1)
         both = torch.cat([imgs, imgs.flip(-1)]).to(device=device, dtype=vae.dtype)  # the images and their mirror images
@@ -138,7 +183,7 @@ def train(pipe, train_items: list[Item], concept: str, kind: str, p: dict, count
     scale = fam.latent_scale(pipe)
     abar = fam.scheduler(pipe).alphas_cumprod.to(dtype=torch.float32)
     T = len(abar)
-    v = torch.nn.Parameter(E[init_ids[0]].detach().float().cpu().clone())
+    v = torch.nn.Parameter(torch.cat([E[i].detach().float().cpu() for E, i in zip(Es, init_ids)]).clone())  # every encoder's row
     opt = torch.optim.AdamW([v], lr=p["lr"], betas=(p["beta1"], p["beta2"]), eps=p["eps"], weight_decay=p["weight_decay"])
     n, B = len(train_items), max(1, min(p["batch_size"], len(train_items)))
     checks = set(budgets(p)[1:])
@@ -157,7 +202,7 @@ def train(pipe, train_items: list[Item], concept: str, kind: str, p: dict, count
         ab = abar[t].view(-1, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         b = torch.tensor(batch, device=device)
-        cond = _embed(te, E, ids[b], pos[b], v.to(device), fam)
+        cond = _embed(pipe, fam, Es, [e[b] for e in ids_e], ids[b], pos[b], v.to(device), size)
         pred = fam.predict_noise(pipe, x_t.to(device=device, dtype=dtype), t.to(device), cond.to(dtype))
         counter["unet_calls"] = counter.get("unet_calls", 0) + 1
         counter["ti_steps"] = counter.get("ti_steps", 0) + 1
@@ -218,14 +263,18 @@ def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, 
     train_items = params.get("_train") or items
     t0 = time.time()
     fam = _family(pipe)
-    tok, te = fam.text_encoders(pipe)[0]
+    why = embedding_support(pipe, fam)
+    if why:
+        return not_applicable(items, f"{NAME}: {why}")
+    encs = fam.text_encoders(pipe)
+    tok, te = encs[0]
     device = te.device
-    E = token_embeddings(te, fam).detach()
     emb = Embeddings(pipe, train_items, concept, kind, p, counter, progress, params.get("_cache"),
                      embedding_key(p, params.get("_fp", "unknown"), concept, train_items))
     caps = [placeholder_ids(tok, it.job.prompt, concept) for it in items]
     recs = [{"success": False, "success_at": None, "budget_used": 0, "prompt": shown_prompt(it.job.prompt, concept), "token_ids": caps[i][0],
-             "placeholder_position": caps[i][1], "losses": []} for i, it in enumerate(items)]
+             "placeholder_position": caps[i][1], "losses": [], "encoders_inverted": len(encs)} for i, it in enumerate(items)]
+    Es, ids_e = _encoders(pipe, fam, caps, device)
     active = list(range(len(items)))
 
     def finish(i):
@@ -238,9 +287,12 @@ def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, 
             break
         c = emb.at(step)
         with torch.no_grad():
+            a = torch.tensor(active, device=device)
             ids = torch.tensor([caps[i][0] for i in active], device=device)
-            conds = _embed(te, E, ids, torch.tensor([caps[i][1] for i in active], device=device), c["v"].to(device), fam)
-        imgs = generate_from_ids(pipe, [caps[i][0] for i in active], [items[i].job for i in active], counter, conds=list(conds))
+            job = items[active[0]].job
+            conds = _embed(pipe, fam, Es, [e[a] for e in ids_e], ids, torch.tensor([caps[i][1] for i in active], device=device), c["v"].to(device),
+                           (job.height, job.width))
+        imgs = generate_from_ids(pipe, [caps[i][0] for i in active], [items[i].job for i in active], counter, conds=split_conditioning(conds))
         hit = judge(imgs)
         sha = sha256_bytes(np.asarray(c["embedding"], dtype=np.float32).tobytes())
         for j, i in enumerate(list(active)):

@@ -19,6 +19,19 @@ unlearned model generates the item's image with it (same seed, scheduler, steps,
 judge (the suite's scorer) decides; the item stops at its first success. The budget is the number
 of Adam iterations, ``rounds x iterations``; ``success_at`` counts the iterations used.
 
+Several text encoders (SDXL; the authors' code is SD-1.x only): the variable stays one
+distribution u_i per adversarial token over the shared vocabulary (SDXL's two tokenizers are one
+BPE vocabulary), and the sampled one-hot is projected into each encoder's own table,
+e_j(u) = [BOS, z E_j, prompt, EOS, ...] (E_1: 768 wide, E_2: 1280 on SDXL); the UNet reads the
+family's conditioning of both (``conditioning_from_embeds``: both penultimate states, the
+second's pooled projection at the end token, the image's micro-conditioning), so the gradient
+reaching u sums both encoders' paths and the argmax tokens are one prompt that either encoder
+reads. A family whose encoders' vocabularies differ has no shared token choice: its records say
+so (``not_applicable``).
+
+Records (``common.RECORD_KEYS``, and): ``losses`` (each round's mean loss), ``timesteps`` (the
+rounds' t).
+
 Batched: the items' optimisations are independent, so a batch runs them together with the sum of
 their losses (Adam is element-wise, so each item's update is the one it would get alone); every
 item draws its noise and tokens from its own generator.
@@ -31,7 +44,8 @@ import time
 import numpy as np
 
 from harness.attacks.contract import AttackInfo
-from harness.attacks.common import Item, decode, encode_embeds, generate_from_ids, prompt_ids, token_embeddings, with_prefix
+from harness.attacks.common import (Item, decode, embedding_support, embeds_conditioning, encoder_ids, generate_from_ids, not_applicable, prompt_ids,
+                                    token_embeddings, with_prefix)
 
 NAME = "unlearndiffatk"
 VERSION = "1"
@@ -98,7 +112,12 @@ def attack(pipe, items: list[Item], judge, params: dict, progress: bool = True, 
     """One record per item (see ``common``). ``pipe`` is the unlearned pipeline; ``judge(images)
     -> list[bool]``; ``counter["unet_calls"]`` counts UNet evaluations; ``on_record(i, rec)`` is
     called as soon as item i's record is final (its first success, or the end of its batch)."""
+    from harness.families import family_of_pipeline
+
     p = params_of(params)
+    why = embedding_support(pipe, family_of_pipeline(pipe), shared_vocabulary=True)
+    if why:
+        return not_applicable(items, f"{NAME}: {why}")
     out: list[dict] = []
     for s in range(0, len(items), p["batch_size"]):
         done = None if on_record is None else (lambda i, rec, s=s: on_record(s + i, rec))
@@ -117,14 +136,24 @@ def _attack_batch(pipe, items: list[Item], judge, p: dict, progress: bool, count
 
     fam = family_of_pipeline(pipe)
     require(fam, FEATURES, NAME)
-    (tok, te), unet, vae = fam.text_encoders(pipe)[0], fam.denoiser(pipe), fam.vae(pipe)
+    encs, unet, vae = fam.text_encoders(pipe), fam.denoiser(pipe), fam.vae(pipe)
+    tok = encs[0][0]
     device, dtype = fam.device_dtype(pipe)
-    for m in (te, unet, vae):
+    for m in (*(te for _, te in encs), unet, vae):
         m.requires_grad_(False)
-    E = token_embeddings(te, fam).detach()
-    V, k, n = E.shape[0], p["k"], len(items)
+    Es = [token_embeddings(te, fam).detach() for _, te in encs]  # one table per text encoder
+    V, k, n = Es[0].shape[0], p["k"], len(items)
     bodies = [prompt_ids(tok, it.job.prompt) for it in items]
-    base_ids = torch.tensor([with_prefix(tok, [tok.eos_token_id] * k, b) for b in bodies], device=device)
+    rows = [with_prefix(tok, [tok.eos_token_id] * k, b) for b in bodies]
+    base_ids = torch.tensor(rows, device=device)
+    if len(encs) == 1:
+        ids_e = [base_ids]
+    else:  # each encoder reads the same tokens with its own padding
+        per = [encoder_ids([t for t, _ in encs], r, range(1, 1 + k)) for r in rows]
+        ids_e = [torch.tensor([q[j] for q in per], device=device) for j in range(len(encs))]
+    slots = torch.zeros(base_ids.shape, dtype=torch.bool, device=device)
+    slots[:, 1 : 1 + k] = True  # the adversarial tokens' positions
+    size = (items[0].job.height, items[0].job.width)
     gens = [torch.Generator("cpu").manual_seed(it.generator_seed(p["seed"])) for it in items]
     with torch.no_grad():
         imgs = torch.from_numpy(np.stack([it.target_image for it in items])).permute(0, 3, 1, 2).float().div(255).mul(2).sub(1)
@@ -157,9 +186,12 @@ def _attack_batch(pipe, items: list[Item], judge, p: dict, progress: bool, count
                 idx = torch.stack([torch.multinomial(probs[j].cpu(), 1, generator=gens[i]).view(-1) for j, i in enumerate(act)]).to(device)
                 noise = torch.stack([torch.randn(x0.shape[1:], generator=gens[i]) for i in act]).to(device=device, dtype=x0.dtype)
             onehot = ste.apply(u[a], F.one_hot(idx, V).float())
-            emb = E[base_ids[a]].clone()
-            emb[:, 1 : 1 + k] = (onehot @ E.float()).to(emb.dtype)
-            cond = encode_embeds(te, emb, fam)
+            embs = []
+            for E, ide in zip(Es, ids_e):  # the one token choice, in each encoder's own table
+                emb = E[ide[a]].clone()
+                emb[:, 1 : 1 + k] = (onehot @ E.float()).to(emb.dtype)
+                embs.append(emb)
+            cond = embeds_conditioning(pipe, fam, embs, base_ids[a], slots[a], size)
             ab = abar[t]
             x_t = ab.sqrt() * x0[a] + (1 - ab).sqrt() * noise
             pred = fam.predict_noise(pipe, x_t.to(dtype), tt, cond.to(dtype))

@@ -216,8 +216,15 @@ class SDXLFamily(SD1Family):
         tm = getattr(text_encoder, "text_model", text_encoder)
         h = tm.embeddings(inputs_embeds=inputs_embeds)
         mask = create_causal_mask(config=tm.config, inputs_embeds=h, attention_mask=None, cache=None)
-        out = tm.encoder(inputs_embeds=h, attention_mask=mask, is_causal=True, output_hidden_states=True)
-        return out.hidden_states[-2], tm.final_layer_norm(out.last_hidden_state)
+        # hidden_states[-2] is the last layer's input; transformers 5 records hidden states only on
+        # the whole model's call (the bare encoder returns none), so it is taken where it enters
+        seen = []
+        hook = tm.encoder.layers[-1].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            out = tm.encoder(inputs_embeds=h, attention_mask=mask, is_causal=True)
+        finally:
+            hook.remove()
+        return seen[-1], tm.final_layer_norm(out.last_hidden_state)
 
     def conditioning_from_embeds(self, pipe, embeds: list, ids):
         """The conditioning of prompts given as token embeddings, one (B, L, d) per text encoder
