@@ -148,7 +148,9 @@ class SuiteRecord(Record):
     n_prompts: int | None = Field(None, description="prompts generated per model")
     n_images_per_model: int | None = Field(None, description="images generated per model (prompts x seeds)")
     smoke: bool | None = Field(None, description="a smoke subset of the suite (`--unlearn-smoke`)")
-    generation: dict[str, Any] | None = Field(None, description="scheduler, steps, guidance, height, width, eta, dtype, batch size, image format, negative prompt")
+    generation: dict[str, Any] | None = Field(None, description="scheduler, steps, guidance, height, width, eta, dtype, batch size, image format, negative prompt; "
+                                              "`conditioning`: what the base's model family adds (SDXL: `original_size`, `crops_coords_top_left`, "
+                                              "`target_size`), absent where it adds nothing")
     seeds: list[int] = Field([], description="the seeds of the images")
     device: str | None = Field(None, description="where the pipelines ran")
     cuda_visible_devices: str | None = Field(None, description="`$CUDA_VISIBLE_DEVICES` of the run, or null")
@@ -174,7 +176,8 @@ class SuiteRecord(Record):
                                           "checkpoint sha256); they key the image cache")
     base_model: dict[str, Any] | None = Field(None, description="the base the numbers are against: `label` (`builtin:toy`, `hub:ID@COMMIT`, "
                                               "`local:FOLDER`), `suite_base` (true: a base the suite is defined on; false: another base "
-                                              "its `other_bases` allows) and `suite_bases` (the suite's own)")
+                                              "its `other_bases` allows), `suite_bases` (the suite's own) and `family` (the base's model family: "
+                                              "`sd1`, `sdxl`; absent in files made before families, which are SD-1.x; the leaderboard ranks within a family)")
     images: dict[str, Any] | None = Field(None, description="`base`, `unlearned` (and `attack`): `generated` / `cached` counts and `flagged` images "
                                           "(non-finite output, constant image)")
     samples: list[Sample] = Field([], description="up to 8 matched image pairs: one per prompt at its first seed, prompts naming a target first "
