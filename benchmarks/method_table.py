@@ -2,8 +2,10 @@
 
     python benchmarks/method_table.py leaderboard/results
 
-One row per method (the toy submissions ``toy-<method>-style`` / ``toy-<method>-object``, and
-``toy-base``, the no-erasure control): style and object UA / IRA / CRA (toy-canvas), FID,
+One row per method and toy world (the toy submissions ``toy-<method>-style`` /
+``toy-<method>-object`` and ``toy-base``, the no-erasure control, on the SD-1.x toy world; the
+same names with ``toy-xl-`` on the SDXL one, where a method its authors ship for SD-1.x only
+reads "n/a"): style and object UA / IRA / CRA (toy-canvas), FID,
 Integrity and CCS-forget of the style target, Pre-ASR -> ASR (UnlearnDiffAtk) and the TI ASR
 of the object target (toy-robustness), erase time (wall and CPU) / peak memory / storage from
 the results' efficiency block. Values are the harness's; "-" where a file or record is missing.
@@ -49,29 +51,53 @@ def cpu_s(doc: dict | None, root: Path) -> str:
     return "-" if c is None else f"{c:.1f} s"
 
 
+WORLDS = [("toy", "toy (SD-1.x)"), ("toy-xl", "toy-xl (SDXL)")]
+
+
+def unsupported(key: str, world: str) -> str | None:
+    """Why a method does not run on a toy world's model family (None: it does, or it is the control)."""
+    if key == "base":
+        return None
+    from harness.families import family_of
+    from harness.methods import REGISTRY
+    from harness.toy.paths import PIPELINES
+
+    info = REGISTRY.get(key)
+    return None if info.supports(family_of(PIPELINES[world])) else (info.families_why or "not on this model family")
+
+
 def main(folder: str) -> None:
     folder = Path(folder)
     root = folder.resolve().parents[1]
-    print("| method | style UA | style IRA | style CRA | object UA | object IRA | object CRA | FID (style) | Integrity (style) "
+    print("| world | method | style UA | style IRA | style CRA | object UA | object IRA | object CRA | FID (style) | Integrity (style) "
           "| CCS-forget (style) | object Pre-ASR -> ASR | object TI ASR | erase wall (CPU) style / object | peak memory | storage |")
-    print("| " + " | ".join(["---"] * 15) + " |")
-    for key, label in METHODS:
-        if key == "base":
-            st = ob = load(folder, "toy-base")
-        else:
-            st, ob = load(folder, f"toy-{key}-style"), load(folder, f"toy-{key}-object")
-        if st is None and ob is None:
-            continue
-        row = [label]
-        row += [f(metric(st, "toy-canvas", m, "striped")) for m in ("ua", "ira", "cra")]
-        row += [f(metric(ob, "toy-canvas", m, "triangle")) for m in ("ua", "ira", "cra")]
-        row += [f(metric(st, "toy-fid", "fid", "striped"), 2), f(metric(st, "toy-integrity", "integrity", "striped")),
-                f(metric(st, "toy-concealment", "ccs_forget", "striped"))]
-        pre, asr = metric(ob, "toy-robustness", "pre_asr", "triangle"), metric(ob, "toy-robustness", "asr", "triangle")
-        row += [f"{f(pre, 2)} -> {f(asr, 2)}", f(metric(ob, "toy-robustness", "ti_asr", "triangle"), 2)]
-        (ts, mem, sto), (to, _, _) = efficiency(st), efficiency(ob)
-        row += [f"{ts} ({cpu_s(st, root)}) / {to} ({cpu_s(ob, root)})" if key != "base" else "0", mem if key != "base" else "0", sto]
-        print("| " + " | ".join(row) + " |")
+    print("| " + " | ".join(["---"] * 16) + " |")
+    for world, world_label in WORLDS:
+        for key, label in METHODS:
+            row = row_of(folder, root, world, key, label)
+            if row is not None:
+                print("| " + " | ".join([world_label, *row]) + " |")
+
+
+def row_of(folder: Path, root: Path, world: str, key: str, label: str) -> list[str] | None:
+    """One method's cells on one toy world; None when it has no results there and runs there."""
+    if key == "base":
+        st = ob = load(folder, f"{world}-base")
+    else:
+        st, ob = load(folder, f"{world}-{key}-style"), load(folder, f"{world}-{key}-object")
+    if st is None and ob is None:
+        why = unsupported(key, world)
+        return None if why is None else [label, *(["n/a"] * 11), f"n/a: {why}", "-", "-"]
+    row = [label]
+    row += [f(metric(st, "toy-canvas", m, "striped")) for m in ("ua", "ira", "cra")]
+    row += [f(metric(ob, "toy-canvas", m, "triangle")) for m in ("ua", "ira", "cra")]
+    row += [f(metric(st, "toy-fid", "fid", "striped"), 2), f(metric(st, "toy-integrity", "integrity", "striped")),
+            f(metric(st, "toy-concealment", "ccs_forget", "striped"))]
+    pre, asr = metric(ob, "toy-robustness", "pre_asr", "triangle"), metric(ob, "toy-robustness", "asr", "triangle")
+    row += [f"{f(pre, 2)} -> {f(asr, 2)}", f(metric(ob, "toy-robustness", "ti_asr", "triangle"), 2)]
+    (ts, mem, sto), (to, _, _) = efficiency(st), efficiency(ob)
+    row += [f"{ts} ({cpu_s(st, root)}) / {to} ({cpu_s(ob, root)})" if key != "base" else "0", mem if key != "base" else "0", sto]
+    return row
 
 
 if __name__ == "__main__":

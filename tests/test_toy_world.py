@@ -123,3 +123,67 @@ def test_training_commands_run_and_write_loadable_models(tmp_path):
     assert meta["recipe"]["unet_steps"] == 2
     pipe = load_pipeline(tmp_path / "pipe")
     assert pipe.vae.config.scaling_factor == pytest.approx(meta["vae_scaling_factor"])
+
+
+# ----------------------------------------------------------------------------- toy-xl (SDXL's architecture)
+def test_toy_xl_loads_with_plain_from_pretrained_is_sdxl_shaped_and_small():
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from harness.families import family_of
+    from harness.toy.paths import PIPELINE_DIR, PIPELINE_XL_DIR
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(PIPELINE_XL_DIR), add_watermarker=False)
+    assert isinstance(pipe.text_encoder, CLIPTextModel) and isinstance(pipe.text_encoder_2, CLIPTextModelWithProjection)
+    width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert pipe.unet.config.cross_attention_dim == width and pipe.unet.config.addition_embed_type == "text_time"
+    assert pipe.config.force_zeros_for_empty_prompt
+    assert family_of(PIPELINE_XL_DIR).name == "sdxl"
+    # the toy world's own VAE, reused as it is
+    vae = lambda d: (d / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()  # noqa: E731
+    assert vae(PIPELINE_XL_DIR) == vae(PIPELINE_DIR)
+    size = sum(f.stat().st_size for f in PIPELINE_XL_DIR.rglob("*") if f.is_file())
+    assert size < 20 * 2**20
+
+
+def test_toy_xl_generations_are_classified_as_prompted(toy_clf):
+    """As the toy world's test: one seed per prompt, through the harness's SDXL batch runner."""
+    from harness.families import family_of
+    from harness.families.sd1 import Placement
+    from harness.run.generate import Job, run_batch
+    from harness.toy.paths import PIPELINE_XL_DIR
+
+    pipe = family_of(PIPELINE_XL_DIR).load(PIPELINE_XL_DIR, Placement("cpu", "float32"))
+    prompts = world.all_prompts()
+    jobs = [Job(p, "", 1000 + i, "ddim", SETTINGS["num_inference_steps"], SETTINGS["guidance_scale"], 32, 32, 0.0, "float32", "x")
+            for i, (_, _, p) in enumerate(prompts)]
+    _, imgs = run_batch(pipe, jobs)
+    po, ps = predict(toy_clf, imgs)
+    o = np.array([world.OBJECTS.index(x[0]) for x in prompts])
+    s = np.array([world.STYLES.index(x[1]) for x in prompts])
+    assert (po == o).mean() >= 0.92
+    assert (ps == s).mean() >= 0.92
+
+
+def test_toy_xl_training_runs_and_writes_a_loadable_sdxl_pipeline(tmp_path):
+    from harness.families import family_of
+    from harness.toy.model import load_pipeline
+    from harness.toy.paths import PIPELINE_DIR
+    from harness.toy.train import train_model
+
+    meta = train_model(tmp_path / "xl", unet_steps=2, batch=4, pool=32, snapshot_every=0, xl=True, vae_from=PIPELINE_DIR)
+    assert meta["recipe"]["world"] == "toy-xl" and meta["recipe"]["vae_steps"] == 0
+    pipe = load_pipeline(tmp_path / "xl")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline" and family_of(tmp_path / "xl").name == "sdxl"
+
+
+def test_toy_checkpoints_refuse_a_method_the_worlds_family_cannot_run(tmp_path, capsys):
+    from harness.cli.main import main
+
+    rc = main(["toy", "checkpoints", "--root", str(tmp_path), "--world", "toy-xl", "--method", "ca"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "--method ca: does not run on the toy-xl world's model family" in err, err
+    assert "Stable Diffusion 1.x only" in err
+    from harness.toy.submissions import committed_methods_of
+
+    assert committed_methods_of("toy-xl") == ["esd", "uce"] and "ca" in committed_methods_of("toy")
