@@ -119,3 +119,20 @@ def test_compvis_text_encoder_and_plain_scorer_weights(tmp_path, capsys):
     rc, out, err = run(capsys, "convert", tmp_path / "clf.pth", "--kind", "plain", "--out", tmp_path / "clf.safetensors")
     assert rc == 0 and f"sha256: {sha256_file(tmp_path / 'clf.safetensors')}" in out
     assert sorted(load_file(str(tmp_path / "clf.safetensors"))) == ["head.bias", "head.weight"]
+
+
+def test_a_partial_compvis_unet_holding_only_the_changed_tensors_converts(tmp_path, capsys):
+    """A CompVis file of only what a method changed (cross-attention K/V: whole blocks absent):
+    diffusers' converter numbers blocks by counting those present, so the harness pads the
+    missing ones (families.sd1.ldm_unet_to_diffusers); every tensor keeps its own name."""
+    from safetensors.torch import save_file
+
+    new = erased_unet()
+    changed = {k: v for k, v in new.items() if ".attn2.to_k." in k or ".attn2.to_v." in k}
+    ldm = {k: v for k, v in to_ldm(new).items() if ".attn2.to_k." in k or ".attn2.to_v." in k}
+    assert ldm and len(ldm) == len(changed)
+    save_file({k: v.contiguous() for k, v in ldm.items()}, str(tmp_path / "partial.safetensors"))
+    rc, out, err = run(capsys, "convert", tmp_path / "partial.safetensors", "--out", tmp_path / "unet.safetensors", "--base", "toy")
+    assert rc == 0, err
+    got = load_file(str(tmp_path / "unet.safetensors"))
+    assert set(got) == set(changed) and all(torch.equal(got[k], changed[k]) for k in changed)

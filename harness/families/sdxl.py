@@ -23,14 +23,13 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.families.base import Conditioning
-from harness.families.sd1 import LDM_UNET, SD1Family, accelerate, dtype_kwargs, quiet_loading
+from harness.families.sd1 import LDM_UNET, SD1Family, accelerate, dtype_kwargs, quiet_loading, ldm_unet_to_diffusers
 
 # SDXL single-file / CompVis-style (generative-models) checkpoint names
 SGM_TEXT = "conditioner.embedders.0.transformer."  # the first text encoder (HF CLIP layout)
 SGM_TEXT_2 = "conditioner.embedders.1.model."  # the second (OpenCLIP layout)
 # names of a single file that belong to no diffusers component a checkpoint kind names
 FOREIGN = (LDM_UNET, "conditioner.", "first_stage_model.", "cond_stage_model.", "denoiser.", "model_ema.")
-_PAD = "__harness_pad__"  # a placeholder block name (ldm_unet_to_diffusers); never in a result
 
 
 class SDXLFamily(SD1Family):
@@ -328,47 +327,6 @@ def _unet_config(base: Path) -> dict:
     if not isinstance(config, dict):
         raise HarnessError(f"--base: unet/config.json of {base.name} is not a JSON object")
     return config
-
-
-def ldm_unet_to_diffusers(tensors: dict, config: dict) -> dict:
-    """The ``model.diffusion_model.*`` tensors of a checkpoint under diffusers' UNet names, by
-    diffusers' ``convert_ldm_unet_checkpoint`` with the base's config, made safe for a checkpoint
-    that holds only some of the UNet (the tensors a method changed):
-
-    - that converter numbers blocks by counting the distinct ``input_blocks.N`` / ``middle_block.N``
-      / ``output_blocks.N`` present, so a missing block would shift every later one; each missing
-      index below the highest present gets a placeholder name, removed afterwards;
-    - it reads the ``label_emb`` tensors (SDXL's ``text_time`` embedding, a class embedding) without
-      asking whether they are there; they are renamed here, from the same table, when present.
-
-    Every tensor must come out under a diffusers name (the converter passes the same tensor
-    objects); one it leaves behind is a one-line error, not an edit silently lost."""
-    import re
-
-    import torch
-    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_ldm_unet_checkpoint
-
-    unet = {k[len(LDM_UNET):]: v for k, v in tensors.items() if k.startswith(LDM_UNET)}
-    embed = ("addition_embed_type" if config.get("addition_embed_type") == "text_time"
-             else "class_embed_type" if config.get("class_embed_type") in ("timestep", "projection") else None)
-    out = {}
-    if embed is not None:
-        table: dict = DIFFUSERS_TO_LDM_MAPPING["unet"][embed]  # type: ignore[index]  # a dict of dicts of names
-        out = {new: unet[old] for new, old in table.items() if old in unet}
-    padded = {LDM_UNET + k: v for k, v in unet.items()}
-    for part in ("input_blocks", "middle_block", "output_blocks"):
-        present = {int(m[1]) for k in unet if (m := re.match(rf"{part}\.(\d+)\.", k))}
-        for i in range(max(present, default=-1) + 1):
-            if i not in present:
-                padded[f"{LDM_UNET}{part}.{i}.{_PAD}"] = torch.empty(0)
-    cfg = {k: v for k, v in config.items() if k not in ("addition_embed_type", "class_embed_type")}
-    out.update({k: v for k, v in convert_ldm_unet_checkpoint(padded, cfg).items() if _PAD not in k and v is not None})
-    placed = {id(v) for v in out.values()}
-    left = sorted(k for k, v in unet.items() if id(v) not in placed)
-    if left:
-        raise HarnessError(f"convert: {len(left)} UNet tensor(s) have no diffusers name under the base's UNet config, e.g. "
-                           f"{(LDM_UNET + left[0])[:120]!r} (a checkpoint of another architecture than --base?)")
-    return out
 
 
 SDXL = SDXLFamily()
