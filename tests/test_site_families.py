@@ -300,3 +300,42 @@ def test_the_registry_method_is_the_method_records_key(tmp_path, record, key):
     for rel in ("../outside.json", str(tmp_path.parent / "outside.json"), 7):
         assert method_key({"submission": {"method_record": rel}}, tmp_path) is None
 
+
+# ----------------------------------------------------------------------------- the CLI hands the site the method registry's families
+
+def test_the_cli_mapping_is_the_method_registrys(monkeypatch):
+    from harness import families
+    from harness.cli.main import method_family_limits
+    from harness.methods import REGISTRY, MethodInfo
+
+    want = {}
+    for name in REGISTRY.names():  # every method's real MethodInfo (its module imported)
+        info = REGISTRY.get(name)
+        if info.families is not None and (gone := [f for f in families.names() if f not in info.families]):
+            want[name] = {f: info.families_why for f in gone}
+    assert method_family_limits() == want
+    assert want["ca"] == {"sdxl": CA_WHY} and "esd" not in want and "uce" not in want
+    # a method the source reader cannot read (registered in code) is read from its MethodInfo; no reason given: the families it runs on
+    for name, why in (("in-code", XSS), ("in-code-2", "")):
+        info = MethodInfo(name=name, module="harness.methods.uce", paper="p", code="c", families=frozenset({"sdxl"}), families_why=why)
+        monkeypatch.setitem(REGISTRY._own, name, info)
+        monkeypatch.setitem(REGISTRY._loaded, name, info)
+    got = method_family_limits()
+    assert got["in-code"] == {"sd1": XSS} and got["in-code-2"] == {"sd1": "in-code-2 runs on sdxl only"}
+
+
+@needs_committed
+def test_the_cli_build_shows_the_registrys_reason(tmp_path):
+    from harness.cli import main as cli
+    from harness.methods import REGISTRY
+
+    res = tmp_path / "results"
+    shutil.copytree(COMMITTED, res)
+    (res / "ATTESTATION.json").unlink(missing_ok=True)
+    write(res, f"{ESD_XL}.json", as_xl(json.loads((res / "toy-esd-object.json").read_text()), ESD_XL, "sdxl"))
+    assert cli.main(["leaderboard", "build", "--results", str(res), "--out", str(tmp_path / "site")]) == 0
+    ca = REGISTRY.get("ca")
+    assert "sdxl" not in ca.families and ca.families_why
+    sec = _families_section(page_of(tmp_path / "site", "toy-ca-object"))
+    assert sec is not None and _na_rows(sec) == [("sdxl", f"n/a {ca.families_why}")]
+    assert _families_section(page_of(tmp_path / "site", "toy-uce-object")) is None  # UCE runs on every family
