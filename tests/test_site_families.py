@@ -1,7 +1,9 @@
 """The leaderboard with two model families: the committed (SD-1.x) results plus copies relabelled
 as SDXL (``builtin:toy-xl``). The family column, ranks within a family, a base reference row per
-family, a method read side by side across families, escaping of a family's name, and the family
-inferred where a results file does not record one."""
+family, a method read side by side across families, escaping of a family's name, the family
+inferred where a results file does not record one, and "n/a" with the reason for a family of the
+board a method does not run on (the mapping `unlearn leaderboard build` makes from the method
+registry; a run matched to its method by its method record)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ import io
 import json
 import re
 import shutil
+from html import unescape
 from pathlib import Path
 
 import pytest
 
 from harness import site as lb
-from harness.site.load import family_from_label, family_title, run_family, suite_family
+from harness.site.load import family_from_label, family_title, method_key, run_family, suite_family
 from test_leaderboard import build, page_of, result, write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,3 +202,140 @@ def test_a_recorded_family_wins_and_files_without_one_are_sd1():
     assert suite_family({"base_model": {"label": "builtin:toy-xl", "family": "sd1"}}, data) == "sd1"
     assert suite_family({"base_model": {"label": "builtin:toy-xl", "family": None}}, data) == "sdxl"
     assert (family_title("sd1"), family_title("sdxl")) == ("SD 1.x", "SDXL")
+
+
+# ----------------------------------------------------------------------------- "n/a": a method that does not run on a family
+
+CA_WHY = "its authors' code runs Stable Diffusion 1.x only"
+ESD_XL = "toy-esd-object-xl"
+
+
+def _families_section(page: str) -> str | None:
+    if '<section id="families">' not in page:
+        return None
+    sec = page[page.index('<section id="families">'):]
+    return sec[:sec.index("</section>")]
+
+
+def _na_rows(sec: str) -> list[tuple[str, str]]:
+    """(family, the n/a cell's text as a reader sees it) of each n/a row of an "Across model families" section."""
+    body = sec[sec.index('<tbody class="na">'):] if '<tbody class="na">' in sec else ""
+    return [(fam, unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", cell)).strip()))
+            for fam, cell in re.findall(r'<tr class="na-row" data-family="([^"]+)">.*?<td class="na"[^>]*>(.*?)</td>', body, re.S)]
+
+
+@pytest.fixture(scope="module")
+def ca_beside_xl(tmp_path_factory):
+    """The committed results (CA on SD 1.x only) plus ESD's object run relabelled as SDXL; the
+    site built with a mapping (CA: not on SDXL nor on a family absent from the board; ESD: not on
+    SDXL, where it has a result) and without one."""
+    tmp = tmp_path_factory.mktemp("na")
+    res = tmp / "results"
+    shutil.copytree(COMMITTED, res)
+    (res / "ATTESTATION.json").unlink(missing_ok=True)
+    write(res, f"{ESD_XL}.json", as_xl(json.loads((res / "toy-esd-object.json").read_text()), ESD_XL, "sdxl"))
+    unsupported = {"ca": {"sdxl": CA_WHY, "sd3": "not on this board"}, "esd": {"sdxl": "never shown: ESD has an SDXL result"},
+                   "CA": {"sdxl": "a display name is no registry name"}}
+    lines: list[str] = []
+    lb.build(res, tmp / "with", report=lines.append, unsupported=unsupported)
+    lb.build(res, tmp / "without", report=lines.append)
+    return res, tmp / "with", tmp / "without", lines
+
+
+@needs_committed
+def test_a_method_that_does_not_run_on_a_family_of_the_board_shows_na_with_the_reason(ca_beside_xl):
+    res, out, _, lines = ca_beside_xl
+    assert lines == []
+    for name in ("toy-ca-object", "toy-ca-style"):  # CA has SD-1.x results only: the section is there for the n/a row
+        sec = _families_section(page_of(out, name))
+        assert sec is not None, name
+        assert _na_rows(sec) == [("sdxl", f"n/a {CA_WHY}")]  # SDXL only: sd3 is no family of the board
+        rows = re.findall(r'<tr data-kind="\w+" data-family="(\w+)" data-submission="([^"]+)"', sec)
+        assert {(f, n) for f, n in rows} == {("sd1", "toy-ca-object"), ("sd1", "toy-ca-style")}  # its own runs, as before
+        assert '<span class="family" data-family="sdxl">SDXL</span>' in sec[sec.index('<tbody class="na">'):]
+        assert "a display name is no registry name" not in sec
+    sec = _families_section(page_of(out, "toy-esd-object"))  # ESD has an SDXL result: its row, never n/a
+    assert sec is not None and _na_rows(sec) == [] and f'data-submission="{ESD_XL}"' in sec and "never shown" not in sec
+    for name in ("toy-uce-object", "toy-base"):  # not in the mapping / no method record: nothing
+        assert _families_section(page_of(out, name)) is None
+
+
+@needs_committed
+def test_without_the_mapping_nothing_is_shown_and_the_suite_tables_never_change(ca_beside_xl):
+    _, out, without, _ = ca_beside_xl
+    for name in ("toy-ca-object", "toy-ca-style", "toy-fmn-object", "toy-uce-object"):
+        assert _families_section(page_of(without, name)) is None, name
+        assert "n/a" not in page_of(without, name)
+    assert _families_section(page_of(without, "toy-esd-object")) is not None  # two families of its own: as before
+    assert (out / "index.html").read_text() == (without / "index.html").read_text()
+    assert (out / "results.csv").read_text() == (without / "results.csv").read_text()
+    assert page_of(out, "toy-uce-object") == page_of(without, "toy-uce-object")
+
+
+def test_a_reason_with_html_is_escaped(tmp_path):
+    res = tmp_path / "results"
+    ca = result("toy-ca")
+    ca["submission"]["method_record"] = "submissions/checkpoints/ca-object-triangle/method.json"  # {"method": "ca", ...} in the checkout
+    ca["submission"]["method"]["name"] = "CA (kv)"
+    write(res, "ca.json", ca)
+    write(res, "xl.json", as_xl(result("toy-uce-xl", ua=0.9), "toy-uce-xl", "sdxl"))
+    out = tmp_path / "site"
+    lb.build(res, out, report=lambda m: None, unsupported={"ca": {"sdxl": XSS}, "uce": {"sd1": "matched by its display name"}})
+    sec = _families_section(page_of(out, "toy-ca"))
+    assert sec is not None and "<script>alert" not in page_of(out, "toy-ca")
+    assert '<span class="na-why">&lt;script&gt;alert(1)&lt;/script&gt;</span>' in sec and _na_rows(sec) == [("sdxl", f"n/a {XSS}")]
+    assert _families_section(page_of(out, "toy-uce-xl")) is None  # method name "uce" but no method record: no match
+
+
+@pytest.mark.parametrize("record, key", [
+    ({"method": "ca"}, "ca"), ({"method": 3}, None), ({"nomethod": "ca"}, None), (["ca"], None), ("{not json", None), (None, None),
+])
+def test_the_registry_method_is_the_method_records_key(tmp_path, record, key):
+    if record is not None:
+        write(tmp_path, "ck/method.json", record)
+    data = {"submission": {"method": {"name": "CA"}, "method_record": "ck/method.json"}}
+    assert method_key(data, tmp_path) == key
+    assert method_key({"submission": {"method": {"name": "ca"}}}, tmp_path) is None  # no method record: no match
+    write(tmp_path.parent, "outside.json", {"method": "ca"})
+    for rel in ("../outside.json", str(tmp_path.parent / "outside.json"), 7):
+        assert method_key({"submission": {"method_record": rel}}, tmp_path) is None
+
+
+# ----------------------------------------------------------------------------- the CLI hands the site the method registry's families
+
+def test_the_cli_mapping_is_the_method_registrys(monkeypatch):
+    from harness import families
+    from harness.cli.main import method_family_limits
+    from harness.methods import REGISTRY, MethodInfo
+
+    want = {}
+    for name in REGISTRY.names():  # every method's real MethodInfo (its module imported)
+        info = REGISTRY.get(name)
+        if info.families is not None and (gone := [f for f in families.names() if f not in info.families]):
+            want[name] = {f: info.families_why for f in gone}
+    assert method_family_limits() == want
+    assert want["ca"] == {"sdxl": CA_WHY} and "esd" not in want and "uce" not in want
+    # a method the source reader cannot read (registered in code) is read from its MethodInfo; no reason given: the families it runs on
+    for name, why in (("in-code", XSS), ("in-code-2", "")):
+        info = MethodInfo(name=name, module="harness.methods.uce", paper="p", code="c", families=frozenset({"sdxl"}), families_why=why)
+        monkeypatch.setitem(REGISTRY._own, name, info)
+        monkeypatch.setitem(REGISTRY._loaded, name, info)
+    got = method_family_limits()
+    assert got["in-code"] == {"sd1": XSS} and got["in-code-2"] == {"sd1": "in-code-2 runs on sdxl only"}
+
+
+@needs_committed
+def test_the_cli_build_shows_the_registrys_reason(tmp_path):
+    from harness.cli import main as cli
+    from harness.methods import REGISTRY
+
+    res = tmp_path / "results"
+    shutil.copytree(COMMITTED, res)
+    (res / "ATTESTATION.json").unlink(missing_ok=True)
+    write(res, f"{ESD_XL}.json", as_xl(json.loads((res / "toy-esd-object.json").read_text()), ESD_XL, "sdxl"))
+    assert cli.main(["leaderboard", "build", "--results", str(res), "--out", str(tmp_path / "site")]) == 0
+    ca = REGISTRY.get("ca")
+    assert "sdxl" not in ca.families and ca.families_why
+    sec = _families_section(page_of(tmp_path / "site", "toy-ca-object"))
+    assert sec is not None and _na_rows(sec) == [("sdxl", f"n/a {ca.families_why}")]
+    assert _families_section(page_of(tmp_path / "site", "toy-uce-object")) is None  # UCE runs on every family

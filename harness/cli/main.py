@@ -27,10 +27,73 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ----------------------------------------------------------------------------- leaderboard
+def method_family_limits() -> dict[str, dict[str, str]]:
+    """Registry method name -> {model family -> why the method does not run on it}: for each of
+    the harness's own methods whose ``MethodInfo.families`` leaves out a family of
+    ``harness.families.names()``, the reason its ``families_why`` gives (else the families it runs
+    on). The site shows it as "n/a" (``harness.site.build(unsupported=...)``).
+
+    A method module imports torch on import, which a site build must not pay for: each module's
+    ``INFO = MethodInfo(...)`` is read from its source where ``families`` and ``families_why`` are
+    literals there (``frozenset({...})``, a set / list / tuple of names, None; text), and the
+    module is imported only where they are not. Methods of installed plugins are not loaded (a
+    site build runs no third-party code), so they get no "n/a"; ``MethodInfo.needs`` is not checked
+    against a family's features (every family offers every feature a method needs today)."""
+    from harness import families as fams
+    from harness.methods import REGISTRY
+
+    known, plugins = fams.names(), set(REGISTRY.plugin_names())
+    out: dict[str, dict[str, str]] = {}
+    for name in REGISTRY.names():
+        if name in plugins:
+            continue
+        declared = _declared_families(name)
+        if declared is None:  # not literals in its source: the module is imported
+            info = REGISTRY.get(name)
+            declared = (None if info.families is None else frozenset(info.families), info.families_why)
+        runs_on, why = declared
+        if runs_on is not None and (missing := [f for f in known if f not in runs_on]):
+            out[name] = {f: why or f"{name} runs on {', '.join(sorted(runs_on)) or 'no model family'} only" for f in missing}
+    return out
+
+
+def _declared_families(name: str) -> tuple[frozenset[str] | None, str] | None:
+    """(families, families_why) as the source of ``harness.methods.<name>`` declares them in its
+    top-level ``INFO = MethodInfo(...)`` (keywords; absent ones their defaults), read without
+    importing the module; None where there is no such source or a value is not a literal."""
+    import ast
+    import importlib.util
+
+    if not name.isidentifier():  # a dotted name would import a package to find it
+        return None
+    try:
+        spec = importlib.util.find_spec(f"harness.methods.{name}")
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8")) if spec is not None and spec.origin else None
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return None
+    calls = [n.value for n in (tree.body if tree is not None else []) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+             and [t.id for t in n.targets if isinstance(t, ast.Name)] == ["INFO"]]
+    call = calls[0] if len(calls) == 1 else None
+    if call is None or not (isinstance(call.func, ast.Name) and call.func.id == "MethodInfo") or any(k.arg is None for k in call.keywords):
+        return None
+    kw = {k.arg: k.value for k in call.keywords}
+    node = kw.get("families")
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("frozenset", "set") and len(node.args) == 1 and not node.keywords:
+        node = node.args[0]  # frozenset({"sd1"}): its literal argument
+    try:
+        runs_on = ast.literal_eval(node) if node is not None else None
+        why = ast.literal_eval(kw["families_why"]) if "families_why" in kw else ""
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return None
+    if not isinstance(why, str) or not (runs_on is None or (isinstance(runs_on, (set, frozenset, list, tuple)) and all(isinstance(f, str) for f in runs_on))):
+        return None
+    return (None if runs_on is None else frozenset(runs_on)), why
+
+
 def cmd_leaderboard_build(a) -> int:
     from harness.site import build
 
-    n = build(a.results, a.out, include_smoke=a.include_smoke, require_attestation=a.require_attestation)
+    n = build(a.results, a.out, include_smoke=a.include_smoke, require_attestation=a.require_attestation, unsupported=method_family_limits())
     bad = f", {n['images_unavailable']} image(s) unavailable" if n["images_unavailable"] else ""
     print(f"wrote {a.out}: {n['submissions']} submission(s) from {n['files']} results file(s), {n['records']} records, "
           f"{n['suites']} suite table(s), {n['images']} image(s){bad}; open {Path(a.out) / 'index.html'}")

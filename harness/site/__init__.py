@@ -10,8 +10,10 @@ pandas and renders, with Jinja2 (autoescape on: submission names come from stran
   reference rows (one per base family), a filter by target kind, the erasure / retention
   trade-off plot (``tradeoff.svg``, written here) and the ASR-against-budget curves;
 * ``submissions/<slug>-<hash>.html``: every metric with threshold, base value and verdict, the
-  method's runs on every model family side by side (where it has more than one), the
-  generation settings, the provenance and a grid of matched base / unlearned sample images;
+  method's runs on every model family side by side (where it has more than one) and "n/a" with
+  the reason for a family of the board it does not run on (``build(unsupported=...)``, which
+  ``unlearn leaderboard build`` fills from the method registry), the generation settings, the
+  provenance and a grid of matched base / unlearned sample images;
 * ``results.json`` and ``results.csv``: every accepted record;
 * ``images/<sha256>.png``: the sample images, copied only after their sha256 is checked.
 

@@ -5,7 +5,12 @@ with no other, plus the method-seed spreads that ``unlearn regress --method-seed
 
 A run's model family (``suite_family``): each suite's ``base_model.family`` where the file
 records it; otherwise inferred from the base's label (``builtin:toy-xl`` and a hub id containing
-"xl" are SDXL, everything else, every result made before families existed included, SD-1.x)."""
+"xl" are SDXL, everything else, every result made before families existed included, SD-1.x).
+
+A run's registry method (``method_key``): the ``method`` key of the method record its submission
+names (``submission.method_record``, a ``method.json`` of ``unlearn erase`` in the checkout),
+where there is one that can be read; it matches the run to what ``unlearn leaderboard build``
+hands the site about the families each registered method does not run on."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ MAX_SPREAD_BYTES = 8 << 20
 DEFAULT_FAMILY = "sd1"  # every result made before families existed is SD-1.x
 FAMILY_TITLES = {"sd1": "SD 1.x", "sdxl": "SDXL"}  # the site's short titles; an unknown family is shown as its name
 MAX_FAMILY_CHARS = 64
+MAX_METHOD_RECORD_BYTES = 1 << 20  # as harness.results.assemble.load_method_record
 
 Report = Callable[[str], None]
 
@@ -162,6 +168,25 @@ def run_family(data: dict) -> str:
     """A run's model family: its suites' (the first suite's where they differ), else the submission base's."""
     fams = run_families(data)
     return next(iter(fams.values())) if fams else family_from_label(submission_label(data))
+
+
+def method_key(data: dict, root: Path = ROOT) -> str | None:
+    """The registry name of a run's method: the ``method`` key (text) of the method record its
+    submission names (``submission.method_record``, a path relative to ``root``, the checkout);
+    None where the result names none, or the file is missing, outside ``root``, not a JSON object
+    of at most 1 MiB or has no such key (no match: nothing is claimed about the method)."""
+    from harness.results.io import read_json_file
+    from harness.store.safefs import inside
+
+    rel = (data.get("submission") or {}).get("method_record")
+    if not isinstance(rel, str) or not rel:
+        return None
+    try:
+        rec = read_json_file(inside(root, rel, "method_record"), MAX_METHOD_RECORD_BYTES)
+    except (ValueError, OSError, HarnessError, RecursionError):
+        return None
+    key = rec.get("method") if isinstance(rec, dict) else None
+    return key if isinstance(key, str) and key else None
 
 
 def family_title(name: str) -> str:

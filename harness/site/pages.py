@@ -1,7 +1,8 @@
 """Writing the site: ``index.html`` (a table per suite, ranked within each model family, the
 overview, the trade-off plot, the ASR curves), a page per submission (with its method on every
-model family side by side), ``results.json`` / ``results.csv`` (every accepted record) and
-the checked sample images, into a temp folder swapped in whole when the build is complete.
+model family side by side, and "n/a" where it does not run on a family of the board),
+``results.json`` / ``results.csv`` (every accepted record) and the checked sample images, into a
+temp folder swapped in whole when the build is complete.
 
 Jinja2 renders with autoescape on (submission names come from strangers); CSV cells that a
 spreadsheet would read as a formula get a leading quote."""
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -29,9 +31,14 @@ MARKER = ".unlearn-leaderboard"  # marks a folder this module built (and may rep
 
 
 def build(results: str | Path, out: str | Path, report: Report = to_stderr, assets: Path = ASSETS, include_smoke: bool = False,
-          require_attestation: bool = False) -> dict:
+          require_attestation: bool = False, unsupported: Mapping[str, Mapping[str, str]] | None = None) -> dict:
     """Build the site from the results folder into ``out``; returns counts of what was written.
     Bad files and images are reported and skipped; a bad folder argument is a HarnessError.
+
+    ``unsupported``: registry method name -> {model family -> why the method does not run on it}
+    (``unlearn leaderboard build`` makes it from the method registry, which this package does not
+    import); a submission page then shows "n/a" and the reason for each family of the board its
+    run's method (``load.method_key``) does not run on. None: nothing of the kind is shown.
 
     Smoke runs are a different run (a subset of each suite): they are left out, each reported on
     stderr, unless ``include_smoke``, and then shown apart, in their own tables marked smoke,
@@ -86,7 +93,7 @@ def build(results: str | Path, out: str | Path, report: Report = to_stderr, asse
             by_name.setdefault(r.name, []).append(r)
         page = env.get_template("submission.html")
         for name, run in latest.items():
-            pctx = submission_page(run, by_name[name], all_df, images.ok, latest)
+            pctx = submission_page(run, by_name[name], all_df, images.ok, latest, unsupported)
             (tmp / "submissions" / f"{pctx['slug']}.html").write_text(page.render(root="../", p=pctx, kinds=kinds), encoding="utf-8")
         shutil.copytree(assets / "static", tmp / "static")
         payload = {"format": "unlearn-leaderboard-records/1", "files": [{"file": r.file, "submission": r.name, "finished": r.finished,

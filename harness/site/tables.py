@@ -1,14 +1,16 @@
 """The pages' contexts: one table per suite (value / base column groups, the model family column,
 base-model reference rows per family, the rank column: ranked within a family), the overview of
-submissions and one submission's page (with its method's rows on every model family side by side).
+submissions and one submission's page (with its method's rows on every model family side by side,
+and "n/a" with the reason for a family of the board its method does not run on).
 Plain data for the Jinja2 templates (autoescape on), nothing rendered here."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from harness.site.aggregate import VERDICTS, headline_metric, rank_intervals, records_of
-from harness.site.load import Run, family_order, family_title, is_smoke, run_families, run_family, suite_family
+from harness.site.load import Run, family_order, family_title, is_smoke, method_key, run_families, run_family, suite_family
 from harness.site.text import ci_text, ci_title, delta_text, finite, fmt, na_to_none, pretty_threshold, safe_url, short, slug, spread_text, spread_title
 
 MAX_ROWS = 2000  # rows of one table on a page (every record is in results.csv / results.json)
@@ -232,14 +234,26 @@ def _base_model(b) -> dict | None:
     return {"label": str(label)[:200] if label is not None else None, "suite_base": b.get("suite_base") if isinstance(b.get("suite_base"), bool) else None}
 
 
-def family_comparison(run: Run, latest: dict[str, Run], df) -> dict | None:
+def family_comparison(run: Run, latest: dict[str, Run], df, unsupported: Mapping[str, Mapping[str, str]] | None = None) -> dict | None:
     """The method of ``run`` on every model family it has results for, side by side: a row per
     (target, family, submission) over the latest runs of the submissions of the same method name,
-    the metrics (suite, label) as columns. None where those runs are all of one family."""
+    the metrics (suite, label) as columns; and, with ``unsupported`` (registry method name ->
+    {family -> why the method does not run on it}, from ``unlearn leaderboard build``), an "n/a"
+    entry with the reason for each family of the board (the latest runs) that the run's registry
+    method (``load.method_key``) does not run on and has no results for. None where those runs are
+    all of one family and there is no such entry."""
     method = run.data["submission"]["method"]["name"]
     runs = {r.id: r for r in latest.values() if r.data["submission"]["method"]["name"] == method}
     g = df[df["_run"].isin(list(runs))]
-    if g["family"].nunique() < 2:
+    have = set(g["family"])
+    na = []
+    if unsupported:
+        board = set(df[df["_run"].isin([r.id for r in latest.values()])]["family"])
+        key = method_key(run.data)
+        limits = (unsupported.get(key) or {}) if key is not None else {}
+        if len(board) > 1:
+            na = [{"family": f, "family_title": family_title(f), "why": str(limits[f] or "")} for f in sorted(set(limits) & (board - have), key=family_order)]
+    if len(have) < 2 and not na:
         return None
     recs = records_of(g)
     columns: dict[tuple[str, str], dict] = {}
@@ -259,8 +273,8 @@ def family_comparison(run: Run, latest: dict[str, Run], df) -> dict | None:
                      "family": family, "family_title": family_title(family), "target": target, "kind": first["target_kind"],
                      "cells": [_compare_cell(cells.get((c["suite"], c["metric"]))) for c in cols]})
     return {"method": method, "suites": [{"id": sid, "span": sum(c["suite"] == sid for c in cols)} for sid in suites], "columns": cols,
-            "rows": rows, "rows_left_out": max(0, len(keys) - MAX_ROWS),
-            "families": [{"name": f, "title": family_title(f)} for f in sorted(set(g["family"]), key=family_order)]}
+            "rows": rows, "rows_left_out": max(0, len(keys) - MAX_ROWS), "na": na,
+            "families": [{"name": f, "title": family_title(f)} for f in sorted(have, key=family_order)]}
 
 
 def _compare_cell(rec: dict | None) -> dict:
@@ -272,9 +286,11 @@ def _compare_cell(rec: dict | None) -> dict:
             "title": na_to_none(rec.get("error")) or ci_title(rec)}
 
 
-def submission_page(run: Run, others: list[Run], df, images_ok: set[str], latest: dict[str, Run] | None = None) -> dict:
+def submission_page(run: Run, others: list[Run], df, images_ok: set[str], latest: dict[str, Run] | None = None,
+                    unsupported: Mapping[str, Mapping[str, str]] | None = None) -> dict:
     """The context of one submission's page (its latest run); with ``latest`` (each submission's
-    latest run), its method's rows on every model family side by side (``family_comparison``)."""
+    latest run), its method's rows on every model family side by side and, with ``unsupported``,
+    "n/a" for the board's families its method does not run on (``family_comparison``)."""
     d = run.data
     sub = d["submission"]
     method, ck = sub["method"], sub["checkpoint"]
@@ -329,7 +345,7 @@ def submission_page(run: Run, others: list[Run], df, images_ok: set[str], latest
         "platform": env.get("platform"), "devices": env.get("device") or [], "libraries": libs,
         "efficiency": eff, "suites": suites, "grids": grids,
         "families": [{"name": f, "title": family_title(f)} for f in fams],
-        "across": family_comparison(run, latest, df) if latest else None,
+        "across": family_comparison(run, latest, df, unsupported) if latest else None,
         "others": [{"file": o.file, "finished": o.finished, "git_sha": o.data["harness"].get("git_sha"), "complete": o.data.get("complete", True),
                     "summary": {v: sum(1 for m in o.data["metrics"] if m["verdict"] == v) for v in VERDICTS}, "current": o is run}
                    for o in sorted(others, key=lambda o: (o.finished, o.file), reverse=True)],
