@@ -29,7 +29,8 @@ def cmd_toy_train_model(a) -> int:
         # the training replaces --out with each snapshot: only a pipeline this command wrote (its training.json there)
         raise HarnessError(f"--out {out}: exists and is not a toy pipeline `unlearn toy train-model` wrote (no training.json); give a new folder")
     _threads()
-    print(json.dumps(train_model(out, vae_steps=a.vae_steps, unet_steps=a.unet_steps, seed=a.seed, xl=xl,
+    steps = a.unet_steps if a.unet_steps is not None else (4000 if xl else 5000)  # what the committed pipelines were trained with
+    print(json.dumps(train_model(out, vae_steps=a.vae_steps, unet_steps=steps, seed=a.seed, xl=xl,
                                  vae_from=PIPELINES["toy"] if xl else None), indent=2))
     return 0
 
@@ -180,7 +181,7 @@ def add(sub) -> None:
                    help="toy: the SD-1.x architecture; toy-xl: SDXL's (two text encoders, micro-conditioning; the toy VAE reused)")
     t.add_argument("--out", default=None, help="output folder (default: the world's committed pipeline folder)")
     t.add_argument("--vae-steps", type=int, default=1500)
-    t.add_argument("--unet-steps", type=int, default=5000)
+    t.add_argument("--unet-steps", type=int, default=None, help="default: the committed pipeline's (toy 5000, toy-xl 4000)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_toy_train_model)
     t = toy.add_parser("grid", help="write a prompt x seed grid of generations")
