@@ -78,7 +78,7 @@ BASES = [
      ["base_model: suite mini is defined on builtin:toy", "hub:someone/sd-copy"]),
     ("a-local-base-where-only-hub-bases-are-allowed", steps(suite("world: toy", "world: toy\nother_bases: hub"),
                                                             base_folder("mybase", {"sample_size": 8}, VAE4), sub("{builtin: toy}", "{local_dir: mybase}")),
-     ["suite mini is defined on builtin:toy or a pinned hub base", "local:mybase"]),
+     ["suite mini is defined on builtin:toy, builtin:toy-xl or a pinned hub base", "local:mybase"]),
     ("native-size-16384", steps(ANY_BASE, base_folder("big", {"sample_size": 2048}, VAE4), sub("{builtin: toy}", "{local_dir: big}")),
      ["base_model: native image size 16384x16384", "outside 8..4096"]),
     ("native-size-0", steps(ANY_BASE, base_folder("zero", {"sample_size": 0}, VAE4), sub("{builtin: toy}", "{local_dir: zero}")),
@@ -115,7 +115,7 @@ def test_the_suite_base_is_allowed_and_recorded(repo):
     assert (rc, err) == (0, "")
     s = load_submission(repo / "sub.yaml")
     suites = resolve_suites(s, repo)
-    assert base_record(s, suites["mini"]) == {"label": "builtin:toy", "suite_base": True, "suite_bases": ["builtin:toy"]}
+    assert base_record(s, suites["mini"]) == {"label": "builtin:toy", "suite_base": True, "suite_bases": ["builtin:toy", "builtin:toy-xl"]}
     real = load_suite(ROOT / "suites" / "imagenette-objects.yaml")
     sd14 = s.model_copy(update={"base_model": s.base_model.model_copy(update={"builtin": None, "hub_id": "CompVis/stable-diffusion-v1-4",
                                                                               "revision": "133a221b8aa7292a167afc5127cb63fb5005638b"})})
