@@ -223,10 +223,14 @@ def test_prompt_attacks_as_ray_tasks_one_per_prompt_give_the_local_records(ray_l
         assert (b["unet_calls"] >= a["unet_calls"] > 0 if m == "asr" else b["unet_calls"] == a["unet_calls"] > 0) or m == "pre_asr"
     uda, ti = remote["asr"]["details"], remote["ti_asr"]["details"]
     assert uda["attacked"] > 0 and ti["attacked"] > 0  # the erased triangle: both attacks ran
-    # the found prompts / embeddings in the attack cache: the same records, key for key (timings aside)
-    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    # the found prompts / embeddings in the attack cache: the same records, key for key (timings
+    # aside); textual inversion's logged losses are float sums that a Ray task's thread count (its
+    # assigned CPUs) rounds differently from the local run's: equal within 1e-4 relative (measured:
+    # 6e-6 on a 2-core AMD EPYC, local 2 threads vs Ray 1)
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "losses")}  # noqa: E731
     la, ra = _attack_records(tmp_path / "local"), _attack_records(tmp_path / "ray")
     assert la.keys() == ra.keys() and all(strip(la[k]) == strip(ra[k]) for k in la)
+    assert all(ra[k].get("losses") == (pytest.approx(la[k]["losses"], rel=1e-4) if la[k].get("losses") else la[k].get("losses")) for k in la)
     # one Ray task per attacked prompt (UnlearnDiffAtk), one per target (textual inversion), beside
     # the two generation tasks (base, unlearned: one batch each)
     prompts = {p for p, _ in uda["attacked_items"]}

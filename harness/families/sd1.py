@@ -497,13 +497,7 @@ class SD1Family:
         """Diffusers names for one component (CompVis / LDM layout converted by diffusers)."""
         if kind == "unet":
             if any(k.startswith(LDM_UNET) for k in tensors):
-                try:
-                    config = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8"))
-                except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-                    raise HarnessError(f"--base: unet/config.json of {base.name} is not a readable JSON config ({type(e).__name__})") from None
-                if not isinstance(config, dict):
-                    raise HarnessError(f"--base: unet/config.json of {base.name} is not a JSON object")
-                return ldm_unet_to_diffusers(tensors, config)  # a partial checkpoint (a method's changed tensors) too
+                return ldm_unet_to_diffusers(tensors, unet_config(base))  # a partial checkpoint (a method's changed tensors) too
             return {k.removeprefix("unet."): v for k, v in tensors.items() if not k.startswith(("first_stage_model.", "cond_stage_model.", "text_encoder.", "vae."))}
         if any(k.startswith(LDM_TEXT) for k in tensors):
             from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
@@ -671,6 +665,18 @@ class SD1Family:
                    num_inference_steps=job.steps, guidance_scale=job.guidance, height=job.height, width=job.width, latents=latents,
                    generator=generators, output_type="np", **extra)
         return res.images
+
+
+def unet_config(base: Path) -> dict:
+    """The base's ``unet/config.json`` (a one-line error when it is not a JSON object)."""
+
+    try:
+        config = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise HarnessError(f"--base: unet/config.json of {base.name} is not a readable JSON config ({type(e).__name__})") from None
+    if not isinstance(config, dict):
+        raise HarnessError(f"--base: unet/config.json of {base.name} is not a JSON object")
+    return config
 
 
 _PAD = "__harness_pad__"  # a placeholder block name (ldm_unet_to_diffusers); never in a result

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.families.base import Conditioning
-from harness.families.sd1 import LDM_UNET, SD1Family, accelerate, dtype_kwargs, quiet_loading, ldm_unet_to_diffusers
+from harness.families.sd1 import LDM_UNET, SD1Family, accelerate, dtype_kwargs, ldm_unet_to_diffusers, quiet_loading, unet_config
 
 # SDXL single-file / CompVis-style (generative-models) checkpoint names
 SGM_TEXT = "conditioner.embedders.0.transformer."  # the first text encoder (HF CLIP layout)
@@ -110,7 +110,7 @@ class SDXLFamily(SD1Family):
         file keeps its names (a ``unet.`` / ``text_encoder.`` / ``text_encoder_2.`` prefix dropped,
         the other components' tensors left out)."""
         if kind == "unet" and any(k.startswith(LDM_UNET) for k in tensors):
-            return ldm_unet_to_diffusers(tensors, _unet_config(base))
+            return ldm_unet_to_diffusers(tensors, unet_config(base))
         if kind == "text_encoder" and any(k.startswith(SGM_TEXT) for k in tensors):
             from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
 
@@ -314,19 +314,6 @@ def _open_clip_to_diffusers(tensors: dict, base: Path) -> dict:
         raise HarnessError(f"--base: text_encoder_2/config.json of {base.name} is not a readable CLIP config ({type(e).__name__})") from None
     model = SimpleNamespace(config=SimpleNamespace(hidden_size=width))
     return convert_open_clip_checkpoint(model, {k: v for k, v in tensors.items() if k.startswith(SGM_TEXT_2)}, prefix=SGM_TEXT_2)
-
-
-def _unet_config(base: Path) -> dict:
-    """The base's ``unet/config.json`` (a one-line error when it is not a JSON object)."""
-    import json
-
-    try:
-        config = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise HarnessError(f"--base: unet/config.json of {base.name} is not a readable JSON config ({type(e).__name__})") from None
-    if not isinstance(config, dict):
-        raise HarnessError(f"--base: unet/config.json of {base.name} is not a JSON object")
-    return config
 
 
 SDXL = SDXLFamily()
