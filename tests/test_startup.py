@@ -257,11 +257,15 @@ def test_last_failed_reruns_only_the_failing_case(pytester, tiny_base, monkeypat
 
 
 def test_junitxml_has_values_as_properties_and_no_warnings(pytester, tiny_base, monkeypatch):
+    """Run in a fresh process, as a user runs it: an in-process run inherits the worker's modules
+    and sys.path, so whether pytest warns "already imported, cannot be rewritten" for ``harness``
+    would depend on which tests ran before it in the same xdist worker."""
     import xml.etree.ElementTree as ET
 
     root = _local_project(pytester, tiny_base)
     monkeypatch.chdir(root)
-    r = pytester.runpytest("--unlearn-submission", "sub.yaml", "--unlearn-cache", str(root / "cache"), "--unlearn-device", "cpu",
+    monkeypatch.setenv("UNLEARN_THREADS", "1")
+    r = pytester.runpytest_subprocess("--unlearn-submission", "sub.yaml", "--unlearn-cache", str(root / "cache"), "--unlearn-device", "cpu",
                            "--junitxml", "out.xml", "-W", "error::pytest.PytestWarning")
     r.assert_outcomes(passed=1, failed=1)
     assert "warnings summary" not in r.stdout.str() and "PytestWarning" not in r.stdout.str()
