@@ -88,7 +88,7 @@ def refuse_other_submission(new: dict, baseline: dict) -> str | None:
 
 
 def refuse_other_checkpoint(new: dict, baseline: dict) -> str | None:
-    a, b = new["submission"]["checkpoint"].get("sha256"), baseline["submission"]["checkpoint"].get("sha256")
+    a, b = [(doc["submission"].get("checkpoint") or {}).get("sha256") for doc in (new, baseline)]
     return f"submission.checkpoint.sha256: {a} differs from the baseline's {b}" if a != b else None
 
 
