@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from harness.families.guidance import Guidance, install
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ["a striped triangle", "a solid circle"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -100,3 +103,110 @@ def test_a_single_prediction_is_the_guided_one_in_conditional_form(pipe):
     with torch.no_grad():
         eq = call_denoiser(pipe.unet, x, t, cond)
     torch.testing.assert_close(e_u + w * (eq - e_u), e_n + w * (e_c - e_n), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- through the evaluator
+NOOP = '''
+from harness.families.guidance import Guidance
+from harness.methods import MethodInfo
+
+INFO = MethodInfo(name="noop", module=__name__, paper="https://example.org/noop", code="https://example.org/noop", kind="inference")
+
+
+def setup(pipe, family, concepts):
+    return Guidance()
+'''
+
+
+@pytest.fixture()
+def noop_method(tmp_path, monkeypatch):
+    """A registered inference-time method that changes nothing (``noop``)."""
+    from harness.methods import REGISTRY
+
+    (tmp_path / "noop_inference.py").write_text(NOOP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(REGISTRY._own, "noop", "noop_inference:INFO")
+    monkeypatch.setattr(REGISTRY, "_loaded", dict(REGISTRY._loaded))
+    return "noop"
+
+
+def _inference_sub(tmp_path, method: str, concept="striped", kind="style", extra="") -> str:
+    p = tmp_path / f"{method}.yaml"
+    p.write_text(f"name: t-{method}\nmethod: {{name: {method}, kind: inference}}\nbase_model: {{builtin: toy}}\n"
+                 f"targets: [{{concept: {concept}, kind: {kind}}}]\n{extra}")
+    return str(p)
+
+
+def test_a_do_nothing_inference_method_gives_the_control_s_numbers_attacks_included(tmp_path, noop_method):
+    """Known answer: under a method that changes nothing, every number (Pre-ASR, UnlearnDiffAtk's
+    ASR, textual inversion's ASR) is the no-erasure control's, exactly."""
+    from test_attacks import TI, _evaluate
+
+    params = {"attack": "unlearndiffatk", "rounds": 1, "iterations": 2, "k": 3}
+    extra = [{"name": "ti_asr", "params": TI}]
+    control, _, _ = _evaluate("toy-base.yaml", params, tmp_path / "c1", extra=extra)
+    noop, ev, _ = _evaluate(_inference_sub(tmp_path, "noop"), params, tmp_path / "c2", extra=extra)
+    for m in ("pre_asr", "asr", "ti_asr"):
+        assert (noop[m]["value"], noop[m]["base_value"]) == (control[m]["value"], control[m]["base_value"]), m
+    assert noop["asr"]["details"]["asr_curve"] == control["asr"]["details"]["asr_curve"]
+
+
+def test_the_white_box_attack_differentiates_through_the_method(tmp_path, monkeypatch):
+    """UnlearnDiffAtk's predictions under the negative prompt are the method's: each single
+    prediction costs the method's extra denoiser calls (the plain and the negative unconditional
+    branch), so the same attack makes more UNet calls than on the control, and its loss history
+    differs."""
+    from test_attacks import _evaluate
+
+    from harness.spec import load_submission
+
+    ck = load_submission(str(ROOT / "submissions" / "toy-uce-style.yaml")).checkpoint
+    on_uce = f"checkpoint: {{kind: unet, path: {ck.path}, sha256: {ck.sha256}}}\n"  # the negative prompt on the UCE model: items get attacked
+    params = {"attack": "unlearndiffatk", "rounds": 1, "iterations": 2, "k": 3}
+    uce, _, calls_u = _evaluate("toy-uce-style.yaml", params, tmp_path / "c1", monkeypatch)
+    n_uce = calls_u["n"]
+    neg, _, calls_n = _evaluate(_inference_sub(tmp_path, "negprompt", extra=on_uce), params, tmp_path / "c2", monkeypatch)
+    assert uce["asr"]["details"]["attacked"] > 0 and neg["asr"]["details"]["attacked"] > 0
+    assert calls_n["n"] > n_uce
+
+
+@pytest.mark.parametrize("yaml_text, needle", [
+    ("method: {name: sld}\n", "checkpoint: Field required (only a method.kind: inference submission may have none)"),
+    ("method: {name: uce, kind: inference}\n", "method.kind: uce makes a checkpoint"),
+    ("method: {name: nosuch, kind: inference}\n", "method.name: 'nosuch' is not a registered inference-time method"),
+    ("method: {name: sld, kind: inference, params: {warmup_steps: many}}\n", "method.params: warmup_steps"),
+    ("method: {name: sld, kind: inference, params: {strength: 3}}\n", "method.params: strength: sld has no parameter 'strength'"),
+])
+def test_a_bad_inference_submission_is_one_line(tmp_path, capsys, yaml_text, needle):
+    from harness.cli.main import main
+
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t-bad\n" + yaml_text + "base_model: {builtin: toy}\ntargets: [{concept: striped, kind: style}]\n")
+    rc = main(["check", str(p)])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unlearn_erase_refuses_an_inference_method_in_one_line(tmp_path, capsys):
+    from harness.cli.main import main
+    from harness.toy.paths import PIPELINE_DIR
+
+    rc = main(["erase", "sld", "--base", str(PIPELINE_DIR), "--concept", "striped", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "sld is an inference-time method" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_fingerprint_names_the_method_its_parameters_and_targets(tmp_path):
+    from harness.resolve.resolved import resolve_models
+    from harness.spec import load_submission
+
+    root = ROOT
+    fps = set()
+    for extra, concept in (("", "striped"), ("", "triangle")):
+        p = _inference_sub(tmp_path, "sld", concept=concept, kind="style" if concept == "striped" else "object", extra=extra)
+        fps.add(resolve_models(p, load_submission(p), root, tmp_path).unlearned_fingerprint)
+    p = tmp_path / "sld2.yaml"
+    p.write_text("name: t-sld2\nmethod: {name: sld, kind: inference, params: {warmup_steps: 3}}\nbase_model: {builtin: toy}\n"
+                 "targets: [{concept: striped, kind: style}]\n")
+    fps.add(resolve_models(str(p), load_submission(str(p)), root, tmp_path).unlearned_fingerprint)
+    assert len(fps) == 3 and all("+inference:sld:" in f for f in fps)

@@ -327,7 +327,7 @@ class Evaluator:
                 "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
                 "samples": sample_pairs(items, base_jobs, unl_jobs, sub.targets, self.cache) if base_jobs else [],
                 "conventions": CONVENTIONS,
-                "fidelity": {**fidelity_choices(sub, suite, self.root), **inference_record(resolved)},
+                "fidelity": {**fidelity_choices(sub, suite, self.root), **inference_record(resolved, float(g.guidance))},
                 "seconds": round(time.time() - t0, 2),
             }),
             metrics=records,

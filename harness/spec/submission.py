@@ -87,17 +87,19 @@ class Submission(Strict):
     name: SLUG
     method: MethodSpec
     base_model: BaseModelSpec
-    checkpoint: CheckpointSpec | None = Field(default=None, description="required unless method.kind is inference")
+    checkpoint: CheckpointSpec | None = Field(default=None, validate_default=True, description="required unless method.kind is inference")
     targets: list[TargetSpec] = Field(min_length=1)
     suites: list[SLUG] | None = Field(default=None, description="suite ids; default: every suite of the base's world that applies to a target kind")
     method_record: str | None = Field(default=None, description="method.json written by `unlearn erase` (measured efficiency)")
     efficiency: EfficiencySpec | None = None
 
-    @model_validator(mode="after")
-    def _checkpoint_for_kind(self):
-        if self.checkpoint is None and self.method.kind == "checkpoint":
-            raise ValueError("checkpoint is required (only a method.kind: inference submission may have none)")
-        return self
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_for_kind(cls, v, info):
+        m = info.data.get("method")  # validated before: declared above
+        if v is None and (m is None or m.kind == "checkpoint"):
+            raise ValueError("Field required (only a method.kind: inference submission may have none)")
+        return v
 
     @field_validator("targets")
     @classmethod
