@@ -210,3 +210,34 @@ def test_the_fingerprint_names_the_method_its_parameters_and_targets(tmp_path):
                  "targets: [{concept: striped, kind: style}]\n")
     fps.add(resolve_models(str(p), load_submission(str(p)), root, tmp_path).unlearned_fingerprint)
     assert len(fps) == 3 and all("+inference:sld:" in f for f in fps)
+
+
+# ---------------------------------------------------------------------------- SDXL
+def test_on_sdxl_the_negative_prompt_is_the_pipeline_s_and_nothing_is_bitwise_nothing(tmp_path):
+    """The guidance reads and writes SDXL's whole conditioning (hidden states, pooled text, size
+    ids): the negative prompt method gives StableDiffusionXLPipeline's ``negative_prompt``
+    images, and a method that changes nothing its images bit for bit."""
+    from harness import families
+    from harness.families.sd1 import Placement
+    from harness.methods import negprompt
+    from harness.run.generate import Job, run_batch
+    from harness.toy.model import build_pipeline_xl
+
+    d = tmp_path / "xl"
+    build_pipeline_xl(seed=3).save_pretrained(d, safe_serialization=True)
+    fam = families.family_of(d)
+    pipe = fam.load(d, Placement("cpu", "float32"))
+
+    def jobs(neg=""):
+        return [Job(prompt=p, negative_prompt=neg, seed=s, scheduler="ddim", steps=4, guidance=5.0, height=32, width=32, eta=0.0,
+                    dtype="float32", model="m") for p, s in zip(PROMPTS, (0, 1))]
+
+    plain, _ = run_batch(pipe, jobs())
+    ref, _ = run_batch(pipe, jobs("striped"))
+    state = install(pipe, fam, Guidance(), 5.0)
+    same, _ = run_batch(pipe, jobs())
+    state.remove()
+    install(pipe, fam, negprompt.setup(pipe, fam, ["striped"]), 5.0)
+    got, _ = run_batch(pipe, jobs())
+    assert (same == plain).all()
+    assert abs(got - ref).max() < 1e-5 and abs(plain - ref).max() > 1e-4
