@@ -241,3 +241,37 @@ def test_on_sdxl_the_negative_prompt_is_the_pipeline_s_and_nothing_is_bitwise_no
     got, _ = run_batch(pipe, jobs())
     assert (same == plain).all()
     assert abs(got - ref).max() < 1e-5 and abs(plain - ref).max() > 1e-4
+
+
+# ---------------------------------------------------------------------------- the board
+def test_the_board_marks_an_inference_method_and_shows_no_checkpoint(tmp_path):
+    """A results file of an inference-time method (``method.kind: inference``, checkpoint null)
+    is accepted, its rows say "(inference-time)" wherever the method is named, and its page shows
+    no checkpoint instead of failing."""
+    from test_leaderboard import build, page_of, result, write
+
+    res = tmp_path / "results"
+    inf = result("t-sld")
+    inf["submission"]["method"] = {"name": "sld", "kind": "inference", "params": {}}
+    inf["submission"]["checkpoint"] = None
+    write(res, "t-sld.json", inf)
+    write(res, "t-uce.json", result("t-uce"))
+    counts, lines = build(res, tmp_path / "site")
+    assert counts["submissions"] == 2, lines
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "sld (inference-time)" in index and "uce (inference-time)" not in index
+    assert "none (an inference-time method)" in page_of(tmp_path / "site", "t-sld")
+
+
+def test_compare_refuses_an_inference_run_against_a_checkpoint_baseline(tmp_path):
+    from harness.errors import HarnessError
+    from harness.gate.compare import refuse_mismatch
+    from test_leaderboard import result
+
+    base = result("t-x")
+    new = result("t-x")
+    new["submission"]["method"] = {"name": "sld", "kind": "inference", "params": {}}
+    new["submission"]["checkpoint"] = None
+    with pytest.raises(HarnessError, match="submission.method.kind: inference is compared with a baseline of kind checkpoint"):
+        refuse_mismatch(new, base)
+    refuse_mismatch(base, result("t-x"))  # the same kind: no refusal
