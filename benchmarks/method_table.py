@@ -17,7 +17,23 @@ import json
 import sys
 from pathlib import Path
 
-METHODS = [("base", "none (control)"), ("uce", "UCE"), ("esd", "ESD-x"), ("fmn", "FMN"), ("ca", "CA"), ("salun", "SalUn"), ("rece", "RECE")]
+LABELS = {"uce": "UCE", "esd": "ESD-x", "fmn": "FMN", "ca": "CA", "salun": "SalUn", "rece": "RECE", "negprompt": "negative prompt",
+          "sld": "SLD", "safree": "SAFREE", "mace": "MACE", "spm": "SPM", "advunlearn": "AdvUnlearn", "sa": "Selective Amnesia"}
+
+
+def methods() -> list[tuple[str, str]]:
+    """The control, then every registered method (the registry lists names without importing
+    torch); an inference-time method is labelled as such (no weights changed: its cost is paid at
+    every image, and its erase columns are "-")."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from harness.methods import REGISTRY
+
+    out = [("base", "none (control)")]
+    order = list(LABELS)
+    for name in sorted(REGISTRY.names(), key=lambda n: (order.index(n) if n in order else len(order), n)):
+        label = LABELS.get(name, name)
+        out.append((name, f"{label} (inference-time)" if REGISTRY.get(name).kind == "inference" else label))
+    return out
 
 
 def load(folder: Path, name: str) -> dict | None:
@@ -73,7 +89,7 @@ def main(folder: str) -> None:
           "| CCS-forget (style) | object Pre-ASR -> ASR | object TI ASR | erase wall (CPU) style / object | peak memory | storage |")
     print("| " + " | ".join(["---"] * 16) + " |")
     for world, world_label in WORLDS:
-        for key, label in METHODS:
+        for key, label in methods():
             row = row_of(folder, root, world, key, label)
             if row is not None:
                 print("| " + " | ".join([world_label, *row]) + " |")

@@ -252,7 +252,7 @@ BAD = [
      ["mini.yaml: metrics.1: asr: params.attack: attack settings moved to the suite's attacks.prompt block"]),
     ("attack-param-unknown", suite("smoke:", "  - {name: asr}\nattacks: {prompt: {attack: unlearndiffatk, params: {roundz: 2}}}\nsmoke:"),
      ["mini.yaml: attacks.prompt: params.roundz: not a parameter of unlearndiffatk"]),
-    ("attack-block-unused", suite("smoke:", "attacks: {partial_diffusion: {psi: [0.5]}}\nsmoke:"), ["mini.yaml: (top level): attacks.partial_diffusion: no metric of this suite reads it"]),
+    ("attack-block-unused", suite("smoke:", "attacks: {partial_diffusion: {psi: [0.5]}}\nsmoke:"), ["mini.yaml: attacks.partial_diffusion: no metric of this suite reads it"]),
     ("scorer-backend-unknown", suite("backend: toy", "backend: resnet"), ["mini.yaml: scorer.backend: Input should be"]),
     ("scorer-weights-missing", suite("{backend: toy}", "{backend: toy, weights: {path: clf/model.safetensors, sha256: '" + SHA_GOOD + "'}}"), ["sub.yaml: suite mini: scorer.weights.path: clf/model.safetensors: no such file"]),
     ("include-missing", edit("suites/eff.yaml", "include: mini", "include: nosuch"), ["eff.yaml: include: no suite 'nosuch' beside this file"]),

@@ -29,7 +29,7 @@ def test_validate_prints_one_line_per_problem_on_stderr_and_exits_2(tmp_path):
     assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert f"{tmp_path / 'bad.yaml'}: extra: unknown key" in lines
-    assert f"{tmp_path / 'bad.yaml'}: checkpoint: Field required" in lines
+    assert f"{tmp_path / 'bad.yaml'}: checkpoint: Field required (only a method.kind: inference submission may have none)" in lines
     assert any(line.startswith(f"{tmp_path / 'broken.yaml'}: (yaml) line") for line in lines)
 
 
@@ -38,7 +38,7 @@ def test_schema_writes_json_schema_for_editors(tmp_path):
     assert r.returncode == 0
     sub = json.loads((tmp_path / "submission.schema.json").read_text())
     suite = json.loads((tmp_path / "suite.schema.json").read_text())
-    assert sub["additionalProperties"] is False and "checkpoint" in sub["required"]
+    assert sub["additionalProperties"] is False and "targets" in sub["required"] and "checkpoint" in sub["properties"]  # checkpoint: required unless method.kind is inference
     assert "metrics" in suite["properties"]
 
 

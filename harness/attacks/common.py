@@ -240,6 +240,8 @@ def text_encoder_fingerprint(sub, base_fp: str, unl_fp: str) -> str:
     denoiser tensors (``unet``, ``transformer``) leaves the base's text encoder(s), so those
     submissions share its found prompts; any other kind (a text encoder's tensors, a whole
     pipeline, a LoRA) may change it."""
-    if sub.checkpoint.kind in ("unet", "transformer"):
+    if sub.method.kind == "inference":  # the method may change what prompts become (SAFREE): its own prompts
+        return f"{unl_fp}:text_encoder"
+    if sub.checkpoint is None or sub.checkpoint.kind in ("unet", "transformer"):
         return f"{base_fp}:text_encoder"
     return f"{unl_fp}:text_encoder"

@@ -20,7 +20,7 @@ from harness.registry import GROUPS, Registry
 
 ENTRY_POINT_GROUP = GROUPS["family"]
 DEFAULT = "sd1"  # the family of the toy world and of a bare module with no pipeline around it
-NOT_FAMILIES = {"base"}  # modules of this package that are not a family
+NOT_FAMILIES = {"base", "guidance"}  # modules of this package that are not a family
 
 
 def _family(name: str, obj: object):

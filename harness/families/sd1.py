@@ -18,6 +18,7 @@ from harness.errors import HarnessError
 from harness.store.fetch import fetch
 from harness.store.hashing import sha256_file, sha256_tree
 from harness.families.base import TOY_PIPELINE as TOY_PIPELINE, base_dir as base_dir  # re-exported: the loading code names them here
+from harness.families.guidance import InferenceRecipe
 from harness.spec import PICKLE_SUFFIXES, BaseModelSpec, CheckpointSpec, Submission, inside
 
 
@@ -263,18 +264,23 @@ def apply_checkpoint(pipe, spec: CheckpointSpec, path: Path, placement: Placemen
     return family_of_pipeline(pipe).apply_checkpoint(pipe, spec, path, placement, allow_pickle)
 
 
-def model_fingerprints(sub: Submission, root: Path) -> tuple[str, str]:
+def model_fingerprints(sub: Submission, root: Path, inference: InferenceRecipe | None = None) -> tuple[str, str]:
     """(base, unlearned) identities; they key the image cache. A whole-pipeline checkpoint is
     identified by its folder hash alone, like a local base, so identical weights share images."""
     base = base_fingerprint(sub.base_model, root)
-    return base, unlearned_fingerprint(sub, base)
+    return base, unlearned_fingerprint(sub, base, inference)
 
 
-def unlearned_fingerprint(sub: Submission, base: str) -> str:
-    """The unlearned model's identity, given the base's (``model_fingerprints``)."""
-    if sub.checkpoint.kind == "pipeline":
-        return f"sha256:{sub.checkpoint.sha256}"
-    return f"{base}+{sub.checkpoint.kind}:{sub.checkpoint.sha256}"
+def unlearned_fingerprint(sub: Submission, base: str, inference: InferenceRecipe | None = None) -> str:
+    """The unlearned model's identity, given the base's (``model_fingerprints``): the checkpoint
+    on the base, then an inference-time method's identity (its parameters, targets, code)."""
+    c = sub.checkpoint
+    fp = base if c is None else f"sha256:{c.sha256}" if c.kind == "pipeline" else f"{base}+{c.kind}:{c.sha256}"
+    if sub.method.kind == "inference":
+        if inference is None:
+            raise HarnessError(f"method {sub.method.name}: an inference-time method's fingerprint needs its resolved recipe")
+        fp += "+" + inference.identity
+    return fp
 
 
 @dataclass(frozen=True)
@@ -291,6 +297,7 @@ class PipelineRecipe:
     checkpoint: CheckpointSpec | None = None
     cache_dir: str | None = None
     allow_pickle: bool = False
+    inference: InferenceRecipe | None = None  # an inference-time method installed on the unlearned model
 
     def of(self, which: str) -> "PipelineRecipe":
         """The same models, another of them (``base``, ``unlearned``, ``pair``)."""
@@ -306,10 +313,16 @@ class PipelineRecipe:
             return base if base is not None else fresh()
         if self.which not in ("unlearned", "pair"):
             raise HarnessError(f"pipeline recipe: unknown model {self.which!r}")
-        if self.checkpoint is None:
-            raise HarnessError(f"pipeline recipe {self.which!r} needs a checkpoint")
-        path = verified or checkpoint_file(self.checkpoint, root, Path(self.cache_dir or root / ".unlearn-cache"), self.allow_pickle)
-        unl = apply_checkpoint(base if base is not None else fresh(), self.checkpoint, path, self.placement, self.allow_pickle)
+        if self.checkpoint is None and self.inference is None:
+            raise HarnessError(f"pipeline recipe {self.which!r} needs a checkpoint or an inference-time method")
+        unl = base if base is not None else fresh()
+        if self.checkpoint is not None:
+            path = verified or checkpoint_file(self.checkpoint, root, Path(self.cache_dir or root / ".unlearn-cache"), self.allow_pickle)
+            unl = apply_checkpoint(unl, self.checkpoint, path, self.placement, self.allow_pickle)
+        if self.inference is not None:
+            from harness.families import family_of_pipeline
+
+            self.inference.install(unl, family_of_pipeline(unl))
         return (fresh(), unl) if self.which == "pair" else unl
 
 

@@ -87,8 +87,15 @@ def refuse_other_submission(new: dict, baseline: dict) -> str | None:
     return f"submission.name: {a!r} is compared with a baseline of {b!r}" if a != b else None
 
 
+def refuse_other_method_kind(new: dict, baseline: dict) -> str | None:
+    """An inference-time method's run is never compared with a checkpoint's (or the reverse) as if
+    they were the same kind of model (files made before the field existed are ``checkpoint``)."""
+    a, b = [doc["submission"].get("method", {}).get("kind", "checkpoint") for doc in (new, baseline)]
+    return f"submission.method.kind: {a} is compared with a baseline of kind {b}" if a != b else None
+
+
 def refuse_other_checkpoint(new: dict, baseline: dict) -> str | None:
-    a, b = new["submission"]["checkpoint"].get("sha256"), baseline["submission"]["checkpoint"].get("sha256")
+    a, b = [(doc["submission"].get("checkpoint") or {}).get("sha256") for doc in (new, baseline)]
     return f"submission.checkpoint.sha256: {a} differs from the baseline's {b}" if a != b else None
 
 
@@ -144,7 +151,7 @@ def refuse_dropped_scores(new: dict, baseline: dict) -> str | None:
     return None
 
 
-REFUSALS = {"submission": refuse_other_submission, "checkpoint": refuse_other_checkpoint,
+REFUSALS = {"submission": refuse_other_submission, "method_kind": refuse_other_method_kind, "checkpoint": refuse_other_checkpoint,
             "suite": refuse_other_suite_files, "smoke": refuse_smoke_vs_full,
             "recorded": refuse_unrecorded_suites, "scores": refuse_dropped_scores}
 

@@ -62,6 +62,9 @@ def regress_own(root: Path, submission: str, method_cmd: str, out: Path, baselin
         sub = load_submission(sub_path)
     except SpecErrors as e:
         raise HarnessError(e.lines[0]) from None
+    if sub.checkpoint is None:
+        raise HarnessError(f"{submission}: method {sub.method.name} is an inference-time method: there is no checkpoint to re-make "
+                           "(`unlearn regress` re-evaluates it against its committed results without --method-cmd)")
     if not sub.checkpoint.path:
         raise HarnessError(f"{submission}: checkpoint.path: --method-cmd needs a local checkpoint path (this one is a URL)")
     base_file = Path(baseline) if baseline else find_baseline(root, sub.name, sub.method.name)

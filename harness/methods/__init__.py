@@ -54,6 +54,11 @@ class MethodInfo:
     # ``needs``. A method whose authors' code is SD-1.x only says so: (``"sd1"``,) and a reason
     families: frozenset[str] | None = None
     families_why: str = ""  # why not on the others (shown by `unlearn erase`, and "n/a" on the board)
+    # checkpoint: ``erase`` makes changed tensors (``unlearn erase``); inference: the module's
+    # ``setup(pipe, family, concepts, **params)`` returns the guidance that changes the sampling
+    # (harness.methods.inference), submitted with ``method.kind: inference`` and no checkpoint
+    kind: Literal["checkpoint", "inference"] = "checkpoint"
+    on_checkpoint: bool = False  # an inference method that may run on top of a submitted checkpoint (SLD on an ESD model)
 
     def supports(self, family) -> bool:
         """Whether the method runs on a model family (its name in ``families``, its features cover ``needs``)."""
@@ -76,19 +81,22 @@ def _method_info(name: str, obj) -> MethodInfo:
         raise TypeError(f"is a {type(inf).__name__}, not a harness.methods.MethodInfo (or a module defining INFO)")
     if inf.name != name:
         raise ValueError(f"its MethodInfo is named {inf.name!r}, not {name!r}")
+    if inf.kind not in ("checkpoint", "inference"):
+        raise ValueError(f"kind {inf.kind!r} is not checkpoint or inference")
     if inf.tolerance not in ("closed_form", "long_fine_tune"):
         raise ValueError(f"tolerance {inf.tolerance!r} is not closed_form or long_fine_tune")
     try:
         mod = inf.load()
     except Exception as e:  # a third party's module: any failure is one line naming it
         raise TypeError(f"module {inf.module} cannot be imported ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    if not callable(getattr(mod, "erase", None)):
-        raise TypeError(f"module {inf.module} defines no erase(pipe, concepts, **params)")
+    entry = "setup(pipe, family, concepts, **params)" if inf.kind == "inference" else "erase(pipe, concepts, **params)"
+    if not callable(getattr(mod, entry.split("(")[0], None)):
+        raise TypeError(f"module {inf.module} defines no {entry} (a {inf.kind} method)")
     return inf
 
 
 # Modules of this package that are shared code, not methods (they declare no INFO).
-HELPERS = frozenset({"common", "finetune"})
+HELPERS = frozenset({"common", "finetune", "inference"})
 
 #: The method registry: every module of this package but HELPERS (its ``INFO``), then the
 #: ``unlearn_harness.methods`` entry points of installed distributions. Listing names loads no
@@ -132,8 +140,10 @@ def preset_params(mod, method: str, preset: str | None, base: Path, explicit: di
         if preset not in presets:
             raise HarnessError(f"--preset: {method} has no preset {preset!r}; known: {', '.join(presets)}")
         chosen = dict(presets[preset])
-    sig = inspect.signature(mod.erase).parameters
-    known = [k for k in list(sig)[2:] if k not in ("progress", "history")]
+    info = REGISTRY.get(method) if method in REGISTRY else None
+    entry, first = (mod.setup, 3) if info is not None and info.kind == "inference" else (mod.erase, 2)  # after (pipe, [family,] concepts)
+    sig = inspect.signature(entry).parameters
+    known = [k for k in list(sig)[first:] if k not in ("progress", "history")]
     for k, v in explicit.items():
         if k not in known:
             raise HarnessError(f"--param {k}: {method} has no parameter {k!r}; known: {', '.join(known)}")
@@ -279,6 +289,9 @@ def run_erase(
     from harness.run.reproduce import fingerprint
     from harness.methods.common import ConceptPrompts, check_concept_tokens, for_toy_world
 
+    if method_info(method).kind == "inference":
+        raise HarnessError(f"method {method} is an inference-time method: it changes the sampling, there is no checkpoint to make; "
+                           f"submit it with `method: {{name: {method}, kind: inference}}` and no checkpoint (docs/submitting.md)")
     mod = get_method(method)
     base, out = Path(base), Path(out)
     # the base's family picks a method's default preset where it has one for it (paper-sdxl)

@@ -24,7 +24,7 @@ from harness import metrics
 from harness.errors import HarnessError
 from harness.results.assemble import load_method_record
 from harness.families.sd1 import base_dir, base_fingerprint, check_tensors, tensor_shapes, unlearned_fingerprint, verified_checkpoint
-from harness.resolve.resolved import ResolvedSubmission, cached_base_folder, family_name, read_native_size
+from harness.resolve.resolved import ResolvedSubmission, cached_base_folder, family_name, read_native_size, resolve_inference
 from harness.run.plan import native_size, native_size_at, resolve_suites, suite_items
 from harness.spec import Submission, Suite, expand_prompts, load_submission, pinned_file
 
@@ -37,7 +37,7 @@ def startup(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
     checkpoint's ``file_state`` when verified)."""
     sub = load_submission(path)
     suites = resolve_suites(sub, root)
-    ckpt, state = verified_checkpoint(sub.checkpoint, root, cache, allow_pickle) if sub.checkpoint.path else (None, None)
+    ckpt, state = verified_checkpoint(sub.checkpoint, root, cache, allow_pickle) if sub.checkpoint and sub.checkpoint.path else (None, None)
     check_method_record(sub, root)  # read again when the results are written: fail now, not after the run
     return sub, suites, ckpt, state
 
@@ -288,9 +288,14 @@ def prepare(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
     base = BaseView(sub, root)
     lines += check_base(sub, root, base)
     family = family_name(base.folder)
-    if ckpt is None:  # a URL: fetched into the cache (or found there, offline), then verified
+    if ckpt is None and sub.checkpoint is not None:  # a URL: fetched into the cache (or found there, offline), then verified
         ckpt, state = verified_checkpoint(sub.checkpoint, root, cache, allow_pickle)
-    lines.append(check_checkpoint(sub, ckpt, root, allow_pickle, base))
+    if ckpt is not None:
+        lines.append(check_checkpoint(sub, ckpt, root, allow_pickle, base))
+    recipe, preset = resolve_inference(sub, base.folder)
+    if recipe is not None:
+        lines.append(f"method: {recipe.name}, an inference-time method (preset {preset}; parameters {recipe.params})"
+                     + ("" if ckpt is None else ", on the checkpoint"))
     check_targets(sub, suites, filtered=bool(only))
     lines.append("targets: " + ", ".join(f"{t.concept} ({t.kind})" for t in sub.targets))
     lines += tokenizer_notes(sub, root)
@@ -299,9 +304,10 @@ def prepare(path: str | Path, root: Path, cache: Path, allow_pickle: bool = Fals
     if record:
         lines.append(record)
     native = base.native if base.native is not None else read_native_size(base.folder)
-    return ResolvedSubmission(path=str(path), spec=sub, checkpoint=ckpt, checkpoint_sha256=sub.checkpoint.sha256, base_folder=base.folder,
-                              base_fingerprint=base_fp, unlearned_fingerprint=unlearned_fingerprint(sub, base_fp), family=family,
-                              native_size=native, shapes=dict(base.shapes), suites=every, checked=tuple(lines), checkpoint_state=state)
+    return ResolvedSubmission(path=str(path), spec=sub, checkpoint=ckpt, checkpoint_sha256=sub.checkpoint.sha256 if sub.checkpoint else None,
+                              base_folder=base.folder, base_fingerprint=base_fp, unlearned_fingerprint=unlearned_fingerprint(sub, base_fp, recipe),
+                              family=family, native_size=native, shapes=dict(base.shapes), suites=every, checked=tuple(lines),
+                              checkpoint_state=state, inference=recipe, inference_preset=preset)
 
 
 def check_submission(path: str | Path, root: Path, cache: Path, allow_pickle: bool = False, only: set[str] | None = None) -> list[str]:

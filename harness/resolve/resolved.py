@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Mapping
 
 from harness.errors import HarnessError
+from harness.families.guidance import InferenceRecipe
 from harness.spec import Submission, Suite
 
 
@@ -30,8 +31,8 @@ class ResolvedSubmission:
 
     path: str  # the submission YAML as given
     spec: Submission
-    checkpoint: Path  # the verified local checkpoint file or folder (a URL's: fetched into the cache)
-    checkpoint_sha256: str
+    checkpoint: Path | None  # the verified local checkpoint file or folder (a URL's: fetched into the cache); None: an inference-time method alone
+    checkpoint_sha256: str | None
     base_folder: Path | None  # a local base folder, or the cached hub snapshot; None: a hub base not in the cache
     base_fingerprint: str  # ``sha256:<tree>`` or ``hub:<id>@<revision>`` (keys the base's images)
     unlearned_fingerprint: str  # keys the unlearned model's images
@@ -41,6 +42,8 @@ class ResolvedSubmission:
     suites: Mapping[str, Suite] = field(default_factory=dict)  # every suite of the submission, by id
     checked: tuple[str, ...] = ()  # what the start-up check verified, one line each (``unlearn check`` prints them)
     checkpoint_state: tuple | None = None  # ``families.sd1.file_state`` of the checkpoint right after its sha256 check
+    inference: InferenceRecipe | None = None  # an inference-time method (``method.kind: inference``), resolved
+    inference_preset: str | None = None  # the preset its parameters start from
 
     @property
     def name(self) -> str:
@@ -98,8 +101,19 @@ def resolve_models(path: str, sub: Submission, root: Path, cache: Path, allow_pi
     from harness.families.sd1 import base_fingerprint, unlearned_fingerprint, verified_checkpoint
 
     base_fp = base_fingerprint(sub.base_model, root)
-    ckpt, state = verified_checkpoint(sub.checkpoint, root, cache, allow_pickle)
+    ckpt, state = verified_checkpoint(sub.checkpoint, root, cache, allow_pickle) if sub.checkpoint else (None, None)
     folder = cached_base_folder(sub, root)
-    return ResolvedSubmission(path=str(path), spec=sub, checkpoint=ckpt, checkpoint_sha256=sub.checkpoint.sha256, base_folder=folder,
-                              base_fingerprint=base_fp, unlearned_fingerprint=unlearned_fingerprint(sub, base_fp),
-                              family=family_name(folder), native_size=read_native_size(folder), checkpoint_state=state)
+    recipe, preset = resolve_inference(sub, folder)
+    return ResolvedSubmission(path=str(path), spec=sub, checkpoint=ckpt, checkpoint_sha256=sub.checkpoint.sha256 if sub.checkpoint else None,
+                              base_folder=folder, base_fingerprint=base_fp, unlearned_fingerprint=unlearned_fingerprint(sub, base_fp, recipe),
+                              family=family_name(folder), native_size=read_native_size(folder), checkpoint_state=state,
+                              inference=recipe, inference_preset=preset)
+
+
+def resolve_inference(sub: Submission, folder: Path | None) -> tuple[InferenceRecipe | None, str | None]:
+    """A submission's inference-time method resolved for its base (``harness.methods.inference``)."""
+    from harness.families import default, family_of
+    from harness.methods.inference import inference_recipe
+
+    family = default() if folder is None else family_of(folder, what="base_model")
+    return inference_recipe(sub, folder, family)

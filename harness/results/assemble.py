@@ -115,7 +115,7 @@ def efficiency(sub: Submission, root: Path) -> dict:
     method.json (measured only where the harness wrote it in this run: ``measured_by_harness``;
     else declared) or the submission (declared)."""
     out: dict = {}
-    if sub.checkpoint.path:
+    if sub.checkpoint is not None and sub.checkpoint.path:
         p = inside(root, sub.checkpoint.path, "checkpoint.path")
         if p.exists():
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size

@@ -186,7 +186,8 @@ class SuiteRecord(Record):
     conventions: dict[str, Any] | None = Field(None, description="the choices this project made where the papers are silent")
     fidelity: dict[str, Any] | None = Field(None, description="the reference-fidelity choices the numbers were made with (docs/fidelity.md): "
                                             "`image_format`, `scorer.labels` (label map), `ccs.separator_recipe`, `uce.token_positions`, "
-                                            "`uce.preset` / `esd.preset`")
+                                            "`uce.preset` / `esd.preset`; `inference` (an inference-time method's `method`, `preset`, "
+                                            "`params`, `code_sha256` and the `guidance_scale` its single predictions assume)")
     seconds: Number | None = Field(None, description="wall time of the suite in this process")
     error: str | None = Field(None, description="set instead of the above when the suite did not run")
 
@@ -203,6 +204,9 @@ class Method(Record):
     """The method that made the checkpoint (the submission's `method`)."""
 
     name: str = Field(description="method name, e.g. `uce`")
+    kind: str = Field("checkpoint", description="`checkpoint` (the method changed weights) or `inference` (a registered inference-time method "
+                      "changes the sampling; its resolved preset, parameters and code sha256 are each suite's `fidelity.inference`); "
+                      "files made before inference methods existed are `checkpoint`")
     params: dict[str, Any] = Field({}, description="its hyper-parameters as the submission declares them")
     paper_url: str | None = Field(None, description="the paper")
     code_url: str | None = Field(None, description="the authors' code")
@@ -225,7 +229,7 @@ class SubmissionRecord(Record):
     file_sha256: str | None = Field(None, description="its sha256")
     name: str = Field(min_length=1, max_length=200, description="the submission's name (readers accept 1-80 printable ASCII characters)")
     method: Method
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint | None = Field(None, description="null for an inference-time method alone (`method.kind: inference`)")
     targets: list[Target] = Field(min_length=1, description="the unlearning targets")
 
 

@@ -156,7 +156,10 @@ def plan(sub_path: str, sub, suites: dict, root: Path, cache_dir: Path, device: 
     if isinstance(sub, ResolvedSubmission):
         (base_fp, unl_fp), native, sub = sub.fingerprints, sub.native_size, sub.spec
     else:
-        (base_fp, unl_fp), native = model_fingerprints(sub, root), None
+        from harness.resolve.resolved import cached_base_folder, resolve_inference
+
+        inference = resolve_inference(sub, cached_base_folder(sub, root))[0] if sub.method.kind == "inference" else None
+        (base_fp, unl_fp), native = model_fingerprints(sub, root, inference), None
     for sid, suite in suites.items():
         if only and sid not in only:
             continue

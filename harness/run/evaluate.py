@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +33,7 @@ from harness.families.sd1 import PipelineRecipe, Pipelines, Placement
 from harness.resolve.resolved import ResolvedSubmission, resolve_models
 from harness.run.plan import base_record, family_settings, suite_path
 from harness.spec import Prompt, Submission, Suite, TargetSpec, load_suite
-from harness.run.fidelity import choices as fidelity_choices
+from harness.run.fidelity import choices as fidelity_choices, inference_record
 
 if TYPE_CHECKING:
     from harness.results.assemble import SuiteResult
@@ -253,7 +253,10 @@ class Evaluator:
             # recipe: loaded only when some image is not cached (a warm re-run loads none), the
             # unlearned one made from the base already in memory; a Ray worker loads its own.
             pipes = Pipelines(ckpt, resolved.checkpoint_state)  # hashed again before loading if changed since verified
-            recipe = PipelineRecipe(str(self.root.resolve()), sub.base_model, placement, "base", sub.checkpoint, str(self.cache_dir.resolve()), self.allow_pickle)
+            # an inference-time method's single predictions (attacks) use the suite's guidance scale
+            inference = replace(resolved.inference, guidance_scale=float(g.guidance)) if resolved.inference else None
+            recipe = PipelineRecipe(str(self.root.resolve()), sub.base_model, placement, "base", sub.checkpoint, str(self.cache_dir.resolve()),
+                                    self.allow_pickle, inference)
             how = dict(executor=self.executor, stats=stats, pipelines=pipes)
             base_imgs, base_rep = generate(recipe, base_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} base", **how)
             unl_imgs, unl_rep = generate(recipe.of("unlearned"), unl_jobs, self.cache, g.batch_size, self.progress, f"{suite.id} unlearned", **how)
@@ -324,7 +327,7 @@ class Evaluator:
                 "images": {"base": base_rep, "unlearned": unl_rep, **({"attack": attack_rep} if attack_rep else {})},
                 "samples": sample_pairs(items, base_jobs, unl_jobs, sub.targets, self.cache) if base_jobs else [],
                 "conventions": CONVENTIONS,
-                "fidelity": fidelity_choices(sub, suite, self.root),
+                "fidelity": {**fidelity_choices(sub, suite, self.root), **inference_record(resolved, float(g.guidance))},
                 "seconds": round(time.time() - t0, 2),
             }),
             metrics=records,

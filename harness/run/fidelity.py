@@ -21,6 +21,18 @@ def _method_record(sub, root: Path) -> dict:
         return {}
 
 
+def inference_record(resolved, guidance_scale: float | None = None) -> dict:
+    """An inference-time method's resolved choices (``inference``: method, preset, every
+    parameter, the sha256 of its code); empty for a checkpoint method."""
+    import json
+
+    r = getattr(resolved, "inference", None)
+    if r is None:
+        return {}
+    return {"inference": {"method": r.name, "preset": resolved.inference_preset, "params": json.loads(r.params), "code_sha256": r.code,
+                          "guidance_scale": r.guidance_scale if guidance_scale is None else guidance_scale}}
+
+
 def choices(sub, suite, root: Path) -> dict:
     out: dict = {}
     g = suite.generation

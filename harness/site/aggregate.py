@@ -23,6 +23,14 @@ RECORD_COLUMNS = [
 ]
 
 
+def method_label(method: dict) -> str:
+    """A method's name as the board shows it: an inference-time method (``kind: inference``, no
+    weights changed, its cost paid at every image) says so, so its row is never read as a
+    checkpoint's."""
+    name = str(method.get("name", ""))
+    return f"{name} (inference-time)" if method.get("kind") == "inference" else name
+
+
 def records_frame(runs: list[Run], spreads: dict | None = None):
     """One row per metric record of every accepted file (pandas), with ``latest`` marking the
     records of each submission's newest run (by ``finished``, then file name) and ``family`` the
@@ -41,7 +49,7 @@ def records_frame(runs: list[Run], spreads: dict | None = None):
         fams, fam = run_families(d), run_family(d)
         for m in d["metrics"]:
             rows.append({
-                "submission": r.name, "method": d["submission"]["method"]["name"], "family": fams.get(m["suite"], fam), "file": r.file,
+                "submission": r.name, "method": method_label(d["submission"]["method"]), "family": fams.get(m["suite"], fam), "file": r.file,
                 "run_finished": r.finished, "complete": bool(d.get("complete", True)),
                 "harness_version": d["harness"].get("version"), "git_sha": d["harness"].get("git_sha"),
                 "suite": m["suite"], "metric": m["metric"], "label": m.get("label") or m["metric"],

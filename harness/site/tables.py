@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from harness.site.aggregate import VERDICTS, headline_metric, rank_intervals, records_of
+from harness.site.aggregate import VERDICTS, headline_metric, method_label, rank_intervals, records_of
 from harness.site.load import Run, family_order, family_title, is_smoke, method_key, run_families, run_family, suite_family
 from harness.site.text import ci_text, ci_title, delta_text, finite, fmt, na_to_none, pretty_threshold, safe_url, short, slug, spread_text, spread_title
 
@@ -182,7 +182,7 @@ def overview_rows(df, latest: dict[str, Run]) -> list[dict]:
         counts = {v: verdicts.get(name, []).count(v) for v in VERDICTS}
         sub = run.data["submission"]
         fams = sorted(set(run_families(run.data).values()) or {run_family(run.data)}, key=family_order)
-        out.append({"submission": name, "page": f"submissions/{slug(name)}.html", "method": sub["method"]["name"],
+        out.append({"submission": name, "page": f"submissions/{slug(name)}.html", "method": method_label(sub["method"]),
                     "family": " ".join(fams), "families": [{"name": f, "title": family_title(f)} for f in fams],
                     "targets": [{"concept": t["concept"], "kind": t["kind"]} for t in sub["targets"]],
                     "kinds": " ".join(sorted({t["kind"] for t in sub["targets"]})),
@@ -293,7 +293,7 @@ def submission_page(run: Run, others: list[Run], df, images_ok: set[str], latest
     "n/a" for the board's families its method does not run on (``family_comparison``)."""
     d = run.data
     sub = d["submission"]
-    method, ck = sub["method"], sub["checkpoint"]
+    method, ck = sub["method"], sub.get("checkpoint") or {"kind": "none (an inference-time method)"}
     g = df[df["_run"] == run.id]
     left_out = max(0, len(g) - MAX_ROWS)
     back = {t: n for (name, t), n in reversed_notes(g).items()}

@@ -108,7 +108,7 @@ def submission_items(sub) -> list[Item]:
     if b.hub_id:
         out.append(Item("base_model", "hub-pipeline", f"hub:{b.hub_id}@{b.revision}", None, b.hub_id, b.revision))
     c = sub.checkpoint
-    if c.url:
+    if c is not None and c.url:
         out.append(Item("checkpoint", "url", c.url, c.sha256, url=c.url))
     return out
 

@@ -1,4 +1,8 @@
-"""The submission YAML: a method, its checkpoint (sha256-pinned), the base model and its targets."""
+"""The submission YAML: a method, its checkpoint (sha256-pinned), the base model and its targets.
+
+An inference-time method (``method.kind: inference``) changes the sampling instead of the
+weights: it names a registered method and its parameters, and has no checkpoint (or one its
+contract lets it run on top of)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from harness.spec.common import HTTPS_URL, SHA256, SLUG, Strict, exactly_one
 
 class MethodSpec(Strict):
     name: str = Field(min_length=1, max_length=80)
+    kind: Literal["checkpoint", "inference"] = Field(
+        default="checkpoint", description="checkpoint: the method changed weights (the submission's checkpoint); inference: a registered "
+        "inference-time method (harness.methods, e.g. negprompt, sld) that changes the sampling, with no checkpoint or on top of one")
     params: dict[str, Any] = {}
     paper_url: str | None = Field(default=None, pattern=r"^https://")
     code_url: str | None = Field(default=None, pattern=r"^https://")
@@ -80,11 +87,19 @@ class Submission(Strict):
     name: SLUG
     method: MethodSpec
     base_model: BaseModelSpec
-    checkpoint: CheckpointSpec
+    checkpoint: CheckpointSpec | None = Field(default=None, validate_default=True, description="required unless method.kind is inference")
     targets: list[TargetSpec] = Field(min_length=1)
     suites: list[SLUG] | None = Field(default=None, description="suite ids; default: every suite of the base's world that applies to a target kind")
     method_record: str | None = Field(default=None, description="method.json written by `unlearn erase` (measured efficiency)")
     efficiency: EfficiencySpec | None = None
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_for_kind(cls, v, info):
+        m = info.data.get("method")  # validated before: declared above
+        if v is None and (m is None or m.kind == "checkpoint"):
+            raise ValueError("Field required (only a method.kind: inference submission may have none)")
+        return v
 
     @field_validator("targets")
     @classmethod

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import re
+
 from pydantic import ValidationError
 
 from harness.errors import HarnessError
@@ -17,6 +19,9 @@ def _format_validation(path: Path, err: ValidationError) -> list[str]:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]).replace("\r", "\\r").replace("\n", "\\n") or "(top level)"  # one line, whatever the keys
         msg = e["msg"].removeprefix("Value error, ").replace("\n", " ")
+        named = re.match(r"^([A-Za-z_][\w.]*): (.+)$", msg) if not e["loc"] else None
+        if named:  # a model-level check naming its field ("checkpoint: Field required ...")
+            loc, msg = named.groups()
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         out.append(f"{path}: {loc}: {msg}")
