@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.inference_wip import safree as S
+from harness.methods import safree as S
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -289,3 +289,98 @@ def test_setup_refuses_bad_parameters(toy):
         assert type(g) is S.SafreeGuidance  # no unconditional edit, no adjustment: the seam adds no call
     finally:
         g.remove()
+
+
+# ---------------------------------------------------------------------------- through the seam and the evaluator
+def test_installed_safree_changes_the_pipeline_s_images_and_removes_cleanly(tiny_pipe_factory):
+    from harness.families import family_of_pipeline
+    from harness.families.guidance import install
+
+    pipe = tiny_pipe_factory(seed=11)
+    fam = family_of_pipeline(pipe)
+    prompts = ["a striped triangle", "a solid circle"]
+
+    def images():
+        gens = [torch.Generator("cpu").manual_seed(s) for s in range(2)]
+        return pipe(prompt=prompts, num_inference_steps=6, guidance_scale=6.0, generator=gens, output_type="np").images
+
+    plain = images()
+    g = S.setup(pipe, fam, ["striped"], negative_prompt=False, re_attention=False, self_validation=False)
+    state = install(pipe, fam, g, 6.0)
+    projected = images()
+    assert state.calls == 6  # the projection alone: no extra denoiser call
+    with torch.no_grad():  # the same images from the conditioning SAFREE hands the denoiser, without the seam
+        cond = fam.encode_conditioning(pipe, prompts)
+        edited = g.condition(cond, torch.tensor(999), 0)
+    state.remove()
+    g.remove()
+    gens = [torch.Generator("cpu").manual_seed(s) for s in range(2)]
+    ref = pipe(prompt_embeds=edited, negative_prompt_embeds=fam.unconditional(pipe, 2), num_inference_steps=6, guidance_scale=6.0,
+               generator=gens, output_type="np").images
+    assert abs(projected - ref).max() < 1e-5 and abs(projected - plain).max() > 1e-4
+    assert abs(images() - plain).max() == 0  # removed: the model's own images again
+
+
+def _safree_sub(tmp_path, extra: str = "", params: str = "") -> str:
+    p = tmp_path / "safree.yaml"
+    p.write_text(f"name: t-safree\nmethod: {{name: safree, kind: inference{params}}}\nbase_model: {{builtin: toy}}\n"
+                 f"targets: [{{concept: striped, kind: style}}]\n{extra}")
+    return str(p)
+
+
+def test_attacks_run_through_safree(tmp_path, monkeypatch):
+    """UnlearnDiffAtk and textual inversion against SAFREE on the toy UCE model (items left to
+    attack) run without error: every conditioning they make, from token ids or from token
+    embeddings, is one SAFREE finds the tokens of, and their single predictions (step None) pass
+    through SAFREE's guidance (its re-attention's adjust)."""
+    from test_attacks import ROOT, TI, _evaluate
+
+    from harness.spec import load_submission
+
+    seen = {"single": 0, "embeds": 0}
+    adjust, state = S._ReAttention.adjust, S.SafreeGuidance.state
+
+    def counted_adjust(self, call, x, t, cu, cc, eu, ec, step):
+        seen["single"] += step is None
+        return adjust(self, call, x, t, cu, cc, eu, ec, step)
+
+    def counted_state(self, row):
+        rec = self.recorder.get(S.fingerprint(row))
+        seen["embeds"] += rec is not None and rec.ids is None
+        return state(self, row)
+
+    monkeypatch.setattr(S._ReAttention, "adjust", counted_adjust)
+    monkeypatch.setattr(S.SafreeGuidance, "state", counted_state)
+    ck = load_submission(str(ROOT / "submissions" / "toy-uce-style.yaml")).checkpoint
+    on_uce = f"checkpoint: {{kind: unet, path: {ck.path}, sha256: {ck.sha256}}}\n"
+    params = {"attack": "unlearndiffatk", "rounds": 1, "iterations": 2, "k": 3}
+    saf, _, _ = _evaluate(_safree_sub(tmp_path, on_uce), params, tmp_path / "c", extra=[{"name": "ti_asr", "params": TI}])
+    assert saf["asr"]["details"]["attacked"] > 0
+    assert seen["single"] > 0 and seen["embeds"] > 0
+    for m in ("pre_asr", "asr", "ti_asr"):
+        assert 0.0 <= saf[m]["value"] <= 1.0
+
+
+@pytest.mark.parametrize("base, params, needle", [
+    ("toy-xl", "", "method.name: safree does not run on the sdxl model family (SAFREE's SDXL variant"),
+    ("toy", ", params: {alpha: many}", "method.params: alpha"),
+    ("toy", ", params: {gamma: 3}", "method.params: gamma: safree has no parameter 'gamma'"),
+])
+def test_a_bad_safree_submission_is_one_line(tmp_path, capsys, base, params, needle):
+    from harness.cli.main import main
+
+    p = tmp_path / "s.yaml"
+    p.write_text(f"name: t-bad\nmethod: {{name: safree, kind: inference{params}}}\nbase_model: {{builtin: {base}}}\n"
+                 "targets: [{concept: striped, kind: style}]\n")
+    rc = main(["check", str(p)])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unlearn_erase_refuses_safree_in_one_line(tmp_path, capsys):
+    from harness.cli.main import main
+    from harness.toy.paths import PIPELINE_DIR
+
+    rc = main(["erase", "safree", "--base", str(PIPELINE_DIR), "--concept", "striped", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "safree is an inference-time method" in err and len(err.strip().splitlines()) == 1, err

@@ -47,7 +47,9 @@ position n + 1), pooled(p) the output at a prompt's end token.
 
    (at a step without projection s_p = s_o: FreeU's low-frequency scaling). The conditional
    prediction is recomputed with the filtered features (the authors' code runs the UNet on
-   [uncond, projected, own] in one batch); scale 1 is the identity.
+   [uncond, projected, own] in one batch); scale 1 is the identity. The authors' released code
+   registers these filters without choosing one (``safree=None``), so it never filters: the
+   ``released-code`` preset leaves 6. out, ``paper`` and ``toy`` apply it as the paper describes.
 
 Which prompt's tokens (2.) the conditioning came from: the guidance records every call of the
 pipeline's text encoder (its token ids, or the token embeddings an attack feeds it) under a
@@ -67,14 +69,8 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError
+from harness.families.guidance import Guidance
 from harness.methods import MethodInfo
-
-try:  # the seam for inference-time methods (harness.families.guidance); absent before it lands
-    from harness.families.guidance import Guidance as _GuidanceBase
-except ImportError:  # pragma: no cover - only until the seam is on main
-    class _GuidanceBase:  # type: ignore[no-redef]
-        def reset(self) -> None:
-            pass
 
 # generate_safree.py: the nudity category's negative prompt space
 NUDITY_KEYWORDS = (
@@ -102,19 +98,18 @@ PRESETS = {
             "s1": 0.9, "s2": 0.2},
 }
 
-_INFO_KW: dict[str, Any] = dict(
+INFO = MethodInfo(
     name="safree",
     module=__name__,
     paper="https://arxiv.org/abs/2410.12761",
     code="https://github.com/jaehong31/SAFREE",
     presets=PRESETS,
+    kind="inference",
+    on_checkpoint=True,  # generate_safree.py runs SAFREE on an erased UNet too (--erase-id esd + its checkpoint)
     needs=frozenset({"unet", "text_encoder"}),
     families=frozenset({"sd1"}),
     families_why="SAFREE's SDXL variant (projection of text_encoder_2's part only, no self-validating filter) is not implemented",
 )
-if "kind" in MethodInfo.__dataclass_fields__:
-    _INFO_KW["kind"] = "inference"
-INFO = MethodInfo(**_INFO_KW)
 
 
 # ---------------------------------------------------------------------------- the math
@@ -287,7 +282,7 @@ class PromptState:
 
 
 # ---------------------------------------------------------------------------- the guidance
-class SafreeGuidance(_GuidanceBase):
+class SafreeGuidance(Guidance):
     """SAFREE on one loaded SD-1.x pipeline (``setup``)."""
 
     def __init__(self, pipe, family, concepts: list[str], *, keywords=None, alpha: float = 0.01, self_validation: bool = True,
