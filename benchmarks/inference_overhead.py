@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
@@ -32,14 +31,11 @@ def main() -> int:
     from harness.families.guidance import install
     from harness.families.sd1 import Placement
     from harness.methods import REGISTRY, get_method
-    from harness.run.generate import Job, run_batch
-    from harness.toy import world
     from harness.toy.paths import PIPELINES
+    from toy_xl_cost import time_rounds, toy_jobs  # this folder's: the same jobs and timing as toy-xl's cost
 
     methods = a.methods or [n for n in REGISTRY.names() if REGISTRY.get(n).kind == "inference"]
-    prompts = [p for _, _, p in world.all_prompts()]
-    jobs = [Job(prompt=prompts[i % len(prompts)], negative_prompt="", seed=i, scheduler="ddim", steps=20, guidance=5.0, height=32,
-                width=32, eta=0.0, dtype="float32", model="bench") for i in range(a.images)]
+    jobs = toy_jobs(a.images)
     fam = family_of(PIPELINES["toy"])
     pipes = {"base": fam.load(PIPELINES["toy"], Placement("cpu", "float32"))}
     states = {}
@@ -48,19 +44,9 @@ def main() -> int:
         params = dict((REGISTRY.get(m).presets or {}).get("toy", {}))
         states[m] = install(p, fam, get_method(m).setup(p, fam, ["striped"], **params), 5.0)
         pipes[m] = p
-    for p in pipes.values():  # warm-up
-        run_batch(p, jobs[:2])
-    for s in states.values():
-        s.calls = 0
-    seconds: dict[str, list[float]] = {w: [] for w in pipes}
-    for _ in range(a.rounds):
-        for w, p in pipes.items():
-            t0 = time.perf_counter()
-            for i in range(0, len(jobs), a.batch):
-                run_batch(p, jobs[i : i + a.batch])
-            seconds[w].append((time.perf_counter() - t0) / len(jobs))
+    seconds = time_rounds(pipes, jobs, a.rounds, a.batch)
     per_image = {w: statistics.median(v) for w, v in seconds.items()}
-    batches = -(-len(jobs) // a.batch) * a.rounds
+    batches = -(-len(jobs) // a.batch) * a.rounds + 1  # + the warm-up batch
     print(json.dumps({"seconds_per_image": {w: round(v, 5) for w, v in per_image.items()},
                       "ratio_to_base": {m: round(per_image[m] / per_image["base"], 3) for m in methods},
                       "denoiser_calls_per_step": {m: round(states[m].calls / (batches * 20), 3) for m in methods},  # the base: 1

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from harness.methods import METHODS, esd, uce
+from harness.methods import METHODS, REGISTRY, esd, uce
 from harness.methods.common import cross_attention_kv, for_toy_world, text_embeddings
 
 
@@ -131,7 +131,7 @@ GENERIC_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if REGISTRY.get(m).kind == "checkpoint"))  # inference-time ones: test_inference_methods
 @pytest.mark.parametrize("args, message", GENERIC_ERRORS, ids=["subword-concept", "missing-base", "existing-out"])
 def test_erase_command_one_line_errors_for_every_method(tiny_dir, tmp_path, monkeypatch, capsys, method, args, message):
     """The inputs every method's ``unlearn erase`` refuses the same way (``run_erase``'s checks),

@@ -125,7 +125,7 @@ def test_plugin_method_is_listed_and_runs_through_unlearn_erase(plugin_dir, tiny
                     "print(json.dumps([REGISTRY.names(), REGISTRY.plugin_names(), PAPERS['halfkv'], 'torch' in sys.modules]))"], plugin_dir, tmp_path)
     assert r.returncode == 0, r.stderr
     names, plugins, paper, torch_loaded = json.loads(r.stdout)
-    assert names[:6] == ["ca", "esd", "fmn", "rece", "salun", "uce"]  # the harness's own first
+    assert names[:9] == ["ca", "esd", "fmn", "mace", "negprompt", "rece", "salun", "sld", "uce"]  # the harness's own first
     assert plugins == ["halfkv", "misnamed", "missing", "raising"]  # "uce" is the harness's: not overridden
     assert paper == "https://example.org/halfkv" and torch_loaded  # reading a value loads the module
 
@@ -198,8 +198,14 @@ def test_every_reference_method_declares_its_contract():
     from harness.methods import CODE, METHODS, PAPERS, REGISTRY, MethodInfo, get_method
     from harness.toy.submissions import PARAMS, committed_methods
 
-    assert list(METHODS) == ["ca", "esd", "fmn", "rece", "salun", "uce"]
-    for name in METHODS:
+    assert list(METHODS) == ["ca", "esd", "fmn", "mace", "negprompt", "rece", "salun", "sld", "uce"]
+    inference = [n for n in METHODS if REGISTRY.get(n).kind == "inference"]
+    assert inference == ["negprompt", "sld"]
+    for name in inference:  # setup(pipe, family, concepts, **params); no checkpoint, nothing committed
+        info, mod = REGISTRY.get(name), get_method(name)
+        assert info is mod.INFO and callable(mod.setup) and not info.committed_toy and info.on_checkpoint
+        assert info.presets is None or set(info.presets["toy"]) <= set(list(inspect.signature(mod.setup).parameters)[3:])
+    for name in [n for n in METHODS if n not in inference]:
         info = REGISTRY.get(name)
         mod = get_method(name)
         assert isinstance(info, MethodInfo) and info is mod.INFO and info.name == name and info.module == mod.__name__
@@ -209,11 +215,11 @@ def test_every_reference_method_declares_its_contract():
         params = list(inspect.signature(mod.erase).parameters)[2:]
         assert set(info.presets["toy"]) <= set(params), name  # every preset key is a parameter of erase()
         assert PARAMS.get(name) is None or set(PARAMS[name]) == set(info.presets["toy"])
-    assert committed_methods() == sorted(METHODS)
+    assert committed_methods() == sorted(n for n in METHODS if n not in inference)
     from harness.methods import method_tolerance
     from harness.run.reproduce import CLOSED_FORM, LONG_FINE_TUNE
 
-    assert [m for m in METHODS if method_tolerance(m) is CLOSED_FORM] == ["rece", "uce"]
+    assert [m for m in METHODS if m not in inference and method_tolerance(m) is CLOSED_FORM] == ["rece", "uce"]
     assert method_tolerance("not-a-method") is LONG_FINE_TUNE
 
 

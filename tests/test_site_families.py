@@ -24,6 +24,7 @@ from test_leaderboard import build, page_of, result, write
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "leaderboard" / "results"
 XSS = "<script>alert(1)</script>"
+SD1_COMMITTED = [p for p in COMMITTED.glob("toy-*.json") if not p.name.startswith("toy-xl-")]  # the SD-1.x toy world's runs
 XL_METHOD_FROM = "toy-fmn-object.json"  # its method is evaluated on SDXL too
 XL_DATA_FROM = "toy-esd-object.json"  # the numbers of that SDXL run (another result's, relabelled)
 XL_BASE_FROM = "toy-base.json"  # the unchanged base, relabelled as toy-xl without a `family` key
@@ -52,6 +53,8 @@ def two_families(tmp_path_factory):
     res = tmp / "results"
     shutil.copytree(COMMITTED, res)
     (res / "ATTESTATION.json").unlink(missing_ok=True)
+    for real_xl in res.glob("toy-xl-*.json"):  # the committed toy-xl runs: this board's SDXL rows are the two relabelled copies
+        real_xl.unlink()
     fmn = json.loads((res / XL_METHOD_FROM).read_text())
     xl = as_xl(json.loads((res / XL_DATA_FROM).read_text()), "toy-fmn-object-xl", "sdxl")
     xl["submission"]["method"] = fmn["submission"]["method"]
@@ -74,7 +77,7 @@ def _row(index: str, suite: str, name: str, kind: str) -> str:
 @needs_committed
 def test_every_row_and_download_names_its_family(two_families):
     res, out, counts, lines = two_families
-    assert lines == [] and counts["files"] == len(list(COMMITTED.glob("toy-*.json"))) + 2
+    assert lines == [] and counts["files"] == len(SD1_COMMITTED) + 2
     index = (out / "index.html").read_text()
     sec = index[index.index('id="suite-toy-canvas"'):]
     assert re.search(r'<th scope="col" rowspan="2"[^>]*><button type="button">Family<', sec[:sec.index("</thead>")])
@@ -233,6 +236,8 @@ def ca_beside_xl(tmp_path_factory):
     res = tmp / "results"
     shutil.copytree(COMMITTED, res)
     (res / "ATTESTATION.json").unlink(missing_ok=True)
+    for real_xl in res.glob("toy-xl-*.json"):  # the committed toy-xl runs: this board's SDXL rows are the two relabelled copies
+        real_xl.unlink()
     write(res, f"{ESD_XL}.json", as_xl(json.loads((res / "toy-esd-object.json").read_text()), ESD_XL, "sdxl"))
     unsupported = {"ca": {"sdxl": CA_WHY, "sd3": "not on this board"}, "esd": {"sdxl": "never shown: ESD has an SDXL result"},
                    "CA": {"sdxl": "a display name is no registry name"}}
@@ -332,6 +337,8 @@ def test_the_cli_build_shows_the_registrys_reason(tmp_path):
     res = tmp_path / "results"
     shutil.copytree(COMMITTED, res)
     (res / "ATTESTATION.json").unlink(missing_ok=True)
+    for real_xl in res.glob("toy-xl-*.json"):  # the committed toy-xl runs: this board's SDXL rows are the two relabelled copies
+        real_xl.unlink()
     write(res, f"{ESD_XL}.json", as_xl(json.loads((res / "toy-esd-object.json").read_text()), ESD_XL, "sdxl"))
     assert cli.main(["leaderboard", "build", "--results", str(res), "--out", str(tmp_path / "site")]) == 0
     ca = REGISTRY.get("ca")

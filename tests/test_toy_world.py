@@ -186,4 +186,4 @@ def test_toy_checkpoints_refuse_a_method_the_worlds_family_cannot_run(tmp_path, 
     assert "Stable Diffusion 1.x only" in err
     from harness.toy.submissions import committed_methods_of
 
-    assert committed_methods_of("toy-xl") == ["esd", "uce"] and "ca" in committed_methods_of("toy")
+    assert committed_methods_of("toy-xl") == ["esd", "mace", "uce"] and "ca" in committed_methods_of("toy")

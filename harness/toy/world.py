@@ -96,13 +96,21 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
 
 def render(obj: str, style: str, rng: np.random.Generator) -> np.ndarray:
     """One image as float32 HxWx3 in [0, 1]."""
+    return render_with_mask(obj, style, rng)[0]
+
+
+def render_with_mask(obj: str, style: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One image (as ``render``, the same random draws) and the object's exact filled shape as a
+    boolean HxW mask (the region a segmenter of the object would return; methods that erase
+    within a concept's segmentation mask, MACE, use it)."""
     r = rng.uniform(9.0, 12.5)
     cx, cy = rng.uniform(16 - 3.5, 16 + 3.5, size=2)
     bg = rng.uniform(0.82, 1.0, size=3).astype(np.float32)
     fg = _random_colour(rng).astype(np.float32)
-    paint = _style_pattern(style, _shape_mask(obj, cx, cy, r), rng)
+    shape = _shape_mask(obj, cx, cy, r)
+    paint = _style_pattern(style, shape, rng)
     img = np.where(paint[..., None], fg, bg)
-    return img.astype(np.float32)
+    return img.astype(np.float32), shape
 
 
 def sample(n: int, seed: int, objects=OBJECTS, styles=STYLES):
