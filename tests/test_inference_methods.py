@@ -16,7 +16,7 @@ import torch
 
 from harness.families import family_of_pipeline
 from harness.families.base import call_denoiser
-from harness.families.guidance import Guidance, install
+from harness.families.guidance import Guidance, install, installed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +48,21 @@ def test_a_method_that_changes_nothing_is_the_model_bit_for_bit(pipe):
     assert (before == after).all() and torch.equal(single, single_after)
     assert state.calls == 6 + 1  # one denoiser call per step and one for the single prediction: nothing extra
     state.remove()
-    assert "forward" not in pipe.unet.__dict__
+    assert "forward" not in pipe.unet.__dict__ and installed(pipe, fam) is None
+
+
+def test_removing_a_method_takes_out_its_own_hooks_too(pipe):
+    class Hooked(Guidance):
+        removed = 0
+
+        def remove(self):
+            self.removed += 1
+
+    fam = family_of_pipeline(pipe)
+    g = Hooked()
+    install(pipe, fam, g, 6.0).remove()
+    assert g.removed == 1
+    install(pipe, fam, Guidance(), 6.0)  # the denoiser takes a method again
 
 
 def test_negative_prompt_is_diffusers_negative_prompt(pipe):

@@ -218,6 +218,11 @@ class ModelFamily(Protocol):
         """Settings beyond the job's that condition generation (SDXL's micro-conditioning), recorded
         with every result; empty when there are none."""
 
+    def conditioning_like(self, one, cond) -> Any:
+        """A prompt's conditioning ``one`` (batch 1) for every image of ``cond``, on its device and
+        dtype, with ``cond``'s image-specific conditioning (SDXL: the size ids): an inference-time
+        method's replacement branch (harness.families.guidance)."""
+
     def encode_ids(self, pipe, ids) -> Any:
         """The conditioning of token-id prompts (N, tokens)."""
 

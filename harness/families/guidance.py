@@ -60,6 +60,9 @@ class Guidance:
     def reset(self) -> None:
         """A new sampling run starts (state kept across steps, e.g. SLD's momentum, is dropped)."""
 
+    def remove(self) -> None:
+        """Take out any hooks of the method's own (SAFREE's text-encoder and decoder hooks)."""
+
 
 def _overrides(g: Guidance, name: str) -> bool:
     return getattr(type(g), name) is not getattr(Guidance, name)
@@ -177,23 +180,21 @@ class GuidedDenoiser:
         return (out,)
 
     def _unconditional(self, cond, n: int):
-        """The family's unconditional conditioning for ``n`` images, with the conditional's
-        micro-conditioning (SDXL's size ids) where it has any."""
+        """The family's unconditional conditioning for the ``n`` images of ``cond`` (with their
+        micro-conditioning, where the family has any)."""
         import torch
-
-        from harness.families.base import repeat_conditioning
 
         if getattr(self, "_u1", None) is None:
             with torch.no_grad():
                 self._u1 = self.family.unconditional(self.pipe, 1)
-        u = repeat_conditioning(self._u1, n)
-        if isinstance(u, Conditioning) and isinstance(cond, Conditioning):
-            u = Conditioning(u.hidden, {**u.extra, **{k: v for k, v in cond.extra.items() if k not in ("text_embeds",)}})
-        return u.to(device=cond.device, dtype=cond.dtype) if hasattr(u, "to") else u
+        return self.family.conditioning_like(self._u1, cond)
 
     def remove(self) -> None:
+        """The denoiser as it was, and the guidance's own hooks taken out (``Guidance.remove``)."""
         if self.denoiser.__dict__.get("forward") is not None:
             del self.denoiser.forward
+        self.denoiser.__dict__.pop("_unlearn_guidance", None)
+        self.guidance.remove()
 
 
 def install(pipe, family, guidance: Guidance, scale: float = 7.5) -> GuidedDenoiser:

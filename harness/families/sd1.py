@@ -607,6 +607,11 @@ class SD1Family:
     def encode_negative(self, pipe, negatives: list[str], device):
         return pipe.encode_prompt(negatives, device, 1, False)[0]
 
+    def conditioning_like(self, one, cond):
+        from harness.families.base import repeat_conditioning
+
+        return repeat_conditioning(one, cond.shape[0]).to(device=cond.device, dtype=cond.dtype)
+
     def sized(self, pipe, cond, height: int, width: int):
         """The conditioning of an image of ``height`` x ``width`` (SD-1.x's does not depend on the size)."""
         return cond

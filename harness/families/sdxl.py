@@ -250,6 +250,13 @@ class SDXLFamily(SD1Family):
             return vae.to(torch.float32).decode(latents.float() / vae.config.scaling_factor).sample.to(latents.dtype)
         return vae.decode(latents / vae.config.scaling_factor).sample
 
+    def conditioning_like(self, one, cond):
+        """``one`` repeated, with ``cond``'s size ids (the prompt's hidden states and pooled text are ``one``'s)."""
+        from harness.families.base import repeat_conditioning
+
+        out = repeat_conditioning(one, len(cond))
+        return Conditioning(out.hidden, {**out.extra, "time_ids": cond.extra["time_ids"]}).to(device=cond.device, dtype=cond.dtype)
+
     def _with_time_ids(self, pipe, cond, height: int, width: int):
         if isinstance(cond, Conditioning):
             return Conditioning(cond.hidden, {**cond.extra, "time_ids": self._time_ids(pipe, len(cond), cond.hidden, height, width)})

@@ -13,7 +13,6 @@ suite's own negative prompt, if any.
 
 from __future__ import annotations
 
-from harness.families.base import Conditioning, repeat_conditioning
 from harness.families.guidance import Guidance
 from harness.methods import MethodInfo
 
@@ -37,16 +36,12 @@ class NegativePrompt(Guidance):
     def __init__(self, pipe, family, text: str):
         import torch
 
-        self.text = text
+        self.text, self.family = text, family
         with torch.no_grad():
             self.one = family.encode_conditioning(pipe, [text])
 
     def uncondition(self, cond, t, step):
-        neg = repeat_conditioning(self.one, len(cond) if isinstance(cond, Conditioning) else cond.shape[0])
-        if isinstance(neg, Conditioning) and isinstance(cond, Conditioning):  # the image's own size ids
-            neg = Conditioning(neg.hidden, {**neg.extra, **{k: v for k, v in cond.extra.items() if k != "text_embeds"}})
-        return neg.to(device=cond.device, dtype=cond.dtype)
-
+        return self.family.conditioning_like(self.one, cond)
 
 def setup(pipe, family, concepts: list[str], text: str | None = None) -> Guidance:
     """The concept (or ``text``) as every image's negative prompt."""

@@ -20,7 +20,6 @@ momentum: the term applies with nu = 0 (docs/fidelity.md).
 
 from __future__ import annotations
 
-from harness.families.base import Conditioning, repeat_conditioning
 from harness.families.guidance import Guidance
 from harness.methods import MethodInfo
 
@@ -80,6 +79,7 @@ class SafeLatentDiffusion(Guidance):
                  mom_beta: float):
         import torch
 
+        self.family = family
         self.text, self.warmup, self.s_s, self.lam, self.s_m, self.beta = text, warmup_steps, guidance_scale, threshold, momentum_scale, mom_beta
         with torch.no_grad():
             self.one = family.encode_conditioning(pipe, [text])
@@ -88,16 +88,10 @@ class SafeLatentDiffusion(Guidance):
     def reset(self) -> None:
         self.momentum = None
 
-    def _safety(self, cond):
-        s = repeat_conditioning(self.one, len(cond) if isinstance(cond, Conditioning) else cond.shape[0])
-        if isinstance(s, Conditioning) and isinstance(cond, Conditioning):
-            s = Conditioning(s.hidden, {**s.extra, **{k: v for k, v in cond.extra.items() if k != "text_embeds"}})
-        return s.to(device=cond.device, dtype=cond.dtype)
-
     def adjust(self, call, x, t, cond_u, cond_c, eu, ec, step):
         if self.s_s <= 1.0:  # the safe pipeline's switch: no safety guidance at a scale <= 1
             return eu, ec
-        es = call(x, t, self._safety(cond_c))
+        es = call(x, t, self.family.conditioning_like(self.one, cond_c))
         if step is None:  # a single prediction: no run, no momentum, no warm-up
             return eu, ec - safety_term(eu, ec, es, None, self.s_s, self.lam, self.s_m)
         gamma = safety_term(eu, ec, es, self.momentum, self.s_s, self.lam, self.s_m)
