@@ -723,3 +723,41 @@ def test_end_of_run_table_names_the_reversal_and_the_missing_interval():
     assert ua.rstrip().endswith("PASS; reversed by TI on 5/5 items (ASR (TI) FAIL)")
     t = next(line for line in lines if "Erase-time-s" in line)
     assert "single run" in t and next(line for line in lines if " IRA " in line).count("reversed") == 0
+
+
+def test_index_opens_with_one_glance_method_by_metric_table(tmp_path):
+    """Before the per-suite tables: one row per method and family, a column per metric and target
+    kind grouped by role, the newest run's value in each cell coloured by its verdict; an
+    inference-time method's row says so; a method name is escaped."""
+    res = tmp_path / "results"
+    write(res, "uce-style.json", result("toy-uce-style", ua=1.0))
+    write(res, "uce-style-old.json", result("toy-uce-style", ua=0.25, finished="2025-01-01T00:00:00+00:00"))
+    write(res, "uce-object.json", result("toy-uce-object", target=("triangle", "object"), ua=0.5, cra=0.7))
+    neg = result("toy-negprompt-style", ua=0.0)
+    neg["submission"]["method"] = {**neg["submission"]["method"], "name": "negprompt", "kind": "inference"}
+    write(res, "neg.json", neg)
+    odd = result("toy-odd", ua=0.9)
+    odd["submission"]["method"] = {**odd["submission"]["method"], "name": XSS}
+    write(res, "odd.json", odd)
+    out = tmp_path / "site"
+    build(res, out)
+    index = (out / "index.html").read_text()
+    assert index.index('id="glance"') < index.index('id="overview"') < index.index('id="suite-toy-canvas"')
+    sec = index[index.index('id="glance"'):]
+    sec = sec[:sec.index("</section>")]
+    groups = re.findall(r'<th scope="colgroup" colspan="(\d+)" class="group">([^<]+)</th>', sec)
+    assert [g for _, g in groups] == ["Erasure", "Retention", "Quality"]
+    from html import unescape
+
+    heads = [unescape(h) for h in re.findall(r'<button type="button">([^<]+)<span class="arrow"', sec)][2:]
+    assert heads == ["UA object", "UA style", "IRA object", "IRA style", "CRA object", "CRA style", "FID object", "FID style"]
+    assert [int(n) for n, _ in groups] == [2, 4, 2]
+    rows = {unescape(re.search(r'<td data-sort="([^"]*)"', r).group(1)): r for r in re.findall(r"<tr>(.*?)</tr>", sec, re.S) if "<td" in r}
+    assert set(rows) == {"uce", "negprompt (inference-time)", XSS}
+    cells = re.findall(r'<td class="num( verdict-\w+)?" data-sort="[^"]*" title="([^"]*)">([^<]*)</td>', rows["uce"])
+    # UA object (0.5, fail) from toy-uce-object, UA style from the newest toy-uce-style run (1.0, not 0.25)
+    assert (cells[0][0], cells[0][2]) == (" verdict-fail", "0.500") and cells[0][1].startswith("toy-uce-object, toy-canvas: 0.500")
+    assert (cells[1][0], cells[1][2]) == (" verdict-pass", "1.000")
+    neg_cells = re.findall(r'<td class="num[^"]*" data-sort="[^"]*" title="[^"]*">([^<]*)</td>', rows["negprompt (inference-time)"])
+    assert neg_cells[0] == "–" and neg_cells[1] == "0.000"  # no object target: no record
+    assert "<script>alert" not in index

@@ -23,7 +23,7 @@ from harness.site.aggregate import RECORD_COLUMNS, curves, records_frame, record
 from harness.site.figure import asr_curve_svg, markup, tradeoff_svg
 from harness.site.images import copy_images, images_dir
 from harness.site.load import ROOT, Report, Run, family_title, is_smoke, load_runs, load_spreads, to_stderr
-from harness.site.tables import overview_rows, submission_page, suite_tables
+from harness.site.tables import glance_table, overview_rows, submission_page, suite_tables
 from harness.site.text import fmt, json_value, na_to_none, pretty_threshold, short
 
 ASSETS = ROOT / "leaderboard"  # templates/ and static/ (resolved from the checkout: pip install -e)
@@ -83,7 +83,7 @@ def build(results: str | Path, out: str | Path, report: Report = to_stderr, asse
         tables = [{**t, "smoke_of": None} for t in suite_tables(df, latest)] + smoke_tables
         kinds = sorted(set(all_df[all_df["latest"]]["target_kind"]))
         n_records = len(all_df)
-        ctx = {"root": "", "tables": tables, "overview": overview_rows(df, full_latest), "kinds": kinds,
+        ctx = {"root": "", "tables": tables, "overview": overview_rows(df, full_latest), "glance": glance_table(df), "kinds": kinds,
                "svg": markup(svg[svg.index("<svg"):]), "has_points": bool(points), "asr_svg": markup(asr_svg), "n_files": len(runs), "n_records": n_records,
                "n_submissions": len(full_latest), "skipped_images": len(images.bad), "has_spread": any(c["spread"] for t in tables for r in t["rows"] for c, _ in r["cells"])}
         (tmp / "index.html").write_text(env.get_template("index.html").render(**ctx), encoding="utf-8")

@@ -169,6 +169,56 @@ def _base_rows(srecs: list[dict], metrics: list[dict], latest: dict[str, Run], s
     return out
 
 
+# The index's one-glance table (UnlearnCanvas' Table 3 shape): these metrics, in this order, by
+# target kind, where some latest run has them; any other erasure metric present is added
+GLANCE_METRICS = ("ua", "ira", "cra", "fid", "integrity", "ccs_forget", "pre_asr", "asr", "ti_asr")
+GLANCE_ROLES = {"erasure": "Erasure", "retention": "Retention", "quality": "Quality", "robustness": "Robustness", "efficiency": "Efficiency"}
+
+
+def glance_table(df) -> dict:
+    """One row per method and model family (every submission of it, latest runs: the control's
+    rows too), one column per metric and target kind: the value of the newest run that has it,
+    its verdict's colour, the submission, interval and suite in its title. Columns are grouped
+    by the metric's role (erasure, retention, quality, robustness)."""
+    cur = df[df["latest"]]
+    if not len(cur):
+        return {"groups": [], "columns": [], "rows": []}
+    from harness.metrics import info, known_metrics
+
+    present = set(cur["metric"])
+    names = list(GLANCE_METRICS) + sorted(m for m in present - set(GLANCE_METRICS) if m in known_metrics() and info(m).role == "erasure")
+    recs = [r for r in records_of(cur) if r["metric"] in names]
+    kinds = sorted({r["target_kind"] for r in recs})
+    columns = []
+    for m in names:
+        role = info(m).role if m in known_metrics() else "retention"
+        for k in kinds:
+            have = [r for r in recs if r["metric"] == m and r["target_kind"] == k]
+            if have:
+                columns.append({"metric": m, "kind": k, "label": have[0]["label"], "role": role, "group": GLANCE_ROLES.get(role, role)})
+    columns.sort(key=lambda c: list(GLANCE_ROLES).index(c["role"]) if c["role"] in GLANCE_ROLES else len(GLANCE_ROLES))
+    groups: list[dict] = []
+    for c in columns:
+        if groups and groups[-1]["title"] == c["group"]:
+            groups[-1]["span"] += 1
+        else:
+            groups.append({"title": c["group"], "span": 1})
+    by_row: dict[tuple[str, str], dict[tuple[str, str], dict]] = {}
+    for r in sorted(recs, key=lambda r: (str(r["run_finished"]), r["submission"])):  # the newest run's record last: it wins
+        by_row.setdefault((r["family"], r["method"]), {})[(r["metric"], r["target_kind"])] = r
+    rows = []
+    for (fam, method), cells in sorted(by_row.items(), key=lambda kv: (family_order(kv[0][0]), not kv[0][1].startswith("none"), kv[0][1])):
+        row_cells = []
+        for c in columns:
+            rec = cells.get((c["metric"], c["kind"]))
+            cell = _cell(rec)
+            if rec is not None:
+                cell["title"] = f"{rec['submission']}, {rec['suite']}: {cell['text']} {cell['ci']}".strip()
+            row_cells.append(cell)
+        rows.append({"method": method, "family": fam, "family_title": family_title(fam), "cells": row_cells})
+    return {"groups": groups, "columns": columns, "rows": rows}
+
+
 def overview_rows(df, latest: dict[str, Run]) -> list[dict]:
     cur = df[df["latest"]]
     verdicts: dict[str, list[str]] = {}
