@@ -146,7 +146,7 @@ def cmd_erase(a) -> int:
     from harness.methods import run_erase
 
     _threads()
-    kw = dict(anchor=a.anchor, world=a.world, force=a.force, allow_subword=a.allow_subword, device=resolve_device(a.device),
+    kw = dict(anchor=a.anchor, world=a.world, kind=a.kind, force=a.force, allow_subword=a.allow_subword, device=resolve_device(a.device),
               params=dict(a.param or []), preset=a.preset)
     if a.repeats > 1:
         import torch
@@ -222,7 +222,12 @@ def add(sub) -> None:
     e.add_argument("--concept", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--anchor", default=None, help="concept the erased one is mapped to (UCE); default: another concept of its kind (toy)")
-    e.add_argument("--world", choices=["toy", "generic"], default="toy", help="prompt contexts: the toy world's template, or the bare concept")
+    e.add_argument("--prompts", "--world", dest="world", choices=["authors", "toy", "generic"], default=None,
+                   help="where the prompts come from: authors (what the method's authors feed their script: phrase, anchor, "
+                        "preserve set), toy (the toy world's templates: every context of the concept) or generic (the bare "
+                        "concept, anchor ''); default: authors with a paper preset, else toy for a toy-world concept, else generic")
+    e.add_argument("--kind", choices=["style", "object"], default=None,
+                   help="the concept's kind, which picks the authors' anchor (UCE: 'art' for a style); default: its toy-world kind, else object")
     e.add_argument("--param", action="append", type=param, metavar="KEY=VALUE", help="method parameter (repeatable), e.g. steps=400")
     e.add_argument("--device", default="cpu", type=typed("--device", device))
     e.add_argument("--preset", choices=["paper", "paper-sdxl", "toy"], default=None,

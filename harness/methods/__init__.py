@@ -25,6 +25,31 @@ from harness.registry import GROUPS, Registry, RegistryView
 
 
 @dataclass(frozen=True)
+class AuthorsInputs:
+    """What a method's authors feed their training script for one concept, which its ``paper*``
+    presets feed too (``unlearn erase --prompts authors``, the default with those presets): the
+    harness's own toy-world templates (``--prompts toy``) are this project's, not theirs.
+
+    Each field is by the concept's kind (``style`` / ``object``; a kind the authors have no
+    recipe for is absent). In ``templates`` ``"{}"`` is the concept phrase; an ``anchor`` of
+    ``""`` is the empty prompt, ``"{next}"`` the next concept of the kind in the toy world's list
+    (SalUn's next class). ``preserve``: ``none`` or ``others`` (the other concepts of its kind,
+    as their scripts or documented commands list neighbours; on a real model there is no list to
+    take them from: none). ``source`` cites their code."""
+
+    templates: Mapping[str, tuple[str, ...]]
+    anchor: Mapping[str, str]
+    preserve: Mapping[str, Literal["none", "others"]]
+    source: str = ""
+
+    def covers(self, kind: str) -> bool:
+        return kind in self.templates and kind in self.anchor and kind in self.preserve
+
+
+PROMPT_SOURCES = ("authors", "toy", "generic")
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """What the harness knows about a method, declared as ``INFO`` in the method's own module.
 
@@ -59,6 +84,8 @@ class MethodInfo:
     # (harness.methods.inference), submitted with ``method.kind: inference`` and no checkpoint
     kind: Literal["checkpoint", "inference"] = "checkpoint"
     on_checkpoint: bool = False  # an inference method that may run on top of a submitted checkpoint (SLD on an ESD model)
+    # what the authors' script is fed (prompts, anchor, preserve set): the ``paper*`` presets feed it
+    authors_inputs: AuthorsInputs | None = None
 
     def supports(self, family) -> bool:
         """Whether the method runs on a model family (its name in ``families``, its features cover ``needs``)."""
@@ -263,7 +290,8 @@ def run_erase(
     out: str | Path,
     *,
     anchor: str | None = None,
-    world: str = "toy",
+    world: str | None = None,
+    kind: str | None = None,
     force: bool = False,
     allow_subword: bool = False,
     device: str = "cpu",
@@ -276,6 +304,12 @@ def run_erase(
     A method with ``PRESETS`` starts from ``PRESETS[preset]`` (``toy`` on the builtin toy base,
     else ``paper``, when none is named);
     explicit ``params`` override it; method.json records the preset and every parameter used.
+    ``world`` is where the prompts come from (``PROMPT_SOURCES``): ``authors`` (what the
+    method's authors feed, ``MethodInfo.authors_inputs``; ``kind`` picks their anchor), ``toy``
+    (the toy world's templates, every context of the concept) or ``generic`` (the bare concept,
+    anchor ``''``); None: ``authors`` with a ``paper*`` preset of a method that declares them,
+    else ``toy`` for a toy-world concept, else ``generic``. method.json records it
+    (``prompt_source``) with the prompts.
     ``threads``: torch's intra-op threads for the erasure (restored after; None: as set). Float
     reductions differ with the thread count, so a method re-made bitwise needs the count it was
     made with: method.json records it (``efficiency.threads``) beside wall and CPU seconds."""
@@ -287,7 +321,7 @@ def run_erase(
     from harness.store.hashing import sha256_file, sha256_tree
     from harness.families.sd1 import quiet_loading
     from harness.run.reproduce import fingerprint
-    from harness.methods.common import ConceptPrompts, check_concept_tokens, for_toy_world
+    from harness.methods.common import ConceptPrompts, check_concept_tokens, for_authors, for_toy_world, toy_kind
 
     if method_info(method).kind == "inference":
         raise HarnessError(f"method {method} is an inference-time method: it changes the sampling, there is no checkpoint to make; "
@@ -314,12 +348,26 @@ def run_erase(
     # Check the words with the tokenizer alone, before the models load.
     tokenizer = family.load_tokenizer(base)
     check_concept_tokens(tokenizer, concept, allow_subword)
-    if world == "toy":
+    if world is None:
+        covered = info.authors_inputs is not None and info.authors_inputs.covers(kind or toy_kind(concept) or "object")
+        world = "authors" if covered and (preset or "").startswith("paper") else "toy" if toy_kind(concept) else "generic"
+    if world not in PROMPT_SOURCES:
+        raise HarnessError(f"--prompts: must be one of {', '.join(PROMPT_SOURCES)}, not {str(world)[:40]!r}")
+    if kind is not None and kind not in ("style", "object"):
+        raise HarnessError(f"--kind: must be style or object, not {str(kind)[:40]!r}")
+    if world == "authors":
+        if info.authors_inputs is None:
+            raise HarnessError(f"--prompts authors: method {method} declares no authors' inputs (MethodInfo.authors_inputs); use toy or generic")
+        prompts = for_authors(info.authors_inputs, concept, kind, anchor)
+    elif world == "toy":
         prompts = for_toy_world(concept, anchor)
     else:
         prompts = ConceptPrompts(concept, anchor or "")
     if prompts.anchor:
-        check_concept_tokens(tokenizer, prompts.anchor, allow_subword)
+        # the authors' own default anchor is fed as they feed it, even where this tokenizer
+        # splits it (the toy vocabulary has no "art"): recorded, not refused
+        from_authors = world == "authors" and anchor is None
+        check_concept_tokens(tokenizer, prompts.anchor, allow_subword or from_authors)
     pipe = family.load_for_training(base, device)
     if hasattr(mod, "resolve"):  # defaults that depend on the run (e.g. UCE's tail preserve scale)
         params = mod.resolve(params, [prompts])
@@ -348,6 +396,8 @@ def run_erase(
         "paper": REGISTRY.get(method).paper,
         "concept": concept,
         "anchor": prompts.anchor,
+        "prompt_source": world,
+        **({"kind": kind or toy_kind(concept) or "object", "authors_inputs": info.authors_inputs.source} if world == "authors" and info.authors_inputs else {}),
         "templates": list(prompts.templates),
         "preserve": list(prompts.preserve),
         "preset": preset,

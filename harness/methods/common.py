@@ -51,6 +51,32 @@ def for_toy_world(concept: str, anchor: str | None = None) -> ConceptPrompts:
     return ConceptPrompts(concept, anchor, templates, tuple(o for o in others if o != anchor))
 
 
+def toy_kind(concept: str) -> str | None:
+    """``style`` / ``object`` for a toy-world concept; None for any other word."""
+    from harness.toy.world import OBJECTS, STYLES
+
+    return "style" if concept in STYLES else "object" if concept in OBJECTS else None
+
+
+def for_authors(inputs, concept: str, kind: str | None, anchor: str | None = None) -> ConceptPrompts:
+    """The prompts a method's authors feed (``MethodInfo.authors_inputs``, an ``AuthorsInputs``)
+    for ``concept`` of ``kind`` (default: its toy-world kind, else ``object``); ``anchor``
+    overrides theirs. Preserve ``others`` takes the toy world's other concepts of the kind (none
+    for a word outside the toy world)."""
+    from harness.toy.world import OBJECTS, STYLES
+
+    kind = kind or toy_kind(concept) or "object"
+    if not inputs.covers(kind):
+        raise HarnessError(f"--kind: the authors' recipe covers {', '.join(sorted(inputs.templates)) or 'no kind'}, not {kind!r} "
+                           "(use --prompts toy or generic)")
+    world = tuple(STYLES if kind == "style" else OBJECTS) if toy_kind(concept) == kind else ()
+    chosen = inputs.anchor[kind] if anchor is None else anchor
+    if chosen == "{next}":
+        chosen = world[(world.index(concept) + 1) % len(world)] if world else ""
+    others = tuple(c for c in world if c not in (concept, chosen)) if inputs.preserve[kind] == "others" else ()
+    return ConceptPrompts(concept, chosen, tuple(inputs.templates[kind]), others)
+
+
 def check_concept_tokens(tokenizer, word: str, allow_subword: bool = False) -> None:
     """Refuse a concept the tokenizer splits into sub-word pieces: its 'embedding' would be that
     of unrelated fragments, and the erasure would silently target the wrong thing."""

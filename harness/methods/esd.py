@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from harness.families import family_of_pipeline
 from harness.families.base import call_denoiser, cat_conditioning, repeat_conditioning
-from harness.methods import MethodInfo
+from harness.methods import AuthorsInputs, MethodInfo
 from harness.methods.common import ConceptPrompts, denoiser
 from harness.methods.finetune import fit, seeded, trainable
 
@@ -56,6 +56,12 @@ INFO = MethodInfo(
     fidelity_preset=True,
     # a diffusers UNet: the trained set is its parameters named ``.attn2.`` (finetune.TRAIN_SETS)
     needs=frozenset({"cross_attention", "unet"}),
+    # rohitgandikota/erasing train-esd.py at b8aeab6 (and esd_sd.py at 25613d2): the prompt is the
+    # bare concept string, for objects and styles alike; the anchor is the unconditional ''; no
+    # preserve set
+    authors_inputs=AuthorsInputs(templates={"style": ("{}",), "object": ("{}",)}, anchor={"style": "", "object": ""},
+                                 preserve={"style": "none", "object": "none"},
+                                 source="rohitgandikota/erasing@b8aeab6 train-scripts/train-esd.py:143-157,220; esd_sd.py@25613d2:54,96-100"),
 )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.methods import MethodInfo
+from harness.methods import AuthorsInputs, MethodInfo
 from harness.methods.common import ConceptPrompts, denoiser, text_embeddings
 from harness.methods.finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
@@ -49,6 +49,12 @@ INFO = MethodInfo(
     needs=frozenset({"cross_attention", "unet"}),  # attention maps of the concept's tokens; trains the UNet (train=)
     families=frozenset({"sd1"}),
     families_why="its authors' code runs Stable Diffusion 1.x only",
+    # SHI-Labs/Forget-Me-Not at a4a81e8 src/train_attn.py:90-96: one template per type; no anchor,
+    # no preserve set. Their {x} is the textual-inversion tokens (use_ti: true), not reproduced:
+    # the concept word itself stands there (their use_ti: false)
+    authors_inputs=AuthorsInputs(templates={"style": ("a photo in the style of {}",), "object": ("a photo of {}",)},
+                                 anchor={"style": "", "object": ""}, preserve={"style": "none", "object": "none"},
+                                 source="SHI-Labs/Forget-Me-Not@a4a81e8 src/train_attn.py:90-96, configs/attn.yaml:3-22"),
 )
 
 

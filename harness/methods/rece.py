@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from harness.methods import MethodInfo
+from harness.methods import AuthorsInputs, MethodInfo
 from harness.methods import uce
 from harness.methods.common import ConceptPrompts, cross_attention_kv, denoiser, text_embeddings
 
@@ -65,6 +65,11 @@ INFO = MethodInfo(
     needs=frozenset({"cross_attention"}),
     families=frozenset({"sd1"}),
     families_why="its authors' code runs Stable Diffusion 1.x only",
+    # CharlesGong12/RECE at 403a67f: the bare concept; guide 'art' for artists (scripts/art.sh), ' '
+    # for objects; preserve every other artist (+ ''), objects only ''
+    authors_inputs=AuthorsInputs(templates={"style": ("{}",), "object": ("{}",)}, anchor={"style": "art", "object": ""},
+                                 preserve={"style": "others", "object": "none"},
+                                 source="CharlesGong12/RECE@403a67f train_artists.py:65-66,143-176; train_object.py:210-237; scripts/art.sh:3-5"),
 )
 
 # The authors' nudity / I2P setting (scripts/nudity.sh, README): the paper preset with 3 epochs and

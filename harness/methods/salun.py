@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.methods import MethodInfo
+from harness.methods import AuthorsInputs, MethodInfo
 from harness.methods.common import ConceptPrompts, denoiser, text_embeddings
 from harness.methods.finetune import base_latents, changed_tensors, epochs_to_steps, fit, noisy, seeded, snapshot, trainable
 
@@ -52,6 +52,11 @@ INFO = MethodInfo(
     needs=frozenset({"unet"}),  # the saliency mask over every UNet weight
     families=frozenset({"sd1"}),
     families_why="its authors' code runs Stable Diffusion 1.x only",
+    # OPTML-Group/Unlearn-Saliency at a6e89fd SD/train-scripts: classes only (no style pipeline),
+    # prompt "an image of a {label}", the random-label anchor is the next class, the remain set
+    # every other class
+    authors_inputs=AuthorsInputs(templates={"object": ("an image of a {}",)}, anchor={"object": "{next}"}, preserve={"object": "others"},
+                                 source="OPTML-Group/Unlearn-Saliency@a6e89fd SD/train-scripts/dataset.py:36-41,144-164; random_label.py:80-91"),
 )
 
 

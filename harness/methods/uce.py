@@ -31,7 +31,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.families import family_of_pipeline
-from harness.methods import MethodInfo
+from harness.methods import AuthorsInputs, MethodInfo
 from harness.methods.common import ConceptPrompts, cross_attention_kv, denoiser, text_embeddings
 
 TOKEN_POSITIONS = ("last", "tail", "all")
@@ -57,6 +57,12 @@ INFO = MethodInfo(
     fidelity_params={"token_positions": "all"},  # records made before the parameter existed ran the all-token variant
     fidelity_preset=True,
     needs=frozenset({"cross_attention"}),
+    # trainscripts/uce_sd_erase.py at 28c81ed: --edit_concepts is the concept phrase itself
+    # (--expand_prompts false by default), the guide defaults to '' for objects and 'art' for art
+    # styles; nothing is preserved by default, the README's art command preserves other artists
+    authors_inputs=AuthorsInputs(templates={"style": ("{}",), "object": ("{}",)}, anchor={"style": "art", "object": ""},
+                                 preserve={"style": "others", "object": "none"},
+                                 source="rohitgandikota/unified-concept-editing@28c81ed trainscripts/uce_sd_erase.py:97-152, README.md:34"),
 )
 
 
