@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str]) -> int:
+    from harness.errors import HarnessError
     from harness.families.sd1 import TOY_PIPELINE
     from harness.methods import run_erase
     from harness.methods.common import toy_kind
@@ -47,7 +48,11 @@ def main(argv: list[str]) -> int:
             for source in a.prompts:
                 d = ROOT / ".unlearn-cache" / "authors-inputs" / f"{method}-{a.preset}-{concept}-{source}"
                 t0 = time.perf_counter()
-                rec = run_erase(method, TOY_PIPELINE, concept, d, world=source, force=True, preset=a.preset, params=params)
+                try:
+                    rec = run_erase(method, TOY_PIPELINE, concept, d, world=source, force=True, preset=a.preset, params=params)
+                except HarnessError as e:  # e.g. SalUn's authors have no recipe for a style
+                    print(f"{method:<7} {concept:<9} {source:<8} {'-':>6} {'-':>6} {'-':>6} {'-':>8}  {e}", flush=True)
+                    continue
                 secs = time.perf_counter() - t0
                 rel = (d / rec["checkpoint"]["file"]).relative_to(ROOT).as_posix()
                 sub = Submission.model_validate({"name": f"{method}-{concept}-{source}", "method": {"name": method, "params": rec["params"]},
