@@ -1,6 +1,6 @@
 """The README's UnlearnCanvas-shaped table of every hosted method, from results files.
 
-    python benchmarks/method_table.py leaderboard/results
+    python benchmarks/method_table.py leaderboard/results [--overhead OVERHEAD.json]
 
 One row per method and toy world (the toy submissions ``toy-<method>-style`` /
 ``toy-<method>-object`` and ``toy-base``, the no-erasure control, on the SD-1.x toy world; the
@@ -8,7 +8,10 @@ same names with ``toy-xl-`` on the SDXL one, where a method its authors ship for
 reads "n/a"): style and object UA / IRA / CRA (toy-canvas), FID,
 Integrity and CCS-forget of the style target, Pre-ASR -> ASR (UnlearnDiffAtk) and the TI ASR
 of the object target (toy-robustness), erase time (wall and CPU) / peak memory / storage from
-the results' efficiency block. Values are the harness's; "-" where a file or record is missing.
+the results' efficiency block, and the sampling cost per image against the base's (an
+inference-time method pays it at every image: the JSON that ``benchmarks/inference_overhead.py``
+prints, given as ``--overhead``; a checkpoint's method samples at the base's cost). Values are the
+harness's; "-" where a file or record is missing.
 """
 
 from __future__ import annotations
@@ -82,17 +85,30 @@ def unsupported(key: str, world: str) -> str | None:
     return None if info.supports(family_of(PIPELINES[world])) else (info.families_why or "not on this model family")
 
 
-def main(folder: str) -> None:
+def sampling_cost(key: str, world: str, overhead: dict | None) -> str:
+    """An image's sampling time against the base's: measured for an inference-time method (the
+    toy world's figure of ``inference_overhead.py``), the base's own for a checkpoint."""
+    from harness.methods import REGISTRY
+
+    if key == "base" or REGISTRY.get(key).kind != "inference":
+        return "1x (base)"
+    ratio = (overhead or {}).get("ratio_to_base", {}).get(key)
+    return "-" if ratio is None or world != "toy" else f"{ratio:.2f}x"
+
+
+def main(folder: str, overhead_file: str | None = None) -> None:
     folder = Path(folder)
     root = folder.resolve().parents[1]
+    overhead = json.loads(Path(overhead_file).read_text()) if overhead_file else None
     print("| world | method | style UA | style IRA | style CRA | object UA | object IRA | object CRA | FID (style) | Integrity (style) "
-          "| CCS-forget (style) | object Pre-ASR -> ASR | object TI ASR | erase wall (CPU) style / object | peak memory | storage |")
-    print("| " + " | ".join(["---"] * 16) + " |")
+          "| CCS-forget (style) | object Pre-ASR -> ASR | object TI ASR | erase wall (CPU) style / object | peak memory | storage "
+          "| sampling per image |")
+    print("| " + " | ".join(["---"] * 17) + " |")
     for world, world_label in WORLDS:
         for key, label in methods():
             row = row_of(folder, root, world, key, label)
             if row is not None:
-                print("| " + " | ".join([world_label, *row]) + " |")
+                print("| " + " | ".join([world_label, *row, sampling_cost(key, world, overhead) if row[1] != "n/a" else "n/a"]) + " |")
 
 
 def row_of(folder: Path, root: Path, world: str, key: str, label: str) -> list[str] | None:
@@ -117,4 +133,10 @@ def row_of(folder: Path, root: Path, world: str, key: str, label: str) -> list[s
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "leaderboard/results")
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="?", default="leaderboard/results")
+    ap.add_argument("--overhead", default=None, help="the JSON benchmarks/inference_overhead.py printed")
+    args = ap.parse_args()
+    main(args.results, args.overhead)
