@@ -69,13 +69,13 @@ PRESETS: dict[str, dict] = {
               "attack": "pgd", "attack_steps": 30, "attack_lr": 1e-3, "attack_tokens": 1, "attack_init": "random",
               "attack_every": 1, "retain_weight": 0.3, "retain_batch": 5, "retain_prompts": None, "component": "all",
               "seed": 0},
-    # The toy world on 2 CPU cores in a few minutes (docs/fidelity.md has the sweep): 150 iterations
-    # (not 1000) at lr 1e-4 (the toy encoder is 2 layers of width 64: 1e-5 barely moves it), warm-up
-    # 50; the fast-AT attack with 3 steps at lr 1e-2 (not 30 at 1e-3: each attack step samples an
-    # x_t, which is most of the cost), a new attack every 2 iterations; 20 DDIM steps at guidance 5
-    # (the toy world's sampling); retain weight 1.0 (at the authors' 0.3 the shared unconditional
-    # branch and the other concepts drift on the toy world) over the toy world's other concepts.
-    "toy": {"steps": 150, "lr": 1e-4, "eta": 1.0, "sample_steps": 10, "sample_guidance": 5.0, "warmup": 50,
+    # The toy world on 2 CPU cores in minutes (docs/fidelity-methods.md has the sweep): 150
+    # iterations (not 1000) at lr 1e-3 (the toy encoder is 2 layers of width 64; at 1e-4 neither
+    # target is erased, UA 0), warm-up 50; the fast-AT attack with 3 steps at attack lr 1e-2 (not 30
+    # at 1e-3: each attack step samples an x_t, most of the cost), a new attack every 2 iterations;
+    # x_t from 10 DDIM steps at guidance 5 (the toy world's guidance; 10 not 50 steps for time);
+    # retain batch 2 (not 5) at weight 1.0 (not 0.3) over the toy world's other concepts.
+    "toy": {"steps": 150, "lr": 1e-3, "eta": 1.0, "sample_steps": 10, "sample_guidance": 5.0, "warmup": 50,
             "attack": "fast_at", "attack_steps": 3, "attack_lr": 1e-2, "attack_tokens": 1, "attack_init": "random",
             "attack_every": 2, "retain_weight": 1.0, "retain_batch": 2, "retain_prompts": None, "component": "all",
             "seed": 0},
