@@ -288,14 +288,16 @@ def test_erase_writes_a_text_encoder_checkpoint_that_loads_and_fingerprints_as_o
     assert len(tensors) == rec["checkpoint"]["tensors"] and not any("embeddings" in k for k in tensors)
     assert rec["checkpoint"]["sha256"] == sha256_file(out / "text_encoder.safetensors")
 
-    (tmp_path / "base").symlink_to(tiny_dir) if not (tmp_path / "base").exists() else None
+    import shutil
+
+    shutil.copytree(tiny_dir, tmp_path / "base")  # inside the "repository" (a link out of it is refused)
     sub = tmp_path / "sub.yaml"
     sub.write_text(f"name: adv\nmethod: {{name: advunlearn}}\nbase_model: {{local_dir: base}}\n"
                    f"checkpoint: {{kind: text_encoder, path: out/text_encoder.safetensors, sha256: {rec['checkpoint']['sha256']}}}\n"
                    "targets: [{concept: triangle, kind: object}]\n")
     spec = load_submission(sub)
-    fam = family_of(tiny_dir)
-    pipe = load_pipeline(tiny_dir)
+    fam = family_of(tmp_path / "base")
+    pipe = load_pipeline(tmp_path / "base")
     base_te = _state(pipe.text_encoder)
     fam.apply_checkpoint(pipe, spec.checkpoint, out / "text_encoder.safetensors", Placement.choose("cpu"))
     now = pipe.text_encoder.state_dict()
