@@ -53,7 +53,7 @@ def test_the_paper_preset_feeds_the_authors_inputs_and_records_them(captured, tm
     assert on_disk["prompt_source"] == rec["prompt_source"] == "authors"
     assert on_disk["templates"] == list(templates) and on_disk["anchor"] == anchor and on_disk["preserve"] == list(preserve)
     assert on_disk["authors_inputs"] == REGISTRY.get(method).authors_inputs.source and "@" in on_disk["authors_inputs"]
-    assert on_disk["kind"] == ("style" if concept == "striped" else "object")
+    assert on_disk["concept_kind"] == ("style" if concept == "striped" else "object")
 
 
 @pytest.mark.parametrize("method", ["uce", "esd", "salun", "ca", "mace"])
@@ -102,7 +102,7 @@ def test_the_cli_takes_prompts_and_kind_and_refuses_bad_values_in_one_line(tmp_p
                "--prompts", "authors", "--kind", "object"])
     assert rc == 0
     rec = json.loads((tmp_path / "o" / "method.json").read_text())
-    assert (rec["prompt_source"], rec["kind"], rec["templates"], rec["anchor"]) == ("authors", "object", ["{}"], "")
+    assert (rec["prompt_source"], rec["concept_kind"], rec["templates"], rec["anchor"]) == ("authors", "object", ["{}"], "")
 
 
 def test_uce_paper_on_the_authors_inputs_maps_the_concept_phrase_not_a_full_stop(tmp_path):
@@ -148,9 +148,9 @@ def test_the_gate_remakes_a_checkpoint_from_its_recorded_prompt_source(monkeypat
     with pytest.raises(HarnessError, match="stop here"):
         regression.remake_checkpoint(ROOT, sub, record, tmp_path)
     assert seen["world"] == "toy" and seen["kind"] is None  # a record from before prompt_source: the toy templates
-    record = {**record, "prompt_source": "authors", "kind": "style"}
+    record = {**record, "prompt_source": "authors", "concept_kind": "style"}
     with pytest.raises(HarnessError, match="stop here"):
         regression.remake_checkpoint(ROOT, sub, record, tmp_path)
     assert seen["world"] == "authors" and seen["kind"] == "style"
-    with pytest.raises(HarnessError, match=r"prompt_source / kind: 'bogus' / 'None' is not one `unlearn erase` writes"):
-        regression.remake_checkpoint(ROOT, sub, {**record, "prompt_source": "bogus", "kind": None}, tmp_path)
+    with pytest.raises(HarnessError, match=r"prompt_source / concept_kind: 'bogus' / 'None' is not one `unlearn erase` writes"):
+        regression.remake_checkpoint(ROOT, sub, {**record, "prompt_source": "bogus", "concept_kind": None}, tmp_path)

@@ -71,9 +71,9 @@ def remake_checkpoint(root: Path, sub: dict, record: dict, out: Path, seed: int 
     if isinstance(reps, bool) or not isinstance(reps, int) or not 1 <= reps <= 20:
         raise HarnessError(f"{sub['method_record']}: efficiency.repeats.n: {str(reps)[:40]!r} is not a count from 1 to 20")
     # the record's prompt source (records made before it was recorded: the toy templates)
-    source, kind = record.get("prompt_source", "toy"), record.get("kind")
+    source, kind = record.get("prompt_source", "toy"), record.get("concept_kind")
     if source not in ("authors", "toy", "generic") or kind not in (None, "style", "object"):
-        raise HarnessError(f"{sub['method_record']}: prompt_source / kind: {str(source)[:20]!r} / {str(kind)[:20]!r} is not one `unlearn erase` writes")
+        raise HarnessError(f"{sub['method_record']}: prompt_source / concept_kind: {str(source)[:20]!r} / {str(kind)[:20]!r} is not one `unlearn erase` writes")
     kw = dict(anchor=record.get("anchor"), world=source, kind=kind, force=True, params=params, preset=record.get("preset"), threads=threads)
     if reps > 1 and seed is None:
         new = erase_repeated(reps, record["method"], DEFAULT_DIR, record["concept"], ck_dir, **kw)

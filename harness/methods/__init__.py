@@ -1,12 +1,14 @@
 """Reference unlearning methods, each a module with ``erase(pipe, concepts, **params)`` that
-edits the pipeline in place and returns the changed tensors (UNet state-dict names), and its
+edits the pipeline in place and returns the changed tensors (state-dict names of the component
+its ``checkpoint_kind`` names: the UNet's unless it says otherwise), and its
 contract ``INFO`` (a ``MethodInfo``: paper, code, presets, committed toy parameters, tolerance
 class, fidelity choices, what it needs of the model). ``REGISTRY`` finds them, and third-party
 methods by the entry-point group ``unlearn_harness.methods`` (harness.registry).
 
 ``run_erase`` is what ``unlearn erase`` calls: it loads the base, runs a method, measures what
 UnlearnCanvas calls efficiency (wall time, peak memory, storage) and writes only the changed
-tensors plus ``method.json``.
+tensors (``<checkpoint_kind>.safetensors``: the UNet's for most methods, the text encoder's for
+AdvUnlearn) plus ``method.json``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class MethodInfo:
     # what a method record made before the parameter existed ran ("NAME.param" in the results)
     fidelity_params: Mapping[str, Any] = field(default_factory=dict)
     fidelity_preset: bool = False  # record "NAME.preset" even where the method record names none
-    # what the method edits of a model family (harness.families): "cross_attention", "unet", "text_encoder"
+    # what the method edits or uses of a model family (harness.families): "cross_attention", "unet", "text_encoder",
+    # "token_embeddings" (AdvUnlearn's attack on the prompt's token embeddings)
     needs: frozenset[str] = frozenset()
     # the model families (harness.families names) the method runs on; None: every family offering
     # ``needs``. A method whose authors' code is SD-1.x only says so: (``"sd1"``,) and a reason
@@ -86,6 +89,10 @@ class MethodInfo:
     on_checkpoint: bool = False  # an inference method that may run on top of a submitted checkpoint (SLD on an ESD model)
     # what the authors' script is fed (prompts, anchor, preserve set): the ``paper*`` presets feed it
     authors_inputs: AuthorsInputs | None = None
+    # the component whose tensors ``erase`` returns (state-dict names of that module): the file
+    # ``unlearn erase`` writes (``<kind>.safetensors``) and the submission's ``checkpoint.kind``
+    # (harness.spec.submission.CheckpointKind); a family without that component is refused in one line
+    checkpoint_kind: Literal["unet", "text_encoder", "text_encoder_2", "transformer"] = "unet"
 
     def supports(self, family) -> bool:
         """Whether the method runs on a model family (its name in ``families``, its features cover ``needs``)."""
@@ -112,6 +119,8 @@ def _method_info(name: str, obj) -> MethodInfo:
         raise ValueError(f"kind {inf.kind!r} is not checkpoint or inference")
     if inf.tolerance not in ("closed_form", "long_fine_tune"):
         raise ValueError(f"tolerance {inf.tolerance!r} is not closed_form or long_fine_tune")
+    if inf.checkpoint_kind not in COMPONENT_KINDS:
+        raise ValueError(f"checkpoint_kind {inf.checkpoint_kind!r} is not one of {', '.join(COMPONENT_KINDS)}")
     try:
         mod = inf.load()
     except Exception as e:  # a third party's module: any failure is one line naming it
@@ -121,6 +130,10 @@ def _method_info(name: str, obj) -> MethodInfo:
         raise TypeError(f"module {inf.module} defines no {entry} (a {inf.kind} method)")
     return inf
 
+
+# The checkpoint kinds a method's changed tensors may be (one component's tensors; not a whole
+# pipeline or a LoRA): MethodInfo.checkpoint_kind.
+COMPONENT_KINDS = ("unet", "text_encoder", "text_encoder_2", "transformer")
 
 # Modules of this package that are shared code, not methods (they declare no INFO).
 HELPERS = frozenset({"common", "finetune", "inference"})
@@ -317,7 +330,7 @@ def run_erase(
     from safetensors.torch import save_file
 
     from harness.families import family_of
-    from harness.families.base import require
+    from harness.families.base import check_kind, require
     from harness.store.hashing import sha256_file, sha256_tree
     from harness.families.sd1 import quiet_loading
     from harness.run.reproduce import fingerprint
@@ -344,6 +357,7 @@ def run_erase(
         raise HarnessError(f"method {method} runs on {', '.join(sorted(info.families))} only, not on the {family.name} model family of "
                            f"{base.name}" + (f" ({info.families_why})" if info.families_why else ""))
     require(family, info.needs, f"method {method}")
+    check_kind(family, info.checkpoint_kind, f"method {method}: its checkpoint kind")
     quiet_loading()
     # Check the words with the tokenizer alone, before the models load.
     tokenizer = family.load_tokenizer(base)
@@ -389,21 +403,23 @@ def run_erase(
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in changed.items()}, tmp / "unet.safetensors")
-    storage = (tmp / "unet.safetensors").stat().st_size
+    ck_kind = info.checkpoint_kind
+    ck_file = tmp / f"{ck_kind}.safetensors"  # the component's changed tensors (state-dict names of that module)
+    save_file({k: v.contiguous() for k, v in changed.items()}, ck_file)
+    storage = ck_file.stat().st_size
     record = {
         "method": method,
         "paper": REGISTRY.get(method).paper,
         "concept": concept,
         "anchor": prompts.anchor,
         "prompt_source": world,
-        **({"kind": kind or toy_kind(concept) or "object", "authors_inputs": info.authors_inputs.source} if world == "authors" and info.authors_inputs else {}),
+        **({"concept_kind": kind or toy_kind(concept) or "object", "authors_inputs": info.authors_inputs.source} if world == "authors" and info.authors_inputs else {}),
         "templates": list(prompts.templates),
         "preserve": list(prompts.preserve),
         "preset": preset,
         "params": params,
         **({"display_name": mod.display_name(params)} if hasattr(mod, "display_name") else {}),
-        "checkpoint": {"kind": "unet", "file": "unet.safetensors", "sha256": sha256_file(tmp / "unet.safetensors"), "tensors": len(changed)},
+        "checkpoint": {"kind": ck_kind, "file": ck_file.name, "sha256": sha256_file(ck_file), "tensors": len(changed)},
         "base": {"path": str(base), "sha256": sha256_tree(base)},
         "efficiency": {
             "time_s": round(seconds, 3),

@@ -79,7 +79,9 @@ def write_submissions(root: Path) -> list[Path]:
             "method": {"name": rec.get("display_name", method), "params": rec["params"], "paper_url": PAPERS[method], "code_url": CODE[method],
                        "authors": ["unlearn-harness reference implementation"], "license": "Apache-2.0"},
             "base_model": {"builtin": world},
-            "checkpoint": {"kind": "unet", "path": f"{rel}/unet.safetensors", "sha256": rec["checkpoint"]["sha256"]},
+            # the component the method changed (MethodInfo.checkpoint_kind; records before it: the UNet)
+            "checkpoint": {"kind": rec["checkpoint"].get("kind", "unet"), "path": f"{rel}/{rec['checkpoint'].get('file', 'unet.safetensors')}",
+                           "sha256": rec["checkpoint"]["sha256"]},
             "targets": [{"concept": rec["concept"], "kind": kind}],
             "method_record": f"{rel}/method.json",
         }
