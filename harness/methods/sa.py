@@ -74,8 +74,8 @@ PRESETS: dict[str, dict] = {
               "n_surrogate": 1000, "replay_prompts": "authors", "n_replay": 1000, "n_fisher": 5000, "fisher_timesteps": 1000,
               "fisher_chunk": 50, "sample_steps": 50, "sample_guidance": 7.5, "seed": 42},
     # The toy world (2 CPU cores, ~2 minutes): the replay set is the toy world's prompts without the
-    # concept (its other concepts, every template); 40 surrogate / replay / Fisher images (not 1000 /
-    # 1000 / 5000), the Fisher over 50 evenly spaced timesteps (not all 1000; the summed gradient
+    # concept (its other concepts, every template); 40 surrogate / 40 replay / 20 Fisher images (not
+    # 1000 / 1000 / 5000), the Fisher over 50 evenly spaced timesteps (not all 1000; the summed gradient
     # scaled by 1000 / 50), 25 epochs of batch 8 (125 steps, not 12,600) at lr 1e-3 (the toy UNet
     # is 1.7M weights: at 1.6e-4 it barely moves in 125 steps); lmbda 0.03, not 50: the toy
     # model's Fisher is on another scale (docs/fidelity-methods.md has the measurements and sweep);
