@@ -289,3 +289,31 @@ def test_erase_command_one_line_errors(tiny_dir, tmp_path, args, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("unlearn: error: ") and message in lines[0], r.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("world, prefix", [("toy", ""), ("toy-xl", "xl-")])
+@pytest.mark.parametrize("kind, concept", [("style", "striped"), ("object", "triangle")])
+def test_committed_toy_checkpoints_load_into_their_world(world, prefix, kind, concept):
+    """The committed checkpoints: the toy preset, pinned by the submission's sha256, and the
+    ``unet`` kind loads into its world's pipeline (every tensor replaced by the file's)."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from harness.families.sd1 import Placement
+    from harness.spec.submission import CheckpointSpec
+    from harness.store.hashing import sha256_file
+    from harness.toy.model import load_pipeline
+    from harness.toy.paths import PIPELINES
+
+    d = ROOT / "submissions" / "checkpoints" / f"{prefix}sa-{kind}-{concept}"
+    sub = yaml.safe_load((ROOT / "submissions" / f"{world}-sa-{kind}.yaml").read_text())
+    rec = json.loads((d / "method.json").read_text())
+    assert rec["preset"] == "toy" and rec["params"] == sa.PRESETS["toy"] and rec["concept"] == concept
+    assert rec["base"]["path"] == f"builtin:{world}" and sub["checkpoint"]["sha256"] == sha256_file(d / "unet.safetensors")
+    pipe = load_pipeline(PIPELINES[world])
+    fam = family_of_pipeline(pipe)
+    tensors = load_file(d / "unet.safetensors")
+    fam.apply_checkpoint(pipe, CheckpointSpec(kind="unet", path=sub["checkpoint"]["path"], sha256=sub["checkpoint"]["sha256"]),
+                         d / "unet.safetensors", Placement.choose("cpu"))
+    own = pipe.unet.state_dict()
+    assert len(tensors) == rec["checkpoint"]["tensors"] and all(torch.equal(own[k], v) for k, v in tensors.items())
