@@ -349,7 +349,7 @@ def test_toy_checkpoints_for_all_worlds_skip_a_world_the_method_does_not_run_on(
     assert main(["toy", "checkpoints", "--root", str(tmp_path), "--world", "all", "--method", "advunlearn"]) == 0
     out = capsys.readouterr().out
     assert calls == [("toy", ("advunlearn",)), ("toy-xl", ())]
-    assert "skipped advunlearn on toy-xl: it does not run on that world's model family (its authors' code runs Stable Diffusion 1.x only" in out
+    assert "skip advunlearn on toy-xl: its model family is not supported (its authors' code runs Stable Diffusion 1.x only" in out
     assert main(["toy", "checkpoints", "--root", str(tmp_path), "--world", "toy-xl", "--method", "advunlearn"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--method advunlearn: does not run on the toy-xl world's model family" in err

@@ -186,4 +186,19 @@ def test_toy_checkpoints_refuse_a_method_the_worlds_family_cannot_run(tmp_path, 
     assert "Stable Diffusion 1.x only" in err
     from harness.toy.submissions import committed_methods_of
 
-    assert committed_methods_of("toy-xl") == ["esd", "mace", "uce"] and "ca" in committed_methods_of("toy")
+    assert committed_methods_of("toy-xl") == ["esd", "mace", "sa", "uce"] and "ca" in committed_methods_of("toy")
+
+
+def test_toy_checkpoints_for_all_worlds_skip_a_world_the_method_cannot_run(tmp_path, capsys, monkeypatch):
+    """--world all with an SD-1.x-only method: its toy checkpoints are made, toy-xl is skipped
+    (said on stdout), and nothing fails half-way; every world's plan is decided before any run."""
+    from harness.cli.main import main
+    from harness.toy import submissions
+
+    calls = []
+    monkeypatch.setattr(submissions, "make_checkpoints", lambda root, methods, force=False, world="toy": calls.append((world, methods)) or [])
+    monkeypatch.setattr(submissions, "write_submissions", lambda root: [])
+    rc = main(["toy", "checkpoints", "--root", str(tmp_path), "--world", "all", "--method", "ca", "--method", "sa"])
+    out = capsys.readouterr().out
+    assert rc == 0 and calls == [("toy", ("ca", "sa")), ("toy-xl", ("sa",))], calls
+    assert "skip ca on toy-xl" in out and "Stable Diffusion 1.x only" in out

@@ -77,22 +77,26 @@ def cmd_toy_checkpoints(a) -> int:
     from harness.toy.paths import PIPELINES
     from harness.toy.submissions import committed_methods_of, make_checkpoints, write_submissions
 
+    from harness.families import family_of
+
     _threads()
     root = Path(a.root).resolve()
+    # Every world's methods are decided before anything runs: a method a named world's family
+    # cannot run is refused there; with --world all that world is skipped for it (said, not failed
+    # half-way after the other worlds' checkpoints were made).
+    plan = []
     for world in PIPELINES if a.world == "all" else [a.world]:
-        methods = committed_methods_of(world)
-        wanted = list(a.method or methods)
-        for m in a.method or []:
-            if m not in methods:
-                from harness.families import family_of
-
-                if not REGISTRY.get(m).supports(family_of(PIPELINES[world])):
-                    why = REGISTRY.get(m).families_why or "it lacks what the method needs"
-                    if a.world != "all":  # the world was asked for by name: refused
-                        raise HarnessError(f"--method {m}: does not run on the {world} world's model family ({why})")
-                    wanted.remove(m)  # --world all: each world its own methods; the others skipped, said
-                    print(f"skipped {m} on {world}: it does not run on that world's model family ({why})")
-        for d in make_checkpoints(root, tuple(wanted), force=a.force, world=world):
+        fam = family_of(PIPELINES[world])
+        wanted = list(a.method or committed_methods_of(world))
+        for m in wanted:
+            if not REGISTRY.get(m).supports(fam):
+                why = REGISTRY.get(m).families_why or "it lacks what the method needs"
+                if a.world != "all":
+                    raise HarnessError(f"--method {m}: does not run on the {world} world's model family ({why})")
+                print(f"skip {m} on {world}: its model family is not supported ({why})")
+        plan.append((world, tuple(m for m in wanted if REGISTRY.get(m).supports(fam))))
+    for world, methods in plan:
+        for d in make_checkpoints(root, methods, force=a.force, world=world):
             print(f"checkpoint {d.relative_to(root)}")
     for p in write_submissions(root):
         print(f"wrote {p.relative_to(root)}")

@@ -67,6 +67,9 @@ TRAIN_SETS = {
     "xattn": lambda n: ".attn2." in n,                                # cross-attention (ESD-x, FMN only_optimize_ca)
     "kv": lambda n: n.endswith(("attn2.to_k.weight", "attn2.to_v.weight")),  # CA "cross-attn" (to_k / to_v)
     "attn": lambda n: any(f".{k}." in n for k in ("to_q", "to_k", "to_v", "to_out")),  # CA "attn"
+    # SA "noxattn" (the CompVis names out., attn2, time_embed): all but the cross-attention, the time
+    # embedding and the output layers
+    "noxattn": lambda n: not (".attn2." in n or n.startswith(("time_embedding.", "conv_norm_out.", "conv_out."))),
 }
 
 
