@@ -347,9 +347,9 @@ def test_toy_checkpoints_for_all_worlds_skip_a_world_the_method_does_not_run_on(
     monkeypatch.setattr(subs, "make_checkpoints", lambda root, methods, force=False, world="toy": calls.append((world, methods)) or [])
     monkeypatch.setattr(subs, "write_submissions", lambda root: [])
     assert main(["toy", "checkpoints", "--root", str(tmp_path), "--world", "all", "--method", "advunlearn"]) == 0
-    out = capsys.readouterr().out
+    err = capsys.readouterr().err
     assert calls == [("toy", ("advunlearn",)), ("toy-xl", ())]
-    assert "skip advunlearn on toy-xl: its model family is not supported (its authors' code runs Stable Diffusion 1.x only" in out
+    assert "skipping advunlearn on toy-xl: it does not run on that world's model family (its authors' code runs Stable Diffusion 1.x only" in err
     assert main(["toy", "checkpoints", "--root", str(tmp_path), "--world", "toy-xl", "--method", "advunlearn"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--method advunlearn: does not run on the toy-xl world's model family" in err

@@ -125,7 +125,7 @@ def test_plugin_method_is_listed_and_runs_through_unlearn_erase(plugin_dir, tiny
                     "print(json.dumps([REGISTRY.names(), REGISTRY.plugin_names(), PAPERS['halfkv'], 'torch' in sys.modules]))"], plugin_dir, tmp_path)
     assert r.returncode == 0, r.stderr
     names, plugins, paper, torch_loaded = json.loads(r.stdout)
-    assert names[:12] == ["advunlearn", "ca", "esd", "fmn", "mace", "negprompt", "rece", "sa", "safree", "salun", "sld", "uce"]  # the harness's own first
+    assert names[:13] == ["advunlearn", "ca", "esd", "fmn", "mace", "negprompt", "rece", "sa", "safree", "salun", "sld", "spm", "uce"]  # the harness's own first
     assert plugins == ["halfkv", "misnamed", "missing", "raising"]  # "uce" is the harness's: not overridden
     assert paper == "https://example.org/halfkv" and torch_loaded  # reading a value loads the module
 
@@ -198,7 +198,7 @@ def test_every_reference_method_declares_its_contract():
     from harness.methods import CODE, METHODS, PAPERS, REGISTRY, MethodInfo, get_method
     from harness.toy.submissions import PARAMS, committed_methods
 
-    assert list(METHODS) == ["advunlearn", "ca", "esd", "fmn", "mace", "negprompt", "rece", "sa", "safree", "salun", "sld", "uce"]
+    assert list(METHODS) == ["advunlearn", "ca", "esd", "fmn", "mace", "negprompt", "rece", "sa", "safree", "salun", "sld", "spm", "uce"]
     inference = [n for n in METHODS if REGISTRY.get(n).kind == "inference"]
     assert inference == ["negprompt", "safree", "sld"]
     for name in inference:  # setup(pipe, family, concepts, **params); no checkpoint, nothing committed

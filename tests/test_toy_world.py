@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.errors import HarnessError
 from harness.toy import world
 from harness.toy.classifier import DEFAULT_DIR as CLF_DIR
 from harness.toy.classifier import load_classifier, predict
@@ -189,16 +190,30 @@ def test_toy_checkpoints_refuse_a_method_the_worlds_family_cannot_run(tmp_path, 
     assert committed_methods_of("toy-xl") == ["esd", "mace", "sa", "uce"] and "ca" in committed_methods_of("toy")
 
 
-def test_toy_checkpoints_for_all_worlds_skip_a_world_the_method_cannot_run(tmp_path, capsys, monkeypatch):
-    """--world all with an SD-1.x-only method: its toy checkpoints are made, toy-xl is skipped
-    (said on stdout), and nothing fails half-way; every world's plan is decided before any run."""
+def test_toy_checkpoints_for_every_world_skip_the_worlds_a_method_cannot_run(tmp_path, capsys, monkeypatch):
+    """`--world all --method ca` (SD-1.x only): toy-xl is skipped with one notice line before any
+    erasure, the toy checkpoints are made and the submissions are written (before the fix, toy-xl
+    failed after the toy checkpoints and before the submissions)."""
     from harness.cli.main import main
     from harness.toy import submissions
 
-    calls = []
-    monkeypatch.setattr(submissions, "make_checkpoints", lambda root, methods, force=False, world="toy": calls.append((world, methods)) or [])
-    monkeypatch.setattr(submissions, "write_submissions", lambda root: [])
-    rc = main(["toy", "checkpoints", "--root", str(tmp_path), "--world", "all", "--method", "ca", "--method", "sa"])
-    out = capsys.readouterr().out
-    assert rc == 0 and calls == [("toy", ("ca", "sa")), ("toy-xl", ("sa",))], calls
-    assert "skip ca on toy-xl" in out and "Stable Diffusion 1.x only" in out
+    made = []
+
+    def fake_make(root, methods, force=False, world="toy"):
+        made.append((world, methods))
+        return []
+
+    written = []
+    monkeypatch.setattr(submissions, "make_checkpoints", fake_make)
+    monkeypatch.setattr(submissions, "write_submissions", lambda root: written.append(root) or [])
+    rc = main(["toy", "checkpoints", "--root", str(tmp_path), "--world", "all", "--method", "ca"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 0 and made == [("toy", ("ca",)), ("toy-xl", ())] and written == [tmp_path.resolve()]
+    assert len(err) == 1 and err[0].startswith("skipping ca on toy-xl: it does not run on that world's model family"), err
+    # a method every world runs is made in both; the plan is decided before the first erasure
+    plan, notices = submissions.plan_worlds(["toy", "toy-xl"], ["esd", "ca"], every_world=True)
+    assert plan == {"toy": ["esd", "ca"], "toy-xl": ["esd"]} and len(notices) == 1
+    with pytest.raises(HarnessError, match="--method ca: does not run on the toy-xl world's model family"):
+        submissions.plan_worlds(["toy", "toy-xl"], ["esd", "ca"], every_world=False)
+    with pytest.raises(HarnessError, match="--method ca: runs on none of the worlds toy-xl"):
+        submissions.plan_worlds(["toy-xl"], ["ca"], every_world=True)

@@ -4,6 +4,7 @@ and ``unlearn erase`` (a reference unlearning method on a pipeline folder)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -73,30 +74,19 @@ def cmd_toy_quality(a) -> int:
 
 
 def cmd_toy_checkpoints(a) -> int:
-    from harness.methods import REGISTRY
     from harness.toy.paths import PIPELINES
-    from harness.toy.submissions import committed_methods_of, make_checkpoints, write_submissions
-
-    from harness.families import family_of
+    from harness.toy.submissions import make_checkpoints, plan_worlds, write_submissions
 
     _threads()
     root = Path(a.root).resolve()
-    # Every world's methods are decided before anything runs: a method a named world's family
-    # cannot run is refused there; with --world all that world is skipped for it (said, not failed
-    # half-way after the other worlds' checkpoints were made).
-    plan = []
-    for world in PIPELINES if a.world == "all" else [a.world]:
-        fam = family_of(PIPELINES[world])
-        wanted = list(a.method or committed_methods_of(world))
-        for m in wanted:
-            if not REGISTRY.get(m).supports(fam):
-                why = REGISTRY.get(m).families_why or "it lacks what the method needs"
-                if a.world != "all":
-                    raise HarnessError(f"--method {m}: does not run on the {world} world's model family ({why})")
-                print(f"skip {m} on {world}: its model family is not supported ({why})")
-        plan.append((world, tuple(m for m in wanted if REGISTRY.get(m).supports(fam))))
-    for world, methods in plan:
-        for d in make_checkpoints(root, methods, force=a.force, world=world):
+    worlds = list(PIPELINES) if a.world == "all" else [a.world]
+    # every world's methods are decided before the first erasure: a method a world cannot run is
+    # refused up front (that world named) or skipped with a notice (--world all), never mid-way
+    plan, notices = plan_worlds(worlds, a.method, every_world=a.world == "all")
+    for line in notices:
+        print(line, file=sys.stderr)
+    for world, methods in plan.items():
+        for d in make_checkpoints(root, tuple(methods), force=a.force, world=world):
             print(f"checkpoint {d.relative_to(root)}")
     for p in write_submissions(root):
         print(f"wrote {p.relative_to(root)}")

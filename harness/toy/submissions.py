@@ -44,6 +44,38 @@ def committed_methods_of(world: str) -> list[str]:
     return [m for m in committed_methods() if REGISTRY.get(m).supports(fam)]
 
 
+def plan_worlds(worlds: list[str], methods: list[str] | None, every_world: bool) -> tuple[dict[str, list[str]], list[str]]:
+    """Which methods ``unlearn toy checkpoints`` runs in each world, decided before any erasure:
+    (world -> methods, notices). No ``methods``: each world's committed methods its family runs.
+    A named method a world's model family cannot run is a one-line error where that world was
+    named (``every_world`` False), and is skipped there with a one-line notice under ``--world
+    all`` (an SD-1.x-only method still gets its toy checkpoints and submissions)."""
+    from harness.errors import HarnessError
+    from harness.families import family_of
+
+    plan: dict[str, list[str]] = {}
+    notices: list[str] = []
+    for world in worlds:
+        if not methods:
+            plan[world] = committed_methods_of(world)
+            continue
+        fam = family_of(PIPELINES[world])
+        runs = []
+        for m in methods:
+            info = REGISTRY.get(m)
+            if info.supports(fam):
+                runs.append(m)
+                continue
+            why = info.families_why or "it lacks what the method needs"
+            if not every_world:
+                raise HarnessError(f"--method {m}: does not run on the {world} world's model family ({why})")
+            notices.append(f"skipping {m} on {world}: it does not run on that world's model family ({why})")
+        plan[world] = runs
+    if methods and not any(plan.values()):
+        raise HarnessError(f"--method {', '.join(methods)}: runs on none of the worlds {', '.join(worlds)}")
+    return plan, notices
+
+
 def make_checkpoints(root: Path, methods=("uce", "esd"), force: bool = False, world: str = "toy") -> list[Path]:
     out = []
     for method in methods:
