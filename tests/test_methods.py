@@ -81,10 +81,15 @@ def test_erase_command_writes_changed_tensors_and_method_json(tiny_dir, tmp_path
     r = _erase("uce", "--base", str(tiny_dir), "--concept", "striped", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "out" / "method.json").read_text())
-    assert rec["checkpoint"]["tensors"] == 14 and rec["anchor"] == "solid"
+    # a base that is not a toy world: the paper preset, fed the authors' inputs (UCE guides a style to 'art')
+    assert rec["checkpoint"]["tensors"] == 14 and (rec["preset"], rec["prompt_source"], rec["anchor"]) == ("paper", "authors", "art")
     eff = rec["efficiency"]
     assert eff["storage_bytes"] == (tmp_path / "out" / "unet.safetensors").stat().st_size
     assert eff["time_s"] > 0 and eff["peak_memory_bytes"] > 10 * 2**20
+    r = _erase("uce", "--base", str(tiny_dir), "--concept", "striped", "--out", str(tmp_path / "toy"), "--prompts", "toy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "toy" / "method.json").read_text())
+    assert (rec["prompt_source"], rec["anchor"]) == ("toy", "solid") and len(rec["templates"]) == 5
 
 
 def test_erase_repeats_record_every_run_and_the_results_give_their_interval(tiny_dir, tmp_path, monkeypatch, capsys):

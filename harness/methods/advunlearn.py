@@ -49,7 +49,7 @@ from harness.errors import HarnessError
 from harness.families import family_of_pipeline
 from harness.families.base import call_denoiser
 from harness.methods import MethodInfo
-from harness.methods.common import ConceptPrompts, denoiser
+from harness.methods.common import ConceptPrompts, check_bounds, denoiser
 from harness.methods.esd import _sample_until
 from harness.methods.finetune import fit, seeded
 
@@ -233,12 +233,7 @@ def _check(method: str, init: str, ints: dict[str, int], floats: dict[str, float
     if init not in INITS:
         raise HarnessError(f"--param attack_init: must be one of {', '.join(INITS)}, not {init!r}")
     lows = {"steps": 0, "warmup": 0, "attack_steps": 0, "sample_steps": 1, "attack_tokens": 1, "attack_every": 1, "retain_batch": 1}
-    for k, v in ints.items():
-        if v < lows[k]:
-            raise HarnessError(f"--param {k}: must be at least {lows[k]}, not {v}")
-    for k, x in floats.items():
-        if not x >= 0:
-            raise HarnessError(f"--param {k}: must be >= 0, not {x}")
+    check_bounds(((k, v, lows[k]) for k, v in ints.items()), floats.items())
 
 
 def erase(

@@ -51,6 +51,17 @@ def for_toy_world(concept: str, anchor: str | None = None) -> ConceptPrompts:
     return ConceptPrompts(concept, anchor, templates, tuple(o for o in others if o != anchor))
 
 
+def check_bounds(at_least=(), nonnegative=()) -> None:
+    """One-line errors for a method's numeric parameters: each ``(name, value, low)`` of
+    ``at_least`` must be at least ``low``, each ``(name, value)`` of ``nonnegative`` >= 0 (NaN is not)."""
+    for k, v, lo in at_least:
+        if v < lo:
+            raise HarnessError(f"--param {k}: must be at least {lo}, not {v}")
+    for k, x in nonnegative:
+        if not x >= 0:
+            raise HarnessError(f"--param {k}: must be >= 0, not {x}")
+
+
 def toy_kind(concept: str) -> str | None:
     """``style`` / ``object`` for a toy-world concept; None for any other word."""
     from harness.toy.world import OBJECTS, STYLES

@@ -66,7 +66,7 @@ from harness.errors import HarnessError
 from harness.families import family_of_pipeline
 from harness.families.base import call_denoiser, cat_conditioning
 from harness.methods import MethodInfo
-from harness.methods.common import ConceptPrompts, denoiser
+from harness.methods.common import ConceptPrompts, check_bounds, denoiser
 from harness.methods.finetune import base_latents, seeded
 from harness.methods.fmn import concept_positions
 
@@ -407,12 +407,7 @@ def train_lora(pipe, cp: ConceptPrompts, kv: dict, *, steps: int, lr: float, ran
 def _check(mask: str, steps: int, rank: int, batch: int, n_images: int, lamb: float, scales: dict[str, float]) -> None:
     if mask not in MASKS:
         raise HarnessError(f"--param mask: must be one of {', '.join(MASKS)}, not {mask!r}")
-    for k, v, lo in (("steps", steps, 0), ("rank", rank, 1), ("batch", batch, 1), ("n_images", n_images, 1)):
-        if v < lo:
-            raise HarnessError(f"--param {k}: must be at least {lo}, not {v}")
-    for name, value in {"lamb": lamb, **scales}.items():
-        if not value >= 0:
-            raise HarnessError(f"--param {name}: must be >= 0, not {value}")
+    check_bounds((("steps", steps, 0), ("rank", rank, 1), ("batch", batch, 1), ("n_images", n_images, 1)), {"lamb": lamb, **scales}.items())
 
 
 def erase(

@@ -52,7 +52,7 @@ from harness.errors import HarnessError
 from harness.families import family_of_pipeline
 from harness.families.base import call_denoiser, cat_conditioning
 from harness.methods import MethodInfo
-from harness.methods.common import ConceptPrompts, denoiser
+from harness.methods.common import ConceptPrompts, check_bounds, denoiser
 from harness.methods.finetune import adamw, base_latents, changed_tensors, fit, noisy, seeded, snapshot, trainable
 
 # their replay prompts (5000 GPT-3.5 prompts, one image each), read at commit b736571
@@ -259,10 +259,8 @@ def _check(lmbda: float, gamma: float, lr: float, batch: int, epochs: int, train
     for name, value in (("lmbda", lmbda), ("gamma", gamma), ("lr", lr)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise HarnessError(f"--param {name}: must be a finite number >= 0, not {value!r}")
-    for name, v, lo in (("batch", batch, 1), ("epochs", epochs, 0), ("fisher_timesteps", fisher_timesteps, 1),
-                        ("fisher_chunk", fisher_chunk, 1), *((k, c, 1) for k, c in counts.items())):
-        if v < lo:
-            raise HarnessError(f"--param {name}: must be at least {lo}, not {v}")
+    check_bounds((("batch", batch, 1), ("epochs", epochs, 0), ("fisher_timesteps", fisher_timesteps, 1),
+                  ("fisher_chunk", fisher_chunk, 1), *((k, c, 1) for k, c in counts.items())))
     if train not in ("full", "xattn", "noxattn"):
         raise HarnessError(f"--param train: must be one of full, xattn, noxattn, not {train!r}")
     for field, text in (("surrogate", surrogate), ("replay_prompts", replay_prompts)):

@@ -51,7 +51,7 @@ from harness.errors import HarnessError
 from harness.families import family_of_pipeline
 from harness.families.base import call_denoiser
 from harness.methods import MethodInfo
-from harness.methods.common import ConceptPrompts, denoiser
+from harness.methods.common import ConceptPrompts, check_bounds, denoiser
 from harness.methods.finetune import fit, seeded
 
 PRESETS: dict[str, dict] = {
@@ -230,13 +230,9 @@ def _hard_restarts(warmup: int, steps: int, cycles: int):
 
 
 def _check(steps, lr, rank, alpha, la_strength, anchors, sample_steps, warmup, cycles, weight_decay, max_grad_norm) -> None:
-    for k, v, lo in (("steps", steps, 0), ("rank", rank, 1), ("anchors", anchors, 1), ("sample_steps", sample_steps, 2),
-                     ("warmup", warmup, 0), ("cycles", cycles, 1)):
-        if v < lo:
-            raise HarnessError(f"--param {k}: must be at least {lo}, not {v}")
-    for k, v in (("lr", lr), ("la_strength", la_strength), ("weight_decay", weight_decay), ("max_grad_norm", max_grad_norm)):
-        if not v >= 0:
-            raise HarnessError(f"--param {k}: must be >= 0, not {v}")
+    check_bounds((("steps", steps, 0), ("rank", rank, 1), ("anchors", anchors, 1), ("sample_steps", sample_steps, 2),
+                  ("warmup", warmup, 0), ("cycles", cycles, 1)),
+                 (("lr", lr), ("la_strength", la_strength), ("weight_decay", weight_decay), ("max_grad_norm", max_grad_norm)))
     if not alpha > 0:
         raise HarnessError(f"--param alpha: must be > 0, not {alpha}")
 
