@@ -146,3 +146,29 @@ def test_a_record_made_with_repeats_is_remade_with_its_repeats_and_gets_their_sp
     record["efficiency"]["threads"] = 0
     with pytest.raises(HarnessError, match="efficiency.threads: '0' is not a thread count"):
         remake_checkpoint(ROOT, sub, record, out)
+
+
+def test_method_selects_an_inference_time_submission_by_its_name(out, monkeypatch, capsys):
+    """An inference-time method's submission has no method record (nothing to re-make): `--method
+    negprompt` selects it by its name and it is evaluated as it is; `--method uce` leaves it out."""
+    from harness.gate import regression
+
+    ran = []
+
+    import yaml
+
+    def fake_run(root, subs, result, log=None, **kw):  # the baseline's own results: nothing regresses
+        name = yaml.safe_load(Path(subs[0]).read_text())["name"]
+        ran.append(name)
+        shutil.copy(ROOT / "leaderboard" / "results" / f"{name}.json", result)
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text("")
+        return 0
+
+    monkeypatch.setattr(regression, "run_harness", fake_run)
+    monkeypatch.setattr(regression, "remake_checkpoint", lambda root, sub, record, out_dir, seed=None: sub)
+    regress(ROOT, ROOT / "leaderboard" / "results", out, methods={"negprompt"})
+    assert ran == ["toy-negprompt-object", "toy-negprompt-style"], ran
+    ran.clear()
+    regress(ROOT, ROOT / "leaderboard" / "results", out, methods={"uce"})
+    assert "toy-negprompt-style" not in ran and "toy-uce-style" in ran

@@ -103,7 +103,7 @@ def add(sub) -> None:
     r.add_argument("--baselines", default="leaderboard/results", help="committed results JSON (default leaderboard/results)")
     r.add_argument("--out", default=".regression", help="checkpoints, submissions, results and image cache of the re-run (inside the repo)")
     r.add_argument("--root", default=".", help="repository root")
-    r.add_argument("--method", action="append", help="only submissions of these methods (repeatable; 'control' = no method record)")
+    r.add_argument("--method", action="append", help="only submissions of these methods (repeatable; 'control' = the no-erasure control; an inference-time method by its name)")
     r.add_argument("--submission", action="append", help="only these submission names (repeatable); with --method-cmd: the submission YAML")
     r.add_argument("--suite", action="append", help="only these suites (repeatable; the baselines must hold them)")
     r.add_argument("--smoke", action="store_true", help="smoke subsets (the baselines must be smoke results too)")

@@ -12,7 +12,8 @@ through ``unlearn leaderboard refresh``) whose submission is a reference method'
 4. compare it with the baseline (``harness.gate.compare``: a metric that moved the wrong way by more
    than its suite's tolerance, or that went missing, fails the gate).
 
-Submissions without a method record (the ``toy-base`` control) are re-evaluated as they are.
+Submissions without a method record (the ``toy-base`` control, an inference-time method's) are
+re-evaluated as they are; ``--method NAME`` selects an inference-time method's by its name.
 The exit status is 1 when anything regressed, 0 otherwise.
 """
 
@@ -181,8 +182,8 @@ def _regress(root: Path, files: list[Path], out: Path, cache: Path, methods, onl
                 continue
             sub = remake_checkpoint(root, sub, record, out)
             record_remade = True  # its method.json was written just now by the harness (unlearn erase): measured
-        elif methods is not None and "control" not in methods:
-            continue
+        elif methods is not None and "control" not in methods and (sub.get("method") or {}).get("name") not in methods:
+            continue  # no method record: the control, or an inference-time method (selected by its name)
         new_sub_file = out / "submissions" / f"{name}.yaml"
         new_sub_file.write_text(f"# re-made by `unlearn regress` from {base['submission']['file']}\n" + yaml.safe_dump(sub, sort_keys=False))
         result = out / "results" / f"{name}.json"
