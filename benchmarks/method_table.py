@@ -96,6 +96,23 @@ def sampling_cost(key: str, world: str, overhead: dict | None) -> str:
     return "-" if ratio is None or world != "toy" else f"{ratio:.2f}x"
 
 
+def compact(folder: Path) -> None:
+    """The README's table: the toy world's rows, erasure and retention of both targets, the
+    object's UnlearnDiffAtk ASR, and how the method is applied."""
+    print("| method | kind | style UA / IRA / CRA | object UA / IRA / CRA | object Pre-ASR -> ASR (UnlearnDiffAtk) |")
+    print("| --- | --- | --- | --- | --- |")
+    root = folder.resolve().parents[1]
+    for key, label in methods():
+        row = row_of(folder, root, "toy", key, label)
+        if row is None or row[1] == "n/a":
+            continue
+        from harness.methods import REGISTRY
+
+        kind = "none" if key == "base" else "inference-time" if REGISTRY.get(key).kind == "inference" else "checkpoint"
+        print(f"| {label.removesuffix(' (inference-time)')} | {kind} | {' / '.join(row[1:4])} | {' / '.join(row[4:7])} | "
+              f"{row[10]} |")
+
+
 def main(folder: str, overhead_file: str | None = None) -> None:
     folder = Path(folder)
     root = folder.resolve().parents[1]
@@ -138,5 +155,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="?", default="leaderboard/results")
     ap.add_argument("--overhead", default=None, help="the JSON benchmarks/inference_overhead.py printed")
+    ap.add_argument("--compact", action="store_true", help="the README's short table (toy world)")
     args = ap.parse_args()
-    main(args.results, args.overhead)
+    if args.compact:
+        compact(Path(args.results))
+    else:
+        main(args.results, args.overhead)
