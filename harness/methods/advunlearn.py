@@ -139,7 +139,7 @@ class Setting:
     def __init__(self, pipe, eta: float, sample_steps: int, sample_guidance: float, seed: int):
         self.fam = family_of_pipeline(pipe)
         self.pipe, self.unet = pipe, denoiser(pipe)
-        self.tok, self.enc = pipe.tokenizer, pipe.text_encoder
+        (self.tok, self.enc), = self.fam.text_encoders(pipe)  # one text encoder: the family (sd1) says which
         self.eta, self.sample_steps, self.sample_guidance = eta, sample_steps, sample_guidance
         self.rng, self.g = seeded(seed)
         self.frozen_enc = copy.deepcopy(self.enc).eval().requires_grad_(False)  # E_0: the encoder before training
